@@ -1,0 +1,46 @@
+"""HTTP adapters for the OpenAI API: parse, call a service or selector, respond."""
+
+from __future__ import annotations
+
+from adrf.views import APIView
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from inference import protocol, selectors, services
+
+
+class HealthView(APIView):
+    async def get(self, request: Request) -> Response:
+        return Response(selectors.health())
+
+
+class ModelListView(APIView):
+    async def get(self, request: Request) -> Response:
+        return Response(protocol.model_list_body(selectors.model_list()))
+
+
+class ModelDetailView(APIView):
+    async def get(self, request: Request, model_id: str) -> Response:
+        return Response(protocol.model_object(selectors.model_get(model_id)))
+
+
+class ChatCompletionsView(APIView):
+    async def post(self, request: Request) -> Response | StreamingHttpResponse:
+        chat = protocol.ChatCompletionRequestSerializer.parse(request.data)
+        completion = await services.chat_completion_create(model=chat.model, job=chat.job)
+        if chat.stream:
+            return protocol.sse_response(
+                protocol.chat_completion_chunks(completion, include_usage=chat.include_usage)
+            )
+        return Response(await protocol.chat_completion_body(completion))
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return protocol.error_json_response(
+        404, f"Unknown URL: {request.method} {request.path}", code="unknown_url"
+    )
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return protocol.error_json_response(500, "The server had an error processing your request.")

@@ -1,0 +1,201 @@
+"""The only module that imports llama_cpp: load a GGUF model, render chat prompts, generate.
+
+An Engine is not thread-safe: exactly one thread (its ModelWorker) may use it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import llama_cpp
+from llama_cpp import _internals as llama_internals
+from llama_cpp import llama as llama_module
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from inference.errors import ContextLengthExceeded, InvalidRequest
+from inference.jobs import ChatJob, Finished, JobEvent, PromptAccepted, TextDelta
+from inference.stops import StopMatcher
+
+logger = logging.getLogger(__name__)
+llama_cpp_logger = logging.getLogger("llama_cpp")
+
+
+# llama-cpp-python (verbose=False) silences llama.cpp by pointing the process's stdout/stderr file
+# descriptors at /dev/null while a model loads. In a threaded server that swallows every other
+# thread's log lines meanwhile, and two loads at once can leave stderr on /dev/null for good.
+# llama.cpp's log goes through Python logging instead (below), so that redirection is disabled.
+llama_module.suppress_stdout_stderr = llama_internals.suppress_stdout_stderr = (
+    lambda disable=False: contextlib.nullcontext()
+)
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+# llama.cpp's INFO lines describe every tensor and buffer of a load: DEBUG for us.
+_GGML_LOG_CONTINUE = 5
+_GGML_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
+_log_state = threading.local()
+
+
+@llama_cpp.llama_log_callback
+def _route_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Send llama.cpp's log lines to Python logging; keep each thread's last problems."""
+    if not hasattr(_log_state, "buffer"):
+        _log_state.buffer, _log_state.level = "", logging.DEBUG
+        _log_state.problems = deque(maxlen=4)
+    if level != _GGML_LOG_CONTINUE:
+        _log_state.level = _GGML_TO_LOGGING.get(level, logging.DEBUG)
+    _log_state.buffer += text.decode("utf-8", errors="replace")
+    *lines, _log_state.buffer = _log_state.buffer.split("\n")
+    for line in filter(str.strip, lines):
+        llama_cpp_logger.log(_log_state.level, "%s", line)
+        if _log_state.level >= logging.WARNING:
+            _log_state.problems.append(line.strip())
+
+
+llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+
+
+def _recent_llama_problems() -> list[str]:
+    problems = getattr(_log_state, "problems", ())
+    return list(problems)
+
+
+class EngineLoadError(Exception):
+    """llama.cpp could not load the model; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    n_ctx: int
+    n_gpu_layers: int
+    n_threads: int
+
+    def describe(self) -> str:
+        return f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, n_threads={self.n_threads}"
+
+
+class Engine:
+    """One loaded model and its context."""
+
+    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+        self.name = name
+        if hasattr(_log_state, "problems"):
+            _log_state.problems.clear()
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=settings.n_ctx,
+                n_gpu_layers=settings.n_gpu_layers,
+                n_threads=settings.n_threads,
+                verbose=False,
+            )
+        except Exception as exc:  # llama-cpp-python raises ValueError with no reason in it
+            reason = "; ".join(_recent_llama_problems()) or str(exc)
+            raise EngineLoadError(reason) from None
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        self._chat_formatter = self._make_chat_formatter()
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llama.n_ctx()
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def _make_chat_formatter(self) -> Jinja2ChatFormatter | None:
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self._llama.token_eos()),
+            bos_token=self._token_text(self._llama.token_bos()),
+        )
+
+    def chat_prompt(self, job: ChatJob) -> list[int]:
+        """The job's messages rendered with the model's own chat template, as tokens."""
+        if self._chat_formatter is None:
+            raise InvalidRequest(
+                f"model {self.name} has no chat template; use /v1/completions for it",
+                param="model",
+            )
+        messages = [{"role": message.role, "content": message.content} for message in job.messages]
+        try:
+            rendered = self._chat_formatter(messages=messages)
+        except (jinja2.TemplateError, ValueError) as exc:
+            raise InvalidRequest(
+                f"the chat template of {self.name} rejected the messages: {exc}", param="messages"
+            ) from None
+        return self._llama.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
+
+    def run_chat(self, job: ChatJob, should_stop: Callable[[], bool]) -> Iterator[JobEvent]:
+        """Generate a chat answer: PromptAccepted, then TextDelta pieces, then Finished."""
+        prompt = self.chat_prompt(job)
+        room = self.n_ctx - len(prompt)
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
+                f"messages resulted in {len(prompt)} tokens. Please reduce the length of the "
+                "messages."
+            )
+        yield PromptAccepted(prompt_tokens=len(prompt))
+        limit = room if job.max_tokens is None else min(job.max_tokens, room)
+        yield from self._generate(prompt, job, limit, should_stop)
+
+    def _generate(
+        self, prompt: list[int], job: ChatJob, limit: int, should_stop: Callable[[], bool]
+    ) -> Iterator[JobEvent]:
+        sampling = job.sampling
+        self._llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed)
+        tokens = self._llama.generate(
+            prompt,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopMatcher(job.stop)
+        generated, finish_reason = 0, "length"
+        try:
+            for token in tokens:
+                if should_stop():
+                    finish_reason = "cancelled"
+                    break
+                if not job.ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    finish_reason = "stop"
+                    break
+                generated += 1
+                text, stopped = stops.feed(decoder.decode(self._llama.detokenize([token])))
+                if text:
+                    yield TextDelta(text)
+                if stopped:
+                    finish_reason = "stop"
+                    break
+                if generated >= limit:
+                    break
+        finally:
+            tokens.close()
+        if finish_reason != "cancelled":
+            tail = stops.flush() + decoder.decode(b"", final=True)
+            if tail:
+                yield TextDelta(tail)
+        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated)
+
+    def close(self) -> None:
+        self._llama.close()

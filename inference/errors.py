@@ -1,0 +1,48 @@
+"""Errors a request can end with, carrying their OpenAI status, type and code.
+
+Raised anywhere below the API (manager, engine, services); `inference.protocol` turns them into
+the OpenAI error envelope. Stdlib only, so every layer may raise them.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(ApiError):
+    pass
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model")
+
+
+class ContextLengthExceeded(ApiError):
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages")
+
+
+class ModelLoadFailed(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_load_failed"
+
+
+class GenerationFailed(ApiError):
+    status = 500
+    type = "server_error"

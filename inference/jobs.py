@@ -1,0 +1,60 @@
+"""What a generation job asks for and the events it produces.
+
+Shared by services (which build jobs), the manager (which queues them) and the engine (which runs
+them); stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; the defaults are llama.cpp server's."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    sampling: Sampling = Sampling()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class PromptAccepted:
+    """The prompt fits the context and generation is about to start."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+JobEvent = PromptAccepted | TextDelta | Finished
