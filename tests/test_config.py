@@ -1,0 +1,115 @@
+"""config.json: defaults, validation with one-line messages, path resolution."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from inference.config import CONFIG_ENV_VAR, SCHEMA, ConfigError, config_path, load_config, physical_cores
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+def test_missing_keys_take_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {}))
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+    assert config.server.cors_origins == ("*",)
+    assert config.server.log_level == "INFO"
+    manager = config.model_manager
+    assert manager.models_directory == (tmp_path / "models").resolve()
+    assert (manager.n_ctx, manager.n_gpu_layers) == (16384, -1)
+    assert manager.n_threads == physical_cores() >= 1
+    assert (manager.idle_timeout, manager.check_interval) == (300, 60)
+    assert manager.default_model == ""
+
+
+def test_missing_file_means_defaults_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        config = load_config(tmp_path / "absent.json")
+    assert config.server.port == 8080
+    assert "not found" in caplog.text
+
+
+def test_relative_models_directory_is_resolved_against_the_config_folder(tmp_path: Path) -> None:
+    path = write(tmp_path, {"model_manager": {"models_directory": "../shared-models"}})
+    assert load_config(path).model_manager.models_directory == (tmp_path.parent / "shared-models").resolve()
+
+
+def test_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    assert config_path() == PROJECT_DIR / "config.json"
+    path = write(tmp_path, {"server": {"port": 9001}})
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+    assert load_config().server.port == 9001
+
+
+def test_unknown_keys_are_warned_about_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, {"server": {"port": 8081, "colour": "blue"}, "extras": {}})
+    with caplog.at_level(logging.WARNING):
+        assert load_config(path).server.port == 8081
+    assert "server.colour" in caplog.text and "extras" in caplog.text
+
+
+def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, '{\n  "server": {\n    "port": 80,,\n  }\n}')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "line 3, column 16" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("document", "key", "problem"),
+    [
+        ({"server": {"port": "8080"}}, "server.port", "must be an integer"),
+        ({"server": {"port": 70000}}, "server.port", "≤ 65535"),
+        ({"server": {"port": True}}, "server.port", "must be an integer"),
+        ({"server": {"log_level": "LOUD"}}, "server.log_level", "must be one of"),
+        ({"server": {"cors_origins": "*"}}, "server.cors_origins", "list of strings"),
+        ({"server": {"cors_origins": ["localhost"]}}, "server.cors_origins", "not '*' or an origin"),
+        ({"model_manager": {"n_ctx": -5}}, "model_manager.n_ctx", "≥ 0"),
+        ({"model_manager": {"n_gpu_layers": 1.5}}, "model_manager.n_gpu_layers", "integer"),
+        ({"model_manager": {"idle_timeout": -2}}, "model_manager.idle_timeout", "≥ -1"),
+        ({"model_manager": {"check_interval": 0}}, "model_manager.check_interval", "> 0"),
+        ({"model_manager": {"models_directory": 3}}, "model_manager.models_directory", "string"),
+        ({"model_manager": []}, "model_manager", "JSON object"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_problem(
+    tmp_path: Path, document: dict, key: str, problem: str
+) -> None:
+    path = write(tmp_path, document)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert f"{path}: {key}: " in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_top_level_must_be_an_object(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a JSON object"):
+        load_config(write(tmp_path, "[1, 2]"))
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, {"server": {"log_level": "debug"}})).server.log_level == "DEBUG"
+
+
+def test_readme_documents_every_key() -> None:
+    readme = (PROJECT_DIR / "README.md").read_text()
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert f"`{section}.{key}`" in readme, f"README lacks {section}.{key}"
+
+
+def test_shipped_config_is_valid_and_names_the_bundled_model() -> None:
+    config = load_config(PROJECT_DIR / "config.json")
+    assert config.model_manager.default_model == "SmolLM2-135M-Instruct.Q4_1"

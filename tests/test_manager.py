@@ -1,0 +1,235 @@
+"""The model manager's timing logic, driven fast by a fake engine (real-model tests are elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from inference.config import load_config
+from inference.engine import EngineLoadError, LoadSettings
+from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound
+from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
+from inference.manager import Job, ModelManager
+from tests.gguf_files import write_synthetic
+
+
+class FakeEngine:
+    """Loads slowly, generates one numbered piece per 10 ms, records what it ran."""
+
+    def __init__(self, log: list[str], name: str, path: Path, settings: LoadSettings) -> None:
+        time.sleep(0.1)
+        self.name, self.settings, self.log = name, settings, log
+        self.n_ctx = settings.n_ctx
+        self.closed = False
+        log.append(f"load {name}")
+
+    def run_chat(self, job: ChatJob, should_stop: Callable[[], bool]) -> Iterator[JobEvent]:
+        self.log.append(f"run {job.messages[0].content}")
+        yield PromptAccepted(prompt_tokens=3)
+        generated = 0
+        for generated in range(1, (job.max_tokens or 3) + 1):
+            if should_stop():
+                yield Finished("cancelled", 3, generated - 1)
+                return
+            time.sleep(0.01)
+            yield TextDelta(f"{generated} ")
+        yield Finished("length", 3, generated)
+
+    def close(self) -> None:
+        self.log.append(f"close {self.name}")
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    directory = tmp_path / "models"
+    directory.mkdir()
+    for name in ("alpha", "beta"):
+        write_synthetic(directory / f"{name}.gguf", context_length=1024)
+    return directory
+
+
+def make_manager(models: Path, log: list[str], factory: Callable | None = None, **settings) -> ModelManager:
+    base = load_config(models.parent / "absent.json").model_manager
+    config = replace(base, models_directory=models, **settings)
+    return ModelManager(config, factory or (lambda *args: FakeEngine(log, *args)))
+
+
+def chat(text: str, max_tokens: int = 3) -> ChatJob:
+    return ChatJob(messages=(ChatMessage("user", text),), max_tokens=max_tokens)
+
+
+async def drain(job: Job) -> list[JobEvent]:
+    return [event async for event in job.events()]
+
+
+async def collect(manager: ModelManager, model: str, job: ChatJob) -> list[JobEvent]:
+    worker = await manager.acquire(manager.resolve(model))
+    return await drain(worker.submit(job))
+
+
+async def test_concurrent_first_requests_share_one_load(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log)
+    results = await asyncio.gather(*(collect(manager, "alpha", chat(str(i))) for i in range(4)))
+    assert log.count("load alpha") == 1
+    assert all(isinstance(events[-1], Finished) for events in results)
+    assert manager.loaded_models() == ["alpha"]
+    manager.shutdown()
+    assert log[-1] == "close alpha"
+
+
+async def test_jobs_on_one_model_run_in_arrival_order(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log)
+    worker = await manager.acquire(manager.resolve("alpha"))
+    jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
+    assert worker.status()["queued"] + worker.status()["in_flight"] == 3
+    outputs = await asyncio.gather(*(drain(job) for job in jobs))
+    assert [entry for entry in log if entry.startswith("run")] == ["run job0", "run job1", "run job2"]
+    assert all(events[-1].completion_tokens == 5 for events in outputs)
+    manager.shutdown()
+
+
+async def test_a_cancelled_job_stops_and_frees_the_worker(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log)
+    worker = await manager.acquire(manager.resolve("alpha"))
+    long_job = worker.submit(chat("long", max_tokens=10_000))
+    events = long_job.events()
+    await anext(events)  # prompt accepted: the job is running
+    await anext(events)
+    await events.aclose()
+    follow_up = await collect(manager, "alpha", chat("next"))
+    assert follow_up[-1].finish_reason == "length"
+    status = worker.status()
+    assert (status["in_flight"], status["queued"]) == (0, 0)
+    manager.shutdown()
+
+
+async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log)
+    worker = await manager.acquire(manager.resolve("alpha"))
+    first = worker.submit(chat("first", max_tokens=20))
+    queued = worker.submit(chat("queued"))
+    queued.cancel()
+    await drain(first)
+    await collect(manager, "alpha", chat("last"))
+    assert "run queued" not in log
+    manager.shutdown()
+
+
+async def test_different_models_do_not_wait_for_each_other(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log)
+    alpha = await manager.acquire(manager.resolve("alpha"))
+    long_job = alpha.submit(chat("long", max_tokens=300))
+    long_events = long_job.events()
+    await anext(long_events)
+    beta_events = await collect(manager, "beta", chat("short"))
+    assert beta_events[-1].finish_reason == "length"
+    assert alpha.status()["in_flight"] == 1  # alpha is still generating
+    await long_events.aclose()
+    manager.shutdown()
+
+
+async def test_a_failed_load_is_reported_and_retried_on_the_next_request(models: Path) -> None:
+    log: list[str] = []
+    attempts = []
+
+    def flaky(name: str, path: Path, settings: LoadSettings) -> FakeEngine:
+        attempts.append(name)
+        if len(attempts) == 1:
+            raise EngineLoadError("tensor data is not within the file bounds")
+        return FakeEngine(log, name, path, settings)
+
+    manager = make_manager(models, log, flaky)
+    with pytest.raises(ModelLoadFailed) as failure:
+        await collect(manager, "alpha", chat("one"))
+    assert failure.value.status == 503
+    assert "alpha" in failure.value.message and "not within the file bounds" in failure.value.message
+    assert manager.loaded_models() == []
+    events = await collect(manager, "alpha", chat("two"))
+    assert events[-1].finish_reason == "length" and len(attempts) == 2
+    manager.shutdown()
+
+
+async def test_unreadable_header_fails_the_load_without_reaching_the_engine(models: Path) -> None:
+    (models / "broken.gguf").write_bytes(b"not a model at all")
+    log: list[str] = []
+    manager = make_manager(models, log)
+    with pytest.raises(ModelLoadFailed, match="broken.gguf: not a GGUF file"):
+        await collect(manager, "broken", chat("x"))
+    assert log == []
+
+
+async def test_context_is_capped_to_what_the_model_was_trained_with(models: Path) -> None:
+    log: list[str] = []
+    settings: list[LoadSettings] = []
+
+    def recording(name: str, path: Path, load: LoadSettings) -> FakeEngine:
+        settings.append(load)
+        return FakeEngine(log, name, path, load)
+
+    manager = make_manager(models, log, recording, n_ctx=16384, n_threads=3)
+    await collect(manager, "alpha", chat("x"))
+    manager.config = replace(manager.config, n_ctx=0)
+    manager.shutdown()
+    await collect(manager, "alpha", chat("x"))
+    manager.shutdown()
+    assert [(s.n_ctx, s.n_threads) for s in settings] == [(1024, 3), (1024, 3)]
+
+
+def test_model_names_resolve_exactly(models: Path) -> None:
+    manager = make_manager(models, [], default_model="beta")
+    assert manager.resolve("alpha").name == "alpha"
+    assert manager.resolve("alpha.gguf").name == "alpha"
+    assert manager.resolve(None).name == "beta"
+    with pytest.raises(ModelNotFound) as missing:
+        manager.resolve("ALPHA")
+    assert missing.value.status == 404 and "alpha, beta" in missing.value.message
+
+
+def test_without_a_default_only_a_single_model_is_implied(models: Path) -> None:
+    with pytest.raises(InvalidRequest, match="no model given"):
+        make_manager(models, []).resolve(None)
+    (models / "beta.gguf").unlink()
+    assert make_manager(models, []).resolve(None).name == "alpha"
+
+
+def test_a_missing_models_directory_lists_nothing_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager(tmp_path / "absent", [])
+    with caplog.at_level(logging.ERROR):
+        assert manager.available() == {}
+        assert manager.available() == {}
+    assert caplog.text.count("does not exist") == 1
+    with pytest.raises(ModelNotFound, match="Available models: none"):
+        manager.resolve("alpha")
+
+
+async def test_loading_happens_off_the_event_loop(models: Path) -> None:
+    loop_thread = threading.get_ident()
+    load_threads: list[int] = []
+
+    def recording(name: str, path: Path, load: LoadSettings) -> FakeEngine:
+        load_threads.append(threading.get_ident())
+        return FakeEngine([], name, path, load)
+
+    manager = make_manager(models, [], recording)
+    acquiring = asyncio.ensure_future(manager.acquire(manager.resolve("alpha")))
+    ticks = 0
+    while not acquiring.done():  # the loop keeps running while the model loads
+        ticks += 1
+        await asyncio.sleep(0.005)
+    await acquiring
+    assert ticks > 5 and load_threads and load_threads[0] != loop_thread
+    manager.shutdown()
