@@ -1,4 +1,4 @@
-"""What a generation job asks for and the events it produces.
+"""What a generation job asks for, the events it produces, and a started chat completion.
 
 Shared by services (which build jobs), the manager (which queues them) and the engine (which runs
 them); stdlib only.
@@ -6,7 +6,10 @@ them); stdlib only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,14 @@ class Finished:
 
 
 JobEvent = PromptAccepted | TextDelta | Finished
+
+
+@dataclass
+class ChatCompletion:
+    """A started chat completion: the prompt was accepted; its events follow."""
+
+    model: str
+    prompt_tokens: int
+    events: AsyncIterator[JobEvent]
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))

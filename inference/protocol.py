@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -20,7 +18,7 @@ from rest_framework.settings import api_settings
 
 from inference.discovery import ModelFile
 from inference.errors import ApiError
-from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta
+from inference.jobs import ChatCompletion, ChatJob, ChatMessage, Finished, Sampling, TextDelta
 
 # --- requests -------------------------------------------------------------------------------
 
@@ -237,18 +235,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
 # --- responses ------------------------------------------------------------------------------
 
 
-@dataclass
-class ChatCompletion:
-    """A started chat completion: the prompt was accepted; its events follow."""
-
-    model: str
-    prompt_tokens: int
-    events: AsyncIterator[JobEvent]
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def envelope(self, object_type: str) -> dict[str, Any]:
-        return {"id": self.id, "object": object_type, "created": self.created, "model": self.model}
+def envelope(completion: ChatCompletion, object_type: str) -> dict[str, Any]:
+    return {"id": completion.id, "object": object_type, "created": completion.created, "model": completion.model}
 
 
 def usage_body(finished: Finished) -> dict[str, int]:
@@ -269,7 +257,7 @@ async def chat_completion_body(completion: ChatCompletion) -> dict[str, Any]:
             finished = event
     message = {"role": "assistant", "content": "".join(texts), "refusal": None}
     return {
-        **completion.envelope("chat.completion"),
+        **envelope(completion, "chat.completion"),
         "choices": [
             {
                 "index": 0,
@@ -302,7 +290,7 @@ async def chat_completion_chunks(
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return sse_event(
-            {**completion.envelope("chat.completion.chunk"), "choices": [choice], **usage_field}
+            {**envelope(completion, "chat.completion.chunk"), "choices": [choice], **usage_field}
         )
 
     try:
@@ -315,7 +303,7 @@ async def chat_completion_chunks(
                 if include_usage:
                     yield sse_event(
                         {
-                            **completion.envelope("chat.completion.chunk"),
+                            **envelope(completion, "chat.completion.chunk"),
                             "choices": [],
                             "usage": usage_body(event),
                         }

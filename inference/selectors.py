@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from inference.apps import PROCESS_STARTED
 from inference.discovery import ModelFile
 from inference.manager import model_manager
-
-_STARTED = time.monotonic()
-
 
 def model_list() -> dict[str, ModelFile]:
     return model_manager().available()
@@ -25,6 +23,6 @@ def health() -> dict[str, Any]:
     return {
         "status": "ok",
         "loaded_models": manager.loaded_models(),
-        "uptime": round(time.monotonic() - _STARTED, 1),
+        "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
         "models": manager.status(),
     }

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from inference.jobs import ChatJob, PromptAccepted
+from inference.jobs import ChatCompletion, ChatJob, PromptAccepted
 from inference.manager import model_manager
-from inference.protocol import ChatCompletion
 
 
 async def chat_completion_create(*, model: str | None, job: ChatJob) -> ChatCompletion:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from django.test import AsyncClient
 
+from inference.errors import GenerationFailed
+from inference.jobs import ChatCompletion, JobEvent, TextDelta
+from inference.protocol import chat_completion_chunks
 from tests.conftest import SMOLLM2, validate_openai
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -143,3 +147,17 @@ async def test_max_tokens_beyond_the_context_stops_at_the_context_end(use_config
     assert response.status_code == 200, body
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["total_tokens"] == 256
+
+
+async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end() -> None:
+    async def failing_events() -> AsyncIterator[JobEvent]:
+        yield TextDelta("partial")
+        raise GenerationFailed("generation on m failed: decode error")
+
+    completion = ChatCompletion(model="m", prompt_tokens=3, events=failing_events())
+    raw = b"".join([part async for part in chat_completion_chunks(completion, include_usage=False)])
+    events = [json.loads(event[6:]) for event in raw.split(b"\n\n") if event]
+    assert [chunk["choices"][0]["delta"].get("content") for chunk in events[:2]] == ["", "partial"]
+    validate_openai("ErrorResponse", events[-1])
+    assert events[-1]["error"]["type"] == "server_error"
+    assert b"[DONE]" not in raw

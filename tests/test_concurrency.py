@@ -127,3 +127,16 @@ async def test_a_client_that_hangs_up_while_queued_never_runs(daphne_server: Dap
         status = await wait_until_idle(client, SMOLLM2)
         assert status["state"] == "ready"
     assert "length after 1000 tokens" not in daphne_server.log()
+
+
+async def test_a_non_streaming_client_that_hangs_up_stops_its_generation(daphne_server: DaphneServer) -> None:
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
+        waiting = asyncio.create_task(
+            client.post("/v1/chat/completions", json={"model": SMOLLM2, "max_tokens": 3000, "seed": 99, **LONG})
+        )
+        while (await model_status(client, SMOLLM2)).get("in_flight") != 1:
+            await asyncio.sleep(0.02)
+        waiting.cancel()
+        await wait_until_idle(client, SMOLLM2)
+    cancelled = re.findall(rf"chat on {re.escape(SMOLLM2)}: cancelled after (\d+) tokens", daphne_server.log())
+    assert cancelled and int(cancelled[-1]) < 1000  # of the 3000 asked for
