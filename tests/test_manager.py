@@ -61,6 +61,15 @@ def make_manager(models: Path, log: list[str], factory: Callable | None = None, 
     return ModelManager(config, factory or (lambda *args: FakeEngine(log, *args)))
 
 
+@pytest.fixture
+def fake(models: Path) -> Iterator[tuple[ModelManager, list[str]]]:
+    """A manager over two fake models, and the log of what its fake engines did."""
+    log: list[str] = []
+    manager = make_manager(models, log)
+    yield manager, log
+    manager.shutdown()
+
+
 def chat(text: str, max_tokens: int = 3) -> ChatJob:
     return ChatJob(messages=(ChatMessage("user", text),), max_tokens=max_tokens)
 
@@ -74,9 +83,8 @@ async def collect(manager: ModelManager, model: str, job: ChatJob) -> list[JobEv
     return await drain(worker.submit(job))
 
 
-async def test_concurrent_first_requests_share_one_load(models: Path) -> None:
-    log: list[str] = []
-    manager = make_manager(models, log)
+async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager, list[str]]) -> None:
+    manager, log = fake
     results = await asyncio.gather(*(collect(manager, "alpha", chat(str(i))) for i in range(4)))
     assert log.count("load alpha") == 1
     assert all(isinstance(events[-1], Finished) for events in results)
@@ -85,21 +93,18 @@ async def test_concurrent_first_requests_share_one_load(models: Path) -> None:
     assert log[-1] == "close alpha"
 
 
-async def test_jobs_on_one_model_run_in_arrival_order(models: Path) -> None:
-    log: list[str] = []
-    manager = make_manager(models, log)
+async def test_jobs_on_one_model_run_in_arrival_order(fake: tuple[ModelManager, list[str]]) -> None:
+    manager, log = fake
     worker = await manager.acquire(manager.resolve("alpha"))
     jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
     assert worker.status()["queued"] + worker.status()["in_flight"] == 3
     outputs = await asyncio.gather(*(drain(job) for job in jobs))
     assert [entry for entry in log if entry.startswith("run")] == ["run job0", "run job1", "run job2"]
     assert all(events[-1].completion_tokens == 5 for events in outputs)
-    manager.shutdown()
 
 
-async def test_a_cancelled_job_stops_and_frees_the_worker(models: Path) -> None:
-    log: list[str] = []
-    manager = make_manager(models, log)
+async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManager, list[str]]) -> None:
+    manager, log = fake
     worker = await manager.acquire(manager.resolve("alpha"))
     long_job = worker.submit(chat("long", max_tokens=10_000))
     events = long_job.events()
@@ -110,12 +115,10 @@ async def test_a_cancelled_job_stops_and_frees_the_worker(models: Path) -> None:
     assert follow_up[-1].finish_reason == "length"
     status = worker.status()
     assert (status["in_flight"], status["queued"]) == (0, 0)
-    manager.shutdown()
 
 
-async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
-    log: list[str] = []
-    manager = make_manager(models, log)
+async def test_a_job_cancelled_while_queued_never_runs(fake: tuple[ModelManager, list[str]]) -> None:
+    manager, log = fake
     worker = await manager.acquire(manager.resolve("alpha"))
     first = worker.submit(chat("first", max_tokens=20))
     queued = worker.submit(chat("queued"))
@@ -123,12 +126,10 @@ async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
     await drain(first)
     await collect(manager, "alpha", chat("last"))
     assert "run queued" not in log
-    manager.shutdown()
 
 
-async def test_different_models_do_not_wait_for_each_other(models: Path) -> None:
-    log: list[str] = []
-    manager = make_manager(models, log)
+async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelManager, list[str]]) -> None:
+    manager, log = fake
     alpha = await manager.acquire(manager.resolve("alpha"))
     long_job = alpha.submit(chat("long", max_tokens=300))
     long_events = long_job.events()
@@ -137,7 +138,6 @@ async def test_different_models_do_not_wait_for_each_other(models: Path) -> None
     assert beta_events[-1].finish_reason == "length"
     assert alpha.status()["in_flight"] == 1  # alpha is still generating
     await long_events.aclose()
-    manager.shutdown()
 
 
 async def test_a_failed_load_is_reported_and_retried_on_the_next_request(models: Path) -> None:
