@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import protocol, selectors, services
+from inference.admin_auth import AdminTokenRequired
 
 
 class HealthView(APIView):
@@ -34,6 +35,32 @@ class ChatCompletionsView(APIView):
                 protocol.chat_completion_chunks(completion, include_usage=chat.include_usage)
             )
         return Response(await protocol.chat_completion_body(completion))
+
+
+class AdminView(APIView):
+    permission_classes = [AdminTokenRequired]
+
+
+class AdminLoadView(AdminView):
+    async def post(self, request: Request) -> Response:
+        model, reason = protocol.AdminModelSerializer.parse(request.data)
+        return Response({"loaded": [await services.model_load(model=model, reason=reason)]})
+
+
+class AdminUnloadView(AdminView):
+    async def post(self, request: Request) -> Response:
+        model, reason = protocol.AdminModelSerializer.parse(request.data)
+        return Response(await services.model_unload(model=model, reason=reason))
+
+
+class AdminReloadView(AdminView):
+    async def post(self, request: Request) -> Response:
+        return Response(await services.config_reload())
+
+
+class AdminReapView(AdminView):
+    async def post(self, request: Request) -> Response:
+        return Response(await services.models_reap())
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -9,3 +9,9 @@ PROCESS_STARTED = time.monotonic()
 class InferenceConfig(AppConfig):
     name = "inference"
     verbose_name = "Inference"
+
+    def ready(self) -> None:
+        from inference.lifecycle import model_lifecycle
+        from inference.services import load_event_record
+
+        model_lifecycle.connect(load_event_record, dispatch_uid="load_event_record")

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,17 +52,43 @@ class ServerConfig:
     port: int
     cors_origins: tuple[str, ...]
     log_level: str
+    instance_name: str
+
+    @property
+    def instance(self) -> str:
+        """This server's name in shared records: instance_name, or host:port."""
+        return self.instance_name or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one model is loaded and kept: model_manager's values, overridden per model."""
+
+    n_ctx: int
+    n_gpu_layers: int
+    n_threads: int
+    n_batch: int
+    flash_attn: bool
+    use_mmap: bool
+    use_mlock: bool
+    chat_format: str
+    idle_timeout: float
+    pinned: bool
 
 
 @dataclass(frozen=True)
 class ModelManagerConfig:
     models_directory: Path
     default_model: str
-    n_ctx: int
-    n_gpu_layers: int
-    n_threads: int
-    idle_timeout: float
     check_interval: float
+    max_loaded_models: int
+    shutdown_grace_seconds: float
+    defaults: ModelSettings
+    models: dict[str, dict[str, Any]]
+
+    def settings_for(self, name: str, overrides: dict[str, Any] | None = None) -> ModelSettings:
+        """A model's effective settings: defaults < model_manager.models.<name> < `overrides`."""
+        return replace(self.defaults, **self.models.get(name, {}), **(overrides or {}))
 
 
 @dataclass(frozen=True)
@@ -74,11 +100,10 @@ class Config:
 
 @dataclass(frozen=True)
 class _Key:
-    """One config key: its default, a check that returns the problem (or None), and a meaning."""
+    """One config key: its default and a check that returns the problem (or None)."""
 
     default: Any
     problem: Callable[[Any], str | None]
-    meaning: str
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], str | None]:
@@ -115,6 +140,10 @@ def _string(*, allow_empty: bool) -> Callable[[Any], str | None]:
     return check
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def _log_level(value: Any) -> str | None:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         return f"must be one of {', '.join(LOG_LEVELS)}"
@@ -130,43 +159,42 @@ def _origins(value: Any) -> str | None:
     return None
 
 
+def _table(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
+        return "must be an object of {model name: {setting: value}}"
+    return None
+
+
+# Settings of a model: model_manager holds their defaults, model_manager.models.<name> overrides.
+MODEL_KEYS: dict[str, _Key] = {
+    "n_ctx": _Key(16384, _integer(0)),
+    "n_gpu_layers": _Key(-1, _integer(-1)),
+    "n_threads": _Key(None, _integer(1)),
+    "n_batch": _Key(512, _integer(1)),
+    "flash_attn": _Key(False, _boolean),
+    "use_mmap": _Key(True, _boolean),
+    "use_mlock": _Key(False, _boolean),
+    "chat_format": _Key("", _string(allow_empty=True)),
+    "idle_timeout": _Key(300, _number(-1)),
+    "pinned": _Key(False, _boolean),
+}
+
 SCHEMA: dict[str, dict[str, _Key]] = {
     "server": {
-        "host": _Key("127.0.0.1", _string(allow_empty=False), "Address to listen on."),
-        "port": _Key(8080, _integer(1, 65535), "TCP port to listen on."),
-        "cors_origins": _Key(
-            ["*"], _origins, "Origins allowed by CORS; `\"*\"` allows any origin."
-        ),
-        "log_level": _Key("INFO", _log_level, "Python logging level of the server."),
+        "host": _Key("127.0.0.1", _string(allow_empty=False)),
+        "port": _Key(8080, _integer(1, 65535)),
+        "cors_origins": _Key(["*"], _origins),
+        "log_level": _Key("INFO", _log_level),
+        "instance_name": _Key("", _string(allow_empty=True)),
     },
     "model_manager": {
-        "models_directory": _Key(
-            "./models",
-            _string(allow_empty=False),
-            "Folder scanned for `*.gguf` models; relative to the config file's folder.",
-        ),
-        "default_model": _Key(
-            "",
-            _string(allow_empty=True),
-            "Model used when a request names none; empty means the only model, if there is one.",
-        ),
-        "n_ctx": _Key(
-            16384,
-            _integer(0),
-            "Context length in tokens, capped to what the model was trained with; 0 = the model's own.",
-        ),
-        "n_gpu_layers": _Key(
-            -1, _integer(-1), "Layers offloaded to the GPU; -1 = all (ignored by CPU-only builds)."
-        ),
-        "n_threads": _Key(
-            None, _integer(1), "Threads for generation; default: the machine's physical cores."
-        ),
-        "idle_timeout": _Key(
-            300, _number(-1), "Seconds a model may sit idle before it is unloaded."
-        ),
-        "check_interval": _Key(
-            60, _number(0, exclusive=True), "Seconds between idle checks."
-        ),
+        "models_directory": _Key("./models", _string(allow_empty=False)),
+        "default_model": _Key("", _string(allow_empty=True)),
+        "check_interval": _Key(60, _number(0, exclusive=True)),
+        "max_loaded_models": _Key(2, _integer(1)),
+        "shutdown_grace_seconds": _Key(30, _number(0)),
+        **MODEL_KEYS,
+        "models": _Key({}, _table),
     },
 }
 
@@ -194,25 +222,28 @@ def _read(path: Path) -> dict[str, Any]:
     return document
 
 
-def _section(path: Path, document: dict[str, Any], name: str) -> dict[str, Any]:
-    """Validated values of one section, defaults filled in; unknown keys are only warned about."""
-    raw = document.get(name, {})
+def _validated(path: Path, where: str, raw: Any, keys: dict[str, _Key]) -> dict[str, Any]:
+    """The known keys given in one JSON object, checked; unknown keys are only warned about."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: {name}: must be a JSON object")
-    keys = SCHEMA[name]
+        raise ConfigError(f"{path}: {where}: must be a JSON object")
     for unknown in sorted(set(raw) - set(keys)):
-        logger.warning("%s: unknown key %s.%s is ignored", path, name, unknown)
+        logger.warning("%s: unknown key %s.%s is ignored", path, where, unknown)
     values = {}
     for key, spec in keys.items():
-        value = raw.get(key, spec.default)
+        if key not in raw:
+            continue
+        value = raw[key]
         if value is None and spec.default is None:
-            values[key] = None
             continue
         problem = spec.problem(value)
         if problem:
-            raise ConfigError(f"{path}: {name}.{key}: {problem} (got {json.dumps(value)})")
+            raise ConfigError(f"{path}: {where}.{key}: {problem} (got {json.dumps(value)})")
         values[key] = value
     return values
+
+
+def _with_defaults(values: dict[str, Any], keys: dict[str, _Key]) -> dict[str, Any]:
+    return {key: values.get(key, spec.default) for key, spec in keys.items()}
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -221,16 +252,26 @@ def load_config(path: Path | None = None) -> Config:
     document = _read(path)
     for unknown in sorted(set(document) - set(SCHEMA)):
         logger.warning("%s: unknown section %s is ignored", path, unknown)
-    server = _section(path, document, "server")
-    manager = _section(path, document, "model_manager")
+    server = _with_defaults(
+        _validated(path, "server", document.get("server", {}), SCHEMA["server"]), SCHEMA["server"]
+    )
+    manager = _with_defaults(
+        _validated(path, "model_manager", document.get("model_manager", {}), SCHEMA["model_manager"]),
+        SCHEMA["model_manager"],
+    )
     server["cors_origins"] = tuple(server["cors_origins"])
     server["log_level"] = server["log_level"].upper()
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or physical_cores()
+    models = {
+        name: _validated(path, f"model_manager.models.{name}", settings, MODEL_KEYS)
+        for name, settings in manager.pop("models").items()
+    }
+    defaults = ModelSettings(**{key: manager.pop(key) for key in MODEL_KEYS})
     return Config(
         path=path,
         server=ServerConfig(**server),
-        model_manager=ModelManagerConfig(**manager),
+        model_manager=ModelManagerConfig(**manager, defaults=defaults, models=models),
     )
 
 

@@ -43,6 +43,18 @@ class GGUFInfo:
     architecture: str
     context_length: int | None
     chat_template: str | None
+    quantization: str
+    parameter_count: int
+
+
+# llama_ftype values (general.file_type) and their usual names.
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M",
+    30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
+}
 
 
 def scan(directory: Path) -> dict[str, ModelFile]:
@@ -103,7 +115,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     """The header metadata we need from a GGUF file; raises GGUFError if it is not one."""
     try:
         with path.open("rb") as stream:
-            metadata = _read_metadata(stream)
+            metadata, tensor_count = _read_metadata(stream)
+            parameter_count = _count_parameters(stream, tensor_count)
     except OSError as exc:
         raise GGUFError(f"cannot read {path.name}: {exc.strerror or exc}") from None
     architecture = metadata.get("general.architecture")
@@ -111,25 +124,41 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         raise GGUFError("the GGUF header has no general.architecture")
     context_length = metadata.get(f"{architecture}.context_length")
     chat_template = metadata.get("tokenizer.chat_template")
+    file_type = metadata.get("general.file_type")
     return GGUFInfo(
         architecture=architecture,
         context_length=context_length if isinstance(context_length, int) else None,
         chat_template=chat_template if isinstance(chat_template, str) and chat_template else None,
+        quantization=_FILE_TYPES.get(file_type, f"type {file_type}") if isinstance(file_type, int) else "",
+        parameter_count=parameter_count,
     )
 
 
-def _read_metadata(stream: BinaryIO) -> dict[str, object]:
+def _read_metadata(stream: BinaryIO) -> tuple[dict[str, object], int]:
     if stream.read(4) != b"GGUF":
         raise GGUFError("not a GGUF file (wrong magic bytes)")
     version = _unpack(stream, "<I")
     if version not in (2, 3):
         raise GGUFError(f"unsupported GGUF version {version}")
-    _unpack(stream, "<Q")  # tensor count
+    tensor_count = _unpack(stream, "<Q")
     metadata: dict[str, object] = {}
     for _ in range(_unpack(stream, "<Q")):
         key = _read_string(stream)
         metadata[key] = _read_value(stream, _unpack(stream, "<I"))
-    return metadata
+    return metadata, tensor_count
+
+
+def _count_parameters(stream: BinaryIO, tensor_count: int) -> int:
+    """The sum of the tensors' element counts, from the tensor infos after the metadata."""
+    total = 0
+    for _ in range(tensor_count):
+        _read_string(stream)  # name
+        elements = 1
+        for _ in range(_unpack(stream, "<I")):
+            elements *= _unpack(stream, "<Q")
+        stream.seek(4 + 8, 1)  # type, offset
+        total += elements
+    return total
 
 
 def _read_value(stream: BinaryIO, value_type: int) -> object:

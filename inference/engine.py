@@ -19,7 +19,11 @@ import jinja2
 import llama_cpp
 from llama_cpp import _internals as llama_internals
 from llama_cpp import llama as llama_module
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_chat_format import (
+    ChatFormatter,
+    Jinja2ChatFormatter,
+    LlamaChatCompletionHandlerRegistry,
+)
 
 from inference.errors import ContextLengthExceeded, InvalidRequest
 from inference.jobs import ChatJob, Finished, JobEvent, PromptAccepted, TextDelta
@@ -77,9 +81,29 @@ class LoadSettings:
     n_ctx: int
     n_gpu_layers: int
     n_threads: int
+    n_batch: int = 512
+    flash_attn: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+    chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
 
     def describe(self) -> str:
         return f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, n_threads={self.n_threads}"
+
+
+def _named_chat_formatter(name: str) -> ChatFormatter:
+    """The prompt formatter llama-cpp-python registered under `name` (e.g. "chatml")."""
+    registry = LlamaChatCompletionHandlerRegistry()
+    try:
+        handler = registry.get_chat_completion_handler_by_name(name)
+    except ValueError:
+        known = ", ".join(sorted(registry._chat_handlers))
+        raise EngineLoadError(f"unknown chat_format {name!r} (known: {known})") from None
+    # Plain formats are registered as a handler wrapping their formatter function; take it out.
+    for cell in handler.__closure__ or ():
+        if callable(cell.cell_contents) and cell.cell_contents.__name__.startswith("format"):
+            return cell.cell_contents
+    raise EngineLoadError(f"chat_format {name!r} is not a plain prompt format")
 
 
 class Engine:
@@ -95,13 +119,21 @@ class Engine:
                 n_ctx=settings.n_ctx,
                 n_gpu_layers=settings.n_gpu_layers,
                 n_threads=settings.n_threads,
+                n_batch=settings.n_batch,
+                flash_attn=settings.flash_attn,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
                 verbose=False,
             )
         except Exception as exc:  # llama-cpp-python raises ValueError with no reason in it
             reason = "; ".join(_recent_llama_problems()) or str(exc)
             raise EngineLoadError(reason) from None
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
-        self._chat_formatter = self._make_chat_formatter()
+        try:
+            self._chat_formatter = self._make_chat_formatter(settings.chat_format)
+        except EngineLoadError:
+            self._llama.close()
+            raise
 
     @property
     def n_ctx(self) -> int:
@@ -112,7 +144,9 @@ class Engine:
             return ""
         return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
-    def _make_chat_formatter(self) -> Jinja2ChatFormatter | None:
+    def _make_chat_formatter(self, chat_format: str) -> ChatFormatter | None:
+        if chat_format:
+            return _named_chat_formatter(chat_format)
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             return None
@@ -122,11 +156,12 @@ class Engine:
             bos_token=self._token_text(self._llama.token_bos()),
         )
 
-    def chat_prompt(self, job: ChatJob) -> list[int]:
-        """The job's messages rendered with the model's own chat template, as tokens."""
+    def chat_prompt(self, job: ChatJob) -> tuple[list[int], tuple[str, ...]]:
+        """The job's messages rendered with the model's chat format, as tokens, and its stops."""
         if self._chat_formatter is None:
             raise InvalidRequest(
-                f"model {self.name} has no chat template; use /v1/completions for it",
+                f"model {self.name} has no chat template; use /v1/completions for it, "
+                "or set a chat_format for it in config.json",
                 param="model",
             )
         messages = [{"role": message.role, "content": message.content} for message in job.messages]
@@ -136,13 +171,16 @@ class Engine:
             raise InvalidRequest(
                 f"the chat template of {self.name} rejected the messages: {exc}", param="messages"
             ) from None
-        return self._llama.tokenize(
+        tokens = self._llama.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )
+        # A format's own end marker may be plain text to a model that was not trained on it.
+        format_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
+        return tokens, tuple(stop for stop in format_stops if stop)
 
     def run_chat(self, job: ChatJob, should_stop: Callable[[], bool]) -> Iterator[JobEvent]:
         """Generate a chat answer: PromptAccepted, then TextDelta pieces, then Finished."""
-        prompt = self.chat_prompt(job)
+        prompt, format_stops = self.chat_prompt(job)
         room = self.n_ctx - len(prompt)
         if room < 1:
             raise ContextLengthExceeded(
@@ -152,10 +190,15 @@ class Engine:
             )
         yield PromptAccepted(prompt_tokens=len(prompt))
         limit = room if job.max_tokens is None else min(job.max_tokens, room)
-        yield from self._generate(prompt, job, limit, should_stop)
+        yield from self._generate(prompt, job, limit, job.stop + format_stops, should_stop)
 
     def _generate(
-        self, prompt: list[int], job: ChatJob, limit: int, should_stop: Callable[[], bool]
+        self,
+        prompt: list[int],
+        job: ChatJob,
+        limit: int,
+        stops: tuple[str, ...],
+        should_stop: Callable[[], bool],
     ) -> Iterator[JobEvent]:
         sampling = job.sampling
         self._llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed)
@@ -170,7 +213,7 @@ class Engine:
             frequency_penalty=sampling.frequency_penalty,
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(job.stop)
+        stop_matcher = StopMatcher(stops)
         generated, finish_reason = 0, "length"
         try:
             for token in tokens:
@@ -181,7 +224,7 @@ class Engine:
                     finish_reason = "stop"
                     break
                 generated += 1
-                text, stopped = stops.feed(decoder.decode(self._llama.detokenize([token])))
+                text, stopped = stop_matcher.feed(decoder.decode(self._llama.detokenize([token])))
                 if text:
                     yield TextDelta(text)
                 if stopped:
@@ -192,7 +235,7 @@ class Engine:
         finally:
             tokens.close()
         if finish_reason != "cancelled":
-            tail = stops.flush() + decoder.decode(b"", final=True)
+            tail = stop_matcher.flush() + decoder.decode(b"", final=True)
             if tail:
                 yield TextDelta(tail)
         yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated)

@@ -46,3 +46,8 @@ class ModelLoadFailed(ApiError):
 class GenerationFailed(ApiError):
     status = 500
     type = "server_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "server_error"

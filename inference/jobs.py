@@ -39,6 +39,9 @@ class ChatJob:
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
     ignore_eos: bool = False
+    # Seconds the model stays loaded after this request (0: unload at once, -1: keep);
+    # None: the model's idle_timeout.
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 A ModelWorker is a thread that owns one Engine: it loads the model, then runs jobs from its
 queue one at a time, in arrival order, handing each job's events back to the asyncio loop that
 submitted it. Nothing here blocks an event loop: loads and generation happen on worker threads.
+
+The ModelManager decides what is loaded: lazy loads, at most `max_loaded_models` at once (the
+least recently used idle model makes room), idle unloading by a reaper thread, unloads on
+demand, and rediscovery on reload. Each load, failed load and unload is announced on the
+`model_lifecycle` signal.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from inference.config import ModelManagerConfig, get_config
+from inference.config import ModelManagerConfig, ModelSettings, get_config
 from inference.discovery import (
     GGUFError,
     ModelFile,
@@ -28,13 +34,29 @@ from inference.discovery import (
     strip_suffix,
 )
 from inference.engine import Engine, EngineLoadError, LoadSettings
-from inference.errors import ApiError, GenerationFailed, InvalidRequest, ModelLoadFailed, ModelNotFound
+from inference.errors import (
+    ApiError,
+    GenerationFailed,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+    ServiceUnavailable,
+)
 from inference.jobs import ChatJob, Finished, JobEvent
+from inference.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, model_lifecycle
 
 logger = logging.getLogger(__name__)
 
 # Builds the engine of a model on its worker thread; tests pass a fake one.
 EngineFactory = Callable[[str, Path, LoadSettings], Engine]
+
+ALL_MODELS = "all"
+# How often a request waiting for room (every loaded model busy) looks again.
+_ROOM_POLL_SECONDS = 0.05
+
+
+class WorkerStopping(Exception):
+    """The worker is being unloaded and takes no new jobs."""
 
 
 class Job:
@@ -78,82 +100,180 @@ class ModelWorker:
     """A thread that loads one model and runs its jobs one at a time, in order."""
 
     def __init__(
-        self, model: ModelFile, config: ModelManagerConfig, engine_factory: EngineFactory
+        self,
+        model: ModelFile,
+        settings: ModelSettings,
+        engine_factory: EngineFactory,
+        *,
+        reason: LoadReason,
+        predecessors: list[ModelWorker],
+        on_idle: Callable[[ModelWorker], None],
     ) -> None:
         self.model = model
+        self.settings = settings
+        self.load_settings: LoadSettings | None = None
         self.state = "loading"
         self.loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loaded.set_running_or_notify_cancel()  # a waiter that gives up must not cancel the load
         self.last_used = time.monotonic()
-        self._config = config
-        self._engine_factory = engine_factory
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._counts_lock = threading.Lock()
+        self.keep_alive: float | None = None  # set by the last request; None: settings.idle_timeout
         self.queued = 0
         self.in_flight = 0
+        self._reason = reason
+        self._predecessors = predecessors
+        self._on_idle = on_idle
+        self._engine_factory = engine_factory
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stop_reason: LoadReason | None = None
         self._thread = threading.Thread(target=self._run, name=f"model:{model.name}", daemon=True)
         self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight or self.queued)
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.settings.idle_timeout if self.keep_alive is None else self.keep_alive
+
+    @property
+    def idle_reason(self) -> LoadReason:
+        """Why an idle unload happens: a request's keep_alive, or the model's idle_timeout."""
+        return LoadReason.IDLE if self.keep_alive is None else LoadReason.KEEP_ALIVE
 
     def submit(self, spec: ChatJob) -> Job:
         """Queue a job (call from the event loop); its events arrive on this loop."""
         job = Job(spec, asyncio.get_running_loop())
-        with self._counts_lock:
+        with self._lock:
+            if self._stop_reason is not None:
+                raise WorkerStopping(self.model.name)
             self.queued += 1
-        self._jobs.put(job)
+            self._jobs.put(job)
         return job
 
-    def stop(self) -> None:
-        """Finish the queued jobs, then free the model and end the thread."""
-        self._jobs.put(None)
+    def stop(self, reason: LoadReason) -> bool:
+        """Unload after the jobs already queued; True if there are none (it unloads at once)."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+                self._jobs.put(None)
+            return not self.busy
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def idle_expiry(self) -> float | None:
+        """When (time.monotonic) the idle check unloads this model; None if it would not."""
+        with self._lock:
+            if self.state != "loaded" or self.busy or self.settings.pinned or self.idle_timeout < 0:
+                return None
+            return self.last_used + self.idle_timeout
+
+    def status(self) -> dict[str, Any]:
+        expiry = self.idle_expiry()
+        with self._lock:
+            return {
+                "state": "unloading" if self._stop_reason else self.state,
+                "in_flight": self.in_flight,
+                "queued": self.queued,
+                "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.last_used, 1),
+                "expires_at": None
+                if expiry is None
+                else (datetime.now(UTC) + timedelta(seconds=expiry - time.monotonic())).isoformat(),
+                "pinned": self.settings.pinned,
+            }
+
     def _run(self) -> None:
+        for predecessor in self._predecessors:
+            predecessor.join()  # its memory comes back before this load takes more
+        started = time.monotonic()
         try:
             engine = self._load()
         except Exception as exc:
-            if isinstance(exc, (GGUFError, EngineLoadError, OSError)):
-                logger.error("failed to load %s from %s: %s", self.model.name, self.model.path, exc)
-            else:  # a bug: still fail the waiting requests rather than leave them hanging
-                logger.exception("failed to load %s from %s", self.model.name, self.model.path)
-            self.state = "failed"
-            self.loaded.set_exception(
-                ModelLoadFailed(
-                    f"model {self.model.name} could not be loaded from {self.model.path.name}: {exc}"
-                )
-            )
+            self._fail(exc, started)
             return
-        self.state = "ready"
+        self.state = "loaded"
+        self._announce(LifecycleKind.LOAD, self._reason, started)
         self.loaded.set_result(None)
         try:
             while (job := self._jobs.get()) is not None:
                 self._execute(engine, job)
+                if self._unload_now():
+                    self._on_idle(self)
         finally:
+            closing = time.monotonic()
             engine.close()
-            self.state = "stopped"
-            logger.info("unloaded %s", self.model.name)
+            self.state = "unloaded"
+            reason = self._stop_reason or LoadReason.ERROR
+            logger.info("unloaded %s (%s)", self.model.name, reason)
+            self._announce(LifecycleKind.UNLOAD, reason, closing)
 
     def _load(self) -> Engine:
-        model = self.model
-        settings = self._load_settings(read_gguf_info(model.path).context_length)
-        logger.info("loading %s (%.0f MB, %s)", model.name, model.size_bytes / 1e6, settings.describe())
+        model, settings = self.model, self.settings
+        trained = read_gguf_info(model.path).context_length
+        self.load_settings = LoadSettings(
+            n_ctx=min(settings.n_ctx, trained) if trained and settings.n_ctx else settings.n_ctx or trained or 0,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_threads=settings.n_threads,
+            n_batch=settings.n_batch,
+            flash_attn=settings.flash_attn,
+            use_mmap=settings.use_mmap,
+            use_mlock=settings.use_mlock,
+            chat_format=settings.chat_format,
+        )
+        logger.info(
+            "loading %s (%.0f MB, %s)", model.name, model.size_bytes / 1e6, self.load_settings.describe()
+        )
         started = time.monotonic()
-        engine = self._engine_factory(model.name, model.path, settings)
-        actual = replace(settings, n_ctx=engine.n_ctx)  # llama.cpp rounds the context up
-        logger.info("loaded %s in %.2f s (%s)", model.name, time.monotonic() - started, actual.describe())
+        engine = self._engine_factory(model.name, model.path, self.load_settings)
+        self.load_settings = replace(self.load_settings, n_ctx=engine.n_ctx)  # llama.cpp rounds up
+        logger.info(
+            "loaded %s in %.2f s (%s)",
+            model.name,
+            time.monotonic() - started,
+            self.load_settings.describe(),
+        )
         return engine
 
-    def _load_settings(self, trained_context: int | None) -> LoadSettings:
-        n_ctx = self._config.n_ctx
-        if trained_context:
-            n_ctx = min(n_ctx, trained_context) if n_ctx else trained_context
-        return LoadSettings(
-            n_ctx=n_ctx, n_gpu_layers=self._config.n_gpu_layers, n_threads=self._config.n_threads
+    def _fail(self, exc: Exception, started: float) -> None:
+        if isinstance(exc, (GGUFError, EngineLoadError, OSError)):
+            logger.error("failed to load %s from %s: %s", self.model.name, self.model.path, exc)
+        else:  # a bug: still fail the waiting requests rather than leave them hanging
+            logger.exception("failed to load %s from %s", self.model.name, self.model.path)
+        self.state = "failed"
+        message = f"model {self.model.name} could not be loaded from {self.model.path.name}: {exc}"
+        self._announce(LifecycleKind.LOAD_FAILED, LoadReason.ERROR, started, error=message)
+        self.loaded.set_exception(ModelLoadFailed(message))
+
+    def _announce(self, kind: LifecycleKind, reason: LoadReason, started: float, error: str = "") -> None:
+        event = LifecycleEvent(
+            model=self.model.name,
+            kind=kind,
+            reason=reason,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            settings=asdict(self.load_settings) if self.load_settings else {},
+            error=error,
         )
+        for receiver, result in model_lifecycle.send_robust(sender=ModelWorker, event=event):
+            if isinstance(result, Exception):
+                logger.error("recording the %s of %s failed: %s", kind, self.model.name, result)
+
+    def _unload_now(self) -> bool:
+        """Idle with a timeout of 0 (idle_timeout or the last request's keep_alive)."""
+        with self._lock:
+            return (
+                not self.busy
+                and self._stop_reason is None
+                and self.idle_timeout == 0
+                and not self.settings.pinned
+            )
 
     def _execute(self, engine: Engine, job: Job) -> None:
-        with self._counts_lock:
+        with self._lock:
             self.queued -= 1
             self.in_flight += 1
         started = time.monotonic()
@@ -173,9 +293,10 @@ class ModelWorker:
         finally:
             # The worker counts as free before the last event goes out, so that whoever got the
             # complete answer also finds the model idle.
-            with self._counts_lock:
+            with self._lock:
                 self.in_flight -= 1
                 self.last_used = time.monotonic()
+                self.keep_alive = job.spec.keep_alive
         if outcome is not None:
             job.emit(outcome)
         if isinstance(outcome, Finished):
@@ -190,26 +311,29 @@ class ModelWorker:
                 outcome.completion_tokens / elapsed if elapsed else 0.0,
             )
 
-    def status(self) -> dict[str, Any]:
-        with self._counts_lock:
-            busy = self.in_flight or self.queued
-            return {
-                "state": self.state,
-                "in_flight": self.in_flight,
-                "queued": self.queued,
-                "idle_seconds": 0.0 if busy else round(time.monotonic() - self.last_used, 1),
-            }
+
+@dataclass(frozen=True)
+class ModelChanges:
+    """What a reload found: models added, removed, and changed (file or settings)."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
 
 
 class ModelManager:
-    """The models of one server process: discovery, lazy loading, the workers."""
+    """The models of one server process: discovery, lazy loading, eviction, unloading."""
 
     def __init__(self, config: ModelManagerConfig, engine_factory: EngineFactory = Engine) -> None:
         self.config = config
         self._engine_factory = engine_factory
         self._workers: dict[str, ModelWorker] = {}
+        self._retired: list[ModelWorker] = []  # unloading: finishing their last jobs
         self._lock = threading.Lock()
         self._directory_missing = False
+        self._shutting_down = False
+        self._known = self.available()
+        self._reaper_stop = threading.Event()
 
     def available(self) -> dict[str, ModelFile]:
         """The models in the models directory now (empty, with a logged error, if it is missing)."""
@@ -245,13 +369,23 @@ class ModelManager:
             )
         return available[name]
 
-    async def acquire(self, model: ModelFile) -> ModelWorker:
-        """The model's worker, loading it first if needed (concurrent callers share one load)."""
-        with self._lock:
-            worker = self._workers.get(model.name)
-            if worker is None or worker.state == "failed":
-                worker = ModelWorker(model, self.config, self._engine_factory)
-                self._workers[model.name] = worker
+    async def submit(self, model: ModelFile, spec: ChatJob) -> Job:
+        """Queue a job on the model, loading it first if needed."""
+        while True:
+            worker = await self.acquire(model, LoadReason.FIRST_REQUEST)
+            try:
+                return worker.submit(spec)
+            except WorkerStopping:
+                continue  # unloaded between its load and this job: load it again
+
+    async def acquire(self, model: ModelFile, reason: LoadReason) -> ModelWorker:
+        """The model's worker, loading it first if needed (concurrent callers share one load).
+
+        With `max_loaded_models` loaded, the least recently used idle model is unloaded to make
+        room; if every loaded model is busy, this waits until one is idle.
+        """
+        while (worker := self._worker_or_room(model, reason)) is None:
+            await asyncio.sleep(_ROOM_POLL_SECONDS)
         try:
             await asyncio.wrap_future(worker.loaded)
         except ModelLoadFailed:
@@ -261,25 +395,160 @@ class ModelManager:
             raise
         return worker
 
+    def _worker_or_room(self, model: ModelFile, reason: LoadReason) -> ModelWorker | None:
+        with self._lock:
+            if self._shutting_down:
+                raise ServiceUnavailable("the server is shutting down", param=None)
+            worker = self._workers.get(model.name)
+            if worker is not None and worker.state != "failed":
+                return worker
+            evicted = self._make_room_locked()
+            if evicted is None:
+                return None
+            same_model = [old for old in self._retired if old.model.name == model.name]
+            worker = ModelWorker(
+                model,
+                self.config.settings_for(model.name),
+                self._engine_factory,
+                reason=reason,
+                predecessors=evicted + same_model,
+                on_idle=self._unload_idle_worker,
+            )
+            self._workers[model.name] = worker
+            return worker
+
+    def _make_room_locked(self) -> list[ModelWorker] | None:
+        """[] if there is room, [the evicted worker] if one was unloaded for it, None to wait."""
+        live = [worker for worker in self._workers.values() if worker.state != "failed"]
+        if len(live) < self.config.max_loaded_models:
+            return []
+        idle = [w for w in live if w.state == "loaded" and not w.busy and not w.settings.pinned]
+        if idle:
+            victim = min(idle, key=lambda worker: worker.last_used)
+            logger.info("unloading %s, the least recently used model, to make room", victim.model.name)
+            self._retire_locked(victim, LoadReason.LRU)
+            return [victim]
+        if all(worker.settings.pinned for worker in live):
+            raise ServiceUnavailable(
+                f"cannot load another model: all {len(live)} loaded models (max_loaded_models) "
+                "are pinned",
+                param="model",
+            )
+        return None
+
+    def _retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
+        del self._workers[worker.model.name]
+        self._retired = [old for old in self._retired if old.is_alive()] + [worker]
+        return worker.stop(reason)
+
+    def _unload_idle_worker(self, worker: ModelWorker) -> None:
+        """Called on a worker's thread when it went idle with a timeout of 0."""
+        with self._lock:
+            if self._workers.get(worker.model.name) is worker:
+                self._retire_locked(worker, worker.idle_reason)
+
+    def unload(self, name: str, reason: LoadReason) -> tuple[list[ModelWorker], list[ModelWorker]]:
+        """Unload a model, or every model for "all".
+
+        Returns (idle workers, which unload now; busy ones, which unload when their running
+        requests end). Raises ModelNotFound for a name that is neither loaded nor on disk.
+        """
+        if name == ALL_MODELS:
+            if ALL_MODELS in self._known:
+                logger.warning("'all' means every loaded model; all.gguf cannot be unloaded alone")
+        else:
+            name = strip_suffix(name)
+            if name not in self._workers and name not in self.available():
+                raise ModelNotFound(f"The model '{name}' does not exist.")
+        now, pending = [], []
+        with self._lock:
+            targets = list(self._workers.values()) if name == ALL_MODELS else [
+                worker for worker in self._workers.values() if worker.model.name == name
+            ]
+            for worker in targets:
+                (now if self._retire_locked(worker, reason) else pending).append(worker)
+        return now, pending
+
+    def reap(self) -> list[ModelWorker]:
+        """Unload every model idle for longer than its idle timeout (or keep_alive)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [
+                worker
+                for worker in self._workers.values()
+                if (expiry := worker.idle_expiry()) is not None and now > expiry
+            ]
+            for worker in expired:
+                self._retire_locked(worker, worker.idle_reason)
+        for worker in expired:
+            logger.info("%s was idle for %.0f s: unloading", worker.model.name, now - worker.last_used)
+        return expired
+
+    def start_reaper(self) -> None:
+        """Run the idle check every check_interval seconds on a thread of its own."""
+
+        def run() -> None:
+            while not self._reaper_stop.wait(self.config.check_interval):
+                self.reap()
+
+        threading.Thread(target=run, name="reaper", daemon=True).start()
+
+    def reload(self, config: ModelManagerConfig) -> tuple[ModelChanges, list[ModelWorker]]:
+        """Put new settings in force (for later loads) and rediscover the models.
+
+        Loaded models whose file is gone are unloaded; returns the changes and those workers.
+        """
+        previous_config, previous = self.config, self._known
+        self.config = config
+        known = self.available()
+        changes = ModelChanges(
+            added=sorted(known.keys() - previous.keys()),
+            removed=sorted(previous.keys() - known.keys()),
+            changed=sorted(
+                name
+                for name in known.keys() & previous.keys()
+                if (known[name].size_bytes, known[name].modified)
+                != (previous[name].size_bytes, previous[name].modified)
+                or config.settings_for(name) != previous_config.settings_for(name)
+            ),
+        )
+        with self._lock:
+            self._known = known
+            gone = [worker for name, worker in self._workers.items() if name not in known]
+            for worker in gone:
+                self._retire_locked(worker, LoadReason.RELOAD)
+        return changes, gone
+
     def worker(self, name: str) -> ModelWorker | None:
         return self._workers.get(name)
 
     def loaded_models(self) -> list[str]:
         with self._lock:
-            return sorted(name for name, worker in self._workers.items() if worker.state == "ready")
+            return sorted(name for name, worker in self._workers.items() if worker.state == "loaded")
 
     def status(self) -> dict[str, dict[str, Any]]:
         with self._lock:
-            workers = sorted(self._workers.items())
-        return {name: worker.status() for name, worker in workers}
+            workers = [old for old in self._retired if old.is_alive()] + list(self._workers.values())
+        return {worker.model.name: worker.status() for worker in workers}
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every worker after its queued jobs and free the models."""
+    def busy(self) -> bool:
+        """Whether any request is running or queued, on a loaded or an unloading model."""
+        return any(status["in_flight"] or status["queued"] for status in self.status().values())
+
+    def stop_accepting(self) -> None:
+        """New requests get a 503 from now on (graceful shutdown)."""
         with self._lock:
-            workers, self._workers = list(self._workers.values()), {}
-        for worker in workers:
-            worker.stop()
-        for worker in workers:
+            self._shutting_down = True
+
+    def shutdown(self, reason: LoadReason = LoadReason.SHUTDOWN, timeout: float = 10.0) -> None:
+        """Stop the reaper, unload every model after its queued jobs, wait for them."""
+        self._reaper_stop.set()
+        with self._lock:
+            self._shutting_down = True
+            for worker in list(self._workers.values()):
+                self._retire_locked(worker, reason)
+            retired = list(self._retired)
+        for worker in retired:
             worker.join(timeout)
 
 
@@ -293,6 +562,7 @@ def model_manager() -> ModelManager:
     with _manager_lock:
         if _manager is None:
             _manager = ModelManager(get_config().model_manager)
+            _manager.start_reaper()
         return _manager
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -19,6 +20,7 @@ from rest_framework.settings import api_settings
 from inference.discovery import ModelFile
 from inference.errors import ApiError
 from inference.jobs import ChatCompletion, ChatJob, ChatMessage, Finished, Sampling, TextDelta
+from inference.lifecycle import LoadReason
 
 # --- requests -------------------------------------------------------------------------------
 
@@ -124,6 +126,29 @@ class StopField(serializers.Field):
         return list(value)
 
 
+class KeepAliveField(serializers.Field):
+    """Ollama's keep_alive: seconds, or a duration such as "10m", "1h30m", "45s"; negative = forever."""
+
+    default_error_messages = {
+        "invalid": "Expected seconds or a duration such as '10m' (negative: keep loaded).",
+    }
+    _duration = re.compile(r"^(-?)(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
+            seconds = float(data)
+        elif isinstance(data, str) and (match := self._duration.match(data.strip())) and data.strip("-"):
+            sign, hours, minutes, secs = match.groups()
+            seconds = float(hours or 0) * 3600 + float(minutes or 0) * 60 + float(secs or 0)
+            seconds = -seconds if sign else seconds
+        else:
+            self.fail("invalid")
+        return -1.0 if seconds < 0 else seconds
+
+    def to_representation(self, value: float) -> float:
+        return value
+
+
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
     content = MessageContentField(required=False, allow_null=True)
@@ -182,6 +207,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     stream = _optional(StrictBooleanField)
     stream_options = _optional(serializers.DictField)
     ignore_eos = _optional(StrictBooleanField)
+    keep_alive = _optional(KeepAliveField)
     user = _optional(StrictCharField)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -226,10 +252,27 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                 stop=values.get("stop", ()),
                 sampling=sampling,
                 ignore_eos=values.get("ignore_eos", False),
+                keep_alive=values.get("keep_alive"),
             ),
             stream=values.get("stream", False),
             include_usage=values.get("stream_options", {}).get("include_usage", False),
         )
+
+
+class AdminModelSerializer(serializers.Serializer):
+    """The body of /admin/load and /admin/unload: a model (or "all") and who asks."""
+
+    model = StrictCharField(allow_blank=False)
+    reason = serializers.ChoiceField(
+        choices=[LoadReason.ADMIN_API, LoadReason.CLI, LoadReason.ADMIN_UI],
+        default=LoadReason.ADMIN_API,
+    )
+
+    @classmethod
+    def parse(cls, data: Any) -> tuple[str, LoadReason]:
+        serializer = cls(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data["model"], LoadReason(serializer.validated_data["reason"])
 
 
 # --- responses ------------------------------------------------------------------------------

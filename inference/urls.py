@@ -7,4 +7,9 @@ urlpatterns = [
     path("v1/models", api.ModelListView.as_view()),
     path("v1/models/<path:model_id>", api.ModelDetailView.as_view()),
     path("v1/chat/completions", api.ChatCompletionsView.as_view()),
+    # Before the Django admin's admin/ include, which must not swallow these.
+    path("admin/load", api.AdminLoadView.as_view()),
+    path("admin/unload", api.AdminUnloadView.as_view()),
+    path("admin/reload", api.AdminReloadView.as_view()),
+    path("admin/reap", api.AdminReapView.as_view()),
 ]

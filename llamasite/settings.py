@@ -1,10 +1,12 @@
 """Django settings for llamasite. Server behaviour comes from config.json (inference.config)."""
 
 import os
-import secrets
 from pathlib import Path
 
+import dj_database_url
+
 from inference.config import ConfigError, get_config
+from inference.secret_files import read_or_create_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,20 +19,8 @@ _log_level = CONFIG.server.log_level if CONFIG else "INFO"
 _cors_origins = CONFIG.server.cors_origins if CONFIG else ("*",)
 
 
-def _secret_key(path: Path) -> str:
-    """DJANGO_SECRET_KEY, or a key generated once into a file only its owner can read."""
-    if os.environ.get("DJANGO_SECRET_KEY"):
-        return os.environ["DJANGO_SECRET_KEY"]
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(descriptor, "w") as secret_file:
-        secret_file.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
-
-
-SECRET_KEY = _secret_key(BASE_DIR / ".secret_key")
+# DJANGO_SECRET_KEY, or a key generated once into a file only its owner can read.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or read_or_create_secret(BASE_DIR / ".secret_key")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 ALLOWED_HOSTS = ["*"]
 
@@ -65,13 +55,15 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
-        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"},
+# DATABASE_URL (e.g. sqlite:////var/lib/llamasite/db.sqlite3); default: db.sqlite3 beside manage.py.
+DATABASES = {"default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers (the dashboard) work while the server writes; IMMEDIATE avoids
+    # lock-upgrade deadlocks between the threads that write records.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "transaction_mode": "IMMEDIATE",
     }
-}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

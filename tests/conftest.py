@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -68,9 +70,12 @@ def models_dir(tmp_path: Path, smollm2_file: Path) -> Path:
 
 @pytest.fixture
 def use_config(
-    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, transactional_db: None
 ) -> Iterator[Callable[..., Path]]:
-    """Put a fresh config (model_manager overrides as keywords) and model manager in force."""
+    """Put a fresh config (model_manager overrides as keywords) and model manager in force.
+
+    Worker threads record load events, so the test database is a transactional one.
+    """
 
     def install(**model_manager: Any) -> Path:
         path = write_config(tmp_path, **model_manager)
@@ -96,30 +101,58 @@ class DaphneServer:
     url: str
     log_path: Path
     process: subprocess.Popen
+    database: Path
+    config: Path
 
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def rows(self, query: str, *parameters: Any) -> list[tuple]:
+        """Rows from the server's own database (SQLite)."""
+        with sqlite3.connect(self.database) as connection:
+            return connection.execute(query, parameters).fetchall()
 
-def start_server(config: Path, log_path: Path, *extra_args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "serve", *extra_args],
-        cwd=PROJECT_DIR,
-        env={**os.environ, CONFIG_ENV_VAR: str(config), "PYTHONUNBUFFERED": "1"},
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+
+def server_env(config: Path, database: Path) -> dict[str, str]:
+    """The environment of a server process (and its management commands) under test."""
+    return {
+        **os.environ,
+        CONFIG_ENV_VAR: str(config),
+        "DATABASE_URL": f"sqlite:///{database}",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(scope="session")
-def daphne_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterator[DaphneServer]:
-    """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under two names."""
-    root = tmp_path_factory.mktemp("daphne")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    link_model(smollm2_file, root / "models", "smollm-copy")
-    port = free_port()
-    log_path = root / "server.log"
-    process = start_server(write_config(root, n_ctx=4096), log_path, "--port", str(port))
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database to copy for each server started by the tests."""
+    database = tmp_path_factory.mktemp("database") / "template.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=PROJECT_DIR,
+        env=server_env(database.parent / "unused.json", database),
+        check=True,
+        capture_output=True,
+    )
+    return database
+
+
+def start_server(
+    config: Path, log_path: Path, template_database: Path, *extra_args: str
+) -> DaphneServer:
+    """`manage.py serve` with its own copy of the migrated database; waits until it answers."""
+    database = config.parent / "db.sqlite3"
+    shutil.copyfile(template_database, database)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", *extra_args],
+        cwd=PROJECT_DIR,
+        env=server_env(config, database),
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    port = json.loads(config.read_text()).get("server", {}).get("port")
+    if "--port" in extra_args:
+        port = extra_args[extra_args.index("--port") + 1]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -128,8 +161,22 @@ def daphne_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) 
             break
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
-            time.sleep(0.2)
-    yield DaphneServer(url=url, log_path=log_path, process=process)
-    process.terminate()
-    process.wait(timeout=20)
+            time.sleep(0.1)
+    return DaphneServer(url=url, log_path=log_path, process=process, database=database, config=config)
+
+
+@pytest.fixture(scope="session")
+def daphne_server(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path
+) -> Iterator[DaphneServer]:
+    """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under two names."""
+    root = tmp_path_factory.mktemp("daphne")
+    link_model(smollm2_file, root / "models", SMOLLM2)
+    link_model(smollm2_file, root / "models", "smollm-copy")
+    config = write_config(root, n_ctx=4096)
+    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=30)

@@ -125,7 +125,7 @@ async def test_a_client_that_hangs_up_while_queued_never_runs(daphne_server: Dap
             queued.cancel()  # hang up while waiting in the queue
             await asyncio.sleep(0.2)
         status = await wait_until_idle(client, SMOLLM2)
-        assert status["state"] == "ready"
+        assert status["state"] == "loaded"
     assert "length after 1000 tokens" not in daphne_server.log()
 
 

@@ -24,12 +24,37 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
     assert config.server.cors_origins == ("*",)
     assert config.server.log_level == "INFO"
+    assert config.server.instance == "127.0.0.1:8080"
     manager = config.model_manager
     assert manager.models_directory == (tmp_path / "models").resolve()
-    assert (manager.n_ctx, manager.n_gpu_layers) == (16384, -1)
-    assert manager.n_threads == physical_cores() >= 1
-    assert (manager.idle_timeout, manager.check_interval) == (300, 60)
     assert manager.default_model == ""
+    assert (manager.check_interval, manager.max_loaded_models, manager.shutdown_grace_seconds) == (60, 2, 30)
+    assert manager.models == {}
+    defaults = manager.defaults
+    assert (defaults.n_ctx, defaults.n_gpu_layers, defaults.n_batch) == (16384, -1, 512)
+    assert defaults.n_threads == physical_cores() >= 1
+    assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
+    assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == (False, True, False)
+    assert manager.settings_for("any-model") == defaults
+
+
+def test_per_model_settings_override_the_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "model_manager": {
+                "n_ctx": 2048,
+                "idle_timeout": 60,
+                "models": {"big": {"n_ctx": 4096, "n_gpu_layers": 0, "pinned": True, "chat_format": "chatml"}},
+            }
+        },
+    )
+    manager = load_config(path).model_manager
+    big = manager.settings_for("big")
+    assert (big.n_ctx, big.n_gpu_layers, big.pinned, big.chat_format, big.idle_timeout) == (4096, 0, True, "chatml", 60)
+    other = manager.settings_for("other")
+    assert (other.n_ctx, other.pinned) == (2048, False)
+    assert manager.settings_for("big", {"idle_timeout": 5}).idle_timeout == 5
 
 
 def test_missing_file_means_defaults_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -53,10 +78,14 @@ def test_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_unknown_keys_are_warned_about_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = write(tmp_path, {"server": {"port": 8081, "colour": "blue"}, "extras": {}})
+    path = write(
+        tmp_path,
+        {"server": {"port": 8081, "colour": "blue"}, "extras": {}, "model_manager": {"models": {"m": {"speed": 1}}}},
+    )
     with caplog.at_level(logging.WARNING):
         assert load_config(path).server.port == 8081
     assert "server.colour" in caplog.text and "extras" in caplog.text
+    assert "model_manager.models.m.speed" in caplog.text
 
 
 def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
@@ -82,6 +111,13 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"check_interval": 0}}, "model_manager.check_interval", "> 0"),
         ({"model_manager": {"models_directory": 3}}, "model_manager.models_directory", "string"),
         ({"model_manager": []}, "model_manager", "JSON object"),
+        ({"model_manager": {"max_loaded_models": 0}}, "model_manager.max_loaded_models", "≥ 1"),
+        ({"model_manager": {"shutdown_grace_seconds": -1}}, "model_manager.shutdown_grace_seconds", "≥ 0"),
+        ({"model_manager": {"pinned": "yes"}}, "model_manager.pinned", "true or false"),
+        ({"model_manager": {"models": []}}, "model_manager.models", "object of"),
+        ({"model_manager": {"models": {"m": {"n_ctx": "big"}}}}, "model_manager.models.m.n_ctx", "integer"),
+        ({"model_manager": {"models": {"m": {"pinned": 1}}}}, "model_manager.models.m.pinned", "true or false"),
+        ({"server": {"instance_name": 5}}, "server.instance_name", "string"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import load_config
+from inference.config import MODEL_KEYS, ModelManagerConfig, load_config
 from inference.engine import EngineLoadError, LoadSettings
 from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound
 from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
+from inference.lifecycle import LoadReason
 from inference.manager import Job, ModelManager
 from tests.gguf_files import write_synthetic
 
@@ -56,9 +57,16 @@ def models(tmp_path: Path) -> Path:
 
 
 def make_manager(models: Path, log: list[str], factory: Callable | None = None, **settings) -> ModelManager:
+    """A manager over `models` with fake engines; settings: model_manager keys, model ones too."""
+    return ModelManager(manager_config(models, **settings), factory or (lambda *args: FakeEngine(log, *args)))
+
+
+def manager_config(models: Path, **settings) -> ModelManagerConfig:
     base = load_config(models.parent / "absent.json").model_manager
-    config = replace(base, models_directory=models, **settings)
-    return ModelManager(config, factory or (lambda *args: FakeEngine(log, *args)))
+    model_settings = {key: value for key, value in settings.items() if key in MODEL_KEYS}
+    manager_settings = {key: value for key, value in settings.items() if key not in MODEL_KEYS}
+    defaults = replace(base.defaults, **model_settings)
+    return replace(base, models_directory=models, defaults=defaults, **manager_settings)
 
 
 @pytest.fixture
@@ -79,8 +87,7 @@ async def drain(job: Job) -> list[JobEvent]:
 
 
 async def collect(manager: ModelManager, model: str, job: ChatJob) -> list[JobEvent]:
-    worker = await manager.acquire(manager.resolve(model))
-    return await drain(worker.submit(job))
+    return await drain(await manager.submit(manager.resolve(model), job))
 
 
 async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager, list[str]]) -> None:
@@ -95,7 +102,7 @@ async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager
 
 async def test_jobs_on_one_model_run_in_arrival_order(fake: tuple[ModelManager, list[str]]) -> None:
     manager, log = fake
-    worker = await manager.acquire(manager.resolve("alpha"))
+    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
     assert worker.status()["queued"] + worker.status()["in_flight"] == 3
     outputs = await asyncio.gather(*(drain(job) for job in jobs))
@@ -105,7 +112,7 @@ async def test_jobs_on_one_model_run_in_arrival_order(fake: tuple[ModelManager, 
 
 async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManager, list[str]]) -> None:
     manager, log = fake
-    worker = await manager.acquire(manager.resolve("alpha"))
+    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     long_job = worker.submit(chat("long", max_tokens=10_000))
     events = long_job.events()
     await anext(events)  # prompt accepted: the job is running
@@ -119,7 +126,7 @@ async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManag
 
 async def test_a_job_cancelled_while_queued_never_runs(fake: tuple[ModelManager, list[str]]) -> None:
     manager, log = fake
-    worker = await manager.acquire(manager.resolve("alpha"))
+    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     first = worker.submit(chat("first", max_tokens=20))
     queued = worker.submit(chat("queued"))
     queued.cancel()
@@ -130,7 +137,7 @@ async def test_a_job_cancelled_while_queued_never_runs(fake: tuple[ModelManager,
 
 async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelManager, list[str]]) -> None:
     manager, log = fake
-    alpha = await manager.acquire(manager.resolve("alpha"))
+    alpha = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     long_job = alpha.submit(chat("long", max_tokens=300))
     long_events = long_job.events()
     await anext(long_events)
@@ -171,20 +178,17 @@ async def test_unreadable_header_fails_the_load_without_reaching_the_engine(mode
 
 
 async def test_context_is_capped_to_what_the_model_was_trained_with(models: Path) -> None:
-    log: list[str] = []
     settings: list[LoadSettings] = []
 
     def recording(name: str, path: Path, load: LoadSettings) -> FakeEngine:
         settings.append(load)
-        return FakeEngine(log, name, path, load)
+        return FakeEngine([], name, path, load)
 
-    manager = make_manager(models, log, recording, n_ctx=16384, n_threads=3)
-    await collect(manager, "alpha", chat("x"))
-    manager.config = replace(manager.config, n_ctx=0)
-    manager.shutdown()
-    await collect(manager, "alpha", chat("x"))
-    manager.shutdown()
-    assert [(s.n_ctx, s.n_threads) for s in settings] == [(1024, 3), (1024, 3)]
+    for n_ctx in (16384, 0, 256):
+        manager = make_manager(models, [], recording, n_ctx=n_ctx, n_threads=3)
+        await collect(manager, "alpha", chat("x"))
+        manager.shutdown()
+    assert [(s.n_ctx, s.n_threads) for s in settings] == [(1024, 3), (1024, 3), (256, 3)]
 
 
 def test_model_names_resolve_exactly(models: Path) -> None:
@@ -225,7 +229,7 @@ async def test_loading_happens_off_the_event_loop(models: Path) -> None:
         return FakeEngine([], name, path, load)
 
     manager = make_manager(models, [], recording)
-    acquiring = asyncio.ensure_future(manager.acquire(manager.resolve("alpha")))
+    acquiring = asyncio.ensure_future(manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST))
     ticks = 0
     while not acquiring.done():  # the loop keeps running while the model loads
         ticks += 1

@@ -59,7 +59,7 @@ async def test_health_reports_loaded_models(use_config) -> None:
     after = (await client.get("/health")).json()
     assert after["loaded_models"] == [SMOLLM2]
     model = after["models"][SMOLLM2]
-    assert model["state"] == "ready"
+    assert model["state"] == "loaded"
     assert (model["in_flight"], model["queued"]) == (0, 0)
     assert model["idle_seconds"] >= 0
 

@@ -58,7 +58,7 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 def test_serves_on_the_configured_port_without_a_models_directory_then_finds_models(
-    tmp_path: Path, smollm2_file: Path
+    tmp_path: Path, smollm2_file: Path, migrated_database: Path
 ) -> None:
     port = free_port()
     config = tmp_path / "config.json"
@@ -71,16 +71,10 @@ def test_serves_on_the_configured_port_without_a_models_directory_then_finds_mod
         )
     )
     log_path = tmp_path / "server.log"
-    process = start_server(config, log_path)
-    url = f"http://127.0.0.1:{port}"
+    server = start_server(config, log_path, migrated_database)
+    url = server.url
     try:
-        for _ in range(300):
-            try:
-                models = httpx.get(f"{url}/v1/models", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, log_path.read_text()
-                time.sleep(0.1)
+        models = httpx.get(f"{url}/v1/models", timeout=1)
         assert models.json() == {"object": "list", "data": []}
         assert "not-yet does not exist" in log_path.read_text()
         missing = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
@@ -101,5 +95,5 @@ def test_serves_on_the_configured_port_without_a_models_directory_then_finds_mod
         log = log_path.read_text()
         assert f"loaded {SMOLLM2} in" in log and "n_ctx=8192" in log
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        server.process.terminate()
+        server.process.wait(timeout=30)

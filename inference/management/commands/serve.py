@@ -1,18 +1,32 @@
-"""`manage.py serve`: run the server (daphne) on the configured host and port."""
+"""`manage.py serve`: run the server (daphne) on the configured host and port.
+
+SIGTERM or SIGINT stop it gracefully: it stops listening, lets running requests finish (up to
+model_manager.shutdown_grace_seconds), unloads the models and exits 0. A second signal stops
+it at once.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
+import time
+from dataclasses import replace
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
 
-from inference.config import ConfigError, load_config, set_config
-from inference.manager import model_manager
+from inference.admin_auth import admin_token, admin_token_source
+from inference.config import Config, ConfigError, load_config, set_config
+from inference.manager import ModelManager, model_manager
+from inference.services import discovered_models_sync
 
 logger = logging.getLogger(__name__)
+
+_GRACE_POLL_SECONDS = 0.1
 
 
 def ensure_port_free(host: str, port: int) -> None:
@@ -30,6 +44,72 @@ def ensure_port_free(host: str, port: int) -> None:
             raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+def ensure_database_ready() -> None:
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as exc:
+        raise CommandError(f"cannot use the database: {exc}") from None
+    if pending:
+        raise CommandError("the database is not up to date: run `manage.py migrate` first")
+
+
+def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+    from twisted.internet import reactor
+
+    from llamasite.asgi import application
+
+    class GracefulServer(Server):
+        """Daphne, remembering its listening ports so that a shutdown can close them first."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.ports: list[Any] = []
+
+        def listen_success(self, port: Any) -> None:
+            self.ports.append(port)
+            super().listen_success(port)
+
+    server = GracefulServer(
+        application=application,
+        endpoints=build_endpoint_description_strings(host=config.server.host, port=config.server.port),
+        server_name="llamasite",
+        signal_handlers=False,
+    )
+    grace = config.model_manager.shutdown_grace_seconds
+    stopping: dict[str, float] = {}
+
+    def shut_down(signal_name: str) -> None:
+        if stopping:
+            logger.warning("%s again: stopping now", signal_name)
+            server.stop()
+            return
+        stopping["deadline"] = time.monotonic() + grace
+        logger.info("%s: finishing running requests (up to %g s), then stopping", signal_name, grace)
+        for port in server.ports:
+            port.stopListening()
+        manager.stop_accepting()
+        wait_for_requests()
+
+    def wait_for_requests() -> None:
+        if not manager.busy():
+            server.stop()
+        elif time.monotonic() > stopping["deadline"]:
+            logger.warning("grace period over: stopping with requests still running")
+            server.stop()
+        else:
+            reactor.callLater(_GRACE_POLL_SECONDS, wait_for_requests)
+
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(
+            signal_number,
+            lambda number, _frame: reactor.callFromThread(shut_down, signal.Signals(number).name),
+        )
+    server.run()
+
+
 class Command(BaseCommand):
     help = "Serve the OpenAI-compatible API with daphne on server.host:server.port from config.json."
     requires_system_checks: list[str] = []
@@ -43,28 +123,27 @@ class Command(BaseCommand):
             config = load_config()
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
+        server = replace(
+            config.server,
+            host=host or config.server.host,
+            port=port if port is not None else config.server.port,
+        )
+        config = replace(config, server=server)
         set_config(config)
-        host = host or config.server.host
-        port = port if port is not None else config.server.port
-        ensure_port_free(host, port)
-
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-
-        from llamasite.asgi import application
+        ensure_port_free(server.host, server.port)
+        ensure_database_ready()
+        admin_token(create=True)
+        logger.info("admin token: %s", admin_token_source())
 
         manager = model_manager()
         models = manager.available()
+        discovered_models_sync(models=models)
         logger.info(
             "models in %s: %s", config.model_manager.models_directory, ", ".join(models) or "none"
         )
-        server = Server(
-            application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
-            server_name="llamasite",
-        )
-        logger.info("serving on http://%s:%d (config %s)", host, port, config.path)
+        logger.info("serving on http://%s:%d (config %s)", server.host, server.port, config.path)
         try:
-            server.run()
+            serve_with_graceful_shutdown(config, manager)
         finally:
             manager.shutdown()
+            logger.info("stopped")

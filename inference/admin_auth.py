@@ -1,0 +1,64 @@
+"""The admin token that guards /admin/*: from LLAMA_SERVER_ADMIN_TOKEN or an owner-only file.
+
+The file is `.admin_token` beside config.json, created at the server's first start; the
+management commands read it to talk to the running server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from inference.config import get_config
+from inference.errors import ApiError
+from inference.secret_files import read_or_create_secret
+
+ADMIN_TOKEN_ENV_VAR = "LLAMA_SERVER_ADMIN_TOKEN"
+
+
+class AdminTokenInvalid(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+def admin_token_path() -> Path:
+    return get_config().path.parent / ".admin_token"
+
+
+def admin_token_source() -> str:
+    """Where the admin token comes from, for people (never the token itself)."""
+    if os.environ.get(ADMIN_TOKEN_ENV_VAR):
+        return f"the environment variable {ADMIN_TOKEN_ENV_VAR}"
+    return f"the file {admin_token_path()}"
+
+
+def admin_token(*, create: bool) -> str | None:
+    """The admin token; with `create`, one is generated into its file if there is none yet."""
+    if os.environ.get(ADMIN_TOKEN_ENV_VAR):
+        return os.environ[ADMIN_TOKEN_ENV_VAR]
+    path = admin_token_path()
+    if create:
+        return read_or_create_secret(path)
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+class AdminTokenRequired(BasePermission):
+    """DRF permission: `Authorization: Bearer <admin token>`, or a 401 in OpenAI shape."""
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = admin_token(create=True) or ""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+            raise AdminTokenInvalid(
+                "Missing or wrong admin token: send 'Authorization: Bearer <token>' with the token "
+                f"from {admin_token_source()}."
+            )
+        return True

@@ -1,0 +1,46 @@
+"""Model lifecycle events (loads, failed loads, unloads) and the signal that announces them.
+
+The manager sends `model_lifecycle` on whichever thread the event happens; `inference.services`
+records each one as a LoadEvent row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.dispatch import Signal
+
+
+class LoadReason(enum.StrEnum):
+    FIRST_REQUEST = "first_request"
+    IDLE = "idle"
+    ADMIN_API = "admin_api"
+    ADMIN_UI = "admin_ui"
+    CLI = "cli"
+    LRU = "lru"
+    RELOAD = "reload"
+    KEEP_ALIVE = "keep_alive"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+
+class LifecycleKind(enum.StrEnum):
+    LOAD = "load"
+    LOAD_FAILED = "load_failed"
+    UNLOAD = "unload"
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    model: str
+    kind: LifecycleKind
+    reason: LoadReason
+    duration_ms: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+# Sent with `event=LifecycleEvent(...)`.
+model_lifecycle = Signal()
