@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,6 +76,11 @@ async def config_reload() -> dict[str, list[str]]:
         config = await asyncio.to_thread(load_config)
     except ConfigError as exc:
         raise InvalidRequest(f"config.json was not reloaded: {exc}") from None
+    listening = get_config().server
+    if (config.server.host, config.server.port) != (listening.host, listening.port):
+        logger.warning("server.host and server.port changes take effect when the server restarts")
+    # The server keeps its address (perhaps given by --host/--port) until it restarts.
+    config = replace(config, server=replace(config.server, host=listening.host, port=listening.port))
     set_config(config)
     logging.getLogger().setLevel(config.server.log_level)
     changes, gone = model_manager().reload(config.model_manager)

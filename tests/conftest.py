@@ -54,11 +54,12 @@ def link_model(source: Path, directory: Path, name: str) -> Path:
     return target
 
 
-def write_config(directory: Path, **model_manager: Any) -> Path:
+def write_config(directory: Path, server: dict[str, Any] | None = None, **model_manager: Any) -> Path:
     """A config.json in `directory` whose models live in `directory/models`."""
     path = directory / "config.json"
     settings = {"models_directory": "models", "default_model": SMOLLM2, **model_manager}
-    path.write_text(json.dumps({"server": {"log_level": "INFO"}, "model_manager": settings}))
+    server = {"log_level": "INFO", **(server or {})}
+    path.write_text(json.dumps({"server": server, "model_manager": settings}))
     return path
 
 

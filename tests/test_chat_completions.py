@@ -161,3 +161,20 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
     validate_openai("ErrorResponse", events[-1])
     assert events[-1]["error"]["type"] == "server_error"
     assert b"[DONE]" not in raw
+
+
+async def test_a_chat_format_lets_a_model_without_a_template_chat(
+    use_config, models_dir, gemma_file
+) -> None:
+    from tests.conftest import link_model
+
+    link_model(gemma_file, models_dir, "gemma-base")
+    link_model(gemma_file, models_dir, "gemma-odd")
+    use_config(models={"gemma-base": {"chat_format": "chatml"}, "gemma-odd": {"chat_format": "no-such-format"}})
+    response = await post_chat(model="gemma-base", messages=HELLO, max_tokens=4, temperature=0)
+    assert response.status_code == 200, response.content
+    assert response.json()["usage"]["prompt_tokens"] > 3
+    odd = await post_chat(model="gemma-odd", messages=HELLO, max_tokens=4)
+    assert odd.status_code == 503
+    assert "unknown chat_format 'no-such-format'" in odd.json()["error"]["message"]
+    assert "chatml" in odd.json()["error"]["message"]

@@ -63,11 +63,13 @@ def test_header_of_the_real_model(smollm2_file: Path) -> None:
     assert info.architecture == "llama"
     assert info.context_length == 8192
     assert info.chat_template and "<|im_start|>" in info.chat_template
+    assert (info.quantization, info.parameter_count) == ("Q4_1", 134_515_008)
 
 
 def test_header_of_a_synthetic_file(tmp_path: Path) -> None:
     info = read_gguf_info(write_synthetic(tmp_path / "tiny.gguf", context_length=321))
     assert (info.architecture, info.context_length, info.chat_template) == ("llama", 321, None)
+    assert (info.quantization, info.parameter_count) == ("", 16)
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,15 @@ import pytest
 
 from inference.config import MODEL_KEYS, ModelManagerConfig, load_config
 from inference.engine import EngineLoadError, LoadSettings
-from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound
+from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound, ServiceUnavailable
 from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
-from inference.lifecycle import LoadReason
+from inference.lifecycle import LifecycleEvent, LoadReason, model_lifecycle
 from inference.manager import Job, ModelManager
 from tests.gguf_files import write_synthetic
+
+
+# Worker threads record their lifecycle in the database.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class FakeEngine:
@@ -61,12 +65,12 @@ def make_manager(models: Path, log: list[str], factory: Callable | None = None, 
     return ModelManager(manager_config(models, **settings), factory or (lambda *args: FakeEngine(log, *args)))
 
 
-def manager_config(models: Path, **settings) -> ModelManagerConfig:
-    base = load_config(models.parent / "absent.json").model_manager
+def manager_config(directory: Path, **settings) -> ModelManagerConfig:
+    base = load_config(directory.parent / "absent.json").model_manager
     model_settings = {key: value for key, value in settings.items() if key in MODEL_KEYS}
     manager_settings = {key: value for key, value in settings.items() if key not in MODEL_KEYS}
     defaults = replace(base.defaults, **model_settings)
-    return replace(base, models_directory=models, defaults=defaults, **manager_settings)
+    return replace(base, models_directory=directory, defaults=defaults, **manager_settings)
 
 
 @pytest.fixture
@@ -237,3 +241,95 @@ async def test_loading_happens_off_the_event_loop(models: Path) -> None:
     await acquiring
     assert ticks > 5 and load_threads and load_threads[0] != loop_thread
     manager.shutdown()
+
+
+@pytest.fixture
+def lifecycle_events() -> Iterator[list[tuple[str, str, str]]]:
+    """(model, kind, reason) of every lifecycle event announced during the test."""
+    seen: list[tuple[str, str, str]] = []
+
+    def receiver(sender: object, *, event: LifecycleEvent, **_: object) -> None:
+        seen.append((event.model, event.kind, event.reason))
+
+    model_lifecycle.connect(receiver, dispatch_uid="test-receiver")
+    yield seen
+    model_lifecycle.disconnect(dispatch_uid="test-receiver")
+
+
+async def test_a_new_model_waits_while_every_loaded_model_is_busy(models: Path, lifecycle_events) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, max_loaded_models=1)
+    busy = await manager.submit(manager.resolve("alpha"), chat("long", max_tokens=30))
+    waiting = asyncio.ensure_future(collect(manager, "beta", chat("next")))
+    alpha_events = await drain(busy)
+    beta_events = await waiting
+    assert alpha_events[-1].completion_tokens == 30 and beta_events[-1].finish_reason == "length"
+    assert log.index("close alpha") < log.index("load beta")  # its memory came back first
+    assert ("alpha", "unload", "lru") in lifecycle_events
+    manager.shutdown()
+
+
+async def test_pinned_models_leave_no_room_rather_than_hang(models: Path) -> None:
+    manager = make_manager(models, [], max_loaded_models=1, pinned=True)
+    await collect(manager, "alpha", chat("x"))
+    with pytest.raises(ServiceUnavailable, match="pinned"):
+        await collect(manager, "beta", chat("x"))
+    assert manager.reap() == []
+    manager.shutdown()
+
+
+async def test_idle_timeout_zero_unloads_after_each_request(models: Path, lifecycle_events) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, idle_timeout=0)
+    await collect(manager, "alpha", chat("one"))
+    await collect(manager, "alpha", chat("two"))
+    manager.shutdown()
+    assert log.count("load alpha") == 2
+    assert [e for e in lifecycle_events if e[1] == "unload"] == [("alpha", "unload", "idle")] * 2
+
+
+async def test_the_reaper_thread_unloads_idle_models(models: Path, lifecycle_events) -> None:
+    manager = make_manager(models, [], idle_timeout=0.2, check_interval=0.05)
+    manager.start_reaper()
+    await collect(manager, "alpha", chat("x"))
+    assert manager.status()["alpha"]["expires_at"] is not None
+    for _ in range(100):
+        if ("alpha", "unload", "idle") in lifecycle_events:
+            break
+        await asyncio.sleep(0.05)
+    assert ("alpha", "unload", "idle") in lifecycle_events
+    assert manager.loaded_models() == []
+    manager.shutdown()
+
+
+async def test_a_busy_model_is_not_reaped_and_unloads_after_its_request(models: Path, fake) -> None:
+    manager, log = fake
+    manager.config = manager_config(models, idle_timeout=0.01)
+    job = await manager.submit(manager.resolve("alpha"), chat("long", max_tokens=40))
+    await asyncio.sleep(0.1)
+    assert manager.reap() == []
+    now, pending = manager.unload("alpha", LoadReason.ADMIN_API)
+    assert (now, [worker.model.name for worker in pending]) == ([], ["alpha"])
+    events = await drain(job)
+    assert events[-1].completion_tokens == 40  # the running request finished completely
+    await collect(manager, "alpha", chat("again"))
+    assert log.count("load alpha") == 2
+
+
+async def test_unloading_an_unknown_model_is_a_404(fake) -> None:
+    manager, _ = fake
+    with pytest.raises(ModelNotFound):
+        manager.unload("nope", LoadReason.ADMIN_API)
+    assert manager.unload("all", LoadReason.ADMIN_API) == ([], [])
+
+
+async def test_reload_reports_added_removed_and_changed_models(models: Path, fake, lifecycle_events) -> None:
+    manager, _ = fake
+    await collect(manager, "beta", chat("x"))
+    (models / "beta.gguf").unlink()
+    write_synthetic(models / "gamma.gguf")
+    changes, gone = manager.reload(manager_config(models, models={"alpha": {"n_ctx": 64}}))
+    assert (changes.added, changes.removed, changes.changed) == (["gamma"], ["beta"], ["alpha"])
+    assert [worker.model.name for worker in gone] == ["beta"]
+    gone[0].join(5)
+    assert ("beta", "unload", "reload") in lifecycle_events
