@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -156,6 +157,8 @@ def test_admin_load(server: DaphneServer) -> None:
 
 
 def test_admin_endpoints_need_the_token(server: DaphneServer) -> None:
+    token_file = server.config.parent / ".admin_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600  # generated at first start, owner-only
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token(server)}):
         for path in ("/admin/unload", "/admin/reload", "/admin/reap", "/admin/load"):
             response = httpx.post(f"{server.url}{path}", json={"model": "all"}, headers=headers)
