@@ -13,8 +13,9 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import llama_cpp
@@ -113,6 +114,10 @@ class LoadSettings:
     def describe(self) -> str:
         return f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, n_threads={self.n_threads}"
 
+    def llama_options(self) -> dict[str, Any]:
+        """The settings that are `llama_cpp.Llama` arguments of the same name."""
+        return {key: value for key, value in asdict(self).items() if key != "chat_format"}
+
 
 def _named_chat_formatter(name: str) -> ChatFormatter:
     """The prompt formatter llama-cpp-python registered under `name` (e.g. "chatml")."""
@@ -137,17 +142,7 @@ class Engine:
         if hasattr(_log_state, "problems"):
             _log_state.problems.clear()
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=settings.n_ctx,
-                n_gpu_layers=settings.n_gpu_layers,
-                n_threads=settings.n_threads,
-                n_batch=settings.n_batch,
-                flash_attn=settings.flash_attn,
-                use_mmap=settings.use_mmap,
-                use_mlock=settings.use_mlock,
-                verbose=False,
-            )
+            self._llama = llama_cpp.Llama(model_path=str(path), verbose=False, **settings.llama_options())
         except Exception as exc:  # llama-cpp-python raises ValueError with no reason in it
             reason = "; ".join(_recent_llama_problems()) or str(exc)
             raise EngineLoadError(reason) from None

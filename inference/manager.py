@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,13 @@ EngineFactory = Callable[[str, Path, LoadSettings], Engine]
 ALL_MODELS = "all"
 # How often a request waiting for room (every loaded model busy) looks again.
 _ROOM_POLL_SECONDS = 0.05
+
+
+def _context_length(configured: int, trained: int | None) -> int:
+    """The configured context capped to the trained one; 0 configured means the trained one."""
+    if not trained:
+        return configured
+    return min(configured, trained) if configured else trained
 
 
 class WorkerStopping(Exception):
@@ -215,15 +222,10 @@ class ModelWorker:
     def _load(self) -> Engine:
         model, settings = self.model, self.settings
         trained = read_gguf_info(model.path).context_length
+        engine_keys = {option.name for option in fields(LoadSettings)}
         self.load_settings = LoadSettings(
-            n_ctx=min(settings.n_ctx, trained) if trained and settings.n_ctx else settings.n_ctx or trained or 0,
-            n_gpu_layers=settings.n_gpu_layers,
-            n_threads=settings.n_threads,
-            n_batch=settings.n_batch,
-            flash_attn=settings.flash_attn,
-            use_mmap=settings.use_mmap,
-            use_mlock=settings.use_mlock,
-            chat_format=settings.chat_format,
+            **{key: value for key, value in asdict(settings).items() if key in engine_keys}
+            | {"n_ctx": _context_length(settings.n_ctx, trained)}
         )
         logger.info(
             "loading %s (%.0f MB, %s)", model.name, model.size_bytes / 1e6, self.load_settings.describe()
