@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,15 +98,7 @@ async def config_reload() -> dict[str, list[str]]:
 
 def load_event_record(sender: Any, *, event: LifecycleEvent, **_: Any) -> None:
     """Receiver of `model_lifecycle`: one LoadEvent row per load, failed load and unload."""
-    LoadEvent.objects.create(
-        instance=get_config().server.instance,
-        model=event.model,
-        kind=event.kind,
-        reason=event.reason,
-        duration_ms=event.duration_ms,
-        settings=event.settings,
-        error=event.error,
-    )
+    LoadEvent.objects.create(instance=get_config().server.instance, **asdict(event))
 
 
 def discovered_models_sync(*, models: dict[str, ModelFile]) -> None:
