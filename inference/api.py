@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from adrf.views import APIView
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from rest_framework.request import Request
@@ -26,10 +30,39 @@ class ModelDetailView(APIView):
         return Response(protocol.model_object(selectors.model_get(model_id)))
 
 
+@asynccontextmanager
+async def recording_failures(draft: services.RequestDraft, request: Request) -> AsyncIterator[None]:
+    """Save the request's record if it fails (or the client leaves) before its output starts."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        draft.fail(status="cancelled", http_status=services.CLIENT_CLOSED_REQUEST, code=None, message="")
+        await asyncio.shield(services.request_record_save(draft))
+        raise
+    except Exception as exc:
+        status, code, message = protocol.error_details(exc)
+        draft.model = draft.model or protocol.requested_model(request)
+        draft.fail(status="error", http_status=status, code=code, message=message)
+        await services.request_record_save(draft)
+        raise
+
+
+def request_draft(request: Request, endpoint: str) -> services.RequestDraft:
+    return services.RequestDraft(
+        endpoint=endpoint,
+        client_address=request.META.get("REMOTE_ADDR", ""),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
+    )
+
+
 class ChatCompletionsView(APIView):
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        chat = protocol.ChatCompletionRequestSerializer.parse(request.data)
-        completion = await services.chat_completion_create(model=chat.model, job=chat.job)
+        draft = request_draft(request, "/v1/chat/completions")
+        async with recording_failures(draft, request):
+            chat = protocol.ChatCompletionRequestSerializer.parse(request.data)
+            completion = await services.chat_completion_create(
+                model=chat.model, job=chat.job, stream=chat.stream, draft=draft
+            )
         if chat.stream:
             return protocol.sse_response(
                 protocol.chat_completion_chunks(completion, include_usage=chat.include_usage)

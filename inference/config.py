@@ -92,10 +92,16 @@ class ModelManagerConfig:
 
 
 @dataclass(frozen=True)
+class RecordsConfig:
+    usage_retention_days: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
     model_manager: ModelManagerConfig
+    records: RecordsConfig
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,9 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         **MODEL_KEYS,
         "models": _Key({}, _table),
     },
+    "records": {
+        "usage_retention_days": _Key(90, _integer(0)),
+    },
 }
 
 
@@ -242,7 +251,10 @@ def _validated(path: Path, where: str, raw: Any, keys: dict[str, _Key]) -> dict[
     return values
 
 
-def _with_defaults(values: dict[str, Any], keys: dict[str, _Key]) -> dict[str, Any]:
+def _section(path: Path, document: dict[str, Any], name: str) -> dict[str, Any]:
+    """One section's values, checked, with defaults for the keys it lacks."""
+    keys = SCHEMA[name]
+    values = _validated(path, name, document.get(name, {}), keys)
     return {key: values.get(key, spec.default) for key, spec in keys.items()}
 
 
@@ -252,13 +264,7 @@ def load_config(path: Path | None = None) -> Config:
     document = _read(path)
     for unknown in sorted(set(document) - set(SCHEMA)):
         logger.warning("%s: unknown section %s is ignored", path, unknown)
-    server = _with_defaults(
-        _validated(path, "server", document.get("server", {}), SCHEMA["server"]), SCHEMA["server"]
-    )
-    manager = _with_defaults(
-        _validated(path, "model_manager", document.get("model_manager", {}), SCHEMA["model_manager"]),
-        SCHEMA["model_manager"],
-    )
+    server, manager, records = (_section(path, document, name) for name in SCHEMA)
     server["cors_origins"] = tuple(server["cors_origins"])
     server["log_level"] = server["log_level"].upper()
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
@@ -272,6 +278,7 @@ def load_config(path: Path | None = None) -> Config:
         path=path,
         server=ServerConfig(**server),
         model_manager=ModelManagerConfig(**manager, defaults=defaults, models=models),
+        records=RecordsConfig(**records),
     )
 
 

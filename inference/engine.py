@@ -244,7 +244,7 @@ class Engine:
                 generated += 1
                 text, stopped = stop_matcher.feed(decoder.decode(self._llama.detokenize([token])))
                 if text:
-                    yield TextDelta(text)
+                    yield TextDelta(text, generated)
                 if stopped:
                     finish_reason = "stop"
                     break
@@ -255,7 +255,7 @@ class Engine:
         if finish_reason != "cancelled":
             tail = stop_matcher.flush() + decoder.decode(b"", final=True)
             if tail:
-                yield TextDelta(tail)
+                yield TextDelta(tail, generated)
         yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated)
 
     def close(self) -> None:

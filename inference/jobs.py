@@ -54,6 +54,7 @@ class PromptAccepted:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    completion_tokens: int  # tokens generated up to and including this text
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ class Job:
 
     def __init__(self, spec: ChatJob, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
+        self.submitted_at = time.monotonic()
+        self.started_at: float | None = None  # when the worker began it
+        self.load_ms: float | None = None  # set if this job's request loaded the model
         self._loop = loop
         self._events: asyncio.Queue[JobEvent | Exception] = asyncio.Queue()
         self._cancelled = threading.Event()
@@ -119,6 +122,7 @@ class ModelWorker:
         self.model = model
         self.settings = settings
         self.load_settings: LoadSettings | None = None
+        self.load_ms: float | None = None
         self.state = "loading"
         self.loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loaded.set_running_or_notify_cancel()  # a waiter that gives up must not cancel the load
@@ -204,6 +208,7 @@ class ModelWorker:
             self._fail(exc, started)
             return
         self.state = "loaded"
+        self.load_ms = round((time.monotonic() - started) * 1000, 1)
         self._announce(LifecycleKind.LOAD, self._reason, started)
         self.loaded.set_result(None)
         try:
@@ -278,7 +283,7 @@ class ModelWorker:
         with self._lock:
             self.queued -= 1
             self.in_flight += 1
-        started = time.monotonic()
+        started = job.started_at = time.monotonic()
         outcome: JobEvent | Exception | None = None
         try:
             if not job.cancelled:
@@ -372,13 +377,15 @@ class ModelManager:
         return available[name]
 
     async def submit(self, model: ModelFile, spec: ChatJob) -> Job:
-        """Queue a job on the model, loading it first if needed."""
+        """Queue a job on the model, loading it first if needed (then the job has its load_ms)."""
         while True:
-            worker = await self.acquire(model, LoadReason.FIRST_REQUEST)
+            worker, loaded_now = await self._acquire(model, LoadReason.FIRST_REQUEST)
             try:
-                return worker.submit(spec)
+                job = worker.submit(spec)
             except WorkerStopping:
                 continue  # unloaded between its load and this job: load it again
+            job.load_ms = worker.load_ms if loaded_now else None
+            return job
 
     async def acquire(self, model: ModelFile, reason: LoadReason) -> ModelWorker:
         """The model's worker, loading it first if needed (concurrent callers share one load).
@@ -386,8 +393,13 @@ class ModelManager:
         With `max_loaded_models` loaded, the least recently used idle model is unloaded to make
         room; if every loaded model is busy, this waits until one is idle.
         """
-        while (worker := self._worker_or_room(model, reason)) is None:
+        return (await self._acquire(model, reason))[0]
+
+    async def _acquire(self, model: ModelFile, reason: LoadReason) -> tuple[ModelWorker, bool]:
+        """The worker, and whether this call started its load."""
+        while (found := self._worker_or_room(model, reason)) is None:
             await asyncio.sleep(_ROOM_POLL_SECONDS)
+        worker, created = found
         try:
             await asyncio.wrap_future(worker.loaded)
         except ModelLoadFailed:
@@ -395,15 +407,17 @@ class ModelManager:
                 if self._workers.get(model.name) is worker:
                     del self._workers[model.name]  # the next request tries to load it again
             raise
-        return worker
+        return worker, created
 
-    def _worker_or_room(self, model: ModelFile, reason: LoadReason) -> ModelWorker | None:
+    def _worker_or_room(
+        self, model: ModelFile, reason: LoadReason
+    ) -> tuple[ModelWorker, bool] | None:
         with self._lock:
             if self._shutting_down:
                 raise ServiceUnavailable("the server is shutting down", param=None)
             worker = self._workers.get(model.name)
             if worker is not None and worker.state != "failed":
-                return worker
+                return worker, False
             evicted = self._make_room_locked()
             if evicted is None:
                 return None
@@ -417,7 +431,7 @@ class ModelManager:
                 on_idle=self._unload_idle_worker,
             )
             self._workers[model.name] = worker
-            return worker
+            return worker, True
 
     def _make_room_locked(self) -> list[ModelWorker] | None:
         """[] if there is room, [the evicted worker] if one was unloaded for it, None to wait."""

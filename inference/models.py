@@ -59,3 +59,66 @@ class LoadEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} ({self.reason})"
+
+
+class RequestRecord(models.Model):
+    """One request that reached an inference endpoint: succeeded, failed or cancelled."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+        CANCELLED = "cancelled"
+
+    instance = models.CharField(max_length=200)
+    completion_id = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=255, blank=True)
+    endpoint = models.CharField(max_length=100)
+    stream = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    queue_wait_ms = models.FloatField(null=True, blank=True)
+    load_ms = models.FloatField(null=True, blank=True, help_text="Set if this request loaded the model")
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token")
+    duration_ms = models.FloatField()
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    client_address = models.CharField(max_length=100, blank=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+    api_key = models.CharField(max_length=64, null=True, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["model", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.model} {self.status}"
+
+
+class DailyUsage(models.Model):
+    """Per model and UTC day: the totals of its request records and histograms of their speed.
+
+    Kept up to date as each record is written, so usage over long ranges never reads the
+    records themselves.
+    """
+
+    instance = models.CharField(max_length=200)
+    day = models.DateField()
+    model = models.CharField(max_length=255, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    ttft_ms_histogram = models.JSONField(default=list)
+    tokens_per_second_histogram = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["day", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "day", "model"], name="unique_daily_usage")
+        ]

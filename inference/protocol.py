@@ -408,24 +408,45 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
     return path or None, str(detail)
 
 
+def error_details(exc: Exception) -> tuple[int, str | None, str]:
+    """The HTTP status, error code and message that an exception answers with."""
+    known = _error_fields(exc)
+    if known is None:
+        return 500, None, f"{type(exc).__name__}: {exc}"
+    status, message, _param, code, _type = known
+    return status, code, message
+
+
+def requested_model(request: Any) -> str:
+    """The model a request named, if its body was readable and named one."""
+    try:
+        model = request.data.get("model")
+    except Exception:
+        return ""
+    return model if isinstance(model, str) else ""
+
+
+def _error_fields(exc: Exception) -> tuple[int, str, str | None, str | None, str] | None:
+    """(status, message, param, code, type) for the exceptions we answer in the envelope."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.param, exc.code, exc.type
+    if isinstance(exc, exceptions.ValidationError):
+        param, detail = _first_validation_error(exc.detail)
+        message = f"Invalid '{param}': {detail}" if param else detail
+        return 400, message, param, None, "invalid_request_error"
+    if isinstance(exc, exceptions.ParseError):
+        return 400, f"The request body is not valid JSON: {exc.detail}", None, "invalid_json", "invalid_request_error"
+    if isinstance(exc, RequestDataTooBig):
+        return 413, "The request body is too large.", None, "request_too_large", "invalid_request_error"
+    if isinstance(exc, exceptions.APIException):
+        return exc.status_code, str(exc.detail), None, None, error_type_for(exc.status_code)
+    return None
+
+
 def openai_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
     """DRF's exception handler: every error leaves as an OpenAI error envelope."""
-    if isinstance(exc, ApiError):
-        status, message, param, code = exc.status, exc.message, exc.param, exc.code
-        error_type = exc.type
-    elif isinstance(exc, exceptions.ValidationError):
-        param, detail = _first_validation_error(exc.detail)
-        status, code, error_type = 400, None, "invalid_request_error"
-        message = f"Invalid '{param}': {detail}" if param else detail
-    elif isinstance(exc, exceptions.ParseError):
-        status, param, code, error_type = 400, None, "invalid_json", "invalid_request_error"
-        message = f"The request body is not valid JSON: {exc.detail}"
-    elif isinstance(exc, RequestDataTooBig):
-        status, param, code, error_type = 413, None, "request_too_large", "invalid_request_error"
-        message = "The request body is too large."
-    elif isinstance(exc, exceptions.APIException):
-        status, param, code = exc.status_code, None, None
-        error_type, message = error_type_for(status), str(exc.detail)
-    else:
+    known = _error_fields(exc)
+    if known is None:
         return None  # a bug: Django's 500 handler answers (in the same envelope) and logs it
+    status, message, param, code, error_type = known
     return Response(error_body(message, error_type, param, code), status=status)

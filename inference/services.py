@@ -5,40 +5,218 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, replace
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
+from channels.layers import get_channel_layer
+from django.db import DatabaseError, transaction
 
 from inference.config import ConfigError, get_config, load_config, set_config
 from inference.discovery import GGUFError, ModelFile, read_gguf_info
-from inference.errors import InvalidRequest
-from inference.jobs import ChatCompletion, ChatJob, PromptAccepted
+from inference import histograms
+from inference.errors import ApiError, InvalidRequest
+from inference.jobs import ChatCompletion, ChatJob, Finished, JobEvent, PromptAccepted, TextDelta
 from inference.lifecycle import LifecycleEvent, LoadReason
 from inference.manager import ModelWorker, model_manager
-from inference.models import DiscoveredModel, LoadEvent
+from inference.models import DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 
 logger = logging.getLogger(__name__)
 
 
-async def chat_completion_create(*, model: str | None, job: ChatJob) -> ChatCompletion:
+@dataclass
+class RequestDraft:
+    """What will become a request's RequestRecord, filled in as the request goes."""
+
+    endpoint: str
+    client_address: str = ""
+    user_agent: str = ""
+    started: float = field(default_factory=time.monotonic)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    completion_id: str = ""
+    model: str = ""
+    stream: bool = False
+    status: str = RequestRecord.Status.OK
+    http_status: int = 200
+    error_code: str = ""
+    error_message: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    queue_wait_ms: float | None = None
+    load_ms: float | None = None
+    ttft_ms: float | None = None
+    first_token_at: float | None = None
+    tokens_per_second: float | None = None
+    saved: bool = False
+
+    def fail(self, *, status: str, http_status: int, code: str | None, message: str) -> None:
+        self.status, self.http_status = status, http_status
+        self.error_code, self.error_message = code or "", message
+
+
+async def chat_completion_create(
+    *, model: str | None, job: ChatJob, stream: bool, draft: RequestDraft
+) -> ChatCompletion:
     """Resolve and (lazily) load the model, queue the job and wait until its prompt is accepted.
 
     Errors found before any output (unknown model, failed load, prompt too long) are raised here,
-    so they become HTTP errors rather than stream events.
+    so they become HTTP errors rather than stream events. The completion's events fill in the
+    draft; its record is saved before the last event is handed on.
     """
+    draft.stream, draft.model = stream, model or ""
     manager = model_manager()
     model_file = manager.resolve(model)
-    events = (await manager.submit(model_file, job)).events()
+    draft.model = model_file.name
+    queued = await manager.submit(model_file, job)
+    draft.load_ms = queued.load_ms
+    events = queued.events()
     try:
         accepted = await anext(events)
     except BaseException:
         await events.aclose()
         raise
-    assert isinstance(accepted, PromptAccepted)
-    return ChatCompletion(model=model_file.name, prompt_tokens=accepted.prompt_tokens, events=events)
+    assert isinstance(accepted, PromptAccepted) and queued.started_at is not None
+    draft.prompt_tokens = accepted.prompt_tokens
+    draft.queue_wait_ms = round((queued.started_at - queued.submitted_at) * 1000, 1)
+    completion = ChatCompletion(
+        model=model_file.name, prompt_tokens=accepted.prompt_tokens, events=_recorded(events, draft)
+    )
+    draft.completion_id = completion.id
+    return completion
+
+
+async def _recorded(events: AsyncIterator[JobEvent], draft: RequestDraft) -> AsyncIterator[JobEvent]:
+    """The events, noting what the client has been handed; the record is saved at the end."""
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if draft.first_token_at is None:
+                    draft.first_token_at = time.monotonic()
+                    draft.ttft_ms = round((draft.first_token_at - draft.started) * 1000, 1)
+                draft.completion_tokens = event.completion_tokens
+            elif isinstance(event, Finished):
+                draft.completion_tokens, draft.finish_reason = event.completion_tokens, event.finish_reason
+                await request_record_save(draft)
+            yield event
+    except ApiError as exc:  # failed after the output began
+        draft.fail(status=RequestRecord.Status.ERROR, http_status=exc.status, code=exc.code, message=exc.message)
+        raise
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        if not draft.saved:
+            if draft.status == RequestRecord.Status.OK:  # the client went away
+                draft.fail(
+                    status=RequestRecord.Status.CANCELLED,
+                    http_status=200 if draft.stream else CLIENT_CLOSED_REQUEST,
+                    code=None,
+                    message="",
+                )
+            await request_record_save(draft)
+
+
+# nginx's status for "the client closed the connection before the response".
+CLIENT_CLOSED_REQUEST = 499
+
+# One thread writes the records, in order, off the event loop.
+_records_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
+
+
+async def request_record_save(draft: RequestDraft) -> None:
+    """Write the draft's RequestRecord (and its daily rollup) and announce it on the live feed.
+
+    Runs off the event loop. A database problem is logged and never fails the request.
+    """
+    draft.saved = True
+    finished = time.monotonic()
+    if draft.first_token_at is not None and draft.completion_tokens > 1:
+        generating = finished - draft.first_token_at
+        draft.tokens_per_second = round((draft.completion_tokens - 1) / generating, 2) if generating else None
+    duration_ms = round((finished - draft.started) * 1000, 1)
+    loop = asyncio.get_running_loop()
+    try:
+        record = await loop.run_in_executor(_records_executor, _request_record_write, draft, duration_ms)
+    except DatabaseError as exc:
+        logger.error("could not record request %s on %s: %s", draft.completion_id, draft.model, exc)
+        return
+    await request_feed_publish(record)
+
+
+def _request_record_write(draft: RequestDraft, duration_ms: float) -> RequestRecord:
+    with transaction.atomic():
+        record = RequestRecord.objects.create(
+            instance=get_config().server.instance,
+            duration_ms=duration_ms,
+            **{
+                name: getattr(draft, name)
+                for name in _DRAFT_FIELDS
+            },
+        )
+        daily_usage_add(record)
+    return record
+
+
+_DRAFT_FIELDS = (
+    "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
+    "error_message", "prompt_tokens", "completion_tokens", "finish_reason", "queue_wait_ms",
+    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "created_at",
+)
+
+
+def daily_usage_add(record: RequestRecord) -> None:
+    """Count one record into its model's rollup for its UTC day (inside the caller's transaction)."""
+    usage, _ = DailyUsage.objects.select_for_update().get_or_create(
+        instance=record.instance, day=record.created_at.astimezone(UTC).date(), model=record.model
+    )
+    usage.requests += 1
+    usage.errors += record.status == RequestRecord.Status.ERROR
+    usage.cancelled += record.status == RequestRecord.Status.CANCELLED
+    usage.prompt_tokens += record.prompt_tokens
+    usage.completion_tokens += record.completion_tokens
+    if record.ttft_ms is not None:
+        usage.ttft_ms_histogram = histograms.added(
+            usage.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, record.ttft_ms
+        )
+    if record.tokens_per_second is not None:
+        usage.tokens_per_second_histogram = histograms.added(
+            usage.tokens_per_second_histogram,
+            histograms.TOKENS_PER_SECOND_BOUNDS,
+            record.tokens_per_second,
+        )
+    usage.save()
+
+
+REQUEST_FEED_GROUP = "request-feed"
+
+
+async def request_feed_publish(record: RequestRecord) -> None:
+    """Push a finished request to the dashboards' live feed (Channels group)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(REQUEST_FEED_GROUP, {"type": "request.finished", "record": feed_item(record)})
+    except Exception as exc:  # the feed is best effort: a full or broken layer never fails a request
+        logger.warning("could not publish request %s to the live feed: %s", record.completion_id, exc)
+
+
+def feed_item(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "created_at": record.created_at.isoformat(),
+        "model": record.model,
+        "endpoint": record.endpoint,
+        "status": record.status,
+        "http_status": record.http_status,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "ttft_ms": record.ttft_ms,
+        "duration_ms": record.duration_ms,
+        "tokens_per_second": record.tokens_per_second,
+    }
 
 
 async def model_load(*, model: str, reason: LoadReason) -> str:

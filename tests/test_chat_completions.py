@@ -151,7 +151,7 @@ async def test_max_tokens_beyond_the_context_stops_at_the_context_end(use_config
 
 async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end() -> None:
     async def failing_events() -> AsyncIterator[JobEvent]:
-        yield TextDelta("partial")
+        yield TextDelta("partial", 1)
         raise GenerationFailed("generation on m failed: decode error")
 
     completion = ChatCompletion(model="m", prompt_tokens=3, events=failing_events())

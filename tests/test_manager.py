@@ -44,7 +44,7 @@ class FakeEngine:
                 yield Finished("cancelled", 3, generated - 1)
                 return
             time.sleep(0.01)
-            yield TextDelta(f"{generated} ")
+            yield TextDelta(f"{generated} ", generated)
         yield Finished("length", 3, generated)
 
     def close(self) -> None:
