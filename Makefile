@@ -6,12 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: serve test setup setup-dev model migrate
+# What the browser tests need from the OS (Debian): installed by `make test` when run as root.
+SYSTEM_PACKAGES := chromium chromium-driver
+
+.PHONY: serve test setup setup-dev model migrate system-packages
 
 serve: setup model migrate
 	$(PY) manage.py serve
 
-test: setup-dev model
+test: setup-dev model system-packages
 	$(PY) -m pytest
 
 setup: $(VENV)/.requirements
@@ -23,6 +26,14 @@ model: setup $(VENV)/.model
 
 migrate: setup
 	$(PY) manage.py migrate --noinput
+
+system-packages:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else \
+		echo "note: the browser tests will be skipped; install them with: sudo apt-get install $(SYSTEM_PACKAGES)"; \
+	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,3 +1,9 @@
-"""WebSocket routes of the dashboard (the live request feed arrives with the usage records)."""
+"""WebSocket routes of the dashboard."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from dashboard.consumers import RequestFeedConsumer
+
+websocket_urlpatterns = [
+    path("ws/dashboard/feed/", RequestFeedConsumer.as_asgi()),
+]

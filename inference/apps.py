@@ -12,6 +12,8 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference.lifecycle import model_lifecycle
-        from inference.services import load_event_record
+        from inference.manager import register_settings_overrides
+        from inference.services import load_event_record, model_settings_overrides
 
         model_lifecycle.connect(load_event_record, dispatch_uid="load_event_record")
+        register_settings_overrides(model_settings_overrides)

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # Builds the engine of a model on its worker thread; tests pass a fake one.
 EngineFactory = Callable[[str, Path, LoadSettings], Engine]
+# A model's settings saved outside config.json (the admin's), read on its worker thread at load.
+SettingsOverrides = Callable[[str], dict[str, Any]]
 
 ALL_MODELS = "all"
 # How often a request waiting for room (every loaded model busy) looks again.
@@ -115,12 +117,14 @@ class ModelWorker:
         settings: ModelSettings,
         engine_factory: EngineFactory,
         *,
+        settings_source: Callable[[], ModelSettings],
         reason: LoadReason,
         predecessors: list[ModelWorker],
         on_idle: Callable[[ModelWorker], None],
     ) -> None:
         self.model = model
-        self.settings = settings
+        self.settings = settings  # config.json's until the load merges in the admin's
+        self._settings_source = settings_source
         self.load_settings: LoadSettings | None = None
         self.load_ms: float | None = None
         self.state = "loading"
@@ -225,6 +229,7 @@ class ModelWorker:
             self._announce(LifecycleKind.UNLOAD, reason, closing)
 
     def _load(self) -> Engine:
+        self.settings = self._settings_source()  # may read the database: not on the event loop
         model, settings = self.model, self.settings
         trained = read_gguf_info(model.path).context_length
         engine_keys = {option.name for option in fields(LoadSettings)}
@@ -331,8 +336,14 @@ class ModelChanges:
 class ModelManager:
     """The models of one server process: discovery, lazy loading, eviction, unloading."""
 
-    def __init__(self, config: ModelManagerConfig, engine_factory: EngineFactory = Engine) -> None:
+    def __init__(
+        self,
+        config: ModelManagerConfig,
+        engine_factory: EngineFactory = Engine,
+        settings_overrides: SettingsOverrides = lambda name: {},
+    ) -> None:
         self.config = config
+        self.settings_overrides = settings_overrides
         self._engine_factory = engine_factory
         self._workers: dict[str, ModelWorker] = {}
         self._retired: list[ModelWorker] = []  # unloading: finishing their last jobs
@@ -422,10 +433,12 @@ class ModelManager:
             if evicted is None:
                 return None
             same_model = [old for old in self._retired if old.model.name == model.name]
+            config = self.config
             worker = ModelWorker(
                 model,
-                self.config.settings_for(model.name),
+                config.settings_for(model.name),
                 self._engine_factory,
+                settings_source=lambda: config.settings_for(model.name, self.settings_overrides(model.name)),
                 reason=reason,
                 predecessors=evicted + same_model,
                 on_idle=self._unload_idle_worker,
@@ -570,6 +583,13 @@ class ModelManager:
 
 _manager: ModelManager | None = None
 _manager_lock = threading.Lock()
+_settings_overrides: SettingsOverrides = lambda name: {}
+
+
+def register_settings_overrides(source: SettingsOverrides) -> None:
+    """Where the process's manager finds per-model settings saved outside config.json."""
+    global _settings_overrides
+    _settings_overrides = source
 
 
 def model_manager() -> ModelManager:
@@ -577,7 +597,7 @@ def model_manager() -> ModelManager:
     global _manager
     with _manager_lock:
         if _manager is None:
-            _manager = ModelManager(get_config().model_manager)
+            _manager = ModelManager(get_config().model_manager, settings_overrides=_settings_overrides)
             _manager.start_reaper()
         return _manager
 

@@ -6,6 +6,7 @@ them, so several servers can share one database.
 
 from __future__ import annotations
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from inference.lifecycle import LifecycleKind, LoadReason
@@ -28,6 +29,21 @@ class DiscoveredModel(models.Model):
     first_seen_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField()
     missing_since = models.DateTimeField(null=True, blank=True)
+
+    # Settings saved in the admin; empty means config.json's. Applied at the model's next load.
+    n_ctx = models.PositiveIntegerField(null=True, blank=True, verbose_name="n_ctx")
+    n_gpu_layers = models.IntegerField(
+        null=True, blank=True, verbose_name="n_gpu_layers", validators=[MinValueValidator(-1)]
+    )
+    idle_timeout = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-1)],
+        help_text="Seconds; 0 = unload after each request, -1 = never",
+    )
+    pinned = models.BooleanField(null=True, blank=True, help_text="Never unloaded for idleness or room")
+
+    SETTING_FIELDS = ("n_ctx", "n_gpu_layers", "idle_timeout", "pinned")
 
     class Meta:
         ordering = ["name"]
@@ -93,7 +109,11 @@ class RequestRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["model", "created_at"])]
+        indexes = [
+            models.Index(fields=["model", "created_at"]),
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["duration_ms"]),  # the dashboard's slowest requests
+        ]
 
     def __str__(self) -> str:
         return f"{self.endpoint} {self.model} {self.status}"

@@ -1,13 +1,22 @@
-"""Reads: the models on disk, the loaded models, server health."""
+"""Reads: the models on disk, the loaded models, server health, usage summaries."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time as clock_time, timedelta
 from typing import Any
 
+from django.db.models import QuerySet
+
+from inference import histograms
 from inference.apps import PROCESS_STARTED
 from inference.discovery import ModelFile
 from inference.manager import model_manager
+from inference.models import DailyUsage, RequestRecord
+
 
 def model_list() -> dict[str, ModelFile]:
     return model_manager().available()
@@ -18,6 +27,10 @@ def model_get(name: str) -> ModelFile:
     return model_manager().resolve(name)
 
 
+def loaded_model_names() -> list[str]:
+    return model_manager().loaded_models()
+
+
 def health() -> dict[str, Any]:
     manager = model_manager()
     return {
@@ -26,3 +39,174 @@ def health() -> dict[str, Any]:
         "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
         "models": manager.status(),
     }
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+# Ranges longer than this are summarised from the daily rollups (whole UTC days), shorter ones
+# from the request records themselves.
+ROLLUP_THRESHOLD = timedelta(days=2)
+
+
+@dataclass
+class Tally:
+    """Totals of some requests, with histograms of their time to first token and speed."""
+
+    requests: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: list[int] = field(default_factory=list)
+    tokens_per_second: list[int] = field(default_factory=list)
+
+    def add(self, other: Tally | DailyUsage) -> None:
+        for name in ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        other_ttft = other.ttft_ms if isinstance(other, Tally) else other.ttft_ms_histogram
+        other_speed = (
+            other.tokens_per_second if isinstance(other, Tally) else other.tokens_per_second_histogram
+        )
+        self.ttft_ms = histograms.merged([self.ttft_ms, other_ttft], histograms.TTFT_MS_BOUNDS)
+        self.tokens_per_second = histograms.merged(
+            [self.tokens_per_second, other_speed], histograms.TOKENS_PER_SECOND_BOUNDS
+        )
+
+    def add_record(self, status: str, prompt: int, completion: int, ttft: float | None, speed: float | None) -> None:
+        self.requests += 1
+        self.errors += status == RequestRecord.Status.ERROR
+        self.cancelled += status == RequestRecord.Status.CANCELLED
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if ttft is not None:
+            self.ttft_ms = histograms.added(self.ttft_ms, histograms.TTFT_MS_BOUNDS, ttft)
+        if speed is not None:
+            self.tokens_per_second = histograms.added(
+                self.tokens_per_second, histograms.TOKENS_PER_SECOND_BOUNDS, speed
+            )
+
+    def figures(self) -> dict[str, Any]:
+        """The summary figures (percentiles interpolated within histogram buckets)."""
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "cancelled": self.cancelled,
+            "error_rate": self.errors / self.requests if self.requests else 0.0,
+            "cancel_rate": self.cancelled / self.requests if self.requests else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms_p50": rounded(histograms.percentile(self.ttft_ms, histograms.TTFT_MS_BOUNDS, 0.5)),
+            "ttft_ms_p95": rounded(histograms.percentile(self.ttft_ms, histograms.TTFT_MS_BOUNDS, 0.95)),
+            "tokens_per_s_p50": rounded(
+                histograms.percentile(self.tokens_per_second, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5)
+            ),
+        }
+
+
+@dataclass
+class UsageSummary:
+    since: datetime
+    until: datetime
+    bucket: timedelta
+    from_rollups: bool
+    total: dict[str, Any]
+    models: list[dict[str, Any]]  # each with its "model"
+    series: list[dict[str, Any]]  # per bucket: "start", the figures, and "by_model" requests
+
+
+def _bucket_size(span: timedelta) -> timedelta:
+    for size in (timedelta(minutes=2), timedelta(minutes=10), timedelta(hours=1), timedelta(hours=2)):
+        if span / size <= 36:
+            return size
+    return timedelta(days=1)
+
+
+def usage_summary(*, since: datetime, until: datetime, model: str | None = None) -> UsageSummary:
+    """Requests, tokens, error and cancel rates, TTFT and speed percentiles over a range: in
+    total, per model, and per time bucket (days when the range is long)."""
+    from_rollups = until - since > ROLLUP_THRESHOLD
+    if from_rollups:
+        since = datetime.combine(since.astimezone(UTC).date(), clock_time(), UTC)
+        bucket = timedelta(days=1)
+    else:
+        bucket = _bucket_size(until - since)
+    tallies: dict[tuple[datetime, str], Tally] = defaultdict(Tally)
+    if from_rollups:
+        for row in _rollups(since, until, model):
+            tallies[(datetime.combine(row.day, clock_time(), UTC), row.model)].add(row)
+    else:
+        for created, *values in _record_values(since, until, model):
+            start = since + (created - since) // bucket * bucket
+            tallies[(start, values[0])].add_record(*values[1:])
+    return _summarise(since, until, bucket, from_rollups, tallies)
+
+
+def _rollups(since: datetime, until: datetime, model: str | None) -> QuerySet[DailyUsage]:
+    rows = DailyUsage.objects.filter(day__gte=since.date(), day__lte=until.astimezone(UTC).date())
+    return rows.filter(model=model) if model else rows
+
+
+def _record_values(since: datetime, until: datetime, model: str | None) -> Iterable[tuple]:
+    records = records_in_range(since=since, until=until, model=model)
+    return records.values_list(
+        "created_at", "model", "status", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_second"
+    ).iterator(chunk_size=5000)
+
+
+def records_in_range(*, since: datetime, until: datetime, model: str | None = None) -> QuerySet[RequestRecord]:
+    records = RequestRecord.objects.filter(created_at__gte=since, created_at__lt=until)
+    return records.filter(model=model) if model else records
+
+
+def _summarise(
+    since: datetime,
+    until: datetime,
+    bucket: timedelta,
+    from_rollups: bool,
+    tallies: dict[tuple[datetime, str], Tally],
+) -> UsageSummary:
+    total = Tally()
+    per_model: dict[str, Tally] = defaultdict(Tally)
+    per_bucket: dict[datetime, Tally] = defaultdict(Tally)
+    bucket_models: dict[datetime, dict[str, int]] = defaultdict(dict)
+    for (start, model), tally in tallies.items():
+        total.add(tally)
+        per_model[model].add(tally)
+        per_bucket[start].add(tally)
+        bucket_models[start][model] = tally.requests
+    starts = []
+    start = since
+    while start < until:
+        starts.append(start)
+        start += bucket
+    return UsageSummary(
+        since=since,
+        until=until,
+        bucket=bucket,
+        from_rollups=from_rollups,
+        total=total.figures(),
+        models=[{"model": name, **per_model[name].figures()} for name in sorted(per_model)],
+        series=[
+            {"start": start, **per_bucket[start].figures(), "by_model": bucket_models.get(start, {})}
+            for start in starts
+        ],
+    )
+
+
+def slowest_requests(*, since: datetime, until: datetime, model: str | None = None, limit: int = 10) -> list[RequestRecord]:
+    records = records_in_range(since=since, until=until, model=model)
+    return list(records.filter(status=RequestRecord.Status.OK).order_by("-duration_ms")[:limit])
+
+
+def failed_requests(*, since: datetime, until: datetime, model: str | None = None, limit: int = 20) -> list[RequestRecord]:
+    records = records_in_range(since=since, until=until, model=model)
+    return list(records.exclude(status=RequestRecord.Status.OK).order_by("-created_at")[:limit])
+
+
+def recorded_models() -> list[str]:
+    """Every model that has usage."""
+    return sorted(set(DailyUsage.objects.values_list("model", flat=True).distinct()))

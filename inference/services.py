@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -279,6 +279,18 @@ def load_event_record(sender: Any, *, event: LifecycleEvent, **_: Any) -> None:
     LoadEvent.objects.create(instance=get_config().server.instance, **asdict(event))
 
 
+def model_settings_overrides(name: str) -> dict[str, Any]:
+    """The settings saved for a model in the admin (those left empty are not overrides)."""
+    try:
+        row = DiscoveredModel.objects.filter(instance=get_config().server.instance, name=name).first()
+    except DatabaseError as exc:
+        logger.error("could not read the saved settings of %s (config.json's apply): %s", name, exc)
+        return {}
+    if row is None:
+        return {}
+    return {key: value for key in DiscoveredModel.SETTING_FIELDS if (value := getattr(row, key)) is not None}
+
+
 def discovered_models_sync(*, models: dict[str, ModelFile]) -> None:
     """Bring DiscoveredModel rows in line with the models directory.
 
@@ -315,3 +327,24 @@ def _describe_from_header(row: DiscoveredModel, model: ModelFile) -> None:
     row.parameter_count = info.parameter_count
     row.quantization = info.quantization
     row.context_length = info.context_length
+
+
+def request_records_prune(*, older_than_days: int) -> int:
+    """Delete request records older than the retention period (daily totals stay); how many."""
+    if older_than_days <= 0:
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    deleted, _ = RequestRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def daily_usage_rebuild() -> int:
+    """Recompute the daily rollups of every day that still has request records; how many rows."""
+    first = RequestRecord.objects.order_by("created_at").values_list("created_at", flat=True).first()
+    if first is None:
+        return 0
+    with transaction.atomic():
+        DailyUsage.objects.filter(day__gte=first.astimezone(UTC).date()).delete()
+        for record in RequestRecord.objects.order_by("id").iterator(chunk_size=5000):
+            daily_usage_add(record)
+    return DailyUsage.objects.filter(day__gte=first.astimezone(UTC).date()).count()

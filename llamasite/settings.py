@@ -25,8 +25,11 @@ DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
@@ -35,12 +38,20 @@ INSTALLED_APPS = [
     "dashboard",
 ]
 
-# Every middleware here must be async-capable: one sync-only middleware would run each request
-# through Django's single shared sync thread, and a slow request would delay all the others.
+# Every middleware here must be async-capable: a sync-only one would make each request hold a
+# thread until its view returns (for a non-streamed completion, the whole generation). That is
+# why static files come from ServeStatic (WhiteNoise's fork with an async middleware), not
+# WhiteNoise.
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "llamasite.urls"
@@ -51,7 +62,13 @@ TEMPLATES = [
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [],
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 
@@ -78,6 +95,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve the apps' static files (the admin's, the dashboard's) without a collectstatic step.
+SERVESTATIC_USE_FINDERS = True
+LOGIN_URL = "admin:login"
 
 CORS_ALLOW_ALL_ORIGINS = "*" in _cors_origins
 CORS_ALLOWED_ORIGINS = [origin for origin in _cors_origins if origin != "*"]

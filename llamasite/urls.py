@@ -1,7 +1,10 @@
+from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("inference.urls")),
+    path("", include("inference.urls")),  # first: its /admin/* API must not reach the Django admin
+    path("admin/", admin.site.urls),
+    path("dashboard/", include("dashboard.urls")),
 ]
 
 handler404 = "inference.api.not_found"

@@ -1,0 +1,164 @@
+"""Usage pages for staff: a summary with charts over a chosen range, the live feed, CSV export."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from dashboard.charts import PALETTE, Series, horizontal_bars, lines, stacked_bars
+from inference import selectors
+
+RANGES = {
+    "hour": ("Last hour", timedelta(hours=1)),
+    "day": ("Last day", timedelta(days=1)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+DEFAULT_RANGE = "day"
+
+
+def _moment(text: str | None, *, end: bool) -> datetime | None:
+    """A custom range bound: a date (whole day) or a date and time, in UTC."""
+    if not text:
+        return None
+    moment = parse_datetime(text)
+    if moment is None and (day := parse_date(text)):
+        moment = datetime.combine(day, datetime.min.time()) + (timedelta(days=1) if end else timedelta())
+    if moment is not None and timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, UTC)
+    return moment
+
+
+def chosen_range(params: Any) -> tuple[str, datetime, datetime]:
+    """The range asked for: a named one, or custom `start`/`end`; the last day otherwise."""
+    key = params.get("range", DEFAULT_RANGE)
+    now = timezone.now()
+    if key == "custom":
+        since, until = _moment(params.get("start"), end=False), _moment(params.get("end"), end=True)
+        if since and since < (until := until or now):
+            return key, since, until
+        key = DEFAULT_RANGE
+    if key not in RANGES:
+        key = DEFAULT_RANGE
+    return key, now - RANGES[key][1], now
+
+
+def _label(start: datetime, bucket: timedelta) -> str:
+    return start.strftime("%b %d" if bucket >= timedelta(days=1) else "%H:%M")
+
+
+def usage_charts(summary: selectors.UsageSummary) -> list[str]:
+    labels = [_label(point["start"], summary.bucket) for point in summary.series]
+    series = summary.series
+    ok = [p["requests"] - p["errors"] - p["cancelled"] for p in series]
+    return [
+        stacked_bars(
+            "requests",
+            "Requests",
+            labels,
+            [
+                Series("ok", ok, PALETTE[0]),
+                Series("errors", [p["errors"] for p in series], PALETTE[1]),
+                Series("cancelled", [p["cancelled"] for p in series], PALETTE[2]),
+            ],
+        ),
+        stacked_bars(
+            "tokens",
+            "Tokens",
+            labels,
+            [
+                Series("prompt", [p["prompt_tokens"] for p in series], PALETTE[5]),
+                Series("completion", [p["completion_tokens"] for p in series], PALETTE[3]),
+            ],
+        ),
+        lines(
+            "ttft",
+            "Time to first token",
+            labels,
+            [
+                Series("p50", [p["ttft_ms_p50"] for p in series], PALETTE[0]),
+                Series("p95", [p["ttft_ms_p95"] for p in series], PALETTE[4]),
+            ],
+            unit="ms",
+        ),
+        lines(
+            "speed",
+            "Generation speed (median)",
+            labels,
+            [Series("tokens/s", [p["tokens_per_s_p50"] for p in series], PALETTE[3])],
+            unit="tokens/s",
+        ),
+        horizontal_bars(
+            "model-requests",
+            "Requests per model",
+            sorted(((m["model"] or "(none)", m["requests"]) for m in summary.models), key=lambda r: -r[1]),
+        ),
+        horizontal_bars(
+            "model-tokens",
+            "Tokens per model",
+            sorted(
+                ((m["model"] or "(none)", m["prompt_tokens"] + m["completion_tokens"]) for m in summary.models),
+                key=lambda r: -r[1],
+            ),
+        ),
+    ]
+
+
+@staff_member_required
+def index(request: HttpRequest) -> HttpResponse:
+    key, since, until = chosen_range(request.GET)
+    model = request.GET.get("model") or None
+    summary = selectors.usage_summary(since=since, until=until, model=model)
+    context = {
+        "ranges": {name: label for name, (label, _) in RANGES.items()},
+        "range": key,
+        "since": since,
+        "until": until,
+        "model": model or "",
+        "models": selectors.recorded_models(),
+        "summary": summary,
+        "charts": usage_charts(summary),
+        "slowest": selectors.slowest_requests(since=since, until=until, model=model),
+        "failed": selectors.failed_requests(since=since, until=until, model=model),
+        "query": request.GET.urlencode(),
+    }
+    return render(request, "dashboard/index.html", context)
+
+
+EXPORT_COLUMNS = (
+    "created_at", "instance", "completion_id", "model", "endpoint", "stream", "status",
+    "http_status", "error_code", "prompt_tokens", "completion_tokens", "finish_reason",
+    "queue_wait_ms", "load_ms", "ttft_ms", "duration_ms", "tokens_per_second", "client_address",
+    "user_agent", "api_key",
+)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@staff_member_required
+def export_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The request records of the chosen range as CSV, streamed row by row."""
+    key, since, until = chosen_range(request.GET)
+    records = selectors.records_in_range(since=since, until=until, model=request.GET.get("model") or None)
+    writer = csv.writer(_Echo())
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow(EXPORT_COLUMNS)
+        for values in records.order_by("created_at").values_list(*EXPORT_COLUMNS).iterator(chunk_size=5000):
+            yield writer.writerow(values)
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    name = f"llamasite-requests-{since:%Y%m%d%H%M}-{until:%Y%m%d%H%M}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

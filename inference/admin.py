@@ -1,0 +1,161 @@
+"""The Django admin: the models (with load/unload actions and saved settings) and read-only
+history (load events, request records)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.contrib import admin, messages
+from django.db.models import Max, OuterRef, QuerySet, Subquery, Sum
+from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+
+from inference import selectors, services
+from inference.errors import ApiError
+from inference.lifecycle import LoadReason
+from inference.models import DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+
+
+def _usage_total(field: str) -> Subquery:
+    totals = (
+        DailyUsage.objects.filter(instance=OuterRef("instance"), model=OuterRef("name"))
+        .values("model")
+        .annotate(total=Sum(field))
+        .values("total")
+    )
+    return Subquery(totals)
+
+
+@admin.register(DiscoveredModel)
+class DiscoveredModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "size",
+        "quantization",
+        "parameters",
+        "loaded",
+        "last_used",
+        "requests",
+        "tokens",
+        "present",
+    )
+    list_filter = ("present", "quantization", "architecture", "instance")
+    search_fields = ("name",)
+    actions = ("load_now", "unload_now")
+    readonly_fields = (
+        "instance", "name", "path", "size", "file_modified_at", "architecture", "parameters",
+        "quantization", "context_length", "header_error", "present", "first_seen_at",
+        "last_seen_at", "missing_since",
+    )
+    fieldsets = (
+        (None, {"fields": readonly_fields}),
+        (
+            "Settings (empty: config.json's; applied at the model's next load)",
+            {"fields": DiscoveredModel.SETTING_FIELDS},
+        ),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DiscoveredModel]:
+        last_used = (
+            RequestRecord.objects.filter(instance=OuterRef("instance"), model=OuterRef("name"))
+            .values("model")
+            .annotate(last=Max("created_at"))
+            .values("last")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_used_at=Subquery(last_used),
+                request_total=_usage_total("requests"),
+                prompt_total=_usage_total("prompt_tokens"),
+                completion_total=_usage_total("completion_tokens"),
+            )
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows come from the models directory
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, row: DiscoveredModel) -> str:
+        return filesizeformat(row.size_bytes)
+
+    @admin.display(description="parameters", ordering="parameter_count")
+    def parameters(self, row: DiscoveredModel) -> str:
+        return f"{row.parameter_count / 1e6:,.0f} M" if row.parameter_count else "–"
+
+    @admin.display(description="loaded", boolean=True)
+    def loaded(self, row: DiscoveredModel) -> bool:
+        return row.name in selectors.loaded_model_names()
+
+    @admin.display(description="last used", ordering="last_used_at")
+    def last_used(self, row: Any) -> Any:
+        return row.last_used_at
+
+    @admin.display(description="requests", ordering="request_total")
+    def requests(self, row: Any) -> int:
+        return row.request_total or 0
+
+    @admin.display(description="tokens (prompt + completion)", ordering="completion_total")
+    def tokens(self, row: Any) -> int:
+        return (row.prompt_total or 0) + (row.completion_total or 0)
+
+    @admin.action(description="Load now")
+    def load_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
+        for row in queryset:
+            try:
+                async_to_sync(services.model_load)(model=row.name, reason=LoadReason.ADMIN_UI)
+            except ApiError as exc:
+                self.message_user(request, f"{row.name}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{row.name} is loaded.", messages.SUCCESS)
+
+    @admin.action(description="Unload now")
+    def unload_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
+        for row in queryset:
+            try:
+                result = async_to_sync(services.model_unload)(model=row.name, reason=LoadReason.ADMIN_UI)
+            except ApiError as exc:
+                self.message_user(request, f"{row.name}: {exc.message}", messages.ERROR)
+                continue
+            if result["pending"]:
+                self.message_user(request, f"{row.name} unloads when its running requests end.")
+            elif result["unloaded"]:
+                self.message_user(request, f"{row.name} is unloaded.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{row.name} was not loaded.", messages.WARNING)
+
+
+class HistoryAdmin(admin.ModelAdmin):
+    """Read-only: nobody edits history through the admin."""
+
+    date_hierarchy = "created_at"
+    list_per_page = 100
+    show_full_result_count = False  # counting a million rows on every page view is slow
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(LoadEvent)
+class LoadEventAdmin(HistoryAdmin):
+    list_display = ("created_at", "model", "kind", "reason", "duration_ms", "error", "instance")
+    list_filter = ("kind", "reason", "model", "created_at", "instance")
+    search_fields = ("model", "error")
+
+
+@admin.register(RequestRecord)
+class RequestRecordAdmin(HistoryAdmin):
+    list_display = (
+        "created_at", "model", "endpoint", "stream", "status", "http_status", "prompt_tokens",
+        "completion_tokens", "ttft_ms", "duration_ms", "tokens_per_second", "client_address",
+    )
+    list_filter = ("status", "model", "endpoint", "stream", "http_status", "created_at", "instance")
+    search_fields = ("completion_id", "model", "error_code", "error_message", "user_agent", "client_address")

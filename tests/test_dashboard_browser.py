@@ -1,0 +1,107 @@
+"""The dashboard in a real headless Chromium against a real server: charts with data, the live
+feed receiving a request as it finishes; a screenshot is kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, server_env, start_server, write_config
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (make test installs them when run as root)",
+)
+ARTIFACTS = PROJECT_DIR / "test-artifacts"
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+    root = tmp_path_factory.mktemp("browser")
+    link_model(smollm2_file, root / "models", SMOLLM2)
+    config = write_config(root, server={"port": free_port()}, n_ctx=2048)
+    server = start_server(config, root / "server.log", migrated_database)
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
+        cwd=PROJECT_DIR,
+        env={**server_env(config, server.database), "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        check=True,
+        capture_output=True,
+    )
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def chat(server: DaphneServer, **body: object) -> None:
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, **body},
+        timeout=60,
+    )
+    assert response.status_code in (200, 404)
+
+
+def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chat(server)
+    chat(server, stream=True)
+    chat(server, model="missing-model")
+
+    browser.get(f"{server.url}/admin/login/?next=/dashboard/")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda driver: driver.current_url.endswith("/dashboard/"))
+
+    points = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('svg[data-chart]')]"
+        ".map(svg => [svg.dataset.chart, svg.querySelectorAll('.bar, .dot').length]))"
+    )
+    assert points["requests"] > 0 and points["tokens"] > 0 and points["ttft"] > 0, points
+    assert points["model-requests"] >= 2, points
+    assert browser.find_element(By.CSS_SELECTOR, "#totals .card b").text == "3"
+    stylesheet_loaded = browser.execute_script(
+        "return getComputedStyle(document.querySelector('.card')).borderRadius"
+    )
+    assert stylesheet_loaded == "8px"  # the dashboard's own CSS was served
+
+    wait.until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-feed") == "open")
+    chat(server, max_tokens=4)
+    wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#feed tbody tr.new"))
+    row = browser.find_element(By.CSS_SELECTOR, "#feed tbody tr.new").text
+    assert SMOLLM2 in row and "ok 200" in row
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard.png"
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
