@@ -58,42 +58,38 @@ def _label(start: datetime, bucket: timedelta) -> str:
 def usage_charts(summary: selectors.UsageSummary) -> list[str]:
     labels = [_label(point["start"], summary.bucket) for point in summary.series]
     series = summary.series
+
+    def column(key: str) -> list[Any]:
+        return [point[key] for point in series]
+
     ok = [p["requests"] - p["errors"] - p["cancelled"] for p in series]
     return [
         stacked_bars(
             "requests",
             "Requests",
             labels,
-            [
-                Series("ok", ok, PALETTE[0]),
-                Series("errors", [p["errors"] for p in series], PALETTE[1]),
-                Series("cancelled", [p["cancelled"] for p in series], PALETTE[2]),
-            ],
+            [Series("ok", ok, PALETTE[0]), Series("errors", column("errors"), PALETTE[1]),
+             Series("cancelled", column("cancelled"), PALETTE[2])],
         ),
         stacked_bars(
             "tokens",
             "Tokens",
             labels,
-            [
-                Series("prompt", [p["prompt_tokens"] for p in series], PALETTE[5]),
-                Series("completion", [p["completion_tokens"] for p in series], PALETTE[3]),
-            ],
+            [Series("prompt", column("prompt_tokens"), PALETTE[5]),
+             Series("completion", column("completion_tokens"), PALETTE[3])],
         ),
         lines(
             "ttft",
             "Time to first token",
             labels,
-            [
-                Series("p50", [p["ttft_ms_p50"] for p in series], PALETTE[0]),
-                Series("p95", [p["ttft_ms_p95"] for p in series], PALETTE[4]),
-            ],
+            [Series("p50", column("ttft_ms_p50"), PALETTE[0]), Series("p95", column("ttft_ms_p95"), PALETTE[4])],
             unit="ms",
         ),
         lines(
             "speed",
             "Generation speed (median)",
             labels,
-            [Series("tokens/s", [p["tokens_per_s_p50"] for p in series], PALETTE[3])],
+            [Series("tokens/s", column("tokens_per_s_p50"), PALETTE[3])],
             unit="tokens/s",
         ),
         horizontal_bars(
