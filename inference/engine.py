@@ -105,6 +105,7 @@ class LoadSettings:
     n_ctx: int
     n_gpu_layers: int
     n_threads: int
+    n_threads_batch: int
     n_batch: int = 512
     flash_attn: bool = False
     use_mmap: bool = True
@@ -112,7 +113,10 @@ class LoadSettings:
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
 
     def describe(self) -> str:
-        return f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, n_threads={self.n_threads}"
+        return (
+            f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, "
+            f"n_threads={self.n_threads}/{self.n_threads_batch}"
+        )
 
     def llama_options(self) -> dict[str, Any]:
         """The settings that are `llama_cpp.Llama` arguments of the same name."""
@@ -147,6 +151,7 @@ class Engine:
             reason = "; ".join(_recent_llama_problems()) or str(exc)
             raise EngineLoadError(reason) from None
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        self._pieces: dict[int, bytes] = {}  # token -> its text, as bytes (a token may end mid-UTF-8)
         try:
             self._chat_formatter = self._make_chat_formatter(settings.chat_format)
         except EngineLoadError:
@@ -242,7 +247,10 @@ class Engine:
                     finish_reason = "stop"
                     break
                 generated += 1
-                text, stopped = stop_matcher.feed(decoder.decode(self._llama.detokenize([token])))
+                piece = self._pieces.get(token)
+                if piece is None:
+                    piece = self._pieces[token] = self._llama.detokenize([token])
+                text, stopped = stop_matcher.feed(decoder.decode(piece))
                 if text:
                     yield TextDelta(text, generated)
                 if stopped:

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,11 @@ class WorkerStopping(Exception):
 
 
 class Job:
-    """One queued generation; its events travel from the worker thread to the submitting loop."""
+    """One queued generation; its events travel from the worker thread to the submitting loop.
+
+    Events wait in a deque; the loop is woken once per batch of them rather than once per token,
+    so a busy loop takes several tokens at a time instead of falling behind.
+    """
 
     def __init__(self, spec: ChatJob, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
@@ -77,7 +82,10 @@ class Job:
         self.started_at: float | None = None  # when the worker began it
         self.load_ms: float | None = None  # set if this job's request loaded the model
         self._loop = loop
-        self._events: asyncio.Queue[JobEvent | Exception] = asyncio.Queue()
+        self._pending: deque[JobEvent | Exception] = deque()
+        self._pending_lock = threading.Lock()
+        self._wake_scheduled = False
+        self._arrived = asyncio.Event()
         self._cancelled = threading.Event()
 
     @property
@@ -89,8 +97,13 @@ class Job:
 
     def emit(self, event: JobEvent | Exception) -> None:
         """Called on the worker thread."""
+        with self._pending_lock:
+            self._pending.append(event)
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._arrived.set)
         except RuntimeError:  # the submitting loop is gone: nobody is listening any more
             self.cancel()
 
@@ -98,12 +111,18 @@ class Job:
         """The job's events up to Finished; leaving early (or being cancelled) stops the job."""
         try:
             while True:
-                event = await self._events.get()
-                if isinstance(event, Exception):
-                    raise event
-                yield event
-                if isinstance(event, Finished):
-                    return
+                await self._arrived.wait()
+                self._arrived.clear()
+                with self._pending_lock:
+                    batch = list(self._pending)
+                    self._pending.clear()
+                    self._wake_scheduled = False
+                for event in batch:
+                    if isinstance(event, Exception):
+                        raise event
+                    yield event
+                    if isinstance(event, Finished):
+                        return
         finally:
             self.cancel()
 
@@ -349,21 +368,31 @@ class ModelManager:
         self._retired: list[ModelWorker] = []  # unloading: finishing their last jobs
         self._lock = threading.Lock()
         self._directory_missing = False
+        self._scanned: tuple[tuple[int, int], dict[str, ModelFile]] | None = None
         self._shutting_down = False
         self._known = self.available()
         self._reaper_stop = threading.Event()
 
     def available(self) -> dict[str, ModelFile]:
-        """The models in the models directory now (empty, with a logged error, if it is missing)."""
+        """The models in the models directory now (empty, with a logged error, if it is missing).
+
+        The directory is scanned again only when it changed (files added, removed, renamed): a
+        request then costs one stat, not one per model file.
+        """
+        directory = self.config.models_directory
         try:
-            models = scan(self.config.models_directory)
-        except ModelsDirectoryMissing as exc:
+            stat = directory.stat()
+            version = (stat.st_ino, stat.st_mtime_ns)
+            if self._scanned is None or self._scanned[0] != version:
+                self._scanned = (version, scan(directory))
+        except (ModelsDirectoryMissing, FileNotFoundError, NotADirectoryError):
             if not self._directory_missing:
-                logger.error("%s; no models can be served until it exists", exc)
+                logger.error("models directory %s does not exist; no models can be served until it does", directory)
             self._directory_missing = True
+            self._scanned = None
             return {}
         self._directory_missing = False
-        return models
+        return self._scanned[1]
 
     def resolve(self, requested: str | None) -> ModelFile:
         """The model a request asks for (None: the default model); raises ModelNotFound."""

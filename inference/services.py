@@ -131,6 +131,8 @@ async def request_record_save(draft: RequestDraft) -> None:
     Runs off the event loop. A database problem is logged and never fails the request.
     """
     draft.saved = True
+    if not get_config().records.request_records:
+        return
     finished = time.monotonic()
     if draft.first_token_at is not None and draft.completion_tokens > 1:
         generating = finished - draft.first_token_at

@@ -140,3 +140,26 @@ async def test_a_non_streaming_client_that_hangs_up_stops_its_generation(daphne_
         await wait_until_idle(client, SMOLLM2)
     cancelled = re.findall(rf"chat on {re.escape(SMOLLM2)}: cancelled after (\d+) tokens", daphne_server.log())
     assert cancelled and int(cancelled[-1]) < 1000  # of the 3000 asked for
+
+
+async def test_every_generated_token_reaches_the_client_in_order(daphne_server: DaphneServer) -> None:
+    """Streamed text equals the non-streamed answer, token for token, also with two streams at once."""
+    request = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 300,
+               "ignore_eos": True, "temperature": 0}
+
+    async def streamed(model: str) -> tuple[str, int, int]:
+        async with open_stream(daphne_server, model=model, stream_options={"include_usage": True}, **request) as chunks:
+            pieces, usage = [], None
+            async for chunk in chunks:
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    pieces.append(chunk["choices"][0]["delta"]["content"])
+                usage = chunk.get("usage") or usage
+        return "".join(pieces), len(pieces), usage["completion_tokens"]
+
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=120) as client:
+        expected = (await client.post("/v1/chat/completions", json={"model": SMOLLM2, **request})).json()
+    results = await asyncio.gather(streamed(SMOLLM2), streamed("smollm-copy"))
+    for text, pieces, tokens in results:
+        assert tokens == expected["usage"]["completion_tokens"] == 300
+        assert text == expected["choices"][0]["message"]["content"]
+        assert pieces >= tokens - 10  # one piece per token, but for the few held back at a stop-sequence prefix

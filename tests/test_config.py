@@ -32,7 +32,8 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert manager.models == {}
     defaults = manager.defaults
     assert (defaults.n_ctx, defaults.n_gpu_layers, defaults.n_batch) == (16384, -1, 512)
-    assert defaults.n_threads == physical_cores() >= 1
+    assert defaults.n_threads == max(1, physical_cores() - 1)  # a core left to the server
+    assert defaults.n_threads_batch == physical_cores()
     assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
     assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == (False, True, False)
     assert manager.settings_for("any-model") == defaults

@@ -281,11 +281,19 @@ async def test_pinned_models_leave_no_room_rather_than_hang(models: Path) -> Non
 async def test_idle_timeout_zero_unloads_after_each_request(models: Path, lifecycle_events) -> None:
     log: list[str] = []
     manager = make_manager(models, log, idle_timeout=0)
-    await collect(manager, "alpha", chat("one"))
-    await collect(manager, "alpha", chat("two"))
+    for request in range(1, 3):
+        await collect(manager, "alpha", chat(str(request)))
+        await until(lambda: lifecycle_events.count(("alpha", "unload", "idle")) == request)
     manager.shutdown()
     assert log.count("load alpha") == 2
-    assert [e for e in lifecycle_events if e[1] == "unload"] == [("alpha", "unload", "idle")] * 2
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
 
 
 async def test_the_reaper_thread_unloads_idle_models(models: Path, lifecycle_events) -> None:
@@ -293,11 +301,7 @@ async def test_the_reaper_thread_unloads_idle_models(models: Path, lifecycle_eve
     manager.start_reaper()
     await collect(manager, "alpha", chat("x"))
     assert manager.status()["alpha"]["expires_at"] is not None
-    for _ in range(100):
-        if ("alpha", "unload", "idle") in lifecycle_events:
-            break
-        await asyncio.sleep(0.05)
-    assert ("alpha", "unload", "idle") in lifecycle_events
+    await until(lambda: ("alpha", "unload", "idle") in lifecycle_events)
     assert manager.loaded_models() == []
     manager.shutdown()
 

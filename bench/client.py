@@ -1,0 +1,144 @@
+"""An OpenAI streaming client that times what users feel: time to first token, token rate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import time
+from urllib.parse import urlsplit
+from dataclasses import dataclass
+
+import httpx
+
+PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class Stream:
+    ttft_s: float | None  # None: not a single token arrived
+    tokens: int
+    decode_tokens_per_s: float  # after the first token
+    total_s: float
+    completion_id: str
+
+
+async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS) -> Stream:
+    """One streamed chat completion at temperature 0; tokens counted as content chunks.
+
+    The client does as little as it can per token, because it shares the machine's cores with
+    the server: a plain socket (no HTTP library, `Connection: close`), the raw bytes split into
+    SSE events, no JSON decoding. A stream the server cuts off (llama-cpp-python's server does,
+    when another request arrives) counts the tokens delivered until then.
+    """
+    address = urlsplit(url)
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+    ).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    started = time.perf_counter()
+    first = last = None
+    tokens, buffer, completion_id, status_seen = 0, b"", "", False
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(request)
+        while data := await reader.read(65536):
+            buffer += data
+            if not status_seen:
+                if len(buffer) < 12:
+                    continue
+                if not buffer.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+                    raise RuntimeError(f"{url}: {buffer[:200]!r}")
+                status_seen = True
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                if not completion_id and (match := _ID.search(event)):
+                    completion_id = match[1].decode()
+                if _has_content(event):
+                    tokens += 1
+                    last = time.perf_counter()
+                    first = first or last
+    except ConnectionError:
+        pass  # cut off: what arrived counts
+    finally:
+        writer.close()
+    rate = (tokens - 1) / (last - first) if first and last and tokens > 1 and last > first else 0.0
+    ttft = None if first is None else first - started
+    return Stream(ttft, tokens, rate, time.perf_counter() - started, completion_id)
+
+
+_ID = re.compile(rb'"id": ?"([^"]+)"')
+
+
+def _has_content(event: bytes) -> bool:
+    """Whether an SSE chunk carries generated text (a non-empty delta.content), in any spacing."""
+    at = event.find(b'"content"')
+    if at < 0:
+        return False
+    value = event[at + 9 :].lstrip(b": ")
+    return value.startswith(b'"') and not value.startswith(b'""')
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+async def single_stream(url: str, model: str, runs: int) -> dict[str, float]:
+    await stream_chat(url, model)  # warm-up: load, caches
+    results = [await stream_chat(url, model) for _ in range(runs)]
+    return {
+        "tokens_per_s": statistics.median(r.decode_tokens_per_s for r in results),
+        "ttft_ms": statistics.median(r.ttft_s or 0.0 for r in results) * 1000,
+        "tokens": statistics.median(r.tokens for r in results),
+    }
+
+
+async def concurrent_streams(
+    url: str, model: str, clients: int, requests: int, health_path: str | None
+) -> dict[str, float]:
+    """`clients` clients each streaming `requests` completions in turn; /health polled meanwhile."""
+    health: list[float] = []
+    done = asyncio.Event()
+
+    async def client_loop() -> list[Stream]:
+        return [await stream_chat(url, model) for _ in range(requests)]
+
+    async def poll_health(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            (await client.get(f"{url}{health_path}")).raise_for_status()
+            health.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await stream_chat(url, model, max_tokens=4)
+        poller = asyncio.create_task(poll_health(client)) if health_path else None
+        started = time.perf_counter()
+        streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
+        elapsed = time.perf_counter() - started
+        done.set()
+        if poller:
+            await poller
+    ttfts = [s.ttft_s * 1000 for s in streams if s.ttft_s is not None] or [float("nan")]
+    figures = {
+        "aggregate_tokens_per_s": sum(s.tokens for s in streams) / elapsed,
+        "ttft_ms_p50": percentile(ttfts, 0.5),
+        "ttft_ms_p99": percentile(ttfts, 0.99),
+        "delivered_fraction": sum(s.tokens for s in streams) / (len(streams) * MAX_TOKENS),
+    }
+    if health:
+        figures["health_ms_p50"] = percentile(health, 0.5) * 1000
+        figures["health_ms_p99"] = percentile(health, 0.99) * 1000
+    return figures
