@@ -8,8 +8,10 @@ Baselines, each measured in the same run with the same model and settings (tempe
 This server runs once per `--config` (its model_manager settings; default: none), and once more
 with request records off to measure what recording costs.
 
-Figures are medians over `--runs`; ratios are to baseline 1. The table is printed and written
-to bench/RESULTS.md with the machine's cores, CPU and versions.
+All of them are started first, then the single-stream runs go round them in turn, so that the
+machine's drift (it is shared and noisy) falls on every one alike; the concurrent runs follow,
+one server at a time. Figures are medians; ratios are to baseline 1. The table is printed and
+written to bench/RESULTS.md with the machine's cores, CPU and versions.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import json
 import os
 import platform
 import sqlite3
+import statistics
 import subprocess
 import sys
-from contextlib import AbstractContextManager
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -35,6 +39,7 @@ from bench.servers import PROJECT_DIR, Running, llama_cpp_python_server, llama_c
 
 N_CTX = 4096
 RESULTS = PROJECT_DIR / "bench" / "RESULTS.md"
+OURS, RECORDS_OFF, IN_PROCESS = "llamasite", "llamasite, records off", "in-process"
 
 
 def thread_counts() -> tuple[int, int]:
@@ -45,16 +50,59 @@ def thread_counts() -> tuple[int, int]:
     return generation_threads(), physical_cores()
 
 
-def default_model() -> Path:
-    return PROJECT_DIR / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+class InProcess:
+    """Baseline 1, in a subprocess that runs one completion per request."""
+
+    def __init__(self, model: Path, threads: tuple[int, int]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.inprocess", "--model", str(model), "--n-ctx", str(N_CTX),
+             "--n-threads", str(threads[0]), "--n-threads-batch", str(threads[1])],
+            cwd=PROJECT_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stream(self, prompt: str, max_tokens: int) -> client.Stream:
+        self.process.stdin.write(f"{max_tokens} {prompt}\n")
+        self.process.stdin.flush()
+        run = json.loads(self.process.stdout.readline())
+        rate = (run["tokens"] - 1) / (run["last"] - run["first"]) if run["tokens"] > 1 else 0.0
+        return client.Stream(run["ttft_s"], run["tokens"], rate, 0.0, "")
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
-def measure_server(running: Running, runs: int, clients: int, requests: int) -> dict[str, float]:
-    single = asyncio.run(client.single_stream(running.url, running.model, runs))
-    concurrent = asyncio.run(
-        client.concurrent_streams(running.url, running.model, clients, requests, running.health_path)
-    )
-    return {**single, **concurrent}
+@dataclass
+class Target:
+    name: str
+    running: Running | None = None  # None: the in-process baseline
+    in_process: InProcess | None = None
+    streams: list[client.Stream] = field(default_factory=list)
+    fresh: list[client.Stream] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def stream(self, prompt: str = client.PROMPT, max_tokens: int = client.MAX_TOKENS) -> client.Stream:
+        if self.in_process:
+            return self.in_process.stream(prompt, max_tokens)
+        return asyncio.run(client.stream_chat(self.running.url, self.running.model, max_tokens, prompt))
+
+
+def single_stream_rounds(targets: list[Target], runs: int) -> None:
+    for target in targets:
+        target.stream()  # warm-up: load, caches
+    for _ in range(runs):
+        for target in targets:
+            target.streams.append(target.stream())
+    for run in range(runs):  # after the repeated prompt: a new one replaces its cached prefix
+        for target in targets:
+            target.fresh.append(target.stream(client.fresh_prompt(run), max_tokens=2))
+    for target in targets:
+        target.figures.update(
+            tokens_per_s=statistics.median(s.decode_tokens_per_s for s in target.streams),
+            ttft_ms=statistics.median(s.ttft_s or 0.0 for s in target.streams) * 1000,
+            fresh_ttft_ms=statistics.median(s.ttft_s or 0.0 for s in target.fresh) * 1000,
+        )
 
 
 def admin(running: Running, path: str, **body: Any) -> dict:
@@ -70,47 +118,34 @@ def rss_mb(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
-def lifecycle_figures(running: Running, cycles: int) -> dict[str, float]:
+def lifecycle_figures(target: Target, cycles: int) -> dict[str, float]:
     """Cold-load TTFT minus load time; RSS after `cycles` load/unload cycles vs before."""
-
-    async def one(max_tokens: int) -> client.Stream:
-        return await client.stream_chat(running.url, running.model, max_tokens)
-
+    running = target.running
     admin(running, "/admin/unload", model="all")
-    cold = asyncio.run(one(client.MAX_TOKENS))
+    cold = target.stream()
     with sqlite3.connect(running.workdir / "db.sqlite3") as database:
         [(load_ms,)] = database.execute(
             "SELECT load_ms FROM inference_requestrecord WHERE completion_id = ?", (cold.completion_id,)
         ).fetchall()
-    warm = asyncio.run(one(client.MAX_TOKENS))
     admin(running, "/admin/unload", model="all")
     before = rss_mb(running.process.pid)
     for _ in range(cycles):
-        asyncio.run(one(4))
+        target.stream(max_tokens=4)
         admin(running, "/admin/unload", model="all")
     after = rss_mb(running.process.pid)
     return {
-        "cold_ttft_minus_load_ms": cold.ttft_s * 1000 - (load_ms or 0),
-        "load_ms": load_ms or 0,
-        "warm_ttft_ms": warm.ttft_s * 1000,
+        "cold_ttft_ms": cold.ttft_s * 1000,
+        "load_ms": load_ms or 0.0,
         "rss_before_mb": before,
         "rss_after_cycles_mb": after,
     }
 
 
-def in_process(model: Path, threads: tuple[int, int], runs: int) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, "-m", "bench.inprocess", "--model", str(model), "--n-ctx", str(N_CTX),
-         "--n-threads", str(threads[0]), "--n-threads-batch", str(threads[1]), "--runs", str(runs)],
-        cwd=PROJECT_DIR, check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 ROWS = [
     ("tokens_per_s", "single stream: tokens/s", True),
-    ("ttft_ms", "single stream: TTFT ms", True),
-    ("aggregate_tokens_per_s", "4 clients × 8: aggregate tokens/s", True),
+    ("ttft_ms", "single stream: TTFT ms (repeated prompt, cached)", True),
+    ("fresh_ttft_ms", "single stream: TTFT ms (new prompt)", True),
+    ("aggregate_tokens_per_s", "4 clients × 8: aggregate tokens/s", False),
     ("ttft_ms_p50", "4 clients × 8: TTFT p50 ms", False),
     ("ttft_ms_p99", "4 clients × 8: TTFT p99 ms", False),
     ("delivered_fraction", "4 clients × 8: tokens delivered / requested", False),
@@ -125,20 +160,18 @@ def format_value(value: float | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def table(results: dict[str, dict[str, float]], baseline: str) -> list[str]:
-    names = list(results)
-    lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+def table(targets: list[Target]) -> list[str]:
+    baseline = targets[0].figures
+    lines = ["| figure | " + " | ".join(t.name for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
     for key, title, with_ratio in ROWS:
         cells = []
-        for name in names:
-            value = results[name].get(key)
-            base = results[baseline].get(key)
+        for target in targets:
+            value, base = target.figures.get(key), baseline.get(key)
             text = format_value(value)
-            if with_ratio and value is not None and base and name != baseline:
+            if with_ratio and value is not None and base and target is not targets[0]:
                 text += f" ({value / base:.2f}×)"
             cells.append(text)
-        if any(cell != "–" for cell in cells):
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -153,14 +186,13 @@ def machine(threads: tuple[int, int]) -> list[str]:
         f"- Python {platform.python_version()}, llama-cpp-python {metadata.version('llama-cpp-python')}, "
         f"Django {metadata.version('django')}, daphne {metadata.version('daphne')}",
         f"- model: SmolLM2-135M-Instruct Q4_1, n_ctx {N_CTX}, n_threads {threads[0]}, "
-        f"n_threads_batch {threads[1]} (every server), "
-        f"temperature 0, {client.MAX_TOKENS} tokens, streaming",
+        f"n_threads_batch {threads[1]} (every server), temperature 0, {client.MAX_TOKENS} tokens, streaming",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="llamasite against its peers")
-    parser.add_argument("--runs", type=int, default=5, help="single-stream runs per server (median)")
+    parser.add_argument("--runs", type=int, default=9, help="single-stream runs per server (median)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=8, help="requests per concurrent client")
     parser.add_argument("--cycles", type=int, default=20, help="load/unload cycles for the RSS figure")
@@ -173,54 +205,65 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     options = parser.parse_args()
 
-    model, threads = default_model(), thread_counts()
-    base_settings = {"n_ctx": N_CTX, "n_threads": threads[0], "n_threads_batch": threads[1]}
+    model, threads = PROJECT_DIR / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", thread_counts()
+    base = {"n_ctx": N_CTX, "n_threads": threads[0], "n_threads_batch": threads[1]}
     configs = [json.loads(Path(c).read_text() if Path(c).is_file() else c) for c in options.config] or [{}]
 
-    results: dict[str, dict[str, float]] = {}
-    print("in-process llama-cpp-python …", flush=True)
-    results["in-process"] = in_process(model, threads, options.runs)
-    servers: list[tuple[str, Callable[[], AbstractContextManager[Running]]]] = []
-    for settings in configs:
-        label = "llamasite" + (f" {json.dumps(settings)}" if settings else "")
-        servers.append((label, lambda s=settings: llamasite(model, {**base_settings, **s})))
-    servers.append(("llamasite, records off", lambda: llamasite(model, base_settings, records=False)))
-    if options.llama_cpp_python:
-        servers.append(("llama-cpp-python server", lambda: llama_cpp_python_server(options.llama_cpp_python, model, N_CTX, threads)))
-    if options.llama_server:
-        servers.append(("llama.cpp server", lambda: llama_cpp_server(options.llama_server, model, N_CTX, threads)))
+    with ExitStack() as stack:
+        print("starting the servers …", flush=True)
+        in_process = InProcess(model, threads)
+        stack.callback(in_process.close)
+        targets = [Target(IN_PROCESS, in_process=in_process)]
+        for settings in configs:
+            name = OURS + (f" {json.dumps(settings)}" if settings else "")
+            targets.append(Target(name, stack.enter_context(llamasite(model, {**base, **settings}))))
+        targets.append(Target(RECORDS_OFF, stack.enter_context(llamasite(model, base, records=False))))
+        if options.llama_cpp_python:
+            peer = llama_cpp_python_server(options.llama_cpp_python, model, N_CTX, threads)
+            targets.append(Target("llama-cpp-python server", stack.enter_context(peer)))
+        if options.llama_server:
+            peer = llama_cpp_server(options.llama_server, model, N_CTX, threads)
+            targets.append(Target("llama.cpp server", stack.enter_context(peer)))
 
-    lifecycle: dict[str, float] = {}
-    for name, start in servers:
-        print(f"{name} …", flush=True)
-        with start() as running:
-            results[name] = measure_server(running, options.runs, options.clients, options.requests)
-            if name == "llamasite":
-                lifecycle = lifecycle_figures(running, options.cycles)
+        print(f"single stream, {options.runs} rounds …", flush=True)
+        single_stream_rounds(targets, options.runs)
+        for target in targets[1:]:
+            print(f"{options.clients} clients × {options.requests}: {target.name} …", flush=True)
+            target.figures.update(
+                asyncio.run(
+                    client.concurrent_streams(
+                        target.running.url, target.running.model, options.clients, options.requests,
+                        target.running.health_path,
+                    )
+                )
+            )
+        ours = targets[1]
+        print("load/unload cycles …", flush=True)
+        lifecycle = lifecycle_figures(ours, options.cycles)
 
-    ours, off = results[servers[0][0]], results["llamasite, records off"]
+    off = next(t for t in targets if t.name == RECORDS_OFF).figures
     report = [
         f"# Benchmark results ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         *machine(threads),
         "",
-        "Ratios (×) are to baseline 1, in-process llama-cpp-python, measured in the same run.",
+        f"Ratios (×) are to baseline 1, in-process llama-cpp-python, measured in the same run "
+        f"(single-stream figures: medians of {options.runs} rounds going round every server in turn).",
         "",
-        *table(results, "in-process"),
+        *table(targets),
         "",
-        f"- usage recording: single-stream tokens/s with records {ours['tokens_per_s']:.1f} vs without "
-        f"{off['tokens_per_s']:.1f} ({ours['tokens_per_s'] / off['tokens_per_s']:.3f}×); aggregate "
-        f"{ours['aggregate_tokens_per_s']:.1f} vs {off['aggregate_tokens_per_s']:.1f} "
-        f"({ours['aggregate_tokens_per_s'] / off['aggregate_tokens_per_s']:.3f}×)",
+        f"- usage recording ({ours.name} vs records off): single-stream tokens/s "
+        f"{ours.figures['tokens_per_s']:.1f} vs {off['tokens_per_s']:.1f} "
+        f"({ours.figures['tokens_per_s'] / off['tokens_per_s']:.3f}×); aggregate "
+        f"{ours.figures['aggregate_tokens_per_s']:.1f} vs {off['aggregate_tokens_per_s']:.1f} "
+        f"({ours.figures['aggregate_tokens_per_s'] / off['aggregate_tokens_per_s']:.3f}×)",
+        f"- cold load ({ours.name}): TTFT {lifecycle['cold_ttft_ms']:.0f} ms, of which load "
+        f"{lifecycle['load_ms']:.0f} ms: TTFT minus load {lifecycle['cold_ttft_ms'] - lifecycle['load_ms']:.0f} ms "
+        f"(the whole prompt is processed; a new prompt on a loaded model: {ours.figures['fresh_ttft_ms']:.0f} ms)",
+        f"- RSS after {options.cycles} load/unload cycles: {lifecycle['rss_after_cycles_mb']:.0f} MB vs "
+        f"{lifecycle['rss_before_mb']:.0f} MB before "
+        f"({lifecycle['rss_after_cycles_mb'] - lifecycle['rss_before_mb']:+.0f} MB)",
     ]
-    if lifecycle:
-        report += [
-            f"- cold load: TTFT {lifecycle['cold_ttft_minus_load_ms'] + lifecycle['load_ms']:.0f} ms of which "
-            f"load {lifecycle['load_ms']:.0f} ms: TTFT minus load {lifecycle['cold_ttft_minus_load_ms']:.0f} ms "
-            f"(warm TTFT {lifecycle['warm_ttft_ms']:.0f} ms)",
-            f"- RSS after {options.cycles} load/unload cycles: {lifecycle['rss_after_cycles_mb']:.0f} MB vs "
-            f"{lifecycle['rss_before_mb']:.0f} MB before ({lifecycle['rss_after_cycles_mb'] - lifecycle['rss_before_mb']:+.0f} MB)",
-        ]
     text = "\n".join(report) + "\n"
     print("\n" + text)
     options.out.write_text(text)

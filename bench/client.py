@@ -25,7 +25,7 @@ class Stream:
     completion_id: str
 
 
-async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS) -> Stream:
+async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS, prompt: str = PROMPT) -> Stream:
     """One streamed chat completion at temperature 0; tokens counted as content chunks.
 
     The client does as little as it can per token, because it shares the machine's cores with
@@ -37,7 +37,7 @@ async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS) -> Str
     body = json.dumps(
         {
             "model": model,
-            "messages": [{"role": "user", "content": PROMPT}],
+            "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
@@ -95,14 +95,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def single_stream(url: str, model: str, runs: int) -> dict[str, float]:
-    await stream_chat(url, model)  # warm-up: load, caches
-    results = [await stream_chat(url, model) for _ in range(runs)]
-    return {
-        "tokens_per_s": statistics.median(r.decode_tokens_per_s for r in results),
-        "ttft_ms": statistics.median(r.ttft_s or 0.0 for r in results) * 1000,
-        "tokens": statistics.median(r.tokens for r in results),
-    }
+def fresh_prompt(run: int) -> str:
+    """A prompt no earlier request began with, so its time to first token includes processing it."""
+    return f"Request {run}. {PROMPT}"
 
 
 async def concurrent_streams(
