@@ -84,6 +84,7 @@ class ModelSettings:
     use_mmap: bool
     use_mlock: bool
     chat_format: str
+    parallel: int
     idle_timeout: float
     pinned: bool
 
@@ -195,6 +196,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "use_mmap": _Key(True, _boolean),
     "use_mlock": _Key(False, _boolean),
     "chat_format": _Key("", _string(allow_empty=True)),
+    "parallel": _Key(4, _integer(1, 256)),
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
 }

@@ -49,6 +49,7 @@ class PromptAccepted:
     """The prompt fits the context and generation is about to start."""
 
     prompt_tokens: int
+    cached_tokens: int = 0  # of the prompt, found in the cache and not processed again
 
 
 @dataclass(frozen=True)
@@ -74,5 +75,6 @@ class ChatCompletion:
     model: str
     prompt_tokens: int
     events: AsyncIterator[JobEvent]
+    cached_tokens: int = 0
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))

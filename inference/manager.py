@@ -34,7 +34,7 @@ from inference.discovery import (
     scan,
     strip_suffix,
 )
-from inference.engine import Engine, EngineLoadError, LoadSettings
+from inference.engine import Engine, EngineLoadError, LoadSettings, Prepared
 from inference.errors import (
     ApiError,
     GenerationFailed,
@@ -160,6 +160,9 @@ class ModelWorker:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop_reason: LoadReason | None = None
+        # Owned by the worker thread: jobs prepared and waiting for a slot, jobs running.
+        self._waiting: deque[tuple[Job, Prepared]] = deque()
+        self._running: set[Job] = set()
         self._thread = threading.Thread(target=self._run, name=f"model:{model.name}", daemon=True)
         self._thread.start()
 
@@ -235,17 +238,121 @@ class ModelWorker:
         self._announce(LifecycleKind.LOAD, self._reason, started)
         self.loaded.set_result(None)
         try:
-            while (job := self._jobs.get()) is not None:
-                self._execute(engine, job)
-                if self._unload_now():
-                    self._on_idle(self)
+            self._serve(engine)
+        except Exception:  # a bug or a broken model: fail what is left, unload, let a reload retry
+            logger.exception("generation on %s failed; unloading it", self.model.name)
+            with self._lock:
+                self._stop_reason = self._stop_reason or LoadReason.ERROR
         finally:
             closing = time.monotonic()
             engine.close()
             self.state = "unloaded"
+            self._fail_remaining()
             reason = self._stop_reason or LoadReason.ERROR
             logger.info("unloaded %s (%s)", self.model.name, reason)
             self._announce(LifecycleKind.UNLOAD, reason, closing)
+
+    def _serve(self, engine: Engine) -> None:
+        """Admit jobs into the engine's free slots in arrival order and step it while any run.
+
+        Returns once stopped and every job queued before the stop has finished.
+        """
+        stopping = False
+        while True:
+            while not stopping:  # take what has arrived; wait only when there is nothing to do
+                try:
+                    job = self._jobs.get(block=not self._running and not self._waiting)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                else:
+                    self._prepare(engine, job)
+            self._admit(engine)
+            if not self._running:
+                if stopping and not self._waiting:
+                    return
+                continue
+            for job, event in engine.step():
+                if isinstance(event, Finished):
+                    self._complete(job, event)
+                else:
+                    job.emit(event)
+            if self._unload_now():
+                self._on_idle(self)
+
+    def _prepare(self, engine: Engine, job: Job) -> None:
+        try:
+            if not job.cancelled:
+                self._waiting.append((job, engine.prepare(job.spec)))
+                return
+            outcome: Exception | None = None
+        except ApiError as exc:
+            outcome = exc
+        with self._lock:
+            self.queued -= 1
+        if outcome is not None:
+            job.emit(outcome)
+
+    def _admit(self, engine: Engine) -> None:
+        while self._waiting and engine.free_slots:
+            job, prepared = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                with self._lock:
+                    self.queued -= 1
+                continue
+            accepted = engine.start(job, prepared, lambda job=job: job.cancelled)
+            if accepted is None:
+                return  # no room in the KV cache until a running request ends
+            self._waiting.popleft()
+            job.started_at = time.monotonic()
+            self._running.add(job)
+            with self._lock:
+                self.queued -= 1
+                self.in_flight += 1
+            job.emit(accepted)
+
+    def _complete(self, job: Job, finished: Finished) -> None:
+        """A job's last event: the worker counts it as done before the client hears of it, so
+        whoever got the complete answer also finds the model idle."""
+        self._running.discard(job)
+        with self._lock:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            self.keep_alive = job.spec.keep_alive
+        job.emit(finished)
+        elapsed = time.monotonic() - (job.started_at or job.submitted_at)
+        logger.info(
+            "chat on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
+            self.model.name,
+            finished.finish_reason,
+            finished.completion_tokens,
+            finished.prompt_tokens,
+            elapsed,
+            finished.completion_tokens / elapsed if elapsed else 0.0,
+        )
+
+    def _fail_remaining(self) -> None:
+        """Jobs still running or waiting when the worker broke: they get an error, not silence."""
+        failure = GenerationFailed(f"generation on {self.model.name} failed; the model was unloaded")
+        remaining = [*self._running, *(job for job, _ in self._waiting)]
+        while (job := self._jobs_nowait()) is not None:
+            remaining.append(job)
+        for job in remaining:
+            job.emit(failure)
+        with self._lock:
+            self.queued = self.in_flight = 0
+        self._running.clear()
+        self._waiting.clear()
+
+    def _jobs_nowait(self) -> Job | None:
+        try:
+            while (job := self._jobs.get_nowait()) is None:
+                pass
+            return job
+        except queue.Empty:
+            return None
 
     def _load(self) -> Engine:
         self.settings = self._settings_source()  # may read the database: not on the event loop
@@ -302,46 +409,6 @@ class ModelWorker:
                 and self.idle_timeout == 0
                 and not self.settings.pinned
             )
-
-    def _execute(self, engine: Engine, job: Job) -> None:
-        with self._lock:
-            self.queued -= 1
-            self.in_flight += 1
-        started = job.started_at = time.monotonic()
-        outcome: JobEvent | Exception | None = None
-        try:
-            if not job.cancelled:
-                for event in engine.run_chat(job.spec, lambda: job.cancelled):
-                    if isinstance(event, Finished):
-                        outcome = event
-                    else:
-                        job.emit(event)
-        except ApiError as exc:
-            outcome = exc
-        except Exception as exc:
-            logger.exception("generation on %s failed", self.model.name)
-            outcome = GenerationFailed(f"generation on {self.model.name} failed: {exc}")
-        finally:
-            # The worker counts as free before the last event goes out, so that whoever got the
-            # complete answer also finds the model idle.
-            with self._lock:
-                self.in_flight -= 1
-                self.last_used = time.monotonic()
-                self.keep_alive = job.spec.keep_alive
-        if outcome is not None:
-            job.emit(outcome)
-        if isinstance(outcome, Finished):
-            elapsed = time.monotonic() - started
-            logger.info(
-                "chat on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
-                self.model.name,
-                outcome.finish_reason,
-                outcome.completion_tokens,
-                outcome.prompt_tokens,
-                elapsed,
-                outcome.completion_tokens / elapsed if elapsed else 0.0,
-            )
-
 
 @dataclass(frozen=True)
 class ModelChanges:

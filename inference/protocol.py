@@ -282,11 +282,13 @@ def envelope(completion: ChatCompletion, object_type: str) -> dict[str, Any]:
     return {"id": completion.id, "object": object_type, "created": completion.created, "model": completion.model}
 
 
-def usage_body(finished: Finished) -> dict[str, int]:
+def usage_body(completion: ChatCompletion, finished: Finished) -> dict[str, Any]:
     return {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        # Prompt tokens found in the model's cache and not processed again (OpenAI's field).
+        "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
     }
 
 
@@ -309,7 +311,7 @@ async def chat_completion_body(completion: ChatCompletion) -> dict[str, Any]:
                 "finish_reason": finished.finish_reason,
             }
         ],
-        "usage": usage_body(finished),
+        "usage": usage_body(completion, finished),
     }
 
 
@@ -356,7 +358,7 @@ async def chat_completion_chunks(
                         {
                             **envelope(completion, "chat.completion.chunk"),
                             "choices": [],
-                            "usage": usage_body(event),
+                            "usage": usage_body(completion, event),
                         }
                     )
     except ApiError as exc:

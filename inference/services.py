@@ -83,7 +83,10 @@ async def chat_completion_create(
     draft.prompt_tokens = accepted.prompt_tokens
     draft.queue_wait_ms = round((queued.started_at - queued.submitted_at) * 1000, 1)
     completion = ChatCompletion(
-        model=model_file.name, prompt_tokens=accepted.prompt_tokens, events=_recorded(events, draft)
+        model=model_file.name,
+        prompt_tokens=accepted.prompt_tokens,
+        cached_tokens=accepted.cached_tokens,
+        events=_recorded(events, draft),
     )
     draft.completion_id = completion.id
     return completion

@@ -172,11 +172,12 @@ def start_server(
 def daphne_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path
 ) -> Iterator[DaphneServer]:
-    """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under two names."""
+    """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under three names; one
+    of them, "smollm-serial", decodes one request at a time (parallel: 1)."""
     root = tmp_path_factory.mktemp("daphne")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    link_model(smollm2_file, root / "models", "smollm-copy")
-    config = write_config(root, n_ctx=4096)
+    for name in (SMOLLM2, "smollm-copy", "smollm-serial"):
+        link_model(smollm2_file, root / "models", name)
+    config = write_config(root, n_ctx=4096, max_loaded_models=3, models={"smollm-serial": {"parallel": 1}})
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
     yield server
     server.process.terminate()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference.config import MODEL_KEYS, ModelManagerConfig, load_config
-from inference.engine import EngineLoadError, LoadSettings
+from inference.engine import EngineLoadError, LoadSettings, Prepared
 from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound, ServiceUnavailable
 from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
 from inference.lifecycle import LifecycleEvent, LoadReason, model_lifecycle
@@ -26,26 +26,47 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class FakeEngine:
-    """Loads slowly, generates one numbered piece per 10 ms, records what it ran."""
+    """Loads slowly; runs up to `parallel` jobs, each generating one numbered piece per 10 ms step;
+    records what it ran."""
 
     def __init__(self, log: list[str], name: str, path: Path, settings: LoadSettings) -> None:
         time.sleep(0.1)
         self.name, self.settings, self.log = name, settings, log
-        self.n_ctx = settings.n_ctx
-        self.closed = False
+        self.n_ctx, self.parallel = settings.n_ctx, settings.parallel
+        self.sequences: dict = {}
         log.append(f"load {name}")
 
-    def run_chat(self, job: ChatJob, should_stop: Callable[[], bool]) -> Iterator[JobEvent]:
-        self.log.append(f"run {job.messages[0].content}")
-        yield PromptAccepted(prompt_tokens=3)
-        generated = 0
-        for generated in range(1, (job.max_tokens or 3) + 1):
-            if should_stop():
-                yield Finished("cancelled", 3, generated - 1)
-                return
-            time.sleep(0.01)
-            yield TextDelta(f"{generated} ", generated)
-        yield Finished("length", 3, generated)
+    @property
+    def running(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def free_slots(self) -> int:
+        return self.parallel - self.running
+
+    def prepare(self, job: ChatJob) -> Prepared:
+        return Prepared(job, [1, 2, 3], ())
+
+    def start(self, key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
+        self.log.append(f"run {prepared.job.messages[0].content}")
+        self.sequences[key] = [prepared.job, 0, cancelled]
+        return PromptAccepted(prompt_tokens=3)
+
+    def step(self) -> list:
+        time.sleep(0.01)
+        events = []
+        for key, sequence in list(self.sequences.items()):
+            job, generated, cancelled = sequence
+            if cancelled():
+                events.append((key, Finished("cancelled", 3, generated)))
+                del self.sequences[key]
+                continue
+            sequence[1] = generated = generated + 1
+            events.append((key, TextDelta(f"{generated} ", generated)))
+            if generated >= (job.max_tokens or 3):
+                events.append((key, Finished("length", 3, generated)))
+                del self.sequences[key]
+        return events
 
     def close(self) -> None:
         self.log.append(f"close {self.name}")
@@ -104,14 +125,16 @@ async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager
     assert log[-1] == "close alpha"
 
 
-async def test_jobs_on_one_model_run_in_arrival_order(fake: tuple[ModelManager, list[str]]) -> None:
-    manager, log = fake
+async def test_jobs_on_one_model_run_in_arrival_order(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, parallel=1)
     worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
     assert worker.status()["queued"] + worker.status()["in_flight"] == 3
     outputs = await asyncio.gather(*(drain(job) for job in jobs))
     assert [entry for entry in log if entry.startswith("run")] == ["run job0", "run job1", "run job2"]
     assert all(events[-1].completion_tokens == 5 for events in outputs)
+    manager.shutdown()
 
 
 async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManager, list[str]]) -> None:
@@ -128,8 +151,9 @@ async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManag
     assert (status["in_flight"], status["queued"]) == (0, 0)
 
 
-async def test_a_job_cancelled_while_queued_never_runs(fake: tuple[ModelManager, list[str]]) -> None:
-    manager, log = fake
+async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, parallel=1)
     worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
     first = worker.submit(chat("first", max_tokens=20))
     queued = worker.submit(chat("queued"))
@@ -137,6 +161,7 @@ async def test_a_job_cancelled_while_queued_never_runs(fake: tuple[ModelManager,
     await drain(first)
     await collect(manager, "alpha", chat("last"))
     assert "run queued" not in log
+    manager.shutdown()
 
 
 async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelManager, list[str]]) -> None:
