@@ -61,8 +61,8 @@ class InProcess:
         )
         assert self.process.stdout.readline().strip() == "ready"
 
-    def stream(self, prompt: str, max_tokens: int) -> client.Stream:
-        self.process.stdin.write(f"{max_tokens} {prompt}\n")
+    def stream(self, messages: list[dict[str, str]], max_tokens: int) -> client.Stream:
+        self.process.stdin.write(f"{max_tokens} {json.dumps(messages)}\n")
         self.process.stdin.flush()
         run = json.loads(self.process.stdout.readline())
         rate = (run["tokens"] - 1) / (run["last"] - run["first"]) if run["tokens"] > 1 else 0.0
@@ -82,27 +82,62 @@ class Target:
     fresh: list[client.Stream] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
 
-    def stream(self, prompt: str = client.PROMPT, max_tokens: int = client.MAX_TOKENS) -> client.Stream:
+    def stream(
+        self,
+        prompt: str = client.PROMPT,
+        max_tokens: int = client.MAX_TOKENS,
+        messages: list[dict[str, str]] | None = None,
+    ) -> client.Stream:
+        messages = messages or [{"role": "user", "content": prompt}]
         if self.in_process:
-            return self.in_process.stream(prompt, max_tokens)
-        return asyncio.run(client.stream_chat(self.running.url, self.running.model, max_tokens, prompt))
+            return self.in_process.stream(messages, max_tokens)
+        running = self.running
+        return asyncio.run(client.stream_chat(running.url, running.model, max_tokens, messages=messages))
 
 
 def single_stream_rounds(targets: list[Target], runs: int) -> None:
     for target in targets:
         target.stream()  # warm-up: load, caches
-    for _ in range(runs):
-        for target in targets:
+    for run in range(runs):  # every other round in reverse, so no server always goes first
+        for target in targets if run % 2 == 0 else targets[::-1]:
             target.streams.append(target.stream())
     for run in range(runs):  # after the repeated prompt: a new one replaces its cached prefix
-        for target in targets:
+        for target in targets if run % 2 == 0 else targets[::-1]:
             target.fresh.append(target.stream(client.fresh_prompt(run), max_tokens=2))
+    conversations: dict[str, list[tuple[float, float]]] = {target.name: [] for target in targets}
+    for run in range(3):  # a conversation's first turn (cold) and its next turn (prompt cache)
+        for target in targets if run % 2 == 0 else targets[::-1]:
+            cold = target.stream(max_tokens=2, messages=client.conversation(run, follow_up=False))
+            follow = target.stream(max_tokens=2, messages=client.conversation(run, follow_up=True))
+            conversations[target.name].append((cold.ttft_s * 1000, follow.ttft_s * 1000))
     for target in targets:
+        cold_ms = statistics.median(cold for cold, _ in conversations[target.name])
+        follow_ms = statistics.median(follow for _, follow in conversations[target.name])
+        target.figures.update(
+            history_ttft_ms=cold_ms, follow_up_ttft_ms=follow_ms, follow_up_ratio=follow_ms / cold_ms
+        )
         target.figures.update(
             tokens_per_s=statistics.median(s.decode_tokens_per_s for s in target.streams),
             ttft_ms=statistics.median(s.ttft_s or 0.0 for s in target.streams) * 1000,
             fresh_ttft_ms=statistics.median(s.ttft_s or 0.0 for s in target.fresh) * 1000,
         )
+
+
+def concurrent_rounds(targets: list[Target], clients: int, requests: int) -> None:
+    """`clients` clients × `requests` requests per server, run as rounds of 2 requests per client
+    going round the servers in turn (as the single-stream runs do)."""
+    totals: dict[str, client.Concurrent] = {}
+    for target in targets:
+        asyncio.run(client.stream_chat(target.running.url, target.running.model, max_tokens=4))
+    for round_number in range(max(1, requests // 2)):
+        for target in targets if round_number % 2 == 0 else targets[::-1]:
+            running = target.running
+            result = asyncio.run(
+                client.concurrent_streams(running.url, running.model, clients, 2, running.health_path)
+            )
+            totals[target.name] = totals[target.name] + result if target.name in totals else result
+    for target in targets:
+        target.figures.update(totals[target.name].figures())
 
 
 def admin(running: Running, path: str, **body: Any) -> dict:
@@ -145,12 +180,15 @@ ROWS = [
     ("tokens_per_s", "single stream: tokens/s", True),
     ("ttft_ms", "single stream: TTFT ms (repeated prompt, cached)", True),
     ("fresh_ttft_ms", "single stream: TTFT ms (new prompt)", True),
-    ("aggregate_tokens_per_s", "4 clients × 8: aggregate tokens/s", False),
-    ("ttft_ms_p50", "4 clients × 8: TTFT p50 ms", False),
-    ("ttft_ms_p99", "4 clients × 8: TTFT p99 ms", False),
-    ("delivered_fraction", "4 clients × 8: tokens delivered / requested", False),
-    ("health_ms_p50", "health (or /v1/models) p50 ms during 4 streams", False),
-    ("health_ms_p99", "health (or /v1/models) p99 ms during 4 streams", False),
+    ("history_ttft_ms", "conversation with a 1,000-token history: TTFT ms", True),
+    ("follow_up_ttft_ms", "its next turn: TTFT ms", True),
+    ("follow_up_ratio", "next turn TTFT / first turn TTFT", False),
+    ("aggregate_tokens_per_s", "{clients} clients × {requests}: aggregate tokens/s", False),
+    ("ttft_ms_p50", "{clients} clients × {requests}: TTFT p50 ms", False),
+    ("ttft_ms_p99", "{clients} clients × {requests}: TTFT p99 ms", False),
+    ("delivered_fraction", "{clients} clients × {requests}: tokens delivered / requested", False),
+    ("health_ms_p50", "health (or /v1/models) p50 ms during {clients} streams", False),
+    ("health_ms_p99", "health (or /v1/models) p99 ms during {clients} streams", False),
 ]
 
 
@@ -160,7 +198,7 @@ def format_value(value: float | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def table(targets: list[Target]) -> list[str]:
+def table(targets: list[Target], clients: int, requests: int) -> list[str]:
     baseline = targets[0].figures
     lines = ["| figure | " + " | ".join(t.name for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
     for key, title, with_ratio in ROWS:
@@ -171,7 +209,7 @@ def table(targets: list[Target]) -> list[str]:
             if with_ratio and value is not None and base and target is not targets[0]:
                 text += f" ({value / base:.2f}×)"
             cells.append(text)
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title.format(clients=clients, requests=requests)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -186,7 +224,8 @@ def machine(threads: tuple[int, int]) -> list[str]:
         f"- Python {platform.python_version()}, llama-cpp-python {metadata.version('llama-cpp-python')}, "
         f"Django {metadata.version('django')}, daphne {metadata.version('daphne')}",
         f"- model: SmolLM2-135M-Instruct Q4_1, n_ctx {N_CTX}, n_threads {threads[0]}, "
-        f"n_threads_batch {threads[1]} (every server), temperature 0, {client.MAX_TOKENS} tokens, streaming",
+        f"n_threads_batch {threads[1]}, flash attention on (every server), temperature 0, "
+        f"{client.MAX_TOKENS} tokens, streaming",
     ]
 
 
@@ -194,10 +233,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="llamasite against its peers")
     parser.add_argument("--runs", type=int, default=9, help="single-stream runs per server (median)")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=8, help="requests per concurrent client")
+    parser.add_argument("--requests", type=int, default=16, help="requests per concurrent client")
     parser.add_argument("--cycles", type=int, default=20, help="load/unload cycles for the RSS figure")
     parser.add_argument("--llama-cpp-python", metavar="PYTHON", help="python of the bench venv with llama-cpp-python[server]")
     parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    parser.add_argument("--llama-server-slots", type=int, default=4, help="its slots (as our parallel)")
     parser.add_argument(
         "--config", action="append", default=[], metavar="JSON",
         help="model_manager settings for this server, as a JSON object or a file (repeatable)",
@@ -221,22 +261,14 @@ def main() -> None:
         if options.llama_cpp_python:
             peer = llama_cpp_python_server(options.llama_cpp_python, model, N_CTX, threads)
             targets.append(Target("llama-cpp-python server", stack.enter_context(peer)))
-        if options.llama_server:
-            peer = llama_cpp_server(options.llama_server, model, N_CTX, threads)
-            targets.append(Target("llama.cpp server", stack.enter_context(peer)))
+        for slots in [options.llama_server_slots] if options.llama_server else []:
+            peer = llama_cpp_server(options.llama_server, model, N_CTX, threads, slots)
+            targets.append(Target(f"llama.cpp server, {slots} slots", stack.enter_context(peer)))
 
         print(f"single stream, {options.runs} rounds …", flush=True)
         single_stream_rounds(targets, options.runs)
-        for target in targets[1:]:
-            print(f"{options.clients} clients × {options.requests}: {target.name} …", flush=True)
-            target.figures.update(
-                asyncio.run(
-                    client.concurrent_streams(
-                        target.running.url, target.running.model, options.clients, options.requests,
-                        target.running.health_path,
-                    )
-                )
-            )
+        print(f"{options.clients} clients × {options.requests}, in rounds of 2 requests each …", flush=True)
+        concurrent_rounds(targets[1:], options.clients, options.requests)
         ours = targets[1]
         print("load/unload cycles …", flush=True)
         lifecycle = lifecycle_figures(ours, options.cycles)
@@ -250,7 +282,7 @@ def main() -> None:
         f"Ratios (×) are to baseline 1, in-process llama-cpp-python, measured in the same run "
         f"(single-stream figures: medians of {options.runs} rounds going round every server in turn).",
         "",
-        *table(targets),
+        *table(targets, options.clients, options.requests),
         "",
         f"- usage recording ({ours.name} vs records off): single-stream tokens/s "
         f"{ours.figures['tokens_per_s']:.1f} vs {off['tokens_per_s']:.1f} "

@@ -25,7 +25,13 @@ class Stream:
     completion_id: str
 
 
-async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS, prompt: str = PROMPT) -> Stream:
+async def stream_chat(
+    url: str,
+    model: str,
+    max_tokens: int = MAX_TOKENS,
+    prompt: str = PROMPT,
+    messages: list[dict[str, str]] | None = None,
+) -> Stream:
     """One streamed chat completion at temperature 0; tokens counted as content chunks.
 
     The client does as little as it can per token, because it shares the machine's cores with
@@ -37,7 +43,7 @@ async def stream_chat(url: str, model: str, max_tokens: int = MAX_TOKENS, prompt
     body = json.dumps(
         {
             "model": model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": messages or [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
@@ -95,14 +101,63 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+HISTORY = (
+    "Here are my notes from the meeting about the harbour renovation. The old pier will be "
+    "closed from March to June while the pilings are replaced, and the ferry will use the "
+    "north jetty. The fish market moves to the car park for those months. The council wants "
+    "comments on the lighting plan, the new benches and the width of the cycle lane by the "
+    "end of February, and the contractor asked whether work may start at six in the morning. "
+)
+
+
+def conversation(run: int, follow_up: bool) -> list[dict[str, str]]:
+    """A conversation with a history of about 1,000 tokens, new in each run; with `follow_up`,
+    its next turn (the history, an answer, a new question)."""
+    messages = [{"role": "user", "content": f"Meeting {run}. " + HISTORY * 12 + "What are the dates?"}]
+    if follow_up:
+        messages += [
+            {"role": "assistant", "content": "The pier is closed from March to June."},
+            {"role": "user", "content": "And when are comments due?"},
+        ]
+    return messages
+
+
 def fresh_prompt(run: int) -> str:
     """A prompt no earlier request began with, so its time to first token includes processing it."""
     return f"Request {run}. {PROMPT}"
 
 
+@dataclass
+class Concurrent:
+    """Streams of clients running at once, their wall time, and /health latencies meanwhile."""
+
+    streams: list[Stream]
+    elapsed_s: float
+    health_s: list[float]
+
+    def __add__(self, other: Concurrent) -> Concurrent:
+        return Concurrent(
+            self.streams + other.streams, self.elapsed_s + other.elapsed_s, self.health_s + other.health_s
+        )
+
+    def figures(self) -> dict[str, float]:
+        tokens = sum(s.tokens for s in self.streams)
+        ttfts = [s.ttft_s * 1000 for s in self.streams if s.ttft_s is not None] or [float("nan")]
+        figures = {
+            "aggregate_tokens_per_s": tokens / self.elapsed_s,
+            "ttft_ms_p50": percentile(ttfts, 0.5),
+            "ttft_ms_p99": percentile(ttfts, 0.99),
+            "delivered_fraction": tokens / (len(self.streams) * MAX_TOKENS),
+        }
+        if self.health_s:
+            figures["health_ms_p50"] = percentile(self.health_s, 0.5) * 1000
+            figures["health_ms_p99"] = percentile(self.health_s, 0.99) * 1000
+        return figures
+
+
 async def concurrent_streams(
     url: str, model: str, clients: int, requests: int, health_path: str | None
-) -> dict[str, float]:
+) -> Concurrent:
     """`clients` clients each streaming `requests` completions in turn; /health polled meanwhile."""
     health: list[float] = []
     done = asyncio.Event()
@@ -118,7 +173,6 @@ async def concurrent_streams(
             await asyncio.sleep(0.05)
 
     async with httpx.AsyncClient(timeout=60) as client:
-        await stream_chat(url, model, max_tokens=4)
         poller = asyncio.create_task(poll_health(client)) if health_path else None
         started = time.perf_counter()
         streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
@@ -126,14 +180,4 @@ async def concurrent_streams(
         done.set()
         if poller:
             await poller
-    ttfts = [s.ttft_s * 1000 for s in streams if s.ttft_s is not None] or [float("nan")]
-    figures = {
-        "aggregate_tokens_per_s": sum(s.tokens for s in streams) / elapsed,
-        "ttft_ms_p50": percentile(ttfts, 0.5),
-        "ttft_ms_p99": percentile(ttfts, 0.99),
-        "delivered_fraction": sum(s.tokens for s in streams) / (len(streams) * MAX_TOKENS),
-    }
-    if health:
-        figures["health_ms_p50"] = percentile(health, 0.5) * 1000
-        figures["health_ms_p99"] = percentile(health, 0.99) * 1000
-    return figures
+    return Concurrent(streams, elapsed, health)

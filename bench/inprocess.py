@@ -1,7 +1,7 @@
 """Baseline 1: llama-cpp-python in-process (`Llama.create_chat_completion`, streaming), no server.
 
-Runs as a subprocess of the harness: each line on stdin (`<max_tokens> <prompt>`) is one
-streamed completion, answered by one JSON line with what the harness's client measures.
+Runs as a subprocess of the harness: each line on stdin (`<max_tokens> <messages as JSON>`)
+is one streamed completion, answered by one JSON line with what the harness's client measures.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ def main() -> None:
         n_ctx=options.n_ctx,
         n_threads=options.n_threads,
         n_threads_batch=options.n_threads_batch,
+        flash_attn=True,  # as llama.cpp's "auto" chooses on the CPU (our default)
         verbose=False,
     )
     print("ready", flush=True)
     for line in sys.stdin:
-        max_tokens, prompt = line.rstrip("\n").split(" ", 1)
+        max_tokens, messages_json = line.rstrip("\n").split(" ", 1)
+        messages = json.loads(messages_json)
         started = time.perf_counter()
         first = last = None
         tokens = 0
-        messages = [{"role": "user", "content": prompt}]
         for chunk in llama.create_chat_completion(messages, max_tokens=int(max_tokens), temperature=0, stream=True):
             if chunk["choices"][0]["delta"].get("content"):
                 tokens += 1

@@ -101,7 +101,7 @@ def llama_cpp_python_server(python: str, model_path: Path, n_ctx: int, threads: 
     command = [
         python, "-m", "llama_cpp.server", "--model", str(model_path), "--n_ctx", str(n_ctx),
         "--n_threads", str(threads[0]), "--n_threads_batch", str(threads[1]),
-        "--host", "127.0.0.1", "--port", str(port),
+        "--flash_attn", "true", "--host", "127.0.0.1", "--port", str(port),
     ]
     try:
         with started(command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/v1/models", workdir) as running:
@@ -111,13 +111,15 @@ def llama_cpp_python_server(python: str, model_path: Path, n_ctx: int, threads: 
 
 
 @contextmanager
-def llama_cpp_server(binary: str, model_path: Path, n_ctx: int, threads: tuple[int, int]) -> Iterator[Running]:
-    """llama.cpp's C++ llama-server, one slot (as llama-cpp-python and our worker today)."""
+def llama_cpp_server(
+    binary: str, model_path: Path, n_ctx: int, threads: tuple[int, int], slots: int
+) -> Iterator[Running]:
+    """llama.cpp's C++ llama-server with `slots` slots sharing one KV cache, as ours do."""
     workdir = Path(tempfile.mkdtemp(prefix="llama-server-bench-"))
     port = free_port()
     command = [
         binary, "-m", str(model_path), "-c", str(n_ctx), "-t", str(threads[0]), "-tb", str(threads[1]),
-        "--host", "127.0.0.1", "--port", str(port), "-np", "1", "--no-webui",
+        "--host", "127.0.0.1", "--port", str(port), "-np", str(slots), "--kv-unified", "--no-webui",
     ]
     try:
         with started(command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/health", workdir) as running:

@@ -80,7 +80,7 @@ class ModelSettings:
     n_threads: int
     n_threads_batch: int
     n_batch: int
-    flash_attn: bool
+    flash_attn: bool | str
     use_mmap: bool
     use_mlock: bool
     chat_format: str
@@ -164,6 +164,10 @@ def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def _flash_attn(value: Any) -> str | None:
+    return None if isinstance(value, bool) or value == "auto" else 'must be true, false or "auto"'
+
+
 def _log_level(value: Any) -> str | None:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         return f"must be one of {', '.join(LOG_LEVELS)}"
@@ -192,7 +196,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "n_threads": _Key(None, _integer(1)),
     "n_threads_batch": _Key(None, _integer(1)),
     "n_batch": _Key(512, _integer(1)),
-    "flash_attn": _Key(False, _boolean),
+    "flash_attn": _Key("auto", _flash_attn),
     "use_mmap": _Key(True, _boolean),
     "use_mlock": _Key(False, _boolean),
     "chat_format": _Key("", _string(allow_empty=True)),

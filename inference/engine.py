@@ -103,7 +103,7 @@ class LoadSettings:
     n_threads: int
     n_threads_batch: int
     n_batch: int = 512
-    flash_attn: bool = False
+    flash_attn: bool | str = "auto"  # "auto": llama.cpp uses it where the backend supports it
     use_mmap: bool = True
     use_mlock: bool = False
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
@@ -247,11 +247,11 @@ class Engine:
         params.n_seq_max = settings.parallel
         params.n_threads = settings.n_threads
         params.n_threads_batch = settings.n_threads_batch
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if settings.flash_attn
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = {
+            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[settings.flash_attn]
         # One cache for all sequences: any one request may use the whole context.
         params.kv_unified = True
         params.no_perf = True
@@ -343,7 +343,8 @@ class Engine:
         return sorted((slot for slot in self._slots if slot.sequence), key=lambda slot: slot.sequence.started)
 
     def _cells_used(self) -> int:
-        return sum(len(slot.cached) for slot in self._slots)
+        """KV cells taken: every slot's cached tokens, and the prompts still to be processed."""
+        return sum(len(slot.cached) + len(slot.sequence.pending if slot.sequence else ()) for slot in self._slots)
 
     def _make_room(self, cells: int, keep: _Slot | None = None) -> bool:
         """Evict the caches of idle slots (least recently used first) until `cells` are free."""

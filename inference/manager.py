@@ -95,17 +95,19 @@ class Job:
     def cancel(self) -> None:
         self._cancelled.set()
 
-    def emit(self, event: JobEvent | Exception) -> None:
-        """Called on the worker thread."""
+    def push(self, event: JobEvent | Exception) -> bool:
+        """Queue an event (worker thread); True if its loop must be woken for it."""
         with self._pending_lock:
             self._pending.append(event)
             if self._wake_scheduled:
-                return
+                return False
             self._wake_scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._arrived.set)
-        except RuntimeError:  # the submitting loop is gone: nobody is listening any more
-            self.cancel()
+            return True
+
+    def emit(self, event: JobEvent | Exception) -> None:
+        """Queue an event and wake its loop (worker thread)."""
+        if self.push(event):
+            wake([self])
 
     async def events(self) -> AsyncIterator[JobEvent]:
         """The job's events up to Finished; leaving early (or being cancelled) stops the job."""
@@ -125,6 +127,24 @@ class Job:
                         return
         finally:
             self.cancel()
+
+
+def wake(jobs: list[Job]) -> None:
+    """Wake the loops of jobs with new events: one wake-up per loop, however many jobs."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    for job in jobs:
+        by_loop.setdefault(job._loop, []).append(job)
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_arrived, waiting)
+        except RuntimeError:  # the submitting loop is gone: nobody is listening any more
+            for job in waiting:
+                job.cancel()
+
+
+def _arrived(jobs: list[Job]) -> None:
+    for job in jobs:
+        job._arrived.set()
 
 
 class ModelWorker:
@@ -273,11 +293,13 @@ class ModelWorker:
                 if stopping and not self._waiting:
                     return
                 continue
+            to_wake = []
             for job, event in engine.step():
                 if isinstance(event, Finished):
                     self._complete(job, event)
-                else:
-                    job.emit(event)
+                if job.push(event):
+                    to_wake.append(job)
+            wake(to_wake)  # one wake-up per step, not one per token
             if self._unload_now():
                 self._on_idle(self)
 
@@ -314,14 +336,13 @@ class ModelWorker:
             job.emit(accepted)
 
     def _complete(self, job: Job, finished: Finished) -> None:
-        """A job's last event: the worker counts it as done before the client hears of it, so
-        whoever got the complete answer also finds the model idle."""
+        """Before a job's last event goes out: the worker counts it as done first, so whoever
+        got the complete answer also finds the model idle."""
         self._running.discard(job)
         with self._lock:
             self.in_flight -= 1
             self.last_used = time.monotonic()
             self.keep_alive = job.spec.keep_alive
-        job.emit(finished)
         elapsed = time.monotonic() - (job.started_at or job.submitted_at)
         logger.info(
             "chat on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",

@@ -178,3 +178,12 @@ async def test_a_chat_format_lets_a_model_without_a_template_chat(
     assert odd.status_code == 503
     assert "unknown chat_format 'no-such-format'" in odd.json()["error"]["message"]
     assert "chatml" in odd.json()["error"]["message"]
+
+
+async def test_usage_reports_prompt_tokens_found_in_the_cache(use_config) -> None:
+    first = (await post_chat(messages=HELLO, max_tokens=2)).json()["usage"]
+    again = (await post_chat(messages=HELLO, max_tokens=2)).json()
+    validate_openai("CreateChatCompletionResponse", again)
+    usage = again["usage"]
+    assert first["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens_details"]["cached_tokens"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1  # the last is redone

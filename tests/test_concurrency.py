@@ -193,3 +193,17 @@ async def test_every_generated_token_reaches_the_client_in_order(daphne_server: 
         assert tokens == answer["usage"]["completion_tokens"] == 300
         assert text == answer["choices"][0]["message"]["content"]
         assert pieces >= tokens - 10  # one piece per token, but for the few held back at a stop-sequence prefix
+
+
+async def test_a_hung_up_stream_frees_its_slot_for_a_waiting_request(daphne_server: DaphneServer) -> None:
+    """smollm-serial has one slot: a request waiting for it starts as soon as the stream ends."""
+    async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
+        async with open_stream(daphne_server, model="smollm-serial", max_tokens=3000, **LONG) as running:
+            await anext(running)
+            waiting = asyncio.create_task(
+                client.post("/v1/chat/completions", json={"model": "smollm-serial", "max_tokens": 8, **LONG})
+            )
+            while (await model_status(client, "smollm-serial")).get("queued") != 1:
+                await asyncio.sleep(0.02)
+        answer = await asyncio.wait_for(waiting, timeout=30)  # far less than 3000 tokens would take
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 8

@@ -35,7 +35,8 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert defaults.n_threads == max(1, physical_cores() - 1)  # a core left to the server
     assert defaults.n_threads_batch == physical_cores()
     assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
-    assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == (False, True, False)
+    assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == ("auto", True, False)
+    assert defaults.parallel == 4
     assert manager.settings_for("any-model") == defaults
 
 
@@ -115,6 +116,8 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"max_loaded_models": 0}}, "model_manager.max_loaded_models", "≥ 1"),
         ({"model_manager": {"shutdown_grace_seconds": -1}}, "model_manager.shutdown_grace_seconds", "≥ 0"),
         ({"model_manager": {"pinned": "yes"}}, "model_manager.pinned", "true or false"),
+        ({"model_manager": {"flash_attn": "yes"}}, "model_manager.flash_attn", '"auto"'),
+        ({"model_manager": {"parallel": 0}}, "model_manager.parallel", "≥ 1"),
         ({"model_manager": {"models": []}}, "model_manager.models", "object of"),
         ({"model_manager": {"models": {"m": {"n_ctx": "big"}}}}, "model_manager.models.m.n_ctx", "integer"),
         ({"model_manager": {"models": {"m": {"pinned": 1}}}}, "model_manager.models.m.pinned", "true or false"),
