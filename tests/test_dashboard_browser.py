@@ -82,6 +82,7 @@ def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browse
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     wait = WebDriverWait(browser, 20)
     wait.until(lambda driver: driver.current_url.endswith("/dashboard/"))
+    wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "svg[data-chart='requests']"))
 
     points = browser.execute_script(
         "return Object.fromEntries([...document.querySelectorAll('svg[data-chart]')]"
