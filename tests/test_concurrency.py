@@ -126,15 +126,25 @@ async def test_a_client_that_hangs_up_stops_its_generation(daphne_server: Daphne
     assert int(cancelled[-1]) < 50  # of the 2000 asked for
 
 
+@asynccontextmanager
+async def queued_behind_a_stream(
+    server: DaphneServer, client: httpx.AsyncClient, streamed_tokens: int, queued_tokens: int
+) -> AsyncIterator[asyncio.Task]:
+    """A stream on smollm-serial (one slot) and a request queued behind it, whose task this
+    yields; leaving hangs the stream up."""
+    async with open_stream(server, model="smollm-serial", max_tokens=streamed_tokens, **LONG) as running:
+        await anext(running)
+        queued = asyncio.create_task(
+            client.post("/v1/chat/completions", json={"model": "smollm-serial", "max_tokens": queued_tokens, **LONG})
+        )
+        while (await model_status(client, "smollm-serial")).get("queued") != 1:
+            await asyncio.sleep(0.02)
+        yield queued
+
+
 async def test_a_client_that_hangs_up_while_queued_never_runs(daphne_server: DaphneServer) -> None:
     async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
-        async with open_stream(daphne_server, model="smollm-serial", max_tokens=400, **LONG) as running:
-            await anext(running)
-            queued = asyncio.create_task(
-                client.post("/v1/chat/completions", json={"model": "smollm-serial", "max_tokens": 1000, **LONG})
-            )
-            while (await model_status(client, "smollm-serial")).get("queued") != 1:
-                await asyncio.sleep(0.02)
+        async with queued_behind_a_stream(daphne_server, client, 400, 1000) as queued:
             queued.cancel()  # hang up while waiting in the queue
             await asyncio.sleep(0.2)
         status = await wait_until_idle(client, "smollm-serial")
@@ -198,12 +208,7 @@ async def test_every_generated_token_reaches_the_client_in_order(daphne_server: 
 async def test_a_hung_up_stream_frees_its_slot_for_a_waiting_request(daphne_server: DaphneServer) -> None:
     """smollm-serial has one slot: a request waiting for it starts as soon as the stream ends."""
     async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
-        async with open_stream(daphne_server, model="smollm-serial", max_tokens=3000, **LONG) as running:
-            await anext(running)
-            waiting = asyncio.create_task(
-                client.post("/v1/chat/completions", json={"model": "smollm-serial", "max_tokens": 8, **LONG})
-            )
-            while (await model_status(client, "smollm-serial")).get("queued") != 1:
-                await asyncio.sleep(0.02)
+        async with queued_behind_a_stream(daphne_server, client, 3000, 8) as waiting:
+            pass
         answer = await asyncio.wait_for(waiting, timeout=30)  # far less than 3000 tokens would take
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 8
