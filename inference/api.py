@@ -67,15 +67,24 @@ async def recording_failures(draft: services.RequestDraft, request: Request) -> 
         raise
     except Exception as exc:
         status, code, message = protocol.error_details(exc)
-        draft.model = draft.model or protocol.requested_model(request)
+        draft.model = draft.model or requested_model(request)
         draft.fail(status="error", http_status=status, code=code, message=message)
         await services.request_record_save(draft)
         raise
 
 
-def request_draft(request: Request, endpoint: str) -> services.RequestDraft:
+def requested_model(request: Request) -> str:
+    """The model a request named, if its body was readable and named one."""
+    try:
+        model = request.data.get("model")
+    except Exception:
+        return ""
+    return model if isinstance(model, str) else ""
+
+
+def request_draft(request: Request) -> services.RequestDraft:
     return services.RequestDraft(
-        endpoint=endpoint,
+        endpoint=request.path,
         client_address=request.META.get("REMOTE_ADDR", ""),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
     )
@@ -83,17 +92,33 @@ def request_draft(request: Request, endpoint: str) -> services.RequestDraft:
 
 class ChatCompletionsView(APIView):
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        draft = request_draft(request, "/v1/chat/completions")
+        draft = request_draft(request)
         async with recording_failures(draft, request):
             chat = protocol.ChatCompletionRequestSerializer.parse(request.data)
-            completion = await services.chat_completion_create(
-                model=chat.model, job=chat.job, stream=chat.stream, draft=draft
-            )
+            generation = await services.chat_completion_create(request=chat, draft=draft)
         if chat.stream:
-            return protocol.sse_response(
-                protocol.chat_completion_chunks(completion, include_usage=chat.include_usage)
-            )
-        return Response(await protocol.chat_completion_body(completion))
+            return protocol.sse_response(protocol.chat_completion_chunks(generation, chat))
+        return Response(await protocol.chat_completion_body(generation, chat))
+
+
+class CompletionsView(APIView):
+    async def post(self, request: Request) -> Response | StreamingHttpResponse:
+        draft = request_draft(request)
+        async with recording_failures(draft, request):
+            completion = protocol.CompletionRequestSerializer.parse(request.data)
+            generation = await services.completion_create(request=completion, draft=draft)
+        if completion.stream:
+            return protocol.sse_response(protocol.completion_chunks(generation, completion))
+        return Response(await protocol.completion_body(generation, completion))
+
+
+class EmbeddingsView(APIView):
+    async def post(self, request: Request) -> Response:
+        draft = request_draft(request)
+        async with recording_failures(draft, request):
+            embedding = protocol.EmbeddingRequestSerializer.parse(request.data)
+            generation = await services.embedding_create(request=embedding, draft=draft)
+        return Response(await protocol.embedding_body(generation, embedding))
 
 
 class AdminView(APIView):

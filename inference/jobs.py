@@ -1,4 +1,4 @@
-"""What a generation job asks for, the events it produces, and a started chat completion.
+"""What a job for a model asks for, the events it produces, and a started generation.
 
 Shared by services (which build jobs), the manager (which queues them) and the engine (which runs
 them); stdlib only.
@@ -32,16 +32,51 @@ class ChatMessage:
     content: str
 
 
-@dataclass(frozen=True)
-class ChatJob:
-    messages: tuple[ChatMessage, ...]
+@dataclass(frozen=True, kw_only=True)
+class ModelJob:
+    """What any job for a model asks for."""
+
+    # Seconds the model stays loaded after this request (0: unload at once, -1: keep);
+    # None: the model's idle_timeout.
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationJob(ModelJob):
+    """What every text generation asks for."""
+
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
     ignore_eos: bool = False
-    # Seconds the model stays loaded after this request (0: unload at once, -1: keep);
-    # None: the model's idle_timeout.
-    keep_alive: float | None = None
+    n: int = 1  # choices, sharing the prompt
+    logprobs: int | None = None  # alternatives reported per token (0: the chosen one); None: none
+    grammar: str | None = None  # GBNF that the output must match
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias); -100 bans a token
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatJob(GenerationJob):
+    messages: tuple[ChatMessage, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionJob(GenerationJob):
+    prompt: str
+    suffix: str | None = None  # fill in the middle, between prompt and suffix
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingJob(ModelJob):
+    inputs: tuple[str | tuple[int, ...], ...]  # texts, or token ids
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()  # the most likely tokens at this position
 
 
 @dataclass(frozen=True)
@@ -55,26 +90,41 @@ class PromptAccepted:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
-    completion_tokens: int  # tokens generated up to and including this text
+    completion_tokens: int  # tokens generated (for this choice) up to and including this text
+    index: int = 0  # the choice
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens that make up the text
 
 
 @dataclass(frozen=True)
 class Finished:
+    """A choice ended; a job is over when all its choices have."""
+
     finish_reason: str  # "stop", "length" or "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
 
 
-JobEvent = PromptAccepted | TextDelta | Finished
+@dataclass(frozen=True)
+class Embedded:
+    vectors: tuple[tuple[float, ...], ...]  # one per input, unit length
+    prompt_tokens: int
+
+
+JobEvent = PromptAccepted | TextDelta | Finished | Embedded
 
 
 @dataclass
-class ChatCompletion:
-    """A started chat completion: the prompt was accepted; its events follow."""
+class Generation:
+    """A started generation (or embedding): its prompt was accepted; its events follow.
+
+    `choices` is how many choices its events carry (a job's n, times its prompts).
+    """
 
     model: str
     prompt_tokens: int
     events: AsyncIterator[JobEvent]
+    choices: int = 1
     cached_tokens: int = 0
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))

@@ -34,7 +34,7 @@ from inference.discovery import (
     scan,
     strip_suffix,
 )
-from inference.engine import Engine, EngineLoadError, LoadSettings, Prepared
+from inference.engine import EmbeddingEngine, Engine, EngineLoadError, LoadSettings, Prepared, load_engine
 from inference.errors import (
     ApiError,
     GenerationFailed,
@@ -43,13 +43,13 @@ from inference.errors import (
     ModelNotFound,
     ServiceUnavailable,
 )
-from inference.jobs import ChatJob, Finished, JobEvent
+from inference.jobs import EmbeddingJob, Finished, GenerationJob, JobEvent, ModelJob
 from inference.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, model_lifecycle
 
 logger = logging.getLogger(__name__)
 
 # Builds the engine of a model on its worker thread; tests pass a fake one.
-EngineFactory = Callable[[str, Path, LoadSettings], Engine]
+EngineFactory = Callable[[str, Path, LoadSettings], Engine | EmbeddingEngine]
 # A model's settings saved outside config.json (the admin's), read on its worker thread at load.
 SettingsOverrides = Callable[[str], dict[str, Any]]
 
@@ -65,6 +65,11 @@ def _context_length(configured: int, trained: int | None) -> int:
     return min(configured, trained) if configured else trained
 
 
+def worker_name(model: str, embedding: bool) -> str:
+    """A worker's name: its model's, or for the model's embedding context, "<model> (embeddings)"."""
+    return f"{model} (embeddings)" if embedding else model
+
+
 class WorkerStopping(Exception):
     """The worker is being unloaded and takes no new jobs."""
 
@@ -76,8 +81,10 @@ class Job:
     so a busy loop takes several tokens at a time instead of falling behind.
     """
 
-    def __init__(self, spec: ChatJob, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, spec: ModelJob, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
+        self._choices = spec.n if isinstance(spec, GenerationJob) else 1
+        self.remaining = self._choices  # choices still running (counted by the worker thread)
         self.submitted_at = time.monotonic()
         self.started_at: float | None = None  # when the worker began it
         self.load_ms: float | None = None  # set if this job's request loaded the model
@@ -110,7 +117,8 @@ class Job:
             wake([self])
 
     async def events(self) -> AsyncIterator[JobEvent]:
-        """The job's events up to Finished; leaving early (or being cancelled) stops the job."""
+        """The job's events up to its last Finished; leaving early (or being cancelled) stops it."""
+        finished = 0
         try:
             while True:
                 await self._arrived.wait()
@@ -124,7 +132,9 @@ class Job:
                         raise event
                     yield event
                     if isinstance(event, Finished):
-                        return
+                        finished += 1
+                        if finished == self._choices:
+                            return
         finally:
             self.cancel()
 
@@ -158,10 +168,13 @@ class ModelWorker:
         *,
         settings_source: Callable[[], ModelSettings],
         reason: LoadReason,
+        embedding: bool = False,
         predecessors: list[ModelWorker],
         on_idle: Callable[[ModelWorker], None],
     ) -> None:
         self.model = model
+        self.embedding = embedding
+        self.name = worker_name(model.name, embedding)
         self.settings = settings  # config.json's until the load merges in the admin's
         self._settings_source = settings_source
         self.load_settings: LoadSettings | None = None
@@ -183,7 +196,7 @@ class ModelWorker:
         # Owned by the worker thread: jobs prepared and waiting for a slot, jobs running.
         self._waiting: deque[tuple[Job, Prepared]] = deque()
         self._running: set[Job] = set()
-        self._thread = threading.Thread(target=self._run, name=f"model:{model.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"model:{self.name}", daemon=True)
         self._thread.start()
 
     @property
@@ -199,12 +212,12 @@ class ModelWorker:
         """Why an idle unload happens: a request's keep_alive, or the model's idle_timeout."""
         return LoadReason.IDLE if self.keep_alive is None else LoadReason.KEEP_ALIVE
 
-    def submit(self, spec: ChatJob) -> Job:
+    def submit(self, spec: ModelJob) -> Job:
         """Queue a job (call from the event loop); its events arrive on this loop."""
         job = Job(spec, asyncio.get_running_loop())
         with self._lock:
             if self._stop_reason is not None:
-                raise WorkerStopping(self.model.name)
+                raise WorkerStopping(self.name)
             self.queued += 1
             self._jobs.put(job)
         return job
@@ -260,7 +273,7 @@ class ModelWorker:
         try:
             self._serve(engine)
         except Exception:  # a bug or a broken model: fail what is left, unload, let a reload retry
-            logger.exception("generation on %s failed; unloading it", self.model.name)
+            logger.exception("generation on %s failed; unloading it", self.name)
             with self._lock:
                 self._stop_reason = self._stop_reason or LoadReason.ERROR
         finally:
@@ -269,7 +282,7 @@ class ModelWorker:
             self.state = "unloaded"
             self._fail_remaining()
             reason = self._stop_reason or LoadReason.ERROR
-            logger.info("unloaded %s (%s)", self.model.name, reason)
+            logger.info("unloaded %s (%s)", self.name, reason)
             self._announce(LifecycleKind.UNLOAD, reason, closing)
 
     def _serve(self, engine: Engine) -> None:
@@ -296,7 +309,9 @@ class ModelWorker:
             to_wake = []
             for job, event in engine.step():
                 if isinstance(event, Finished):
-                    self._complete(job, event)
+                    job.remaining -= 1
+                    if not job.remaining:
+                        self._complete(job, event)
                 if job.push(event):
                     to_wake.append(job)
             wake(to_wake)  # one wake-up per step, not one per token
@@ -345,8 +360,9 @@ class ModelWorker:
             self.keep_alive = job.spec.keep_alive
         elapsed = time.monotonic() - (job.started_at or job.submitted_at)
         logger.info(
-            "chat on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
-            self.model.name,
+            "%s on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
+            type(job.spec).__name__.removesuffix("Job").lower(),
+            self.name,
             finished.finish_reason,
             finished.completion_tokens,
             finished.prompt_tokens,
@@ -356,7 +372,7 @@ class ModelWorker:
 
     def _fail_remaining(self) -> None:
         """Jobs still running or waiting when the worker broke: they get an error, not silence."""
-        failure = GenerationFailed(f"generation on {self.model.name} failed; the model was unloaded")
+        failure = GenerationFailed(f"generation on {self.name} failed; the model was unloaded")
         remaining = [*self._running, *(job for job, _ in self._waiting)]
         while (job := self._jobs_nowait()) is not None:
             remaining.append(job)
@@ -382,17 +398,17 @@ class ModelWorker:
         engine_keys = {option.name for option in fields(LoadSettings)}
         self.load_settings = LoadSettings(
             **{key: value for key, value in asdict(settings).items() if key in engine_keys}
-            | {"n_ctx": _context_length(settings.n_ctx, trained)}
+            | {"n_ctx": _context_length(settings.n_ctx, trained), "embedding": self.embedding}
         )
         logger.info(
-            "loading %s (%.0f MB, %s)", model.name, model.size_bytes / 1e6, self.load_settings.describe()
+            "loading %s (%.0f MB, %s)", self.name, model.size_bytes / 1e6, self.load_settings.describe()
         )
         started = time.monotonic()
-        engine = self._engine_factory(model.name, model.path, self.load_settings)
+        engine = self._engine_factory(self.name, model.path, self.load_settings)
         self.load_settings = replace(self.load_settings, n_ctx=engine.n_ctx)  # llama.cpp rounds up
         logger.info(
             "loaded %s in %.2f s (%s)",
-            model.name,
+            self.name,
             time.monotonic() - started,
             self.load_settings.describe(),
         )
@@ -400,17 +416,17 @@ class ModelWorker:
 
     def _fail(self, exc: Exception, started: float) -> None:
         if isinstance(exc, (GGUFError, EngineLoadError, OSError)):
-            logger.error("failed to load %s from %s: %s", self.model.name, self.model.path, exc)
+            logger.error("failed to load %s from %s: %s", self.name, self.model.path, exc)
         else:  # a bug: still fail the waiting requests rather than leave them hanging
-            logger.exception("failed to load %s from %s", self.model.name, self.model.path)
+            logger.exception("failed to load %s from %s", self.name, self.model.path)
         self.state = "failed"
-        message = f"model {self.model.name} could not be loaded from {self.model.path.name}: {exc}"
+        message = f"model {self.name} could not be loaded from {self.model.path.name}: {exc}"
         self._announce(LifecycleKind.LOAD_FAILED, LoadReason.ERROR, started, error=message)
         self.loaded.set_exception(ModelLoadFailed(message))
 
     def _announce(self, kind: LifecycleKind, reason: LoadReason, started: float, error: str = "") -> None:
         event = LifecycleEvent(
-            model=self.model.name,
+            model=self.name,
             kind=kind,
             reason=reason,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
@@ -419,7 +435,7 @@ class ModelWorker:
         )
         for receiver, result in model_lifecycle.send_robust(sender=ModelWorker, event=event):
             if isinstance(result, Exception):
-                logger.error("recording the %s of %s failed: %s", kind, self.model.name, result)
+                logger.error("recording the %s of %s failed: %s", kind, self.name, result)
 
     def _unload_now(self) -> bool:
         """Idle with a timeout of 0 (idle_timeout or the last request's keep_alive)."""
@@ -446,7 +462,7 @@ class ModelManager:
     def __init__(
         self,
         config: ModelManagerConfig,
-        engine_factory: EngineFactory = Engine,
+        engine_factory: EngineFactory = load_engine,
         settings_overrides: SettingsOverrides = lambda name: {},
     ) -> None:
         self.config = config
@@ -504,10 +520,14 @@ class ModelManager:
             )
         return available[name]
 
-    async def submit(self, model: ModelFile, spec: ChatJob) -> Job:
-        """Queue a job on the model, loading it first if needed (then the job has its load_ms)."""
+    async def submit(self, model: ModelFile, spec: ModelJob) -> Job:
+        """Queue a job on the model, loading it first if needed (then the job has its load_ms).
+
+        Embedding jobs go to the model's embedding context, a worker of its own.
+        """
+        embedding = isinstance(spec, EmbeddingJob)
         while True:
-            worker, loaded_now = await self._acquire(model, LoadReason.FIRST_REQUEST)
+            worker, loaded_now = await self._acquire(model, LoadReason.FIRST_REQUEST, embedding)
             try:
                 job = worker.submit(spec)
             except WorkerStopping:
@@ -515,41 +535,44 @@ class ModelManager:
             job.load_ms = worker.load_ms if loaded_now else None
             return job
 
-    async def acquire(self, model: ModelFile, reason: LoadReason) -> ModelWorker:
+    async def acquire(self, model: ModelFile, reason: LoadReason, embedding: bool = False) -> ModelWorker:
         """The model's worker, loading it first if needed (concurrent callers share one load).
 
         With `max_loaded_models` loaded, the least recently used idle model is unloaded to make
         room; if every loaded model is busy, this waits until one is idle.
         """
-        return (await self._acquire(model, reason))[0]
+        return (await self._acquire(model, reason, embedding))[0]
 
-    async def _acquire(self, model: ModelFile, reason: LoadReason) -> tuple[ModelWorker, bool]:
+    async def _acquire(
+        self, model: ModelFile, reason: LoadReason, embedding: bool
+    ) -> tuple[ModelWorker, bool]:
         """The worker, and whether this call started its load."""
-        while (found := self._worker_or_room(model, reason)) is None:
+        while (found := self._worker_or_room(model, reason, embedding)) is None:
             await asyncio.sleep(_ROOM_POLL_SECONDS)
         worker, created = found
         try:
             await asyncio.wrap_future(worker.loaded)
         except ModelLoadFailed:
             with self._lock:
-                if self._workers.get(model.name) is worker:
-                    del self._workers[model.name]  # the next request tries to load it again
+                if self._workers.get(worker.name) is worker:
+                    del self._workers[worker.name]  # the next request tries to load it again
             raise
         return worker, created
 
     def _worker_or_room(
-        self, model: ModelFile, reason: LoadReason
+        self, model: ModelFile, reason: LoadReason, embedding: bool
     ) -> tuple[ModelWorker, bool] | None:
         with self._lock:
             if self._shutting_down:
                 raise ServiceUnavailable("the server is shutting down", param=None)
-            worker = self._workers.get(model.name)
+            name = worker_name(model.name, embedding)
+            worker = self._workers.get(name)
             if worker is not None and worker.state != "failed":
                 return worker, False
             evicted = self._make_room_locked()
             if evicted is None:
                 return None
-            same_model = [old for old in self._retired if old.model.name == model.name]
+            same_model = [old for old in self._retired if old.name == name]
             config = self.config
             worker = ModelWorker(
                 model,
@@ -557,10 +580,11 @@ class ModelManager:
                 self._engine_factory,
                 settings_source=lambda: config.settings_for(model.name, self.settings_overrides(model.name)),
                 reason=reason,
+                embedding=embedding,
                 predecessors=evicted + same_model,
                 on_idle=self._unload_idle_worker,
             )
-            self._workers[model.name] = worker
+            self._workers[name] = worker
             return worker, True
 
     def _make_room_locked(self) -> list[ModelWorker] | None:
@@ -571,7 +595,7 @@ class ModelManager:
         idle = [w for w in live if w.state == "loaded" and not w.busy and not w.settings.pinned]
         if idle:
             victim = min(idle, key=lambda worker: worker.last_used)
-            logger.info("unloading %s, the least recently used model, to make room", victim.model.name)
+            logger.info("unloading %s, the least recently used model, to make room", victim.name)
             self._retire_locked(victim, LoadReason.LRU)
             return [victim]
         if all(worker.settings.pinned for worker in live):
@@ -583,14 +607,14 @@ class ModelManager:
         return None
 
     def _retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
-        del self._workers[worker.model.name]
+        del self._workers[worker.name]
         self._retired = [old for old in self._retired if old.is_alive()] + [worker]
         return worker.stop(reason)
 
     def _unload_idle_worker(self, worker: ModelWorker) -> None:
         """Called on a worker's thread when it went idle with a timeout of 0."""
         with self._lock:
-            if self._workers.get(worker.model.name) is worker:
+            if self._workers.get(worker.name) is worker:
                 self._retire_locked(worker, worker.idle_reason)
 
     def unload(self, name: str, reason: LoadReason) -> tuple[list[ModelWorker], list[ModelWorker]]:
@@ -627,7 +651,7 @@ class ModelManager:
             for worker in expired:
                 self._retire_locked(worker, worker.idle_reason)
         for worker in expired:
-            logger.info("%s was idle for %.0f s: unloading", worker.model.name, now - worker.last_used)
+            logger.info("%s was idle for %.0f s: unloading", worker.name, now - worker.last_used)
         return expired
 
     def start_reaper(self) -> None:
@@ -660,7 +684,7 @@ class ModelManager:
         )
         with self._lock:
             self._known = known
-            gone = [worker for name, worker in self._workers.items() if name not in known]
+            gone = [worker for worker in self._workers.values() if worker.model.name not in known]
             for worker in gone:
                 self._retire_locked(worker, LoadReason.RELOAD)
         return changes, gone
@@ -675,7 +699,7 @@ class ModelManager:
     def status(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             workers = [old for old in self._retired if old.is_alive()] + list(self._workers.values())
-        return {worker.model.name: worker.status() for worker in workers}
+        return {worker.name: worker.status() for worker in workers}
 
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""

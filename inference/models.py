@@ -108,6 +108,7 @@ class RequestRecord(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     client_address = models.CharField(max_length=100, blank=True)
     user_agent = models.CharField(max_length=500, blank=True)
+    end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field")
     api_key = models.CharField(max_length=64, null=True, blank=True)
     created_at = models.DateTimeField(db_index=True)
 

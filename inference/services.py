@@ -19,10 +19,24 @@ from django.db import DatabaseError, transaction
 from inference.config import ConfigError, get_config, load_config, set_config
 from inference.discovery import GGUFError, ModelFile, read_gguf_info
 from inference.errors import ApiError, InvalidRequest
-from inference.jobs import ChatCompletion, ChatJob, Finished, JobEvent, PromptAccepted, TextDelta
+from inference import tools
+from inference.engine import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from inference.jobs import (
+    ChatJob,
+    ChatMessage,
+    Finished,
+    Generation,
+    GenerationJob,
+    JobEvent,
+    ModelJob,
+    PromptAccepted,
+    TextDelta,
+)
 from inference.lifecycle import LifecycleEvent, LoadReason
+from inference.manager import Job as QueuedJob
 from inference.manager import ModelWorker, model_manager
 from inference.models import DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +65,7 @@ class RequestDraft:
     ttft_ms: float | None = None
     first_token_at: float | None = None
     tokens_per_second: float | None = None
+    end_user: str = ""
     saved: bool = False
 
     def fail(self, *, status: str, http_status: int, code: str | None, message: str) -> None:
@@ -58,52 +73,150 @@ class RequestDraft:
         self.error_code, self.error_message = code or "", message
 
 
-async def chat_completion_create(
-    *, model: str | None, job: ChatJob, stream: bool, draft: RequestDraft
-) -> ChatCompletion:
-    """Resolve and (lazily) load the model, queue the job and wait until its prompt is accepted.
+async def chat_completion_create(*, request: ChatRequest, draft: RequestDraft) -> Generation:
+    """Start a chat completion (its tools and response format applied); see `_generate`."""
+    draft.end_user = request.user
+    return await _generate(
+        model=request.model, jobs=[chat_job(request)], stream=request.stream, draft=draft, id_prefix="chatcmpl-"
+    )
+
+
+async def completion_create(*, request: CompletionRequest, draft: RequestDraft) -> Generation:
+    """Start a text completion, one job per prompt; see `_generate`."""
+    draft.end_user = request.user
+    return await _generate(
+        model=request.model, jobs=list(request.jobs), stream=request.stream, draft=draft, id_prefix="cmpl-"
+    )
+
+
+async def embedding_create(*, request: EmbeddingRequest, draft: RequestDraft) -> Generation:
+    """Start embedding the inputs on the model's embedding context; see `_generate`."""
+    draft.end_user = request.user
+    return await _generate(model=request.model, jobs=[request.job], stream=False, draft=draft, id_prefix="embd-")
+
+
+def chat_job(request: ChatRequest) -> ChatJob:
+    """The request's job with its tools offered in the prompt and its output constrained:
+    a forced tool call or a JSON response format becomes a grammar."""
+    job, grammar = request.job, None
+    messages = job.messages
+    if request.tool_calls_possible:
+        offered = request.tools
+        if request.tool_choice.startswith("function:"):
+            offered = tuple(tool for tool in offered if tool.name == request.tool_choice.removeprefix("function:"))
+        messages = _with_system(messages, tools.instruction(offered, required=request.tool_call_forced).content)
+        if request.tool_call_forced:
+            grammar = json_schema_grammar(tools.call_schema(offered), "tools")
+    response_format = request.response_format or {"type": "text"}
+    if grammar is None and response_format["type"] == "json_object":
+        grammar = JSON_OBJECT_GRAMMAR
+    elif grammar is None and response_format["type"] == "json_schema":
+        grammar = json_schema_grammar(response_format["json_schema"].get("schema") or {}, "response_format")
+    return replace(job, messages=messages, grammar=grammar)
+
+
+def _with_system(messages: tuple[ChatMessage, ...], text: str) -> tuple[ChatMessage, ...]:
+    """Messages with `text` at the start of the system message (a new one if there is none):
+    several templates accept a system message only first."""
+    if messages and messages[0].role == "system":
+        return (ChatMessage("system", f"{text}\n\n{messages[0].content}"), *messages[1:])
+    return (ChatMessage("system", text), *messages)
+
+
+async def _generate(
+    *, model: str | None, jobs: list[ModelJob], stream: bool, draft: RequestDraft, id_prefix: str
+) -> Generation:
+    """Resolve and (lazily) load the model, queue the jobs and wait until their prompts are
+    accepted.
 
     Errors found before any output (unknown model, failed load, prompt too long) are raised here,
-    so they become HTTP errors rather than stream events. The completion's events fill in the
+    so they become HTTP errors rather than stream events. The generation's events fill in the
     draft; its record is saved before the last event is handed on.
     """
     draft.stream, draft.model = stream, model or ""
     manager = model_manager()
     model_file = manager.resolve(model)
     draft.model = model_file.name
-    queued = await manager.submit(model_file, job)
-    draft.load_ms = queued.load_ms
-    events = queued.events()
+    started: list[tuple[QueuedJob, AsyncIterator[JobEvent]]] = []
     try:
-        accepted = await anext(events)
+        for job in jobs:
+            queued = await manager.submit(model_file, job)
+            started.append((queued, queued.events()))
+        accepted = [await anext(events) for _, events in started]
     except BaseException:
-        await events.aclose()
+        for _, events in started:
+            await events.aclose()  # type: ignore[attr-defined]
         raise
-    assert isinstance(accepted, PromptAccepted) and queued.started_at is not None
-    draft.prompt_tokens = accepted.prompt_tokens
-    draft.queue_wait_ms = round((queued.started_at - queued.submitted_at) * 1000, 1)
-    completion = ChatCompletion(
+    first = started[0][0]
+    assert all(isinstance(event, PromptAccepted) for event in accepted) and first.started_at is not None
+    draft.load_ms = first.load_ms
+    draft.queue_wait_ms = round((first.started_at - first.submitted_at) * 1000, 1)
+    draft.prompt_tokens = sum(event.prompt_tokens for event in accepted)
+    per_job = jobs[0].n if isinstance(jobs[0], GenerationJob) else 1
+    events = started[0][1] if len(started) == 1 else _merged([events for _, events in started], per_job)
+    generation = Generation(
         model=model_file.name,
-        prompt_tokens=accepted.prompt_tokens,
-        cached_tokens=accepted.cached_tokens,
-        events=_recorded(events, draft),
+        prompt_tokens=draft.prompt_tokens,
+        cached_tokens=sum(event.cached_tokens for event in accepted),
+        choices=per_job * len(jobs),
+        events=_recorded(events, draft, per_job * len(jobs)),
     )
-    draft.completion_id = completion.id
-    return completion
+    generation.id = draft.completion_id = f"{id_prefix}{generation.id}"
+    return generation
 
 
-async def _recorded(events: AsyncIterator[JobEvent], draft: RequestDraft) -> AsyncIterator[JobEvent]:
-    """The events, noting what the client has been handed; the record is saved at the end."""
+async def _merged(streams: list[AsyncIterator[JobEvent]], per_job: int) -> AsyncIterator[JobEvent]:
+    """The events of several jobs (one per prompt) as one stream, choices numbered on: job k's
+    choice i becomes choice k × per_job + i."""
+    queue: asyncio.Queue[tuple[int, JobEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(number: int, events: AsyncIterator[JobEvent]) -> None:
+        try:
+            async for event in events:
+                await queue.put((number, event))
+        except Exception as exc:
+            await queue.put((number, exc))
+        finally:
+            await queue.put((number, None))
+
+    tasks = [asyncio.create_task(pump(number, events)) for number, events in enumerate(streams)]
+    running = len(tasks)
+    try:
+        while running:
+            number, event = await queue.get()
+            if event is None:
+                running -= 1
+            elif isinstance(event, BaseException):
+                raise event
+            elif isinstance(event, (TextDelta, Finished)):
+                yield replace(event, index=number * per_job + event.index)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for events in streams:
+            await events.aclose()  # type: ignore[attr-defined]
+
+
+async def _recorded(events: AsyncIterator[JobEvent], draft: RequestDraft, choices: int) -> AsyncIterator[JobEvent]:
+    """The events, noting what the client has been handed; the record is saved before the last
+    choice's Finished is handed on."""
+    tokens: dict[int, int] = {}
+    finished = 0
     try:
         async for event in events:
             if isinstance(event, TextDelta):
                 if draft.first_token_at is None:
                     draft.first_token_at = time.monotonic()
                     draft.ttft_ms = round((draft.first_token_at - draft.started) * 1000, 1)
-                draft.completion_tokens = event.completion_tokens
+                tokens[event.index] = event.completion_tokens
             elif isinstance(event, Finished):
-                draft.completion_tokens, draft.finish_reason = event.completion_tokens, event.finish_reason
-                await request_record_save(draft)
+                tokens[event.index] = event.completion_tokens
+                finished += 1
+                draft.finish_reason = event.finish_reason
+                if finished == choices:
+                    draft.completion_tokens = sum(tokens.values())
+                    await request_record_save(draft)
+            draft.completion_tokens = sum(tokens.values())
             yield event
     except ApiError as exc:  # failed after the output began
         draft.fail(status=RequestRecord.Status.ERROR, http_status=exc.status, code=exc.code, message=exc.message)
@@ -167,7 +280,7 @@ def _request_record_write(draft: RequestDraft, duration_ms: float) -> RequestRec
 _DRAFT_FIELDS = (
     "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
     "error_message", "prompt_tokens", "completion_tokens", "finish_reason", "queue_wait_ms",
-    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "created_at",
+    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "created_at",
 )
 
 

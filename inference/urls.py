@@ -7,6 +7,8 @@ urlpatterns = [
     path("v1/models", api.ModelListView.as_view()),
     path("v1/models/<path:model_id>", api.ModelDetailView.as_view()),
     path("v1/chat/completions", api.ChatCompletionsView.as_view()),
+    path("v1/completions", api.CompletionsView.as_view()),
+    path("v1/embeddings", api.EmbeddingsView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/load", api.AdminLoadView.as_view()),
     path("admin/unload", api.AdminUnloadView.as_view()),

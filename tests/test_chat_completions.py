@@ -9,8 +9,8 @@ from typing import Any
 from django.test import AsyncClient
 
 from inference.errors import GenerationFailed
-from inference.jobs import ChatCompletion, JobEvent, TextDelta
-from inference.protocol import chat_completion_chunks
+from inference.jobs import ChatJob, Generation, JobEvent, TextDelta
+from inference.protocol import ChatRequest, chat_completion_chunks
 from tests.conftest import SMOLLM2, validate_openai
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -154,8 +154,9 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
         yield TextDelta("partial", 1)
         raise GenerationFailed("generation on m failed: decode error")
 
-    completion = ChatCompletion(model="m", prompt_tokens=3, events=failing_events())
-    raw = b"".join([part async for part in chat_completion_chunks(completion, include_usage=False)])
+    generation = Generation(model="m", prompt_tokens=3, events=failing_events())
+    request = ChatRequest(model="m", job=ChatJob(messages=()))
+    raw = b"".join([part async for part in chat_completion_chunks(generation, request)])
     events = [json.loads(event[6:]) for event in raw.split(b"\n\n") if event]
     assert [chunk["choices"][0]["delta"].get("content") for chunk in events[:2]] == ["", "partial"]
     validate_openai("ErrorResponse", events[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,21 @@ async def test_body_must_be_an_object(use_config) -> None:
         ({"messages": HELLO, "stop": [""]}, "stop"),
         ({"messages": HELLO, "seed": "x"}, "seed"),
         ({"messages": HELLO, "presence_penalty": 3}, "presence_penalty"),
-        ({"messages": HELLO, "n": 2}, "n"),
-        ({"messages": HELLO, "logprobs": True}, "logprobs"),
-        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"messages": HELLO, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": HELLO, "n": 0}, "n"),
+        ({"messages": HELLO, "n": 5}, "n"),  # more than the model's 4 parallel slots
+        ({"messages": HELLO, "top_logprobs": 3}, "top_logprobs"),
+        ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": HELLO, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"messages": HELLO, "response_format": {"type": "xml"}}, "response_format"),
+        ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "format": "hostname-ish", "x-nope": {"$ref": "#/nowhere"}}}}}}}, "response_format"),
+        ({"messages": HELLO, "logit_bias": {"abc": 5}}, "logit_bias"),
+        ({"messages": HELLO, "logit_bias": {"12": 500}}, "logit_bias"),
+        ({"messages": HELLO, "audio": {"voice": "alloy"}}, "audio"),
+        ({"messages": HELLO, "functions": [{"name": "f"}]}, "functions"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
         ({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
@@ -86,8 +98,15 @@ async def test_invalid_fields_are_a_400_naming_the_param(use_config, body: dict,
 
 
 async def test_unused_values_of_unsupported_parameters_are_accepted(use_config) -> None:
-    response = await post_chat(messages=HELLO, max_tokens=1, n=1, logprobs=False, tools=[], tool_choice="none")
+    response = await post_chat(messages=HELLO, max_tokens=1, audio=None, modalities=["text"], functions=[])
     assert response.status_code == 200, response.content
+
+
+async def test_unknown_fields_are_ignored_with_a_debug_log(use_config, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="inference.protocol.fields"):
+        response = await post_chat(messages=HELLO, max_tokens=1, some_future_field={"x": 1})
+    assert response.status_code == 200, response.content
+    assert "some_future_field" in caplog.text
 
 
 async def test_unknown_model_is_a_404_listing_the_available_ones(use_config) -> None:

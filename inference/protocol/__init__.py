@@ -1,0 +1,47 @@
+"""OpenAI request and response shapes: request serializers, response builders, errors, SSE."""
+
+from inference.protocol.chat import (
+    ChatCompletionRequestSerializer,
+    ChatRequest,
+    chat_completion_body,
+    chat_completion_chunks,
+)
+from inference.protocol.common import (
+    AdminModelSerializer,
+    FirstRendererNegotiation,
+    JSONBodyParser,
+    model_list_body,
+    model_object,
+    sse_response,
+)
+from inference.protocol.completions import (
+    CompletionRequest,
+    CompletionRequestSerializer,
+    completion_body,
+    completion_chunks,
+)
+from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer, embedding_body
+from inference.protocol.errors import error_details, error_json_response, openai_exception_handler
+
+__all__ = [
+    "AdminModelSerializer",
+    "ChatCompletionRequestSerializer",
+    "ChatRequest",
+    "CompletionRequest",
+    "CompletionRequestSerializer",
+    "EmbeddingRequest",
+    "EmbeddingRequestSerializer",
+    "FirstRendererNegotiation",
+    "JSONBodyParser",
+    "chat_completion_body",
+    "chat_completion_chunks",
+    "completion_body",
+    "completion_chunks",
+    "embedding_body",
+    "error_details",
+    "error_json_response",
+    "model_list_body",
+    "model_object",
+    "openai_exception_handler",
+    "sse_response",
+]

@@ -1,0 +1,351 @@
+"""Chat completions: the request (messages, tools, response formats, logprobs, n) and the
+responses (one chat.completion object, or chat.completion.chunk SSE events)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rest_framework import serializers
+
+from inference import tools
+from inference.errors import ApiError
+from inference.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
+from inference.protocol.common import SSE_DONE, envelope, sse_event, usage_body
+from inference.protocol.errors import error_body
+from inference.protocol.fields import (
+    ContentField,
+    GenerationRequestSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictDictField,
+    StrictIntegerField,
+    generation_options,
+    include_usage,
+    optional,
+)
+
+# --- request ---------------------------------------------------------------------------------
+
+
+class FunctionCallSerializer(serializers.Serializer):
+    name = StrictCharField()
+    arguments = StrictCharField(allow_blank=True)
+
+
+class ToolCallSerializer(serializers.Serializer):
+    id = StrictCharField()
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionCallSerializer()
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = ContentField(required=False, allow_null=True)
+    name = StrictCharField(required=False)
+    tool_calls = serializers.ListField(child=ToolCallSerializer(), required=False)
+    tool_call_id = StrictCharField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        role = attrs["role"]
+        if attrs.get("content") is None and role != "assistant":
+            raise serializers.ValidationError({"content": "This field is required."})
+        if role == "tool" and not attrs.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": "A tool message needs the id of the call it answers."})
+        if attrs.get("tool_calls") and role != "assistant":
+            raise serializers.ValidationError({"tool_calls": "Only assistant messages carry tool calls."})
+        return attrs
+
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FunctionSerializer(serializers.Serializer):
+    name = StrictCharField()
+    description = StrictCharField(required=False, allow_blank=True)
+    parameters = StrictDictField(required=False)
+    strict = optional(StrictBooleanField)
+
+    def validate_name(self, name: str) -> str:
+        if not _FUNCTION_NAME.match(name):
+            raise serializers.ValidationError("Use 1 to 64 letters, digits, underscores or dashes.")
+        return name
+
+
+class ToolSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionSerializer()
+
+
+class ToolChoiceField(serializers.Field):
+    """"none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
+
+    default_error_messages = {"invalid": 'Expected "none", "auto", "required" or a named function.'}
+
+    def to_internal_value(self, data: Any) -> str:
+        if data in ("none", "auto", "required"):
+            return data
+        name = data.get("function", {}).get("name") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("type") != "function" or not isinstance(name, str):
+            self.fail("invalid")
+        return f"function:{name}"
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+class ResponseFormatField(serializers.Field):
+    """{"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
+
+    default_error_messages = {  # doubled braces: DRF formats these messages
+        "invalid": 'Expected {{"type": "text"}}, {{"type": "json_object"}} or {{"type": "json_schema", '
+        '"json_schema": {{"name": ..., "schema": {{...}}}}}}.',
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict) or data.get("type") not in ("text", "json_object", "json_schema"):
+            self.fail("invalid")
+        if data["type"] == "json_schema":
+            spec = data.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    job: ChatJob  # messages as the client sent them; tools and formats are applied by services
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+    tools: tuple[tools.Tool, ...] = ()
+    tool_choice: str = "auto"  # "none", "auto", "required" or "function:<name>"
+    response_format: dict[str, Any] | None = None
+    user: str = ""
+
+    @property
+    def tool_calls_possible(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def tool_call_forced(self) -> bool:
+        return bool(self.tools) and (self.tool_choice == "required" or self.tool_choice.startswith("function:"))
+
+
+class ChatCompletionRequestSerializer(GenerationRequestSerializer):
+    messages = serializers.ListField(child=MessageSerializer(), allow_empty=False)
+    max_completion_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
+    logprobs = optional(StrictBooleanField)
+    top_logprobs = optional(StrictIntegerField, min_value=0, max_value=20)
+    response_format = optional(ResponseFormatField)
+    tools = serializers.ListField(child=ToolSerializer(), required=False, allow_null=True)
+    tool_choice = optional(ToolChoiceField)
+    parallel_tool_calls = optional(StrictBooleanField)
+
+    unsupported = {
+        "audio": (None,),
+        "modalities": (None, ["text"]),
+        "prediction": (None,),
+        "web_search_options": (None,),
+        "functions": (None, []),  # the deprecated form of tools: use `tools`
+        "function_call": (None, "none", "auto"),
+    }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
+            raise serializers.ValidationError({"top_logprobs": "'top_logprobs' needs 'logprobs': true."})
+        choice = attrs.get("tool_choice") or "auto"
+        names = {tool["function"]["name"] for tool in attrs.get("tools") or ()}
+        if choice == "required" and not names:
+            raise serializers.ValidationError({"tool_choice": "'required' needs 'tools'."})
+        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
+            raise serializers.ValidationError({"tool_choice": "It names a function that is not in 'tools'."})
+        return attrs
+
+    @classmethod
+    def parse(cls, data: Any) -> ChatRequest:
+        """The validated request; raises ValidationError (an OpenAI 400) if it is not one."""
+        values = cls.values(data)
+        options = generation_options(values)
+        logprobs = values.get("logprobs", False)
+        return ChatRequest(
+            model=values.get("model") or None,
+            job=ChatJob(
+                messages=_history(values["messages"]),
+                logprobs=values.get("top_logprobs", 0) if logprobs else None,
+                **options,
+            ),
+            stream=values.get("stream", False),
+            include_usage=include_usage(values),
+            logprobs=logprobs,
+            tools=tuple(
+                tools.Tool(
+                    name=tool["function"]["name"],
+                    description=tool["function"].get("description", ""),
+                    parameters=tool["function"].get("parameters") or {"type": "object", "properties": {}},
+                )
+                for tool in values.get("tools") or ()
+            ),
+            tool_choice=values.get("tool_choice", "auto"),
+            response_format=values.get("response_format"),
+            user=values.get("user", ""),
+        )
+
+
+def _history(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    """Messages for the chat template: developer as system; earlier tool calls and their
+    results written as text (few templates know tools)."""
+    call_names: dict[str, str] = {}
+    history = []
+    for message in messages:
+        role, content = message["role"], message.get("content") or ""
+        if role == "tool":
+            name = call_names.get(message["tool_call_id"], message["tool_call_id"])
+            history.append(tools.result_message(name, content))
+            continue
+        calls = message.get("tool_calls") or ()
+        for call in calls:
+            call_names[call["id"]] = call["function"]["name"]
+        written_calls = [tools.call_text(call["function"]["name"], call["function"]["arguments"]) for call in calls]
+        text = "\n".join(part for part in (content, *written_calls) if part)
+        history.append(ChatMessage(role="system" if role == "developer" else role, content=text))
+    return tuple(history)
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def logprob_entry(entry: TokenLogprob, with_top: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+    if with_top:
+        body["top_logprobs"] = [logprob_entry(alternative, with_top=False) for alternative in entry.top]
+    return body
+
+
+def _logprobs_body(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    return {"content": [logprob_entry(entry) for entry in entries], "refusal": None}
+
+
+def _tool_call_body(call: tools.ToolCall, index: int | None = None) -> dict[str, Any]:
+    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return body if index is None else {"index": index, **body}
+
+
+@dataclass
+class _Choice:
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finished: Finished | None = None
+
+
+async def chat_completion_body(generation: Generation, request: ChatRequest) -> dict[str, Any]:
+    """Collect a generation's events into an OpenAI chat.completion object."""
+    choices = [_Choice() for _ in range(generation.choices)]
+    async for event in generation.events:
+        choice = choices[getattr(event, "index", 0)]
+        if isinstance(event, TextDelta):
+            choice.texts.append(event.text)
+            choice.logprobs.extend(event.logprobs)
+        elif isinstance(event, Finished):
+            choice.finished = event
+    return {
+        **envelope(generation, "chat.completion"),
+        "choices": [_choice_body(index, choice, request) for index, choice in enumerate(choices)],
+        "usage": usage_body(generation, [choice.finished for choice in choices if choice.finished]),
+    }
+
+
+def _choice_body(index: int, choice: _Choice, request: ChatRequest) -> dict[str, Any]:
+    text = "".join(choice.texts)
+    call = tools.parse_call(text, request.tools) if request.tool_calls_possible else None
+    message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
+    if call:
+        message["tool_calls"] = [_tool_call_body(call)]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": _logprobs_body(choice.logprobs) if request.logprobs else None,
+        "finish_reason": "tool_calls" if call else choice.finished.finish_reason,
+    }
+
+
+async def chat_completion_chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
+    """The generation as OpenAI chat.completion.chunk SSE events, ending with [DONE].
+
+    With tools, a choice whose answer begins as a JSON object is held back and sent whole, as a
+    tool call if it is one. An error after the stream started is sent as one
+    `data: {"error": ...}` event, then the stream ends. Closing this iterator (the client went
+    away) stops the generation.
+    """
+    usage_field = {"usage": None} if request.include_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse_event({**envelope(generation, "chat.completion.chunk"), "choices": [choice], **usage_field})
+
+    # Plain content chunks differ only in their text: encode the rest once per choice (per-token
+    # JSON encoding was a sixth of the event loop's work per token).
+    placeholder = json.dumps("\x00")
+    templates = [chunk(index, {"content": "\x00"}).decode().split(placeholder) for index in range(generation.choices)]
+
+    def content(index: int, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+        if request.logprobs:
+            return chunk(index, {"content": text}, logprobs=_logprobs_body(logprobs))
+        before, after = templates[index]
+        return f"{before}{json.dumps(text, ensure_ascii=False)}{after}".encode()
+
+    held: dict[int, list[TextDelta]] = {}  # choices whose text might be a tool call
+    sent: set[int] = set()
+    finished: list[Finished] = []
+    try:
+        for index in range(generation.choices):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        async for event in generation.events:
+            if isinstance(event, TextDelta):
+                index = event.index
+                if _holding(request, held, sent, event):
+                    held.setdefault(index, []).append(event)
+                    continue
+                sent.add(index)
+                for delta in [*held.pop(index, []), event]:
+                    yield content(index, delta.text, delta.logprobs)
+            elif isinstance(event, Finished):
+                finished.append(event)
+                reason = event.finish_reason
+                pieces = held.pop(event.index, [])
+                call = tools.parse_call("".join(p.text for p in pieces), request.tools) if pieces else None
+                if call:
+                    yield chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})
+                    reason = "tool_calls"
+                else:
+                    for delta in pieces:
+                        yield content(event.index, delta.text, delta.logprobs)
+                yield chunk(event.index, {}, finish_reason=reason)
+        if request.include_usage:
+            yield sse_event(
+                {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
+            )
+    except ApiError as exc:
+        yield sse_event(error_body(exc.message, exc.type, exc.param, exc.code))
+        return
+    finally:
+        await generation.events.aclose()  # type: ignore[attr-defined]
+    yield SSE_DONE
+
+
+def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:
+    """Whether a choice's text is held back: it may be a tool call (a JSON object)."""
+    if not request.tool_calls_possible or event.index in sent:
+        return False
+    if request.tool_call_forced:
+        return True
+    so_far = ("".join(delta.text for delta in held.get(event.index, [])) + event.text).lstrip()
+    return not so_far or so_far.startswith("{")

@@ -1,0 +1,87 @@
+"""What the endpoints share: content negotiation, SSE, usage, the model objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from rest_framework import serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import JSONParser
+
+from inference.discovery import ModelFile
+from inference.jobs import Finished, Generation
+from inference.lifecycle import LoadReason
+from inference.protocol.fields import StrictCharField
+
+
+class JSONBodyParser(JSONParser):
+    """Parse every body as JSON, whatever its Content-Type (curl -d sends a form type)."""
+
+    media_type = "*/*"
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """Always answer JSON: SSE clients send `Accept: text/event-stream` and must not get a 406."""
+
+    def select_parser(self, request, parsers):  # type: ignore[no-untyped-def]
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]
+        return renderers[0], renderers[0].media_type
+
+
+def sse_event(payload: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def envelope(generation: Generation, object_type: str) -> dict[str, Any]:
+    return {"id": generation.id, "object": object_type, "created": generation.created, "model": generation.model}
+
+
+def usage_body(generation: Generation, finished: list[Finished]) -> dict[str, Any]:
+    """Usage of a whole request: its prompts once, every choice's completion."""
+    completion = sum(event.completion_tokens for event in finished)
+    return {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": generation.prompt_tokens + completion,
+        # Prompt tokens found in the model's cache and not processed again (OpenAI's field).
+        "prompt_tokens_details": {"cached_tokens": generation.cached_tokens},
+    }
+
+
+def model_object(model: ModelFile) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": int(model.modified), "owned_by": "local"}
+
+
+def model_list_body(models: Mapping[str, ModelFile]) -> dict[str, Any]:
+    return {"object": "list", "data": [model_object(model) for model in models.values()]}
+
+
+class AdminModelSerializer(serializers.Serializer):
+    """The body of /admin/load and /admin/unload: a model (or "all") and who asks."""
+
+    model = StrictCharField(allow_blank=False)
+    reason = serializers.ChoiceField(
+        choices=[LoadReason.ADMIN_API, LoadReason.CLI, LoadReason.ADMIN_UI],
+        default=LoadReason.ADMIN_API,
+    )
+
+    @classmethod
+    def parse(cls, data: Any) -> tuple[str, LoadReason]:
+        serializer = cls(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data["model"], LoadReason(serializer.validated_data["reason"])

@@ -1,0 +1,100 @@
+"""Embeddings (/v1/embeddings): texts or token arrays in, vectors out (floats or base64)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from rest_framework import serializers
+
+from inference.jobs import Embedded, EmbeddingJob, Generation
+from inference.protocol.fields import KeepAliveField, OpenAIRequestSerializer, StrictCharField, optional
+
+
+class EmbeddingInputField(serializers.Field):
+    """A string, a list of strings, a list of token ids, or a list of such lists."""
+
+    default_error_messages = {
+        "invalid": "Expected a string, a list of strings, a list of token ids or a list of token-id lists.",
+        "empty": "The input must not be empty.",
+        "too_many": "At most 2048 inputs per request.",
+    }
+
+    def to_internal_value(self, data: Any) -> tuple[str | tuple[int, ...], ...]:
+        if isinstance(data, str):
+            inputs: list[Any] = [data]
+        elif isinstance(data, list) and data and all(_is_token(item) for item in data):
+            inputs = [tuple(data)]
+        elif isinstance(data, list) and all(
+            isinstance(item, str) or (isinstance(item, list) and item and all(_is_token(t) for t in item))
+            for item in data
+        ):
+            inputs = [item if isinstance(item, str) else tuple(item) for item in data]
+        else:
+            self.fail("invalid")
+        if not inputs or any(item == "" for item in inputs):
+            self.fail("empty")
+        if len(inputs) > 2048:
+            self.fail("too_many")
+        return tuple(inputs)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _is_token(item: Any) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool)
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str | None
+    job: EmbeddingJob
+    encoding_format: str = "float"
+    user: str = ""
+
+
+class EmbeddingRequestSerializer(OpenAIRequestSerializer):
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    input = EmbeddingInputField()
+    encoding_format = optional(serializers.ChoiceField, choices=["float", "base64"])
+    keep_alive = optional(KeepAliveField)
+    user = optional(StrictCharField, max_length=256)
+
+    # Vectors have the model's own size: shortening them is only meaningful for models trained
+    # for it, so `dimensions` is refused rather than silently ignored.
+    unsupported = {"dimensions": (None,)}
+
+    @classmethod
+    def parse(cls, data: Any) -> EmbeddingRequest:
+        values = cls.values(data)
+        return EmbeddingRequest(
+            model=values.get("model") or None,
+            job=EmbeddingJob(inputs=values["input"], keep_alive=values.get("keep_alive")),
+            encoding_format=values.get("encoding_format", "float"),
+            user=values.get("user", ""),
+        )
+
+
+async def embedding_body(generation: Generation, request: EmbeddingRequest) -> dict[str, Any]:
+    vectors: tuple[tuple[float, ...], ...] = ()
+    async for event in generation.events:
+        if isinstance(event, Embedded):
+            vectors = event.vectors
+
+    def encoded(vector: tuple[float, ...]) -> list[float] | str:
+        if request.encoding_format == "base64":  # little-endian float32, as OpenAI sends them
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return list(vector)
+
+    return {
+        "object": "list",
+        "model": generation.model,
+        "data": [
+            {"object": "embedding", "index": index, "embedding": encoded(vector)}
+            for index, vector in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": generation.prompt_tokens, "total_tokens": generation.prompt_tokens},
+    }

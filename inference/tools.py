@@ -1,0 +1,91 @@
+"""Function calling for any chat model: tools described in the prompt, calls read from the answer.
+
+Models are told, in a system message, which functions they may call and that a call is a JSON
+object `{"name": ..., "arguments": {...}}` and nothing else. `tool_choice` "required" or a named
+function makes the call certain with a grammar built from `call_schema`; "auto" leaves the model
+free, and an answer that is such an object is read as a call. Earlier calls and their results in
+the history are written back as text every chat template can render.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.jobs import ChatMessage
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text (OpenAI's shape)
+
+
+def instruction(tools: tuple[Tool, ...], required: bool) -> ChatMessage:
+    """The system message that offers the tools."""
+    described = "\n".join(
+        f"- {tool.name}: {tool.description or 'no description'}\n  parameters (JSON schema): "
+        f"{json.dumps(tool.parameters)}"
+        for tool in tools
+    )
+    when = "You must call one of them." if required else "Call one only if it helps to answer."
+    return ChatMessage(
+        role="system",
+        content=(
+            f"You can call these functions. {when} To call a function, answer with only a JSON "
+            'object {"name": <function name>, "arguments": <arguments object>} and nothing '
+            f"else.\nFunctions:\n{described}"
+        ),
+    )
+
+
+def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
+    """JSON schema of a call to one of the tools (for the grammar that forces a call)."""
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
+    """The call an answer makes, if it is one: a JSON object naming one of the tools."""
+    try:
+        value = json.loads(text.strip())
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
+        return None
+    arguments = value.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=value["name"], arguments=json.dumps(arguments))
+
+
+def call_text(name: str, arguments: str) -> str:
+    """An earlier call, written as the model would have written it."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = arguments
+    return json.dumps({"name": name, "arguments": parsed})
+
+
+def result_message(name: str, content: str) -> ChatMessage:
+    """A tool's result, as a message every chat template accepts."""
+    return ChatMessage(role="user", content=f"Result of the function {name}: {content}")
