@@ -8,12 +8,55 @@ from typing import Any
 from contextlib import asynccontextmanager
 
 from adrf.views import APIView as AsyncAPIView
+from drf_spectacular.utils import extend_schema
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import protocol, selectors, services
 from inference.admin_auth import AdminTokenRequired
+from inference.openapi import error_responses, openai_schema
+
+_STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
+_HEALTH = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok"]},
+        "loaded_models": {"type": "array", "items": {"type": "string"}},
+        "uptime": {"type": "number"},
+        "models": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+    "required": ["status", "loaded_models", "uptime", "models"],
+}
+_EMBEDDINGS = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "model": {"type": "string"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "object": {"type": "string", "enum": ["embedding"]},
+                    "index": {"type": "integer"},
+                    "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]},
+                },
+                "required": ["object", "index", "embedding"],
+            },
+        },
+        "usage": {
+            "type": "object",
+            "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+            "required": ["prompt_tokens", "total_tokens"],
+        },
+    },
+    "required": ["object", "model", "data", "usage"],
+}
+
+
+def _names(*keys: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {key: {"type": "array", "items": {"type": "string"}} for key in keys}}
 
 
 class APIView(AsyncAPIView):
@@ -42,16 +85,19 @@ class APIView(AsyncAPIView):
 
 
 class HealthView(APIView):
+    @extend_schema(operation_id="health", summary="Server health and the loaded models", responses={200: _HEALTH})
     async def get(self, request: Request) -> Response:
         return Response(selectors.health())
 
 
 class ModelListView(APIView):
+    @extend_schema(operation_id="listModels", summary="The models in the models directory", responses={200: openai_schema("ListModelsResponse")})
     async def get(self, request: Request) -> Response:
         return Response(protocol.model_list_body(selectors.model_list()))
 
 
 class ModelDetailView(APIView):
+    @extend_schema(operation_id="retrieveModel", summary="One model", responses={200: openai_schema("Model"), **error_responses(404)})
     async def get(self, request: Request, model_id: str) -> Response:
         return Response(protocol.model_object(selectors.model_get(model_id)))
 
@@ -90,7 +136,19 @@ def request_draft(request: Request) -> services.RequestDraft:
     )
 
 
+_GENERATION_ERRORS = error_responses(400, 404, 413, 500, 503)
+
+
 class ChatCompletionsView(APIView):
+    @extend_schema(
+        operation_id="createChatCompletion", summary="Create a chat completion",
+        request={"application/json": protocol.ChatCompletionRequestSerializer},
+        responses={
+            (200, "application/json"): openai_schema("CreateChatCompletionResponse"),
+            (200, "text/event-stream"): _STREAM,
+            **_GENERATION_ERRORS,
+        },
+    )
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         draft = request_draft(request)
         async with recording_failures(draft, request):
@@ -102,6 +160,15 @@ class ChatCompletionsView(APIView):
 
 
 class CompletionsView(APIView):
+    @extend_schema(
+        operation_id="createCompletion", summary="Create a text completion",
+        request={"application/json": protocol.CompletionRequestSerializer},
+        responses={
+            (200, "application/json"): openai_schema("CreateCompletionResponse"),
+            (200, "text/event-stream"): _STREAM,
+            **_GENERATION_ERRORS,
+        },
+    )
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         draft = request_draft(request)
         async with recording_failures(draft, request):
@@ -113,6 +180,11 @@ class CompletionsView(APIView):
 
 
 class EmbeddingsView(APIView):
+    @extend_schema(
+        operation_id="createEmbedding", summary="Create embeddings",
+        request={"application/json": protocol.EmbeddingRequestSerializer},
+        responses={200: _EMBEDDINGS, **_GENERATION_ERRORS},
+    )
     async def post(self, request: Request) -> Response:
         draft = request_draft(request)
         async with recording_failures(draft, request):
@@ -126,23 +198,39 @@ class AdminView(APIView):
 
 
 class AdminLoadView(AdminView):
+    @extend_schema(
+        operation_id="adminLoad", summary="Load a model now", request={"application/json": protocol.AdminModelSerializer},
+        responses={200: _names("loaded"), **error_responses(400, 401, 404, 503)},
+    )
     async def post(self, request: Request) -> Response:
         model, reason = protocol.AdminModelSerializer.parse(request.data)
         return Response({"loaded": [await services.model_load(model=model, reason=reason)]})
 
 
 class AdminUnloadView(AdminView):
+    @extend_schema(
+        operation_id="adminUnload", summary="Unload a model, or all", request={"application/json": protocol.AdminModelSerializer},
+        responses={200: _names("unloaded", "pending"), **error_responses(400, 401, 404)},
+    )
     async def post(self, request: Request) -> Response:
         model, reason = protocol.AdminModelSerializer.parse(request.data)
         return Response(await services.model_unload(model=model, reason=reason))
 
 
 class AdminReloadView(AdminView):
+    @extend_schema(
+        operation_id="adminReload", summary="Re-read config.json and rediscover the models", request=None,
+        responses={200: _names("added", "removed", "changed"), **error_responses(400, 401)},
+    )
     async def post(self, request: Request) -> Response:
         return Response(await services.config_reload())
 
 
 class AdminReapView(AdminView):
+    @extend_schema(
+        operation_id="adminReap", summary="Unload the idle models now", request=None,
+        responses={200: _names("unloaded"), **error_responses(401)},
+    )
     async def post(self, request: Request) -> Response:
         return Response(await services.models_reap())
 

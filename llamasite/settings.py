@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "inference",
     "dashboard",
@@ -116,6 +117,19 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["inference.protocol.JSONBodyParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "inference.protocol.FirstRendererNegotiation",
     "EXCEPTION_HANDLER": "inference.protocol.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "llamasite",
+    "DESCRIPTION": "An OpenAI-compatible server for local llama.cpp models.",
+    "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inference.openapi.append_components",
+    ],
 }
 
 LOGGING = {

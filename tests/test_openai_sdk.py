@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
+import pydantic
 import pytest
 
 from tests.conftest import SMOLLM2, DaphneServer
@@ -52,3 +55,53 @@ def test_errors_arrive_as_sdk_exceptions(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.chat.completions.create(model=SMOLLM2, messages=[])
     assert bad.value.param == "messages"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_call_loop(sdk: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = sdk.chat.completions.create(model=SMOLLM2, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=40)
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    messages += [first.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "21 C, sunny"}]
+    second = sdk.chat.completions.create(model=SMOLLM2, messages=messages, tools=[WEATHER], max_tokens=30, temperature=0)
+    assert second.choices[0].message.content or second.choices[0].message.tool_calls
+
+
+def test_structured_output_parse(sdk: openai.OpenAI) -> None:
+    class Cat(pydantic.BaseModel):
+        name: str
+        age: int
+
+    parsed = sdk.beta.chat.completions.parse(
+        model=SMOLLM2, messages=[{"role": "user", "content": "Describe a cat."}], response_format=Cat, max_tokens=80
+    )
+    cat = parsed.choices[0].message.parsed
+    assert isinstance(cat, Cat)
+
+
+def test_completions_and_embeddings(sdk: openai.OpenAI) -> None:
+    completion = sdk.completions.create(model=SMOLLM2, prompt="1, 2, 3,", max_tokens=5, temperature=0, n=2)
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    assert completion.choices[0].text == completion.choices[1].text  # greedy
+    vectors = sdk.embeddings.create(model=SMOLLM2, input=["a cat", "a dog"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 576
+    assert vectors.usage.prompt_tokens > 0
+
+
+def test_logprobs_and_n(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(
+        model=SMOLLM2, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, n=2, logprobs=True, top_logprobs=2
+    )
+    assert len(reply.choices) == 2
+    assert all(len(choice.logprobs.content[0].top_logprobs) == 2 for choice in reply.choices)

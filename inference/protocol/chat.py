@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
@@ -80,6 +81,21 @@ class ToolSerializer(serializers.Serializer):
     function = FunctionSerializer()
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": ["none", "auto", "required"]},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                },
+                "required": ["type", "function"],
+            },
+        ]
+    }
+)
 class ToolChoiceField(serializers.Field):
     """"none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
 
@@ -97,6 +113,16 @@ class ToolChoiceField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {"type": "object", "properties": {"name": {"type": "string"}, "schema": {"type": "object"}}},
+        },
+        "required": ["type"],
+    }
+)
 class ResponseFormatField(serializers.Field):
     """{"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.errors import ApiError
@@ -26,6 +27,7 @@ from inference.protocol.fields import (
 DEFAULT_MAX_TOKENS = 16
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]})
 class PromptField(serializers.Field):
     default_error_messages = {
         "invalid": "Expected a string or a non-empty list of strings.",

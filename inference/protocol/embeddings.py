@@ -7,12 +7,26 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.jobs import Embedded, EmbeddingJob, Generation
 from inference.protocol.fields import KeepAliveField, OpenAIRequestSerializer, StrictCharField, optional
 
 
+TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048},
+            TOKENS,
+            {"type": "array", "items": TOKENS, "minItems": 1, "maxItems": 2048},
+        ]
+    }
+)
 class EmbeddingInputField(serializers.Field):
     """A string, a list of strings, a list of token ids, or a list of such lists."""
 

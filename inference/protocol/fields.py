@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.jobs import Sampling
@@ -50,6 +51,7 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+@extend_schema_field({"type": "object"})
 class StrictDictField(serializers.DictField):
     """A JSON object (DRF's DictField also takes form data and lists of pairs)."""
 
@@ -59,6 +61,17 @@ class StrictDictField(serializers.DictField):
         return super().to_internal_value(data)
 
 
+TEXT_PARTS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+    },
+}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, TEXT_PARTS]})
 class ContentField(serializers.Field):
     """Message content: a string or a list of text parts (joined by newlines)."""
 
@@ -89,6 +102,7 @@ class ContentField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]})
 class StopField(serializers.Field):
     default_error_messages = {
         "invalid": "Expected a string or a list of up to {limit} strings.",
@@ -110,6 +124,7 @@ class StopField(serializers.Field):
         return list(value)
 
 
+@extend_schema_field({"oneOf": [{"type": "number"}, {"type": "string"}]})
 class KeepAliveField(serializers.Field):
     """Ollama's keep_alive: seconds, or a duration such as "10m", "1h30m", "45s"; negative = forever."""
 
@@ -133,6 +148,7 @@ class KeepAliveField(serializers.Field):
         return value
 
 
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}})
 class LogitBiasField(serializers.Field):
     """{"<token id>": bias from -100 to 100}, as (token, bias) pairs."""
 
