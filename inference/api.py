@@ -139,58 +139,80 @@ def request_draft(request: Request) -> services.RequestDraft:
 _GENERATION_ERRORS = error_responses(400, 404, 413, 500, 503)
 
 
-class ChatCompletionsView(APIView):
-    @extend_schema(
-        operation_id="createChatCompletion", summary="Create a chat completion",
-        request={"application/json": protocol.ChatCompletionRequestSerializer},
-        responses={
-            (200, "application/json"): openai_schema("CreateChatCompletionResponse"),
-            (200, "text/event-stream"): _STREAM,
-            **_GENERATION_ERRORS,
-        },
-    )
+class GenerationView(APIView):
+    """An inference endpoint: parse the request, start it, answer with SSE chunks or JSON.
+
+    A subclass names its request serializer, the service that starts it and the response
+    builders (as static methods).
+    """
+
+    serializer: Any
+    start: Any
+    body: Any
+    chunks: Any = None
+
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         draft = request_draft(request)
         async with recording_failures(draft, request):
-            chat = protocol.ChatCompletionRequestSerializer.parse(request.data)
-            generation = await services.chat_completion_create(request=chat, draft=draft)
-        if chat.stream:
-            return protocol.sse_response(protocol.chat_completion_chunks(generation, chat))
-        return Response(await protocol.chat_completion_body(generation, chat))
+            parsed = self.serializer.parse(request.data)
+            generation = await self.start(request=parsed, draft=draft)
+        if getattr(parsed, "stream", False):
+            return protocol.sse_response(self.chunks(generation, parsed))
+        return Response(await self.body(generation, parsed))
 
 
-class CompletionsView(APIView):
-    @extend_schema(
-        operation_id="createCompletion", summary="Create a text completion",
-        request={"application/json": protocol.CompletionRequestSerializer},
-        responses={
-            (200, "application/json"): openai_schema("CreateCompletionResponse"),
-            (200, "text/event-stream"): _STREAM,
-            **_GENERATION_ERRORS,
-        },
-    )
-    async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        draft = request_draft(request)
-        async with recording_failures(draft, request):
-            completion = protocol.CompletionRequestSerializer.parse(request.data)
-            generation = await services.completion_create(request=completion, draft=draft)
-        if completion.stream:
-            return protocol.sse_response(protocol.completion_chunks(generation, completion))
-        return Response(await protocol.completion_body(generation, completion))
+def _generation_schema(operation_id: str, summary: str, serializer: Any, response: dict[str, Any], streams: bool) -> Any:
+    """Class decorator: the view's own `post`, described for the OpenAPI document.
+
+    (drf-spectacular's extend_schema_view would wrap the inherited coroutine method in a plain
+    function, and the view would stop being async.)
+    """
+    responses: dict[Any, Any] = {(200, "application/json"): response, **_GENERATION_ERRORS}
+    if streams:
+        responses[(200, "text/event-stream")] = _STREAM
+
+    def describe(view: type[GenerationView]) -> type[GenerationView]:
+        async def post(self: GenerationView, request: Request) -> Response | StreamingHttpResponse:
+            return await GenerationView.post(self, request)
+
+        view.post = extend_schema(
+            operation_id=operation_id,
+            summary=summary,
+            request={"application/json": serializer},
+            responses=responses,
+        )(post)
+        return view
+
+    return describe
 
 
-class EmbeddingsView(APIView):
-    @extend_schema(
-        operation_id="createEmbedding", summary="Create embeddings",
-        request={"application/json": protocol.EmbeddingRequestSerializer},
-        responses={200: _EMBEDDINGS, **_GENERATION_ERRORS},
-    )
-    async def post(self, request: Request) -> Response:
-        draft = request_draft(request)
-        async with recording_failures(draft, request):
-            embedding = protocol.EmbeddingRequestSerializer.parse(request.data)
-            generation = await services.embedding_create(request=embedding, draft=draft)
-        return Response(await protocol.embedding_body(generation, embedding))
+@_generation_schema(
+    "createChatCompletion", "Create a chat completion", protocol.ChatCompletionRequestSerializer,
+    openai_schema("CreateChatCompletionResponse"), streams=True,
+)
+class ChatCompletionsView(GenerationView):
+    serializer = protocol.ChatCompletionRequestSerializer
+    start = staticmethod(services.chat_completion_create)
+    body = staticmethod(protocol.chat_completion_body)
+    chunks = staticmethod(protocol.chat_completion_chunks)
+
+
+@_generation_schema(
+    "createCompletion", "Create a text completion", protocol.CompletionRequestSerializer,
+    openai_schema("CreateCompletionResponse"), streams=True,
+)
+class CompletionsView(GenerationView):
+    serializer = protocol.CompletionRequestSerializer
+    start = staticmethod(services.completion_create)
+    body = staticmethod(protocol.completion_body)
+    chunks = staticmethod(protocol.completion_chunks)
+
+
+@_generation_schema("createEmbedding", "Create embeddings", protocol.EmbeddingRequestSerializer, _EMBEDDINGS, streams=False)
+class EmbeddingsView(GenerationView):
+    serializer = protocol.EmbeddingRequestSerializer
+    start = staticmethod(services.embedding_create)
+    body = staticmethod(protocol.embedding_body)
 
 
 class AdminView(APIView):
