@@ -13,10 +13,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.errors import ApiError
 from inference.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
-from inference.protocol.common import SSE_DONE, envelope, sse_event, usage_body
-from inference.protocol.errors import error_body
+from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
 from inference.protocol.fields import (
     ContentField,
     GenerationRequestSerializer,
@@ -303,14 +301,16 @@ def _choice_body(index: int, choice: _Choice, request: ChatRequest) -> dict[str,
     }
 
 
-async def chat_completion_chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
+def chat_completion_chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
     """The generation as OpenAI chat.completion.chunk SSE events, ending with [DONE].
 
     With tools, a choice whose answer begins as a JSON object is held back and sent whole, as a
-    tool call if it is one. An error after the stream started is sent as one
-    `data: {"error": ...}` event, then the stream ends. Closing this iterator (the client went
-    away) stops the generation.
+    tool call if it is one.
     """
+    return sse_stream(generation, _chunks(generation, request))
+
+
+async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
     usage_field = {"usage": None} if request.include_usage else {}
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
@@ -331,40 +331,33 @@ async def chat_completion_chunks(generation: Generation, request: ChatRequest) -
     held: dict[int, list[TextDelta]] = {}  # choices whose text might be a tool call
     sent: set[int] = set()
     finished: list[Finished] = []
-    try:
-        for index in range(generation.choices):
-            yield chunk(index, {"role": "assistant", "content": ""})
-        async for event in generation.events:
-            if isinstance(event, TextDelta):
-                index = event.index
-                if _holding(request, held, sent, event):
-                    held.setdefault(index, []).append(event)
-                    continue
-                sent.add(index)
-                for delta in [*held.pop(index, []), event]:
-                    yield content(index, delta.text, delta.logprobs)
-            elif isinstance(event, Finished):
-                finished.append(event)
-                reason = event.finish_reason
-                pieces = held.pop(event.index, [])
-                call = tools.parse_call("".join(p.text for p in pieces), request.tools) if pieces else None
-                if call:
-                    yield chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})
-                    reason = "tool_calls"
-                else:
-                    for delta in pieces:
-                        yield content(event.index, delta.text, delta.logprobs)
-                yield chunk(event.index, {}, finish_reason=reason)
-        if request.include_usage:
-            yield sse_event(
-                {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
-            )
-    except ApiError as exc:
-        yield sse_event(error_body(exc.message, exc.type, exc.param, exc.code))
-        return
-    finally:
-        await generation.events.aclose()  # type: ignore[attr-defined]
-    yield SSE_DONE
+    for index in range(generation.choices):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    async for event in generation.events:
+        if isinstance(event, TextDelta):
+            index = event.index
+            if _holding(request, held, sent, event):
+                held.setdefault(index, []).append(event)
+                continue
+            sent.add(index)
+            for delta in [*held.pop(index, []), event]:
+                yield content(index, delta.text, delta.logprobs)
+        elif isinstance(event, Finished):
+            finished.append(event)
+            reason = event.finish_reason
+            pieces = held.pop(event.index, [])
+            call = tools.parse_call("".join(p.text for p in pieces), request.tools) if pieces else None
+            if call:
+                yield chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})
+                reason = "tool_calls"
+            else:
+                for delta in pieces:
+                    yield content(event.index, delta.text, delta.logprobs)
+            yield chunk(event.index, {}, finish_reason=reason)
+    if request.include_usage:
+        yield sse_event(
+            {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
+        )
 
 
 def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:

@@ -12,8 +12,10 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 
 from inference.discovery import ModelFile
+from inference.errors import ApiError
 from inference.jobs import Finished, Generation
 from inference.lifecycle import LoadReason
+from inference.protocol.errors import error_body
 from inference.protocol.fields import StrictCharField
 
 
@@ -38,6 +40,23 @@ def sse_event(payload: Mapping[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+async def sse_stream(generation: Generation, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A response's SSE chunks, then `data: [DONE]`.
+
+    An error after the stream started is sent as one `data: {"error": ...}` event, then the
+    stream ends. Closing this iterator (the client went away) stops the generation.
+    """
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ApiError as exc:
+        yield sse_event(error_body(exc.message, exc.type, exc.param, exc.code))
+        return
+    finally:
+        await generation.events.aclose()  # type: ignore[attr-defined]
+    yield SSE_DONE
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:

@@ -9,10 +9,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.errors import ApiError
 from inference.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
-from inference.protocol.common import SSE_DONE, envelope, sse_event, usage_body
-from inference.protocol.errors import error_body
+from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
 from inference.protocol.fields import (
     GenerationRequestSerializer,
     StrictBooleanField,
@@ -137,8 +135,12 @@ async def completion_body(generation: Generation, request: CompletionRequest) ->
     }
 
 
-async def completion_chunks(generation: Generation, request: CompletionRequest) -> AsyncIterator[bytes]:
+def completion_chunks(generation: Generation, request: CompletionRequest) -> AsyncIterator[bytes]:
     """The generation as text_completion SSE events (each with part of one choice's text)."""
+    return sse_stream(generation, _chunks(generation, request))
+
+
+async def _chunks(generation: Generation, request: CompletionRequest) -> AsyncIterator[bytes]:
     usage_field = {"usage": None} if request.include_usage else {}
     offsets = [0] * generation.choices
 
@@ -147,26 +149,19 @@ async def completion_chunks(generation: Generation, request: CompletionRequest) 
         return sse_event({**envelope(generation, "text_completion"), "choices": [choice], **usage_field})
 
     finished: list[Finished] = []
-    try:
-        for index in range(generation.choices):
-            if echo := _echo(request, index):
-                offsets[index] = len(echo)
-                yield chunk(index, echo)
-        async for event in generation.events:
-            if isinstance(event, TextDelta):
-                logprobs = _logprobs_body(event.logprobs, offsets[event.index]) if request.logprobs else None
-                offsets[event.index] += len(event.text)
-                yield chunk(event.index, event.text, logprobs=logprobs)
-            elif isinstance(event, Finished):
-                finished.append(event)
-                yield chunk(event.index, "", finish_reason=event.finish_reason)
-        if request.include_usage:
-            yield sse_event(
-                {**envelope(generation, "text_completion"), "choices": [], "usage": usage_body(generation, finished)}
-            )
-    except ApiError as exc:
-        yield sse_event(error_body(exc.message, exc.type, exc.param, exc.code))
-        return
-    finally:
-        await generation.events.aclose()  # type: ignore[attr-defined]
-    yield SSE_DONE
+    for index in range(generation.choices):
+        if echo := _echo(request, index):
+            offsets[index] = len(echo)
+            yield chunk(index, echo)
+    async for event in generation.events:
+        if isinstance(event, TextDelta):
+            logprobs = _logprobs_body(event.logprobs, offsets[event.index]) if request.logprobs else None
+            offsets[event.index] += len(event.text)
+            yield chunk(event.index, event.text, logprobs=logprobs)
+        elif isinstance(event, Finished):
+            finished.append(event)
+            yield chunk(event.index, "", finish_reason=event.finish_reason)
+    if request.include_usage:
+        yield sse_event(
+            {**envelope(generation, "text_completion"), "choices": [], "usage": usage_body(generation, finished)}
+        )
