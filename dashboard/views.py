@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -108,22 +108,34 @@ def usage_charts(summary: selectors.UsageSummary) -> list[str]:
     ]
 
 
+NO_KEY = "-"  # the key filter's value for requests made without a key
+
+
+def chosen_filters(query: QueryDict) -> dict[str, str | None]:
+    """The model and API key (prefix; "-" for requests without one) to narrow the page to."""
+    api_key = query.get("key") or None
+    return {"model": query.get("model") or None, "api_key": "" if api_key == NO_KEY else api_key}
+
+
 @staff_member_required
 def index(request: HttpRequest) -> HttpResponse:
-    key, since, until = chosen_range(request.GET)
-    model = request.GET.get("model") or None
-    summary = selectors.usage_summary(since=since, until=until, model=model)
+    range_name, since, until = chosen_range(request.GET)
+    filters = chosen_filters(request.GET)
+    summary = selectors.usage_summary(since=since, until=until, **filters)
     context = {
         "ranges": {name: label for name, (label, _) in RANGES.items()},
-        "range": key,
+        "range": range_name,
         "since": since,
         "until": until,
-        "model": model or "",
+        "model": filters["model"] or "",
         "models": selectors.recorded_models(),
+        "key": request.GET.get("key", ""),
+        "keys": selectors.recorded_api_keys(),
+        "no_key": NO_KEY,
         "summary": summary,
         "charts": usage_charts(summary),
-        "slowest": selectors.slowest_requests(since=since, until=until, model=model),
-        "failed": selectors.failed_requests(since=since, until=until, model=model),
+        "slowest": selectors.slowest_requests(since=since, until=until, **filters),
+        "failed": selectors.failed_requests(since=since, until=until, **filters),
         "query": request.GET.urlencode(),
     }
     return render(request, "dashboard/index.html", context)
@@ -145,8 +157,8 @@ class _Echo:
 @staff_member_required
 def export_csv(request: HttpRequest) -> StreamingHttpResponse:
     """The request records of the chosen range as CSV, streamed row by row."""
-    key, since, until = chosen_range(request.GET)
-    records = selectors.records_in_range(since=since, until=until, model=request.GET.get("model") or None)
+    _, since, until = chosen_range(request.GET)
+    records = selectors.records_in_range(since=since, until=until, **chosen_filters(request.GET))
     writer = csv.writer(_Echo())
 
     def rows() -> Iterator[str]:

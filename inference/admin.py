@@ -6,15 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Max, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 
-from inference import selectors, services
+from inference import access, selectors, services
 from inference.errors import ApiError
 from inference.lifecycle import LoadReason
-from inference.models import DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 
 
 def _usage_total(field: str) -> Subquery:
@@ -159,3 +160,58 @@ class RequestRecordAdmin(HistoryAdmin):
     )
     list_filter = ("status", "model", "endpoint", "stream", "http_status", "created_at", "instance")
     search_fields = ("completion_id", "model", "error_code", "error_message", "user_agent", "client_address")
+
+
+class ApiKeyForm(forms.ModelForm):
+    models = forms.CharField(
+        required=False, help_text="Comma-separated model names the key may use; empty: every model."
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("name", "models", "requests_per_minute", "tokens_per_day")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial["models"] = ", ".join(self.instance.allowed_models or [])
+
+    def clean_models(self) -> list[str]:
+        return [name.strip() for name in self.cleaned_data["models"].split(",") if name.strip()]
+
+    def save(self, commit: bool = True) -> ApiKey:
+        self.instance.allowed_models = self.cleaned_data["models"]
+        return super().save(commit)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are created here (the secret is shown once), limited, and revoked, never read back."""
+
+    form = ApiKeyForm
+    list_display = ("name", "prefix", "models", "requests_per_minute", "tokens_per_day", "created_at",
+                    "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "prefix")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ("revoke",)
+
+    @admin.display(description="models")
+    def models(self, row: ApiKey) -> str:
+        return ", ".join(row.allowed_models) or "all"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        secret = None if change else access.api_key_secret_assign(obj)
+        super().save_model(request, obj, form, change)
+        if secret:
+            self.message_user(
+                request, f"The new key's secret (copy it now, it is not shown again): {secret}", messages.WARNING
+            )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: the records keep naming the key
+
+    @admin.action(description="Revoke")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            access.api_key_revoke(prefix=key.prefix)
+        self.message_user(request, f"Revoked {len(queryset)} key(s).", messages.SUCCESS)

@@ -13,8 +13,9 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference import protocol, selectors, services
+from inference import access, protocol, selectors, services
 from inference.admin_auth import AdminTokenRequired
+from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 
 _STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
@@ -91,15 +92,23 @@ class HealthView(APIView):
 
 
 class ModelListView(APIView):
-    @extend_schema(operation_id="listModels", summary="The models in the models directory", responses={200: openai_schema("ListModelsResponse")})
+    @extend_schema(
+        operation_id="listModels", summary="The models in the models directory (that the key may use)",
+        responses={200: openai_schema("ListModelsResponse"), **error_responses(401)},
+    )
     async def get(self, request: Request) -> Response:
-        return Response(protocol.model_list_body(selectors.model_list()))
+        key = await access.api_key_check(request.headers.get("Authorization"))
+        return Response(protocol.model_list_body(selectors.model_list(allowed=key and key.allowed_models)))
 
 
 class ModelDetailView(APIView):
-    @extend_schema(operation_id="retrieveModel", summary="One model", responses={200: openai_schema("Model"), **error_responses(404)})
+    @extend_schema(
+        operation_id="retrieveModel", summary="One model",
+        responses={200: openai_schema("Model"), **error_responses(401, 404)},
+    )
     async def get(self, request: Request, model_id: str) -> Response:
-        return Response(protocol.model_object(selectors.model_get(model_id)))
+        key = await access.api_key_check(request.headers.get("Authorization"))
+        return Response(protocol.model_object(selectors.model_get(model_id, allowed=key and key.allowed_models)))
 
 
 @asynccontextmanager
@@ -128,15 +137,16 @@ def requested_model(request: Request) -> str:
     return model if isinstance(model, str) else ""
 
 
-def request_draft(request: Request) -> services.RequestDraft:
+def request_draft(request: Request, key: ApiKey | None) -> services.RequestDraft:
     return services.RequestDraft(
         endpoint=request.path,
         client_address=request.META.get("REMOTE_ADDR", ""),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
+        api_key=key.prefix if key else "",
     )
 
 
-_GENERATION_ERRORS = error_responses(400, 404, 413, 500, 503)
+_GENERATION_ERRORS = error_responses(400, 401, 404, 413, 429, 500, 503)
 
 
 class GenerationView(APIView):
@@ -152,10 +162,12 @@ class GenerationView(APIView):
     chunks: Any = None
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        draft = request_draft(request)
+        key = await access.api_key_check(request.headers.get("Authorization"))  # 401s leave no record
+        draft = request_draft(request, key)
         async with recording_failures(draft, request):
             parsed = self.serializer.parse(request.data)
-            generation = await self.start(request=parsed, draft=draft)
+            await access.quota_check(key)
+            generation = await self.start(request=parsed, draft=draft, key=key)
         if getattr(parsed, "stream", False):
             return protocol.sse_response(self.chunks(generation, parsed))
         return Response(await self.body(generation, parsed))

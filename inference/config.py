@@ -7,6 +7,7 @@ ConfigError whose message names the file, the key and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -46,6 +47,15 @@ def physical_cores() -> int:
     return len(cores) or os.cpu_count() or 1
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def generation_threads() -> int:
     """Threads for token generation: every physical core but one, which is left to the server.
 
@@ -64,11 +74,32 @@ class ServerConfig:
     cors_origins: tuple[str, ...]
     log_level: str
     instance_name: str
+    require_api_key: bool | None  # None: only when listening beyond this machine
+    allowed_hosts: tuple[str, ...]
+    max_body_bytes: int
+    behind_https_proxy: bool
 
     @property
     def instance(self) -> str:
         """This server's name in shared records: instance_name, or host:port."""
         return self.instance_name or f"{self.host}:{self.port}"
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def api_key_required(self) -> bool:
+        return not self.loopback_only if self.require_api_key is None else self.require_api_key
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """Django's ALLOWED_HOSTS: allowed_hosts, or the names this address answers to."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        if self.host in ("0.0.0.0", "::", ""):
+            return ("*",)  # every interface: any name may reach it (set allowed_hosts to narrow)
+        return tuple(dict.fromkeys((self.host, "localhost", "127.0.0.1", "[::1]")))
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,8 @@ class ModelManagerConfig:
     default_model: str
     check_interval: float
     max_loaded_models: int
+    max_queue: int  # requests waiting per model before a 503
+    max_memory_mb: int  # 0: no limit
     shutdown_grace_seconds: float
     defaults: ModelSettings
     models: dict[str, dict[str, Any]]
@@ -183,6 +216,12 @@ def _origins(value: Any) -> str | None:
     return None
 
 
+def _strings(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        return "must be a list of non-empty strings"
+    return None
+
+
 def _table(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
         return "must be an object of {model name: {setting: value}}"
@@ -212,12 +251,18 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "cors_origins": _Key(["*"], _origins),
         "log_level": _Key("INFO", _log_level),
         "instance_name": _Key("", _string(allow_empty=True)),
+        "require_api_key": _Key(None, _boolean),
+        "allowed_hosts": _Key([], _strings),
+        "max_body_bytes": _Key(8 * 1024 * 1024, _integer(1024)),
+        "behind_https_proxy": _Key(False, _boolean),
     },
     "model_manager": {
         "models_directory": _Key("./models", _string(allow_empty=False)),
         "default_model": _Key("", _string(allow_empty=True)),
         "check_interval": _Key(60, _number(0, exclusive=True)),
         "max_loaded_models": _Key(2, _integer(1)),
+        "max_queue": _Key(64, _integer(0)),
+        "max_memory_mb": _Key(0, _integer(0)),
         "shutdown_grace_seconds": _Key(30, _number(0)),
         **MODEL_KEYS,
         "models": _Key({}, _table),
@@ -287,6 +332,7 @@ def load_config(path: Path | None = None) -> Config:
         logger.warning("%s: unknown section %s is ignored", path, unknown)
     server, manager, records = (_section(path, document, name) for name in SCHEMA)
     server["cors_origins"] = tuple(server["cors_origins"])
+    server["allowed_hosts"] = tuple(server["allowed_hosts"])
     server["log_level"] = server["log_level"].upper()
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or generation_threads()

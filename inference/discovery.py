@@ -8,13 +8,14 @@ A split model (`name-00001-of-00003.gguf`, …) is listed once, as `name`, by it
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ class GGUFInfo:
     chat_template: str | None
     quantization: str
     parameter_count: int
+    # What the memory estimate needs (0 where the header does not say).
+    block_count: int = 0
+    embedding_length: int = 0
+    head_count: int = 0
+    head_count_kv: int = 0
+    key_length: int = 0
+    value_length: int = 0
+    vocab_size: int = 0
+
+
+class _Array(NamedTuple):
+    """A metadata array, of which only the length is kept."""
+
+    length: int
 
 
 # llama_ftype values (general.file_type) and their usual names.
@@ -112,7 +127,19 @@ _MAX_STRING_BYTES = 64 * 1024 * 1024
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """The header metadata we need from a GGUF file; raises GGUFError if it is not one."""
+    """The header metadata we need from a GGUF file; raises GGUFError if it is not one.
+
+    Cached per file version: a big vocabulary takes tens of milliseconds to read.
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise GGUFError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    return _read_gguf_info(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
     try:
         with path.open("rb") as stream:
             metadata, tensor_count = _read_metadata(stream)
@@ -122,15 +149,29 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str):
         raise GGUFError("the GGUF header has no general.architecture")
-    context_length = metadata.get(f"{architecture}.context_length")
+
+    def number(key: str) -> int:
+        value = metadata.get(f"{architecture}.{key}")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    head_count = number("attention.head_count")
+    head_dimension = number("embedding_length") // head_count if head_count else 0
     chat_template = metadata.get("tokenizer.chat_template")
     file_type = metadata.get("general.file_type")
+    tokens = metadata.get("tokenizer.ggml.tokens")
     return GGUFInfo(
         architecture=architecture,
-        context_length=context_length if isinstance(context_length, int) else None,
+        context_length=number("context_length") or None,
         chat_template=chat_template if isinstance(chat_template, str) and chat_template else None,
         quantization=_FILE_TYPES.get(file_type, f"type {file_type}") if isinstance(file_type, int) else "",
         parameter_count=parameter_count,
+        block_count=number("block_count"),
+        embedding_length=number("embedding_length"),
+        head_count=head_count,
+        head_count_kv=number("attention.head_count_kv") or head_count,
+        key_length=number("attention.key_length") or head_dimension,
+        value_length=number("attention.value_length") or head_dimension,
+        vocab_size=number("vocab_size") or (tokens.length if isinstance(tokens, _Array) else 0),
     )
 
 
@@ -168,12 +209,12 @@ def _read_value(stream: BinaryIO, value_type: int) -> object:
         return _read_string(stream)
     if value_type == _ARRAY:
         item_type, count = _unpack(stream, "<I"), _unpack(stream, "<Q")
-        if item_type in _SCALAR_FORMATS:  # skip without decoding: only scalars we need are kept
+        if item_type in _SCALAR_FORMATS:  # skip without decoding: only the length is kept
             stream.seek(struct.calcsize(_SCALAR_FORMATS[item_type]) * count, 1)
         else:
             for _ in range(count):
                 _read_value(stream, item_type)
-        return None
+        return _Array(count)
     raise GGUFError(f"corrupt GGUF header (unknown value type {value_type})")
 
 

@@ -51,3 +51,35 @@ class GenerationFailed(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     type = "server_error"
+
+
+class InvalidApiKey(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class RetryLater(ApiError):
+    """An error the client may retry: `retry_after` seconds become the Retry-After header."""
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = max(1, retry_after)
+
+
+class QuotaExceeded(RetryLater):
+    status = 429
+    type = "rate_limit_error"
+    code = "quota_exceeded"
+
+
+class QueueFull(RetryLater):
+    status = 503
+    type = "server_error"
+    code = "queue_full"
+
+
+class ModelTooLarge(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_too_large"

@@ -41,10 +41,13 @@ from inference.errors import (
     InvalidRequest,
     ModelLoadFailed,
     ModelNotFound,
+    ModelTooLarge,
+    QueueFull,
     ServiceUnavailable,
 )
 from inference.jobs import EmbeddingJob, Finished, GenerationJob, JobEvent, ModelJob
 from inference.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, model_lifecycle
+from inference.memory import MIB, memory_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ SettingsOverrides = Callable[[str], dict[str, Any]]
 ALL_MODELS = "all"
 # How often a request waiting for room (every loaded model busy) looks again.
 _ROOM_POLL_SECONDS = 0.05
+# What a full queue's 503 suggests: long enough for a few requests to finish.
+_QUEUE_FULL_RETRY_SECONDS = 5
 
 
 def _context_length(configured: int, trained: int | None) -> int:
@@ -169,10 +174,14 @@ class ModelWorker:
         settings_source: Callable[[], ModelSettings],
         reason: LoadReason,
         embedding: bool = False,
+        max_queue: int = 0,
+        memory_bytes: int = 0,
         predecessors: list[ModelWorker],
         on_idle: Callable[[ModelWorker], None],
     ) -> None:
         self.model = model
+        self.max_queue = max_queue
+        self.memory_bytes = memory_bytes  # estimated, when max_memory_mb is set
         self.embedding = embedding
         self.name = worker_name(model.name, embedding)
         self.settings = settings  # config.json's until the load merges in the admin's
@@ -218,6 +227,11 @@ class ModelWorker:
         with self._lock:
             if self._stop_reason is not None:
                 raise WorkerStopping(self.name)
+            if self.max_queue and self.queued >= self.max_queue:
+                raise QueueFull(
+                    f"{self.queued} requests are waiting for model {self.name} already; try again shortly",
+                    retry_after=_QUEUE_FULL_RETRY_SECONDS,
+                )
             self.queued += 1
             self._jobs.put(job)
         return job
@@ -498,9 +512,14 @@ class ModelManager:
         self._directory_missing = False
         return self._scanned[1]
 
-    def resolve(self, requested: str | None) -> ModelFile:
-        """The model a request asks for (None: the default model); raises ModelNotFound."""
+    def resolve(self, requested: str | None, allowed: list[str] | None = None) -> ModelFile:
+        """The model a request asks for (None: the default model); raises ModelNotFound.
+
+        With `allowed` (an API key's models) the others do not exist, for that key.
+        """
         available = self.available()
+        if allowed:
+            available = {name: model for name, model in available.items() if name in allowed}
         if requested:
             name = strip_suffix(requested)
         elif self.config.default_model:
@@ -547,7 +566,8 @@ class ModelManager:
         self, model: ModelFile, reason: LoadReason, embedding: bool
     ) -> tuple[ModelWorker, bool]:
         """The worker, and whether this call started its load."""
-        while (found := self._worker_or_room(model, reason, embedding)) is None:
+        needed = await self._memory_needed(model, embedding)
+        while (found := self._worker_or_room(model, reason, embedding, needed)) is None:
             await asyncio.sleep(_ROOM_POLL_SECONDS)
         worker, created = found
         try:
@@ -559,8 +579,39 @@ class ModelManager:
             raise
         return worker, created
 
+    async def _memory_needed(self, model: ModelFile, embedding: bool) -> int:
+        """The estimated bytes of loading the model when max_memory_mb limits loads (else 0).
+
+        Raises ModelTooLarge for a model that could never fit.
+        """
+        limit = self.config.max_memory_mb * MIB
+        worker = self._workers.get(worker_name(model.name, embedding))
+        if not limit or (worker is not None and worker.state != "failed"):
+            return 0
+        # The header and the admin's settings are read off the event loop.
+        return await asyncio.to_thread(self._memory_estimate_checked, model, limit)
+
+    def _memory_estimate_checked(self, model: ModelFile, limit: int) -> int:
+        settings = self.config.settings_for(model.name, self.settings_overrides(model.name))
+        try:
+            info = read_gguf_info(model.path)
+        except GGUFError:
+            return 0  # the load fails, saying why
+        estimate = memory_estimate(
+            info,
+            file_bytes=model.size_bytes,
+            n_ctx=_context_length(settings.n_ctx, info.context_length),
+            n_batch=settings.n_batch,
+        )
+        if estimate.total > limit:
+            raise ModelTooLarge(
+                f"model {model.name} is not loaded: it would need {estimate.describe()}; "
+                f"max_memory_mb is {limit // MIB}. Lower its n_ctx or raise max_memory_mb."
+            )
+        return estimate.total
+
     def _worker_or_room(
-        self, model: ModelFile, reason: LoadReason, embedding: bool
+        self, model: ModelFile, reason: LoadReason, embedding: bool, needed: int
     ) -> tuple[ModelWorker, bool] | None:
         with self._lock:
             if self._shutting_down:
@@ -569,11 +620,12 @@ class ModelManager:
             worker = self._workers.get(name)
             if worker is not None and worker.state != "failed":
                 return worker, False
-            evicted = self._make_room_locked()
+            evicted = self._make_room_locked(model.name, needed)
             if evicted is None:
                 return None
-            same_model = [old for old in self._retired if old.name == name]
             config = self.config
+            # A load waits for the unloads it replaces; under a memory limit, for every unload.
+            unloading = [old for old in self._retired if old.is_alive() and (needed or old.name == name)]
             worker = ModelWorker(
                 model,
                 config.settings_for(model.name),
@@ -581,30 +633,44 @@ class ModelManager:
                 settings_source=lambda: config.settings_for(model.name, self.settings_overrides(model.name)),
                 reason=reason,
                 embedding=embedding,
-                predecessors=evicted + same_model,
+                max_queue=config.max_queue,
+                memory_bytes=needed,
+                predecessors=evicted + unloading,
                 on_idle=self._unload_idle_worker,
             )
             self._workers[name] = worker
             return worker, True
 
-    def _make_room_locked(self) -> list[ModelWorker] | None:
-        """[] if there is room, [the evicted worker] if one was unloaded for it, None to wait."""
+    def _make_room_locked(self, name: str, needed: int) -> list[ModelWorker] | None:
+        """Unload least recently used idle models until there is room for one more (by count,
+        and by `needed` bytes under max_memory_mb): the workers unloaded, or None to wait."""
         live = [worker for worker in self._workers.values() if worker.state != "failed"]
-        if len(live) < self.config.max_loaded_models:
-            return []
-        idle = [w for w in live if w.state == "loaded" and not w.busy and not w.settings.pinned]
-        if idle:
+        limit = self.config.max_memory_mb * MIB
+        pinned = [worker for worker in live if worker.settings.pinned]
+        if needed and sum(worker.memory_bytes for worker in pinned) + needed > limit:
+            raise ModelTooLarge(
+                f"model {name} is not loaded: it would need about {needed // MIB} MB, which does not "
+                f"fit in max_memory_mb ({limit // MIB}) beside the pinned models"
+            )
+        evicted: list[ModelWorker] = []
+        while len(live) >= self.config.max_loaded_models or (
+            needed and sum(worker.memory_bytes for worker in live) + needed > limit
+        ):
+            idle = [w for w in live if w.state == "loaded" and not w.busy and not w.settings.pinned]
+            if not idle:
+                if len(pinned) == len(live):
+                    raise ServiceUnavailable(
+                        f"cannot load another model: all {len(live)} loaded models (max_loaded_models) "
+                        "are pinned",
+                        param="model",
+                    )
+                return None
             victim = min(idle, key=lambda worker: worker.last_used)
             logger.info("unloading %s, the least recently used model, to make room", victim.name)
             self._retire_locked(victim, LoadReason.LRU)
-            return [victim]
-        if all(worker.settings.pinned for worker in live):
-            raise ServiceUnavailable(
-                f"cannot load another model: all {len(live)} loaded models (max_loaded_models) "
-                "are pinned",
-                param="model",
-            )
-        return None
+            live.remove(victim)
+            evicted.append(victim)
+        return evicted
 
     def _retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
         del self._workers[worker.name]

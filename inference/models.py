@@ -109,13 +109,14 @@ class RequestRecord(models.Model):
     client_address = models.CharField(max_length=100, blank=True)
     user_agent = models.CharField(max_length=500, blank=True)
     end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field")
-    api_key = models.CharField(max_length=64, null=True, blank=True)
+    api_key = models.CharField(max_length=16, blank=True, help_text="The key's prefix; empty: no key")
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["model", "created_at"]),
+            models.Index(fields=["api_key", "created_at"]),  # a key's tokens today
             # The dashboard's slowest requests: read in duration order, not sorted in full.
             models.Index(fields=["status", "duration_ms"]),
         ]
@@ -134,6 +135,7 @@ class DailyUsage(models.Model):
     instance = models.CharField(max_length=200)
     day = models.DateField()
     model = models.CharField(max_length=255, blank=True)
+    api_key = models.CharField(max_length=16, blank=True, help_text="The key's prefix; empty: no key")
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     cancelled = models.PositiveIntegerField(default=0)
@@ -145,7 +147,7 @@ class DailyUsage(models.Model):
     class Meta:
         ordering = ["day", "model"]
         constraints = [
-            models.UniqueConstraint(fields=["instance", "day", "model"], name="unique_daily_usage")
+            models.UniqueConstraint(fields=["instance", "day", "model", "api_key"], name="unique_daily_usage")
         ]
 
     def count_request(
@@ -202,3 +204,24 @@ class DailyUsage(models.Model):
                 self.tokens_per_second_histogram, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5
             ),
         }
+
+
+class ApiKey(models.Model):
+    """A client's key for /v1/*: stored hashed; only its prefix is shown after creation."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    hashed = models.CharField(max_length=64, editable=False)
+    allowed_models = models.JSONField(default=list, blank=True, help_text="Model names; empty: every model")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveIntegerField(null=True, blank=True, help_text="Prompt and completion tokens per UTC day")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

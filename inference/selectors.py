@@ -14,16 +14,18 @@ from django.db.models import QuerySet
 from inference.apps import PROCESS_STARTED
 from inference.discovery import ModelFile
 from inference.manager import model_manager
-from inference.models import DailyUsage, RequestRecord
+from inference.models import ApiKey, DailyUsage, RequestRecord
 
 
-def model_list() -> dict[str, ModelFile]:
-    return model_manager().available()
+def model_list(allowed: list[str] | None = None) -> dict[str, ModelFile]:
+    """The models on disk; with `allowed` (an API key's models), only those."""
+    models = model_manager().available()
+    return {name: model for name, model in models.items() if name in allowed} if allowed else models
 
 
-def model_get(name: str) -> ModelFile:
+def model_get(name: str, allowed: list[str] | None = None) -> ModelFile:
     """One model by name (`.gguf` optional); raises ModelNotFound."""
-    return model_manager().resolve(name)
+    return model_manager().resolve(name, allowed=allowed)
 
 
 def loaded_model_names() -> list[str]:
@@ -55,6 +57,7 @@ class UsageSummary:
     from_rollups: bool
     total: dict[str, Any]
     models: list[dict[str, Any]]  # each with its "model"
+    keys: list[dict[str, Any]]  # each with its "api_key" prefix ("": no key) and "name"
     series: list[dict[str, Any]]  # per bucket: "start", the figures, and "by_model" requests
 
 
@@ -65,41 +68,50 @@ def _bucket_size(span: timedelta) -> timedelta:
     return timedelta(days=1)
 
 
-def usage_summary(*, since: datetime, until: datetime, model: str | None = None) -> UsageSummary:
+def usage_summary(
+    *, since: datetime, until: datetime, model: str | None = None, api_key: str | None = None
+) -> UsageSummary:
     """Requests, tokens, error and cancel rates, TTFT and speed percentiles over a range: in
-    total, per model, and per time bucket (days when the range is long)."""
+    total, per model, per API key, and per time bucket (days when the range is long)."""
     from_rollups = until - since > ROLLUP_THRESHOLD
     if from_rollups:
         since = datetime.combine(since.astimezone(UTC).date(), clock_time(), UTC)
         bucket = timedelta(days=1)
     else:
         bucket = _bucket_size(until - since)
-    tallies: dict[tuple[datetime, str], DailyUsage] = defaultdict(DailyUsage)
+    tallies: dict[tuple[datetime, str, str], DailyUsage] = defaultdict(DailyUsage)
     if from_rollups:
-        for row in _rollups(since, until, model):
-            tallies[(datetime.combine(row.day, clock_time(), UTC), row.model)].count_usage(row)
+        for row in _rollups(since, until, model, api_key):
+            tallies[(datetime.combine(row.day, clock_time(), UTC), row.model, row.api_key)].count_usage(row)
     else:
-        for created, *values in _record_values(since, until, model):
+        for created, model_name, key, *values in _record_values(since, until, model, api_key):
             start = since + (created - since) // bucket * bucket
-            tallies[(start, values[0])].count_request(*values[1:])
+            tallies[(start, model_name, key)].count_request(*values)
     return _summarise(since, until, bucket, from_rollups, tallies)
 
 
-def _rollups(since: datetime, until: datetime, model: str | None) -> QuerySet[DailyUsage]:
+def _rollups(since: datetime, until: datetime, model: str | None, api_key: str | None) -> QuerySet[DailyUsage]:
     rows = DailyUsage.objects.filter(day__gte=since.date(), day__lte=until.astimezone(UTC).date())
-    return rows.filter(model=model) if model else rows
+    if model:
+        rows = rows.filter(model=model)
+    return rows if api_key is None else rows.filter(api_key=api_key)
 
 
-def _record_values(since: datetime, until: datetime, model: str | None) -> Iterable[tuple]:
-    records = records_in_range(since=since, until=until, model=model)
+def _record_values(since: datetime, until: datetime, model: str | None, api_key: str | None) -> Iterable[tuple]:
+    records = records_in_range(since=since, until=until, model=model, api_key=api_key)
     return records.values_list(
-        "created_at", "model", "status", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_second"
+        "created_at", "model", "api_key", "status", "prompt_tokens", "completion_tokens", "ttft_ms",
+        "tokens_per_second",
     ).iterator(chunk_size=5000)
 
 
-def records_in_range(*, since: datetime, until: datetime, model: str | None = None) -> QuerySet[RequestRecord]:
+def records_in_range(
+    *, since: datetime, until: datetime, model: str | None = None, api_key: str | None = None
+) -> QuerySet[RequestRecord]:
     records = RequestRecord.objects.filter(created_at__gte=since, created_at__lt=until)
-    return records.filter(model=model) if model else records
+    if model:
+        records = records.filter(model=model)
+    return records if api_key is None else records.filter(api_key=api_key)
 
 
 def _summarise(
@@ -107,18 +119,21 @@ def _summarise(
     until: datetime,
     bucket: timedelta,
     from_rollups: bool,
-    tallies: dict[tuple[datetime, str], DailyUsage],
+    tallies: dict[tuple[datetime, str, str], DailyUsage],
 ) -> UsageSummary:
-    """Totals per model, per time bucket and overall (unsaved DailyUsage rows as tallies)."""
+    """Totals per model, per key, per time bucket and overall (unsaved DailyUsage rows as tallies)."""
     total = DailyUsage()
     per_model: dict[str, DailyUsage] = defaultdict(DailyUsage)
+    per_key: dict[str, DailyUsage] = defaultdict(DailyUsage)
     per_bucket: dict[datetime, DailyUsage] = defaultdict(DailyUsage)
-    bucket_models: dict[datetime, dict[str, int]] = defaultdict(dict)
-    for (start, model), tally in tallies.items():
+    bucket_models: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (start, model, key), tally in tallies.items():
         total.count_usage(tally)
         per_model[model].count_usage(tally)
+        per_key[key].count_usage(tally)
         per_bucket[start].count_usage(tally)
-        bucket_models[start][model] = tally.requests
+        bucket_models[start][model] += tally.requests
+    key_names = dict(ApiKey.objects.filter(prefix__in=per_key).values_list("prefix", "name"))
     starts = []
     start = since
     while start < until:
@@ -131,23 +146,38 @@ def _summarise(
         from_rollups=from_rollups,
         total=total.figures(),
         models=[{"model": name, **per_model[name].figures()} for name in sorted(per_model)],
+        keys=[
+            {"api_key": prefix, "name": key_names.get(prefix, ""), **per_key[prefix].figures()}
+            for prefix in sorted(per_key)
+        ],
         series=[
-            {"start": start, **per_bucket[start].figures(), "by_model": bucket_models.get(start, {})}
+            {"start": start, **per_bucket[start].figures(), "by_model": dict(bucket_models.get(start, {}))}
             for start in starts
         ],
     )
 
 
-def slowest_requests(*, since: datetime, until: datetime, model: str | None = None, limit: int = 10) -> list[RequestRecord]:
-    records = records_in_range(since=since, until=until, model=model)
+def slowest_requests(
+    *, since: datetime, until: datetime, model: str | None = None, api_key: str | None = None, limit: int = 10
+) -> list[RequestRecord]:
+    records = records_in_range(since=since, until=until, model=model, api_key=api_key)
     return list(records.filter(status=RequestRecord.Status.OK).order_by("-duration_ms")[:limit])
 
 
-def failed_requests(*, since: datetime, until: datetime, model: str | None = None, limit: int = 20) -> list[RequestRecord]:
-    records = records_in_range(since=since, until=until, model=model)
+def failed_requests(
+    *, since: datetime, until: datetime, model: str | None = None, api_key: str | None = None, limit: int = 20
+) -> list[RequestRecord]:
+    records = records_in_range(since=since, until=until, model=model, api_key=api_key)
     return list(records.exclude(status=RequestRecord.Status.OK).order_by("-created_at")[:limit])
 
 
 def recorded_models() -> list[str]:
     """Every model that has usage."""
     return sorted(set(DailyUsage.objects.values_list("model", flat=True).distinct()))
+
+
+def recorded_api_keys() -> list[tuple[str, str]]:
+    """(prefix, name) of every API key that has usage, and of every key that exists."""
+    used = set(DailyUsage.objects.exclude(api_key="").values_list("api_key", flat=True).distinct())
+    names = dict(ApiKey.objects.values_list("prefix", "name"))
+    return sorted(((prefix, names.get(prefix, "")) for prefix in used | set(names)), key=lambda k: (k[1], k[0]))

@@ -35,7 +35,7 @@ from inference.jobs import (
 from inference.lifecycle import LifecycleEvent, LoadReason
 from inference.manager import Job as QueuedJob
 from inference.manager import ModelWorker, model_manager
-from inference.models import DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class RequestDraft:
     first_token_at: float | None = None
     tokens_per_second: float | None = None
     end_user: str = ""
+    api_key: str = ""  # the key's prefix
     saved: bool = False
 
     def fail(self, *, status: str, http_status: int, code: str | None, message: str) -> None:
@@ -73,26 +74,30 @@ class RequestDraft:
         self.error_code, self.error_message = code or "", message
 
 
-async def chat_completion_create(*, request: ChatRequest, draft: RequestDraft) -> Generation:
+async def chat_completion_create(*, request: ChatRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
     """Start a chat completion (its tools and response format applied); see `_generate`."""
     draft.end_user = request.user
     return await _generate(
-        model=request.model, jobs=[chat_job(request)], stream=request.stream, draft=draft, id_prefix="chatcmpl-"
+        model=request.model, jobs=[chat_job(request)], stream=request.stream, draft=draft, key=key,
+        id_prefix="chatcmpl-",
     )
 
 
-async def completion_create(*, request: CompletionRequest, draft: RequestDraft) -> Generation:
+async def completion_create(*, request: CompletionRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
     """Start a text completion, one job per prompt; see `_generate`."""
     draft.end_user = request.user
     return await _generate(
-        model=request.model, jobs=list(request.jobs), stream=request.stream, draft=draft, id_prefix="cmpl-"
+        model=request.model, jobs=list(request.jobs), stream=request.stream, draft=draft, key=key,
+        id_prefix="cmpl-",
     )
 
 
-async def embedding_create(*, request: EmbeddingRequest, draft: RequestDraft) -> Generation:
+async def embedding_create(*, request: EmbeddingRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
     """Start embedding the inputs on the model's embedding context; see `_generate`."""
     draft.end_user = request.user
-    return await _generate(model=request.model, jobs=[request.job], stream=False, draft=draft, id_prefix="embd-")
+    return await _generate(
+        model=request.model, jobs=[request.job], stream=False, draft=draft, key=key, id_prefix="embd-"
+    )
 
 
 def chat_job(request: ChatRequest) -> ChatJob:
@@ -124,7 +129,13 @@ def _with_system(messages: tuple[ChatMessage, ...], text: str) -> tuple[ChatMess
 
 
 async def _generate(
-    *, model: str | None, jobs: list[ModelJob], stream: bool, draft: RequestDraft, id_prefix: str
+    *,
+    model: str | None,
+    jobs: list[ModelJob],
+    stream: bool,
+    draft: RequestDraft,
+    key: ApiKey | None,
+    id_prefix: str,
 ) -> Generation:
     """Resolve and (lazily) load the model, queue the jobs and wait until their prompts are
     accepted.
@@ -135,8 +146,12 @@ async def _generate(
     """
     draft.stream, draft.model = stream, model or ""
     manager = model_manager()
-    model_file = manager.resolve(model)
+    model_file = manager.resolve(model, allowed=key.allowed_models if key else None)
     draft.model = model_file.name
+    if 0 < manager.config.max_queue < len(jobs):  # would never fit the queue: retrying cannot help
+        raise InvalidRequest(
+            f"At most {manager.config.max_queue} prompts per request (model_manager.max_queue).", param="prompt"
+        )
     started: list[tuple[QueuedJob, AsyncIterator[JobEvent]]] = []
     try:
         for job in jobs:
@@ -280,14 +295,18 @@ def _request_record_write(draft: RequestDraft, duration_ms: float) -> RequestRec
 _DRAFT_FIELDS = (
     "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
     "error_message", "prompt_tokens", "completion_tokens", "finish_reason", "queue_wait_ms",
-    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "created_at",
+    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "api_key",
+    "created_at",
 )
 
 
 def daily_usage_add(record: RequestRecord) -> None:
     """Count one record into its model's rollup for its UTC day (inside the caller's transaction)."""
     usage, _ = DailyUsage.objects.select_for_update().get_or_create(
-        instance=record.instance, day=record.created_at.astimezone(UTC).date(), model=record.model
+        instance=record.instance,
+        day=record.created_at.astimezone(UTC).date(),
+        model=record.model,
+        api_key=record.api_key,
     )
     usage.count_request(
         record.status, record.prompt_tokens, record.completion_tokens, record.ttft_ms, record.tokens_per_second
@@ -448,14 +467,16 @@ def daily_usage_rebuild() -> int:
     first = RequestRecord.objects.order_by("created_at").values_list("created_at", flat=True).first()
     if first is None:
         return 0
-    rollups: dict[tuple[str, Any, str], DailyUsage] = {}
-    columns = ("instance", "created_at", "model", "status", "prompt_tokens", "completion_tokens",
+    rollups: dict[tuple[str, Any, str, str], DailyUsage] = {}
+    columns = ("instance", "created_at", "model", "api_key", "status", "prompt_tokens", "completion_tokens",
                "ttft_ms", "tokens_per_second")
-    for instance, created, model, *values in RequestRecord.objects.values_list(*columns).iterator(chunk_size=20000):
+    for instance, created, model, api_key, *values in RequestRecord.objects.values_list(*columns).iterator(chunk_size=20000):
         day = created.astimezone(UTC).date()
-        usage = rollups.get((instance, day, model))
+        usage = rollups.get((instance, day, model, api_key))
         if usage is None:
-            usage = rollups[(instance, day, model)] = DailyUsage(instance=instance, day=day, model=model)
+            usage = rollups[(instance, day, model, api_key)] = DailyUsage(
+                instance=instance, day=day, model=model, api_key=api_key
+            )
         usage.count_request(*values)
     with transaction.atomic():
         DailyUsage.objects.filter(day__gte=first.astimezone(UTC).date()).delete()

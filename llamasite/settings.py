@@ -17,12 +17,13 @@ except ConfigError:
 
 _log_level = CONFIG.server.log_level if CONFIG else "INFO"
 _cors_origins = CONFIG.server.cors_origins if CONFIG else ("*",)
+_behind_https_proxy = CONFIG.server.behind_https_proxy if CONFIG else False
 
 
 # DJANGO_SECRET_KEY, or a key generated once into a file only its owner can read.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or read_or_create_secret(BASE_DIR / ".secret_key")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
-ALLOWED_HOSTS = ["*"]
+ALLOWED_HOSTS = list(CONFIG.server.host_names) if CONFIG else ["localhost", "127.0.0.1", "[::1]"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -92,8 +93,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# Matches the server.max_body_bytes default of the design; bigger bodies get a 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+# server.max_body_bytes: bigger bodies get a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = CONFIG.server.max_body_bytes if CONFIG else 8 * 1024 * 1024
+
+# Behind the TLS proxy of the README (Access): trust its X-Forwarded-Proto, send cookies
+# over HTTPS only, ask browsers to stay on HTTPS (`manage.py check --deploy` is clean).
+if _behind_https_proxy:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^health$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 60 * 60 * 24 * 365
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

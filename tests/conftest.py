@@ -73,13 +73,14 @@ def models_dir(tmp_path: Path, smollm2_file: Path) -> Path:
 def use_config(
     tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, transactional_db: None
 ) -> Iterator[Callable[..., Path]]:
-    """Put a fresh config (model_manager overrides as keywords) and model manager in force.
+    """Put a fresh config (model_manager overrides as keywords, `server` ones as a dict) and
+    model manager in force.
 
     Worker threads record load events, so the test database is a transactional one.
     """
 
-    def install(**model_manager: Any) -> Path:
-        path = write_config(tmp_path, **model_manager)
+    def install(server: dict[str, Any] | None = None, **model_manager: Any) -> Path:
+        path = write_config(tmp_path, server, **model_manager)
         monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
         set_config(None)
         replace_model_manager(None)

@@ -21,6 +21,7 @@ def make_record(
     duration_ms: float = 500.0,
     http_status: int = 200,
     instance: str = "127.0.0.1:8080",
+    api_key: str = "",
 ) -> RequestRecord:
     record = RequestRecord.objects.create(
         instance=instance,
@@ -35,6 +36,7 @@ def make_record(
         ttft_ms=ttft_ms,
         tokens_per_second=tokens_per_second,
         duration_ms=duration_ms,
+        api_key=api_key,
         created_at=created_at,
     )
     daily_usage_add(record)

@@ -124,7 +124,7 @@ def test_usage_command_prints_the_summary(history: datetime) -> None:
     table = run_usage("--since", "7d")
     assert "model-a" in table and "model-b" in table and table.splitlines()[-1].startswith("total")
     report = json.loads(run_usage("--since", "30d", "--json"))
-    assert set(report) == {"since", "until", "models", "total"}
+    assert set(report) == {"since", "until", "models", "keys", "total"}
     assert set(report["models"][0]) == {
         "model", "requests", "errors", "cancelled", "prompt_tokens", "completion_tokens", "ttft_ms_p50",
         "tokens_per_s_p50",

@@ -14,7 +14,14 @@ import pytest
 
 from inference.config import MODEL_KEYS, ModelManagerConfig, load_config
 from inference.engine import EngineLoadError, LoadSettings, Prepared
-from inference.errors import InvalidRequest, ModelLoadFailed, ModelNotFound, ServiceUnavailable
+from inference.errors import (
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelTooLarge,
+    QueueFull,
+    ServiceUnavailable,
+)
 from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
 from inference.lifecycle import LifecycleEvent, LoadReason, model_lifecycle
 from inference.manager import Job, ModelManager
@@ -300,6 +307,42 @@ async def test_pinned_models_leave_no_room_rather_than_hang(models: Path) -> Non
     with pytest.raises(ServiceUnavailable, match="pinned"):
         await collect(manager, "beta", chat("x"))
     assert manager.reap() == []
+    manager.shutdown()
+
+
+async def test_a_full_queue_is_refused_with_a_retry_after(models: Path) -> None:
+    manager = make_manager(models, [], max_queue=1, parallel=1)
+    model = manager.resolve("alpha")
+    running = await manager.submit(model, chat("running", max_tokens=30))
+    events = running.events()
+    assert isinstance(await anext(events), PromptAccepted)  # admitted: no longer queued
+    queued = await manager.submit(model, chat("queued"))
+    with pytest.raises(QueueFull) as refused:
+        await manager.submit(model, chat("one too many"))
+    assert refused.value.status == 503 and refused.value.retry_after > 0
+    assert [event async for event in events][-1].completion_tokens == 30
+    assert (await drain(queued))[-1].finish_reason == "length"
+    await collect(manager, "alpha", chat("room again"))
+    manager.shutdown()
+
+
+async def test_a_model_over_the_memory_limit_is_refused_before_loading(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, max_memory_mb=10)  # a synthetic model is estimated at ~32 MB
+    with pytest.raises(ModelTooLarge, match="max_memory_mb is 10") as refused:
+        await collect(manager, "alpha", chat("x"))
+    assert refused.value.status == 503 and refused.value.code == "model_too_large"
+    assert log == [] and manager.loaded_models() == []
+    manager.shutdown()
+
+
+async def test_the_memory_limit_unloads_idle_models_to_make_room(models: Path) -> None:
+    log: list[str] = []
+    manager = make_manager(models, log, max_memory_mb=50, max_loaded_models=2)  # room for one
+    await collect(manager, "alpha", chat("x"))
+    await collect(manager, "beta", chat("x"))
+    assert log.index("close alpha") < log.index("load beta")
+    assert manager.loaded_models() == ["beta"]
     manager.shutdown()
 
 

@@ -163,13 +163,18 @@ class ChatRequest:
         return bool(self.tools) and (self.tool_choice == "required" or self.tool_choice.startswith("function:"))
 
 
+# OpenAI's own caps: a conversation longer than this is a client bug, not a prompt.
+MAX_MESSAGES = 2048
+MAX_TOOLS = 128
+
+
 class ChatCompletionRequestSerializer(GenerationRequestSerializer):
-    messages = serializers.ListField(child=MessageSerializer(), allow_empty=False)
+    messages = serializers.ListField(child=MessageSerializer(), allow_empty=False, max_length=MAX_MESSAGES)
     max_completion_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
     logprobs = optional(StrictBooleanField)
     top_logprobs = optional(StrictIntegerField, min_value=0, max_value=20)
     response_format = optional(ResponseFormatField)
-    tools = serializers.ListField(child=ToolSerializer(), required=False, allow_null=True)
+    tools = serializers.ListField(child=ToolSerializer(), required=False, allow_null=True, max_length=MAX_TOOLS)
     tool_choice = optional(ToolChoiceField)
     parallel_tool_calls = optional(StrictBooleanField)
 

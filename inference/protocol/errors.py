@@ -11,7 +11,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from inference.errors import ApiError
+from inference.errors import ApiError, RetryLater
 
 _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
@@ -77,4 +77,5 @@ def openai_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Resp
     if known is None:
         return None  # a bug: Django's 500 handler answers (in the same envelope) and logs it
     status, message, param, code, error_type = known
-    return Response(error_body(message, error_type, param, code), status=status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RetryLater) else None
+    return Response(error_body(message, error_type, param, code), status=status, headers=headers)

@@ -15,13 +15,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 
 from inference.admin_auth import admin_token, admin_token_source
-from inference.config import Config, ConfigError, load_config, set_config
+from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
 from inference.manager import ModelManager, model_manager
+from inference.models import ApiKey
 from inference.services import discovered_models_sync
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,23 @@ def ensure_database_ready() -> None:
         raise CommandError(f"cannot use the database: {exc}") from None
     if pending:
         raise CommandError("the database is not up to date: run `manage.py migrate` first")
+
+
+def warn_about_access(server: ServerConfig) -> None:
+    """Say loudly when the API is open to the network, or closed to everyone."""
+    if server.loopback_only:
+        return
+    if not server.api_key_required:
+        logger.warning(
+            "!!! server.require_api_key is false and the server listens on %s: ANYONE who can reach "
+            "this address can use the API. Create keys with `manage.py apikey create NAME` and "
+            "remove require_api_key from config.json.", server.host,
+        )
+    elif not ApiKey.objects.filter(revoked_at__isnull=True).exists():
+        logger.warning(
+            "!!! the server listens on %s and requires API keys, but there are none: every /v1 request "
+            "will be refused with 401. Create one with `manage.py apikey create NAME`.", server.host,
+        )
 
 
 def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
@@ -130,8 +149,10 @@ class Command(BaseCommand):
         )
         config = replace(config, server=server)
         set_config(config)
+        settings.ALLOWED_HOSTS = list(server.host_names)  # --host may name another address
         ensure_port_free(server.host, server.port)
         ensure_database_ready()
+        warn_about_access(server)
         admin_token(create=True)
         logger.info("admin token: %s", admin_token_source())
 

@@ -25,6 +25,7 @@ COLUMNS = (
     ("tokens_per_s_p50", "tok/s p50", 10),
 )
 JSON_KEYS = [key for key, _, _ in COLUMNS]
+FIGURES = JSON_KEYS[1:]
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -45,6 +46,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--since", default="7d", help="7d, 24h, 30m, 2w or an ISO date (default 7d)")
         parser.add_argument("--model", help="only this model")
+        parser.add_argument("--key", help="only this API key (its prefix; '-' for requests without a key)")
         parser.add_argument("--json", action="store_true", help="print JSON")
         parser.add_argument(
             "--prune", action="store_true", help="delete records older than records.usage_retention_days"
@@ -53,7 +55,7 @@ class Command(BaseCommand):
             "--rebuild-rollups", action="store_true", help="recompute the daily totals from the records"
         )
 
-    def handle(self, *args: Any, since: str, model: str | None, json: bool, prune: bool,
+    def handle(self, *args: Any, since: str, model: str | None, key: str | None, json: bool, prune: bool,
                rebuild_rollups: bool, **options: Any) -> None:
         if prune:
             try:
@@ -67,7 +69,8 @@ class Command(BaseCommand):
         if prune or rebuild_rollups:
             return
         now = datetime.now(UTC)
-        summary = selectors.usage_summary(since=parse_since(since, now), until=now, model=model)
+        api_key = "" if key == "-" else key
+        summary = selectors.usage_summary(since=parse_since(since, now), until=now, model=model, api_key=api_key)
         if json:
             self.stdout.write(self._json(summary))
         else:
@@ -79,7 +82,11 @@ class Command(BaseCommand):
                 "since": summary.since.isoformat(),
                 "until": summary.until.isoformat(),
                 "models": [{key: row[key] for key in JSON_KEYS} for row in summary.models],
-                "total": {key: summary.total[key] for key in JSON_KEYS if key != "model"},
+                "keys": [
+                    {"api_key": row["api_key"], "name": row["name"], **{key: row[key] for key in FIGURES}}
+                    for row in summary.keys
+                ],
+                "total": {key: summary.total[key] for key in FIGURES},
             },
             indent=2,
         )
@@ -89,9 +96,17 @@ class Command(BaseCommand):
         self.stdout.write("".join(title.rjust(width) if key != "model" else title.ljust(width)
                                   for key, title, width in COLUMNS))
         for row in [*summary.models, {"model": "total", **summary.total}]:
-            cells = []
-            for key, _, width in COLUMNS:
-                value = row[key]
-                text = "–" if value is None else str(value)
-                cells.append(text.ljust(width) if key == "model" else text.rjust(width))
-            self.stdout.write("".join(cells))
+            self._row(row)
+        if any(row["api_key"] for row in summary.keys):
+            self.stdout.write("per API key")
+            for row in summary.keys:
+                label = f"{row['name'] or '(deleted)'} {row['api_key']}…" if row["api_key"] else "(no key)"
+                self._row({**row, "model": label})
+
+    def _row(self, row: dict[str, Any]) -> None:
+        cells = []
+        for key, _, width in COLUMNS:
+            value = row[key]
+            text = "–" if value is None else str(value)
+            cells.append(text.ljust(width) if key == "model" else text.rjust(width))
+        self.stdout.write("".join(cells))

@@ -1,0 +1,47 @@
+"""How much memory a model will take once loaded, estimated from its GGUF header and settings.
+
+`model_manager.max_memory_mb` refuses or makes room for a load by this estimate, so that a
+model too big for the machine gets a clear error instead of the kernel's OOM killer. The
+estimate errs high: weights (the file), the KV cache (f16) and the compute buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inference.discovery import GGUFInfo
+
+MIB = 1024 * 1024
+_F16_BYTES = 2
+_F32_BYTES = 4
+# Buffers llama.cpp allocates whatever the model (threads' scratch, output, graph).
+_FIXED_OVERHEAD_BYTES = 32 * MIB
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    compute: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+    def describe(self) -> str:
+        return (
+            f"about {self.total / MIB:,.0f} MB: weights {self.weights / MIB:,.0f} MB, "
+            f"KV cache {self.kv_cache / MIB:,.0f} MB, compute buffers {self.compute / MIB:,.0f} MB"
+        )
+
+
+def memory_estimate(info: GGUFInfo, *, file_bytes: int, n_ctx: int, n_batch: int) -> MemoryEstimate:
+    """Weights, KV cache for `n_ctx` cells (all slots share one unified cache) and the compute
+    buffers of one `n_batch` step, the larger of its logits and (without flash attention) its
+    attention scores: the graph allocator reuses one for the other."""
+    kv_cache = n_ctx * info.block_count * info.head_count_kv * (info.key_length + info.value_length) * _F16_BYTES
+    attention_scores = n_batch * n_ctx * info.head_count * _F32_BYTES
+    logits = n_batch * info.vocab_size * _F32_BYTES
+    return MemoryEstimate(
+        weights=file_bytes, kv_cache=kv_cache, compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES
+    )
