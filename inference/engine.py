@@ -371,6 +371,8 @@ class Engine(_Model):
                 "together (its `parallel` setting)",
                 param="n",
             )
+        if any(not 0 <= token < self._n_vocab for token, _ in job.logit_bias):
+            raise InvalidRequest(f"logit_bias token ids must be between 0 and {self._n_vocab - 1}", param="logit_bias")
         if isinstance(job, ChatJob):
             prompt, stops = self._chat_prompt(job)
             what, param = "messages", "messages"

@@ -340,6 +340,9 @@ class ModelWorker:
             outcome: Exception | None = None
         except ApiError as exc:
             outcome = exc
+        except Exception:  # a bug with this one prompt: fail the request, keep serving the others
+            logger.exception("preparing a request for %s failed", self.name)
+            outcome = GenerationFailed(f"the request could not be prepared for {self.name}")
         with self._lock:
             self.queued -= 1
         if outcome is not None:

@@ -169,7 +169,9 @@ MAX_TOOLS = 128
 
 
 class ChatCompletionRequestSerializer(GenerationRequestSerializer):
-    messages = serializers.ListField(child=MessageSerializer(), allow_empty=False, max_length=MAX_MESSAGES)
+    messages = serializers.ListField(
+        child=MessageSerializer(), allow_empty=False, min_length=1, max_length=MAX_MESSAGES
+    )
     max_completion_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
     logprobs = optional(StrictBooleanField)
     top_logprobs = optional(StrictIntegerField, min_value=0, max_value=20)

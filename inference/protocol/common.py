@@ -9,6 +9,7 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from inference.discovery import ModelFile
@@ -19,10 +20,45 @@ from inference.protocol.errors import error_body
 from inference.protocol.fields import StrictCharField
 
 
+# No OpenAI request nests deeper (a JSON schema in response_format or tools comes closest);
+# deeper bodies would only exhaust the stack of whatever walks them.
+MAX_JSON_DEPTH = 64
+
+
 class JSONBodyParser(JSONParser):
-    """Parse every body as JSON, whatever its Content-Type (curl -d sends a form type)."""
+    """Parse every body as JSON, whatever its Content-Type (curl -d sends a form type); a 400
+    for what would break later (absurd nesting, unknown charsets, invalid Unicode)."""
 
     media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except (RecursionError, LookupError) as exc:  # too deep for the parser; unknown charset
+            raise ParseError(f"JSON parse error - {exc}") from None
+        _check_tree(data)
+        return data
+
+
+def _check_tree(data: Any) -> None:
+    """ParseError for nesting deeper than MAX_JSON_DEPTH, or a string that is not Unicode text
+    (a lone surrogate such as "\\ud800" is valid JSON but cannot be encoded for the model)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ParseError("JSON parse error - a string holds a lone surrogate (invalid Unicode)") from None
+            continue
+        if isinstance(value, dict):
+            children: list[Any] = [*value.keys(), *value.values()]
+        else:
+            children = value if isinstance(value, list) else []
+        if children and depth > MAX_JSON_DEPTH:
+            raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in children)
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
