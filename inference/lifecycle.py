@@ -21,6 +21,7 @@ class LoadReason(enum.StrEnum):
     CLI = "cli"
     LRU = "lru"
     RELOAD = "reload"
+    FILE_REMOVED = "file_removed"
     KEEP_ALIVE = "keep_alive"
     SHUTDOWN = "shutdown"
     ERROR = "error"

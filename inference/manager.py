@@ -504,16 +504,19 @@ class ModelManager:
         try:
             stat = directory.stat()
             version = (stat.st_ino, stat.st_mtime_ns)
-            if self._scanned is None or self._scanned[0] != version:
-                self._scanned = (version, scan(directory))
+            scanned = self._scanned
+            if scanned is None or scanned[0] != version:
+                scanned = self._scanned = (version, scan(directory))
+            missing = False
         except (ModelsDirectoryMissing, FileNotFoundError, NotADirectoryError):
-            if not self._directory_missing:
-                logger.error("models directory %s does not exist; no models can be served until it does", directory)
-            self._directory_missing = True
-            self._scanned = None
-            return {}
-        self._directory_missing = False
-        return self._scanned[1]
+            self._scanned, scanned, missing = None, None, True
+        with self._lock:  # requests and the reaper notice at once: log the change once
+            changed, self._directory_missing = missing != self._directory_missing, missing
+        if changed and missing:
+            logger.error("models directory %s does not exist; no models can be served until it does", directory)
+        elif changed:
+            logger.info("models directory %s is back", directory)
+        return scanned[1] if scanned else {}
 
     def resolve(self, requested: str | None, allowed: list[str] | None = None) -> ModelFile:
         """The model a request asks for (None: the default model); raises ModelNotFound.
@@ -536,6 +539,11 @@ class ModelManager:
                 param="model",
             )
         if name not in available:
+            if self._directory_missing:
+                raise ModelNotFound(
+                    f"The model '{name}' does not exist: the models directory "
+                    f"{self.config.models_directory} does not exist."
+                )
             raise ModelNotFound(
                 f"The model '{name}' does not exist. Available models: "
                 f"{', '.join(available) or 'none'}."
@@ -709,19 +717,26 @@ class ModelManager:
         return now, pending
 
     def reap(self) -> list[ModelWorker]:
-        """Unload every model idle for longer than its idle timeout (or keep_alive)."""
+        """Unload every model idle for longer than its idle timeout (or keep_alive), and every
+        model whose file is gone (its running requests finish first)."""
         now = time.monotonic()
+        available = self.available()
         with self._lock:
+            removed = [worker for worker in self._workers.values() if worker.model.name not in available]
             expired = [
                 worker
                 for worker in self._workers.values()
-                if (expiry := worker.idle_expiry()) is not None and now > expiry
+                if worker not in removed and (expiry := worker.idle_expiry()) is not None and now > expiry
             ]
+            for worker in removed:
+                self._retire_locked(worker, LoadReason.FILE_REMOVED)
             for worker in expired:
                 self._retire_locked(worker, worker.idle_reason)
+        for worker in removed:
+            logger.warning("the file of %s is gone: unloading it", worker.name)
         for worker in expired:
             logger.info("%s was idle for %.0f s: unloading", worker.name, now - worker.last_used)
-        return expired
+        return removed + expired
 
     def start_reaper(self) -> None:
         """Run the idle check every check_interval seconds on a thread of its own."""

@@ -25,6 +25,7 @@ from inference.manager import replace_model_manager
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
+HI = [{"role": "user", "content": "Hi"}]
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "openai" / "schemas.json").read_text())
 
 
@@ -92,6 +93,13 @@ def use_config(
     set_config(None)
 
 
+def wait_for(condition: Callable[[], object], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -108,6 +116,22 @@ class DaphneServer:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def chat(self, model: str, **body: Any) -> httpx.Response:
+        """A short chat completion ("Hi", 2 tokens unless `body` says otherwise)."""
+        return httpx.post(
+            f"{self.url}/v1/chat/completions",
+            json={"model": model, "messages": HI, "max_tokens": 2, **body},
+            timeout=60,
+        )
+
+    def loaded(self) -> list[str]:
+        return httpx.get(f"{self.url}/health", timeout=10).json()["loaded_models"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
     def rows(self, query: str, *parameters: Any) -> list[tuple]:
         """Rows from the server's own database (SQLite)."""
@@ -140,16 +164,18 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_server(
-    config: Path, log_path: Path, template_database: Path, *extra_args: str
+    config: Path, log_path: Path, template_database: Path | None, *extra_args: str
 ) -> DaphneServer:
-    """`manage.py serve` with its own copy of the migrated database; waits until it answers."""
+    """`manage.py serve` with its own copy of the migrated database (None: keep the database
+    already beside the config, a restart); waits until it answers."""
     database = config.parent / "db.sqlite3"
-    shutil.copyfile(template_database, database)
+    if template_database is not None:
+        shutil.copyfile(template_database, database)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", *extra_args],
         cwd=PROJECT_DIR,
         env=server_env(config, database),
-        stdout=log_path.open("w"),
+        stdout=log_path.open("a"),
         stderr=subprocess.STDOUT,
     )
     port = json.loads(config.read_text()).get("server", {}).get("port")
@@ -181,5 +207,4 @@ def daphne_server(
     config = write_config(root, n_ctx=4096, max_loaded_models=3, models={"smollm-serial": {"parallel": 1}})
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()

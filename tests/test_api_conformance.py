@@ -24,8 +24,7 @@ def small_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, m
     config = write_config(root, n_ctx=256, parallel=4)
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
+    HI,
     PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
@@ -26,12 +27,10 @@ from tests.conftest import (
     server_env,
     start_server,
     validate_openai,
+    wait_for,
     write_config,
 )
 from tests.gguf_files import write_random
-
-HI = [{"role": "user", "content": "Hi"}]
-
 
 def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
     models = {
@@ -58,17 +57,11 @@ def start_lifecycle_server(root: Path, smollm2_file: Path, template: Path, **ext
     return start_server(config, root / "server.log", template)
 
 
-def stop(server: DaphneServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        server.process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
     server = start_lifecycle_server(tmp_path_factory.mktemp("lifecycle"), smollm2_file, migrated_database)
     yield server
-    stop(server)
+    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -90,29 +83,10 @@ def admin(server: DaphneServer, path: str, **body: Any) -> dict:
     return response.json()
 
 
-def chat(server: DaphneServer, model: str, **body: Any) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/v1/chat/completions",
-        json={"model": model, "messages": HI, "max_tokens": 2, **body},
-        timeout=60,
-    )
-
-
-def loaded(server: DaphneServer) -> list[str]:
-    return httpx.get(f"{server.url}/health").json()["loaded_models"]
-
-
 def events(server: DaphneServer, model: str) -> list[tuple[str, str]]:
     """(kind, reason) of the model's load events, oldest first."""
     rows = server.rows("SELECT kind, reason FROM inference_loadevent WHERE model = ? ORDER BY id", model)
     return [tuple(row) for row in rows]
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def manage(server: DaphneServer, *args: str) -> subprocess.CompletedProcess:
@@ -127,10 +101,10 @@ def manage(server: DaphneServer, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_first_request_loads_lazily_and_is_recorded(server: DaphneServer) -> None:
-    assert "m-a" not in loaded(server)
+    assert "m-a" not in server.loaded()
     before = len(events(server, "m-a"))
-    assert chat(server, "m-a").status_code == 200
-    assert "m-a" in loaded(server)
+    assert server.chat("m-a").status_code == 200
+    assert "m-a" in server.loaded()
     assert events(server, "m-a")[before:] == [("load", "first_request")]
     [(settings, duration)] = server.rows(
         "SELECT settings, duration_ms FROM inference_loadevent WHERE model = 'm-a' ORDER BY id DESC LIMIT 1"
@@ -141,18 +115,18 @@ def test_first_request_loads_lazily_and_is_recorded(server: DaphneServer) -> Non
 
 
 def test_admin_unload_then_the_next_request_loads_again(server: DaphneServer) -> None:
-    chat(server, "m-a")
+    server.chat("m-a")
     assert admin(server, "/admin/unload", model="m-a") == {"unloaded": ["m-a"], "pending": []}
-    assert "m-a" not in loaded(server)
+    assert "m-a" not in server.loaded()
     assert events(server, "m-a")[-1] == ("unload", "admin_api")
-    assert chat(server, "m-a.gguf").status_code == 200
+    assert server.chat("m-a.gguf").status_code == 200
     assert events(server, "m-a")[-1] == ("load", "first_request")
     assert admin(server, "/admin/unload", model="m-b") == {"unloaded": [], "pending": []}
 
 
 def test_admin_load(server: DaphneServer) -> None:
     assert admin(server, "/admin/load", model="m-b") == {"loaded": ["m-b"]}
-    assert "m-b" in loaded(server)
+    assert "m-b" in server.loaded()
     assert events(server, "m-b")[-1] == ("load", "admin_api")
 
 
@@ -190,54 +164,54 @@ def test_unloading_a_busy_model_lets_its_request_finish(server: DaphneServer) ->
 
 
 def test_idle_models_are_reaped(server: DaphneServer) -> None:
-    assert chat(server, "m-idle").status_code == 200
+    assert server.chat("m-idle").status_code == 200
     expires = httpx.get(f"{server.url}/health").json()["models"]["m-idle"]["expires_at"]
     assert expires is not None
     wait_for(lambda: events(server, "m-idle")[-1] == ("unload", "idle"), seconds=10)
     assert events(server, "m-idle")[-2] == ("load", "first_request")
-    assert "m-idle" not in loaded(server)
+    assert "m-idle" not in server.loaded()
 
 
 def test_pinned_models_are_never_reaped_or_evicted(server: DaphneServer) -> None:
     admin(server, "/admin/load", model="m-pinned")
     for name in ("m-a", "m-b", "m-c", "m-a"):
-        assert chat(server, name).status_code == 200
+        assert server.chat(name).status_code == 200
     assert admin(server, "/admin/reap") == {"unloaded": []}
-    assert "m-pinned" in loaded(server)
+    assert "m-pinned" in server.loaded()
     assert httpx.get(f"{server.url}/health").json()["models"]["m-pinned"]["pinned"] is True
 
 
 def test_least_recently_used_idle_model_makes_room(server: DaphneServer) -> None:
     for name in ("m-a", "m-b", "m-c"):
-        assert chat(server, name).status_code == 200
-    assert chat(server, "m-a").status_code == 200  # m-b is now the least recently used
-    assert chat(server, "m-idle").status_code == 200
-    assert sorted(loaded(server)) == ["m-a", "m-c", "m-idle"]
+        assert server.chat(name).status_code == 200
+    assert server.chat("m-a").status_code == 200  # m-b is now the least recently used
+    assert server.chat("m-idle").status_code == 200
+    assert sorted(server.loaded()) == ["m-a", "m-c", "m-idle"]
     assert events(server, "m-b")[-1] == ("unload", "lru")
 
 
 def test_keep_alive_zero_unloads_right_after_the_request(server: DaphneServer) -> None:
-    assert chat(server, "m-b", keep_alive=0).status_code == 200
+    assert server.chat("m-b", keep_alive=0).status_code == 200
     wait_for(lambda: events(server, "m-b")[-1] == ("unload", "keep_alive"), seconds=5)
-    assert "m-b" not in loaded(server)
+    assert "m-b" not in server.loaded()
 
 
 def test_keep_alive_duration_overrides_the_idle_timeout(server: DaphneServer) -> None:
-    assert chat(server, "m-c", keep_alive="1s").status_code == 200
+    assert server.chat("m-c", keep_alive="1s").status_code == 200
     assert httpx.get(f"{server.url}/health").json()["models"]["m-c"]["expires_at"] is not None
     wait_for(lambda: events(server, "m-c")[-1] == ("unload", "keep_alive"), seconds=10)
-    assert "m-c" not in loaded(server)
-    assert chat(server, "m-idle", keep_alive=-1).status_code == 200
+    assert "m-c" not in server.loaded()
+    assert server.chat("m-idle", keep_alive=-1).status_code == 200
     time.sleep(1.6)  # past m-idle's own idle_timeout of 1 s, with the reaper running every 0.2 s
-    assert "m-idle" in loaded(server)
-    bad = chat(server, "m-a", keep_alive="soon")
+    assert "m-idle" in server.loaded()
+    bad = server.chat("m-a", keep_alive="soon")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
 
 
 def test_a_broken_model_file_is_recorded_as_a_failed_load(server: DaphneServer) -> None:
     write_random(server.config.parent / "models" / "m-broken.gguf")
     try:
-        assert chat(server, "m-broken").status_code == 503
+        assert server.chat("m-broken").status_code == 503
         [(kind, reason, error)] = server.rows(
             "SELECT kind, reason, error FROM inference_loadevent WHERE model = 'm-broken' ORDER BY id DESC LIMIT 1"
         )
@@ -247,7 +221,7 @@ def test_a_broken_model_file_is_recorded_as_a_failed_load(server: DaphneServer) 
 
 
 def test_commands_control_the_running_server(server: DaphneServer) -> None:
-    chat(server, "m-a")
+    server.chat("m-a")
     unload = manage(server, "unload", "m-a")
     assert unload.returncode == 0, unload.stderr
     assert unload.stdout.strip() == "unloaded: m-a"
@@ -297,7 +271,7 @@ def process_rss_mb(pid: int) -> float:
 
 def test_memory_comes_back_after_unloads(server: DaphneServer) -> None:
     def cycle() -> float:
-        assert chat(server, "m-a").status_code == 200
+        assert server.chat("m-a").status_code == 200
         peak = process_rss_mb(server.process.pid)
         admin(server, "/admin/unload", model="m-a")
         return peak
@@ -316,13 +290,13 @@ def test_reload_applies_settings_and_rediscovers(
     server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database)
     try:
         for name in ("m-a", "m-c"):
-            assert chat(server, name).status_code == 200
+            assert server.chat(name).status_code == 200
         (tmp_path / "models" / "m-c.gguf").unlink()
         link_model(smollm2_file, tmp_path / "models", "m-new")
         port = int(server.url.rsplit(":", 1)[1])
         lifecycle_config(tmp_path, port, models={"m-a": {"n_ctx": 512}})
         assert admin(server, "/admin/reload") == {"added": ["m-new"], "removed": ["m-c"], "changed": ["m-a"]}
-        assert "m-c" not in loaded(server) and "m-a" in loaded(server)
+        assert "m-c" not in server.loaded() and "m-a" in server.loaded()
         assert events(server, "m-c")[-1] == ("unload", "reload")
         ids = [model["id"] for model in httpx.get(f"{server.url}/v1/models").json()["data"]]
         assert "m-c" not in ids and "m-new" in ids
@@ -330,7 +304,7 @@ def test_reload_applies_settings_and_rediscovers(
         assert server.rows("SELECT present FROM inference_discoveredmodel WHERE name = 'm-new'") == [(1,)]
 
         admin(server, "/admin/unload", model="m-a")
-        assert chat(server, "m-a").status_code == 200  # loads with the new settings
+        assert server.chat("m-a").status_code == 200  # loads with the new settings
         [(settings,)] = server.rows(
             "SELECT settings FROM inference_loadevent WHERE model = 'm-a' AND kind = 'load' ORDER BY id DESC LIMIT 1"
         )
@@ -342,9 +316,9 @@ def test_reload_applies_settings_and_rediscovers(
         )
         assert refused.status_code == 400
         assert "model_manager.n_ctx" in refused.json()["error"]["message"]
-        assert chat(server, "m-idle").status_code == 200  # the old config is still in force
+        assert server.chat("m-idle").status_code == 200  # the old config is still in force
     finally:
-        stop(server)
+        server.stop()
 
 
 def test_sigterm_lets_running_streams_finish_then_unloads(
@@ -352,7 +326,7 @@ def test_sigterm_lets_running_streams_finish_then_unloads(
 ) -> None:
     server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database)
     try:
-        assert chat(server, "m-b").status_code == 200
+        assert server.chat("m-b").status_code == 200
         with httpx.stream(
             "POST",
             f"{server.url}/v1/chat/completions",
@@ -372,4 +346,4 @@ def test_sigterm_lets_running_streams_finish_then_unloads(
         assert events(server, "m-b")[-1] == ("unload", "shutdown")
         assert "stopped" in server.log()
     finally:
-        stop(server)
+        server.stop()

@@ -252,7 +252,7 @@ def test_a_missing_models_directory_lists_nothing_and_logs_once(
         assert manager.available() == {}
         assert manager.available() == {}
     assert caplog.text.count("does not exist") == 1
-    with pytest.raises(ModelNotFound, match="Available models: none"):
+    with pytest.raises(ModelNotFound, match="the models directory .*absent does not exist"):
         manager.resolve("alpha")
 
 
