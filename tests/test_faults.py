@@ -153,3 +153,24 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
         wait_for(lambda: len(restarted.rows("SELECT id FROM inference_requestrecord")) == len(recorded) + 1)
     finally:
         restarted.stop()
+
+
+def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: Path) -> None:
+    link_model(smollm2_file, tmp_path / "models", SMOLLM2)
+    config = write_config(tmp_path, n_ctx=1024, parallel=1, max_queue=1)
+    server = start_server(config, tmp_path / "server.log", migrated_database, "--port", str(free_port()))
+    try:
+        long = {"model": SMOLLM2, "messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60) as running:
+            next(line for line in running.iter_lines() if line.startswith("data: "))  # it holds the one slot
+            queued = threading.Thread(target=server.chat, args=(SMOLLM2,))
+            queued.start()
+            wait_for(lambda: httpx.get(f"{server.url}/health").json()["models"][SMOLLM2]["queued"] == 1)
+            refused = server.chat(SMOLLM2)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "queue_full"
+            assert int(refused.headers["Retry-After"]) >= 1
+        queued.join(timeout=60)
+        assert server.chat(SMOLLM2).status_code == 200  # room again
+    finally:
+        server.stop()
