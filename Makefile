@@ -6,8 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-# What the browser tests need from the OS (Debian): installed by `make test` when run as root.
-SYSTEM_PACKAGES := chromium chromium-driver
+# What the tests need from the OS (Debian): a browser for the dashboard, database and Redis
+# servers for the scale-out tests, systemd-analyze for the unit. `make test` installs them when
+# run as root; otherwise the tests that need a missing one are skipped.
+SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
 .PHONY: serve test setup setup-dev model migrate system-packages bench bench-dashboard
 
@@ -28,11 +30,12 @@ migrate: setup
 	$(PY) manage.py migrate --noinput
 
 system-packages:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	@missing="$$(for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done)"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else \
-		echo "note: the browser tests will be skipped; install them with: sudo apt-get install $(SYSTEM_PACKAGES)"; \
+		echo "note: the tests that need them will be skipped; install them with: sudo apt-get install" $$missing; \
 	fi
 
 $(PY):

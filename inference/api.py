@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from adrf.views import APIView as AsyncAPIView
 from drf_spectacular.utils import extend_schema
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference import access, protocol, selectors, services
+from inference import access, metrics, protocol, selectors, services
 from inference.admin_auth import AdminTokenRequired
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
@@ -81,6 +81,8 @@ class APIView(AsyncAPIView):
                 response = await response
         except Exception as exc:
             response = self.handle_exception(exc)
+            if response.status_code == 401:
+                metrics.unauthorized_count(request.path)
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response
 
@@ -267,6 +269,12 @@ class AdminReapView(AdminView):
     )
     async def post(self, request: Request) -> Response:
         return Response(await services.models_reap())
+
+
+async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """This process's metrics in Prometheus' text format (no key needed, like /health)."""
+    body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+    return HttpResponse(body, content_type=content_type)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

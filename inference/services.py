@@ -19,7 +19,7 @@ from django.db import DatabaseError, transaction
 from inference.config import ConfigError, get_config, load_config, set_config
 from inference.discovery import GGUFError, ModelFile, read_gguf_info
 from inference.errors import ApiError, InvalidRequest
-from inference import tools
+from inference import metrics, tools
 from inference.engine import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from inference.jobs import (
     ChatJob,
@@ -262,13 +262,18 @@ async def request_record_save(draft: RequestDraft) -> None:
     Runs off the event loop. A database problem is logged and never fails the request.
     """
     draft.saved = True
+    finished = time.monotonic()
+    duration_ms = round((finished - draft.started) * 1000, 1)
+    metrics.request_count(
+        model=draft.model, endpoint=draft.endpoint, status=draft.status, http_status=draft.http_status,
+        prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens, ttft_ms=draft.ttft_ms,
+        duration_ms=duration_ms,
+    )
     if not get_config().records.request_records:
         return
-    finished = time.monotonic()
     if draft.first_token_at is not None and draft.completion_tokens > 1:
         generating = finished - draft.first_token_at
         draft.tokens_per_second = round((draft.completion_tokens - 1) / generating, 2) if generating else None
-    duration_ms = round((finished - draft.started) * 1000, 1)
     loop = asyncio.get_running_loop()
     try:
         record = await loop.run_in_executor(_records_executor, _request_record_write, draft, duration_ms)
@@ -331,6 +336,7 @@ async def request_feed_publish(record: RequestRecord) -> None:
 def feed_item(record: RequestRecord) -> dict[str, Any]:
     return {
         "created_at": record.created_at.isoformat(),
+        "instance": record.instance,
         "model": record.model,
         "endpoint": record.endpoint,
         "status": record.status,

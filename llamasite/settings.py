@@ -1,6 +1,7 @@
 """Django settings for llamasite. Server behaviour comes from config.json (inference.config)."""
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -58,7 +59,7 @@ MIDDLEWARE = [
 
 # The API (see llamasite.asgi) skips the pages' middleware: CORS is all it needs.
 API_MIDDLEWARE = ["corsheaders.middleware.CorsMiddleware"]
-API_PATH_PREFIXES = ("/v1/", "/health", "/admin/load", "/admin/unload", "/admin/reload", "/admin/reap")
+API_PATH_PREFIXES = ("/v1/", "/health", "/metrics", "/admin/load", "/admin/unload", "/admin/reload", "/admin/reap")
 
 ROOT_URLCONF = "llamasite.urls"
 ASGI_APPLICATION = "llamasite.asgi.application"
@@ -91,7 +92,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The live feed reaches the dashboards of this process only, unless REDIS_URL names a Redis that
+# several server processes share (e.g. redis://127.0.0.1:6379/0).
+if os.environ.get("REDIS_URL"):
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # server.max_body_bytes: bigger bodies get a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = CONFIG.server.max_body_bytes if CONFIG else 8 * 1024 * 1024
@@ -144,10 +155,30 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+
+def _stderr_is_the_journal() -> bool:
+    """Whether stderr is systemd's journal stream, which stamps each line with its own time.
+
+    systemd sets JOURNAL_STREAM to that stream's "device:inode"; comparing it with stderr's
+    keeps the timestamps when the variable was only inherited (a shell started by a service,
+    output redirected to a file).
+    """
+    try:
+        stderr = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stderr
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{stderr.st_dev}:{stderr.st_ino}"
+
+
+# Lines carry their time, except in the journal, which stamps every line itself.
+_log_format = "%(levelname)s %(name)s: %(message)s"
+if not _stderr_is_the_journal():
+    _log_format = f"%(asctime)s {_log_format}"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {"plain": {"format": _log_format}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["stderr"], "level": _log_level},
 }

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,8 +19,8 @@ import pytest
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.manager import replace_model_manager
+from tests.services import PROJECT_DIR, DatabaseTemplate, create_template, free_port, postgres_server, query_rows, redis_server
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
 HI = [{"role": "user", "content": "Hi"}]
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "openai" / "schemas.json").read_text())
@@ -100,18 +97,12 @@ def wait_for(condition: Callable[[], object], seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class DaphneServer:
     url: str
     log_path: Path
     process: subprocess.Popen
-    database: Path
+    database_url: str
     config: Path
 
     def log(self) -> str:
@@ -134,47 +125,55 @@ class DaphneServer:
             self.process.wait(timeout=30)
 
     def rows(self, query: str, *parameters: Any) -> list[tuple]:
-        """Rows from the server's own database (SQLite)."""
-        with sqlite3.connect(self.database) as connection:
-            return connection.execute(query, parameters).fetchall()
+        """Rows from the server's own database (`?` placeholders)."""
+        return query_rows(self.database_url, query, *parameters)
 
 
-def server_env(config: Path, database: Path) -> dict[str, str]:
+def server_env(config: Path, database_url: str) -> dict[str, str]:
     """The environment of a server process (and its management commands) under test."""
     return {
         **os.environ,
         CONFIG_ENV_VAR: str(config),
-        "DATABASE_URL": f"sqlite:///{database}",
+        "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
     }
 
 
 @pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite database to copy for each server started by the tests."""
-    database = tmp_path_factory.mktemp("database") / "template.sqlite3"
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=PROJECT_DIR,
-        env=server_env(database.parent / "unused.json", database),
-        check=True,
-        capture_output=True,
-    )
-    return database
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTemplate:
+    """The migrated database that each server started by the tests gets a copy of."""
+    return create_template(tmp_path_factory.mktemp("database"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the tests' own (URL without a database name)."""
+    try:
+        with postgres_server() as url:
+            yield url
+    except LookupError as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    try:
+        with redis_server() as url:
+            yield url
+    except LookupError as missing:
+        pytest.skip(str(missing))
 
 
 def start_server(
-    config: Path, log_path: Path, template_database: Path | None, *extra_args: str
+    config: Path, log_path: Path, database: DatabaseTemplate | str, *extra_args: str
 ) -> DaphneServer:
-    """`manage.py serve` with its own copy of the migrated database (None: keep the database
-    already beside the config, a restart); waits until it answers."""
-    database = config.parent / "db.sqlite3"
-    if template_database is not None:
-        shutil.copyfile(template_database, database)
+    """`manage.py serve` on a copy of a template database, or on the database at a URL (a
+    restart, or servers sharing one database); waits until it answers."""
+    database_url = database.copy(config.parent) if isinstance(database, DatabaseTemplate) else database
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", *extra_args],
         cwd=PROJECT_DIR,
-        env=server_env(config, database),
+        env=server_env(config, database_url),
         stdout=log_path.open("a"),
         stderr=subprocess.STDOUT,
     )
@@ -192,12 +191,12 @@ def start_server(
                 process.kill()
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
             time.sleep(0.1)
-    return DaphneServer(url=url, log_path=log_path, process=process, database=database, config=config)
+    return DaphneServer(url=url, log_path=log_path, process=process, database_url=database_url, config=config)
 
 
 @pytest.fixture(scope="session")
 def daphne_server(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path
+    tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> Iterator[DaphneServer]:
     """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under three names; one
     of them, "smollm-serial", decodes one request at a time (parallel: 1)."""

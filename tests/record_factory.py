@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from django.db import transaction
+
 from inference.models import RequestRecord
 from inference.services import daily_usage_add
 
@@ -23,21 +25,22 @@ def make_record(
     instance: str = "127.0.0.1:8080",
     api_key: str = "",
 ) -> RequestRecord:
-    record = RequestRecord.objects.create(
-        instance=instance,
-        completion_id=f"chatcmpl-{uuid.uuid4().hex}",
-        model=model,
-        endpoint="/v1/chat/completions",
-        status=status,
-        http_status=http_status,
-        error_code="model_not_found" if status == "error" else "",
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        ttft_ms=ttft_ms,
-        tokens_per_second=tokens_per_second,
-        duration_ms=duration_ms,
-        api_key=api_key,
-        created_at=created_at,
-    )
-    daily_usage_add(record)
+    with transaction.atomic():  # as the server writes them: the rollup row is locked meanwhile
+        record = RequestRecord.objects.create(
+            instance=instance,
+            completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+            model=model,
+            endpoint="/v1/chat/completions",
+            status=status,
+            http_status=http_status,
+            error_code="model_not_found" if status == "error" else "",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_ms=ttft_ms,
+            tokens_per_second=tokens_per_second,
+            duration_ms=duration_ms,
+            api_key=api_key,
+            created_at=created_at,
+        )
+        daily_usage_add(record)
     return record

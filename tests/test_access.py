@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
@@ -22,7 +23,17 @@ from inference import access
 from inference.config import load_config
 from inference.management.commands.serve import warn_about_access
 from inference.models import ApiKey, DailyUsage, RequestRecord
-from tests.conftest import PROJECT_DIR, SMOLLM2, link_model, validate_openai
+from tests.conftest import (
+    PROJECT_DIR,
+    SMOLLM2,
+    free_port,
+    link_model,
+    start_server,
+    validate_openai,
+    wait_for,
+    write_config,
+)
+from tests.services import DatabaseTemplate
 from tests.record_factory import make_record
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -63,13 +74,12 @@ def test_the_command_creates_lists_and_revokes_keys_storing_only_a_hash() -> Non
     assert access.api_key_find(secret) is None
 
 
-def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_database: Path) -> None:
-    database = tmp_path / "db.sqlite3"
-    database.write_bytes(migrated_database.read_bytes())
+def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
+    database_url = migrated_database.copy(tmp_path)
     for args, fragment in ((["revoke", "sk-nothing"], "no API key has the prefix"), (["create", "x", "--rpm", "-5"], "not a positive")):
         result = subprocess.run(
             [sys.executable, "manage.py", "apikey", *args], cwd=PROJECT_DIR, capture_output=True, text=True,
-            env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"},
+            env={**os.environ, "DATABASE_URL": database_url},
         )
         assert result.returncode == 1 and fragment in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -244,3 +254,20 @@ def test_check_deploy_is_clean_behind_the_documented_proxy(tmp_path: Path) -> No
         cwd=PROJECT_DIR, capture_output=True, text=True, env=env,
     )
     assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_behind_the_proxy_the_client_it_names_is_recorded(
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
+) -> None:
+    link_model(smollm2_file, tmp_path / "models", SMOLLM2)
+    config = write_config(tmp_path, server={"behind_https_proxy": True, "allowed_hosts": ["127.0.0.1"]}, n_ctx=512)
+    server = start_server(config, tmp_path / "server.log", migrated_database, "--port", str(free_port()))
+    try:
+        forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        answer = httpx.post(
+            f"{server.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 1}, headers=forwarded, timeout=60
+        )
+        assert answer.status_code == 200
+        wait_for(lambda: server.rows("SELECT client_address FROM inference_requestrecord") == [("203.0.113.7",)])
+    finally:
+        server.stop()

@@ -14,10 +14,11 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.services import DatabaseTemplate
 
 
 @pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+def small_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     """A server whose context is tiny (256 tokens), so that any generated request is quick."""
     root = tmp_path_factory.mktemp("conformance")
     link_model(smollm2_file, root / "models", SMOLLM2)

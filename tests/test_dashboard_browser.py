@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, server_env, start_server, write_config
+from tests.services import DatabaseTemplate
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -25,7 +26,7 @@ PASSWORD = "browser-test-password"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     root = tmp_path_factory.mktemp("browser")
     link_model(smollm2_file, root / "models", SMOLLM2)
     config = write_config(root, server={"port": free_port()}, n_ctx=2048)
@@ -33,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     subprocess.run(
         [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
         cwd=PROJECT_DIR,
-        env={**server_env(config, server.database), "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        env={**server_env(config, server.database_url), "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
         check=True,
         capture_output=True,
     )

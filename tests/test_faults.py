@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import HI, SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
+from tests.services import DatabaseTemplate
 
 
 def model_ids(server: DaphneServer) -> list[str]:
@@ -24,7 +25,7 @@ def model_ids(server: DaphneServer) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     root = tmp_path_factory.mktemp("faults")
     config = write_config(root, n_ctx=512, idle_timeout=-1, check_interval=0.2)
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
@@ -91,7 +92,7 @@ def test_the_models_directory_removed_at_runtime(server: DaphneServer, models: P
 
 
 def test_a_model_that_would_not_fit_is_refused_before_loading(
-    tmp_path: Path, smollm2_file: Path, migrated_database: Path
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     config = write_config(tmp_path, n_ctx=4096, max_memory_mb=100)
@@ -109,7 +110,7 @@ def test_a_model_that_would_not_fit_is_refused_before_loading(
         server.stop()
 
 
-def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, migrated_database: Path) -> None:
+def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     """Clients stream and wait for answers while the server is killed: every completion a
     client saw finish is in the database after a restart, once."""
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
@@ -144,7 +145,7 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
     for thread in clients:
         thread.join(timeout=30)
 
-    restarted = start_server(config, tmp_path / "server.log", None, "--port", port)
+    restarted = start_server(config, tmp_path / "server.log", server.database_url, "--port", port)
     try:
         recorded = [row[0] for row in restarted.rows("SELECT completion_id FROM inference_requestrecord")]
         assert set(finished) <= set(recorded), set(finished) - set(recorded)
@@ -155,14 +156,15 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
         restarted.stop()
 
 
-def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: Path) -> None:
+def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     config = write_config(tmp_path, n_ctx=1024, parallel=1, max_queue=1)
     server = start_server(config, tmp_path / "server.log", migrated_database, "--port", str(free_port()))
     try:
         long = {"model": SMOLLM2, "messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60) as running:
-            next(line for line in running.iter_lines() if line.startswith("data: "))  # it holds the one slot
+            lines = running.iter_lines()  # kept: closing it would hang up, which cancels the generation
+            next(line for line in lines if line.startswith("data: "))  # it holds the one slot
             queued = threading.Thread(target=server.chat, args=(SMOLLM2,))
             queued.start()
             wait_for(lambda: httpx.get(f"{server.url}/health").json()["models"][SMOLLM2]["queued"] == 1)

@@ -30,6 +30,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.services import DatabaseTemplate
 from tests.gguf_files import write_random
 
 def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
@@ -58,7 +59,7 @@ def start_lifecycle_server(root: Path, smollm2_file: Path, template: Path, **ext
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     server = start_lifecycle_server(tmp_path_factory.mktemp("lifecycle"), smollm2_file, migrated_database)
     yield server
     server.stop()
@@ -93,7 +94,7 @@ def manage(server: DaphneServer, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=PROJECT_DIR,
-        env=server_env(server.config, server.database),
+        env=server_env(server.config, server.database_url),
         capture_output=True,
         text=True,
         timeout=120,
@@ -285,7 +286,7 @@ def test_memory_comes_back_after_unloads(server: DaphneServer) -> None:
 
 
 def test_reload_applies_settings_and_rediscovers(
-    tmp_path: Path, smollm2_file: Path, migrated_database: Path
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
     server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database)
     try:
@@ -322,7 +323,7 @@ def test_reload_applies_settings_and_rediscovers(
 
 
 def test_sigterm_lets_running_streams_finish_then_unloads(
-    tmp_path: Path, smollm2_file: Path, migrated_database: Path
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
     server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database)
     try:

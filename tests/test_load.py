@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.services import DatabaseTemplate
 
 MODELS = (SMOLLM2, "smollm-twin")
 CONCURRENCY = 8
@@ -93,7 +94,7 @@ async def run_requests(url: str, indexes: range) -> list[Answer]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Path) -> Iterator[DaphneServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     root = tmp_path_factory.mktemp("load")
     for name in MODELS:
         link_model(smollm2_file, root / "models", name)

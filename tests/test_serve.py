@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import CONFIG_ENV_VAR, PROJECT_DIR, SMOLLM2, free_port, link_model, start_server
+from tests.services import DatabaseTemplate
 
 
 def run_serve(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -58,7 +59,7 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 def test_serves_on_the_configured_port_without_a_models_directory_then_finds_models(
-    tmp_path: Path, smollm2_file: Path, migrated_database: Path
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
     port = free_port()
     config = tmp_path / "config.json"

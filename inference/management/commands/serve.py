@@ -73,6 +73,13 @@ def warn_about_access(server: ServerConfig) -> None:
         )
 
 
+PROXY_HEADERS = {
+    "proxy_forwarded_address_header": "X-Forwarded-For",
+    "proxy_forwarded_port_header": "X-Forwarded-Port",
+    "proxy_forwarded_proto_header": "X-Forwarded-Proto",
+}
+
+
 def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
@@ -96,6 +103,8 @@ def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
         endpoints=build_endpoint_description_strings(host=config.server.host, port=config.server.port),
         server_name="llamasite",
         signal_handlers=False,
+        # Behind the TLS proxy, the client is the one the proxy names (records' client address).
+        **(PROXY_HEADERS if config.server.behind_https_proxy else {}),
     )
     grace = config.model_manager.shutdown_grace_seconds
     stopping: dict[str, float] = {}
