@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 
 from inference import access, selectors, services
+from inference.config import get_config
 from inference.errors import ApiError
 from inference.lifecycle import LoadReason
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
@@ -28,10 +29,15 @@ def _usage_total(field: str) -> Subquery:
     return Subquery(totals)
 
 
+def _served_here(row: DiscoveredModel) -> bool:
+    return row.instance == get_config().server.instance
+
+
 @admin.register(DiscoveredModel)
 class DiscoveredModelAdmin(admin.ModelAdmin):
     list_display = (
         "name",
+        "instance",
         "size",
         "quantization",
         "parameters",
@@ -87,7 +93,10 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         return f"{row.parameter_count / 1e6:,.0f} M" if row.parameter_count else "–"
 
     @admin.display(description="loaded", boolean=True)
-    def loaded(self, row: DiscoveredModel) -> bool:
+    def loaded(self, row: DiscoveredModel) -> bool | None:
+        """Known for this server's models only (None: another server's, shown as unknown)."""
+        if not _served_here(row):
+            return None
         return row.name in selectors.loaded_model_names()
 
     @admin.display(description="last used", ordering="last_used_at")
@@ -102,9 +111,26 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     def tokens(self, row: Any) -> int:
         return (row.prompt_total or 0) + (row.completion_total or 0)
 
+    def _rows_served_here(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> list[DiscoveredModel]:
+        """The selected rows this server can act on; the others are named in an error message.
+
+        With several servers on one database, a model of another server is loaded and unloaded
+        by that server (its own admin, or its /admin/load and /admin/unload).
+        """
+        rows = list(queryset)
+        for row in rows:
+            if not _served_here(row):
+                self.message_user(
+                    request,
+                    f"{row.name} is served by {row.instance}, not by this server "
+                    f"({get_config().server.instance}): use that server's admin.",
+                    messages.ERROR,
+                )
+        return [row for row in rows if _served_here(row)]
+
     @admin.action(description="Load now")
     def load_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
-        for row in queryset:
+        for row in self._rows_served_here(request, queryset):
             try:
                 async_to_sync(services.model_load)(model=row.name, reason=LoadReason.ADMIN_UI)
             except ApiError as exc:
@@ -114,7 +140,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
 
     @admin.action(description="Unload now")
     def unload_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
-        for row in queryset:
+        for row in self._rows_served_here(request, queryset):
             try:
                 result = async_to_sync(services.model_unload)(model=row.name, reason=LoadReason.ADMIN_UI)
             except ApiError as exc:

@@ -47,8 +47,11 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
-def staff_session(server: DaphneServer) -> httpx.Client:
-    """A client logged in to the Django admin as a new superuser (sessions live in the shared database)."""
+@pytest.fixture(scope="module")
+def staff(servers: list[DaphneServer]) -> httpx.Client:
+    """A client of gpu0 logged in to the Django admin as a new superuser (sessions live in the
+    shared database)."""
+    server = servers[0]
     subprocess.run(
         [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
         cwd=PROJECT_DIR,
@@ -69,9 +72,8 @@ def test_each_server_serves_its_own_models(servers: list[DaphneServer]) -> None:
         assert [entry["id"] for entry in httpx.get(f"{server.url}/v1/models").json()["data"]] == [model]
 
 
-def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer]) -> None:
+def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer], staff: httpx.Client) -> None:
     gpu0, gpu1 = servers
-    staff = staff_session(gpu0)
     port = gpu0.url.rsplit(":", 1)[1]
     with connect(
         f"ws://127.0.0.1:{port}/ws/dashboard/feed/",
@@ -93,3 +95,20 @@ def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer]) 
     )
     models = {row["model"]: row["requests"] for row in json.loads(usage.stdout)["models"]}
     assert models == {"alpha": 1, "beta": 1}
+
+
+def test_the_admin_acts_on_its_own_servers_models_only(servers: list[DaphneServer], staff: httpx.Client) -> None:
+    gpu0, _ = servers
+    changelist = "/admin/inference/discoveredmodel/"
+    page = staff.get(changelist)
+    assert "alpha" in page.text and "beta" in page.text  # every server's models are listed
+    ids = dict(gpu0.rows("SELECT name, id FROM inference_discoveredmodel"))
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    done = staff.post(
+        changelist,
+        data={"action": "load_now", "_selected_action": [ids["alpha"], ids["beta"]], "csrfmiddlewaretoken": token},
+        follow_redirects=True,
+    )
+    assert "Alpha is loaded." in done.text  # the admin capitalises messages
+    assert "Beta is served by gpu1, not by this server (gpu0)" in done.text
+    assert gpu0.loaded() == ["alpha"]
