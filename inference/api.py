@@ -110,7 +110,8 @@ class ModelDetailView(APIView):
     )
     async def get(self, request: Request, model_id: str) -> Response:
         key = await access.api_key_check(request.headers.get("Authorization"))
-        return Response(protocol.model_object(selectors.model_get(model_id, allowed=key and key.allowed_models)))
+        name, model = selectors.model_get(model_id, allowed=key and key.allowed_models)
+        return Response(protocol.model_object(model, name))
 
 
 @asynccontextmanager

@@ -131,6 +131,7 @@ class ModelManagerConfig:
     shutdown_grace_seconds: float
     defaults: ModelSettings
     models: dict[str, dict[str, Any]]
+    aliases: dict[str, str]  # another name a request may use for a model, e.g. "gpt-4o-mini"
 
     def settings_for(self, name: str, overrides: dict[str, Any] | None = None) -> ModelSettings:
         """A model's effective settings: defaults < model_manager.models.<name> < `overrides`."""
@@ -222,6 +223,12 @@ def _strings(value: Any) -> str | None:
     return None
 
 
+def _aliases(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(isinstance(name, str) and name for name in value.values()):
+        return "must be an object of {alias: model name}"
+    return None
+
+
 def _table(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
         return "must be an object of {model name: {setting: value}}"
@@ -266,6 +273,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "shutdown_grace_seconds": _Key(30, _number(0)),
         **MODEL_KEYS,
         "models": _Key({}, _table),
+        "aliases": _Key({}, _aliases),
     },
     "records": {
         "request_records": _Key(True, _boolean),

@@ -519,7 +519,8 @@ class ModelManager:
         return scanned[1] if scanned else {}
 
     def resolve(self, requested: str | None, allowed: list[str] | None = None) -> ModelFile:
-        """The model a request asks for (None: the default model); raises ModelNotFound.
+        """The model a request asks for (None: the default model), by its name or an alias;
+        raises ModelNotFound.
 
         With `allowed` (an API key's models) the others do not exist, for that key.
         """
@@ -538,15 +539,18 @@ class ModelManager:
                 f"{', '.join(available) or 'none'}",
                 param="model",
             )
+        what = f"'{name}'"
+        if name not in available and name in self.config.aliases:  # a model file of that name wins
+            name = strip_suffix(self.config.aliases[name])
+            what = f"'{name}' (which the alias {what} names)"
         if name not in available:
             if self._directory_missing:
                 raise ModelNotFound(
-                    f"The model '{name}' does not exist: the models directory "
+                    f"The model {what} does not exist: the models directory "
                     f"{self.config.models_directory} does not exist."
                 )
             raise ModelNotFound(
-                f"The model '{name}' does not exist. Available models: "
-                f"{', '.join(available) or 'none'}."
+                f"The model {what} does not exist. Available models: {', '.join(available) or 'none'}."
             )
         return available[name]
 

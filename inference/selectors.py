@@ -12,20 +12,29 @@ from typing import Any
 from django.db.models import QuerySet
 
 from inference.apps import PROCESS_STARTED
-from inference.discovery import ModelFile
+from inference.discovery import ModelFile, strip_suffix
 from inference.manager import model_manager
 from inference.models import ApiKey, DailyUsage, RequestRecord
 
 
 def model_list(allowed: list[str] | None = None) -> dict[str, ModelFile]:
-    """The models on disk; with `allowed` (an API key's models), only those."""
-    models = model_manager().available()
-    return {name: model for name, model in models.items() if name in allowed} if allowed else models
+    """The models on disk, then the aliases of those (name → model); with `allowed` (an API
+    key's models), only those."""
+    manager = model_manager()
+    models = manager.available()
+    if allowed:
+        models = {name: model for name, model in models.items() if name in allowed}
+    aliases = {
+        alias: models[strip_suffix(target)]
+        for alias, target in manager.config.aliases.items()
+        if alias not in models and strip_suffix(target) in models
+    }
+    return {**models, **aliases}
 
 
-def model_get(name: str, allowed: list[str] | None = None) -> ModelFile:
-    """One model by name (`.gguf` optional); raises ModelNotFound."""
-    return model_manager().resolve(name, allowed=allowed)
+def model_get(name: str, allowed: list[str] | None = None) -> tuple[str, ModelFile]:
+    """One model by name or alias (`.gguf` optional) and the id it goes by; raises ModelNotFound."""
+    return strip_suffix(name), model_manager().resolve(name, allowed=allowed)
 
 
 def loaded_model_names() -> list[str]:

@@ -122,6 +122,8 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"models": {"m": {"n_ctx": "big"}}}}, "model_manager.models.m.n_ctx", "integer"),
         ({"model_manager": {"models": {"m": {"pinned": 1}}}}, "model_manager.models.m.pinned", "true or false"),
         ({"server": {"instance_name": 5}}, "server.instance_name", "string"),
+        ({"model_manager": {"aliases": {"gpt-4o": 1}}}, "model_manager.aliases", "{alias: model name}"),
+        ({"model_manager": {"aliases": ["gpt-4o"]}}, "model_manager.aliases", "{alias: model name}"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(

@@ -80,3 +80,27 @@ async def test_unknown_url_and_wrong_method_answer_in_json(use_config) -> None:
 async def test_cors_headers_follow_the_config(use_config) -> None:
     response = await AsyncClient().get("/v1/models", headers={"Origin": "http://localhost:3000"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_aliases_name_models_for_clients_that_ask_for_other_names(
+    use_config, models_dir: Path, smollm2_file: Path
+) -> None:
+    link_model(smollm2_file, models_dir, "shadow")
+    use_config(aliases={"gpt-4o-mini": f"{SMOLLM2}.gguf", "shadow": SMOLLM2, "gone": "nothing-here"})
+    client = AsyncClient()
+    listed = [model["id"] for model in (await client.get("/v1/models")).json()["data"]]
+    assert listed == [SMOLLM2, "shadow", "gpt-4o-mini"]  # models first; a dangling alias is not listed
+    one = (await client.get("/v1/models/gpt-4o-mini")).json()
+    assert one["id"] == "gpt-4o-mini"
+
+    chat = await client.post(
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        content_type="application/json",
+    )
+    assert chat.status_code == 200
+    assert chat.json()["model"] == SMOLLM2  # as OpenAI answers with the model an alias points at
+
+    missing = (await client.get("/v1/models/gone")).json()["error"]
+    assert missing["code"] == "model_not_found"
+    assert "The model 'nothing-here' (which the alias 'gone' names) does not exist" in missing["message"]

@@ -118,12 +118,13 @@ def usage_body(generation: Generation, finished: list[Finished]) -> dict[str, An
     }
 
 
-def model_object(model: ModelFile) -> dict[str, Any]:
-    return {"id": model.name, "object": "model", "created": int(model.modified), "owned_by": "local"}
+def model_object(model: ModelFile, model_id: str | None = None) -> dict[str, Any]:
+    """The model, under its own name or an alias's."""
+    return {"id": model_id or model.name, "object": "model", "created": int(model.modified), "owned_by": "local"}
 
 
 def model_list_body(models: Mapping[str, ModelFile]) -> dict[str, Any]:
-    return {"object": "list", "data": [model_object(model) for model in models.values()]}
+    return {"object": "list", "data": [model_object(model, name) for name, model in models.items()]}
 
 
 class AdminModelSerializer(serializers.Serializer):
