@@ -13,8 +13,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference import access, metrics, protocol, selectors, services
+from inference import access, metrics, peers, protocol, selectors, services
 from inference.admin_auth import AdminTokenRequired
+from inference.errors import ModelNotFound
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 
@@ -100,7 +101,14 @@ class ModelListView(APIView):
     )
     async def get(self, request: Request) -> Response:
         key = await access.api_key_check(request.headers.get("Authorization"))
-        return Response(protocol.model_list_body(selectors.model_list(allowed=key and key.allowed_models)))
+        body = protocol.model_list_body(selectors.model_list(allowed=key and key.allowed_models))
+        if peers.forwarding(request):
+            listed = {model["id"] for model in body["data"]}
+            for model in await peers.models_elsewhere(request):
+                if model.get("id") not in listed:
+                    listed.add(model.get("id"))
+                    body["data"].append(model)
+        return Response(body)
 
 
 class ModelDetailView(APIView):
@@ -108,9 +116,14 @@ class ModelDetailView(APIView):
         operation_id="retrieveModel", summary="One model",
         responses={200: openai_schema("Model"), **error_responses(401, 404)},
     )
-    async def get(self, request: Request, model_id: str) -> Response:
+    async def get(self, request: Request, model_id: str) -> Response | StreamingHttpResponse:
         key = await access.api_key_check(request.headers.get("Authorization"))
-        name, model = selectors.model_get(model_id, allowed=key and key.allowed_models)
+        try:
+            name, model = selectors.model_get(model_id, allowed=key and key.allowed_models)
+        except ModelNotFound:
+            if peers.forwarding(request) and (answer := await peers.forward(request)) is not None:
+                return answer
+            raise
         return Response(protocol.model_object(model, name))
 
 
@@ -169,6 +182,9 @@ class GenerationView(APIView):
         draft = request_draft(request, key)
         async with recording_failures(draft, request):
             parsed = self.serializer.parse(request.data)
+            if parsed.model and peers.forwarding(request) and not selectors.model_served_here(parsed.model, key and key.allowed_models):
+                if (answer := await peers.forward(request)) is not None:
+                    return answer  # the peer records it
             await access.quota_check(key)
             generation = await self.start(request=parsed, draft=draft, key=key)
         if getattr(parsed, "stream", False):

@@ -78,6 +78,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...]
     max_body_bytes: int
     behind_https_proxy: bool
+    peers: tuple[str, ...]  # other llamasite servers' base URLs, for the models this one lacks
 
     @property
     def instance(self) -> str:
@@ -217,6 +218,15 @@ def _origins(value: Any) -> str | None:
     return None
 
 
+def _peers(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
+        return "must be a list of URLs"
+    for url in value:
+        if not _ORIGIN_PATTERN.match(url):
+            return f"{url!r} is not a server's base URL such as 'http://127.0.0.1:8081'"
+    return None
+
+
 def _strings(value: Any) -> str | None:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         return "must be a list of non-empty strings"
@@ -262,6 +272,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "allowed_hosts": _Key([], _strings),
         "max_body_bytes": _Key(8 * 1024 * 1024, _integer(1024)),
         "behind_https_proxy": _Key(False, _boolean),
+        "peers": _Key([], _peers),
     },
     "model_manager": {
         "models_directory": _Key("./models", _string(allow_empty=False)),
@@ -341,6 +352,7 @@ def load_config(path: Path | None = None) -> Config:
     server, manager, records = (_section(path, document, name) for name in SCHEMA)
     server["cors_origins"] = tuple(server["cors_origins"])
     server["allowed_hosts"] = tuple(server["allowed_hosts"])
+    server["peers"] = tuple(server["peers"])
     server["log_level"] = server["log_level"].upper()
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or generation_threads()

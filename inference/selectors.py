@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 
 from inference.apps import PROCESS_STARTED
 from inference.discovery import ModelFile, strip_suffix
+from inference.errors import ModelNotFound
 from inference.manager import model_manager
 from inference.models import ApiKey, DailyUsage, RequestRecord
 
@@ -35,6 +36,15 @@ def model_list(allowed: list[str] | None = None) -> dict[str, ModelFile]:
 def model_get(name: str, allowed: list[str] | None = None) -> tuple[str, ModelFile]:
     """One model by name or alias (`.gguf` optional) and the id it goes by; raises ModelNotFound."""
     return strip_suffix(name), model_manager().resolve(name, allowed=allowed)
+
+
+def model_served_here(name: str, allowed: list[str] | None = None) -> bool:
+    """Whether this server has the model (by name or alias), for this key."""
+    try:
+        model_manager().resolve(name, allowed=allowed)
+    except ModelNotFound:
+        return False
+    return True
 
 
 def loaded_model_names() -> list[str]:

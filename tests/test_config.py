@@ -124,6 +124,8 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"server": {"instance_name": 5}}, "server.instance_name", "string"),
         ({"model_manager": {"aliases": {"gpt-4o": 1}}}, "model_manager.aliases", "{alias: model name}"),
         ({"model_manager": {"aliases": ["gpt-4o"]}}, "model_manager.aliases", "{alias: model name}"),
+        ({"server": {"peers": ["127.0.0.1:8081"]}}, "server.peers", "base URL"),
+        ({"server": {"peers": "http://127.0.0.1:8081"}}, "server.peers", "list of URLs"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(

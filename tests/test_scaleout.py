@@ -1,5 +1,6 @@
 """Several server processes, each owning its models, sharing one PostgreSQL and one Redis: the
-dashboard, the live feed and `manage.py usage` of any of them see the requests of all."""
+dashboard, the live feed and `manage.py usage` of any of them see the requests of all; the admin
+acts on its own server's models; a server relays requests for the models it lacks to its peers."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.test import AsyncClient
 from websockets.sync.client import connect
 
-from tests.conftest import PROJECT_DIR, DaphneServer, free_port, link_model, server_env, start_server, write_config
+from tests.conftest import (
+    HI,
+    PROJECT_DIR,
+    SMOLLM2,
+    DaphneServer,
+    free_port,
+    link_model,
+    server_env,
+    start_server,
+    wait_for,
+    write_config,
+)
 from tests.services import migrate, query_rows, with_database_name
 
 PASSWORD = "scale-out-test-password"
@@ -31,11 +44,16 @@ def servers(
     migrate(database_url)
     monkeypatch_module.setenv("REDIS_URL", redis_url)
     started = []
-    for instance, model in (("gpu0", "alpha"), ("gpu1", "beta")):
+    ports = [free_port(), free_port()]
+    # gpu0 passes requests for the models it lacks to gpu1 (server.peers); gpu1 has no peers.
+    peers = ([f"http://127.0.0.1:{ports[1]}"], [])
+    for instance, model, port, its_peers in zip(("gpu0", "gpu1"), ("alpha", "beta"), ports, peers):
         root = tmp_path_factory.mktemp(instance)
         link_model(smollm2_file, root / "models", model)
-        config = write_config(root, server={"instance_name": instance}, default_model=model, n_ctx=512)
-        started.append(start_server(config, root / "server.log", database_url, "--port", str(free_port())))
+        config = write_config(
+            root, server={"instance_name": instance, "peers": its_peers}, default_model=model, n_ctx=512
+        )
+        started.append(start_server(config, root / "server.log", database_url, "--port", str(port)))
     yield started
     for server in started:
         server.stop()
@@ -67,9 +85,14 @@ def staff(servers: list[DaphneServer]) -> httpx.Client:
     return client
 
 
-def test_each_server_serves_its_own_models(servers: list[DaphneServer]) -> None:
-    for server, model in zip(servers, ("alpha", "beta")):
-        assert [entry["id"] for entry in httpx.get(f"{server.url}/v1/models").json()["data"]] == [model]
+def model_ids(server: DaphneServer) -> list[str]:
+    return [entry["id"] for entry in httpx.get(f"{server.url}/v1/models").json()["data"]]
+
+
+def test_each_server_owns_its_models_and_lists_its_peers_too(servers: list[DaphneServer]) -> None:
+    gpu0, gpu1 = servers
+    assert model_ids(gpu1) == ["beta"]
+    assert model_ids(gpu0) == ["alpha", "beta"]
 
 
 def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer], staff: httpx.Client) -> None:
@@ -94,7 +117,7 @@ def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer], 
         cwd=PROJECT_DIR, env=server_env(gpu1.config, gpu1.database_url), check=True, capture_output=True, text=True,
     )
     models = {row["model"]: row["requests"] for row in json.loads(usage.stdout)["models"]}
-    assert models == {"alpha": 1, "beta": 1}
+    assert set(models) == {"alpha", "beta"} and min(models.values()) >= 1
 
 
 def test_the_admin_acts_on_its_own_servers_models_only(servers: list[DaphneServer], staff: httpx.Client) -> None:
@@ -112,3 +135,46 @@ def test_the_admin_acts_on_its_own_servers_models_only(servers: list[DaphneServe
     assert "Alpha is loaded." in done.text  # the admin capitalises messages
     assert "Beta is served by gpu1, not by this server (gpu0)" in done.text
     assert gpu0.loaded() == ["alpha"]
+
+
+def instances_of(server: DaphneServer, completion_id: str) -> list[tuple[str, str]]:
+    return server.rows("SELECT instance, status FROM inference_requestrecord WHERE completion_id = ?", completion_id)
+
+
+def test_a_peer_answers_for_the_models_a_server_lacks(servers: list[DaphneServer]) -> None:
+    gpu0, gpu1 = servers
+    answer = gpu0.chat("beta")
+    assert answer.status_code == 200 and answer.json()["model"] == "beta"
+    wait_for(lambda: instances_of(gpu0, answer.json()["id"]) == [("gpu1", "ok")])  # recorded once, by gpu1
+
+    body = {"model": "beta", "messages": HI, "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", f"{gpu0.url}/v1/chat/completions", json=body, timeout=60) as streamed:
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["model"] == "beta"
+    assert httpx.get(f"{gpu0.url}/v1/models/beta").json()["id"] == "beta"
+
+    unknown = gpu0.chat("gamma")  # nobody has it: the 404 is gpu0's own, after asking gpu1 once
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_client_hanging_up_on_a_relayed_stream_stops_the_peer(servers: list[DaphneServer]) -> None:
+    gpu0, gpu1 = servers
+    body = {"model": "beta", "messages": HI, "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{gpu0.url}/v1/chat/completions", json=body, timeout=60) as streamed:
+        lines = streamed.iter_lines()
+        completion_id = json.loads(next(line for line in lines if line.startswith("data: "))[6:])["id"]
+    wait_for(lambda: instances_of(gpu1, completion_id) == [("gpu1", "cancelled")])
+    wait_for(lambda: gpu1.loaded() == ["beta"] and httpx.get(f"{gpu1.url}/health").json()["models"]["beta"]["in_flight"] == 0)
+
+
+async def test_a_peer_that_does_not_answer_leaves_this_server_serving(use_config, caplog: pytest.LogCaptureFixture) -> None:
+    use_config(server={"peers": [f"http://127.0.0.1:{free_port()}"]})  # nothing listens there
+    client = AsyncClient()
+    listed = await client.get("/v1/models")
+    assert [model["id"] for model in listed.json()["data"]] == [SMOLLM2]
+    missing = await client.post(
+        "/v1/chat/completions", {"model": "elsewhere", "messages": HI}, content_type="application/json"
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert "did not answer" in caplog.text and "did not list its models" in caplog.text
