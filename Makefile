@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages bench bench-dashboard
+.PHONY: serve test setup setup-dev model migrate system-packages bench bench-dashboard bench-peers
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -56,6 +56,9 @@ $(VENV)/.model: requirements-model.txt | $(PY)
 
 bench-dashboard: setup-dev
 	$(PY) -m bench.dashboard
+
+bench-peers: setup-dev model
+	$(PY) -m bench.peers
 
 # The peers run from a bench-only venv: llama-cpp-python's server is never a runtime dependency.
 BENCH_VENV := .bench-venv

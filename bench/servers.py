@@ -65,14 +65,18 @@ def started(command: list[str], env: dict[str, str], url: str, model: str, healt
 
 
 @contextmanager
-def llamasite(model_path: Path, settings: dict, records: bool = True) -> Iterator[Running]:
-    """This server (manage.py serve) with a scratch config and database."""
+def llamasite(
+    model_path: Path, settings: dict, records: bool = True, server: dict | None = None, with_model: bool = True
+) -> Iterator[Running]:
+    """This server (manage.py serve) with a scratch config and database; `server` adds server
+    settings; without `with_model` its models directory is empty (a relay to its peers)."""
     workdir = Path(tempfile.mkdtemp(prefix="llamasite-bench-"))
     (workdir / "models").mkdir()
-    os.link(model_path, workdir / "models" / model_path.name)
+    if with_model:
+        os.link(model_path, workdir / "models" / model_path.name)
     port = free_port()
     config = {
-        "server": {"port": port, "log_level": "WARNING"},
+        "server": {"port": port, "log_level": "WARNING", **(server or {})},
         "model_manager": {"models_directory": "models", "idle_timeout": -1, **settings},
         "records": {"request_records": records},
     }

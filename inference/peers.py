@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,18 @@ _TIMEOUT = httpx.Timeout(10.0, read=None)
 _LIST_TIMEOUT = 3.0
 
 
+# One client (its connections and its TLS context, which costs ~20 ms to build) per event loop:
+# daphne runs one; tests run several.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    if loop not in _clients:
+        _clients[loop] = httpx.AsyncClient(timeout=_TIMEOUT)
+    return _clients[loop]
+
+
 def forwarding(request: HttpRequest) -> bool:
     """Whether a request this server cannot serve may go to a peer (not one a peer sent)."""
     return bool(get_config().server.peers) and FORWARDED_BY not in request.headers
@@ -42,22 +55,21 @@ def _headers(request: HttpRequest) -> dict[str, str]:
 
 async def forward(request: HttpRequest) -> StreamingHttpResponse | None:
     """The answer of the first peer that has the request's model, or None if none has it."""
+    client = _client()
     for peer in get_config().server.peers:
-        client = httpx.AsyncClient(timeout=_TIMEOUT)
         try:
             upstream = await client.send(
                 client.build_request(request.method, f"{peer}{request.get_full_path()}", content=request.body, headers=_headers(request)),
                 stream=True,
             )
         except httpx.HTTPError as exc:
-            await client.aclose()
             logger.warning("peer %s did not answer %s: %s", peer, request.path, exc)
             continue
         if upstream.status_code == 404 and await _model_not_found(upstream):
-            await client.aclose()
+            await upstream.aclose()
             continue
         logger.info("%s %s: the model is served by peer %s", request.method, request.path, peer)
-        return _relayed(upstream, client)
+        return _relayed(upstream)
     return None
 
 
@@ -70,13 +82,13 @@ async def _model_not_found(upstream: httpx.Response) -> bool:
     return isinstance(error, dict) and error.get("code") == "model_not_found"
 
 
-def _relayed(upstream: httpx.Response, client: httpx.AsyncClient) -> StreamingHttpResponse:
+def _relayed(upstream: httpx.Response) -> StreamingHttpResponse:
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in upstream.aiter_raw():
                 yield chunk
         finally:  # also when the client hung up: the peer then stops generating
-            await client.aclose()
+            await upstream.aclose()
 
     response = StreamingHttpResponse(
         body(), status=upstream.status_code, content_type=upstream.headers.get("Content-Type")
@@ -89,11 +101,14 @@ def _relayed(upstream: httpx.Response, client: httpx.AsyncClient) -> StreamingHt
 
 async def models_elsewhere(request: HttpRequest) -> list[dict[str, Any]]:
     """The models the peers list (to the same key), in peer order; a silent peer lists none."""
-    async with httpx.AsyncClient(timeout=_LIST_TIMEOUT) as client:
-        answers = await asyncio.gather(
-            *(client.get(f"{peer}/v1/models", headers=_headers(request)) for peer in get_config().server.peers),
-            return_exceptions=True,
-        )
+    client = _client()
+    answers = await asyncio.gather(
+        *(
+            client.get(f"{peer}/v1/models", headers=_headers(request), timeout=_LIST_TIMEOUT)
+            for peer in get_config().server.peers
+        ),
+        return_exceptions=True,
+    )
     models = []
     for peer, answer in zip(get_config().server.peers, answers):
         if isinstance(answer, httpx.Response) and answer.status_code == 200:
