@@ -73,13 +73,18 @@ def api_key_find(secret: str) -> ApiKey | None:
     return key
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (None: no such header)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 async def api_key_check(authorization: str | None) -> ApiKey | None:
     """The request's key. Without `server.require_api_key`, a missing or unknown key is fine
     (the SDKs always send one) but a known one is still attributed; with it, it is a 401."""
-    scheme, _, secret = (authorization or "").partition(" ")
-    secret = secret.strip()
+    secret = bearer_token(authorization)
     key = None
-    if scheme.lower() == "bearer" and secret.startswith(SECRET_PREFIX):
+    if secret and secret.startswith(SECRET_PREFIX):
         key = await sync_to_async(api_key_find, thread_sensitive=False)(secret)
     if key is None and get_config().server.api_key_required:
         raise InvalidApiKey(

@@ -117,16 +117,14 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         With several servers on one database, a model of another server is loaded and unloaded
         by that server (its own admin, or its /admin/load and /admin/unload).
         """
-        rows = list(queryset)
-        for row in rows:
-            if not _served_here(row):
-                self.message_user(
-                    request,
-                    f"{row.name} is served by {row.instance}, not by this server "
-                    f"({get_config().server.instance}): use that server's admin.",
-                    messages.ERROR,
-                )
-        return [row for row in rows if _served_here(row)]
+        here = get_config().server.instance
+        for row in queryset.exclude(instance=here):
+            self.message_user(
+                request,
+                f"{row.name} is served by {row.instance}, not by this server ({here}): use that server's admin.",
+                messages.ERROR,
+            )
+        return list(queryset.filter(instance=here))
 
     @admin.action(description="Load now")
     def load_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:

@@ -14,16 +14,11 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from inference.config import get_config
-from inference.errors import ApiError
+from inference.access import bearer_token
+from inference.errors import InvalidApiKey
 from inference.secret_files import read_or_create_secret
 
 ADMIN_TOKEN_ENV_VAR = "LLAMA_SERVER_ADMIN_TOKEN"
-
-
-class AdminTokenInvalid(ApiError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
 
 
 def admin_token_path() -> Path:
@@ -54,10 +49,10 @@ class AdminTokenRequired(BasePermission):
     """DRF permission: `Authorization: Bearer <admin token>`, or a 401 in OpenAI shape."""
 
     def has_permission(self, request: Request, view: object) -> bool:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = bearer_token(request.headers.get("Authorization"))
         expected = admin_token(create=True) or ""
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
-            raise AdminTokenInvalid(
+        if given is None or not hmac.compare_digest(given, expected):
+            raise InvalidApiKey(
                 "Missing or wrong admin token: send 'Authorization: Bearer <token>' with the token "
                 f"from {admin_token_source()}."
             )

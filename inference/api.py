@@ -103,11 +103,7 @@ class ModelListView(APIView):
         key = await access.api_key_check(request.headers.get("Authorization"))
         body = protocol.model_list_body(selectors.model_list(allowed=key and key.allowed_models))
         if peers.forwarding(request):
-            listed = {model["id"] for model in body["data"]}
-            for model in await peers.models_elsewhere(request):
-                if model.get("id") not in listed:
-                    listed.add(model.get("id"))
-                    body["data"].append(model)
+            body["data"] += await peers.models_elsewhere(request, listed={model["id"] for model in body["data"]})
         return Response(body)
 
 

@@ -692,6 +692,13 @@ class ModelManager:
         self._retired = [old for old in self._retired if old.is_alive()] + [worker]
         return worker.stop(reason)
 
+    def _retire_missing_locked(self, available: dict[str, ModelFile], reason: LoadReason) -> list[ModelWorker]:
+        """Unload the models whose file is no longer there (after their running requests)."""
+        missing = [worker for worker in self._workers.values() if worker.model.name not in available]
+        for worker in missing:
+            self._retire_locked(worker, reason)
+        return missing
+
     def _unload_idle_worker(self, worker: ModelWorker) -> None:
         """Called on a worker's thread when it went idle with a timeout of 0."""
         with self._lock:
@@ -726,14 +733,12 @@ class ModelManager:
         now = time.monotonic()
         available = self.available()
         with self._lock:
-            removed = [worker for worker in self._workers.values() if worker.model.name not in available]
+            removed = self._retire_missing_locked(available, LoadReason.FILE_REMOVED)
             expired = [
                 worker
                 for worker in self._workers.values()
-                if worker not in removed and (expiry := worker.idle_expiry()) is not None and now > expiry
+                if (expiry := worker.idle_expiry()) is not None and now > expiry
             ]
-            for worker in removed:
-                self._retire_locked(worker, LoadReason.FILE_REMOVED)
             for worker in expired:
                 self._retire_locked(worker, worker.idle_reason)
         for worker in removed:
@@ -772,9 +777,7 @@ class ModelManager:
         )
         with self._lock:
             self._known = known
-            gone = [worker for worker in self._workers.values() if worker.model.name not in known]
-            for worker in gone:
-                self._retire_locked(worker, LoadReason.RELOAD)
+            gone = self._retire_missing_locked(known, LoadReason.RELOAD)
         return changes, gone
 
     def worker(self, name: str) -> ModelWorker | None:

@@ -55,11 +55,11 @@ def _headers(request: HttpRequest) -> dict[str, str]:
 
 async def forward(request: HttpRequest) -> StreamingHttpResponse | None:
     """The answer of the first peer that has the request's model, or None if none has it."""
-    client = _client()
+    client, headers = _client(), _headers(request)
     for peer in get_config().server.peers:
         try:
             upstream = await client.send(
-                client.build_request(request.method, f"{peer}{request.get_full_path()}", content=request.body, headers=_headers(request)),
+                client.build_request(request.method, f"{peer}{request.get_full_path()}", content=request.body, headers=headers),
                 stream=True,
             )
         except httpx.HTTPError as exc:
@@ -99,20 +99,21 @@ def _relayed(upstream: httpx.Response) -> StreamingHttpResponse:
     return response
 
 
-async def models_elsewhere(request: HttpRequest) -> list[dict[str, Any]]:
-    """The models the peers list (to the same key), in peer order; a silent peer lists none."""
-    client = _client()
+async def models_elsewhere(request: HttpRequest, listed: set[str]) -> list[dict[str, Any]]:
+    """The models the peers list (to the same key) that are not `listed` already, in peer
+    order; a silent peer lists none."""
+    client, headers, peers = _client(), _headers(request), get_config().server.peers
     answers = await asyncio.gather(
-        *(
-            client.get(f"{peer}/v1/models", headers=_headers(request), timeout=_LIST_TIMEOUT)
-            for peer in get_config().server.peers
-        ),
+        *(client.get(f"{peer}/v1/models", headers=headers, timeout=_LIST_TIMEOUT) for peer in peers),
         return_exceptions=True,
     )
-    models = []
-    for peer, answer in zip(get_config().server.peers, answers):
-        if isinstance(answer, httpx.Response) and answer.status_code == 200:
-            models += answer.json().get("data", [])
-        else:
+    models, seen = [], set(listed)
+    for peer, answer in zip(peers, answers):
+        if not isinstance(answer, httpx.Response) or answer.status_code != 200:
             logger.warning("peer %s did not list its models: %s", peer, answer)
+            continue
+        for model in answer.json().get("data", []):
+            if model.get("id") not in seen:
+                seen.add(model.get("id"))
+                models.append(model)
     return models
