@@ -19,7 +19,16 @@ import pytest
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.manager import replace_model_manager
-from tests.services import PROJECT_DIR, DatabaseTemplate, create_template, free_port, postgres_server, query_rows, redis_server
+from tests.services import (
+    PROJECT_DIR,
+    DatabaseTemplate,
+    create_template,
+    free_port,
+    postgres_server,
+    query_rows,
+    redis_server,
+    wait_until_started,
+)
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
 HI = [{"role": "user", "content": "Hi"}]
@@ -124,6 +133,25 @@ class DaphneServer:
             self.process.terminate()
             self.process.wait(timeout=30)
 
+    def manage(self, *args: str, **environment: str) -> subprocess.CompletedProcess:
+        """`manage.py <args>` with this server's config and database (plus `environment`)."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=PROJECT_DIR,
+            env={**server_env(self.config, self.database_url), **environment},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def create_superuser(self, password: str) -> None:
+        """A staff account "admin" in this server's database."""
+        created = self.manage(
+            "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+            DJANGO_SUPERUSER_PASSWORD=password,
+        )
+        assert created.returncode == 0, created.stderr
+
     def rows(self, query: str, *parameters: Any) -> list[tuple]:
         """Rows from the server's own database (`?` placeholders)."""
         return query_rows(self.database_url, query, *parameters)
@@ -181,16 +209,14 @@ def start_server(
     if "--port" in extra_args:
         port = extra_args[extra_args.index("--port") + 1]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answers() -> bool:
         try:
-            httpx.get(f"{url}/health", timeout=1).raise_for_status()
-            break
+            return httpx.get(f"{url}/health", timeout=1).is_success
         except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
-            time.sleep(0.1)
+            return False
+
+    wait_until_started(answers, process, lambda: f"server did not start:\n{log_path.read_text()}", seconds=60)
     return DaphneServer(url=url, log_path=log_path, process=process, database_url=database_url, config=config)
 
 

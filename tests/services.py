@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +73,9 @@ class DatabaseTemplate:
             database = directory / "db.sqlite3"
             shutil.copyfile(self.url.removeprefix("sqlite:///"), database)
             return f"sqlite:///{database}"
-        name = f"{urlsplit(self.url).path.lstrip('/')}_{os.getpid()}_{next(self._copies)}"
-        query_rows(with_database_name(self.url, "postgres"), f'CREATE DATABASE "{name}" TEMPLATE "{urlsplit(self.url).path.lstrip("/")}"')
+        template = urlsplit(self.url).path.lstrip("/")
+        name = f"{template}_{os.getpid()}_{next(self._copies)}"
+        query_rows(with_database_name(self.url, "postgres"), f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return with_database_name(self.url, name)
 
 
@@ -101,12 +102,15 @@ def _as_owner(owner: str | None, command: list[str]) -> list[str]:
     return ["runuser", "-u", owner, "--", *command] if owner else command
 
 
-def _wait_until(ready: Any, what: str, process: subprocess.Popen, seconds: float = 30) -> None:
+def wait_until_started(
+    ready: Callable[[], bool], process: subprocess.Popen, failure: Callable[[], str], seconds: float = 30
+) -> None:
+    """Wait until `ready()`; if the process exits or takes longer, kill it and raise `failure()`."""
     deadline = time.monotonic() + seconds
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"{what} did not start")
+            raise RuntimeError(failure())
         time.sleep(0.1)
 
 
@@ -141,7 +145,7 @@ def postgres_server() -> Iterator[str]:
             return False
 
     try:
-        _wait_until(ready, "PostgreSQL", process)
+        wait_until_started(ready, process, lambda: "PostgreSQL did not start")
         yield url
     finally:
         process.terminate()
@@ -170,7 +174,7 @@ def redis_server() -> Iterator[str]:
             return False
 
     try:
-        _wait_until(ready, "redis-server", process)
+        wait_until_started(ready, process, lambda: "redis-server did not start")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()

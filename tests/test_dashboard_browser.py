@@ -3,17 +3,14 @@ feed receiving a request as it finishes; a screenshot is kept in test-artifacts/
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, server_env, start_server, write_config
+from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
 from tests.services import DatabaseTemplate
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -31,16 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     link_model(smollm2_file, root / "models", SMOLLM2)
     config = write_config(root, server={"port": free_port()}, n_ctx=2048)
     server = start_server(config, root / "server.log", migrated_database)
-    subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
-        cwd=PROJECT_DIR,
-        env={**server_env(config, server.database_url), "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-        check=True,
-        capture_output=True,
-    )
+    server.create_superuser(PASSWORD)
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -56,10 +56,13 @@ def test_a_model_file_deleted_while_loaded_is_unloaded_and_gone(server: DaphneSe
     assert refused.json()["error"]["code"] == "model_not_found"
     assert "f-other" not in model_ids(server)
     wait_for(lambda: "f-other" not in server.loaded())  # the reaper noticed and freed its memory
-    [(kind, reason)] = server.rows(
-        "SELECT kind, reason FROM inference_loadevent WHERE model = 'f-other' ORDER BY id DESC LIMIT 1"
-    )
-    assert (kind, reason) == ("unload", "file_removed")
+
+    def last_event() -> list[tuple]:
+        query = "SELECT kind, reason FROM inference_loadevent WHERE model = 'f-other' ORDER BY id DESC LIMIT 1"
+        return server.rows(query)
+
+    # The unload is recorded by the worker as it finishes, just after the model leaves the list.
+    wait_for(lambda: last_event() == [("unload", "file_removed")])
     assert server.chat(SMOLLM2).status_code == 200
 
 

@@ -24,7 +24,6 @@ from tests.conftest import (
     DaphneServer,
     free_port,
     link_model,
-    server_env,
     start_server,
     validate_openai,
     wait_for,
@@ -88,17 +87,6 @@ def events(server: DaphneServer, model: str) -> list[tuple[str, str]]:
     """(kind, reason) of the model's load events, oldest first."""
     rows = server.rows("SELECT kind, reason FROM inference_loadevent WHERE model = ? ORDER BY id", model)
     return [tuple(row) for row in rows]
-
-
-def manage(server: DaphneServer, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT_DIR,
-        env=server_env(server.config, server.database_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_first_request_loads_lazily_and_is_recorded(server: DaphneServer) -> None:
@@ -223,16 +211,16 @@ def test_a_broken_model_file_is_recorded_as_a_failed_load(server: DaphneServer) 
 
 def test_commands_control_the_running_server(server: DaphneServer) -> None:
     server.chat("m-a")
-    unload = manage(server, "unload", "m-a")
+    unload = server.manage("unload", "m-a")
     assert unload.returncode == 0, unload.stderr
     assert unload.stdout.strip() == "unloaded: m-a"
     assert events(server, "m-a")[-1] == ("unload", "cli")
-    reload = manage(server, "reload")
+    reload = server.manage("reload")
     assert reload.returncode == 0, reload.stderr
     assert reload.stdout.splitlines() == ["added: none", "removed: none", "changed: none"]
-    reap = manage(server, "reaper", "--once")
+    reap = server.manage("reaper", "--once")
     assert reap.returncode == 0 and reap.stdout.strip() == "unloaded: nothing"
-    unknown = manage(server, "unload", "nope")
+    unknown = server.manage("unload", "nope")
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
 
 

@@ -4,8 +4,6 @@ histograms, queue depth, loaded models, loads, failed loads, unloads and refused
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
     HI,
-    PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
     free_port,
     link_model,
-    server_env,
     start_server,
     wait_for,
     write_config,
@@ -46,10 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
 
 @pytest.fixture(scope="module")
 def key(server: DaphneServer) -> dict[str, str]:
-    created = subprocess.run(
-        [sys.executable, "manage.py", "apikey", "create", "metrics-test"],
-        cwd=PROJECT_DIR, env=server_env(server.config, server.database_url), check=True, capture_output=True, text=True,
-    )
+    created = server.manage("apikey", "create", "metrics-test")
+    assert created.returncode == 0, created.stderr
     return {"Authorization": f"Bearer {created.stdout.strip()}"}
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +16,10 @@ from websockets.sync.client import connect
 
 from tests.conftest import (
     HI,
-    PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
     free_port,
     link_model,
-    server_env,
     start_server,
     wait_for,
     write_config,
@@ -70,13 +66,7 @@ def staff(servers: list[DaphneServer]) -> httpx.Client:
     """A client of gpu0 logged in to the Django admin as a new superuser (sessions live in the
     shared database)."""
     server = servers[0]
-    subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
-        cwd=PROJECT_DIR,
-        env={**server_env(server.config, server.database_url), "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-        check=True,
-        capture_output=True,
-    )
+    server.create_superuser(PASSWORD)
     client = httpx.Client(base_url=server.url, timeout=30)
     page = client.get("/admin/login/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
@@ -112,10 +102,8 @@ def test_dashboard_feed_and_usage_see_every_server(servers: list[DaphneServer], 
     assert "alpha" in page.text and "beta" in page.text
     assert {row[0] for row in gpu0.rows("SELECT DISTINCT instance FROM inference_requestrecord")} == {"gpu0", "gpu1"}
 
-    usage = subprocess.run(
-        [sys.executable, "manage.py", "usage", "--since", "1h", "--json"],
-        cwd=PROJECT_DIR, env=server_env(gpu1.config, gpu1.database_url), check=True, capture_output=True, text=True,
-    )
+    usage = gpu1.manage("usage", "--since", "1h", "--json")
+    assert usage.returncode == 0, usage.stderr
     models = {row["model"]: row["requests"] for row in json.loads(usage.stdout)["models"]}
     assert set(models) == {"alpha", "beta"} and min(models.values()) >= 1
 
