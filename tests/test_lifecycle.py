@@ -38,16 +38,8 @@ def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
         "m-pinned": {"pinned": True},
         **extra.pop("models", {}),
     }
-    return write_config(
-        root,
-        server={"port": port},
-        n_ctx=2048,
-        idle_timeout=-1,
-        check_interval=0.2,
-        max_loaded_models=3,
-        models=models,
-        **extra,
-    )
+    settings = {"n_ctx": 2048, "idle_timeout": -1, "check_interval": 0.2, "max_loaded_models": 3, **extra}
+    return write_config(root, server={"port": port}, models=models, **settings)
 
 
 def start_lifecycle_server(root: Path, smollm2_file: Path, template: Path, **extra: Any) -> DaphneServer:
@@ -276,14 +268,16 @@ def test_memory_comes_back_after_unloads(server: DaphneServer) -> None:
 def test_reload_applies_settings_and_rediscovers(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
-    server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database)
+    # No idle check during the test: it would unload the deleted m-c (as file_removed) before reload does.
+    quiet_reaper = {"check_interval": 3600}
+    server = start_lifecycle_server(tmp_path, smollm2_file, migrated_database, **quiet_reaper)
     try:
         for name in ("m-a", "m-c"):
             assert server.chat(name).status_code == 200
         (tmp_path / "models" / "m-c.gguf").unlink()
         link_model(smollm2_file, tmp_path / "models", "m-new")
         port = int(server.url.rsplit(":", 1)[1])
-        lifecycle_config(tmp_path, port, models={"m-a": {"n_ctx": 512}})
+        lifecycle_config(tmp_path, port, models={"m-a": {"n_ctx": 512}}, **quiet_reaper)
         assert admin(server, "/admin/reload") == {"added": ["m-new"], "removed": ["m-c"], "changed": ["m-a"]}
         assert "m-c" not in server.loaded() and "m-a" in server.loaded()
         assert events(server, "m-c")[-1] == ("unload", "reload")
