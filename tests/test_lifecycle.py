@@ -34,7 +34,7 @@ from tests.gguf_files import write_random
 
 def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
     models = {
-        "m-idle": {"idle_timeout": 1},
+        "m-idle": {"idle_timeout": 2},
         "m-pinned": {"pinned": True},
         **extra.pop("models", {}),
     }
@@ -178,12 +178,12 @@ def test_keep_alive_zero_unloads_right_after_the_request(server: DaphneServer) -
 
 
 def test_keep_alive_duration_overrides_the_idle_timeout(server: DaphneServer) -> None:
-    assert server.chat("m-c", keep_alive="1s").status_code == 200
+    assert server.chat("m-c", keep_alive="2s").status_code == 200
     assert httpx.get(f"{server.url}/health").json()["models"]["m-c"]["expires_at"] is not None
     wait_for(lambda: events(server, "m-c")[-1] == ("unload", "keep_alive"), seconds=10)
     assert "m-c" not in server.loaded()
     assert server.chat("m-idle", keep_alive=-1).status_code == 200
-    time.sleep(1.6)  # past m-idle's own idle_timeout of 1 s, with the reaper running every 0.2 s
+    time.sleep(2.6)  # past m-idle's own idle_timeout of 2 s, with the reaper running every 0.2 s
     assert "m-idle" in server.loaded()
     bad = server.chat("m-a", keep_alive="soon")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
