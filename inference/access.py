@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+import redis
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db.models import F, Sum
 from django.db.models.functions import Coalesce
 
@@ -21,6 +27,9 @@ from inference.models import ApiKey, RequestRecord
 
 SECRET_PREFIX = "sk-"
 PREFIX_LENGTH = 11  # "sk-" and 8 characters: shown, and looked up by
+WINDOW_SECONDS = 60  # of requests_per_minute
+
+logger = logging.getLogger(__name__)
 
 
 def _hashed(secret: str) -> str:
@@ -94,30 +103,79 @@ async def api_key_check(authorization: str | None) -> ApiKey | None:
     return key
 
 
-class _RequestWindows:
-    """Each key's requests in the last minute (this process)."""
+class _LocalWindows:
+    """Each key's requests in the last minute, counted by this process."""
 
     def __init__(self) -> None:
         self._times: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def admit(self, key: ApiKey) -> None:
-        if not key.requests_per_minute:
-            return
+    def reserve(self, prefix: str, limit: int) -> float:
+        """Count a request and return 0, or return the seconds until one is allowed."""
         now = time.monotonic()
         with self._lock:
-            times = self._times[key.prefix]
-            while times and now - times[0] >= 60:
+            times = self._times[prefix]
+            while times and now - times[0] >= WINDOW_SECONDS:
                 times.popleft()
-            if len(times) >= key.requests_per_minute:
-                raise QuotaExceeded(
-                    f"API key {key.prefix}… may make {key.requests_per_minute} requests a minute.",
-                    retry_after=math.ceil(60 - (now - times[0])),
-                )
+            if len(times) >= limit:
+                return WINDOW_SECONDS - (now - times[0])
             times.append(now)
+            return 0
 
 
-_windows = _RequestWindows()
+# One atomic step in Redis, on Redis' clock (servers on several boxes need not agree on time):
+# drop the entries older than the window, refuse if it is full (milliseconds until its oldest
+# entry leaves), else add this request.
+_RESERVE_SCRIPT = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + window - now
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return 0
+"""
+
+
+class _SharedWindows:
+    """Each key's requests in the last minute, counted in the Redis that every server process
+    shares (REDIS_URL); while it cannot be reached, this process counts alone."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._url = f"{parts.hostname}:{parts.port or 6379}"  # for logs: no password
+        self._reserve = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).register_script(
+            _RESERVE_SCRIPT
+        )
+        self._local = _LocalWindows()
+        self._reachable = True
+
+    def reserve(self, prefix: str, limit: int) -> float:
+        try:
+            wait_ms = self._reserve(
+                keys=[f"llamasite:rpm:{prefix}"], args=[WINDOW_SECONDS * 1000, limit, uuid.uuid4().hex]
+            )
+        except redis.RedisError as error:
+            if self._reachable:
+                logger.warning(
+                    "Redis at %s cannot be reached (%s): requests per minute are counted by this process alone",
+                    self._url, error,
+                )
+                self._reachable = False
+            return self._local.reserve(prefix, limit)
+        if not self._reachable:
+            logger.warning("Redis at %s is back: requests per minute are shared again", self._url)
+            self._reachable = True
+        return int(wait_ms) / 1000
+
+
+@functools.cache
+def _windows(redis_url: str | None) -> _LocalWindows | _SharedWindows:
+    return _SharedWindows(redis_url) if redis_url else _LocalWindows()
 
 
 def _tokens_today(prefix: str, since: datetime) -> int:
@@ -125,11 +183,25 @@ def _tokens_today(prefix: str, since: datetime) -> int:
     return records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
 
 
+async def _requests_per_minute_check(key: ApiKey) -> None:
+    windows = _windows(settings.REDIS_URL)
+    if isinstance(windows, _SharedWindows):  # a network round trip: off the event loop
+        wait = await sync_to_async(windows.reserve, thread_sensitive=False)(key.prefix, key.requests_per_minute)
+    else:
+        wait = windows.reserve(key.prefix, key.requests_per_minute)
+    if wait:
+        raise QuotaExceeded(
+            f"API key {key.prefix}… may make {key.requests_per_minute} requests a minute.",
+            retry_after=max(1, math.ceil(wait)),
+        )
+
+
 async def quota_check(key: ApiKey | None) -> None:
     """429 if the key is over its requests per minute or its tokens today."""
     if key is None:
         return
-    _windows.admit(key)
+    if key.requests_per_minute:
+        await _requests_per_minute_check(key)
     if key.tokens_per_day:
         now = datetime.now(UTC)
         midnight = datetime.combine(now.date(), datetime.min.time(), UTC)

@@ -94,11 +94,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The live feed reaches the dashboards of this process only, unless REDIS_URL names a Redis that
 # several server processes share (e.g. redis://127.0.0.1:6379/0).
-if os.environ.get("REDIS_URL"):
+# API keys' requests per minute are counted there too (inference.access).
+REDIS_URL = os.environ.get("REDIS_URL") or None
+if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+            "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
 else:

@@ -33,7 +33,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import DatabaseTemplate
+from tests.services import DatabaseTemplate, redis_server
 from tests.record_factory import make_record
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -150,6 +150,24 @@ async def test_requests_per_minute_over_the_limit_are_a_429_with_retry_after(use
     assert (error["type"], error["code"]) == ("rate_limit_error", "quota_exceeded")
     assert 0 < int(response["Retry-After"]) <= 60
     assert (await chat()).status_code == 200  # other clients are not limited by it
+
+
+def test_requests_per_minute_are_counted_by_this_process_while_redis_is_away(caplog: pytest.LogCaptureFixture) -> None:
+    """With REDIS_URL the window is shared (test_scaleout); an unreachable Redis degrades to
+    this process' own count, logged once, and is used again when it is back."""
+    port = free_port()
+    windows = access._SharedWindows(f"redis://:hunter2@127.0.0.1:{port}/0")
+    with caplog.at_level(logging.WARNING, logger="inference.access"):
+        assert [windows.reserve("sk-away", 2) for _ in range(3)][:2] == [0, 0]
+        assert 59 < windows.reserve("sk-away", 2) <= 60  # the limit still holds
+        assert caplog.text.count(f"Redis at 127.0.0.1:{port} cannot be reached") == 1
+        try:
+            with redis_server(port):
+                assert [windows.reserve("sk-away", 2) for _ in range(3)] == [0, 0, pytest.approx(60, abs=1)]
+        except LookupError as missing:
+            pytest.skip(str(missing))
+    assert f"Redis at 127.0.0.1:{port} is back" in caplog.text
+    assert "hunter2" not in caplog.text
 
 
 async def test_tokens_per_day_over_the_limit_are_a_429_until_midnight(use_config) -> None:

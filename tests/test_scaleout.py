@@ -1,6 +1,7 @@
 """Several server processes, each owning its models, sharing one PostgreSQL and one Redis: the
 dashboard, the live feed and `manage.py usage` of any of them see the requests of all; the admin
-acts on its own server's models; a server relays requests for the models it lacks to its peers."""
+acts on its own server's models; an API key's requests per minute are counted across servers; a
+server relays requests for the models it lacks to its peers."""
 
 from __future__ import annotations
 
@@ -127,6 +128,21 @@ def test_the_admin_acts_on_its_own_servers_models_only(servers: list[DaphneServe
 
 def instances_of(server: DaphneServer, completion_id: str) -> list[tuple[str, str]]:
     return server.rows("SELECT instance, status FROM inference_requestrecord WHERE completion_id = ?", completion_id)
+
+
+def test_an_api_keys_requests_per_minute_are_counted_across_servers(servers: list[DaphneServer]) -> None:
+    created = servers[0].manage("apikey", "create", "shared-limit", "--rpm", "2")
+    assert created.returncode == 0, created.stderr
+    key = {"Authorization": f"Bearer {created.stdout.strip()}"}
+
+    def post(server: DaphneServer, model: str) -> httpx.Response:
+        body = {"model": model, "messages": HI, "max_tokens": 1}
+        return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=key, timeout=60)
+
+    assert [post(servers[0], "alpha").status_code, post(servers[1], "beta").status_code] == [200, 200]
+    refused = post(servers[0], "alpha")  # its third request this minute, the first on gpu0 alone
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
 
 
 def test_a_peer_answers_for_the_models_a_server_lacks(servers: list[DaphneServer]) -> None:
