@@ -168,7 +168,7 @@ class _SharedWindows:
                 self._reachable = False
             return self._local.reserve(prefix, limit)
         if not self._reachable:
-            logger.warning("Redis at %s is back: requests per minute are shared again", self._url)
+            logger.info("Redis at %s is back: requests per minute are shared again", self._url)
             self._reachable = True
         return int(wait_ms) / 1000
 
