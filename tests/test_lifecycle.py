@@ -148,7 +148,7 @@ def test_idle_models_are_reaped(server: DaphneServer) -> None:
     assert server.chat("m-idle").status_code == 200
     expires = httpx.get(f"{server.url}/health").json()["models"]["m-idle"]["expires_at"]
     assert expires is not None
-    wait_for(lambda: events(server, "m-idle")[-1] == ("unload", "idle"), seconds=10)
+    wait_for(lambda: events(server, "m-idle")[-1] == ("unload", "idle"))
     assert events(server, "m-idle")[-2] == ("load", "first_request")
     assert "m-idle" not in server.loaded()
 
@@ -173,14 +173,14 @@ def test_least_recently_used_idle_model_makes_room(server: DaphneServer) -> None
 
 def test_keep_alive_zero_unloads_right_after_the_request(server: DaphneServer) -> None:
     assert server.chat("m-b", keep_alive=0).status_code == 200
-    wait_for(lambda: events(server, "m-b")[-1] == ("unload", "keep_alive"), seconds=5)
+    wait_for(lambda: events(server, "m-b")[-1] == ("unload", "keep_alive"))
     assert "m-b" not in server.loaded()
 
 
 def test_keep_alive_duration_overrides_the_idle_timeout(server: DaphneServer) -> None:
     assert server.chat("m-c", keep_alive="2s").status_code == 200
     assert httpx.get(f"{server.url}/health").json()["models"]["m-c"]["expires_at"] is not None
-    wait_for(lambda: events(server, "m-c")[-1] == ("unload", "keep_alive"), seconds=10)
+    wait_for(lambda: events(server, "m-c")[-1] == ("unload", "keep_alive"))
     assert "m-c" not in server.loaded()
     assert server.chat("m-idle", keep_alive=-1).status_code == 200
     time.sleep(2.6)  # past m-idle's own idle_timeout of 2 s, with the reaper running every 0.2 s

@@ -356,7 +356,7 @@ async def test_idle_timeout_zero_unloads_after_each_request(models: Path, lifecy
     assert log.count("load alpha") == 2
 
 
-async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
+async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
     for _ in range(int(seconds / 0.02)):
         if condition():
             return
