@@ -188,24 +188,26 @@ class GenerationView(APIView):
         return Response(await self.body(generation, parsed))
 
 
-def _generation_schema(operation_id: str, summary: str, serializer: Any, response: dict[str, Any], streams: bool) -> Any:
-    """Class decorator: the view's own `post`, described for the OpenAPI document.
+def _generation_schema(operation_id: str, summary: str, response: dict[str, Any]) -> Any:
+    """Class decorator: the view's own `post`, described for the OpenAPI document from its
+    serializer and whether it streams (has `chunks`).
 
     (drf-spectacular's extend_schema_view would wrap the inherited coroutine method in a plain
     function, and the view would stop being async.)
     """
-    responses: dict[Any, Any] = {(200, "application/json"): response, **_GENERATION_ERRORS}
-    if streams:
-        responses[(200, "text/event-stream")] = _STREAM
 
     def describe(view: type[GenerationView]) -> type[GenerationView]:
+        responses: dict[Any, Any] = {(200, "application/json"): response, **_GENERATION_ERRORS}
+        if view.chunks is not None:
+            responses[(200, "text/event-stream")] = _STREAM
+
         async def post(self: GenerationView, request: Request) -> Response | StreamingHttpResponse:
             return await GenerationView.post(self, request)
 
         view.post = extend_schema(
             operation_id=operation_id,
             summary=summary,
-            request={"application/json": serializer},
+            request={"application/json": view.serializer},
             responses=responses,
         )(post)
         return view
@@ -213,10 +215,7 @@ def _generation_schema(operation_id: str, summary: str, serializer: Any, respons
     return describe
 
 
-@_generation_schema(
-    "createChatCompletion", "Create a chat completion", protocol.ChatCompletionRequestSerializer,
-    openai_schema("CreateChatCompletionResponse"), streams=True,
-)
+@_generation_schema("createChatCompletion", "Create a chat completion", openai_schema("CreateChatCompletionResponse"))
 class ChatCompletionsView(GenerationView):
     serializer = protocol.ChatCompletionRequestSerializer
     start = staticmethod(services.chat_completion_create)
@@ -224,10 +223,7 @@ class ChatCompletionsView(GenerationView):
     chunks = staticmethod(protocol.chat_completion_chunks)
 
 
-@_generation_schema(
-    "createCompletion", "Create a text completion", protocol.CompletionRequestSerializer,
-    openai_schema("CreateCompletionResponse"), streams=True,
-)
+@_generation_schema("createCompletion", "Create a text completion", openai_schema("CreateCompletionResponse"))
 class CompletionsView(GenerationView):
     serializer = protocol.CompletionRequestSerializer
     start = staticmethod(services.completion_create)
@@ -235,7 +231,7 @@ class CompletionsView(GenerationView):
     chunks = staticmethod(protocol.completion_chunks)
 
 
-@_generation_schema("createEmbedding", "Create embeddings", protocol.EmbeddingRequestSerializer, _EMBEDDINGS, streams=False)
+@_generation_schema("createEmbedding", "Create embeddings", _EMBEDDINGS)
 class EmbeddingsView(GenerationView):
     serializer = protocol.EmbeddingRequestSerializer
     start = staticmethod(services.embedding_create)
