@@ -192,7 +192,7 @@ async def _requests_per_minute_check(key: ApiKey) -> None:
     if wait:
         raise QuotaExceeded(
             f"API key {key.prefix}… may make {key.requests_per_minute} requests a minute.",
-            retry_after=max(1, math.ceil(wait)),
+            retry_after=math.ceil(wait),
         )
 
 
