@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,23 +174,28 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTempl
     return create_template(tmp_path_factory.mktemp("database"))
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL server of the tests' own (URL without a database name)."""
+@contextmanager
+def os_server_or_skip(server: AbstractContextManager[str]) -> Iterator[str]:
+    """The URL of a server started from an OS package (tests/services.py), or a skip saying
+    which package is missing."""
     try:
-        with postgres_server() as url:
+        with server as url:
             yield url
     except LookupError as missing:
         pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the tests' own (URL without a database name)."""
+    with os_server_or_skip(postgres_server()) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    try:
-        with redis_server() as url:
-            yield url
-    except LookupError as missing:
-        pytest.skip(str(missing))
+    with os_server_or_skip(redis_server()) as url:
+        yield url
 
 
 def start_server(
