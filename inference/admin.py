@@ -15,7 +15,9 @@ from django.template.defaultfilters import filesizeformat
 from inference import access, selectors, services
 from inference.config import get_config
 from inference.errors import ApiError
-from inference.lifecycle import LoadReason
+from inference.protocol import api_error
+from inference.runtime.errors import RuntimeFailure
+from inference.runtime.lifecycle import LoadReason
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 
 
@@ -131,8 +133,8 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         for row in self._rows_served_here(request, queryset):
             try:
                 async_to_sync(services.model_load)(model=row.name, reason=LoadReason.ADMIN_UI)
-            except ApiError as exc:
-                self.message_user(request, f"{row.name}: {exc.message}", messages.ERROR)
+            except (ApiError, RuntimeFailure) as exc:
+                self.message_user(request, f"{row.name}: {api_error(exc).message}", messages.ERROR)
             else:
                 self.message_user(request, f"{row.name} is loaded.", messages.SUCCESS)
 
@@ -141,8 +143,8 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         for row in self._rows_served_here(request, queryset):
             try:
                 result = async_to_sync(services.model_unload)(model=row.name, reason=LoadReason.ADMIN_UI)
-            except ApiError as exc:
-                self.message_user(request, f"{row.name}: {exc.message}", messages.ERROR)
+            except (ApiError, RuntimeFailure) as exc:
+                self.message_user(request, f"{row.name}: {api_error(exc).message}", messages.ERROR)
                 continue
             if result["pending"]:
                 self.message_user(request, f"{row.name} unloads when its running requests end.")

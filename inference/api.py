@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from inference import access, metrics, peers, protocol, selectors, services
 from inference.admin_auth import AdminTokenRequired
-from inference.errors import ModelNotFound
+from inference.runtime.errors import ModelNotFound
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 

@@ -13,8 +13,8 @@ class InferenceConfig(AppConfig):
     def ready(self) -> None:
         from prometheus_client import REGISTRY
 
-        from inference.lifecycle import model_lifecycle
-        from inference.manager import register_settings_overrides
+        from inference.runtime.lifecycle import model_lifecycle
+        from inference.runtime.pool import register_settings_overrides
         from inference.metrics import ModelStateCollector, lifecycle_event_count
         from inference.services import load_event_record, model_settings_overrides
 

@@ -1,7 +1,8 @@
 """Errors a request can end with, carrying their OpenAI status, type and code.
 
-Raised anywhere below the API (manager, engine, services); `inference.protocol` turns them into
-the OpenAI error envelope. Stdlib only, so every layer may raise them.
+Raised by the API layer and services (the runtime raises facts instead: `inference.runtime.errors`,
+worded by `inference.protocol.errors`); `inference.protocol` turns them into the OpenAI error
+envelope. Stdlib only.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ class ModelNotFound(ApiError):
 class ContextLengthExceeded(ApiError):
     code = "context_length_exceeded"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="messages")
-
 
 class ModelLoadFailed(ApiError):
     status = 503
     type = "server_error"
     code = "model_load_failed"
+
+
+class ModelFailed(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_failed"
 
 
 class GenerationFailed(ApiError):

@@ -11,8 +11,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inference.lifecycle import LifecycleEvent, LifecycleKind
-from inference.manager import model_manager
+from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind
+from inference.runtime.pool import model_pool
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -47,7 +47,7 @@ def request_count(
     completion_tokens: int, ttft_ms: float | None, duration_ms: float,
 ) -> None:
     """Count one finished request."""
-    if model not in model_manager().available():
+    if model not in model_pool().catalog.available():
         model = ""  # a name from a refused request: clients must not grow the label set at will
     REQUESTS.labels(model, endpoint, status, str(http_status)).inc()
     TOKENS.labels(model, status, "prompt").inc(prompt_tokens)
@@ -83,11 +83,11 @@ class ModelStateCollector(Collector):
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without it the registry would collect once on registration, building the model
-        # manager in every process that loads the app (management commands too).
+        # model pool in every process that loads the app (management commands too).
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        models = model_manager().status()
+        models = model_pool().status()
         loaded = GaugeMetricFamily("llamasite_model_loaded", "1 for each model loaded (or loading, unloading)", labels=["model", "state"])
         in_flight = GaugeMetricFamily("llamasite_requests_in_flight", "Requests being generated", labels=["model"])
         queued = GaugeMetricFamily("llamasite_queue_depth", "Requests waiting for a model", labels=["model"])

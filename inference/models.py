@@ -13,7 +13,7 @@ from django.db import models
 
 from inference import histograms
 
-from inference.lifecycle import LifecycleKind, LoadReason
+from inference.runtime.lifecycle import LifecycleKind, LoadReason
 
 
 class DiscoveredModel(models.Model):

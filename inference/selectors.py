@@ -12,52 +12,47 @@ from typing import Any
 from django.db.models import QuerySet
 
 from inference.apps import PROCESS_STARTED
-from inference.discovery import ModelFile, strip_suffix
-from inference.errors import ModelNotFound
-from inference.manager import model_manager
 from inference.models import ApiKey, DailyUsage, RequestRecord
+from inference.runtime.catalog import ModelFile, strip_suffix
+from inference.runtime.errors import ModelNotFound
+from inference.runtime.pool import model_pool
 
 
 def model_list(allowed: list[str] | None = None) -> dict[str, ModelFile]:
     """The models on disk, then the aliases of those (name → model); with `allowed` (an API
     key's models), only those."""
-    manager = model_manager()
-    models = manager.available()
+    catalog = model_pool().catalog
+    models = catalog.available()
     if allowed:
         models = {name: model for name, model in models.items() if name in allowed}
-    aliases = {
-        alias: models[strip_suffix(target)]
-        for alias, target in manager.config.aliases.items()
-        if alias not in models and strip_suffix(target) in models
-    }
-    return {**models, **aliases}
+    return {**models, **catalog.aliases(models)}
 
 
 def model_get(name: str, allowed: list[str] | None = None) -> tuple[str, ModelFile]:
     """One model by name or alias (`.gguf` optional) and the id it goes by; raises ModelNotFound."""
-    return strip_suffix(name), model_manager().resolve(name, allowed=allowed)
+    return strip_suffix(name), model_pool().catalog.resolve(name, allowed=allowed)
 
 
 def model_served_here(name: str, allowed: list[str] | None = None) -> bool:
     """Whether this server has the model (by name or alias), for this key."""
     try:
-        model_manager().resolve(name, allowed=allowed)
+        model_pool().catalog.resolve(name, allowed=allowed)
     except ModelNotFound:
         return False
     return True
 
 
 def loaded_model_names() -> list[str]:
-    return model_manager().loaded_models()
+    return model_pool().loaded_models()
 
 
 def health() -> dict[str, Any]:
-    manager = model_manager()
+    pool = model_pool()
     return {
         "status": "ok",
-        "loaded_models": manager.loaded_models(),
+        "loaded_models": pool.loaded_models(),
         "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
-        "models": manager.status(),
+        "models": pool.status(),
     }
 
 

@@ -16,12 +16,16 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import DatabaseError, transaction
 
-from inference.config import ConfigError, get_config, load_config, set_config
-from inference.discovery import GGUFError, ModelFile, read_gguf_info
-from inference.errors import ApiError, InvalidRequest
 from inference import metrics, tools
-from inference.engine import JSON_OBJECT_GRAMMAR, json_schema_grammar
-from inference.jobs import (
+from inference.config import ConfigError, get_config, load_config, set_config
+from inference.errors import ApiError, InvalidRequest
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, error_details
+from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
+from inference.runtime.channel import Job as QueuedJob
+from inference.runtime.errors import RuntimeFailure
+from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from inference.runtime.jobs import (
     ChatJob,
     ChatMessage,
     Finished,
@@ -32,11 +36,9 @@ from inference.jobs import (
     PromptAccepted,
     TextDelta,
 )
-from inference.lifecycle import LifecycleEvent, LoadReason
-from inference.manager import Job as QueuedJob
-from inference.manager import ModelWorker, model_manager
-from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
-from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from inference.runtime.lifecycle import LifecycleEvent, LoadReason
+from inference.runtime.pool import model_pool
+from inference.runtime.worker import ModelWorker
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +147,17 @@ async def _generate(
     draft; its record is saved before the last event is handed on.
     """
     draft.stream, draft.model = stream, model or ""
-    manager = model_manager()
-    model_file = manager.resolve(model, allowed=key.allowed_models if key else None)
+    pool = model_pool()
+    model_file = pool.catalog.resolve(model, allowed=key.allowed_models if key else None)
     draft.model = model_file.name
-    if 0 < manager.config.max_queue < len(jobs):  # would never fit the queue: retrying cannot help
+    if 0 < pool.config.max_queue < len(jobs):  # would never fit the queue: retrying cannot help
         raise InvalidRequest(
-            f"At most {manager.config.max_queue} prompts per request (model_manager.max_queue).", param="prompt"
+            f"At most {pool.config.max_queue} prompts per request (model_manager.max_queue).", param="prompt"
         )
     started: list[tuple[QueuedJob, AsyncIterator[JobEvent]]] = []
     try:
         for job in jobs:
-            queued = await manager.submit(model_file, job)
+            queued = await pool.submit(model_file, job)
             started.append((queued, queued.events()))
         accepted = [await anext(events) for _, events in started]
     except BaseException:
@@ -233,8 +235,9 @@ async def _recorded(events: AsyncIterator[JobEvent], draft: RequestDraft, choice
                     await request_record_save(draft)
             draft.completion_tokens = sum(tokens.values())
             yield event
-    except ApiError as exc:  # failed after the output began
-        draft.fail(status=RequestRecord.Status.ERROR, http_status=exc.status, code=exc.code, message=exc.message)
+    except (ApiError, RuntimeFailure) as exc:  # failed after the output began
+        status, code, message = error_details(exc)
+        draft.fail(status=RequestRecord.Status.ERROR, http_status=status, code=code, message=message)
         raise
     finally:
         await events.aclose()  # type: ignore[attr-defined]
@@ -351,9 +354,9 @@ def feed_item(record: RequestRecord) -> dict[str, Any]:
 
 async def model_load(*, model: str, reason: LoadReason) -> str:
     """Load a model now (if it is not loaded yet); returns its name."""
-    manager = model_manager()
-    model_file = manager.resolve(model)
-    await manager.acquire(model_file, reason)
+    pool = model_pool()
+    model_file = pool.catalog.resolve(model)
+    await pool.acquire(model_file, reason)
     return model_file.name
 
 
@@ -365,13 +368,13 @@ async def _unloaded(workers: list[ModelWorker]) -> list[str]:
 
 async def model_unload(*, model: str, reason: LoadReason) -> dict[str, list[str]]:
     """Unload a model or "all": idle ones now, busy ones when their running requests end."""
-    now, pending = model_manager().unload(model, reason)
+    now, pending = model_pool().unload(model, reason)
     return {"unloaded": await _unloaded(now), "pending": sorted(w.model.name for w in pending)}
 
 
 async def models_reap() -> dict[str, list[str]]:
     """Run the idle check now; the models it unloaded."""
-    return {"unloaded": await _unloaded(model_manager().reap())}
+    return {"unloaded": await _unloaded(model_pool().reap())}
 
 
 async def config_reload() -> dict[str, list[str]]:
@@ -391,9 +394,9 @@ async def config_reload() -> dict[str, list[str]]:
     config = replace(config, server=replace(config.server, host=listening.host, port=listening.port))
     set_config(config)
     logging.getLogger().setLevel(config.server.log_level)
-    changes, gone = model_manager().reload(config.model_manager)
+    changes, gone = model_pool().reload(config.model_manager)
     await _unloaded(gone)
-    await sync_to_async(discovered_models_sync)(models=model_manager().available())
+    await sync_to_async(discovered_models_sync)(models=model_pool().catalog.available())
     logger.info(
         "reloaded %s: added %s, removed %s, changed %s",
         config.path,

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.jobs import ChatMessage
+from inference.runtime.jobs import ChatMessage
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
-from inference.manager import replace_model_manager
+from inference.runtime.pool import replace_model_pool
 from tests.services import (
     PROJECT_DIR,
     DatabaseTemplate,
@@ -91,12 +91,12 @@ def use_config(
         path = write_config(tmp_path, server, **model_manager)
         monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
         set_config(None)
-        replace_model_manager(None)
+        replace_model_pool(None)
         return path
 
     install()
     yield install
-    replace_model_manager(None)
+    replace_model_pool(None)
     set_config(None)
 
 

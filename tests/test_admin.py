@@ -9,7 +9,7 @@ from django.test import Client
 
 from inference.models import DiscoveredModel, LoadEvent, RequestRecord
 from inference.services import discovered_models_sync
-from inference.manager import model_manager
+from inference.runtime.pool import model_pool
 from tests.conftest import SMOLLM2
 from tests.record_factory import make_record
 
@@ -18,7 +18,7 @@ CHANGELIST = "/admin/inference/discoveredmodel/"
 
 @pytest.fixture
 def synced(use_config) -> DiscoveredModel:
-    discovered_models_sync(models=model_manager().available())
+    discovered_models_sync(models=model_pool().available())
     return DiscoveredModel.objects.get(name=SMOLLM2)
 
 
@@ -49,10 +49,10 @@ def test_models_list_shows_size_quantisation_usage_and_state(admin_client: Clien
 
 def test_load_and_unload_actions_act_on_the_manager(admin_client: Client, synced: DiscoveredModel) -> None:
     assert action(admin_client, "load_now", synced) == [f"{SMOLLM2} is loaded."]
-    assert model_manager().loaded_models() == [SMOLLM2]
+    assert model_pool().loaded_models() == [SMOLLM2]
     assert 'alt="True"' in admin_client.get(CHANGELIST).content.decode()
     assert action(admin_client, "unload_now", synced) == [f"{SMOLLM2} is unloaded."]
-    assert model_manager().loaded_models() == []
+    assert model_pool().loaded_models() == []
     assert action(admin_client, "unload_now", synced) == [f"{SMOLLM2} was not loaded."]
     reasons = list(LoadEvent.objects.order_by("id").values_list("kind", "reason"))
     assert reasons == [("load", "admin_ui"), ("unload", "admin_ui")]
@@ -67,7 +67,7 @@ def test_saved_settings_apply_at_the_next_load(admin_client: Client, synced: Dis
     action(admin_client, "load_now", synced)
     settings = LoadEvent.objects.filter(kind="load").latest("id").settings
     assert settings["n_ctx"] == 512
-    assert model_manager().status()[SMOLLM2]["pinned"] is True
+    assert model_pool().status()[SMOLLM2]["pinned"] is True
     invalid = admin_client.post(change, {"n_ctx": "", "n_gpu_layers": "-5", "idle_timeout": "", "pinned": "unknown"})
     assert invalid.status_code == 200 and "greater than or equal to -1" in invalid.content.decode()
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from inference.engine import PREFILL_CHUNK_WHILE_GENERATING, Engine, LoadSettings
-from inference.jobs import ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
+from inference.runtime.engine import GenerationEngine
+from inference.runtime.scheduler import PREFILL_CHUNK_WHILE_GENERATING
+from inference.runtime.settings import LoadSettings
+from inference.runtime.jobs import ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
 
 GREEDY = Sampling(temperature=0)
 
@@ -20,10 +22,10 @@ def chat(text: str, max_tokens: int = 16, ignore_eos: bool = True) -> ChatJob:
 
 @pytest.fixture
 def make_engine(smollm2_file: Path) -> Iterator:
-    engines: list[Engine] = []
+    engines: list[GenerationEngine] = []
 
-    def make(parallel: int = 4, n_ctx: int = 4096) -> Engine:
-        engine = Engine("smollm2", smollm2_file, LoadSettings(n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=parallel))
+    def make(parallel: int = 4, n_ctx: int = 4096) -> GenerationEngine:
+        engine = GenerationEngine("smollm2", smollm2_file, LoadSettings(n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=parallel))
         engines.append(engine)
         return engine
 
@@ -32,7 +34,7 @@ def make_engine(smollm2_file: Path) -> Iterator:
         engine.close()
 
 
-def run_all(engine: Engine, jobs: dict[str, ChatJob]) -> dict[str, tuple[str, Finished, PromptAccepted]]:
+def run_all(engine: GenerationEngine, jobs: dict[str, ChatJob]) -> dict[str, tuple[str, Finished, PromptAccepted]]:
     """Start every job (as slots allow) and step until all are done: text, Finished, PromptAccepted."""
     texts = {key: "" for key in jobs}
     results: dict = {}

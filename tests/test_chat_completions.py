@@ -8,8 +8,8 @@ from typing import Any
 
 from django.test import AsyncClient
 
-from inference.errors import GenerationFailed
-from inference.jobs import ChatJob, Generation, JobEvent, TextDelta
+from inference.runtime.errors import WorkerFailed
+from inference.runtime.jobs import ChatJob, Generation, JobEvent, TextDelta
 from inference.protocol import ChatRequest, chat_completion_chunks
 from tests.conftest import SMOLLM2, validate_openai
 
@@ -152,7 +152,7 @@ async def test_max_tokens_beyond_the_context_stops_at_the_context_end(use_config
 async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end() -> None:
     async def failing_events() -> AsyncIterator[JobEvent]:
         yield TextDelta("partial", 1)
-        raise GenerationFailed("generation on m failed: decode error")
+        raise WorkerFailed(model="m", cause="llama_decode returned -3")
 
     generation = Generation(model="m", prompt_tokens=3, events=failing_events())
     request = ChatRequest(model="m", job=ChatJob(messages=()))
@@ -160,7 +160,7 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
     events = [json.loads(event[6:]) for event in raw.split(b"\n\n") if event]
     assert [chunk["choices"][0]["delta"].get("content") for chunk in events[:2]] == ["", "partial"]
     validate_openai("ErrorResponse", events[-1])
-    assert events[-1]["error"]["type"] == "server_error"
+    assert events[-1]["error"]["type"] == "server_error" and "model m failed" in events[-1]["error"]["message"]
     assert b"[DONE]" not in raw
 
 

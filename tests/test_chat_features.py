@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 from django.test import AsyncClient
 
-from inference.engine import Engine, LoadSettings
+from inference.runtime.engine import GenerationEngine
+from inference.runtime.settings import LoadSettings
 from inference.models import RequestRecord
 from tests.conftest import validate_openai
 
@@ -155,13 +156,13 @@ async def test_tool_results_in_the_history_are_accepted(use_config) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(smollm2_file: Path) -> Iterator[Engine]:
-    engine = Engine("tokenizer", smollm2_file, LoadSettings(n_ctx=256, n_gpu_layers=0, n_threads=1, n_threads_batch=1))
+def tokenizer(smollm2_file: Path) -> Iterator[GenerationEngine]:
+    engine = GenerationEngine("tokenizer", smollm2_file, LoadSettings(n_ctx=256, n_gpu_layers=0, n_threads=1, n_threads_batch=1))
     yield engine
     engine.close()
 
 
-async def test_logit_bias_bans_and_forces_tokens(use_config, tokenizer: Engine) -> None:
+async def test_logit_bias_bans_and_forces_tokens(use_config, tokenizer: GenerationEngine) -> None:
     first = (await post_chat(messages=HELLO, max_tokens=1, temperature=0, logprobs=True, top_logprobs=5)).json()
     top = first["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
 

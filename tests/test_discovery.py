@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.discovery import GGUFError, ModelsDirectoryMissing, read_gguf_info, scan, strip_suffix
+from inference.runtime.catalog import GGUFError, ModelsDirectoryMissing, read_gguf_info, scan, strip_suffix
 from tests.gguf_files import write_random, write_synthetic, write_truncated
 
 

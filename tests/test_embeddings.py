@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
-from inference.manager import model_manager
+from inference.runtime.pool import model_pool
 from tests.conftest import SMOLLM2, validate_openai
 
 
@@ -35,7 +35,7 @@ async def test_vectors_are_stable_and_tell_texts_apart(use_config) -> None:
     again = (await embed(input="The cat sat on the mat.")).json()["data"][0]["embedding"]
     assert again == vectors[0]
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 10
-    assert f"{SMOLLM2} (embeddings)" in model_manager().loaded_models()
+    assert f"{SMOLLM2} (embeddings)" in model_pool().loaded_models()
 
 
 async def test_token_arrays_and_base64(use_config) -> None:

@@ -1,6 +1,6 @@
 """Stop sequences over streamed text pieces."""
 
-from inference.stops import StopMatcher
+from inference.runtime.stops import StopMatcher
 
 
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:

@@ -22,6 +22,7 @@ from inference.protocol.completions import (
 )
 from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer, embedding_body
 from inference.protocol.errors import error_details, error_json_response, openai_exception_handler
+from inference.protocol.runtime_errors import api_error
 
 __all__ = [
     "AdminModelSerializer",
@@ -33,6 +34,7 @@ __all__ = [
     "EmbeddingRequestSerializer",
     "FirstRendererNegotiation",
     "JSONBodyParser",
+    "api_error",
     "chat_completion_body",
     "chat_completion_chunks",
     "completion_body",

@@ -12,11 +12,13 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from inference.discovery import ModelFile
+from inference.runtime.catalog import ModelFile
 from inference.errors import ApiError
-from inference.jobs import Finished, Generation
-from inference.lifecycle import LoadReason
+from inference.runtime.jobs import Finished, Generation
+from inference.runtime.lifecycle import LoadReason
 from inference.protocol.errors import error_body
+from inference.protocol.runtime_errors import api_error
+from inference.runtime.errors import RuntimeFailure
 from inference.protocol.fields import StrictCharField
 
 
@@ -87,8 +89,9 @@ async def sse_stream(generation: Generation, chunks: AsyncIterator[bytes]) -> As
     try:
         async for chunk in chunks:
             yield chunk
-    except ApiError as exc:
-        yield sse_event(error_body(exc.message, exc.type, exc.param, exc.code))
+    except (ApiError, RuntimeFailure) as exc:
+        error = api_error(exc)
+        yield sse_event(error_body(error.message, error.type, error.param, error.code))
         return
     finally:
         await generation.events.aclose()  # type: ignore[attr-defined]

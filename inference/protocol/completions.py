@@ -9,7 +9,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
+from inference.runtime.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
 from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
 from inference.protocol.fields import (
     GenerationRequestSerializer,

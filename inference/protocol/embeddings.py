@@ -10,7 +10,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.jobs import Embedded, EmbeddingJob, Generation
+from inference.runtime.jobs import Embedded, EmbeddingJob, Generation
 from inference.protocol.fields import KeepAliveField, OpenAIRequestSerializer, StrictCharField, optional
 
 

@@ -11,7 +11,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from inference.errors import ApiError, RetryLater
+from inference.errors import RetryLater
+from inference.protocol.runtime_errors import api_error
 
 _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
@@ -47,8 +48,8 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
 
 def _error_fields(exc: Exception) -> tuple[int, str, str | None, str | None, str] | None:
     """(status, message, param, code, type) for the exceptions we answer in the envelope."""
-    if isinstance(exc, ApiError):
-        return exc.status, exc.message, exc.param, exc.code, exc.type
+    if (known := api_error(exc)) is not None:
+        return known.status, known.message, known.param, known.code, known.type
     if isinstance(exc, exceptions.ValidationError):
         param, detail = _first_validation_error(exc.detail)
         message = f"Invalid '{param}': {detail}" if param else detail
@@ -77,5 +78,6 @@ def openai_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Resp
     if known is None:
         return None  # a bug: Django's 500 handler answers (in the same envelope) and logs it
     status, message, param, code, error_type = known
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RetryLater) else None
+    retry = api_error(exc)
+    headers = {"Retry-After": str(retry.retry_after)} if isinstance(retry, RetryLater) else None
     return Response(error_body(message, error_type, param, code), status=status, headers=headers)

@@ -12,7 +12,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.jobs import Sampling
+from inference.runtime.jobs import Sampling
 
 logger = logging.getLogger(__name__)
 

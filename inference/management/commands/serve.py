@@ -22,7 +22,7 @@ from django.db.migrations.executor import MigrationExecutor
 
 from inference.admin_auth import admin_token, admin_token_source
 from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
-from inference.manager import ModelManager, model_manager
+from inference.runtime.pool import ModelPool, model_pool
 from inference.models import ApiKey
 from inference.services import discovered_models_sync
 
@@ -80,7 +80,7 @@ PROXY_HEADERS = {
 }
 
 
-def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
+def serve_with_graceful_shutdown(config: Config, pool: ModelPool) -> None:
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
     from twisted.internet import reactor
@@ -118,11 +118,11 @@ def serve_with_graceful_shutdown(config: Config, manager: ModelManager) -> None:
         logger.info("%s: finishing running requests (up to %g s), then stopping", signal_name, grace)
         for port in server.ports:
             port.stopListening()
-        manager.stop_accepting()
+        pool.stop_accepting()
         wait_for_requests()
 
     def wait_for_requests() -> None:
-        if not manager.busy():
+        if not pool.busy():
             server.stop()
         elif time.monotonic() > stopping["deadline"]:
             logger.warning("grace period over: stopping with requests still running")
@@ -165,15 +165,15 @@ class Command(BaseCommand):
         admin_token(create=True)
         logger.info("admin token: %s", admin_token_source())
 
-        manager = model_manager()
-        models = manager.available()
+        pool = model_pool()
+        models = pool.catalog.available()
         discovered_models_sync(models=models)
         logger.info(
             "models in %s: %s", config.model_manager.models_directory, ", ".join(models) or "none"
         )
         logger.info("serving on http://%s:%d (config %s)", server.host, server.port, config.path)
         try:
-            serve_with_graceful_shutdown(config, manager)
+            serve_with_graceful_shutdown(config, pool)
         finally:
-            manager.shutdown()
+            pool.shutdown()
             logger.info("stopped")

@@ -1,7 +1,8 @@
 """Model lifecycle events (loads, failed loads, unloads) and the signal that announces them.
 
-The manager sends `model_lifecycle` on whichever thread the event happens; `inference.services`
-records each one as a LoadEvent row.
+A model's worker sends `model_lifecycle` on its own thread; `inference.services` records each
+event as a LoadEvent row and `inference.metrics` counts it. (A Django signal, not a request: the
+runtime still knows nothing of HTTP or the ORM.)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.discovery import GGUFInfo
+from inference.runtime.catalog import GGUFInfo
 
 MIB = 1024 * 1024
 _F16_BYTES = 2

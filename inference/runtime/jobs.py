@@ -1,7 +1,7 @@
 """What a job for a model asks for, the events it produces, and a started generation.
 
-Shared by services (which build jobs), the manager (which queues them) and the engine (which runs
-them); stdlib only.
+Shared by services (which build jobs), the pool and workers (which queue them) and the engines
+(which run them); stdlib only.
 """
 
 from __future__ import annotations
@@ -112,6 +112,16 @@ class Embedded:
 
 
 JobEvent = PromptAccepted | TextDelta | Finished | Embedded
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job whose prompt is tokenized and fits the context."""
+
+    job: ModelJob
+    prompt: list[int]
+    stops: tuple[str, ...] = ()
+    inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens
 
 
 @dataclass

@@ -1,9 +1,14 @@
-"""Find the models in the models directory and read their GGUF headers.
+"""Which files are models, the names and aliases they answer to, and their GGUF headers.
 
-A model is a `*.gguf` file directly in the directory, named by its file name without `.gguf`.
-A split model (`name-00001-of-00003.gguf`, …) is listed once, as `name`, by its first part;
-`mmproj*` files (vision projectors) are not models. Files that resolve outside the directory
-(symlinks pointing out) are never offered.
+A model is a `*.gguf` file directly in the models directory, named by its file name without
+`.gguf`. A split model (`name-00001-of-00003.gguf`, …) is listed once, as `name`, by its first
+part; `mmproj*` files (vision projectors) are not models. Files that resolve outside the
+directory (symlinks pointing out) are never offered. Headers are read by a small parser of our
+own, once per file version: the `gguf` package's reader materialises every vocabulary string
+(4.1 s for SmolLM2's header, against 0.08 s here), and a first load waits for this read.
+
+A Catalog is shared by every thread (requests, the reaper, reloads); it holds no lock of its
+own beyond the one that keeps "the directory is missing" logged once.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ import glob
 import logging
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
+
+from inference.config import ModelManagerConfig
+from inference.runtime.errors import ModelNotFound, NoModelGiven
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +243,102 @@ def _unpack(stream: BinaryIO, fmt: str) -> Any:
     if len(data) != size:
         raise GGUFError("truncated GGUF header")
     return struct.unpack(fmt, data)[0]
+
+
+@dataclass(frozen=True)
+class ModelChanges:
+    """What a reload found: models added, removed, and changed (file or settings)."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class Catalog:
+    """The models of the configured directory, by name or alias.
+
+    The directory is scanned again only when it changed (files added, removed, renamed): a
+    request costs one stat, not one per model file.
+    """
+
+    def __init__(self, config: ModelManagerConfig) -> None:
+        self.config = config
+        self._scanned: tuple[tuple[int, int], dict[str, ModelFile]] | None = None
+        self._missing_lock = threading.Lock()
+        self.directory_missing = False
+        self.known = self.available()  # as of the last reload: what the next one compares with
+
+    def available(self) -> dict[str, ModelFile]:
+        """The models in the directory now (empty, with an error logged once, if it is missing)."""
+        directory = self.config.models_directory
+        try:
+            stat = directory.stat()
+            version = (stat.st_ino, stat.st_mtime_ns)
+            scanned = self._scanned
+            if scanned is None or scanned[0] != version:
+                scanned = self._scanned = (version, scan(directory))
+            missing = False
+        except (ModelsDirectoryMissing, FileNotFoundError, NotADirectoryError):
+            self._scanned, scanned, missing = None, None, True
+        with self._missing_lock:  # requests and the reaper notice at once: log the change once
+            changed, self.directory_missing = missing != self.directory_missing, missing
+        if changed and missing:
+            logger.error("models directory %s does not exist; no models can be served until it does", directory)
+        elif changed:
+            logger.info("models directory %s is back", directory)
+        return scanned[1] if scanned else {}
+
+    def resolve(self, requested: str | None, allowed: list[str] | None = None) -> ModelFile:
+        """The model a request asks for (None: the default model), by its name or an alias;
+        raises NoModelGiven or ModelNotFound.
+
+        With `allowed` (an API key's models) the others do not exist, for that key.
+        """
+        available = self.available()
+        if allowed:
+            available = {name: model for name, model in available.items() if name in allowed}
+        if requested:
+            name = strip_suffix(requested)
+        elif self.config.default_model:
+            name = strip_suffix(self.config.default_model)
+        elif len(available) == 1:
+            name = next(iter(available))
+        else:
+            raise NoModelGiven(available=list(available))
+        alias_of = None
+        if name not in available and name in self.config.aliases:  # a model file of that name wins
+            alias_of, name = name, strip_suffix(self.config.aliases[name])
+        if name not in available:
+            raise ModelNotFound(
+                requested=name,
+                alias_of=alias_of,
+                available=list(available),
+                directory=str(self.config.models_directory),
+                directory_missing=self.directory_missing,
+            )
+        return available[name]
+
+    def aliases(self, models: dict[str, ModelFile]) -> dict[str, ModelFile]:
+        """The configured aliases of these models (an alias that is a model's own name is not)."""
+        return {
+            alias: models[strip_suffix(target)]
+            for alias, target in self.config.aliases.items()
+            if alias not in models and strip_suffix(target) in models
+        }
+
+    def reload(self, config: ModelManagerConfig) -> ModelChanges:
+        """Put new settings in force and rediscover: what changed since the last reload."""
+        previous_config, previous = self.config, self.known
+        self.config = config
+        known = self.known = self.available()
+        return ModelChanges(
+            added=sorted(known.keys() - previous.keys()),
+            removed=sorted(previous.keys() - known.keys()),
+            changed=sorted(
+                name
+                for name in known.keys() & previous.keys()
+                if (known[name].size_bytes, known[name].modified)
+                != (previous[name].size_bytes, previous[name].modified)
+                or config.settings_for(name) != previous_config.settings_for(name)
+            ),
+        )

@@ -1,4 +1,4 @@
-"""The model manager's timing logic, driven fast by a fake engine (real-model tests are elsewhere)."""
+"""The model pool's timing logic, driven fast by a fake engine (real-model tests are elsewhere)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 
 from inference.config import MODEL_KEYS, ModelManagerConfig, load_config
-from inference.engine import EngineLoadError, LoadSettings, Prepared
-from inference.errors import (
-    InvalidRequest,
-    ModelLoadFailed,
-    ModelNotFound,
-    ModelTooLarge,
-    QueueFull,
-    ServiceUnavailable,
-)
-from inference.jobs import ChatJob, ChatMessage, Finished, JobEvent, PromptAccepted, TextDelta
-from inference.lifecycle import LifecycleEvent, LoadReason, model_lifecycle
-from inference.manager import Job, ModelManager
+from inference.runtime.channel import Job
+from inference.runtime.errors import AllPinned, LoadFailed, ModelNotFound, ModelTooLarge, NoModelGiven, QueueFull
+from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Prepared, PromptAccepted, TextDelta
+from inference.runtime.lifecycle import LifecycleEvent, LoadReason, model_lifecycle
+from inference.runtime.llama import LlamaLoadError
+from inference.runtime.pool import ModelPool
+from inference.runtime.settings import LoadSettings
 from tests.gguf_files import write_synthetic
 
 
@@ -88,9 +83,9 @@ def models(tmp_path: Path) -> Path:
     return directory
 
 
-def make_manager(models: Path, log: list[str], factory: Callable | None = None, **settings) -> ModelManager:
+def make_manager(models: Path, log: list[str], factory: Callable | None = None, **settings) -> ModelPool:
     """A manager over `models` with fake engines; settings: model_manager keys, model ones too."""
-    return ModelManager(manager_config(models, **settings), factory or (lambda *args: FakeEngine(log, *args)))
+    return ModelPool(manager_config(models, **settings), factory or (lambda *args: FakeEngine(log, *args)))
 
 
 def manager_config(directory: Path, **settings) -> ModelManagerConfig:
@@ -102,7 +97,7 @@ def manager_config(directory: Path, **settings) -> ModelManagerConfig:
 
 
 @pytest.fixture
-def fake(models: Path) -> Iterator[tuple[ModelManager, list[str]]]:
+def fake(models: Path) -> Iterator[tuple[ModelPool, list[str]]]:
     """A manager over two fake models, and the log of what its fake engines did."""
     log: list[str] = []
     manager = make_manager(models, log)
@@ -118,11 +113,11 @@ async def drain(job: Job) -> list[JobEvent]:
     return [event async for event in job.events()]
 
 
-async def collect(manager: ModelManager, model: str, job: ChatJob) -> list[JobEvent]:
-    return await drain(await manager.submit(manager.resolve(model), job))
+async def collect(manager: ModelPool, model: str, job: ChatJob) -> list[JobEvent]:
+    return await drain(await manager.submit(manager.catalog.resolve(model), job))
 
 
-async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager, list[str]]) -> None:
+async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelPool, list[str]]) -> None:
     manager, log = fake
     results = await asyncio.gather(*(collect(manager, "alpha", chat(str(i))) for i in range(4)))
     assert log.count("load alpha") == 1
@@ -135,7 +130,7 @@ async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelManager
 async def test_jobs_on_one_model_run_in_arrival_order(models: Path) -> None:
     log: list[str] = []
     manager = make_manager(models, log, parallel=1)
-    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
+    worker = await manager.acquire(manager.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST)
     jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
     assert worker.status()["queued"] + worker.status()["in_flight"] == 3
     outputs = await asyncio.gather(*(drain(job) for job in jobs))
@@ -144,9 +139,9 @@ async def test_jobs_on_one_model_run_in_arrival_order(models: Path) -> None:
     manager.shutdown()
 
 
-async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManager, list[str]]) -> None:
+async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelPool, list[str]]) -> None:
     manager, log = fake
-    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
+    worker = await manager.acquire(manager.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST)
     long_job = worker.submit(chat("long", max_tokens=10_000))
     events = long_job.events()
     await anext(events)  # prompt accepted: the job is running
@@ -161,7 +156,7 @@ async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelManag
 async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
     log: list[str] = []
     manager = make_manager(models, log, parallel=1)
-    worker = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
+    worker = await manager.acquire(manager.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST)
     first = worker.submit(chat("first", max_tokens=20))
     queued = worker.submit(chat("queued"))
     queued.cancel()
@@ -171,9 +166,9 @@ async def test_a_job_cancelled_while_queued_never_runs(models: Path) -> None:
     manager.shutdown()
 
 
-async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelManager, list[str]]) -> None:
+async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelPool, list[str]]) -> None:
     manager, log = fake
-    alpha = await manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST)
+    alpha = await manager.acquire(manager.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST)
     long_job = alpha.submit(chat("long", max_tokens=300))
     long_events = long_job.events()
     await anext(long_events)
@@ -190,14 +185,13 @@ async def test_a_failed_load_is_reported_and_retried_on_the_next_request(models:
     def flaky(name: str, path: Path, settings: LoadSettings) -> FakeEngine:
         attempts.append(name)
         if len(attempts) == 1:
-            raise EngineLoadError("tensor data is not within the file bounds")
+            raise LlamaLoadError("tensor data is not within the file bounds")
         return FakeEngine(log, name, path, settings)
 
     manager = make_manager(models, log, flaky)
-    with pytest.raises(ModelLoadFailed) as failure:
+    with pytest.raises(LoadFailed) as failure:
         await collect(manager, "alpha", chat("one"))
-    assert failure.value.status == 503
-    assert "alpha" in failure.value.message and "not within the file bounds" in failure.value.message
+    assert failure.value.model == "alpha" and "not within the file bounds" in failure.value.cause
     assert manager.loaded_models() == []
     events = await collect(manager, "alpha", chat("two"))
     assert events[-1].finish_reason == "length" and len(attempts) == 2
@@ -208,8 +202,9 @@ async def test_unreadable_header_fails_the_load_without_reaching_the_engine(mode
     (models / "broken.gguf").write_bytes(b"not a model at all")
     log: list[str] = []
     manager = make_manager(models, log)
-    with pytest.raises(ModelLoadFailed, match="broken.gguf: not a GGUF file"):
+    with pytest.raises(LoadFailed) as failure:
         await collect(manager, "broken", chat("x"))
+    assert (failure.value.file, failure.value.cause) == ("broken.gguf", "not a GGUF file (wrong magic bytes)")
     assert log == []
 
 
@@ -229,19 +224,19 @@ async def test_context_is_capped_to_what_the_model_was_trained_with(models: Path
 
 def test_model_names_resolve_exactly(models: Path) -> None:
     manager = make_manager(models, [], default_model="beta")
-    assert manager.resolve("alpha").name == "alpha"
-    assert manager.resolve("alpha.gguf").name == "alpha"
-    assert manager.resolve(None).name == "beta"
+    assert manager.catalog.resolve("alpha").name == "alpha"
+    assert manager.catalog.resolve("alpha.gguf").name == "alpha"
+    assert manager.catalog.resolve(None).name == "beta"
     with pytest.raises(ModelNotFound) as missing:
-        manager.resolve("ALPHA")
-    assert missing.value.status == 404 and "alpha, beta" in missing.value.message
+        manager.catalog.resolve("ALPHA")
+    assert missing.value.available == ["alpha", "beta"]
 
 
 def test_without_a_default_only_a_single_model_is_implied(models: Path) -> None:
-    with pytest.raises(InvalidRequest, match="no model given"):
-        make_manager(models, []).resolve(None)
+    with pytest.raises(NoModelGiven):
+        make_manager(models, []).catalog.resolve(None)
     (models / "beta.gguf").unlink()
-    assert make_manager(models, []).resolve(None).name == "alpha"
+    assert make_manager(models, []).catalog.resolve(None).name == "alpha"
 
 
 def test_a_missing_models_directory_lists_nothing_and_logs_once(
@@ -249,11 +244,12 @@ def test_a_missing_models_directory_lists_nothing_and_logs_once(
 ) -> None:
     manager = make_manager(tmp_path / "absent", [])
     with caplog.at_level(logging.ERROR):
-        assert manager.available() == {}
-        assert manager.available() == {}
+        assert manager.catalog.available() == {}
+        assert manager.catalog.available() == {}
     assert caplog.text.count("does not exist") == 1
-    with pytest.raises(ModelNotFound, match="the models directory .*absent does not exist"):
-        manager.resolve("alpha")
+    with pytest.raises(ModelNotFound) as missing:
+        manager.catalog.resolve("alpha")
+    assert missing.value.directory_missing and missing.value.directory.endswith("absent")
 
 
 async def test_loading_happens_off_the_event_loop(models: Path) -> None:
@@ -265,7 +261,7 @@ async def test_loading_happens_off_the_event_loop(models: Path) -> None:
         return FakeEngine([], name, path, load)
 
     manager = make_manager(models, [], recording)
-    acquiring = asyncio.ensure_future(manager.acquire(manager.resolve("alpha"), LoadReason.FIRST_REQUEST))
+    acquiring = asyncio.ensure_future(manager.acquire(manager.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST))
     ticks = 0
     while not acquiring.done():  # the loop keeps running while the model loads
         ticks += 1
@@ -291,7 +287,7 @@ def lifecycle_events() -> Iterator[list[tuple[str, str, str]]]:
 async def test_a_new_model_waits_while_every_loaded_model_is_busy(models: Path, lifecycle_events) -> None:
     log: list[str] = []
     manager = make_manager(models, log, max_loaded_models=1)
-    busy = await manager.submit(manager.resolve("alpha"), chat("long", max_tokens=30))
+    busy = await manager.submit(manager.catalog.resolve("alpha"), chat("long", max_tokens=30))
     waiting = asyncio.ensure_future(collect(manager, "beta", chat("next")))
     alpha_events = await drain(busy)
     beta_events = await waiting
@@ -304,7 +300,7 @@ async def test_a_new_model_waits_while_every_loaded_model_is_busy(models: Path, 
 async def test_pinned_models_leave_no_room_rather_than_hang(models: Path) -> None:
     manager = make_manager(models, [], max_loaded_models=1, pinned=True)
     await collect(manager, "alpha", chat("x"))
-    with pytest.raises(ServiceUnavailable, match="pinned"):
+    with pytest.raises(AllPinned):
         await collect(manager, "beta", chat("x"))
     assert manager.reap() == []
     manager.shutdown()
@@ -312,14 +308,14 @@ async def test_pinned_models_leave_no_room_rather_than_hang(models: Path) -> Non
 
 async def test_a_full_queue_is_refused_with_a_retry_after(models: Path) -> None:
     manager = make_manager(models, [], max_queue=1, parallel=1)
-    model = manager.resolve("alpha")
+    model = manager.catalog.resolve("alpha")
     running = await manager.submit(model, chat("running", max_tokens=30))
     events = running.events()
     assert isinstance(await anext(events), PromptAccepted)  # admitted: no longer queued
     queued = await manager.submit(model, chat("queued"))
     with pytest.raises(QueueFull) as refused:
         await manager.submit(model, chat("one too many"))
-    assert refused.value.status == 503 and refused.value.retry_after > 0
+    assert (refused.value.model, refused.value.waiting) == ("alpha", 1) and refused.value.retry_after > 0
     assert [event async for event in events][-1].completion_tokens == 30
     assert (await drain(queued))[-1].finish_reason == "length"
     await collect(manager, "alpha", chat("room again"))
@@ -329,9 +325,9 @@ async def test_a_full_queue_is_refused_with_a_retry_after(models: Path) -> None:
 async def test_a_model_over_the_memory_limit_is_refused_before_loading(models: Path) -> None:
     log: list[str] = []
     manager = make_manager(models, log, max_memory_mb=10)  # a synthetic model is estimated at ~32 MB
-    with pytest.raises(ModelTooLarge, match="max_memory_mb is 10") as refused:
+    with pytest.raises(ModelTooLarge) as refused:
         await collect(manager, "alpha", chat("x"))
-    assert refused.value.status == 503 and refused.value.code == "model_too_large"
+    assert refused.value.limit_mb == 10 and refused.value.needed_mb > 10
     assert log == [] and manager.loaded_models() == []
     manager.shutdown()
 
@@ -376,8 +372,8 @@ async def test_the_reaper_thread_unloads_idle_models(models: Path, lifecycle_eve
 
 async def test_a_busy_model_is_not_reaped_and_unloads_after_its_request(models: Path, fake) -> None:
     manager, log = fake
-    manager.config = manager_config(models, idle_timeout=0.01)
-    job = await manager.submit(manager.resolve("alpha"), chat("long", max_tokens=40))
+    manager.catalog.config = manager_config(models, idle_timeout=0.01)
+    job = await manager.submit(manager.catalog.resolve("alpha"), chat("long", max_tokens=40))
     await asyncio.sleep(0.1)
     assert manager.reap() == []
     now, pending = manager.unload("alpha", LoadReason.ADMIN_API)

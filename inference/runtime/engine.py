@@ -1,0 +1,169 @@
+"""What a worker drives: a loaded model, its context, and the scheduler of its requests.
+
+An engine prepares a job (renders and tokenizes its prompt, checks it fits), starts prepared
+jobs when there is room, and steps: each step is one batched decode over every running request
+(see `runtime.scheduler`). A `GenerationEngine` generates; an `EmbeddingEngine` embeds, one job
+per step. Engines are not thread-safe: exactly one thread (their worker) may use one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Protocol
+
+from inference.runtime.errors import PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
+from inference.runtime.jobs import (
+    ChatJob,
+    CompletionJob,
+    Embedded,
+    EmbeddingJob,
+    Finished,
+    GenerationJob,
+    JobEvent,
+    ModelJob,
+    Prepared,
+    PromptAccepted,
+)
+from inference.runtime.llama import EmbeddingContext, GenerationContext, LlamaModel, return_free_memory
+from inference.runtime.scheduler import Scheduler
+from inference.runtime.settings import LoadSettings
+
+Events = list[tuple[Hashable, JobEvent]]
+
+
+class Engine(Protocol):
+    """What a worker needs of an engine (tests drive workers with fakes of it)."""
+
+    n_ctx: int
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def free_slots(self) -> int: ...
+
+    def prepare(self, job: ModelJob) -> Prepared: ...
+
+    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None: ...
+
+    def step(self) -> Events: ...
+
+    def close(self) -> None: ...
+
+
+class GenerationEngine:
+    """A model, its generating context with `parallel` slots, and their scheduler."""
+
+    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+        self.name = name
+        self.model = LlamaModel(name, path, settings)
+        try:
+            self._context = GenerationContext(self.model, settings)
+        except BaseException:
+            self.model.close()
+            raise
+        self.n_ctx = self._context.n_ctx
+        self.parallel = settings.parallel
+        self._scheduler = Scheduler(self._context, settings.parallel)
+
+    @property
+    def running(self) -> int:
+        return self._scheduler.running
+
+    @property
+    def free_slots(self) -> int:
+        return self._scheduler.free_slots
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special)
+
+    def prepare(self, job: GenerationJob) -> Prepared:  # type: ignore[override]
+        """Render and tokenize the job's prompt; raises if it cannot run (too long, empty, …)."""
+        if job.n > self.parallel:
+            raise TooManyChoices(model=self.name, n=job.n, parallel=self.parallel)
+        if any(not 0 <= token < self.model.n_vocab for token, _ in job.logit_bias):
+            raise TokenOutOfRange(param="logit_bias", vocabulary_size=self.model.n_vocab)
+        if isinstance(job, ChatJob):
+            prompt, stops = self.model.chat_prompt(job.messages)
+            param = "messages"
+        else:
+            assert isinstance(job, CompletionJob)
+            prompt, stops, param = self.model.completion_prompt(job.prompt, job.suffix), (), "prompt"
+        if len(prompt) >= self.n_ctx:
+            raise PromptTooLong(model=self.name, tokens=len(prompt), n_ctx=self.n_ctx, param=param)
+        if not prompt:
+            raise PromptEmpty(param=param)
+        return Prepared(job, prompt, job.stop + stops)
+
+    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
+        """Put a prepared job into free slots; None if there is no room until a request ends."""
+        return self._scheduler.admit(key, prepared, cancelled)
+
+    def step(self) -> Events:
+        return self._scheduler.step()
+
+    def close(self) -> None:
+        self._scheduler.close()
+        self._context.close()
+        self.model.close()
+        return_free_memory()
+
+
+class EmbeddingEngine:
+    """A model's embedding context: one job (all its inputs) per step."""
+
+    parallel = 1
+
+    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+        self.model = LlamaModel(name, path, settings)
+        try:
+            self._context = EmbeddingContext(self.model, settings)
+        except BaseException:
+            self.model.close()
+            raise
+        self.n_ctx = self._context.n_ctx
+        self.name = name
+        self._started: list[tuple[Hashable, Prepared]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._started)
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self._started else 1
+
+    def prepare(self, job: EmbeddingJob) -> Prepared:  # type: ignore[override]
+        inputs = []
+        for number, item in enumerate(job.inputs):
+            tokens = self.model.tokenize(item, add_special=True) if isinstance(item, str) else list(item)
+            param = f"input[{number}]" if len(job.inputs) > 1 else "input"
+            if not tokens:
+                raise PromptEmpty(param=param)
+            if len(tokens) > self.n_ctx:
+                raise PromptTooLong(model=self.name, tokens=len(tokens), n_ctx=self.n_ctx, param=param)
+            if any(not 0 <= token < self.model.n_vocab for token in tokens):
+                raise TokenOutOfRange(param=param, vocabulary_size=self.model.n_vocab)
+            inputs.append(tokens)
+        return Prepared(job, [], inputs=tuple(inputs))
+
+    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
+        self._started.append((key, prepared))
+        return PromptAccepted(prompt_tokens=sum(len(tokens) for tokens in prepared.inputs))
+
+    def step(self) -> Events:
+        key, prepared = self._started.pop(0)
+        vectors = tuple(self._context.embed(tokens) for tokens in prepared.inputs)
+        tokens = sum(len(tokens) for tokens in prepared.inputs)
+        return [(key, Embedded(vectors, tokens)), (key, Finished("stop", tokens, 0))]
+
+    def close(self) -> None:
+        self._context.close()
+        self.model.close()
+        return_free_memory()
+
+
+def load_engine(name: str, path: Path, settings: LoadSettings) -> GenerationEngine | EmbeddingEngine:
+    """The engine a worker needs: a generating one, or an embedding one."""
+    return (EmbeddingEngine if settings.embedding else GenerationEngine)(name, path, settings)

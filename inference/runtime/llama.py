@@ -1,0 +1,420 @@
+"""The only module that calls llama_cpp: models, contexts, batches, samplers, chat templates.
+
+`LlamaModel` is a loaded model and its vocabulary: tokenizing, rendering prompts with the model's
+own chat template. `GenerationContext` is a context of it with `parallel` sequences sharing one
+unified KV cache; it implements the scheduler's `DecodeContext` (decode a batch, sample with a
+per-choice sampler chain, logprobs, KV cells). `EmbeddingContext` embeds token lists.
+
+Nothing here is thread-safe: exactly one thread (the model's worker) may use a model and its
+contexts. llama.cpp's own log lines are routed into Python logging, and the warnings of the
+thread's last load kept to explain a failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_chat_format import (
+    ChatFormatter,
+    Jinja2ChatFormatter,
+    LlamaChatCompletionHandlerNotFoundException,
+    LlamaChatCompletionHandlerRegistry,
+)
+
+from inference.runtime.errors import (
+    GrammarNotCompiled,
+    NoChatTemplate,
+    NoFillInMiddle,
+    TemplateRejected,
+)
+from inference.runtime.jobs import ChatMessage, GenerationJob, TokenLogprob
+from inference.runtime.scheduler import BatchToken
+from inference.runtime.settings import LoadSettings
+
+logger = logging.getLogger(__name__)
+llama_cpp_logger = logging.getLogger("llama_cpp")
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+# llama.cpp's INFO lines describe every tensor and buffer of a load: DEBUG for us.
+_GGML_LOG_CONTINUE = 5
+_GGML_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
+_log_state = threading.local()
+
+
+@llama_cpp.llama_log_callback
+def _route_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Send llama.cpp's log lines to Python logging; keep each thread's last problems."""
+    if not hasattr(_log_state, "buffer"):
+        _log_state.buffer, _log_state.level = "", logging.DEBUG
+        _log_state.problems = deque(maxlen=4)
+    if level != _GGML_LOG_CONTINUE:
+        _log_state.level = _GGML_TO_LOGGING.get(level, logging.DEBUG)
+    _log_state.buffer += text.decode("utf-8", errors="replace")
+    *lines, _log_state.buffer = _log_state.buffer.split("\n")
+    for line in filter(str.strip, lines):
+        llama_cpp_logger.log(_log_state.level, "%s", line)
+        if _log_state.level >= logging.WARNING:
+            _log_state.problems.append(line.strip())
+
+
+llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+
+
+def _recent_llama_problems() -> str:
+    return "; ".join(getattr(_log_state, "problems", ()))
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_libc = _load_libc()
+
+
+def return_free_memory() -> None:
+    """Give the memory freed by an unload back to the system.
+
+    glibc keeps freed heap memory in per-thread arenas, and every model has its own worker
+    thread: without a trim, each load/unload cycle would leave the process tens of MB bigger.
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+class LlamaLoadError(Exception):
+    """llama.cpp could not load the model or make its context; the message says why."""
+
+
+class DecodeFailed(Exception):
+    """llama_decode failed: the context is in an unknown state and must be dropped."""
+
+
+def _named_chat_formatter(name: str) -> ChatFormatter:
+    """The prompt formatter llama-cpp-python registered under `name` (e.g. "chatml")."""
+    registry = LlamaChatCompletionHandlerRegistry()
+    try:
+        handler = registry.get_chat_completion_handler_by_name(name)
+    except LlamaChatCompletionHandlerNotFoundException:
+        known = ", ".join(sorted(registry._chat_handlers))
+        raise LlamaLoadError(f"unknown chat_format {name!r} (known: {known})") from None
+    # Plain formats are registered as a handler wrapping their formatter function; take it out.
+    for cell in handler.__closure__ or ():
+        if callable(cell.cell_contents) and cell.cell_contents.__name__.startswith("format"):
+            return cell.cell_contents
+    raise LlamaLoadError(f"chat_format {name!r} is not a plain prompt format")
+
+
+class _LoadProgress:
+    """Logs a model's load progress in quarters (a big model takes a while)."""
+
+    def __init__(self, name: str) -> None:
+        self._name, self._logged = name, 0.0
+        self.callback = llama_cpp.llama_progress_callback(self._report)
+
+    def _report(self, progress: float, _user_data: ctypes.c_void_p) -> bool:
+        if progress >= self._logged + 0.25 and progress < 1.0:
+            self._logged = progress - progress % 0.25
+            logger.info("loading %s: %d%%", self._name, round(self._logged * 100))
+        return True
+
+
+_LOAD_MODES = {
+    (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
+    (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
+    (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+    (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE,
+}
+_FLASH_ATTENTION = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+class LlamaModel:
+    """A loaded model and its vocabulary: contexts, tokens, prompts; freed by `close`."""
+
+    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+        self.name = name
+        if hasattr(_log_state, "problems"):
+            _log_state.problems.clear()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0x7FFFFFFF if settings.n_gpu_layers == -1 else settings.n_gpu_layers
+        params.load_mode = _LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
+        progress = _LoadProgress(name)
+        params.progress_callback = progress.callback
+        self.pointer = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.pointer:
+            raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not load it")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.pointer)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}  # token -> its text, as bytes (a token may end mid-UTF-8)
+        try:
+            self._chat_formatter = self._make_chat_formatter(settings.chat_format)
+        except BaseException:
+            self.close()
+            raise
+
+    def context(self, settings: LoadSettings, **overrides: Any) -> Any:
+        """A new llama.cpp context of this model (free it with `llama_free`)."""
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = settings.n_ctx
+        params.n_batch = params.n_ubatch = settings.batch_capacity
+        params.n_seq_max = settings.parallel
+        params.n_threads = settings.n_threads
+        params.n_threads_batch = settings.n_threads_batch
+        params.flash_attn_type = _FLASH_ATTENTION[settings.flash_attn]
+        # One cache for all sequences: any one request may use the whole context.
+        params.kv_unified = True
+        params.no_perf = True
+        for field_name, value in overrides.items():
+            setattr(params, field_name, value)
+        ctx = llama_cpp.llama_init_from_model(self.pointer, params)
+        if not ctx:
+            raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not create a context")
+        return ctx
+
+    def _make_chat_formatter(self, chat_format: str) -> ChatFormatter | None:
+        if chat_format:
+            return _named_chat_formatter(chat_format)
+        template = llama_cpp.llama_model_chat_template(self.pointer, None)
+        if not template:
+            return None
+        return Jinja2ChatFormatter(
+            template=template.decode("utf-8", errors="replace"),
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
+            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        while True:
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+            if length < 0:
+                buffer = ctypes.create_string_buffer(-length)
+                length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -length, 0, False)
+            piece = self._pieces[token] = buffer.raw[:length]
+        return piece
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self.vocab, token)
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> tuple[list[int], tuple[str, ...]]:
+        """The messages rendered by the model's chat template, as tokens, and the template's stops."""
+        if self._chat_formatter is None:
+            raise NoChatTemplate(model=self.name)
+        try:
+            rendered = self._chat_formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        except (jinja2.TemplateError, ValueError) as exc:
+            raise TemplateRejected(model=self.name, detail=str(exc)) from None
+        prompt = self.tokenize(rendered.prompt, add_special=not rendered.added_special)
+        # A format's own end marker may be plain text to a model that was not trained on it.
+        format_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
+        return prompt, tuple(stop for stop in format_stops if stop)
+
+    def completion_prompt(self, prompt: str, suffix: str | None) -> list[int]:
+        """The prompt's tokens; with a suffix, fill in the middle: <pre> prompt <suf> suffix <mid>."""
+        if suffix is None:
+            return self.tokenize(prompt, add_special=True)
+        pre, suf, mid = (
+            function(self.vocab)
+            for function in (llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_suf, llama_cpp.llama_vocab_fim_mid)
+        )
+        if min(pre, suf, mid) < 0:
+            raise NoFillInMiddle(model=self.name)
+        return [pre, *self.tokenize(prompt, add_special=False), suf, *self.tokenize(suffix, add_special=False), mid]
+
+    def close(self) -> None:
+        if self.pointer:
+            llama_cpp.llama_model_free(self.pointer)
+            self.pointer = None
+
+
+# Penalties look back this far (llama-cpp-python's default).
+PENALTY_LAST_N = 64
+
+
+class LlamaSampler:
+    """One choice's sampler chain: grammar, logit bias, then llama.cpp server's order."""
+
+    def __init__(self, model: LlamaModel, ctx: Any, job: GenerationJob, seed_offset: int) -> None:
+        self._ctx = ctx
+        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        parts = []
+        if job.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, job.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                raise GrammarNotCompiled()
+            parts.append(grammar)
+        if job.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(job.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in job.logit_bias)
+            )
+            parts.append(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(job.logit_bias), biases))
+        parts += _sampling_parts(model.n_vocab, job, seed_offset)
+        for part in parts:
+            llama_cpp.llama_sampler_chain_add(self._chain, part)
+
+    def sample(self, index: int) -> int:
+        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, index)
+
+    def close(self) -> None:
+        llama_cpp.llama_sampler_free(self._chain)
+
+
+def _sampling_parts(n_vocab: int, job: GenerationJob, seed_offset: int) -> list[Any]:
+    sampling = job.sampling
+    parts = []
+    if (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1.0, 0.0, 0.0):
+        parts.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty
+            )
+        )
+    if sampling.temperature <= 0:
+        return [*parts, llama_cpp.llama_sampler_init_greedy()]
+    if sampling.top_k > 0:
+        parts.append(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    parts.append(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+    parts.append(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+    parts.append(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    # LLAMA_DEFAULT_SEED (0xFFFFFFFF) means "random": a given seed never maps to it.
+    # Each choice of a seeded request has its own seed: n samples, all repeatable.
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else (sampling.seed + seed_offset) % 0xFFFFFFFF
+    return [*parts, llama_cpp.llama_sampler_init_dist(seed)]
+
+
+class GenerationContext:
+    """A generating context of a model: the scheduler's DecodeContext over llama.cpp."""
+
+    def __init__(self, model: LlamaModel, settings: LoadSettings) -> None:
+        self._model = model
+        self._ctx = model.context(settings)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.batch_capacity = settings.batch_capacity
+        self._batch = llama_cpp.llama_batch_init(self.batch_capacity, 0, 1)
+
+    def decode(self, batch: list[BatchToken]) -> None:
+        if len(batch) > self.batch_capacity:  # would write past the batch's arrays
+            raise DecodeFailed(f"a batch of {len(batch)} tokens for a capacity of {self.batch_capacity}")
+        native = self._batch
+        for index, (token, position, seq_id, logits) in enumerate(batch):
+            native.token[index] = token
+            native.pos[index] = position
+            native.n_seq_id[index] = 1
+            native.seq_id[index][0] = seq_id
+            native.logits[index] = logits
+        native.n_tokens = len(batch)
+        result = llama_cpp.llama_decode(self._ctx, native)
+        if result != 0:
+            raise DecodeFailed(f"llama_decode returned {result}; {_recent_llama_problems()}".rstrip("; "))
+
+    def sampler(self, job: GenerationJob, seed_offset: int) -> LlamaSampler:
+        return LlamaSampler(self._model, self._ctx, job, seed_offset)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return self._model.is_end_of_generation(token)
+
+    def piece(self, token: int) -> bytes:
+        return self._model.piece(token)
+
+    def logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The token's log-probability under the model (before sampling), and the `top` likeliest."""
+        n_vocab = self._model.n_vocab
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(n_vocab,))
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        alternatives: tuple[TokenLogprob, ...] = ()
+        if top:
+            best = np.argpartition(-logprobs, top)[:top]
+            alternatives = tuple(
+                self._token_logprob(int(candidate), float(logprobs[candidate]))
+                for candidate in best[np.argsort(-logprobs[best])]
+            )
+        return self._token_logprob(token, float(logprobs[token]), alternatives)
+
+    def _token_logprob(self, token: int, logprob: float, top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
+        piece = self._model.piece(token)
+        return TokenLogprob(piece.decode("utf-8", errors="replace"), logprob, tuple(piece), top)
+
+    def forget(self, seq_id: int, keep: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1)
+
+    def share(self, source: int, target: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+
+
+class EmbeddingContext:
+    """An embedding context of a model: one vector per token list, mean-pooled unless the model
+    pools its own way, normalised to unit length."""
+
+    def __init__(self, model: LlamaModel, settings: LoadSettings) -> None:
+        # Each input is one sequence, decoded whole: the batch is the context.
+        whole = replace(settings, n_batch=settings.n_ctx, parallel=1)
+        self._ctx = model.context(whole, embeddings=True)
+        if llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            llama_cpp.llama_free(self._ctx)  # a generative model: average its token vectors
+            self._ctx = model.context(whole, embeddings=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._n_embd = llama_cpp.llama_model_n_embd(model.pointer)
+        self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        encoder_only = llama_cpp.llama_model_has_encoder(model.pointer) and not llama_cpp.llama_model_has_decoder(model.pointer)
+        self._encode = llama_cpp.llama_encode if encoder_only else llama_cpp.llama_decode
+
+    def embed(self, tokens: list[int]) -> tuple[float, ...]:
+        llama_cpp.llama_memory_clear(self._memory, True)
+        batch = self._batch
+        for index, token in enumerate(tokens):
+            batch.token[index] = token
+            batch.pos[index] = index
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = 0
+            batch.logits[index] = True
+        batch.n_tokens = len(tokens)
+        if self._encode(self._ctx, batch) != 0:
+            raise DecodeFailed(f"embedding failed; {_recent_llama_problems()}".rstrip("; "))
+        pointer = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
+        vector = np.ctypeslib.as_array(pointer, shape=(self._n_embd,)).astype(np.float64)
+        norm = np.linalg.norm(vector)
+        return tuple((vector / norm if norm else vector).tolist())
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)

@@ -1,0 +1,112 @@
+"""The loop of a worker's thread: take jobs in arrival order, prepare them, start them as slots
+free up, step the engine while any run, route each step's events to their jobs.
+
+A failure that belongs to one job (its prompt cannot run, llama.cpp refuses its grammar, a bug
+with that one prompt) fails that job only. Anything the engine raises while stepping leaves the
+engine in an unknown state: it propagates, and the worker fails everything it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from inference.runtime.channel import Job, wake
+from inference.runtime.engine import Engine
+from inference.runtime.errors import PrepareFailed, RuntimeFailure
+from inference.runtime.jobs import Finished, Prepared
+
+if TYPE_CHECKING:
+    from inference.runtime.worker import ModelWorker
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """The jobs of one worker that left its queue: prepared and waiting for slots, or running.
+    Only the worker's thread touches it."""
+
+    def __init__(self, worker: ModelWorker, engine: Engine, jobs: queue.SimpleQueue[Job | None]) -> None:
+        self._worker = worker
+        self._engine = engine
+        self._jobs = jobs
+        self._waiting: deque[tuple[Job, Prepared]] = deque()
+        self._running: set[Job] = set()
+
+    def serve(self) -> None:
+        """Run jobs until the worker is stopped and every job queued before the stop has ended."""
+        stopping = False
+        while True:
+            while not stopping:  # take what has arrived; wait only when there is nothing to do
+                try:
+                    job = self._jobs.get(block=not self._running and not self._waiting)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                else:
+                    self._prepare(job)
+            self._admit()
+            if self._running:
+                self._step()
+            elif stopping and not self._waiting:
+                return
+
+    def held(self) -> list[Job]:
+        """Every job it holds, running or waiting (for the worker to fail when it breaks)."""
+        return [*self._running, *(job for job, _ in self._waiting)]
+
+    def _prepare(self, job: Job) -> None:
+        if job.cancelled:
+            self._worker.count_dropped()
+            return
+        try:
+            self._waiting.append((job, self._engine.prepare(job.spec)))
+        except Exception as exc:
+            self._worker.count_dropped()
+            if not isinstance(exc, RuntimeFailure):  # a bug with this one prompt: the others go on
+                logger.error("preparing a request for %s failed", self._worker.name, exc_info=exc)
+                exc = PrepareFailed(model=self._worker.name, cause=f"{type(exc).__name__}: {exc}")
+            job.emit(exc)
+
+    def _admit(self) -> None:
+        while self._waiting and self._engine.free_slots:
+            job, prepared = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                self._worker.count_dropped()
+                continue
+            try:
+                accepted = self._engine.start(job, prepared, lambda job=job: job.cancelled)
+            except RuntimeFailure as exc:  # this job cannot start (e.g. its grammar): only it fails
+                self._waiting.popleft()
+                self._worker.count_dropped()
+                job.emit(exc)
+                continue
+            if accepted is None:
+                return  # no room in the KV cache until a running request ends
+            self._waiting.popleft()
+            job.started_at = time.monotonic()
+            self._running.add(job)
+            self._worker.count_started()
+            job.emit(accepted)
+
+    def _step(self) -> None:
+        to_wake = []
+        idle = False
+        for job, event in self._engine.step():
+            if isinstance(event, Finished):
+                job.remaining -= 1
+                if not job.remaining:
+                    # Counted done before its last event goes out: whoever got the complete
+                    # answer also finds the model idle.
+                    self._running.discard(job)
+                    idle = self._worker.count_done(job, event)
+            if job.push(event):
+                to_wake.append(job)
+        wake(to_wake)  # one wake-up per step, not one per token
+        if idle:
+            self._worker.went_idle()

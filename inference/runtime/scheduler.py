@@ -1,0 +1,368 @@
+"""Slots, KV cells, prompt caches, admission and cancellation: what each decode step holds.
+
+A Scheduler runs the requests of one model context: `parallel` slots (llama.cpp sequences)
+sharing one unified KV cache of `n_ctx` cells. Each step is one decode over every running
+request — the next token of each generating choice first, then chunks of the prompts being
+processed — after which each choice whose logits came out samples its token. New requests join
+between steps (continuous batching). A slot keeps the tokens it last processed: a new prompt that
+begins with them goes to that slot and skips them (prompt cache). A request with n choices
+processes its prompt once, in its first slot, then shares those KV cells with its other slots.
+
+A Request owns its slots: it is admitted into all of them at once, and each of its choices is
+finished exactly once — by its end of generation, a stop, its limit, a full context or
+cancellation — which frees its slot at once.
+
+Pure Python: llama.cpp is reached only through the narrow `DecodeContext` interface
+(`runtime.llama` implements it; the tests use a fake). Not thread-safe: only the model's worker
+thread calls it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
+from inference.runtime.stops import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+# When choices are generating, a joining prompt is processed this many tokens per step, so that
+# it delays their next tokens by one short step at a time, not by its whole length.
+PREFILL_CHUNK_WHILE_GENERATING = 64
+
+Events = list[tuple[Hashable, JobEvent]]
+
+
+class BatchToken(NamedTuple):
+    token: int
+    position: int
+    seq_id: int
+    logits: bool  # whether this token's logits are wanted (to sample the next one)
+
+
+class Sampler(Protocol):
+    def sample(self, index: int) -> int:
+        """The next token, from the logits of the last decode's `index`th batch token."""
+
+    def close(self) -> None: ...
+
+
+class DecodeContext(Protocol):
+    """What the scheduler needs of a model context."""
+
+    n_ctx: int
+    batch_capacity: int  # tokens one decode takes; at least the number of slots
+
+    def decode(self, batch: list[BatchToken]) -> None:
+        """Process the batch (raises if llama.cpp fails)."""
+
+    def sampler(self, job: GenerationJob, seed_offset: int) -> Sampler: ...
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def piece(self, token: int) -> bytes:
+        """The token's text (a token may end in the middle of a UTF-8 character)."""
+
+    def logprob(self, index: int, token: int, top: int) -> TokenLogprob: ...
+
+    def forget(self, seq_id: int, keep: int) -> None:
+        """Drop the sequence's cells from position `keep` on."""
+
+    def share(self, source: int, target: int) -> None:
+        """Give `target` (an empty sequence) every cell of `source`."""
+
+
+class ChoiceState(enum.Enum):
+    WAITING = "waiting"  # for its request's prompt (a second or later choice)
+    PROMPT = "prompt"  # processing its request's prompt (the first choice)
+    GENERATING = "generating"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # in its KV cells, positions 0…n-1
+    cells: list[int] = field(default_factory=list)  # those cells' ids (a fork shares them)
+    choice: Choice | None = None
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class Choice:
+    request: Request
+    index: int
+    slot: Slot
+    sampler: Sampler
+    state: ChoiceState
+    stops: StopMatcher
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to process
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    generated: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+
+@dataclass(eq=False)
+class Request:
+    key: Hashable
+    prepared: Prepared
+    cancelled: Callable[[], bool]
+    limit: int  # tokens each choice may generate
+    choices: list[Choice] = field(default_factory=list)
+
+    @property
+    def job(self) -> GenerationJob:
+        return self.prepared.job  # type: ignore[return-value]
+
+    def unfinished(self) -> list[Choice]:
+        return [choice for choice in self.choices if choice.state is not ChoiceState.FINISHED]
+
+
+class KvCells:
+    """The cells in use, counted as llama.cpp's unified cache holds them: a cell stays in use
+    while any slot holds it, and slots that share a prompt share its cells."""
+
+    def __init__(self) -> None:
+        self._holders: dict[int, int] = {}
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def append(self, slot: Slot, token: int) -> None:
+        cell = next(self._ids)
+        self._holders[cell] = 1
+        slot.tokens.append(token)
+        slot.cells.append(cell)
+
+    def share(self, source: Slot, target: Slot) -> None:
+        """`target` (an empty slot) holds every cell of `source` too."""
+        for cell in source.cells:
+            self._holders[cell] += 1
+        target.tokens, target.cells = list(source.tokens), list(source.cells)
+
+    def drop(self, slot: Slot, keep: int) -> None:
+        for cell in slot.cells[keep:]:
+            if self._holders[cell] == 1:
+                del self._holders[cell]
+            else:
+                self._holders[cell] -= 1
+        del slot.tokens[keep:], slot.cells[keep:]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+class Scheduler:
+    """The running requests of one context, its slots and its KV cells."""
+
+    def __init__(self, context: DecodeContext, parallel: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._context = context
+        self._clock = clock
+        self.n_ctx = context.n_ctx
+        self.slots = [Slot(seq_id) for seq_id in range(parallel)]
+        self.cells = KvCells()
+        self._requests: list[Request] = []  # running, in the order they were admitted
+
+    @property
+    def running(self) -> int:
+        """Slots in use."""
+        return sum(slot.choice is not None for slot in self.slots)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self.slots) - self.running
+
+    def cells_used(self) -> int:
+        """KV cells taken, and reserved for the prompts still to be processed."""
+        return len(self.cells) + sum(len(request.choices[0].pending) for request in self._requests)
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def admit(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
+        """Put a prepared job into free slots (one per choice); None if they or the KV cache have
+        no room for it until a running request ends. Raises what the context raises for its
+        samplers (a grammar llama.cpp refuses), leaving nothing behind."""
+        job: GenerationJob = prepared.job  # type: ignore[assignment]
+        if self.free_slots < job.n:
+            return None
+        prompt = prepared.prompt
+        free = [slot for slot in self.slots if slot.choice is None]
+        first = max(free, key=lambda slot: (common_prefix(slot.tokens, prompt), -slot.last_used))
+        others = sorted((slot for slot in free if slot is not first), key=lambda slot: slot.last_used)[: job.n - 1]
+        # The last prompt token is always processed again: its logits give the first token.
+        reuse = min(common_prefix(first.tokens, prompt), len(prompt) - 1)
+        self._forget(first, reuse)
+        for slot in others:
+            self._forget(slot, 0)
+        if not self._make_room(len(prompt) - reuse, keep=(first, *others)):
+            return None
+        samplers = self._samplers(job)
+        request = Request(key, prepared, cancelled, limit=min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt)))
+        for index, (slot, sampler) in enumerate(zip((first, *others), samplers)):
+            state = ChoiceState.PROMPT if slot is first else ChoiceState.WAITING
+            slot.choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
+            request.choices.append(slot.choice)
+        request.choices[0].pending = prompt[reuse:]
+        self._requests.append(request)
+        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse)
+
+    def _samplers(self, job: GenerationJob) -> list[Sampler]:
+        samplers: list[Sampler] = []
+        try:
+            for index in range(job.n):
+                samplers.append(self._context.sampler(job, seed_offset=index))
+        except BaseException:
+            for sampler in samplers:
+                sampler.close()
+            raise
+        return samplers
+
+    def _make_room(self, cells: int, keep: tuple[Slot, ...] = ()) -> bool:
+        """Forget the caches of idle slots (least recently used first) until `cells` are free."""
+        idle = sorted(
+            (slot for slot in self.slots if slot.choice is None and slot.tokens and slot not in keep),
+            key=lambda slot: slot.last_used,
+        )
+        while self.cells_used() + cells > self.n_ctx and idle:
+            self._forget(idle.pop(0), 0)
+        return self.cells_used() + cells <= self.n_ctx
+
+    def _forget(self, slot: Slot, keep: int) -> None:
+        if len(slot.tokens) > keep:
+            self._context.forget(slot.seq_id, keep)
+            self.cells.drop(slot, keep)
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    def step(self) -> Events:
+        """One decode over every running request; the events it produced, per job key."""
+        events: Events = []
+        for request in list(self._requests):
+            if request.cancelled():
+                events += self._end(request, "cancelled")
+        batch, to_sample = self._fill_batch()
+        if not batch:
+            if self._requests:  # every generating choice waits for a cell: the context is full
+                logger.warning("context full with %d requests; ending the newest", len(self._requests))
+                events += self._end(self._requests[-1], "length")
+            return events
+        self._context.decode(batch)
+        for choice, index in to_sample:
+            ready = [choice, *self._fork(choice.request)] if choice.state is ChoiceState.PROMPT else [choice]
+            for each in ready:
+                events += self._accept(each, each.sampler.sample(index), index)
+        return events
+
+    def _fill_batch(self) -> tuple[list[BatchToken], list[tuple[Choice, int]]]:
+        """The next tokens of generating choices, then prompt chunks of starting requests."""
+        batch: list[BatchToken] = []
+        to_sample: list[tuple[Choice, int]] = []
+
+        def add(choice: Choice, token: int, logits: bool) -> None:
+            slot = choice.slot
+            if logits:
+                to_sample.append((choice, len(batch)))
+            batch.append(BatchToken(token, len(slot.tokens), slot.seq_id, logits))
+            self.cells.append(slot, token)
+
+        generating = [
+            choice for request in self._requests for choice in request.choices if choice.state is ChoiceState.GENERATING
+        ]
+        # A choice that finds no cell waits a step (others finish and free cells); its own
+        # context never overflows: its limit is what is left of n_ctx after its prompt.
+        for choice in generating:
+            if self._make_room(1):
+                add(choice, choice.next_token, True)  # type: ignore[arg-type]
+        budget = self._context.batch_capacity - len(batch)
+        if generating:
+            budget = min(budget, PREFILL_CHUNK_WHILE_GENERATING)
+        for request in self._requests:
+            first = request.choices[0]
+            if first.state is not ChoiceState.PROMPT or budget <= 0:
+                continue
+            chunk = first.pending[:budget]
+            del first.pending[: len(chunk)]
+            budget -= len(chunk)
+            for position, token in enumerate(chunk, start=1):
+                add(first, token, logits=not first.pending and position == len(chunk))
+        return batch, to_sample
+
+    def _fork(self, request: Request) -> list[Choice]:
+        """The other choices of a request whose prompt was just processed: they share its cells."""
+        first = request.choices[0]
+        waiting = [choice for choice in request.choices[1:] if choice.state is ChoiceState.WAITING]
+        for choice in waiting:
+            self._context.share(first.slot.seq_id, choice.slot.seq_id)
+            self.cells.share(first.slot, choice.slot)
+        return waiting
+
+    def _accept(self, choice: Choice, token: int, index: int) -> Events:
+        job = choice.request.job
+        if not job.ignore_eos and self._context.is_end_of_generation(token):
+            return self._finish(choice, "stop")
+        choice.generated += 1
+        if job.logprobs is not None:
+            choice.logprobs.append(self._context.logprob(index, token, job.logprobs))
+        text, stopped = choice.stops.feed(choice.decoder.decode(self._context.piece(token)))
+        events: Events = [self._delta(choice, text)] if text else []
+        if stopped:
+            events += self._finish(choice, "stop")
+        elif choice.generated >= choice.request.limit:
+            events += self._finish(choice, "length")
+        else:
+            choice.next_token, choice.state = token, ChoiceState.GENERATING
+        return events
+
+    def _delta(self, choice: Choice, text: str) -> tuple[Hashable, JobEvent]:
+        logprobs, choice.logprobs = tuple(choice.logprobs), []
+        return choice.request.key, TextDelta(text, choice.generated, choice.index, logprobs)
+
+    # --- endings --------------------------------------------------------------------------------
+
+    def _end(self, request: Request, reason: str) -> Events:
+        """Finish every choice of the request that has not finished yet."""
+        events: Events = []
+        for choice in request.unfinished():
+            events += self._finish(choice, reason)
+        return events
+
+    def _finish(self, choice: Choice, reason: str) -> Events:
+        """End a choice: text held back (unless cancelled), then Finished; its slot is free and
+        keeps its cache (the next prompt that begins with it skips that much)."""
+        choice.state = ChoiceState.FINISHED
+        choice.sampler.close()
+        choice.slot.choice, choice.slot.last_used = None, self._clock()
+        request = choice.request
+        if not request.unfinished():
+            self._requests.remove(request)
+        events: Events = []
+        if reason != "cancelled":
+            tail = choice.stops.flush() + choice.decoder.decode(b"", final=True)
+            if tail:
+                events.append(self._delta(choice, tail))
+        finished = Finished(reason, len(request.prepared.prompt), choice.generated, choice.index)
+        return [*events, (request.key, finished)]
+
+    def close(self) -> None:
+        """Free the samplers of every running choice (the model is being unloaded)."""
+        for request in self._requests:
+            for choice in request.unfinished():
+                choice.state = ChoiceState.FINISHED
+                choice.sampler.close()
+                choice.slot.choice = None
+        self._requests.clear()

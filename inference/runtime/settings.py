@@ -1,0 +1,44 @@
+"""The settings a model is loaded with, as its engine sees them (stdlib only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    n_ctx: int
+    n_gpu_layers: int
+    n_threads: int
+    n_threads_batch: int
+    n_batch: int = 512
+    flash_attn: bool | str = "auto"  # "auto": llama.cpp uses it where the backend supports it
+    use_mmap: bool = True
+    use_mlock: bool = False
+    chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
+    parallel: int = 1  # sequences decoded together
+    embedding: bool = False  # an embedding context (EmbeddingEngine), not a generating one
+
+    @property
+    def batch_capacity(self) -> int:
+        """Tokens one decode step may hold: every generating sequence adds one, so never fewer
+        than `parallel` (config.json refuses n_batch < parallel; this holds for any source)."""
+        return max(self.n_batch, self.parallel)
+
+    def describe(self) -> str:
+        return (
+            f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, "
+            f"n_threads={self.n_threads}/{self.n_threads_batch}, "
+            + ("embeddings" if self.embedding else f"parallel={self.parallel}")
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def context_length(configured: int, trained: int | None) -> int:
+    """The configured context capped to the trained one; 0 configured means the trained one."""
+    if not trained:
+        return configured
+    return min(configured, trained) if configured else trained

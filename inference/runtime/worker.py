@@ -1,0 +1,328 @@
+"""A model's worker: the one thread that loads it, runs its jobs and unloads it.
+
+Jobs arrive on the worker's queue from any event loop (`submit`); the thread prepares them in
+arrival order, starts them in its engine as slots free up and steps the engine while any run,
+handing each step's events back to the jobs' loops (see `runtime.channel`).
+
+Its life cycle is a `WorkerState`: loading → loaded → unloading → unloaded, or failed. A worker
+that fails — its load, or its engine while serving — fails every job it holds and every job
+still queued with the cause, frees what it can, announces it, and tells its pool, which forgets
+it: the next request loads the model afresh. No job ever waits on a dead worker: `submit` takes
+jobs only while the worker is loading or loaded, under the same lock that ends that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from inference.config import ModelSettings
+from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
+from inference.runtime.channel import Job
+from inference.runtime.engine import Engine
+from inference.runtime.errors import LoadFailed, QueueFull, WorkerFailed
+from inference.runtime.jobs import Finished, ModelJob
+from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, model_lifecycle
+from inference.runtime.llama import LlamaLoadError
+from inference.runtime.runner import JobRunner
+from inference.runtime.settings import LoadSettings, context_length
+
+logger = logging.getLogger(__name__)
+
+# Builds the engine of a model on its worker thread; tests pass fakes.
+EngineFactory = Callable[[str, Path, LoadSettings], Engine]
+# What a full queue's 503 suggests: long enough for a few requests to finish.
+QUEUE_FULL_RETRY_SECONDS = 5
+
+
+def worker_name(model: str, embedding: bool) -> str:
+    """A worker's name: its model's, or for the model's embedding context, "<model> (embeddings)"."""
+    return f"{model} (embeddings)" if embedding else model
+
+
+class WorkerState(enum.StrEnum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"  # asked to stop: finishing the jobs queued before that
+    UNLOADED = "unloaded"
+    FAILED = "failed"  # its load, or its engine, failed
+
+
+class WorkerStopping(Exception):
+    """The worker is unloading (or failed) and takes no new jobs."""
+
+
+class WorkerListener(Protocol):
+    """What a worker tells its pool, on the worker's thread."""
+
+    def worker_loaded(self, worker: ModelWorker) -> None:
+        """The worker's model is loaded."""
+
+    def worker_idle(self, worker: ModelWorker) -> None:
+        """The worker has no job running or waiting any more."""
+
+    def worker_exited(self, worker: ModelWorker) -> None:
+        """The worker's thread is ending: its model is unloaded (or never loaded)."""
+
+
+class ModelWorker:
+    """The thread that owns one model. Other threads may call `submit`, `stop`, `status`,
+    `idle_expiry` and read its settings; everything else is its own thread's."""
+
+    def __init__(
+        self,
+        model: ModelFile,
+        settings: ModelSettings,
+        engine_factory: EngineFactory,
+        *,
+        settings_source: Callable[[], ModelSettings],
+        reason: LoadReason,
+        listener: WorkerListener,
+        embedding: bool = False,
+        max_queue: int = 0,
+        memory_bytes: int = 0,
+        predecessors: list[ModelWorker] | None = None,
+    ) -> None:
+        self.model = model
+        self.name = worker_name(model.name, embedding)
+        self.embedding = embedding
+        self.max_queue = max_queue
+        self.memory_bytes = memory_bytes  # estimated, when max_memory_mb is set
+        self.settings = settings  # config.json's until the load merges in the admin's
+        self.load_settings: LoadSettings | None = None
+        self.load_ms: float | None = None
+        self.state = WorkerState.LOADING
+        self.loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.loaded.set_running_or_notify_cancel()  # a waiter that gives up must not cancel the load
+        self.last_used = time.monotonic()
+        self.keep_alive: float | None = None  # set by the last request; None: settings.idle_timeout
+        self.queued = 0
+        self.in_flight = 0
+        self._settings_source = settings_source
+        self._engine_factory = engine_factory
+        self._reason = reason
+        self._stop_reason: LoadReason | None = None
+        self._listener = listener
+        self._predecessors = predecessors or []
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._runner: JobRunner | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"model:{self.name}", daemon=True)
+        self._thread.start()
+
+    # --- any thread -----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight or self.queued)
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.settings.idle_timeout if self.keep_alive is None else self.keep_alive
+
+    @property
+    def idle_reason(self) -> LoadReason:
+        """Why an idle unload happens: a request's keep_alive, or the model's idle_timeout."""
+        return LoadReason.IDLE if self.keep_alive is None else LoadReason.KEEP_ALIVE
+
+    @property
+    def usable(self) -> bool:
+        """Whether a request may still be sent here (it is loading or loaded)."""
+        return self.state in (WorkerState.LOADING, WorkerState.LOADED)
+
+    def submit(self, spec: ModelJob) -> Job:
+        """Queue a job (call from the event loop); its events arrive on this loop."""
+        job = Job(spec, asyncio.get_running_loop())
+        with self._lock:
+            if not self.usable:
+                raise WorkerStopping(self.name)
+            if self.max_queue and self.queued >= self.max_queue:
+                raise QueueFull(model=self.name, waiting=self.queued, retry_after=QUEUE_FULL_RETRY_SECONDS)
+            self.queued += 1
+            self._jobs.put(job)
+        return job
+
+    def stop(self, reason: LoadReason) -> bool:
+        """Unload after the jobs already queued; True if there are none (it unloads at once)."""
+        with self._lock:
+            if self.usable:
+                self._stop_reason = reason
+                self.state = WorkerState.UNLOADING
+                self._jobs.put(None)
+            return not self.busy
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def idle_expiry(self) -> float | None:
+        """When (time.monotonic) the idle check unloads this model; None if it would not."""
+        with self._lock:
+            if self.state != WorkerState.LOADED or self.busy or self.settings.pinned or self.idle_timeout < 0:
+                return None
+            return self.last_used + self.idle_timeout
+
+    def status(self) -> dict[str, Any]:
+        expiry = self.idle_expiry()
+        with self._lock:
+            return {
+                "state": str(self.state),
+                "in_flight": self.in_flight,
+                "queued": self.queued,
+                "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.last_used, 1),
+                "expires_at": None
+                if expiry is None
+                else (datetime.now(UTC) + timedelta(seconds=expiry - time.monotonic())).isoformat(),
+                "pinned": self.settings.pinned,
+            }
+
+    # --- the worker's thread --------------------------------------------------------------------
+
+    def count_started(self) -> None:
+        """A queued job started running."""
+        with self._lock:
+            self.queued -= 1
+            self.in_flight += 1
+
+    def count_dropped(self) -> None:
+        """A queued job ended before it started (cancelled, or refused)."""
+        with self._lock:
+            self.queued -= 1
+            idle = not self.busy
+        if idle:
+            self._listener.worker_idle(self)
+
+    def count_done(self, job: Job, finished: Finished) -> bool:
+        """A running job ended (before its last event goes out); True if the worker is idle now:
+        then call `went_idle` once its events are out."""
+        with self._lock:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            self.keep_alive = job.spec.keep_alive
+            idle = not self.busy
+        elapsed = time.monotonic() - (job.started_at or job.submitted_at)
+        logger.info(
+            "%s on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
+            type(job.spec).__name__.removesuffix("Job").lower(),
+            self.name,
+            finished.finish_reason,
+            finished.completion_tokens,
+            finished.prompt_tokens,
+            elapsed,
+            finished.completion_tokens / elapsed if elapsed else 0.0,
+        )
+        return idle
+
+    def went_idle(self) -> None:
+        self._listener.worker_idle(self)
+
+    def _run(self) -> None:
+        for predecessor in self._predecessors:
+            predecessor.join()  # its memory comes back before this load takes more
+        started = time.monotonic()
+        try:
+            engine = self._load()
+        except Exception as exc:
+            self._load_failed(exc, started)
+            return
+        self.load_ms = round((time.monotonic() - started) * 1000, 1)
+        with self._lock:
+            if self.state == WorkerState.LOADING:
+                self.state = WorkerState.LOADED
+        self._announce(LifecycleKind.LOAD, self._reason, started)
+        self.loaded.set_result(None)
+        self._listener.worker_loaded(self)
+        failure: Exception | None = None
+        try:
+            self._runner = JobRunner(self, engine, self._jobs)
+            self._runner.serve()
+        except Exception as exc:  # a bug or a broken model: fail what is left, unload, the next load retries
+            logger.exception("%s failed while generating; unloading it", self.name)
+            failure = exc
+        self._unload(engine, failure)
+
+    def _load(self) -> Engine:
+        self.settings = self._settings_source()  # may read the database: not on the event loop
+        model, settings = self.model, self.settings
+        trained = read_gguf_info(model.path).context_length
+        engine_keys = {option.name for option in fields(LoadSettings)}
+        self.load_settings = LoadSettings(
+            **{key: value for key, value in asdict(settings).items() if key in engine_keys}
+            | {"n_ctx": context_length(settings.n_ctx, trained), "embedding": self.embedding}
+        )
+        logger.info("loading %s (%.0f MB, %s)", self.name, model.size_bytes / 1e6, self.load_settings.describe())
+        started = time.monotonic()
+        engine = self._engine_factory(self.name, model.path, self.load_settings)
+        self.load_settings = replace(self.load_settings, n_ctx=engine.n_ctx)  # llama.cpp rounds up
+        logger.info("loaded %s in %.2f s (%s)", self.name, time.monotonic() - started, self.load_settings.describe())
+        return engine
+
+    def _load_failed(self, exc: Exception, started: float) -> None:
+        if isinstance(exc, (GGUFError, LlamaLoadError, OSError)):
+            logger.error("failed to load %s from %s: %s", self.name, self.model.path, exc)
+        else:  # a bug: still fail the waiting requests rather than leave them hanging
+            logger.exception("failed to load %s from %s", self.name, self.model.path)
+        failure = LoadFailed(model=self.name, file=self.model.path.name, cause=str(exc) or type(exc).__name__)
+        self._close_intake(WorkerState.FAILED, failure)
+        self._announce(LifecycleKind.LOAD_FAILED, LoadReason.ERROR, started, error=str(exc))
+        self.loaded.set_exception(failure)
+        self._listener.worker_exited(self)
+
+    def _unload(self, engine: Engine, failure: Exception | None) -> None:
+        closing = time.monotonic()
+        cause = failure and (str(failure) or type(failure).__name__)
+        if failure is not None:  # no job may wait on it from here on
+            self._close_intake(WorkerState.FAILED, WorkerFailed(model=self.name, cause=cause))
+        try:
+            engine.close()
+        except Exception:
+            logger.exception("closing %s failed", self.name)
+        if failure is None:
+            self._close_intake(WorkerState.UNLOADED, WorkerFailed(model=self.name, cause="it was unloaded"))
+        reason = LoadReason.ERROR if failure is not None else self._stop_reason or LoadReason.ERROR
+        logger.info("unloaded %s (%s)", self.name, reason)
+        self._announce(LifecycleKind.UNLOAD, reason, closing, error=cause or "")
+        self._listener.worker_exited(self)
+
+    def _close_intake(self, state: WorkerState, failure: Exception) -> None:
+        """Take no more jobs; every job still held or queued gets `failure`."""
+        with self._lock:
+            self.state = state
+            self.queued = self.in_flight = 0
+        for job in self._held_jobs():
+            job.emit(failure)
+
+    def _held_jobs(self) -> list[Job]:
+        held = self._runner.held() if self._runner else []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return held
+            if job is not None:
+                held.append(job)
+
+    def _announce(self, kind: LifecycleKind, reason: LoadReason, started: float, error: str = "") -> None:
+        event = LifecycleEvent(
+            model=self.name,
+            kind=kind,
+            reason=reason,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            settings=asdict(self.load_settings) if self.load_settings else {},
+            error=error,
+        )
+        for _receiver, result in model_lifecycle.send_robust(sender=ModelWorker, event=event):
+            if isinstance(result, Exception):
+                logger.error("recording the %s of %s failed: %s", kind, self.name, result)
