@@ -343,6 +343,16 @@ def _section(path: Path, document: dict[str, Any], name: str) -> dict[str, Any]:
     return {key: values.get(key, spec.default) for key, spec in keys.items()}
 
 
+def _refuse_impossible(path: Path, where: str, settings: ModelSettings) -> None:
+    """ConfigError for settings that are each valid but cannot work together."""
+    if settings.parallel > settings.n_batch:
+        raise ConfigError(
+            f"{path}: {where}: parallel ({settings.parallel}) is more than n_batch ({settings.n_batch}): each "
+            "step's batch of n_batch tokens holds one token of every generating request; raise n_batch or "
+            "lower parallel"
+        )
+
+
 def load_config(path: Path | None = None) -> Config:
     """Read and validate config.json (or the given file); raises ConfigError."""
     path = (path or config_path()).resolve()
@@ -362,6 +372,9 @@ def load_config(path: Path | None = None) -> Config:
         for name, settings in manager.pop("models").items()
     }
     defaults = ModelSettings(**{key: manager.pop(key) for key in MODEL_KEYS})
+    _refuse_impossible(path, "model_manager", defaults)
+    for name, settings in models.items():
+        _refuse_impossible(path, f"model_manager.models.{name}", replace(defaults, **settings))
     return Config(
         path=path,
         server=ServerConfig(**server),

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time as clock_time, timedelta
+from datetime import UTC, datetime, time as clock_time, timedelta
 from typing import Any
 
 from django.db.models import QuerySet

@@ -19,7 +19,9 @@ import pytest
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
+from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
+from tests.gguf_files import write_synthetic
 from tests.services import (
     PROJECT_DIR,
     DatabaseTemplate,
@@ -75,6 +77,29 @@ def write_config(directory: Path, server: dict[str, Any] | None = None, **model_
 def models_dir(tmp_path: Path, smollm2_file: Path) -> Path:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     return tmp_path / "models"
+
+
+@pytest.fixture
+def synthetic_models(tmp_path: Path) -> Path:
+    """A models directory of two readable but unloadable models, alpha and beta (for fake engines)."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    for name in ("alpha", "beta"):
+        write_synthetic(directory / f"{name}.gguf", context_length=1024)
+    return directory
+
+
+@pytest.fixture
+def lifecycle_events() -> Iterator[list[tuple[str, str, str]]]:
+    """(model, kind, reason) of every lifecycle event announced during the test."""
+    seen: list[tuple[str, str, str]] = []
+
+    def receiver(sender: object, *, event: LifecycleEvent, **_: object) -> None:
+        seen.append((event.model, event.kind, event.reason))
+
+    model_lifecycle.connect(receiver, dispatch_uid="test-receiver")
+    yield seen
+    model_lifecycle.disconnect(dispatch_uid="test-receiver")
 
 
 @pytest.fixture

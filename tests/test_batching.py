@@ -4,6 +4,7 @@ KV cache, the prompt cache, cancellation."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,11 @@ def chat(text: str, max_tokens: int = 16, ignore_eos: bool = True) -> ChatJob:
 def make_engine(smollm2_file: Path) -> Iterator:
     engines: list[GenerationEngine] = []
 
-    def make(parallel: int = 4, n_ctx: int = 4096) -> GenerationEngine:
-        engine = GenerationEngine("smollm2", smollm2_file, LoadSettings(n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=parallel))
+    def make(parallel: int = 4, n_ctx: int = 4096, n_batch: int = 512) -> GenerationEngine:
+        settings = LoadSettings(
+            n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=parallel, n_batch=n_batch
+        )
+        engine = GenerationEngine("smollm2", smollm2_file, settings)
         engines.append(engine)
         return engine
 
@@ -61,6 +65,15 @@ def test_alone_the_greedy_text_is_the_same_with_one_slot_or_four(make_engine) ->
     one = run_all(make_engine(parallel=1), {"a": job})["a"]
     four = run_all(make_engine(parallel=4), {"a": job})["a"]
     assert one[0] == four[0] and one[1].completion_tokens == 48
+
+
+def test_more_requests_than_n_batch_generate_together(make_engine) -> None:
+    """Each generating request adds a token to every step's batch: with parallel 8 and n_batch 4
+    the batch was written past its end and the process crashed."""
+    engine = make_engine(parallel=8, n_batch=4)
+    results = run_all(engine, {key: chat(f"Say something about {key}.", max_tokens=12) for key in range(8)})
+    assert sorted(results) == list(range(8))
+    assert all(finished.completion_tokens == 12 for _, finished, _ in results.values())
 
 
 def test_four_requests_come_out_of_one_decode_per_step(make_engine) -> None:
@@ -145,3 +158,20 @@ def test_a_cancelled_request_frees_its_slot_at_the_next_step(make_engine) -> Non
     events = engine.step()
     assert any(key == "a" and isinstance(e, Finished) and e.finish_reason == "cancelled" for key, e in events)
     assert engine.free_slots == 1
+
+
+def test_n_choices_cancelled_mid_prompt_each_finish_once(make_engine) -> None:
+    """A request with n = 2 whose first slot has the higher index, cancelled while its prompt is
+    processed: its second choice was finished twice (an AssertionError that killed the worker)."""
+    engine = make_engine(parallel=2, n_batch=16)
+    story = "Tell me a story about a lighthouse keeper."
+    run_all(engine, {"other": chat("Hello there."), "story": chat(story)})  # slots 0 and 1, in turn
+    long = engine.prepare(replace(chat(story + " Make it long. " * 20), n=2))
+    cancelled = False
+    assert engine.start("long", long, lambda: cancelled)
+    engine.step()  # the first 16 tokens of its prompt (the rest were cached in slot 1)
+    cancelled = True
+    events = engine.step()
+    assert [(key, event.index) for key, event in events if isinstance(event, Finished)] == [("long", 0), ("long", 1)]
+    assert engine.free_slots == 2
+    assert run_all(engine, {"after": chat("Still there?")})["after"][1].completion_tokens == 16

@@ -138,6 +138,24 @@ def test_bad_values_name_the_key_and_the_problem(
     assert problem in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("manager", "where"),
+    [
+        ({"parallel": 8, "n_batch": 4}, "model_manager"),
+        ({"n_batch": 4, "models": {"wide": {"parallel": 8}}}, "model_manager.models.wide"),
+        ({"parallel": 8, "models": {"narrow": {"n_batch": 4}}}, "model_manager.models.narrow"),
+    ],
+)
+def test_parallel_beyond_n_batch_is_refused(tmp_path: Path, manager: dict, where: str) -> None:
+    """Each generating request adds a token to every step's batch: more requests than the batch
+    holds crashed the process."""
+    path = write(tmp_path, {"model_manager": manager})
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: {where}: parallel (8) is more than n_batch (4)") and "\n" not in message
+
+
 def test_top_level_must_be_an_object(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="top level must be a JSON object"):
         load_config(write(tmp_path, "[1, 2]"))

@@ -20,7 +20,6 @@ import pytest
 from tests.conftest import (
     HI,
     PROJECT_DIR,
-    SMOLLM2,
     DaphneServer,
     free_port,
     link_model,

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from inference.config import ModelManagerConfig, get_config
