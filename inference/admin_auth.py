@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from inference.config import get_config
 from inference.access import bearer_token
 from inference.errors import InvalidApiKey
-from inference.secret_files import read_or_create_secret
+from inference.secret_files import read_or_create_secret, read_secret
 
 ADMIN_TOKEN_ENV_VAR = "LLAMA_SERVER_ADMIN_TOKEN"
 
@@ -25,24 +25,24 @@ def admin_token_path() -> Path:
     return get_config().path.parent / ".admin_token"
 
 
+def _token_from_environment() -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV_VAR, "").strip() or None
+
+
 def admin_token_source() -> str:
     """Where the admin token comes from, for people (never the token itself)."""
-    if os.environ.get(ADMIN_TOKEN_ENV_VAR):
+    if _token_from_environment():
         return f"the environment variable {ADMIN_TOKEN_ENV_VAR}"
     return f"the file {admin_token_path()}"
 
 
 def admin_token(*, create: bool) -> str | None:
-    """The admin token; with `create`, one is generated into its file if there is none yet."""
-    if os.environ.get(ADMIN_TOKEN_ENV_VAR):
-        return os.environ[ADMIN_TOKEN_ENV_VAR]
+    """The admin token (never empty); with `create`, a new one is written into its file if it
+    has none."""
+    if token := _token_from_environment():
+        return token
     path = admin_token_path()
-    if create:
-        return read_or_create_secret(path)
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    return read_or_create_secret(path) if create else read_secret(path)
 
 
 class AdminTokenRequired(BasePermission):
@@ -50,8 +50,8 @@ class AdminTokenRequired(BasePermission):
 
     def has_permission(self, request: Request, view: object) -> bool:
         given = bearer_token(request.headers.get("Authorization"))
-        expected = admin_token(create=True) or ""
-        if given is None or not hmac.compare_digest(given, expected):
+        expected = admin_token(create=True)
+        if not given or not expected or not hmac.compare_digest(given, expected):
             raise InvalidApiKey(
                 "Missing or wrong admin token: send 'Authorization: Bearer <token>' with the token "
                 f"from {admin_token_source()}."
