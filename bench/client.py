@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import statistics
 import time
 from urllib.parse import urlsplit
 from dataclasses import dataclass

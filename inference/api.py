@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from contextlib import asynccontextmanager
@@ -83,7 +84,7 @@ class APIView(AsyncAPIView):
         except Exception as exc:
             response = self.handle_exception(exc)
             if response.status_code == 401:
-                metrics.unauthorized_count(request.path)
+                metrics.unauthorized_count(endpoint_of(request))
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response
 
@@ -149,9 +150,17 @@ def requested_model(request: Request) -> str:
     return model if isinstance(model, str) else ""
 
 
+def endpoint_of(request: HttpRequest | Request) -> str:
+    """The route that answered, as `/v1/models/{model_id}`: never the path a client typed."""
+    return "/" + _ROUTE_PARAMETER.sub(r"{\1}", request.resolver_match.route)
+
+
+_ROUTE_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
 def request_draft(request: Request, key: ApiKey | None) -> services.RequestDraft:
     return services.RequestDraft(
-        endpoint=request.path,
+        endpoint=endpoint_of(request),
         client_address=request.META.get("REMOTE_ADDR", ""),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
         api_key=key.prefix if key else "",

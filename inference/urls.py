@@ -1,3 +1,5 @@
+"""The API's URLs: OpenAI's, the server's own (/health, /metrics) and the admin endpoints."""
+
 from django.urls import path
 
 from inference import api
@@ -16,3 +18,8 @@ urlpatterns = [
     path("admin/reload", api.AdminReloadView.as_view()),
     path("admin/reap", api.AdminReapView.as_view()),
 ]
+
+
+# What llamasite.asgi hands to the API's handler rather than the pages': each route up to its
+# first parameter ("v1/models/<path:model_id>" is everything under "/v1/models/").
+API_PATH_PREFIXES = tuple(dict.fromkeys("/" + str(pattern.pattern).split("<")[0] for pattern in urlpatterns))

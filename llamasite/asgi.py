@@ -16,6 +16,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from inference.urls import API_PATH_PREFIXES  # noqa: E402
 
 
 class APIHandler(ASGIHandler):
@@ -35,7 +36,7 @@ api_app = APIHandler()
 
 
 async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
-    app = api_app if scope["path"].startswith(settings.API_PATH_PREFIXES) else pages_app
+    app = api_app if scope["path"].startswith(API_PATH_PREFIXES) else pages_app
     await app(scope, receive, send)
 
 

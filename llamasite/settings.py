@@ -57,9 +57,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# The API (see llamasite.asgi) skips the pages' middleware: CORS is all it needs.
+# The API (see llamasite.asgi; its paths are inference.urls') skips the pages' middleware: CORS
+# is all it needs.
 API_MIDDLEWARE = ["corsheaders.middleware.CorsMiddleware"]
-API_PATH_PREFIXES = ("/v1/", "/health", "/metrics", "/admin/load", "/admin/unload", "/admin/reload", "/admin/reap")
 
 ROOT_URLCONF = "llamasite.urls"
 ASGI_APPLICATION = "llamasite.asgi.application"

@@ -4,6 +4,7 @@ histograms, queue depth, loaded models, loads, failed loads, unloads and refused
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,20 @@ def test_refused_requests_are_counted_without_their_made_up_model_names(server: 
     assert value(samples, "llamasite_requests_total", model="", endpoint=CHAT, status="error", http_status="404") == 1
     assert not any("no-such-model-4711" in str(labels) for _, labels in samples)
     assert value(samples, "llamasite_unauthorized_requests_total", endpoint="/v1/models") == 1
+
+
+def test_made_up_urls_do_not_grow_the_metrics(server: DaphneServer) -> None:
+    """Labelled by the raw path, 400 unauthenticated GETs of /v1/models/<random> added ~87 KB."""
+    size_before = len(httpx.get(f"{server.url}/metrics", timeout=10).content)
+    label = {"endpoint": "/v1/models/{model_id}"}
+    before = value(scrape(server), "llamasite_unauthorized_requests_total", **label)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        made_up = [f"/v1/models/{secrets.token_hex(8)}" for _ in range(400)]
+        assert {client.get(path).status_code for path in made_up} == {401}
+    samples = scrape(server)
+    assert value(samples, "llamasite_unauthorized_requests_total", **label) - before == 400
+    assert not any(path.rsplit("/", 1)[1] in str(labels) for path in made_up[:20] for _, labels in samples)
+    assert len(httpx.get(f"{server.url}/metrics", timeout=10).content) - size_before < 1000
 
 
 def test_failed_loads_and_unloads_are_counted(server: DaphneServer, key: dict[str, str]) -> None:
