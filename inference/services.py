@@ -374,7 +374,7 @@ async def model_unload(*, model: str, reason: LoadReason) -> dict[str, list[str]
 
 async def models_reap() -> dict[str, list[str]]:
     """Run the idle check now; the models it unloaded."""
-    return {"unloaded": await _unloaded(model_pool().reap())}
+    return {"unloaded": await _unloaded(model_pool().reaper.reap())}
 
 
 async def config_reload() -> dict[str, list[str]]:

@@ -205,7 +205,7 @@ async def test_pinned_models_leave_no_room_rather_than_hang(synthetic_models: Pa
     await collect(pool, "alpha", chat("x"))
     with pytest.raises(AllPinned):
         await collect(pool, "beta", chat("x"))
-    assert pool.reap() == []
+    assert pool.reaper.reap() == []
     pool.shutdown()
 
 
@@ -265,7 +265,7 @@ async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
 
 async def test_the_reaper_thread_unloads_idle_models(synthetic_models: Path, lifecycle_events) -> None:
     pool = make_pool(synthetic_models, [], idle_timeout=0.2, check_interval=0.05)
-    pool.start_reaper()
+    pool.reaper.start()
     await collect(pool, "alpha", chat("x"))
     assert pool.status()["alpha"]["expires_at"] is not None
     await until(lambda: ("alpha", "unload", "idle") in lifecycle_events)
@@ -278,7 +278,7 @@ async def test_a_busy_model_is_not_reaped_and_unloads_after_its_request(syntheti
     pool.catalog.config = pool_config(synthetic_models, idle_timeout=0.01)
     job = await pool.submit(pool.catalog.resolve("alpha"), chat("long", max_tokens=40))
     await asyncio.sleep(0.1)
-    assert pool.reap() == []
+    assert pool.reaper.reap() == []
     now, pending = pool.unload("alpha", LoadReason.ADMIN_API)
     assert (now, [worker.model.name for worker in pending]) == ([], ["alpha"])
     events = await drain(job)

@@ -8,10 +8,13 @@ runtime still knows nothing of HTTP or the ORM.)
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
 
 
 class LoadReason(enum.StrEnum):
@@ -46,3 +49,10 @@ class LifecycleEvent:
 
 # Sent with `event=LifecycleEvent(...)`.
 model_lifecycle = Signal()
+
+
+def announce(event: LifecycleEvent) -> None:
+    """Send the event to every receiver; one that fails is logged, never raised."""
+    for _receiver, result in model_lifecycle.send_robust(sender=LifecycleEvent, event=event):
+        if isinstance(result, Exception):
+            logger.error("recording the %s of %s failed: %s", event.kind, event.model, result)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.runtime.catalog import GGUFInfo
+from inference.config import ModelSettings
+from inference.runtime.catalog import GGUFError, GGUFInfo, ModelFile, read_gguf_info
+from inference.runtime.errors import ModelTooLarge
+from inference.runtime.settings import context_length
 
 MIB = 1024 * 1024
 _F16_BYTES = 2
@@ -45,3 +48,23 @@ def memory_estimate(info: GGUFInfo, *, file_bytes: int, n_ctx: int, n_batch: int
     return MemoryEstimate(
         weights=file_bytes, kv_cache=kv_cache, compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES
     )
+
+
+def memory_needed(model: ModelFile, settings: ModelSettings, limit: int) -> int:
+    """The estimated bytes of loading `model` under a limit of `limit` bytes; raises
+    ModelTooLarge for a model that could never fit. 0 for an unreadable header: the load fails,
+    saying why. Reads the file: not on the event loop."""
+    try:
+        info = read_gguf_info(model.path)
+    except GGUFError:
+        return 0
+    estimate = memory_estimate(
+        info, file_bytes=model.size_bytes, n_ctx=context_length(settings.n_ctx, info.context_length),
+        n_batch=settings.n_batch,
+    )
+    if estimate.total > limit:
+        raise ModelTooLarge(
+            model=model.name, estimate=estimate.describe(), needed_mb=estimate.total // MIB,
+            limit_mb=limit // MIB, pinned_mb=0,
+        )
+    return estimate.total

@@ -3,10 +3,8 @@
 The ModelPool loads a model when a request first asks for it (concurrent requests share one
 load), makes room by unloading the least recently used idle model, and unloads models that are
 idle too long (`reap`, every check_interval on a reaper thread), asked for (`unload`), or whose
-file is gone. One lock guards which workers are registered. A request that must wait for room
-(every loaded model busy) waits until a worker goes idle or exits: workers report that on their
-own threads (they are the pool's WorkerListener). A worker that exits — unloaded, or failed — is
-forgotten at once, so the next request for its model loads it afresh.
+file is gone. Its workers are kept in a WorkerRegistry, under the registry's lock; a request
+that must wait for room (every loaded model busy) waits for the registry's next change.
 """
 
 from __future__ import annotations
@@ -14,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from inference.config import ModelManagerConfig, get_config
-from inference.runtime.catalog import Catalog, GGUFError, ModelChanges, ModelFile, read_gguf_info, strip_suffix
+from inference.config import ModelManagerConfig, ModelSettings, get_config
+from inference.runtime.catalog import Catalog, ModelChanges, ModelFile, strip_suffix
 from inference.runtime.channel import Job
 from inference.runtime.engine import load_engine
 from inference.runtime.errors import AllPinned, ModelNotFound, ModelTooLarge, ShuttingDown
 from inference.runtime.jobs import EmbeddingJob, ModelJob
 from inference.runtime.lifecycle import LoadReason
-from inference.runtime.memory import MIB, memory_estimate
-from inference.runtime.settings import context_length
+from inference.runtime.memory import MIB, memory_needed
+from inference.runtime.reaper import Reaper
+from inference.runtime.registry import WorkerRegistry
 from inference.runtime.worker import EngineFactory, ModelWorker, WorkerState, WorkerStopping, worker_name
 
 logger = logging.getLogger(__name__)
@@ -35,33 +33,6 @@ logger = logging.getLogger(__name__)
 SettingsOverrides = Callable[[str], dict[str, Any]]
 
 ALL_MODELS = "all"
-
-
-class _Waiters:
-    """Tasks of any event loop waiting for the pool to change; woken from any thread."""
-
-    def __init__(self) -> None:
-        self._futures: list[asyncio.Future[None]] = []
-
-    def add(self) -> asyncio.Future[None]:
-        """A future of the running loop, done at the next `wake_all` (call under the pool's lock)."""
-        future = asyncio.get_running_loop().create_future()
-        self._futures.append(future)
-        return future
-
-    def wake_all(self) -> None:
-        """Call under the pool's lock, after the change."""
-        futures, self._futures = self._futures, []
-        for future in futures:
-            try:
-                future.get_loop().call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # its loop is closed: nobody waits any more
-                pass
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class ModelPool:
@@ -76,12 +47,9 @@ class ModelPool:
         self.catalog = Catalog(config)
         self.settings_overrides = settings_overrides
         self._engine_factory = engine_factory
-        self._workers: dict[str, ModelWorker] = {}
-        self._retired: list[ModelWorker] = []  # unloading: finishing their last jobs
-        self._lock = threading.Lock()
-        self._waiters = _Waiters()
+        self._registry = WorkerRegistry()
         self._shutting_down = False
-        self._reaper_stop = threading.Event()
+        self.reaper = Reaper(self.catalog, self._registry)
 
     @property
     def config(self) -> ModelManagerConfig:
@@ -116,9 +84,9 @@ class ModelPool:
         """The worker, and whether this call started its load."""
         needed = await self._memory_needed(model, embedding)
         while True:
-            with self._lock:
+            with self._registry.lock:
                 found = self._worker_or_room_locked(model, reason, embedding, needed)
-                changed = self._waiters.add() if found is None else None
+                changed = self._registry.change_locked() if found is None else None
             if changed is None:
                 break
             await changed
@@ -127,35 +95,17 @@ class ModelPool:
         return worker, created
 
     async def _memory_needed(self, model: ModelFile, embedding: bool) -> int:
-        """The estimated bytes of loading the model when max_memory_mb limits loads (else 0).
-
-        Raises ModelTooLarge for a model that could never fit.
-        """
+        """The estimated bytes of loading the model when max_memory_mb limits loads (else 0)."""
         limit = self.config.max_memory_mb * MIB
-        worker = self._workers.get(worker_name(model.name, embedding))
+        worker = self._registry.get(worker_name(model.name, embedding))
         if not limit or (worker is not None and worker.usable):
             return 0
         # The header and the admin's settings are read off the event loop.
-        return await asyncio.to_thread(self._memory_estimate_checked, model, limit)
+        return await asyncio.to_thread(lambda: memory_needed(model, self._settings_for(model.name), limit))
 
-    def _memory_estimate_checked(self, model: ModelFile, limit: int) -> int:
-        settings = self.config.settings_for(model.name, self.settings_overrides(model.name))
-        try:
-            info = read_gguf_info(model.path)
-        except GGUFError:
-            return 0  # the load fails, saying why
-        estimate = memory_estimate(
-            info,
-            file_bytes=model.size_bytes,
-            n_ctx=context_length(settings.n_ctx, info.context_length),
-            n_batch=settings.n_batch,
-        )
-        if estimate.total > limit:
-            raise ModelTooLarge(
-                model=model.name, estimate=estimate.describe(), needed_mb=estimate.total // MIB,
-                limit_mb=limit // MIB, pinned_mb=0,
-            )
-        return estimate.total
+    def _settings_for(self, name: str) -> ModelSettings:
+        """A model's settings: config.json's, then the admin's (may read the database)."""
+        return self.config.settings_for(name, self.settings_overrides(name))
 
     def _worker_or_room_locked(
         self, model: ModelFile, reason: LoadReason, embedding: bool, needed: int
@@ -164,7 +114,7 @@ class ModelPool:
         if self._shutting_down:
             raise ShuttingDown()
         name = worker_name(model.name, embedding)
-        current = self._workers.get(name)
+        current = self._registry.get(name)
         if current is not None and current.usable:
             return current, False
         evicted = self._make_room_locked(model.name, needed)
@@ -172,27 +122,27 @@ class ModelPool:
             return None
         config = self.config
         # A load waits for the unloads it replaces; under a memory limit, for every unload.
-        unloading = [old for old in self._retired if old.is_alive() and (needed or old.name == name)]
+        unloading = [old for old in self._registry.unloading_locked() if needed or old.name == name]
         broken = [current] if current is not None else []  # failed: its thread may still be freeing it
         worker = ModelWorker(
             model,
             config.settings_for(model.name),
             self._engine_factory,
-            settings_source=lambda: config.settings_for(model.name, self.settings_overrides(model.name)),
+            settings_source=lambda: self._settings_for(model.name),
             reason=reason,
-            listener=self,
+            listener=self._registry,
             embedding=embedding,
             max_queue=config.max_queue,
             memory_bytes=needed,
             predecessors=evicted + unloading + broken,
         )
-        self._workers[name] = worker
+        self._registry.register_locked(worker)
         return worker, True
 
     def _make_room_locked(self, name: str, needed: int) -> list[ModelWorker] | None:
         """Unload least recently used idle models until there is room for one more (by count,
         and by `needed` bytes under max_memory_mb): the workers unloaded, or None to wait."""
-        live = [worker for worker in self._workers.values() if worker.usable]
+        live = self._registry.live_locked()
         limit = self.config.max_memory_mb * MIB
         pinned = [worker for worker in live if worker.settings.pinned]
         pinned_bytes = sum(worker.memory_bytes for worker in pinned)
@@ -212,52 +162,12 @@ class ModelPool:
                 return None
             victim = min(idle, key=lambda worker: worker.last_used)
             logger.info("unloading %s, the least recently used model, to make room", victim.name)
-            self._retire_locked(victim, LoadReason.LRU)
+            self._registry.retire_locked(victim, LoadReason.LRU)
             live.remove(victim)
             evicted.append(victim)
         return evicted
 
-    # --- what workers report (on their threads) -------------------------------------------------
-
-    def worker_loaded(self, worker: ModelWorker) -> None:
-        with self._lock:
-            self._waiters.wake_all()
-
-    def worker_idle(self, worker: ModelWorker) -> None:
-        """Unload it now if its idle timeout (or its last request's keep_alive) is 0."""
-        with self._lock:
-            if (
-                self._workers.get(worker.name) is worker
-                and worker.idle_timeout == 0
-                and not worker.settings.pinned
-                and not worker.busy
-            ):
-                self._retire_locked(worker, worker.idle_reason)
-            self._waiters.wake_all()
-
-    def worker_exited(self, worker: ModelWorker) -> None:
-        """Forget the worker: the next request for its model loads it afresh."""
-        with self._lock:
-            if self._workers.get(worker.name) is worker:
-                del self._workers[worker.name]
-            self._retired = [old for old in self._retired if old is not worker and old.is_alive()]
-            self._waiters.wake_all()
-
     # --- unloading ------------------------------------------------------------------------------
-
-    def _retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
-        """Unregister the worker and stop it; True if it had no jobs (it unloads at once)."""
-        if self._workers.get(worker.name) is worker:
-            del self._workers[worker.name]
-        self._retired = [old for old in self._retired if old.is_alive()] + [worker]
-        return worker.stop(reason)
-
-    def _retire_missing_locked(self, available: dict[str, ModelFile], reason: LoadReason) -> list[ModelWorker]:
-        """Unload the models whose file is no longer there (after their running requests)."""
-        missing = [worker for worker in self._workers.values() if worker.model.name not in available]
-        for worker in missing:
-            self._retire_locked(worker, reason)
-        return missing
 
     def unload(self, name: str, reason: LoadReason) -> tuple[list[ModelWorker], list[ModelWorker]]:
         """Unload a model, or every model for "all".
@@ -271,47 +181,20 @@ class ModelPool:
         else:
             name = strip_suffix(name)
             available = self.catalog.available()
-            if name not in self._workers and name not in available:
+            if self._registry.get(name) is None and name not in available:
                 raise ModelNotFound(
                     requested=name, alias_of=None, available=list(available),
                     directory=str(self.config.models_directory), directory_missing=self.catalog.directory_missing,
                 )
         now, pending = [], []
-        with self._lock:
+        with self._registry.lock:
             targets = [
-                worker for worker in self._workers.values() if name == ALL_MODELS or worker.model.name == name
+                worker for worker in self._registry.registered_locked()
+                if name == ALL_MODELS or worker.model.name == name
             ]
             for worker in targets:
-                (now if self._retire_locked(worker, reason) else pending).append(worker)
+                (now if self._registry.retire_locked(worker, reason) else pending).append(worker)
         return now, pending
-
-    def reap(self) -> list[ModelWorker]:
-        """Unload every model idle for longer than its idle timeout (or keep_alive), and every
-        model whose file is gone (its running requests finish first)."""
-        now = time.monotonic()
-        available = self.catalog.available()
-        with self._lock:
-            removed = self._retire_missing_locked(available, LoadReason.FILE_REMOVED)
-            expired = [
-                worker for worker in self._workers.values()
-                if (expiry := worker.idle_expiry()) is not None and now > expiry
-            ]
-            for worker in expired:
-                self._retire_locked(worker, worker.idle_reason)
-        for worker in removed:
-            logger.warning("the file of %s is gone: unloading it", worker.name)
-        for worker in expired:
-            logger.info("%s was idle for %.0f s: unloading", worker.name, now - worker.last_used)
-        return removed + expired
-
-    def start_reaper(self) -> None:
-        """Run the idle check every check_interval seconds on a thread of its own."""
-
-        def run() -> None:
-            while not self._reaper_stop.wait(self.config.check_interval):
-                self.reap()
-
-        threading.Thread(target=run, name="reaper", daemon=True).start()
 
     def reload(self, config: ModelManagerConfig) -> tuple[ModelChanges, list[ModelWorker]]:
         """Put new settings in force (for later loads) and rediscover the models.
@@ -319,23 +202,20 @@ class ModelPool:
         Loaded models whose file is gone are unloaded; returns the changes and those workers.
         """
         changes = self.catalog.reload(config)
-        with self._lock:
-            gone = self._retire_missing_locked(self.catalog.known, LoadReason.RELOAD)
+        with self._registry.lock:
+            gone = self._registry.retire_missing_locked(self.catalog.known, LoadReason.RELOAD)
         return changes, gone
 
     # --- reading --------------------------------------------------------------------------------
 
     def worker(self, name: str) -> ModelWorker | None:
-        return self._workers.get(name)
+        return self._registry.get(name)
 
     def loaded_models(self) -> list[str]:
-        with self._lock:
-            return sorted(name for name, worker in self._workers.items() if worker.state == WorkerState.LOADED)
+        return self._registry.loaded_models()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            workers = [old for old in self._retired if old.is_alive()] + list(self._workers.values())
-        return {worker.name: worker.status() for worker in workers}
+        return self._registry.status()
 
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""
@@ -345,17 +225,17 @@ class ModelPool:
 
     def stop_accepting(self) -> None:
         """New requests get a 503 from now on (graceful shutdown)."""
-        with self._lock:
+        with self._registry.lock:
             self._shutting_down = True
 
     def shutdown(self, reason: LoadReason = LoadReason.SHUTDOWN, timeout: float = 10.0) -> None:
         """Stop the reaper, unload every model after its queued jobs, wait for them."""
-        self._reaper_stop.set()
-        with self._lock:
+        self.reaper.stop()
+        with self._registry.lock:
             self._shutting_down = True
-            for worker in list(self._workers.values()):
-                self._retire_locked(worker, reason)
-            retired = list(self._retired)
+            for worker in self._registry.registered_locked():
+                self._registry.retire_locked(worker, reason)
+            retired = self._registry.unloading_locked()
         for worker in retired:
             worker.join(timeout)
 
@@ -377,7 +257,7 @@ def model_pool() -> ModelPool:
     with _pool_lock:
         if _pool is None:
             _pool = ModelPool(get_config().model_manager, settings_overrides=_settings_overrides)
-            _pool.start_reaper()
+            _pool.reaper.start()
         return _pool
 
 

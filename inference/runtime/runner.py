@@ -104,9 +104,23 @@ class JobRunner:
                     # Counted done before its last event goes out: whoever got the complete
                     # answer also finds the model idle.
                     self._running.discard(job)
-                    idle = self._worker.count_done(job, event)
+                    idle = self._worker.count_done(job.spec.keep_alive)
+                    self._log_done(job, event)
             if job.push(event):
                 to_wake.append(job)
         wake(to_wake)  # one wake-up per step, not one per token
         if idle:
             self._worker.went_idle()
+
+    def _log_done(self, job: Job, finished: Finished) -> None:
+        elapsed = time.monotonic() - (job.started_at or job.submitted_at)
+        logger.info(
+            "%s on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
+            type(job.spec).__name__.removesuffix("Job").lower(),
+            self._worker.name,
+            finished.finish_reason,
+            finished.completion_tokens,
+            finished.prompt_tokens,
+            elapsed,
+            finished.completion_tokens / elapsed if elapsed else 0.0,
+        )

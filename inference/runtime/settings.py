@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inference.config import ModelSettings
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,13 @@ class LoadSettings:
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
     parallel: int = 1  # sequences decoded together
     embedding: bool = False  # an embedding context (EmbeddingEngine), not a generating one
+
+    @classmethod
+    def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:
+        """What the engine needs of a model's settings; n_ctx capped to the trained context."""
+        engine_keys = {option.name for option in fields(cls)}
+        given = {key: value for key, value in asdict(settings).items() if key in engine_keys}
+        return cls(**given | {"n_ctx": context_length(settings.n_ctx, trained_context), "embedding": embedding})
 
     @property
     def batch_capacity(self) -> int:

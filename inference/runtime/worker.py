@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,11 +31,11 @@ from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job
 from inference.runtime.engine import Engine
 from inference.runtime.errors import LoadFailed, QueueFull, WorkerFailed
-from inference.runtime.jobs import Finished, ModelJob
-from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, model_lifecycle
+from inference.runtime.jobs import ModelJob
+from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, announce
 from inference.runtime.llama import LlamaLoadError
 from inference.runtime.runner import JobRunner
-from inference.runtime.settings import LoadSettings, context_length
+from inference.runtime.settings import LoadSettings
 
 logger = logging.getLogger(__name__)
 
@@ -204,26 +204,14 @@ class ModelWorker:
         if idle:
             self._listener.worker_idle(self)
 
-    def count_done(self, job: Job, finished: Finished) -> bool:
+    def count_done(self, keep_alive: float | None) -> bool:
         """A running job ended (before its last event goes out); True if the worker is idle now:
         then call `went_idle` once its events are out."""
         with self._lock:
             self.in_flight -= 1
             self.last_used = time.monotonic()
-            self.keep_alive = job.spec.keep_alive
-            idle = not self.busy
-        elapsed = time.monotonic() - (job.started_at or job.submitted_at)
-        logger.info(
-            "%s on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
-            type(job.spec).__name__.removesuffix("Job").lower(),
-            self.name,
-            finished.finish_reason,
-            finished.completion_tokens,
-            finished.prompt_tokens,
-            elapsed,
-            finished.completion_tokens / elapsed if elapsed else 0.0,
-        )
-        return idle
+            self.keep_alive = keep_alive
+            return not self.busy
 
     def went_idle(self) -> None:
         self._listener.worker_idle(self)
@@ -255,13 +243,9 @@ class ModelWorker:
 
     def _load(self) -> Engine:
         self.settings = self._settings_source()  # may read the database: not on the event loop
-        model, settings = self.model, self.settings
+        model = self.model
         trained = read_gguf_info(model.path).context_length
-        engine_keys = {option.name for option in fields(LoadSettings)}
-        self.load_settings = LoadSettings(
-            **{key: value for key, value in asdict(settings).items() if key in engine_keys}
-            | {"n_ctx": context_length(settings.n_ctx, trained), "embedding": self.embedding}
-        )
+        self.load_settings = LoadSettings.of(self.settings, trained_context=trained, embedding=self.embedding)
         logger.info("loading %s (%.0f MB, %s)", self.name, model.size_bytes / 1e6, self.load_settings.describe())
         started = time.monotonic()
         engine = self._engine_factory(self.name, model.path, self.load_settings)
@@ -281,19 +265,22 @@ class ModelWorker:
         self._listener.worker_exited(self)
 
     def _unload(self, engine: Engine, failure: Exception | None) -> None:
+        """Free the engine. After a failure, every job it holds or that is queued fails first:
+        none may wait on it from here on. (A stopped worker holds none: it served them all.)"""
         closing = time.monotonic()
-        cause = failure and (str(failure) or type(failure).__name__)
-        if failure is not None:  # no job may wait on it from here on
+        cause = "" if failure is None else str(failure) or type(failure).__name__
+        if failure is not None:
             self._close_intake(WorkerState.FAILED, WorkerFailed(model=self.name, cause=cause))
         try:
             engine.close()
         except Exception:
             logger.exception("closing %s failed", self.name)
         if failure is None:
-            self._close_intake(WorkerState.UNLOADED, WorkerFailed(model=self.name, cause="it was unloaded"))
-        reason = LoadReason.ERROR if failure is not None else self._stop_reason or LoadReason.ERROR
+            with self._lock:
+                self.state = WorkerState.UNLOADED
+        reason = self._stop_reason if failure is None and self._stop_reason else LoadReason.ERROR
         logger.info("unloaded %s (%s)", self.name, reason)
-        self._announce(LifecycleKind.UNLOAD, reason, closing, error=cause or "")
+        self._announce(LifecycleKind.UNLOAD, reason, closing, error=cause)
         self._listener.worker_exited(self)
 
     def _close_intake(self, state: WorkerState, failure: Exception) -> None:
@@ -315,14 +302,6 @@ class ModelWorker:
                 held.append(job)
 
     def _announce(self, kind: LifecycleKind, reason: LoadReason, started: float, error: str = "") -> None:
-        event = LifecycleEvent(
-            model=self.name,
-            kind=kind,
-            reason=reason,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-            settings=asdict(self.load_settings) if self.load_settings else {},
-            error=error,
-        )
-        for _receiver, result in model_lifecycle.send_robust(sender=ModelWorker, event=event):
-            if isinstance(result, Exception):
-                logger.error("recording the %s of %s failed: %s", kind, self.name, result)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        settings = self.load_settings.as_dict() if self.load_settings else {}
+        announce(LifecycleEvent(self.name, kind, reason, duration_ms, settings, error))
