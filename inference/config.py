@@ -143,6 +143,7 @@ class ModelManagerConfig:
 class RecordsConfig:
     request_records: bool
     usage_retention_days: int
+    pending_limit: int  # records kept in memory while the database is away
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "records": {
         "request_records": _Key(True, _boolean),
         "usage_retention_days": _Key(90, _integer(0)),
+        "pending_limit": _Key(10000, _integer(1)),
     },
 }
 
