@@ -84,8 +84,8 @@ def test_a_full_queue_drops_the_oldest_unwritten_records_and_counts_them(
         writer.submit(database.write(f"r{number}"), label=f"r{number}").result(timeout=5)
     assert writer.waiting == 3
     database.up = True
-    wait_for(lambda: writer.waiting == 0, seconds=10)
-    assert database.written == ["r2", "r3", "r4"]
+    wait_for(lambda: "database is back" in caplog.text, seconds=10)
+    assert database.written == ["r2", "r3", "r4"] and writer.waiting == 0
     assert caplog.text.count("dropping the oldest") == 1 and "(the first: r0)" in caplog.text
     assert "database is back: wrote 3 records (2 dropped" in caplog.text
 
@@ -263,6 +263,7 @@ def test_a_postgresql_restart_and_outage_under_a_running_server(server: DaphneSe
     after = [chat(server, secret) for _ in range(3)]
     assert [response.status_code for response in after] == [200, 200, 200]
     wait_for(lambda: outage_ids | {after[-1].json()["id"]} <= recorded(server))
+    wait_for(lambda: "database is back: wrote" in server.log())  # logged just after the last row
     loads = server.rows("SELECT kind, reason FROM inference_loadevent WHERE model = 'loaded-meanwhile'")
     assert loads == [("load", "first_request")]
     assert len(recorded(server)) == len(set(recorded(server))) == 2 + len(outage_ids) + 3  # each once
