@@ -6,7 +6,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from inference.services import REQUEST_FEED_GROUP
+from inference.records import REQUEST_FEED_GROUP
 
 FORBIDDEN = 4403
 

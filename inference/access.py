@@ -1,4 +1,10 @@
-"""Who may use /v1/*: API keys (stored hashed), the models they may use, their quotas."""
+"""Who may use /v1/*: API keys (stored hashed), the models they may use, their quotas.
+
+While the database cannot be reached, keys verified in the last `server.api_key_cache_seconds`
+are accepted from memory, a key that is not among them (when keys are required) gets a 503
+naming the database, and tokens per day are not checked: a local server had rather serve than
+refuse. Each outage is logged once as it begins and once as it ends.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -22,14 +30,20 @@ from django.db.models import F, Sum
 from django.db.models.functions import Coalesce
 
 from inference.config import get_config
-from inference.errors import InvalidApiKey, QuotaExceeded
+from inference.connections import DATABASE_UNREACHABLE, error_line, on_fresh_connection
+from inference.errors import DatabaseUnavailable, InvalidApiKey, QuotaExceeded
 from inference.models import ApiKey, RequestRecord
 
 SECRET_PREFIX = "sk-"
 PREFIX_LENGTH = 11  # "sk-" and 8 characters: shown, and looked up by
 WINDOW_SECONDS = 60  # of requests_per_minute
+# While the database cannot be reached, one request a second tries it; the others are answered
+# without waiting for it.
+DATABASE_RETRY_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _hashed(secret: str) -> str:
@@ -90,17 +104,105 @@ def bearer_token(authorization: str | None) -> str | None:
 
 async def api_key_check(authorization: str | None) -> ApiKey | None:
     """The request's key. Without `server.require_api_key`, a missing or unknown key is fine
-    (the SDKs always send one) but a known one is still attributed; with it, it is a 401."""
+    (the SDKs always send one) but a known one is still attributed; with it, it is a 401, or a
+    503 if the database cannot be reached to tell (see the module)."""
     secret = bearer_token(authorization)
     key = None
     if secret and secret.startswith(SECRET_PREFIX):
-        key = await sync_to_async(api_key_find, thread_sensitive=False)(secret)
+        key = await _api_key_lookup(secret)
     if key is None and get_config().server.api_key_required:
         raise InvalidApiKey(
             "Missing, unknown or revoked API key: send 'Authorization: Bearer <key>' with a key "
             "from `manage.py apikey create`."
         )
     return key
+
+
+async def _api_key_lookup(secret: str) -> ApiKey | None:
+    hashed = _hashed(secret)
+    try:
+        key = await _database_read(lambda: api_key_find(secret))
+    except _Unreachable:
+        server = get_config().server
+        key = _recent_keys.get(hashed, server.api_key_cache_seconds)
+        if key is None and server.api_key_required:
+            raise DatabaseUnavailable(
+                "The database cannot be reached, so this API key cannot be checked (keys used in the "
+                f"last {server.api_key_cache_seconds:g} s still work). Try again shortly.",
+                retry_after=math.ceil(DATABASE_RETRY_SECONDS),
+            ) from None
+        return key
+    _recent_keys.remember(hashed, key)
+    return key
+
+
+class _RecentKeys:
+    """The keys verified lately, by their secret's hash, with when. Only keys that exist get in
+    (an unknown secret never takes memory); a key found revoked or unknown leaves at once.
+    Event loop only."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+
+    def remember(self, hashed: str, key: ApiKey | None) -> None:
+        if key is None:
+            self._keys.pop(hashed, None)
+        else:
+            self._keys[hashed] = (time.monotonic(), key)
+
+    def get(self, hashed: str, seconds: float) -> ApiKey | None:
+        """The key of this hash if it was verified in the last `seconds`."""
+        entry = self._keys.get(hashed)
+        if entry is None or time.monotonic() - entry[0] > seconds:
+            return None
+        return entry[1]
+
+
+class _Unreachable(Exception):
+    """The database cannot be reached now."""
+
+
+class _DatabaseOutage:
+    """Whether the database failed the last time this module asked it, and when; logs once as
+    an outage begins and once as it ends. Event loop only."""
+
+    def __init__(self) -> None:
+        self._failed_at: float | None = None
+
+    def worth_asking(self) -> bool:
+        return self._failed_at is None or time.monotonic() - self._failed_at >= DATABASE_RETRY_SECONDS
+
+    def failed(self, error: Exception) -> None:
+        if self._failed_at is None:
+            logger.warning(
+                "database unreachable for API key checks (%s): keys verified in the last %g s are "
+                "accepted from memory, others get a 503; tokens per day are not checked until it is back",
+                error_line(error), get_config().server.api_key_cache_seconds,
+            )
+        self._failed_at = time.monotonic()
+
+    def answered(self) -> None:
+        if self._failed_at is not None:
+            logger.info("database is back: API keys and tokens per day are checked in it again")
+            self._failed_at = None
+
+
+_recent_keys = _RecentKeys()
+_outage = _DatabaseOutage()
+
+
+async def _database_read(query: Callable[[], T]) -> T:
+    """`query()` on an executor thread, on a fresh connection; raises _Unreachable while the
+    database cannot be reached, asking it at most once a second meanwhile."""
+    if not _outage.worth_asking():
+        raise _Unreachable
+    try:
+        result = await sync_to_async(on_fresh_connection, thread_sensitive=False)(query)
+    except DATABASE_UNREACHABLE as error:
+        _outage.failed(error)
+        raise _Unreachable from None
+    _outage.answered()
+    return result
 
 
 class _LocalWindows:
@@ -197,7 +299,8 @@ async def _requests_per_minute_check(key: ApiKey) -> None:
 
 
 async def quota_check(key: ApiKey | None) -> None:
-    """429 if the key is over its requests per minute or its tokens today."""
+    """429 if the key is over its requests per minute or its tokens today (not checked while the
+    database cannot be reached)."""
     if key is None:
         return
     if key.requests_per_minute:
@@ -205,7 +308,10 @@ async def quota_check(key: ApiKey | None) -> None:
     if key.tokens_per_day:
         now = datetime.now(UTC)
         midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
-        used = await sync_to_async(_tokens_today, thread_sensitive=False)(key.prefix, midnight)
+        try:
+            used = await _database_read(lambda: _tokens_today(key.prefix, midnight))
+        except _Unreachable:
+            return  # not checked until the database is back (logged once)
         if used >= key.tokens_per_day:
             tomorrow = midnight + timedelta(days=1)
             raise QuotaExceeded(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
-from contextlib import asynccontextmanager
 
 from adrf.views import APIView as AsyncAPIView
 from drf_spectacular.utils import extend_schema
@@ -14,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference import access, metrics, peers, protocol, selectors, services
+from inference import access, metrics, peers, protocol, records, selectors, services
 from inference.admin_auth import AdminTokenRequired
 from inference.runtime.errors import ModelNotFound
 from inference.models import ApiKey
@@ -124,23 +122,6 @@ class ModelDetailView(APIView):
         return Response(protocol.model_object(model, name))
 
 
-@asynccontextmanager
-async def recording_failures(draft: services.RequestDraft, request: Request) -> AsyncIterator[None]:
-    """Save the request's record if it fails (or the client leaves) before its output starts."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        draft.fail(status="cancelled", http_status=services.CLIENT_CLOSED_REQUEST, code=None, message="")
-        await asyncio.shield(services.request_record_save(draft))
-        raise
-    except Exception as exc:
-        status, code, message = protocol.error_details(exc)
-        draft.model = draft.model or requested_model(request)
-        draft.fail(status="error", http_status=status, code=code, message=message)
-        await services.request_record_save(draft)
-        raise
-
-
 def requested_model(request: Request) -> str:
     """The model a request named, if its body was readable and named one."""
     try:
@@ -158,8 +139,9 @@ def endpoint_of(request: HttpRequest | Request) -> str:
 _ROUTE_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
-def request_draft(request: Request, key: ApiKey | None) -> services.RequestDraft:
-    return services.RequestDraft(
+def request_recording(request: Request, key: ApiKey | None) -> records.RequestRecording:
+    """The record of an inference request, begun with what the HTTP request says of its client."""
+    return records.RequestRecording(
         endpoint=endpoint_of(request),
         client_address=request.META.get("REMOTE_ADDR", ""),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
@@ -184,14 +166,14 @@ class GenerationView(APIView):
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         key = await access.api_key_check(request.headers.get("Authorization"))  # 401s leave no record
-        draft = request_draft(request, key)
-        async with recording_failures(draft, request):
+        recording = request_recording(request, key)
+        async with recording.until_output(requested_model=lambda: requested_model(request)):
             parsed = self.serializer.parse(request.data)
             if parsed.model and peers.forwarding(request) and not selectors.model_served_here(parsed.model, key and key.allowed_models):
                 if (answer := await peers.forward(request)) is not None:
                     return answer  # the peer records it
             await access.quota_check(key)
-            generation = await self.start(request=parsed, draft=draft, key=key)
+            generation = await self.start(request=parsed, recording=recording, key=key)
         if getattr(parsed, "stream", False):
             return protocol.sse_response(self.chunks(generation, parsed))
         return Response(await self.body(generation, parsed))

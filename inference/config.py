@@ -79,6 +79,7 @@ class ServerConfig:
     max_body_bytes: int
     behind_https_proxy: bool
     peers: tuple[str, ...]  # other llamasite servers' base URLs, for the models this one lacks
+    api_key_cache_seconds: float  # how long a verified key is accepted while the database is away
 
     @property
     def instance(self) -> str:
@@ -143,6 +144,7 @@ class ModelManagerConfig:
 class RecordsConfig:
     request_records: bool
     usage_retention_days: int
+    pending_limit: int  # records kept in memory while the database is away
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_body_bytes": _Key(8 * 1024 * 1024, _integer(1024)),
         "behind_https_proxy": _Key(False, _boolean),
         "peers": _Key([], _peers),
+        "api_key_cache_seconds": _Key(60, _number(0)),
     },
     "model_manager": {
         "models_directory": _Key("./models", _string(allow_empty=False)),
@@ -289,6 +292,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "records": {
         "request_records": _Key(True, _boolean),
         "usage_retention_days": _Key(90, _integer(0)),
+        "pending_limit": _Key(10000, _integer(1)),
     },
 }
 

@@ -87,3 +87,9 @@ class ModelTooLarge(ApiError):
     status = 503
     type = "server_error"
     code = "model_too_large"
+
+
+class DatabaseUnavailable(RetryLater):
+    status = 503
+    type = "server_error"
+    code = "database_unavailable"

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from inference import histograms
 
@@ -72,7 +73,8 @@ class LoadEvent(models.Model):
     duration_ms = models.FloatField()
     settings = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When it happened, set by the server (not when written: it may wait for the database).
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.db import DatabaseError, transaction
 
-from inference import metrics, tools
+from inference import tools
 from inference.config import ConfigError, get_config, load_config, set_config
-from inference.errors import ApiError, InvalidRequest
+from inference.connections import error_line, on_fresh_connection
+from inference.errors import InvalidRequest
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
-from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, error_details
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from inference.record_writer import writer
+from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job as QueuedJob
-from inference.runtime.errors import RuntimeFailure
 from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from inference.runtime.jobs import (
     ChatJob,
@@ -43,62 +42,35 @@ from inference.runtime.worker import ModelWorker
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RequestDraft:
-    """What will become a request's RequestRecord, filled in as the request goes."""
-
-    endpoint: str
-    client_address: str = ""
-    user_agent: str = ""
-    started: float = field(default_factory=time.monotonic)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    completion_id: str = ""
-    model: str = ""
-    stream: bool = False
-    status: str = RequestRecord.Status.OK
-    http_status: int = 200
-    error_code: str = ""
-    error_message: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = ""
-    queue_wait_ms: float | None = None
-    load_ms: float | None = None
-    ttft_ms: float | None = None
-    first_token_at: float | None = None
-    tokens_per_second: float | None = None
-    end_user: str = ""
-    api_key: str = ""  # the key's prefix
-    saved: bool = False
-
-    def fail(self, *, status: str, http_status: int, code: str | None, message: str) -> None:
-        self.status, self.http_status = status, http_status
-        self.error_code, self.error_message = code or "", message
-
-
-async def chat_completion_create(*, request: ChatRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
+async def chat_completion_create(
+    *, request: ChatRequest, recording: RequestRecording, key: ApiKey | None
+) -> Generation:
     """Start a chat completion (its tools and response format applied); see `_generate`."""
-    draft.end_user = request.user
+    recording.draft.end_user = request.user
     return await _generate(
-        model=request.model, jobs=[chat_job(request)], stream=request.stream, draft=draft, key=key,
+        model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
         id_prefix="chatcmpl-",
     )
 
 
-async def completion_create(*, request: CompletionRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
+async def completion_create(
+    *, request: CompletionRequest, recording: RequestRecording, key: ApiKey | None
+) -> Generation:
     """Start a text completion, one job per prompt; see `_generate`."""
-    draft.end_user = request.user
+    recording.draft.end_user = request.user
     return await _generate(
-        model=request.model, jobs=list(request.jobs), stream=request.stream, draft=draft, key=key,
+        model=request.model, jobs=list(request.jobs), stream=request.stream, recording=recording, key=key,
         id_prefix="cmpl-",
     )
 
 
-async def embedding_create(*, request: EmbeddingRequest, draft: RequestDraft, key: ApiKey | None) -> Generation:
+async def embedding_create(
+    *, request: EmbeddingRequest, recording: RequestRecording, key: ApiKey | None
+) -> Generation:
     """Start embedding the inputs on the model's embedding context; see `_generate`."""
-    draft.end_user = request.user
+    recording.draft.end_user = request.user
     return await _generate(
-        model=request.model, jobs=[request.job], stream=False, draft=draft, key=key, id_prefix="embd-"
+        model=request.model, jobs=[request.job], stream=False, recording=recording, key=key, id_prefix="embd-"
     )
 
 
@@ -135,7 +107,7 @@ async def _generate(
     model: str | None,
     jobs: list[ModelJob],
     stream: bool,
-    draft: RequestDraft,
+    recording: RequestRecording,
     key: ApiKey | None,
     id_prefix: str,
 ) -> Generation:
@@ -143,9 +115,10 @@ async def _generate(
     accepted.
 
     Errors found before any output (unknown model, failed load, prompt too long) are raised here,
-    so they become HTTP errors rather than stream events. The generation's events fill in the
-    draft; its record is saved before the last event is handed on.
+    so they become HTTP errors rather than stream events. The generation's events go through the
+    request's recording, which fills in its draft and saves its record.
     """
+    draft = recording.draft
     draft.stream, draft.model = stream, model or ""
     pool = model_pool()
     model_file = pool.catalog.resolve(model, allowed=key.allowed_models if key else None)
@@ -176,7 +149,7 @@ async def _generate(
         prompt_tokens=draft.prompt_tokens,
         cached_tokens=sum(event.cached_tokens for event in accepted),
         choices=per_job * len(jobs),
-        events=_recorded(events, draft, per_job * len(jobs)),
+        events=recording.events(events, choices=per_job * len(jobs)),
     )
     generation.id = draft.completion_id = f"{id_prefix}{generation.id}"
     return generation
@@ -212,144 +185,6 @@ async def _merged(streams: list[AsyncIterator[JobEvent]], per_job: int) -> Async
             task.cancel()
         for events in streams:
             await events.aclose()  # type: ignore[attr-defined]
-
-
-async def _recorded(events: AsyncIterator[JobEvent], draft: RequestDraft, choices: int) -> AsyncIterator[JobEvent]:
-    """The events, noting what the client has been handed; the record is saved before the last
-    choice's Finished is handed on."""
-    tokens: dict[int, int] = {}
-    finished = 0
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if draft.first_token_at is None:
-                    draft.first_token_at = time.monotonic()
-                    draft.ttft_ms = round((draft.first_token_at - draft.started) * 1000, 1)
-                tokens[event.index] = event.completion_tokens
-            elif isinstance(event, Finished):
-                tokens[event.index] = event.completion_tokens
-                finished += 1
-                draft.finish_reason = event.finish_reason
-                if finished == choices:
-                    draft.completion_tokens = sum(tokens.values())
-                    await request_record_save(draft)
-            draft.completion_tokens = sum(tokens.values())
-            yield event
-    except (ApiError, RuntimeFailure) as exc:  # failed after the output began
-        status, code, message = error_details(exc)
-        draft.fail(status=RequestRecord.Status.ERROR, http_status=status, code=code, message=message)
-        raise
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        if not draft.saved:
-            if draft.status == RequestRecord.Status.OK:  # the client went away
-                draft.fail(
-                    status=RequestRecord.Status.CANCELLED,
-                    http_status=200 if draft.stream else CLIENT_CLOSED_REQUEST,
-                    code=None,
-                    message="",
-                )
-            await request_record_save(draft)
-
-
-# nginx's status for "the client closed the connection before the response".
-CLIENT_CLOSED_REQUEST = 499
-
-# One thread writes the records, in order, off the event loop.
-_records_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
-
-
-async def request_record_save(draft: RequestDraft) -> None:
-    """Write the draft's RequestRecord (and its daily rollup) and announce it on the live feed.
-
-    Runs off the event loop. A database problem is logged and never fails the request.
-    """
-    draft.saved = True
-    finished = time.monotonic()
-    duration_ms = round((finished - draft.started) * 1000, 1)
-    metrics.request_count(
-        model=draft.model, endpoint=draft.endpoint, status=draft.status, http_status=draft.http_status,
-        prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens, ttft_ms=draft.ttft_ms,
-        duration_ms=duration_ms,
-    )
-    if not get_config().records.request_records:
-        return
-    if draft.first_token_at is not None and draft.completion_tokens > 1:
-        generating = finished - draft.first_token_at
-        draft.tokens_per_second = round((draft.completion_tokens - 1) / generating, 2) if generating else None
-    loop = asyncio.get_running_loop()
-    try:
-        record = await loop.run_in_executor(_records_executor, _request_record_write, draft, duration_ms)
-    except DatabaseError as exc:
-        logger.error("could not record request %s on %s: %s", draft.completion_id, draft.model, exc)
-        return
-    await request_feed_publish(record)
-
-
-def _request_record_write(draft: RequestDraft, duration_ms: float) -> RequestRecord:
-    with transaction.atomic():
-        record = RequestRecord.objects.create(
-            instance=get_config().server.instance,
-            duration_ms=duration_ms,
-            **{
-                name: getattr(draft, name)
-                for name in _DRAFT_FIELDS
-            },
-        )
-        daily_usage_add(record)
-    return record
-
-
-_DRAFT_FIELDS = (
-    "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
-    "error_message", "prompt_tokens", "completion_tokens", "finish_reason", "queue_wait_ms",
-    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "api_key",
-    "created_at",
-)
-
-
-def daily_usage_add(record: RequestRecord) -> None:
-    """Count one record into its model's rollup for its UTC day (inside the caller's transaction)."""
-    usage, _ = DailyUsage.objects.select_for_update().get_or_create(
-        instance=record.instance,
-        day=record.created_at.astimezone(UTC).date(),
-        model=record.model,
-        api_key=record.api_key,
-    )
-    usage.count_request(
-        record.status, record.prompt_tokens, record.completion_tokens, record.ttft_ms, record.tokens_per_second
-    )
-    usage.save()
-
-
-REQUEST_FEED_GROUP = "request-feed"
-
-
-async def request_feed_publish(record: RequestRecord) -> None:
-    """Push a finished request to the dashboards' live feed (Channels group)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        await layer.group_send(REQUEST_FEED_GROUP, {"type": "request.finished", "record": feed_item(record)})
-    except Exception as exc:  # the feed is best effort: a full or broken layer never fails a request
-        logger.warning("could not publish request %s to the live feed: %s", record.completion_id, exc)
-
-
-def feed_item(record: RequestRecord) -> dict[str, Any]:
-    return {
-        "created_at": record.created_at.isoformat(),
-        "instance": record.instance,
-        "model": record.model,
-        "endpoint": record.endpoint,
-        "status": record.status,
-        "http_status": record.http_status,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "ttft_ms": record.ttft_ms,
-        "duration_ms": record.duration_ms,
-        "tokens_per_second": record.tokens_per_second,
-    }
 
 
 async def model_load(*, model: str, reason: LoadReason) -> str:
@@ -408,16 +243,23 @@ async def config_reload() -> dict[str, list[str]]:
 
 
 def load_event_record(sender: Any, *, event: LifecycleEvent, **_: Any) -> None:
-    """Receiver of `model_lifecycle`: one LoadEvent row per load, failed load and unload."""
-    LoadEvent.objects.create(instance=get_config().server.instance, **asdict(event))
+    """Receiver of `model_lifecycle`, on the thread of the event (a model's worker): one LoadEvent
+    row per load, failed load and unload, written by the records thread in turn with the request
+    records. Returns once the row is written, or waits in memory for the database; raises the
+    error of a write that cannot succeed."""
+    columns = {"instance": get_config().server.instance, "created_at": datetime.now(UTC), **asdict(event)}
+    written = writer.submit(lambda: LoadEvent.objects.create(**columns), label=f"{event.kind} of {event.model}")
+    written.result()
 
 
 def model_settings_overrides(name: str) -> dict[str, Any]:
-    """The settings saved for a model in the admin (those left empty are not overrides)."""
+    """The settings saved for a model in the admin (those left empty are not overrides). Called
+    on a worker or executor thread as the model loads."""
+    instance = get_config().server.instance
     try:
-        row = DiscoveredModel.objects.filter(instance=get_config().server.instance, name=name).first()
+        row = on_fresh_connection(lambda: DiscoveredModel.objects.filter(instance=instance, name=name).first())
     except DatabaseError as exc:
-        logger.error("could not read the saved settings of %s (config.json's apply): %s", name, exc)
+        logger.error("could not read the saved settings of %s (config.json's apply): %s", name, error_line(exc))
         return {}
     if row is None:
         return {}

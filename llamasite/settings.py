@@ -90,6 +90,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
     }
+# The threads that live long (the records thread, model workers, the executors that check API
+# keys) recycle their connection before each unit of work (inference.connections): kept up to 10
+# minutes rather than opened per record, and checked before reuse, so that one a database restart
+# broke is replaced rather than failing every query after.
+DATABASES["default"]["CONN_MAX_AGE"] = 600
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database host that does not answer is given up in seconds, not after TCP's minutes.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The live feed reaches the dashboards of this process only, unless REDIS_URL names a Redis that

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jsonschema
@@ -32,6 +32,8 @@ from tests.services import (
     redis_server,
     wait_until_started,
 )
+
+T = TypeVar("T")
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
 HI = [{"role": "user", "content": "Hi"}]
@@ -200,12 +202,12 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTempl
 
 
 @contextmanager
-def os_server_or_skip(server: AbstractContextManager[str]) -> Iterator[str]:
-    """The URL of a server started from an OS package (tests/services.py), or a skip saying
-    which package is missing."""
+def os_server_or_skip(server: AbstractContextManager[T]) -> Iterator[T]:
+    """A server started from an OS package (tests/services.py), or a skip saying which package
+    is missing."""
     try:
-        with server as url:
-            yield url
+        with server as started:
+            yield started
     except LookupError as missing:
         pytest.skip(str(missing))
 
@@ -213,8 +215,8 @@ def os_server_or_skip(server: AbstractContextManager[str]) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server of the tests' own (URL without a database name)."""
-    with os_server_or_skip(postgres_server()) as url:
-        yield url
+    with os_server_or_skip(postgres_server()) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -114,43 +114,69 @@ def wait_until_started(
         time.sleep(0.1)
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL server from the OS packages (trust auth, no fsync), its data in a
+    temporary directory. `stop` and `start` again keep its port and data, as a restart does."""
+
+    def __init__(self) -> None:
+        self._initdb, self._postgres = _postgres_binary("initdb"), _postgres_binary("postgres")
+        self._pg_ctl = _postgres_binary("pg_ctl")
+        if not self._initdb or not self._postgres or not self._pg_ctl:
+            raise LookupError("PostgreSQL is not installed (apt-get install postgresql)")
+        self._owner = "postgres" if os.geteuid() == 0 else None
+        self.data = Path(tempfile.mkdtemp(prefix="llamasite-pg-"))
+        if self._owner:
+            shutil.chown(self.data, self._owner)
+        subprocess.run(
+            _as_owner(self._owner, [self._initdb, "-D", str(self.data), "-U", "llamasite", "--auth=trust", "-E", "UTF8"]),
+            check=True, capture_output=True,
+        )
+        self.port = free_port()
+        self.url = f"postgresql://llamasite@127.0.0.1:{self.port}"  # without a database name
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            _as_owner(self._owner, [self._postgres, "-D", str(self.data), "-p", str(self.port), "-k", str(self.data),
+                                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]),
+            stdout=subprocess.DEVNULL, stderr=self.data.with_name(f"{self.data.name}.log").open("a"),
+        )
+
+        def ready() -> bool:
+            try:
+                query_rows(f"{self.url}/postgres", "SELECT 1")
+                return True
+            except Exception:  # noqa: BLE001 — not accepting connections yet
+                return False
+
+        wait_until_started(ready, self._process, lambda: "PostgreSQL did not start")
+
+    def stop(self) -> None:
+        """Stop as an administrator's restart does: PostgreSQL's fast shutdown, which ends the
+        clients' sessions (a plain SIGTERM would wait for every client to disconnect; runuser
+        would not pass a SIGINT on)."""
+        if self._process is not None and self._process.poll() is None:
+            subprocess.run(
+                _as_owner(self._owner, [self._pg_ctl, "stop", "-D", str(self.data), "-m", "fast", "-w"]),
+                check=True, capture_output=True, timeout=60,
+            )
+            self._process.wait(timeout=30)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL server (trust auth, no fsync): its URL, without a database name.
-    Raises LookupError if the OS has no PostgreSQL."""
-    initdb, postgres = _postgres_binary("initdb"), _postgres_binary("postgres")
-    if not initdb or not postgres:
-        raise LookupError("PostgreSQL is not installed (apt-get install postgresql)")
-    owner = "postgres" if os.geteuid() == 0 else None
-    data = Path(tempfile.mkdtemp(prefix="llamasite-pg-"))
-    if owner:
-        shutil.chown(data, owner)
-    subprocess.run(
-        _as_owner(owner, [initdb, "-D", str(data), "-U", "llamasite", "--auth=trust", "-E", "UTF8"]),
-        check=True, capture_output=True,
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        _as_owner(owner, [postgres, "-D", str(data), "-p", str(port), "-k", str(data),
-                          "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]),
-        stdout=subprocess.DEVNULL, stderr=(data.parent / f"{data.name}.log").open("w"),
-    )
-    url = f"postgresql://llamasite@127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            query_rows(f"{url}/postgres", "SELECT 1")
-            return True
-        except Exception:  # noqa: BLE001 — not accepting connections yet
-            return False
-
+def postgres_server() -> Iterator[PostgresServer]:
+    """A running PostgreSQL server of the tests' own, removed afterwards. Raises LookupError if
+    the OS has no PostgreSQL."""
+    server = PostgresServer()
     try:
-        wait_until_started(ready, process, lambda: "PostgreSQL did not start")
-        yield url
+        server.start()
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        server.remove()
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from dashboard.consumers import RequestFeedConsumer
-from inference import selectors, services
+from inference import records, selectors
 from inference.models import DailyUsage, RequestRecord
 from tests.record_factory import make_record
 
@@ -103,7 +103,7 @@ async def test_live_feed_pushes_finished_requests_to_staff() -> None:
     connected, _ = await feed.connect()
     assert connected
     record = await sync_to_async(make_record)(datetime.now(UTC), model="model-a")
-    await services.request_feed_publish(record)
+    await records.request_feed_publish(record)
     message = await feed.receive_json_from(timeout=5)
     assert (message["model"], message["status"], message["completion_tokens"]) == ("model-a", "ok", 20)
     await feed.disconnect()

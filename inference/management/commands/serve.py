@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 
+from inference import record_writer
 from inference.admin_auth import admin_token, admin_token_source
 from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
 from inference.runtime.pool import ModelPool, model_pool
@@ -176,4 +177,5 @@ class Command(BaseCommand):
             serve_with_graceful_shutdown(config, pool)
         finally:
             pool.shutdown()
+            record_writer.writer.close()  # after the unloads' records
             logger.info("stopped")

@@ -1,0 +1,45 @@
+"""The database connections of the threads that live long: the records thread, the model workers,
+the executor threads that check API keys.
+
+Django recycles a connection only around the requests it handles itself; a thread that outlives
+many requests keeps its connection until it breaks, and then keeps the broken one (after a
+database restart, every query on it fails). So each unit of work of such a thread runs through
+`on_fresh_connection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
+
+T = TypeVar("T")
+
+# What a database that cannot be reached (stopped, restarting, the network gone) raises. Other
+# errors (a constraint, bad data) fail again however often they are retried.
+DATABASE_UNREACHABLE = (OperationalError, InterfaceError)
+
+
+def on_fresh_connection(work: Callable[[], T]) -> T:
+    """`work()` on the calling thread's connection, recycled first (closed if it failed or is
+    older than CONN_MAX_AGE, checked before reuse with CONN_HEALTH_CHECKS), and once more on a
+    new connection if the database fails during it; raises the second failure.
+
+    Any thread may call it. Inside a transaction of the caller's own, `work` runs once, on that
+    transaction's connection.
+    """
+    if connection.in_atomic_block:  # closing it would break the caller's transaction (a test's)
+        return work()
+    close_old_connections()
+    try:
+        return work()
+    except DATABASE_UNREACHABLE:
+        connection.close()
+        return work()
+
+
+def error_line(error: Exception) -> str:
+    """A database error in one line for the log (psycopg's run over several)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
