@@ -16,7 +16,9 @@ SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 serve: setup model migrate
 	$(PY) manage.py serve
 
+# ruff.toml holds the (small) rule set; style is checked where the tests run.
 test: setup-dev model system-packages
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 setup: $(VENV)/.requirements

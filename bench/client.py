@@ -6,8 +6,8 @@ import asyncio
 import json
 import re
 import time
-from urllib.parse import urlsplit
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 

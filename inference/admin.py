@@ -15,10 +15,10 @@ from django.template.defaultfilters import filesizeformat
 from inference import access, selectors, services
 from inference.config import get_config
 from inference.errors import ApiError
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 from inference.protocol import api_error
 from inference.runtime.errors import RuntimeFailure
 from inference.runtime.lifecycle import LoadReason
-from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
 
 
 def _usage_total(field: str) -> Subquery:

@@ -13,8 +13,8 @@ from pathlib import Path
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from inference.config import get_config
 from inference.access import bearer_token
+from inference.config import get_config
 from inference.errors import InvalidApiKey
 from inference.secret_files import read_or_create_secret, read_secret
 

@@ -7,16 +7,16 @@ import re
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
-from drf_spectacular.utils import extend_schema
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import access, metrics, peers, protocol, records, selectors, services
 from inference.admin_auth import AdminTokenRequired
-from inference.runtime.errors import ModelNotFound
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
+from inference.runtime.errors import ModelNotFound
 
 _STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
 _HEALTH = {

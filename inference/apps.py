@@ -13,9 +13,9 @@ class InferenceConfig(AppConfig):
     def ready(self) -> None:
         from prometheus_client import REGISTRY
 
+        from inference.metrics import ModelStateCollector, lifecycle_event_count
         from inference.runtime.lifecycle import model_lifecycle
         from inference.runtime.pool import register_settings_overrides
-        from inference.metrics import ModelStateCollector, lifecycle_event_count
         from inference.services import load_event_record, model_settings_overrides
 
         model_lifecycle.connect(load_event_record, dispatch_uid="load_event_record")

@@ -13,7 +13,6 @@ from django.db import models
 from django.utils import timezone
 
 from inference import histograms
-
 from inference.runtime.lifecycle import LifecycleKind, LoadReason
 
 

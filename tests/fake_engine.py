@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -84,3 +85,12 @@ async def drain(job: Job) -> list[JobEvent]:
 
 async def collect(pool: ModelPool, model: str, job: ChatJob) -> list[JobEvent]:
     return await drain(await pool.submit(pool.catalog.resolve(model), job))
+
+
+async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
+    """Wait (on the event loop) until `condition()` holds; fail after `seconds`."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from inference.runtime.engine import GenerationEngine
+from inference.runtime.jobs import ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
 from inference.runtime.scheduler import PREFILL_CHUNK_WHILE_GENERATING
 from inference.runtime.settings import LoadSettings
-from inference.runtime.jobs import ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
 
 GREEDY = Sampling(temperature=0)
 

@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 from django.test import AsyncClient
 
+from inference.models import RequestRecord
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.settings import LoadSettings
-from inference.models import RequestRecord
 from tests.conftest import validate_openai
 
 HELLO = [{"role": "user", "content": "Say hello."}]

@@ -21,7 +21,17 @@ from django.test import AsyncClient
 from inference import access
 from inference.errors import DatabaseUnavailable, InvalidApiKey
 from inference.record_writer import RecordWriter
-from tests.conftest import HI, SMOLLM2, DaphneServer, free_port, link_model, os_server_or_skip, start_server, wait_for, write_config
+from tests.conftest import (
+    HI,
+    SMOLLM2,
+    DaphneServer,
+    free_port,
+    link_model,
+    os_server_or_skip,
+    start_server,
+    wait_for,
+    write_config,
+)
 from tests.services import PostgresServer, migrate, postgres_server, query_rows, with_database_name
 
 # --- the records queue, with a stand-in database -------------------------------------------

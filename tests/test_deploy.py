@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from inference.config import load_config
-
 from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,

@@ -28,8 +28,9 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import DatabaseTemplate
 from tests.gguf_files import write_random
+from tests.services import DatabaseTemplate
+
 
 def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
     models = {

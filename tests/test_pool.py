@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,8 @@ from inference.runtime.lifecycle import LoadReason
 from inference.runtime.llama import LlamaLoadError
 from inference.runtime.pool import ModelPool
 from inference.runtime.settings import LoadSettings
-from tests.fake_engine import FakeEngine, chat, collect, drain, make_pool, pool_config
+from tests.fake_engine import FakeEngine, chat, collect, drain, make_pool, pool_config, until
 from tests.gguf_files import write_synthetic
-
 
 # Worker threads record their lifecycle in the database.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -250,17 +249,9 @@ async def test_idle_timeout_zero_unloads_after_each_request(synthetic_models: Pa
     pool = make_pool(synthetic_models, log, idle_timeout=0)
     for request in range(1, 3):
         await collect(pool, "alpha", chat(str(request)))
-        await until(lambda: lifecycle_events.count(("alpha", "unload", "idle")) == request)
+        await until(lambda request=request: lifecycle_events.count(("alpha", "unload", "idle")) == request)
     pool.shutdown()
     assert log.count("load alpha") == 2
-
-
-async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_the_reaper_thread_unloads_idle_models(synthetic_models: Path, lifecycle_events) -> None:

@@ -18,7 +18,7 @@ from inference.runtime.lifecycle import LoadReason
 from inference.runtime.pool import ModelPool, replace_model_pool
 from inference.runtime.settings import LoadSettings
 from tests.conftest import SMOLLM2
-from tests.fake_engine import FakeEngine, chat, collect, drain, make_pool
+from tests.fake_engine import FakeEngine, chat, collect, drain, make_pool, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,14 +68,6 @@ async def outcome(pool: ModelPool, model: str, job: ChatJob) -> Finished | Excep
         return (await asyncio.wait_for(collect(pool, model, job), timeout=15))[-1]
     except (WorkerFailed, LoadFailed, PrepareFailed, GrammarNotCompiled) as failure:
         return failure
-
-
-async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_a_failing_step_fails_running_and_queued_jobs_and_the_next_request_loads_afresh(

@@ -13,7 +13,6 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
 from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
 from inference.protocol.fields import (
     ContentField,
@@ -26,6 +25,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
+from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
 
 # --- request ---------------------------------------------------------------------------------
 

@@ -8,19 +8,18 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 from rest_framework import serializers
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 
-from inference.runtime.catalog import ModelFile
 from inference.errors import ApiError
+from inference.protocol.errors import error_body
+from inference.protocol.fields import StrictCharField
+from inference.protocol.runtime_errors import api_error
+from inference.runtime.catalog import ModelFile
+from inference.runtime.errors import RuntimeFailure
 from inference.runtime.jobs import Finished, Generation
 from inference.runtime.lifecycle import LoadReason
-from inference.protocol.errors import error_body
-from inference.protocol.runtime_errors import api_error
-from inference.runtime.errors import RuntimeFailure
-from inference.protocol.fields import StrictCharField
-
 
 # No OpenAI request nests deeper (a JSON schema in response_format or tools comes closest);
 # deeper bodies would only exhaust the stack of whatever walks them.

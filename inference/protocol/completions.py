@@ -9,7 +9,6 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.runtime.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
 from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
 from inference.protocol.fields import (
     GenerationRequestSerializer,
@@ -20,6 +19,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
+from inference.runtime.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
 
 # OpenAI's default for max_tokens on this endpoint.
 DEFAULT_MAX_TOKENS = 16

@@ -10,9 +10,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.runtime.jobs import Embedded, EmbeddingJob, Generation
 from inference.protocol.fields import KeepAliveField, OpenAIRequestSerializer, StrictCharField, optional
-
+from inference.runtime.jobs import Embedded, EmbeddingJob, Generation
 
 TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 # Exceptions stay hashable (compared by identity), as Python's own machinery expects.
 fact = dataclass(eq=False)
 

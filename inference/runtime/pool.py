@@ -35,6 +35,11 @@ SettingsOverrides = Callable[[str], dict[str, Any]]
 ALL_MODELS = "all"
 
 
+def no_overrides(name: str) -> dict[str, Any]:
+    """No settings saved outside config.json."""
+    return {}
+
+
 class ModelPool:
     """The loaded models of one server process, and the catalog they come from."""
 
@@ -42,7 +47,7 @@ class ModelPool:
         self,
         config: ModelManagerConfig,
         engine_factory: EngineFactory = load_engine,
-        settings_overrides: SettingsOverrides = lambda name: {},
+        settings_overrides: SettingsOverrides = no_overrides,
     ) -> None:
         self.catalog = Catalog(config)
         self.settings_overrides = settings_overrides
@@ -242,7 +247,7 @@ class ModelPool:
 
 _pool: ModelPool | None = None
 _pool_lock = threading.Lock()
-_settings_overrides: SettingsOverrides = lambda name: {}
+_settings_overrides: SettingsOverrides = no_overrides
 
 
 def register_settings_overrides(source: SettingsOverrides) -> None:

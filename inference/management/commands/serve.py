@@ -23,8 +23,8 @@ from django.db.migrations.executor import MigrationExecutor
 from inference import record_writer
 from inference.admin_auth import admin_token, admin_token_source
 from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
-from inference.runtime.pool import ModelPool, model_pool
 from inference.models import ApiKey
+from inference.runtime.pool import ModelPool, model_pool
 from inference.services import discovered_models_sync
 
 logger = logging.getLogger(__name__)
