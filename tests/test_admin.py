@@ -18,7 +18,7 @@ CHANGELIST = "/admin/inference/discoveredmodel/"
 
 @pytest.fixture
 def synced(use_config) -> DiscoveredModel:
-    discovered_models_sync(models=model_pool().available())
+    discovered_models_sync(models=model_pool().catalog.available())
     return DiscoveredModel.objects.get(name=SMOLLM2)
 
 

@@ -165,7 +165,7 @@ class ModelPool:
                 if len(pinned) == len(live):
                     raise AllPinned(loaded=len(live))
                 return None
-            victim = min(idle, key=lambda worker: worker.last_used)
+            victim = min(idle, key=lambda worker: worker.counts.last_used)
             logger.info("unloading %s, the least recently used model, to make room", victim.name)
             self._registry.retire_locked(victim, LoadReason.LRU)
             live.remove(victim)

@@ -38,7 +38,7 @@ class Reaper:
         for worker in removed:
             logger.warning("the file of %s is gone: unloading it", worker.name)
         for worker in expired:
-            logger.info("%s was idle for %.0f s: unloading", worker.name, now - worker.last_used)
+            logger.info("%s was idle for %.0f s: unloading", worker.name, now - worker.counts.last_used)
         return removed + expired
 
     def start(self) -> None:

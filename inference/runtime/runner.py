@@ -10,29 +10,54 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from inference.runtime.channel import Job, wake
 from inference.runtime.engine import Engine
 from inference.runtime.errors import PrepareFailed, RuntimeFailure
 from inference.runtime.jobs import Finished, Prepared
 
-if TYPE_CHECKING:
-    from inference.runtime.worker import ModelWorker
-
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobCounts:
+    """A worker's jobs waiting and running, and when the last one ended; guarded by the worker's
+    lock (any thread reads them, its runner changes them)."""
+
+    queued: int = 0
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    keep_alive: float | None = None  # the last request's; None: the model's idle_timeout
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight or self.queued)
 
 
 class JobRunner:
     """The jobs of one worker that left its queue: prepared and waiting for slots, or running.
     Only the worker's thread touches it."""
 
-    def __init__(self, worker: ModelWorker, engine: Engine, jobs: queue.SimpleQueue[Job | None]) -> None:
-        self._worker = worker
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        jobs: queue.SimpleQueue[Job | None],
+        counts: JobCounts,
+        lock: threading.Lock,
+        on_idle: Callable[[], None],
+    ) -> None:
+        self._name = name
         self._engine = engine
         self._jobs = jobs
+        self._counts = counts
+        self._lock = lock
+        self._on_idle = on_idle  # called when the worker has nothing left to do
         self._waiting: deque[tuple[Job, Prepared]] = deque()
         self._running: set[Job] = set()
 
@@ -61,15 +86,15 @@ class JobRunner:
 
     def _prepare(self, job: Job) -> None:
         if job.cancelled:
-            self._worker.count_dropped()
+            self._dropped()
             return
         try:
             self._waiting.append((job, self._engine.prepare(job.spec)))
         except Exception as exc:
-            self._worker.count_dropped()
+            self._dropped()
             if not isinstance(exc, RuntimeFailure):  # a bug with this one prompt: the others go on
-                logger.error("preparing a request for %s failed", self._worker.name, exc_info=exc)
-                exc = PrepareFailed(model=self._worker.name, cause=f"{type(exc).__name__}: {exc}")
+                logger.error("preparing a request for %s failed", self._name, exc_info=exc)
+                exc = PrepareFailed(model=self._name, cause=f"{type(exc).__name__}: {exc}")
             job.emit(exc)
 
     def _admit(self) -> None:
@@ -77,13 +102,13 @@ class JobRunner:
             job, prepared = self._waiting[0]
             if job.cancelled:
                 self._waiting.popleft()
-                self._worker.count_dropped()
+                self._dropped()
                 continue
             try:
                 accepted = self._engine.start(job, prepared, lambda job=job: job.cancelled)
             except RuntimeFailure as exc:  # this job cannot start (e.g. its grammar): only it fails
                 self._waiting.popleft()
-                self._worker.count_dropped()
+                self._dropped()
                 job.emit(exc)
                 continue
             if accepted is None:
@@ -91,7 +116,7 @@ class JobRunner:
             self._waiting.popleft()
             job.started_at = time.monotonic()
             self._running.add(job)
-            self._worker.count_started()
+            self._started()
             job.emit(accepted)
 
     def _step(self) -> None:
@@ -104,20 +129,44 @@ class JobRunner:
                     # Counted done before its last event goes out: whoever got the complete
                     # answer also finds the model idle.
                     self._running.discard(job)
-                    idle = self._worker.count_done(job.spec.keep_alive)
+                    idle = self._done(job)
                     self._log_done(job, event)
             if job.push(event):
                 to_wake.append(job)
         wake(to_wake)  # one wake-up per step, not one per token
         if idle:
-            self._worker.went_idle()
+            self._on_idle()
+
+    # --- counting -------------------------------------------------------------------------------
+
+    def _started(self) -> None:
+        with self._lock:
+            self._counts.queued -= 1
+            self._counts.in_flight += 1
+
+    def _dropped(self) -> None:
+        """A queued job ended before it started (cancelled, or refused)."""
+        with self._lock:
+            self._counts.queued -= 1
+            idle = not self._counts.busy
+        if idle:
+            self._on_idle()
+
+    def _done(self, job: Job) -> bool:
+        """A running job ended, before its last event goes out; True if nothing is left to do
+        (`on_idle` once its events are out)."""
+        with self._lock:
+            self._counts.in_flight -= 1
+            self._counts.last_used = time.monotonic()
+            self._counts.keep_alive = job.spec.keep_alive
+            return not self._counts.busy
 
     def _log_done(self, job: Job, finished: Finished) -> None:
         elapsed = time.monotonic() - (job.started_at or job.submitted_at)
         logger.info(
             "%s on %s: %s after %d tokens (prompt %d) in %.2f s, %.1f tokens/s",
             type(job.spec).__name__.removesuffix("Job").lower(),
-            self._worker.name,
+            self._name,
             finished.finish_reason,
             finished.completion_tokens,
             finished.prompt_tokens,

@@ -34,7 +34,7 @@ from inference.runtime.errors import LoadFailed, QueueFull, WorkerFailed
 from inference.runtime.jobs import ModelJob
 from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, announce
 from inference.runtime.llama import LlamaLoadError
-from inference.runtime.runner import JobRunner
+from inference.runtime.runner import JobCounts, JobRunner
 from inference.runtime.settings import LoadSettings
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,7 @@ class ModelWorker:
         self.state = WorkerState.LOADING
         self.loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loaded.set_running_or_notify_cancel()  # a waiter that gives up must not cancel the load
-        self.last_used = time.monotonic()
-        self.keep_alive: float | None = None  # set by the last request; None: settings.idle_timeout
-        self.queued = 0
-        self.in_flight = 0
+        self.counts = JobCounts()
         self._settings_source = settings_source
         self._engine_factory = engine_factory
         self._reason = reason
@@ -124,16 +121,17 @@ class ModelWorker:
 
     @property
     def busy(self) -> bool:
-        return bool(self.in_flight or self.queued)
+        return self.counts.busy
 
     @property
     def idle_timeout(self) -> float:
-        return self.settings.idle_timeout if self.keep_alive is None else self.keep_alive
+        keep_alive = self.counts.keep_alive
+        return self.settings.idle_timeout if keep_alive is None else keep_alive
 
     @property
     def idle_reason(self) -> LoadReason:
         """Why an idle unload happens: a request's keep_alive, or the model's idle_timeout."""
-        return LoadReason.IDLE if self.keep_alive is None else LoadReason.KEEP_ALIVE
+        return LoadReason.IDLE if self.counts.keep_alive is None else LoadReason.KEEP_ALIVE
 
     @property
     def usable(self) -> bool:
@@ -146,9 +144,9 @@ class ModelWorker:
         with self._lock:
             if not self.usable:
                 raise WorkerStopping(self.name)
-            if self.max_queue and self.queued >= self.max_queue:
-                raise QueueFull(model=self.name, waiting=self.queued, retry_after=QUEUE_FULL_RETRY_SECONDS)
-            self.queued += 1
+            if self.max_queue and self.counts.queued >= self.max_queue:
+                raise QueueFull(model=self.name, waiting=self.counts.queued, retry_after=QUEUE_FULL_RETRY_SECONDS)
+            self.counts.queued += 1
             self._jobs.put(job)
         return job
 
@@ -172,16 +170,16 @@ class ModelWorker:
         with self._lock:
             if self.state != WorkerState.LOADED or self.busy or self.settings.pinned or self.idle_timeout < 0:
                 return None
-            return self.last_used + self.idle_timeout
+            return self.counts.last_used + self.idle_timeout
 
     def status(self) -> dict[str, Any]:
         expiry = self.idle_expiry()
         with self._lock:
             return {
                 "state": str(self.state),
-                "in_flight": self.in_flight,
-                "queued": self.queued,
-                "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.last_used, 1),
+                "in_flight": self.counts.in_flight,
+                "queued": self.counts.queued,
+                "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.counts.last_used, 1),
                 "expires_at": None
                 if expiry is None
                 else (datetime.now(UTC) + timedelta(seconds=expiry - time.monotonic())).isoformat(),
@@ -189,32 +187,6 @@ class ModelWorker:
             }
 
     # --- the worker's thread --------------------------------------------------------------------
-
-    def count_started(self) -> None:
-        """A queued job started running."""
-        with self._lock:
-            self.queued -= 1
-            self.in_flight += 1
-
-    def count_dropped(self) -> None:
-        """A queued job ended before it started (cancelled, or refused)."""
-        with self._lock:
-            self.queued -= 1
-            idle = not self.busy
-        if idle:
-            self._listener.worker_idle(self)
-
-    def count_done(self, keep_alive: float | None) -> bool:
-        """A running job ended (before its last event goes out); True if the worker is idle now:
-        then call `went_idle` once its events are out."""
-        with self._lock:
-            self.in_flight -= 1
-            self.last_used = time.monotonic()
-            self.keep_alive = keep_alive
-            return not self.busy
-
-    def went_idle(self) -> None:
-        self._listener.worker_idle(self)
 
     def _run(self) -> None:
         for predecessor in self._predecessors:
@@ -234,7 +206,9 @@ class ModelWorker:
         self._listener.worker_loaded(self)
         failure: Exception | None = None
         try:
-            self._runner = JobRunner(self, engine, self._jobs)
+            self._runner = JobRunner(
+                self.name, engine, self._jobs, self.counts, self._lock, lambda: self._listener.worker_idle(self)
+            )
             self._runner.serve()
         except Exception as exc:  # a bug or a broken model: fail what is left, unload, the next load retries
             logger.exception("%s failed while generating; unloading it", self.name)
@@ -287,7 +261,7 @@ class ModelWorker:
         """Take no more jobs; every job still held or queued gets `failure`."""
         with self._lock:
             self.state = state
-            self.queued = self.in_flight = 0
+            self.counts.queued = self.counts.in_flight = 0
         for job in self._held_jobs():
             job.emit(failure)
 
