@@ -183,7 +183,7 @@ async def test_logit_bias_bans_and_forces_tokens(use_config, tokenizer: Generati
     assert banned["choices"][0]["logprobs"]["content"][0]["token"] not in alternatives
     forced_id = tokenizer.tokenize(" banana", add_special=False)[0]
     forced = (await post_chat(messages=HELLO, max_tokens=1, temperature=0, logit_bias={str(forced_id): 100})).json()
-    assert forced["choices"][0]["message"]["content"] == tokenizer._piece(forced_id).decode()
+    assert forced["choices"][0]["message"]["content"] == tokenizer.model.piece(forced_id).decode()
 
 
 async def test_user_is_recorded(use_config) -> None:
