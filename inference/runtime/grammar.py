@@ -201,7 +201,7 @@ class _Converter:
             return self.visit(self.merge([(schema, path)]), path, hint)
         if "anyOf" in schema or "oneOf" in schema:
             return self._union(schema, path, hint)
-        types = schema_types(schema)
+        types = _schema_types(schema)
         if "enum" in schema or "const" in schema:
             return self.rules.add(hint, _constants(schema, path, types))
         return self.rules.add(hint, " | ".join(self._typed(schema, path, hint, kind) for kind in types))
@@ -392,12 +392,12 @@ class _OneOf:
             return False
         if any(key in schema for schema in (first, second) for key in ("anyOf", "oneOf", "allOf", "$ref")):
             return False
-        if not _types_overlap(written_types(first), valid_types(second)):
+        if not _types_overlap(_written_types(first), _valid_types(second)):
             return True
         constants = [_constant_keys(first), _constant_keys(second)]
         if constants[0] is not None and constants[1] is not None and constants[0].isdisjoint(constants[1]):
             return True
-        if set(written_types(first)) != {"object"}:
+        if set(_written_types(first)) != {"object"}:
             return False
         required = set(first.get("required", ()))
         forbidden = second.get("additionalProperties") is False and required - set(second.get("properties", {}))
@@ -552,7 +552,7 @@ def _repeat(item: str, low: int, high: int | None, keyword: str, path: Path) -> 
 # Schemas without a converter: types, constants, bounds, merging.
 
 
-def schema_types(schema: dict[str, Any]) -> list[str]:
+def _schema_types(schema: dict[str, Any]) -> list[str]:
     """The types the grammar writes for a schema (without anyOf/oneOf/allOf/$ref): its `type`,
     else those whose keywords it uses, else all; "integer" is left out beside "number"."""
     declared = schema.get("type")
@@ -563,16 +563,16 @@ def schema_types(schema: dict[str, Any]) -> list[str]:
     return [kind for kind in types if not (kind == "integer" and "number" in types)]
 
 
-def written_types(schema: dict[str, Any]) -> list[str]:
+def _written_types(schema: dict[str, Any]) -> list[str]:
     if "enum" in schema or "const" in schema:
         return sorted({_json_type(value) for value in _constant_values(schema)})
-    return schema_types(schema)
+    return _schema_types(schema)
 
 
-def valid_types(schema: dict[str, Any]) -> list[str]:
+def _valid_types(schema: dict[str, Any]) -> list[str]:
     """The types of the values a validator accepts (a superset)."""
     if "enum" in schema or "const" in schema:
-        return written_types(schema)
+        return _written_types(schema)
     declared = schema.get("type", list(TYPES))
     return [declared] if isinstance(declared, str) else list(declared)
 
