@@ -23,7 +23,7 @@ from inference.record_writer import writer
 from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job as QueuedJob
-from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
 from inference.runtime.jobs import (
     ChatJob,
     ChatMessage,
@@ -76,8 +76,10 @@ async def embedding_create(
 
 def chat_job(request: ChatRequest) -> ChatJob:
     """The request's job with its tools offered in the prompt and its output constrained:
-    a forced tool call or a JSON response format becomes a grammar."""
+    a forced tool call or a JSON response format becomes a grammar; a schema the grammar
+    cannot enforce is a 400 naming the keyword."""
     job, grammar = request.job, None
+    schema, param = None, "response_format"
     messages = job.messages
     if request.tool_calls_possible:
         offered = request.tools
@@ -85,12 +87,17 @@ def chat_job(request: ChatRequest) -> ChatJob:
             offered = tuple(tool for tool in offered if tool.name == request.tool_choice.removeprefix("function:"))
         messages = _with_system(messages, tools.instruction(offered, required=request.tool_call_forced).content)
         if request.tool_call_forced:
-            grammar = json_schema_grammar(tools.call_schema(offered), "tools")
+            schema, param = tools.call_schema(offered), "tools"
     response_format = request.response_format or {"type": "text"}
-    if grammar is None and response_format["type"] == "json_object":
+    if schema is None and response_format["type"] == "json_object":
         grammar = JSON_OBJECT_GRAMMAR
-    elif grammar is None and response_format["type"] == "json_schema":
-        grammar = json_schema_grammar(response_format["json_schema"].get("schema") or {}, "response_format")
+    elif schema is None and response_format["type"] == "json_schema":
+        schema = response_format["json_schema"].get("schema") or {}
+    if schema is not None:
+        try:
+            grammar = json_schema_grammar(schema)
+        except SchemaNotSupported as problem:
+            raise InvalidRequest(f"'{param}' has a JSON schema this server cannot enforce: {problem}", param=param) from None
     return replace(job, messages=messages, grammar=grammar)
 
 

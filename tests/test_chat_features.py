@@ -1,5 +1,5 @@
-"""The rest of a chat request, against the real model: n, logprobs, JSON and schema output,
-tools, logit bias, seed, usage in streams."""
+"""The rest of a chat request, against the real model: n, logprobs, JSON output, tools, logit
+bias, seed, usage in streams (schema output: test_json_schema.py)."""
 
 from __future__ import annotations
 
@@ -96,31 +96,6 @@ async def test_json_object_output_parses(use_config) -> None:
         assert isinstance(json.loads(choice["message"]["content"]), dict)
     else:  # a small model may nest objects until max_tokens: reported honestly as "length"
         assert choice["finish_reason"] == "length" and choice["message"]["content"].lstrip().startswith("{")
-
-
-async def test_json_schema_output_validates_every_time(use_config) -> None:
-    schema = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "maxLength": 20},
-            "age": {"type": "integer", "minimum": 0, "maximum": 30},
-            "indoor": {"type": "boolean"},
-        },
-        "required": ["name", "age", "indoor"],
-        "additionalProperties": False,
-    }
-    for seed in range(3):
-        body = (
-            await post_chat(
-                messages=[{"role": "user", "content": "Describe a cat."}],
-                response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": schema, "strict": True}},
-                max_tokens=100,
-                temperature=1.0,
-                seed=seed,
-            )
-        ).json()
-        assert body["choices"][0]["finish_reason"] == "stop", body
-        jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema)
 
 
 async def test_a_required_tool_call_is_returned_as_tool_calls(use_config) -> None:
