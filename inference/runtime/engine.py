@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from inference.runtime.errors import PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
 from inference.runtime.jobs import (
@@ -52,17 +52,25 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+Context = TypeVar("Context", GenerationContext, EmbeddingContext)
+
+
+def _opened(context_class: type[Context], name: str, path: Path, settings: LoadSettings) -> tuple[LlamaModel, Context]:
+    """The model loaded and a context of it; the model is freed again if the context fails."""
+    model = LlamaModel(name, path, settings)
+    try:
+        return model, context_class(model, settings)
+    except BaseException:
+        model.close()
+        raise
+
+
 class GenerationEngine:
     """A model, its generating context with `parallel` slots, and their scheduler."""
 
     def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
         self.name = name
-        self.model = LlamaModel(name, path, settings)
-        try:
-            self._context = GenerationContext(self.model, settings)
-        except BaseException:
-            self.model.close()
-            raise
+        self.model, self._context = _opened(GenerationContext, name, path, settings)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
         self._scheduler = Scheduler(self._context, settings.parallel)
@@ -116,14 +124,9 @@ class EmbeddingEngine:
     parallel = 1
 
     def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
-        self.model = LlamaModel(name, path, settings)
-        try:
-            self._context = EmbeddingContext(self.model, settings)
-        except BaseException:
-            self.model.close()
-            raise
-        self.n_ctx = self._context.n_ctx
         self.name = name
+        self.model, self._context = _opened(EmbeddingContext, name, path, settings)
+        self.n_ctx = self._context.n_ctx
         self._started: list[tuple[Hashable, Prepared]] = []
 
     @property
