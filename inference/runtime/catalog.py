@@ -309,14 +309,18 @@ class Catalog:
         if name not in available and name in self.config.aliases:  # a model file of that name wins
             alias_of, name = name, strip_suffix(self.config.aliases[name])
         if name not in available:
-            raise ModelNotFound(
-                requested=name,
-                alias_of=alias_of,
-                available=list(available),
-                directory=str(self.config.models_directory),
-                directory_missing=self.directory_missing,
-            )
+            raise self.not_found(name, available, alias_of)
         return available[name]
+
+    def not_found(self, name: str, available: dict[str, ModelFile], alias_of: str | None = None) -> ModelNotFound:
+        """The error for a model that is not among `available` (saying if the directory is gone)."""
+        return ModelNotFound(
+            requested=name,
+            alias_of=alias_of,
+            available=list(available),
+            directory=str(self.config.models_directory),
+            directory_missing=self.directory_missing,
+        )
 
     def aliases(self, models: dict[str, ModelFile]) -> dict[str, ModelFile]:
         """The configured aliases of these models (an alias that is a model's own name is not)."""

@@ -19,7 +19,7 @@ from inference.config import ModelManagerConfig, ModelSettings, get_config
 from inference.runtime.catalog import Catalog, ModelChanges, ModelFile, strip_suffix
 from inference.runtime.channel import Job
 from inference.runtime.engine import load_engine
-from inference.runtime.errors import AllPinned, ModelNotFound, ModelTooLarge, ShuttingDown
+from inference.runtime.errors import AllPinned, ModelTooLarge, ShuttingDown
 from inference.runtime.jobs import EmbeddingJob, ModelJob
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.memory import MIB, memory_needed
@@ -187,10 +187,7 @@ class ModelPool:
             name = strip_suffix(name)
             available = self.catalog.available()
             if self._registry.get(name) is None and name not in available:
-                raise ModelNotFound(
-                    requested=name, alias_of=None, available=list(available),
-                    directory=str(self.config.models_directory), directory_missing=self.catalog.directory_missing,
-                )
+                raise self.catalog.not_found(name, available)
         now, pending = [], []
         with self._registry.lock:
             targets = [

@@ -67,17 +67,19 @@ class WorkerRegistry:
         return [worker for worker in self._workers.values() if worker.usable]
 
     def unloading_locked(self) -> list[ModelWorker]:
-        self._retired = [old for old in self._retired if old.is_alive()]
         return list(self._retired)
+
+    def _forget_locked(self, worker: ModelWorker) -> None:
+        if self._workers.get(worker.name) is worker:
+            del self._workers[worker.name]
 
     def register_locked(self, worker: ModelWorker) -> None:
         self._workers[worker.name] = worker
 
     def retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
         """Unregister the worker and stop it; True if it had no jobs (it unloads at once)."""
-        if self._workers.get(worker.name) is worker:
-            del self._workers[worker.name]
-        self._retired = [old for old in self._retired if old.is_alive()] + [worker]
+        self._forget_locked(worker)
+        self._retired.append(worker)
         return worker.stop(reason)
 
     def retire_missing_locked(self, available: dict[str, ModelFile], reason: LoadReason) -> list[ModelWorker]:
@@ -111,9 +113,9 @@ class WorkerRegistry:
 
     def worker_exited(self, worker: ModelWorker) -> None:
         with self.lock:
-            if self._workers.get(worker.name) is worker:
-                del self._workers[worker.name]
-            self._retired = [old for old in self._retired if old is not worker and old.is_alive()]
+            self._forget_locked(worker)
+            if worker in self._retired:
+                self._retired.remove(worker)
             self._waiters.wake_all()
 
     # --- reading --------------------------------------------------------------------------------

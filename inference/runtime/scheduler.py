@@ -234,6 +234,8 @@ class Scheduler:
 
     def _make_room(self, cells: int, keep: tuple[Slot, ...] = ()) -> bool:
         """Forget the caches of idle slots (least recently used first) until `cells` are free."""
+        if self.cells_used() + cells <= self.n_ctx:  # the usual case, once per generating choice
+            return True
         idle = sorted(
             (slot for slot in self.slots if slot.choice is None and slot.tokens and slot not in keep),
             key=lambda slot: slot.last_used,

@@ -162,9 +162,6 @@ class ModelWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
     def idle_expiry(self) -> float | None:
         """When (time.monotonic) the idle check unloads this model; None if it would not."""
         with self._lock:
@@ -189,6 +186,12 @@ class ModelWorker:
     # --- the worker's thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._live()
+        finally:  # whatever happened, the pool forgets it: the next request loads afresh
+            self._listener.worker_exited(self)
+
+    def _live(self) -> None:
         for predecessor in self._predecessors:
             predecessor.join()  # its memory comes back before this load takes more
         started = time.monotonic()
@@ -236,7 +239,6 @@ class ModelWorker:
         self._close_intake(WorkerState.FAILED, failure)
         self._announce(LifecycleKind.LOAD_FAILED, LoadReason.ERROR, started, error=str(exc))
         self.loaded.set_exception(failure)
-        self._listener.worker_exited(self)
 
     def _unload(self, engine: Engine, failure: Exception | None) -> None:
         """Free the engine. After a failure, every job it holds or that is queued fails first:
@@ -255,7 +257,6 @@ class ModelWorker:
         reason = self._stop_reason if failure is None and self._stop_reason else LoadReason.ERROR
         logger.info("unloaded %s (%s)", self.name, reason)
         self._announce(LifecycleKind.UNLOAD, reason, closing, error=cause)
-        self._listener.worker_exited(self)
 
     def _close_intake(self, state: WorkerState, failure: Exception) -> None:
         """Take no more jobs; every job still held or queued gets `failure`."""
