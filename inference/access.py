@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -102,6 +102,15 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+def authorization_of(headers: Mapping[str, str]) -> str | None:
+    """The request's credentials as an Authorization header: its own, or Anthropic's
+    `x-api-key` (what the anthropic SDK and Claude Code send) as a bearer token."""
+    if (authorization := headers.get("Authorization")) is not None:
+        return authorization
+    secret = headers.get("X-Api-Key")
+    return f"Bearer {secret}" if secret is not None else None
+
+
 async def api_key_check(authorization: str | None) -> ApiKey | None:
     """The request's key. Without `server.require_api_key`, a missing or unknown key is fine
     (the SDKs always send one) but a known one is still attributed; with it, it is a 401, or a
@@ -112,8 +121,8 @@ async def api_key_check(authorization: str | None) -> ApiKey | None:
         key = await _api_key_lookup(secret)
     if key is None and get_config().server.api_key_required:
         raise InvalidApiKey(
-            "Missing, unknown or revoked API key: send 'Authorization: Bearer <key>' with a key "
-            "from `manage.py apikey create`."
+            "Missing, unknown or revoked API key: send 'Authorization: Bearer <key>' (or 'x-api-key: "
+            "<key>') with a key from `manage.py apikey create`."
         )
     return key
 

@@ -99,7 +99,7 @@ class ModelListView(APIView):
         responses={200: openai_schema("ListModelsResponse"), **error_responses(401)},
     )
     async def get(self, request: Request) -> Response:
-        key = await access.api_key_check(request.headers.get("Authorization"))
+        key = await access.api_key_check(access.authorization_of(request.headers))
         body = protocol.model_list_body(selectors.model_list(allowed=key and key.allowed_models))
         if peers.forwarding(request):
             body["data"] += await peers.models_elsewhere(request, listed={model["id"] for model in body["data"]})
@@ -112,7 +112,7 @@ class ModelDetailView(APIView):
         responses={200: openai_schema("Model"), **error_responses(401, 404)},
     )
     async def get(self, request: Request, model_id: str) -> Response | StreamingHttpResponse:
-        key = await access.api_key_check(request.headers.get("Authorization"))
+        key = await access.api_key_check(access.authorization_of(request.headers))
         try:
             name, model = selectors.model_get(model_id, allowed=key and key.allowed_models)
         except ModelNotFound:
@@ -165,7 +165,7 @@ class GenerationView(APIView):
     chunks: Any = None
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        key = await access.api_key_check(request.headers.get("Authorization"))  # 401s leave no record
+        key = await access.api_key_check(access.authorization_of(request.headers))  # 401s leave no record
         recording = request_recording(request, key)
         async with recording.until_output(requested_model=lambda: requested_model(request)):
             parsed = self.serializer.parse(request.data)

@@ -43,13 +43,14 @@ logger = logging.getLogger(__name__)
 
 
 async def chat_completion_create(
-    *, request: ChatRequest, recording: RequestRecording, key: ApiKey | None
+    *, request: ChatRequest, recording: RequestRecording, key: ApiKey | None, id_prefix: str = "chatcmpl-"
 ) -> Generation:
-    """Start a chat completion (its tools and response format applied); see `_generate`."""
+    """Start a chat completion (its tools and response format applied), for any API that speaks
+    in messages (its ids begin with `id_prefix`); see `_generate`."""
     recording.draft.end_user = request.user
     return await _generate(
         model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
-        id_prefix="chatcmpl-",
+        id_prefix=id_prefix,
     )
 
 

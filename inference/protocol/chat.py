@@ -162,6 +162,16 @@ class ChatRequest:
     def tool_call_forced(self) -> bool:
         return bool(self.tools) and (self.tool_choice == "required" or self.tool_choice.startswith("function:"))
 
+    def may_be_call(self, text_so_far: str) -> bool:
+        """Whether an answer that begins with this text may still be a tool call (a JSON object):
+        such text is held back until the answer shows which it is."""
+        if not self.tool_calls_possible:
+            return False
+        if self.tool_call_forced:
+            return True
+        begun = text_so_far.lstrip()
+        return not begun or begun.startswith("{")
+
 
 # OpenAI's own caps: a conversation longer than this is a client bug, not a prompt.
 MAX_MESSAGES = 2048
@@ -369,9 +379,6 @@ async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator
 
 def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:
     """Whether a choice's text is held back: it may be a tool call (a JSON object)."""
-    if not request.tool_calls_possible or event.index in sent:
+    if event.index in sent:
         return False
-    if request.tool_call_forced:
-        return True
-    so_far = ("".join(delta.text for delta in held.get(event.index, [])) + event.text).lstrip()
-    return not so_far or so_far.startswith("{")
+    return request.may_be_call("".join(delta.text for delta in held.get(event.index, [])) + event.text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -79,22 +79,33 @@ def sse_event(payload: Mapping[str, Any]) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-async def sse_stream(generation: Generation, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A response's SSE chunks, then `data: [DONE]`.
+def openai_error_event(error: ApiError) -> bytes:
+    return sse_event(error_body(error.message, error.type, error.param, error.code))
 
-    An error after the stream started is sent as one `data: {"error": ...}` event, then the
-    stream ends. Closing this iterator (the client went away) stops the generation.
+
+async def sse_stream(
+    generation: Generation,
+    chunks: AsyncIterator[bytes],
+    *,
+    error_event: Callable[[ApiError], bytes] = openai_error_event,
+    done: bytes = SSE_DONE,
+) -> AsyncIterator[bytes]:
+    """A response's SSE chunks, then `done` (OpenAI's `data: [DONE]`).
+
+    An error after the stream started is sent as one `error_event` (OpenAI's: `data: {"error":
+    ...}`), then the stream ends. Closing this iterator (the client went away) stops the
+    generation.
     """
     try:
         async for chunk in chunks:
             yield chunk
     except (ApiError, RuntimeFailure) as exc:
-        error = api_error(exc)
-        yield sse_event(error_body(error.message, error.type, error.param, error.code))
+        yield error_event(api_error(exc))
         return
     finally:
         await generation.events.aclose()  # type: ignore[attr-defined]
-    yield SSE_DONE
+    if done:
+        yield done
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:

@@ -46,7 +46,7 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
     return path or None, str(detail)
 
 
-def _error_fields(exc: Exception) -> tuple[int, str, str | None, str | None, str] | None:
+def error_fields(exc: Exception) -> tuple[int, str, str | None, str | None, str] | None:
     """(status, message, param, code, type) for the exceptions we answer in the envelope."""
     if (known := api_error(exc)) is not None:
         return known.status, known.message, known.param, known.code, known.type
@@ -65,7 +65,7 @@ def _error_fields(exc: Exception) -> tuple[int, str, str | None, str | None, str
 
 def error_details(exc: Exception) -> tuple[int, str | None, str]:
     """The HTTP status, error code and message that an exception answers with."""
-    known = _error_fields(exc)
+    known = error_fields(exc)
     if known is None:
         return 500, None, f"{type(exc).__name__}: {exc}"
     status, message, _param, code, _type = known
@@ -74,7 +74,7 @@ def error_details(exc: Exception) -> tuple[int, str | None, str]:
 
 def openai_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
     """DRF's exception handler: every error leaves as an OpenAI error envelope."""
-    known = _error_fields(exc)
+    known = error_fields(exc)
     if known is None:
         return None  # a bug: Django's 500 handler answers (in the same envelope) and logs it
     status, message, param, code, error_type = known

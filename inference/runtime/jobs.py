@@ -53,6 +53,7 @@ class GenerationJob(ModelJob):
     logprobs: int | None = None  # alternatives reported per token (0: the chosen one); None: none
     grammar: str | None = None  # GBNF that the output must match
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias); -100 bans a token
+    count_only: bool = False  # prepare the prompt and report its size; generate nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +104,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     index: int = 0
+    stop_sequence: str | None = None  # the one that stopped it (a request's or the template's)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from inference.runtime.channel import Job, wake
 from inference.runtime.engine import Engine
 from inference.runtime.errors import PrepareFailed, RuntimeFailure
-from inference.runtime.jobs import Finished, Prepared
+from inference.runtime.jobs import Finished, Prepared, PromptAccepted
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +89,26 @@ class JobRunner:
             self._dropped()
             return
         try:
-            self._waiting.append((job, self._engine.prepare(job.spec)))
+            prepared = self._engine.prepare(job.spec)
         except Exception as exc:
             self._dropped()
             if not isinstance(exc, RuntimeFailure):  # a bug with this one prompt: the others go on
                 logger.error("preparing a request for %s failed", self._name, exc_info=exc)
                 exc = PrepareFailed(model=self._name, cause=f"{type(exc).__name__}: {exc}")
             job.emit(exc)
+            return
+        if getattr(job.spec, "count_only", False):
+            self._counted(job, prepared)
+        else:
+            self._waiting.append((job, prepared))
+
+    def _counted(self, job: Job, prepared: Prepared) -> None:
+        """A job that only asked how long its prompt is: answered without a slot."""
+        job.started_at = time.monotonic()
+        self._dropped()
+        tokens = len(prepared.prompt)
+        for event in (PromptAccepted(prompt_tokens=tokens), Finished("stop", tokens, 0)):
+            job.emit(event)
 
     def _admit(self) -> None:
         while self._waiting and self._engine.free_slots:

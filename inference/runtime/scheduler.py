@@ -357,7 +357,9 @@ class Scheduler:
             tail = choice.stops.flush() + choice.decoder.decode(b"", final=True)
             if tail:
                 events.append(self._delta(choice, tail))
-        finished = Finished(reason, len(request.prepared.prompt), choice.generated, choice.index)
+        finished = Finished(
+            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched
+        )
         return [*events, (request.key, finished)]
 
     def close(self) -> None:

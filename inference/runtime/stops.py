@@ -7,6 +7,7 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(stop for stop in stops if stop)
         self._pending = ""
+        self.matched: str | None = None  # the stop sequence that ended the text, once one has
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add generated text; returns the text safe to send and whether a stop sequence was hit."""
@@ -16,7 +17,9 @@ class StopMatcher:
             return released, False
         hits = [index for index in (self._pending.find(stop) for stop in self._stops) if index >= 0]
         if hits:
-            released, self._pending = self._pending[: min(hits)], ""
+            at = min(hits)
+            self.matched = next(stop for stop in self._stops if self._pending.find(stop) == at)
+            released, self._pending = self._pending[:at], ""
             return released, True
         keep = self._longest_stop_prefix_suffix()
         cut = len(self._pending) - keep
