@@ -15,7 +15,7 @@ from django.template.defaultfilters import filesizeformat
 from inference import access, selectors, services
 from inference.config import get_config
 from inference.errors import ApiError
-from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
 from inference.protocol import api_error
 from inference.runtime.errors import RuntimeFailure
 from inference.runtime.lifecycle import LoadReason
@@ -186,6 +186,15 @@ class RequestRecordAdmin(HistoryAdmin):
     )
     list_filter = ("status", "model", "endpoint", "stream", "http_status", "created_at", "instance")
     search_fields = ("completion_id", "model", "error_code", "error_message", "user_agent", "client_address")
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(HistoryAdmin):
+    """Responses API responses kept for GET /v1/responses/{id} and previous_response_id."""
+
+    list_display = ("created_at", "response_id", "model", "status", "api_key", "previous_response_id", "instance")
+    list_filter = ("status", "model", "created_at", "instance")
+    search_fields = ("response_id", "previous_response_id", "api_key")
 
 
 class ApiKeyForm(forms.ModelForm):

@@ -1,4 +1,5 @@
-"""HTTP adapters for the OpenAI API: parse, call a service or selector, respond."""
+"""HTTP adapters for the APIs (OpenAI's, Anthropic's, the server's own): parse, call a service or
+selector, respond."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ from inference import access, metrics, peers, protocol, records, selectors, serv
 from inference.admin_auth import AdminTokenRequired
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
+from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
+from inference.protocol.responses_output import (
+    INPUT_ITEMS_SCHEMA,
+    RESPONSE_DELETED_SCHEMA,
+    RESPONSE_SCHEMA,
+    response_body,
+    response_events,
+)
 from inference.runtime.errors import ModelNotFound
 
 _STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
@@ -227,6 +236,43 @@ class EmbeddingsView(GenerationView):
     serializer = protocol.EmbeddingRequestSerializer
     start = staticmethod(services.embedding_create)
     body = staticmethod(protocol.embedding_body)
+
+
+@_generation_schema("createResponse", "Create a model response (OpenAI Responses API)", RESPONSE_SCHEMA)
+class ResponsesView(GenerationView):
+    serializer = ResponseRequestSerializer
+    start = staticmethod(services.response_create)
+    body = staticmethod(response_body)
+    chunks = staticmethod(response_events)
+
+
+class ResponseDetailView(APIView):
+    @extend_schema(
+        operation_id="getResponse", summary="A stored response", responses={200: RESPONSE_SCHEMA, **error_responses(401, 404, 503)},
+    )
+    async def get(self, request: Request, response_id: str) -> Response:
+        key = await access.api_key_check(access.authorization_of(request.headers))
+        return Response((await services.stored_response(response_id, key=key)).body)
+
+    @extend_schema(
+        operation_id="deleteResponse", summary="Delete a stored response",
+        responses={200: RESPONSE_DELETED_SCHEMA, **error_responses(401, 404, 503)},
+    )
+    async def delete(self, request: Request, response_id: str) -> Response:
+        key = await access.api_key_check(access.authorization_of(request.headers))
+        await services.response_delete(response_id=response_id, key=key)
+        return Response({"id": response_id, "object": "response", "deleted": True})
+
+
+class ResponseInputItemsView(APIView):
+    @extend_schema(
+        operation_id="listInputItems", summary="The input items of a stored response",
+        parameters=[InputItemsQuerySerializer], responses={200: INPUT_ITEMS_SCHEMA, **error_responses(400, 401, 404, 503)},
+    )
+    async def get(self, request: Request, response_id: str) -> Response:
+        key = await access.api_key_check(access.authorization_of(request.headers))
+        stored = await services.stored_response(response_id, key=key)
+        return Response(InputItemsQuerySerializer.page(request.query_params, stored.input_items))
 
 
 class AdminView(APIView):

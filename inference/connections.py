@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
+
+from inference.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
@@ -37,6 +40,19 @@ def on_fresh_connection(work: Callable[[], T]) -> T:
     except DATABASE_UNREACHABLE:
         connection.close()
         return work()
+
+
+async def database_call(work: Callable[[], T], *, needed_for: str) -> T:
+    """`work()` on an executor thread, on a fresh connection; a 503 (database_unavailable,
+    retry in a second) if the database cannot be reached, for requests that cannot be answered
+    without it (`needed_for`: what it holds, for the message)."""
+    try:
+        return await sync_to_async(on_fresh_connection, thread_sensitive=False)(work)
+    except DATABASE_UNREACHABLE as error:
+        raise DatabaseUnavailable(
+            f"The database cannot be reached ({error_line(error)}), and it holds {needed_for}. Try again shortly.",
+            retry_after=1,
+        ) from None
 
 
 def error_line(error: Exception) -> str:

@@ -31,6 +31,15 @@ class ModelNotFound(ApiError):
         super().__init__(message, param="model")
 
 
+class ResponseNotFound(ApiError):
+    """A stored response that does not exist, or not for this API key."""
+
+    status = 404
+
+    def __init__(self, response_id: str, *, param: str | None = None) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+
+
 class ContextLengthExceeded(ApiError):
     code = "context_length_exceeded"
 

@@ -226,3 +226,30 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class StoredResponse(models.Model):
+    """A Responses API response created with `store` (the default): retrievable, deletable and
+    continued by `previous_response_id`, only with the key it was created with."""
+
+    response_id = models.CharField(max_length=64, unique=True)
+    instance = models.CharField(max_length=200)
+    api_key = models.CharField(max_length=16, blank=True, help_text="The key's prefix; empty: no key")
+    model = models.CharField(max_length=255)
+    status = models.CharField(max_length=20)
+    previous_response_id = models.CharField(max_length=64, blank=True)
+    body = models.JSONField(help_text="The response object, as it was returned")
+    input_items = models.JSONField(default=list, help_text="This request's input items")
+    history = models.JSONField(default=list, help_text="The items before them (earlier turns)")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.response_id} ({self.model})"
+
+    @property
+    def conversation(self) -> list[dict[str, Any]]:
+        """Every item of the conversation so far: earlier turns, this input, this output."""
+        return [*self.history, *self.input_items, *self.body.get("output", [])]

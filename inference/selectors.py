@@ -1,4 +1,4 @@
-"""Reads: the models on disk, the loaded models, server health, usage summaries."""
+"""Reads: the models on disk, the loaded models, server health, usage summaries, stored responses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from inference.apps import PROCESS_STARTED
-from inference.models import ApiKey, DailyUsage, RequestRecord
+from inference.models import ApiKey, DailyUsage, RequestRecord, StoredResponse
 from inference.runtime.catalog import ModelFile, strip_suffix
 from inference.runtime.errors import ModelNotFound
 from inference.runtime.pool import model_pool
@@ -196,3 +196,8 @@ def recorded_api_keys() -> list[tuple[str, str]]:
     used = set(DailyUsage.objects.exclude(api_key="").values_list("api_key", flat=True).distinct())
     names = dict(ApiKey.objects.values_list("prefix", "name"))
     return sorted(((prefix, names.get(prefix, "")) for prefix in used | set(names)), key=lambda k: (k[1], k[0]))
+
+
+def stored_response_get(response_id: str, *, api_key: str) -> StoredResponse | None:
+    """A stored response, if it exists and was stored under this key's prefix ("": no key)."""
+    return StoredResponse.objects.filter(response_id=response_id, api_key=api_key).first()

@@ -13,12 +13,14 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, transaction
 
-from inference import tools
+from inference import selectors, tools
 from inference.config import ConfigError, get_config, load_config, set_config
-from inference.connections import error_line, on_fresh_connection
-from inference.errors import InvalidRequest
-from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
+from inference.connections import database_call, error_line, on_fresh_connection
+from inference.errors import InvalidRequest, ResponseNotFound
+from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
 from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from inference.protocol.responses import ResponseRequest
+from inference.protocol.responses_output import StartedResponse
 from inference.record_writer import writer
 from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
@@ -52,6 +54,59 @@ async def chat_completion_create(
         model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
         id_prefix=id_prefix,
     )
+
+
+async def response_create(
+    *, request: ResponseRequest, recording: RequestRecording, key: ApiKey | None
+) -> StartedResponse:
+    """Start a Responses API response: a stored conversation it continues comes before its
+    input (404 if there is none under this key); with `store`, the finished response is kept."""
+    history: list[dict[str, Any]] = []
+    chat = request.chat
+    if request.previous_response_id:
+        previous = await stored_response(request.previous_response_id, key=key, param="previous_response_id")
+        history = previous.conversation
+        chat = request.continuing(history)
+    generation = await chat_completion_create(request=chat, recording=recording, key=key, id_prefix="resp_")
+    save = None
+    if request.store:
+        async def save(body: dict[str, Any]) -> None:
+            await _response_save(body=body, request=request, history=history, key=key)
+    return StartedResponse(generation, request, save)
+
+
+async def stored_response(response_id: str, *, key: ApiKey | None, param: str | None = None) -> StoredResponse:
+    """The response stored under this id and key; a 404 if there is none (another key's
+    responses do not exist for this one), a 503 if the database cannot be reached."""
+    prefix = key.prefix if key else ""
+    found = await database_call(
+        lambda: selectors.stored_response_get(response_id, api_key=prefix), needed_for="the stored responses"
+    )
+    if found is None:
+        raise ResponseNotFound(response_id, param=param)
+    return found
+
+
+async def response_delete(*, response_id: str, key: ApiKey | None) -> None:
+    stored = await stored_response(response_id, key=key)
+    await database_call(stored.delete, needed_for="the stored responses")
+
+
+async def _response_save(
+    *, body: dict[str, Any], request: ResponseRequest, history: list[dict[str, Any]], key: ApiKey | None
+) -> None:
+    """Keep a finished response, written by the records thread in turn with the request records
+    (while the database is away it waits there, and the response does not wait for it)."""
+    columns = {
+        "response_id": body["id"], "instance": get_config().server.instance, "api_key": key.prefix if key else "",
+        "model": body["model"], "status": body["status"], "previous_response_id": request.previous_response_id or "",
+        "body": body, "input_items": list(request.input), "history": history, "created_at": datetime.now(UTC),
+    }
+    written = writer.submit(lambda: StoredResponse.objects.create(**columns), label=f"response {body['id']}")
+    try:
+        await asyncio.shield(asyncio.wrap_future(written))
+    except DatabaseError as error:
+        logger.error("could not store response %s: %s", body["id"], error_line(error))
 
 
 async def completion_create(
@@ -318,6 +373,7 @@ def request_records_prune(*, older_than_days: int) -> int:
         return 0
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     deleted, _ = RequestRecord.objects.filter(created_at__lt=cutoff).delete()
+    StoredResponse.objects.filter(created_at__lt=cutoff).delete()  # the same retention
     return deleted
 
 

@@ -106,3 +106,59 @@ def test_logprobs_and_n(sdk: openai.OpenAI) -> None:
     )
     assert len(reply.choices) == 2
     assert all(len(choice.logprobs.content[0].top_logprobs) == 2 for choice in reply.choices)
+
+
+# --- the Responses API ---------------------------------------------------------------------------
+
+RESPONSES_WEATHER = {"type": "function", **WEATHER["function"]}
+
+
+def test_responses_create_retrieve_and_continue(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(model=SMOLLM2, input="My name is Ada. Say hi.", max_output_tokens=8, temperature=0)
+    assert first.output_text and first.status in ("completed", "incomplete")
+    assert sdk.responses.retrieve(first.id).output_text == first.output_text
+    items = sdk.responses.input_items.list(first.id)
+    assert items.data[0].content[0].text == "My name is Ada. Say hi."
+    second = sdk.responses.create(
+        model=SMOLLM2, input="What is my name?", previous_response_id=first.id, max_output_tokens=8, temperature=0
+    )
+    assert second.previous_response_id == first.id
+    assert second.usage.input_tokens > first.usage.input_tokens and second.usage.input_tokens_details.cached_tokens > 0
+    sdk.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(first.id)
+
+
+def test_responses_stream(sdk: openai.OpenAI) -> None:
+    # The SDK's final response is the one a `response.completed` event carries: room to finish.
+    with sdk.responses.stream(model=SMOLLM2, input="Say hello.", max_output_tokens=200, temperature=0) as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert deltas and "".join(deltas) == final.output_text
+    raw = list(sdk.responses.create(model=SMOLLM2, input="Hi", max_output_tokens=4, stream=True))
+    assert raw[0].type == "response.created" and raw[-1].type in ("response.completed", "response.incomplete")
+
+
+def test_responses_function_call_round_trip(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(
+        model=SMOLLM2, input="What is the weather in Paris?", tools=[RESPONSES_WEATHER], tool_choice="required",
+        max_output_tokens=40,
+    )
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+    second = sdk.responses.create(
+        model=SMOLLM2, previous_response_id=first.id, tools=[RESPONSES_WEATHER], max_output_tokens=20, temperature=0,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "21 C, sunny"}],
+    )
+    assert second.status in ("completed", "incomplete") and second.output
+
+
+def test_responses_parse(sdk: openai.OpenAI) -> None:
+    class Cat(pydantic.BaseModel):
+        name: str
+        age: int
+
+    parsed = sdk.responses.parse(
+        model=SMOLLM2, input="Describe a cat.", text_format=Cat, max_output_tokens=200, temperature=0
+    )
+    assert isinstance(parsed.output_parsed, Cat)

@@ -1,0 +1,476 @@
+"""The OpenAI Responses API request (/v1/responses): input items, instructions, tools, text format.
+
+Input is normalised into items in OpenAI's own shape (what `input_items` lists and what a stored
+response keeps), and items become chat messages the same way whether they arrive now or come
+from a stored conversation (`previous_response_id`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from inference import tools
+from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest
+from inference.protocol.fields import (
+    KeepAliveField,
+    OpenAIRequestSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictDictField,
+    StrictFloatField,
+    StrictIntegerField,
+    optional,
+    sampling_from,
+)
+from inference.runtime.jobs import ChatJob, ChatMessage
+
+logger = logging.getLogger(__name__)
+
+_ROLES = ("user", "assistant", "system", "developer")
+_TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
+_NOT_TEXT_PARTS = {"input_image", "input_file", "input_audio"}
+# Items a model that does not think never produced and never needs back: dropped from the prompt.
+_IGNORED_ITEMS = {"reasoning"}
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def item_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+_INPUT_SCHEMA = {
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
+                    "role": {"type": "string", "enum": list(_ROLES)},
+                    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                    "call_id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string"},
+                    "output": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                },
+            },
+        },
+    ]
+}
+
+
+@extend_schema_field(_INPUT_SCHEMA)
+class InputField(serializers.Field):
+    """A string (one user message) or a list of input items, normalised with ids."""
+
+    default_error_messages = {
+        "invalid": "Expected a string or a list of input items.",
+        "item": "Item {index}: {problem}",
+        "too_many": f"At most {MAX_MESSAGES} input items.",
+    }
+
+    def to_internal_value(self, data: Any) -> tuple[dict[str, Any], ...]:
+        if isinstance(data, str):
+            return (_message_item("user", [{"type": "input_text", "text": data}]),)
+        if not isinstance(data, list) or not data:
+            self.fail("invalid")
+        if len(data) > MAX_MESSAGES:
+            self.fail("too_many")
+        items = []
+        for index, item in enumerate(data):
+            try:
+                normalised = _normalised_item(item)
+            except ValueError as problem:
+                self.fail("item", index=index, problem=problem)
+            if normalised is not None:
+                items.append(normalised)
+        return tuple(items)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _message_item(role: str, content: list[dict[str, Any]], given_id: str | None = None) -> dict[str, Any]:
+    return {"id": given_id or item_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
+
+
+def _text_of(parts: Any, what: str) -> list[dict[str, Any]]:
+    """Text content parts ({"type": "input_text", "text": ...}) of a message or an output."""
+    if isinstance(parts, str):
+        return [{"type": "input_text", "text": parts}]
+    if not isinstance(parts, list):
+        raise ValueError(f"'{what}' must be a string or a list of content parts.")
+    texts = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _NOT_TEXT_PARTS:
+            raise ValueError(f"content part type '{kind}' is not supported: this server handles text only.")
+        if kind not in _TEXT_PARTS:
+            raise ValueError(f"each content part needs a 'type' among {sorted(_TEXT_PARTS)}.")
+        text = part.get("text", part.get("refusal"))
+        if not isinstance(text, str):
+            raise ValueError(f"a '{kind}' content part needs a string 'text'.")
+        texts.append({"type": kind, "text": text})
+    return texts
+
+
+def _string(item: dict[str, Any], key: str, *, blank: bool = False) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or (not value and not blank):
+        raise ValueError(f"'{key}' must be a {'' if blank else 'non-empty '}string.")
+    return value
+
+
+def _normalised_item(item: Any) -> dict[str, Any] | None:
+    """An input item in OpenAI's shape with an id; None for items that do not reach the model."""
+    if not isinstance(item, dict):
+        raise ValueError("each input item must be an object.")
+    kind = item.get("type", "message")
+    given_id = item.get("id") if isinstance(item.get("id"), str) else None
+    if kind == "message":
+        role = item.get("role")
+        if role not in _ROLES:
+            raise ValueError(f"'role' must be one of {', '.join(_ROLES)}.")
+        content = _text_of(item.get("content"), "content")
+        if role == "assistant":
+            content = [{**part, "type": "output_text", "annotations": []} for part in content]
+        return _message_item(role, content, given_id)
+    if kind == "function_call":
+        call = {
+            "id": given_id or item_id("fc"), "type": "function_call", "call_id": _string(item, "call_id"),
+            "name": _string(item, "name"), "arguments": _string(item, "arguments", blank=True), "status": "completed",
+        }
+        if isinstance(item.get("namespace"), str):
+            call["namespace"] = item["namespace"]
+        return call
+    if kind == "function_call_output":
+        output = item.get("output")
+        text = output if isinstance(output, str) else "\n".join(part["text"] for part in _text_of(output, "output"))
+        return {
+            "id": given_id or item_id("fco"), "type": "function_call_output", "call_id": _string(item, "call_id"),
+            "output": text, "status": "completed",
+        }
+    if kind in _IGNORED_ITEMS:
+        logger.debug("ignoring a %s input item", kind)
+        return None
+    raise ValueError(f"input items of type '{kind}' are not supported (message, function_call, function_call_output).")
+
+
+def conversation_messages(items: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[ChatMessage]:
+    """Normalised items as chat messages: developer as system, calls and their outputs written
+    as text every chat template renders (see inference.tools)."""
+    call_names: dict[str, str] = {}
+    messages: list[ChatMessage] = []
+    for item in items:
+        if item["type"] == "message":
+            role = "system" if item["role"] == "developer" else item["role"]
+            messages.append(ChatMessage(role, "\n".join(part["text"] for part in item["content"])))
+        elif item["type"] == "function_call":
+            call_names[item["call_id"]] = item["name"]
+            messages.append(ChatMessage("assistant", tools.call_text(item["name"], item["arguments"])))
+        else:
+            name = call_names.get(item["call_id"], item["call_id"])
+            messages.append(tools.result_message(name, item["output"]))
+    return merged_turns(messages)
+
+
+def merged_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Consecutive messages of one role as one message: several chat templates insist that
+    roles alternate (and accept one system message only)."""
+    merged: list[ChatMessage] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role:
+            merged[-1] = ChatMessage(message.role, f"{merged[-1].content}\n\n{message.content}")
+        else:
+            merged.append(message)
+    return merged
+
+
+# --- tools -------------------------------------------------------------------------------------
+
+
+@extend_schema_field({"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string"}}, "required": ["type"]}})
+class ToolsField(serializers.Field):
+    """Function tools, and namespaces of them (offered by their own names); hosted tools this
+    server cannot run (web_search, file_search, …) are kept for the echo but not offered."""
+
+    default_error_messages = {
+        "invalid": "Expected a list of tool objects, each with a 'type'.",
+        "tool": "Tool {index}: {problem}",
+        "too_many": f"At most {MAX_TOOLS} functions.",
+    }
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        if not isinstance(data, list) or not all(isinstance(tool, dict) and isinstance(tool.get("type"), str) for tool in data):
+            self.fail("invalid")
+        for index, tool in enumerate(data):
+            try:
+                _functions_of(tool)
+            except ValueError as problem:
+                self.fail("tool", index=index, problem=problem)
+        if len(offered_functions(data)) > MAX_TOOLS:
+            self.fail("too_many")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _function(tool: dict[str, Any]) -> tools.Tool:
+    name = tool.get("name")
+    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+        raise ValueError("a function needs a 'name' of 1 to 128 letters, digits, '_', '-' or '.'.")
+    description = tool.get("description") or ""
+    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(description, str) or not isinstance(parameters, dict):
+        raise ValueError("a function's 'description' must be a string and its 'parameters' an object.")
+    return tools.Tool(name=name, description=description, parameters=parameters)
+
+
+def _functions_of(tool: dict[str, Any]) -> list[tools.Tool]:
+    if tool["type"] == "function":
+        return [_function(tool)]
+    if tool["type"] == "namespace":
+        members = tool.get("tools")
+        if not isinstance(members, list) or not all(isinstance(member, dict) for member in members):
+            raise ValueError("a namespace needs a list of function 'tools'.")
+        return [_function(member) for member in members if member.get("type", "function") == "function"]
+    logger.debug("not offering the hosted tool %s to the model: this server cannot run it", tool["type"])
+    return []
+
+
+def offered_functions(tool_list: list[dict[str, Any]]) -> tuple[tools.Tool, ...]:
+    return tuple(function for tool in tool_list for function in _functions_of(tool))
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": ["none", "auto", "required"]},
+            {"type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}, "required": ["type"]},
+        ]
+    }
+)
+class ResponseToolChoiceField(serializers.Field):
+    """"none", "auto", "required" or {"type": "function", "name": ...}; a hosted tool's choice
+    (which this server cannot run) counts as "auto"."""
+
+    default_error_messages = {"invalid": 'Expected "none", "auto", "required" or {{"type": "function", "name": ...}}.'}
+
+    def to_internal_value(self, data: Any) -> str:
+        if data in ("none", "auto", "required"):
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            self.fail("invalid")
+        if data["type"] == "function":
+            if not isinstance(data.get("name"), str):
+                self.fail("invalid")
+            return f"function:{data['name']}"
+        return "auto"
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+# --- the request -------------------------------------------------------------------------------
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "format": {
+                "type": "object",
+                "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "schema": {"type": "object"}},
+                "required": ["type"],
+            },
+            "verbosity": {"type": "string"},
+        },
+    }
+)
+class TextField(serializers.Field):
+    """{"format": {"type": "text" | "json_object" | "json_schema", ...}}: as chat's response_format."""
+
+    default_error_messages = {
+        "invalid": 'Expected {{"format": {{"type": "text"}}}}, {{"format": {{"type": "json_object"}}}} or '
+        '{{"format": {{"type": "json_schema", "name": ..., "schema": {{...}}}}}}.',
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        text_format = data.get("format", {"type": "text"})
+        if not isinstance(text_format, dict) or text_format.get("type") not in ("text", "json_object", "json_schema"):
+            self.fail("invalid")
+        if text_format["type"] == "json_schema" and not isinstance(text_format.get("schema"), dict):
+            self.fail("invalid")
+        return {**data, "format": text_format}
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    chat: ChatRequest  # messages from the instructions and this input only; see `continuing`
+    input: tuple[dict[str, Any], ...]
+    instructions: str | None
+    previous_response_id: str | None
+    store: bool
+    echo: dict[str, Any]  # the request's settings, as the response object repeats them
+
+    @property
+    def model(self) -> str | None:
+        return self.chat.model
+
+    @property
+    def stream(self) -> bool:
+        return self.chat.stream
+
+    def continuing(self, history: list[dict[str, Any]]) -> ChatRequest:
+        """The chat request with a stored conversation's items before this input."""
+        return replace(self.chat, job=replace(self.chat.job, messages=_messages(self.instructions, [*history, *self.input])))
+
+
+def _messages(instructions: str | None, items: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    system = [ChatMessage("system", instructions)] if instructions else []
+    return tuple(merged_turns([*system, *conversation_messages(items)]))
+
+
+class ResponseRequestSerializer(OpenAIRequestSerializer):
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    input = InputField()
+    instructions = optional(StrictCharField, allow_blank=True)
+    max_output_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
+    temperature = optional(StrictFloatField, min_value=0.0, max_value=2.0)
+    top_p = optional(StrictFloatField, min_value=0.0, max_value=1.0)
+    top_k = optional(StrictIntegerField, min_value=0, max_value=2**31 - 1)
+    seed = optional(StrictIntegerField, min_value=-(2**63), max_value=2**64 - 1)
+    tools = optional(ToolsField)
+    tool_choice = optional(ResponseToolChoiceField)
+    parallel_tool_calls = optional(StrictBooleanField)
+    max_tool_calls = optional(StrictIntegerField, min_value=1)
+    text = optional(TextField)
+    stream = optional(StrictBooleanField)
+    stream_options = optional(StrictDictField)
+    store = optional(StrictBooleanField)
+    previous_response_id = optional(StrictCharField, max_length=64)
+    metadata = optional(StrictDictField, child=StrictCharField(max_length=512, allow_blank=True))
+    user = optional(StrictCharField, max_length=256)
+    safety_identifier = optional(StrictCharField, max_length=256)
+    prompt_cache_key = optional(StrictCharField, max_length=256)
+    reasoning = optional(StrictDictField)
+    include = optional(serializers.ListField, child=StrictCharField())
+    truncation = optional(serializers.ChoiceField, choices=["auto", "disabled"])
+    service_tier = optional(StrictCharField)
+    client_metadata = optional(StrictDictField)
+    keep_alive = optional(KeepAliveField)
+
+    unsupported = {
+        "background": (None, False),
+        "conversation": (None,),
+        "prompt": (None,),
+        "top_logprobs": (None, 0),
+    }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if len(attrs.get("metadata") or {}) > 16:
+            raise serializers.ValidationError({"metadata": "At most 16 keys."})
+        choice = attrs.get("tool_choice") or "auto"
+        names = {function.name for function in offered_functions(attrs.get("tools") or [])}
+        if choice == "required" and not names:
+            raise serializers.ValidationError({"tool_choice": "'required' needs function 'tools'."})
+        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
+            raise serializers.ValidationError({"tool_choice": "It names a function that is not in 'tools'."})
+        if attrs.get("store") is False and attrs.get("background"):
+            raise serializers.ValidationError({"store": "'background' needs 'store'."})
+        return attrs
+
+    @classmethod
+    def parse(cls, data: Any) -> ResponseRequest:
+        """The validated request; raises ValidationError (an OpenAI 400) if it is not one."""
+        values = cls.values(data)
+        tool_list = values.get("tools") or []
+        text = values.get("text", {"format": {"type": "text"}})
+        text_format = text["format"]
+        response_format = (
+            {"type": "json_schema", "json_schema": {"name": text_format.get("name", ""), "schema": text_format["schema"]}}
+            if text_format["type"] == "json_schema" else {"type": text_format["type"]}
+        )
+        chat = ChatRequest(
+            model=values.get("model") or None,
+            job=ChatJob(
+                messages=_messages(values.get("instructions"), list(values["input"])),
+                max_tokens=values.get("max_output_tokens"),
+                sampling=sampling_from(values),
+                keep_alive=values.get("keep_alive"),
+            ),
+            stream=values.get("stream", False),
+            tools=offered_functions(tool_list),
+            tool_choice=values.get("tool_choice", "auto"),
+            response_format=response_format,
+            user=values.get("safety_identifier") or values.get("user", ""),
+        )
+        echo = {
+            "instructions": values.get("instructions"),
+            "max_output_tokens": values.get("max_output_tokens"),
+            "metadata": values.get("metadata", {}),
+            "parallel_tool_calls": values.get("parallel_tool_calls", True),
+            "previous_response_id": values.get("previous_response_id"),
+            "prompt_cache_key": values.get("prompt_cache_key"),
+            "reasoning": {"effort": None, "summary": None, **values.get("reasoning", {})},
+            "safety_identifier": values.get("safety_identifier"),
+            "service_tier": "default",
+            "store": values.get("store", True),
+            "temperature": chat.job.sampling.temperature,
+            "text": text,
+            "tool_choice": data.get("tool_choice") or "auto",
+            "tools": tool_list,
+            "top_p": chat.job.sampling.top_p,
+            "truncation": values.get("truncation", "disabled"),
+            "user": values.get("user"),
+        }
+        return ResponseRequest(
+            chat=chat,
+            input=values["input"],
+            instructions=values.get("instructions"),
+            previous_response_id=values.get("previous_response_id"),
+            store=values.get("store", True),
+            echo=echo,
+        )
+
+
+
+class InputItemsQuerySerializer(serializers.Serializer):
+    """GET /v1/responses/{id}/input_items?limit=&order=&after=: a page of a response's input."""
+
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc")
+    after = serializers.CharField(required=False, max_length=64)
+
+    @classmethod
+    def page(cls, query: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The page of `items` the query asks for, as OpenAI lists it."""
+        serializer = cls(data=query)
+        serializer.is_valid(raise_exception=True)
+        values = serializer.validated_data
+        ordered = items if values["order"] == "asc" else items[::-1]
+        ids = [item.get("id") for item in ordered]
+        start = ids.index(values["after"]) + 1 if values.get("after") in ids else 0
+        data = ordered[start : start + values["limit"]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0].get("id") if data else None,
+            "last_id": data[-1].get("id") if data else None,
+            "has_more": start + len(data) < len(ordered),
+        }

@@ -1,0 +1,203 @@
+"""The OpenAI Responses API answer: one response object, or its typed SSE events (each with a
+`sequence_number`), from a started one-choice generation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from inference import tools
+from inference.errors import ApiError
+from inference.protocol.answers import Ended, Text, answer_collected, answer_parts
+from inference.protocol.common import sse_stream
+from inference.protocol.responses import ResponseRequest, item_id
+from inference.runtime.jobs import Generation
+
+
+@dataclass
+class StartedResponse:
+    """A response whose prompt was accepted; `save` keeps the finished object (store: true)."""
+
+    generation: Generation
+    request: ResponseRequest
+    save: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+
+    def envelope(self, status: str, output: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        """The response object, as OpenAI returns it (the request's settings repeated)."""
+        return {
+            "id": self.generation.id,
+            "object": "response",
+            "created_at": self.generation.created,
+            "status": status,
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "model": self.generation.model,
+            "output": output,
+            "usage": None,
+            **self.request.echo,
+            **fields,
+        }
+
+    async def finished(self, text: str, ended: Ended, message_id: str, call_id: str) -> dict[str, Any]:
+        """The final object (kept, if stored), from the answer and how it ended."""
+        generation, finished = self.generation, ended.finished
+        output = [_message(message_id, text, "completed")] if text or ended.call is None else []
+        if ended.call is not None:
+            output.append(_call(call_id, ended.call, ended.call.arguments, "completed"))
+        incomplete = finished.finish_reason == "length" and ended.call is None
+        body = self.envelope(
+            "incomplete" if incomplete else "completed",
+            output,
+            incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
+            usage={
+                "input_tokens": generation.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": generation.cached_tokens},
+                "output_tokens": finished.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": generation.prompt_tokens + finished.completion_tokens,
+            },
+        )
+        if self.save is not None:
+            await self.save(body)
+        return body
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(message_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text)]
+    return {"id": message_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": call_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
+        "arguments": arguments,
+    }
+
+
+async def response_body(started: StartedResponse, request: ResponseRequest) -> dict[str, Any]:
+    text, ended = await answer_collected(started.generation, request.chat)
+    return await started.finished(text, ended, item_id("msg"), item_id("fc"))
+
+
+def response_events(started: StartedResponse, request: ResponseRequest) -> AsyncIterator[bytes]:
+    """The response as typed SSE events: created, in_progress, the output items as they form,
+    then completed (or incomplete); a failure mid-way is a `response.failed` event."""
+    events = _Events(started)
+    return sse_stream(started.generation, events.stream(request), error_event=events.failed, done=b"")
+
+
+class _Events:
+    def __init__(self, started: StartedResponse) -> None:
+        self.started = started
+        self.sequence = 0
+        self.message_id, self.call_id = item_id("msg"), item_id("fc")
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+    def failed(self, error: ApiError) -> bytes:
+        failure = {"code": error.code or error.type, "message": error.message}
+        return self.event("response.failed", response=self.started.envelope("failed", [], error=failure))
+
+    def _message_opened(self) -> list[bytes]:
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        return [
+            self.event("response.output_item.added", output_index=0, item=_message(self.message_id, None, "in_progress")),
+            self.event("response.content_part.added", **where, part=_text_part("")),
+        ]
+
+    def _message_done(self, text: str) -> list[bytes]:
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        return [
+            self.event("response.output_text.done", **where, text=text, logprobs=[]),
+            self.event("response.content_part.done", **where, part=_text_part(text)),
+            self.event("response.output_item.done", output_index=0, item=_message(self.message_id, text, "completed")),
+        ]
+
+    def _call_made(self, call: tools.ToolCall, index: int) -> list[bytes]:
+        where = {"item_id": self.call_id, "output_index": index}
+        return [
+            self.event("response.output_item.added", output_index=index, item=_call(self.call_id, call, "", "in_progress")),
+            self.event("response.function_call_arguments.delta", **where, delta=call.arguments),
+            self.event("response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments),
+            self.event("response.output_item.done", output_index=index, item=_call(self.call_id, call, call.arguments, "completed")),
+        ]
+
+    async def stream(self, request: ResponseRequest) -> AsyncIterator[bytes]:
+        skeleton = self.started.envelope("in_progress", [])
+        yield self.event("response.created", response=skeleton)
+        yield self.event("response.in_progress", response=skeleton)
+        texts: list[str] = []
+        async for part in answer_parts(self.started.generation, request.chat):
+            if isinstance(part, Text):
+                if not texts:
+                    for frame in self._message_opened():
+                        yield frame
+                texts.append(part.text)
+                where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+                yield self.event("response.output_text.delta", **where, delta=part.text, logprobs=[])
+                continue
+            text = "".join(texts)
+            frames = []
+            if text or part.call is None:
+                frames += ([] if texts else self._message_opened()) + self._message_done(text)
+            if part.call is not None:
+                frames += self._call_made(part.call, index=1 if text else 0)
+            for frame in frames:
+                yield frame
+            body = await self.started.finished(text, part, self.message_id, self.call_id)
+            yield self.event(f"response.{body['status']}", response=body)
+
+
+_ITEM = {"type": "object", "properties": {"id": {"type": "string"}, "type": {"type": "string"}}, "required": ["type"]}
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["response"]},
+        "created_at": {"type": "integer"},
+        "status": {"type": "string", "enum": ["completed", "incomplete", "failed", "in_progress"]},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": _ITEM},
+        "usage": {
+            "type": ["object", "null"],
+            "properties": {
+                "input_tokens": {"type": "integer"},
+                "input_tokens_details": {"type": "object", "properties": {"cached_tokens": {"type": "integer"}}},
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+        "incomplete_details": {"type": ["object", "null"]},
+        "error": {"type": ["object", "null"]},
+        "previous_response_id": {"type": ["string", "null"]},
+        "metadata": {"type": "object"},
+        "store": {"type": "boolean"},
+    },
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+}
+RESPONSE_DELETED_SCHEMA = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "deleted": {"type": "boolean"}},
+    "required": ["id", "object", "deleted"],
+}
+INPUT_ITEMS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": _ITEM},
+        "first_id": {"type": ["string", "null"]},
+        "last_id": {"type": ["string", "null"]},
+        "has_more": {"type": "boolean"},
+    },
+    "required": ["object", "data", "has_more"],
+}
