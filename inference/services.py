@@ -25,6 +25,7 @@ from inference.record_writer import writer
 from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job as QueuedJob
+from inference.runtime.errors import PromptTooLong
 from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
 from inference.runtime.jobs import (
     ChatJob,
@@ -50,10 +51,24 @@ async def chat_completion_create(
     """Start a chat completion (its tools and response format applied), for any API that speaks
     in messages (its ids begin with `id_prefix`); see `_generate`."""
     recording.draft.end_user = request.user
-    return await _generate(
-        model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
-        id_prefix=id_prefix,
-    )
+    try:
+        return await _generate(
+            model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
+            id_prefix=id_prefix,
+        )
+    except PromptTooLong as too_long:
+        if not request.tool_calls_possible:
+            raise
+        # Agents offer tools by the dozen; a small model's context may hold the conversation but
+        # not every tool described in full.
+        logger.info(
+            "the prompt with %d tools described in full is %d tokens, more than %s's context (%d): "
+            "offering them in short", len(request.tools), too_long.tokens, too_long.model, too_long.n_ctx,
+        )
+        return await _generate(
+            model=request.model, jobs=[chat_job(request, compact_tools=True)], stream=request.stream,
+            recording=recording, key=key, id_prefix=id_prefix,
+        )
 
 
 async def response_create(
@@ -130,10 +145,10 @@ async def embedding_create(
     )
 
 
-def chat_job(request: ChatRequest) -> ChatJob:
-    """The request's job with its tools offered in the prompt and its output constrained:
-    a forced tool call or a JSON response format becomes a grammar; a schema the grammar
-    cannot enforce is a 400 naming the keyword."""
+def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
+    """The request's job with its tools offered in the prompt (`compact_tools`: in short) and
+    its output constrained: a forced tool call or a JSON response format becomes a grammar; a
+    schema the grammar cannot enforce is a 400 naming the keyword."""
     job, grammar = request.job, None
     schema, param = None, "response_format"
     messages = job.messages
@@ -141,7 +156,8 @@ def chat_job(request: ChatRequest) -> ChatJob:
         offered = request.tools
         if request.tool_choice.startswith("function:"):
             offered = tuple(tool for tool in offered if tool.name == request.tool_choice.removeprefix("function:"))
-        messages = _with_system(messages, tools.instruction(offered, required=request.tool_call_forced).content)
+        offer = tools.instruction(offered, required=request.tool_call_forced, compact=compact_tools)
+        messages = _with_system(messages, offer.content)
         if request.tool_call_forced:
             schema, param = tools.call_schema(offered), "tools"
     response_format = request.response_format or {"type": "text"}

@@ -31,13 +31,12 @@ class ToolCall:
     arguments: str  # a JSON object, as text (OpenAI's shape)
 
 
-def instruction(tools: tuple[Tool, ...], required: bool) -> ChatMessage:
-    """The system message that offers the tools."""
-    described = "\n".join(
-        f"- {tool.name}: {tool.description or 'no description'}\n  parameters (JSON schema): "
-        f"{json.dumps(tool.parameters)}"
-        for tool in tools
-    )
+def instruction(tools: tuple[Tool, ...], required: bool, *, compact: bool = False) -> ChatMessage:
+    """The system message that offers the tools: each with its description and parameters'
+    JSON schema, or (`compact`) with its parameters' names and types and the first sentence of
+    its description, a tenth of the tokens for agents' long tool lists."""
+    describe = _compact if compact else _in_full
+    described = "\n".join(describe(tool) for tool in tools)
     when = "You must call one of them." if required else "Call one only if it helps to answer."
     return ChatMessage(
         role="system",
@@ -47,6 +46,36 @@ def instruction(tools: tuple[Tool, ...], required: bool) -> ChatMessage:
             f"else.\nFunctions:\n{described}"
         ),
     )
+
+
+def _in_full(tool: Tool) -> str:
+    return (
+        f"- {tool.name}: {tool.description or 'no description'}\n  parameters (JSON schema): "
+        f"{json.dumps(tool.parameters, separators=(',', ':'))}"
+    )
+
+
+def _compact(tool: Tool) -> str:
+    properties = tool.parameters.get("properties")
+    required = tool.parameters.get("required")
+    properties = properties if isinstance(properties, dict) else {}
+    required = required if isinstance(required, list) else []
+    parameters = ", ".join(
+        f"{name}{'' if name in required else '?'}: {_type_of(schema)}" for name, schema in properties.items()
+    )
+    return f"- {tool.name}({parameters}): {_first_sentence(tool.description) or 'no description'}"
+
+
+def _type_of(schema: Any) -> str:
+    kind = schema.get("type", "any") if isinstance(schema, dict) else "any"
+    return "|".join(map(str, kind)) if isinstance(kind, list) else str(kind)
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    line = text.strip().split("\n", 1)[0]
+    end = line.find(". ")
+    sentence = line[: end + 1] if end >= 0 else line
+    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
 
 
 def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ stream, tools, text formats, stored responses and continuing them, records."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ async def created(**body: Any) -> dict[str, Any]:
 
 
 async def events(**body: Any) -> list[dict[str, Any]]:
-    response = await post(stream=True, **{"input": "Say hello.", "max_output_tokens": 8, "temperature": 0, **body})
+    response = await post(**{"input": "Say hello.", "max_output_tokens": 8, "temperature": 0, **body, "stream": True})
     assert response.status_code == 200, response.content
     raw = b"".join([part async for part in response.streaming_content]).decode()
     frames = [frame for frame in raw.split("\n\n") if frame]
@@ -209,3 +210,25 @@ def test_what_is_refused_is_a_400_naming_the_field(body: dict[str, Any], param: 
     with pytest.raises(ValidationError) as refused:
         ResponseRequestSerializer.parse(body)
     assert param in refused.value.detail
+
+
+def test_what_codex_sends_is_understood() -> None:
+    """What `codex exec` 0.169.0 sends (captured): developer messages, functions and a namespace
+    of them offered by name, web_search (which this server cannot run) not offered."""
+    body = json.loads((Path(__file__).parent / "data" / "agents" / "codex_request.json").read_text())
+    request = ResponseRequestSerializer.parse(body)
+    names = [tool.name for tool in request.chat.tools]
+    assert "exec_command" in names and "spawn_agent" in names and len(names) == 12
+    assert [message.role for message in request.chat.job.messages] == ["system", "user"]
+    assert request.stream and not request.store and request.echo["prompt_cache_key"] == body["prompt_cache_key"]
+
+
+async def test_tools_that_do_not_fit_the_context_are_offered_in_short(use_config, caplog: pytest.LogCaptureFixture) -> None:
+    use_config(n_ctx=512)
+    long_tools = [
+        {**WEATHER, "name": f"tool_{n}", "description": f"Tool number {n}. " + "It does many useful things. " * 12}
+        for n in range(6)
+    ]
+    body = await created(input="Hi", tools=long_tools, max_output_tokens=4)
+    assert body["usage"]["input_tokens"] < 512
+    assert "offering them in short" in caplog.text
