@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from tests.conftest import SMOLLM2, DaphneServer, validate_openai
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+RESPONSES = "/v1/responses"
 HELLO = [{"role": "user", "content": "Hi"}]
 # Valid bodies (max_tokens 1: if a mutation were accepted after all, it costs little).
 VALID = {
     CHAT: {"model": SMOLLM2, "messages": HELLO, "max_tokens": 1},
     COMPLETIONS: {"model": SMOLLM2, "prompt": "Hi", "max_tokens": 1},
     EMBEDDINGS: {"model": SMOLLM2, "input": "Hi"},
+    RESPONSES: {"model": SMOLLM2, "input": "Hi", "max_output_tokens": 1},
 }
 JSON_TYPE = "application/json"
 
@@ -67,6 +69,18 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
     (EMBEDDINGS, body(EMBEDDINGS, dimensions=8), JSON_TYPE),
     (EMBEDDINGS, body(EMBEDDINGS, encoding_format="hex"), JSON_TYPE),
     (CHAT, b"x" * (9 * 1024 * 1024), JSON_TYPE),  # over max_body_bytes: a 413
+    (RESPONSES, body(RESPONSES, input=[{"role": "user", "content": "a"}] * 2049), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, input=[{"type": "function_call_output", "output": "no call id"}]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, input=[{"type": "item_reference", "id": "msg_1"}]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, input="Hi " * 20_000), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, previous_response_id="resp_unknown"), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, background=True), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, tools=[{"type": "function", "name": f"f{i}"} for i in range(129)]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, tools=[{"type": "namespace", "name": "n", "tools": "x"}]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, text={"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/nope"}}}), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, tool_choice={"type": "function", "name": "missing"}, tools=[{"type": "function", "name": "f"}]), JSON_TYPE),
+    (RESPONSES, body(RESPONSES, metadata={str(n): "v" for n in range(17)}), JSON_TYPE),
 ]
 
 
@@ -151,6 +165,28 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
         "encoding_format": not_strings | st.text(max_size=8).filter(lambda kind: kind not in ("float", "base64")),
         "user": not_strings | st.text(min_size=257, max_size=300),
     },
+    RESPONSES: {
+        "model": not_strings,
+        "input": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.just([]) | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+        | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"role": st.text(max_size=10).filter(lambda role: role not in ("system", "user", "assistant", "developer")), "content": st.text(max_size=10)}), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in ("message", "function_call", "function_call_output", "reasoning")), "role": st.just("user"), "content": st.just("Hi")}), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.integers() | st.booleans() | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2)}), min_size=1, max_size=3),
+        "instructions": not_strings,
+        "max_output_tokens": not_integers | outside(1, 2**31 - 1, integer=True),
+        "temperature": not_numbers | outside(0, 2),
+        "top_p": not_numbers | outside(0, 1),
+        "stream": not_booleans,
+        "store": not_booleans,
+        "previous_response_id": not_strings | st.text(min_size=1, max_size=20),  # any id: none is stored
+        "tools": not_strings.filter(lambda value: not isinstance(value, list)) | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
+        "tool_choice": st.integers() | st.booleans() | st.text(max_size=10).filter(lambda choice: choice not in ("none", "auto")),
+        "text": not_strings.filter(lambda value: not isinstance(value, dict)) | st.fixed_dictionaries({"format": st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in ("text", "json_object", "json_schema"))})}),
+        "metadata": not_strings.filter(lambda value: not isinstance(value, dict)) | st.dictionaries(st.text(max_size=5), st.integers() | st.booleans(), min_size=1, max_size=3),
+        "include": st.integers() | st.booleans() | st.text(min_size=1, max_size=5) | st.lists(st.integers(), min_size=1, max_size=2),
+        "truncation": not_strings | st.text(max_size=8).filter(lambda kind: kind not in ("auto", "disabled")),
+        "user": not_strings | st.text(min_size=257, max_size=300),
+    },
 }
 
 
@@ -162,7 +198,7 @@ def bad_bodies(draw: st.DrawFn, path: str) -> bytes:
         field = draw(st.sampled_from(sorted(MISTAKES[path])))
         return json.dumps({**VALID[path], field: draw(MISTAKES[path][field])}).encode()
     if kind == "missing":
-        required = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}[path]
+        required = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input"}[path]
         return json.dumps({key: value for key, value in VALID[path].items() if key != required}).encode()
     if kind == "not an object":
         return json.dumps(draw(json_values.filter(lambda value: not isinstance(value, dict)))).encode()

@@ -32,7 +32,8 @@ def test_every_endpoint_is_described(document: dict[str, Any]) -> None:
     expected = {
         "/health": "get", "/v1/models": "get", "/v1/models/{model_id}": "get", "/v1/chat/completions": "post",
         "/v1/completions": "post", "/v1/embeddings": "post", "/admin/load": "post", "/admin/unload": "post",
-        "/admin/reload": "post", "/admin/reap": "post",
+        "/admin/reload": "post", "/admin/reap": "post", "/v1/responses": "post", "/v1/responses/{response_id}": "delete",
+        "/v1/responses/{response_id}/input_items": "get",
     }
     for path, method in expected.items():
         assert method in document["paths"][path], path
@@ -68,6 +69,7 @@ async def test_responses_match_their_description(use_config, document: dict[str,
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}),
         ("/v1/completions", {"prompt": "Hi", "max_tokens": 3}),
         ("/v1/embeddings", {"input": "Hi"}),
+        ("/v1/responses", {"input": "Hi", "max_output_tokens": 3}),
     ]
     for path, body in cases:
         response = await client.post(path, body, content_type="application/json")
