@@ -11,13 +11,13 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages bench bench-dashboard bench-peers
+.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers
 
 serve: setup model migrate
 	$(PY) manage.py serve
 
 # ruff.toml holds the (small) rule set; style is checked where the tests run.
-test: setup-dev model system-packages
+test: setup-dev model system-packages agent-clients
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -30,6 +30,25 @@ model: setup $(VENV)/.model
 
 migrate: setup
 	$(PY) manage.py migrate --noinput
+
+# The real agent clients that tests/test_agent_clients.py drives, pinned here (the test reads
+# these lines) and installed from the npm registry into .agent-clients/; without npm they skip.
+CODEX_VERSION := 0.169.0
+CLAUDE_CODE_VERSION := 2.1.328
+AGENT_CLIENTS := .agent-clients
+AGENT_CLIENTS_STAMP := $(AGENT_CLIENTS)/.installed-codex-$(CODEX_VERSION)-claude-code-$(CLAUDE_CODE_VERSION)
+
+agent-clients: $(AGENT_CLIENTS_STAMP)
+
+$(AGENT_CLIENTS_STAMP):
+	@if ! command -v npm >/dev/null; then \
+		echo "note: npm is missing; the Codex and Claude Code tests will be skipped"; \
+	elif npm install --prefix $(AGENT_CLIENTS) --save-exact --no-audit --no-fund \
+			@openai/codex@$(CODEX_VERSION) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION); then \
+		touch $@; \
+	else \
+		echo "note: npm install failed; the Codex and Claude Code tests will be skipped"; \
+	fi
 
 system-packages:
 	@missing="$$(for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done)"; \

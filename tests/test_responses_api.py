@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 from django.test import AsyncClient
 from rest_framework.exceptions import ValidationError
 
+from inference import selectors
 from inference.access import api_key_create
 from inference.models import RequestRecord, StoredResponse
 from inference.protocol.responses import ResponseRequestSerializer
@@ -232,3 +234,30 @@ async def test_tools_that_do_not_fit_the_context_are_offered_in_short(use_config
     body = await created(input="Hi", tools=long_tools, max_output_tokens=4)
     assert body["usage"]["input_tokens"] < 512
     assert "offering them in short" in caplog.text
+
+
+async def test_one_record_per_request_with_the_usage_and_the_route_in_metrics(use_config, admin_client) -> None:
+    streamed = (await events())[-1]["response"]
+    plain = await created()
+    for body in (streamed, plain):
+        record = await RequestRecord.objects.aget(completion_id=body["id"])
+        assert (record.endpoint, record.status, record.http_status) == ("/v1/responses", "ok", 200)
+        assert (record.prompt_tokens, record.completion_tokens) == (body["usage"]["input_tokens"], body["usage"]["output_tokens"])
+    assert (await post(input="Hi", model="no-such-model")).status_code == 404
+    assert await RequestRecord.objects.filter(endpoint="/v1/responses").acount() == 3
+    exposition = (await AsyncClient().get("/metrics")).content.decode()
+    assert 'endpoint="/v1/responses"' in exposition
+    csv = await sync_to_async(lambda: b"".join(admin_client.get("/dashboard/export.csv").streaming_content))()
+    assert csv.count(b"/v1/responses") == 3
+
+
+async def test_stored_responses_need_the_database(use_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = await created()
+
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(selectors, "stored_response_get", unreachable)
+    answer = await AsyncClient().get(f"/v1/responses/{body['id']}")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "database_unavailable"
+    assert answer.headers["Retry-After"] == "1"
