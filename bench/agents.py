@@ -1,0 +1,75 @@
+"""Benchmark: Codex and Claude Code round trips (one `codex exec` / `claude -p`, each with its
+own instructions and tools) against this server and, given its binary, llama.cpp's server.
+
+Each client runs `--runs` times in a row against each server, so the first run shows a cold
+prompt and the later ones what the server's prompt cache saves on a prefix the client repeats.
+Prints, per server and client, each run's seconds, exit status and the start of its answer.
+
+    .venv/bin/python -m bench.agents [--llama-server PATH] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from bench import agent_clients
+from bench.__main__ import thread_counts
+from bench.servers import Running, llama_cpp_server, llamasite
+from inference.management.commands.install_default_model import bundled_default_model
+
+logger = logging.getLogger("bench.agents")
+PROMPT = "Say hello in one short sentence."
+N_CTX = 8192  # SmolLM2's trained context: both servers' default for it
+MAX_OUTPUT_TOKENS = 256
+TIMEOUT = 900
+
+
+def round_trips(running: Running, runs: int) -> dict[str, list[agent_clients.Run]]:
+    results: dict[str, list[agent_clients.Run]] = {"codex": [], "claude": []}
+    for client, run in (("codex", _codex), ("claude", _claude)):
+        if agent_clients.installed(client) is None:
+            logger.warning("%s is not installed: run `make agent-clients`", client)
+            continue
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory(prefix=f"bench-{client}-") as home:
+                results[client].append(run(running, Path(home)))
+    return results
+
+
+def _codex(running: Running, home: Path) -> agent_clients.Run:
+    return agent_clients.codex_exec(running.url, running.model, PROMPT, home, TIMEOUT)
+
+
+def _claude(running: Running, home: Path) -> agent_clients.Run:
+    return agent_clients.claude_print(running.url, running.model, PROMPT, home, TIMEOUT, MAX_OUTPUT_TOKENS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2, help="round trips per client and server")
+    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    model_path, threads = bundled_default_model(), thread_counts()
+    servers: dict[str, Callable[[], AbstractContextManager[Running]]] = {
+        "llamasite": lambda: llamasite(model_path, {"n_ctx": N_CTX, "parallel": 4}),
+    }
+    if args.llama_server:
+        servers["llama.cpp server"] = lambda: llama_cpp_server(args.llama_server, model_path, N_CTX, threads, slots=4)
+    logger.info("| server | client | run | seconds | exit | answer |\n|---|---|---|---|---|---|")
+    for name, start in servers.items():
+        with start() as running:
+            for client, runs in round_trips(running, args.runs).items():
+                for number, run in enumerate(runs, start=1):
+                    answer = " ".join((run.answer or run.stderr.strip() or "-").split())[:90].replace("|", "/")
+                    logger.info("| %s | %s | %d | %.1f | %d | %s |", name, client, number, run.seconds, run.returncode, answer)
+
+
+if __name__ == "__main__":
+    main()
