@@ -100,6 +100,13 @@ async def test_a_forced_function_call(use_config) -> None:
     assert json.loads(done["arguments"]) == json.loads(stream[-1]["response"]["output"][-1]["arguments"])
 
 
+async def test_a_call_to_a_namespaced_function_names_its_namespace(use_config) -> None:
+    namespace = {"type": "namespace", "name": "weather_tools", "description": "Weather", "tools": [WEATHER]}
+    body = await created(input="Weather in Paris?", tools=[namespace], tool_choice="required", max_output_tokens=40)
+    call = body["output"][-1]
+    assert (call["type"], call["name"], call["namespace"]) == ("function_call", "get_weather", "weather_tools")
+
+
 async def test_function_call_output_round_trip(use_config) -> None:
     body = await created(
         input=[

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -251,6 +251,15 @@ def offered_functions(tool_list: list[dict[str, Any]]) -> tuple[tools.Tool, ...]
     return tuple(function for tool in tool_list for function in _functions_of(tool))
 
 
+def namespaces_of(tool_list: list[dict[str, Any]]) -> dict[str, str]:
+    """The namespace of each function offered inside one (a call to it names its namespace)."""
+    return {
+        function.name: tool["name"]
+        for tool in tool_list if tool["type"] == "namespace" and isinstance(tool.get("name"), str)
+        for function in _functions_of(tool)
+    }
+
+
 @extend_schema_field(
     {
         "oneOf": [
@@ -326,6 +335,7 @@ class ResponseRequest:
     previous_response_id: str | None
     store: bool
     echo: dict[str, Any]  # the request's settings, as the response object repeats them
+    namespaces: dict[str, str] = field(default_factory=dict)  # function name → its namespace
 
     @property
     def model(self) -> str | None:
@@ -446,6 +456,7 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
             previous_response_id=values.get("previous_response_id"),
             store=values.get("store", True),
             echo=echo,
+            namespaces=namespaces_of(tool_list),
         )
 
 

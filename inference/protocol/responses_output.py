@@ -46,7 +46,8 @@ class StartedResponse:
         generation, finished = self.generation, ended.finished
         output = [_message(message_id, text, "completed")] if text or ended.call is None else []
         if ended.call is not None:
-            output.append(_call(call_id, ended.call, ended.call.arguments, "completed"))
+            namespace = self.request.namespaces.get(ended.call.name)
+            output.append(_call(call_id, ended.call, ended.call.arguments, "completed", namespace))
         incomplete = finished.finish_reason == "length" and ended.call is None
         body = self.envelope(
             "incomplete" if incomplete else "completed",
@@ -74,11 +75,12 @@ def _message(message_id: str, text: str | None, status: str) -> dict[str, Any]:
     return {"id": message_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str) -> dict[str, Any]:
-    return {
+def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str, namespace: str | None) -> dict[str, Any]:
+    item = {
         "id": call_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
         "arguments": arguments,
     }
+    return item if namespace is None else {**item, "namespace": namespace}
 
 
 async def response_body(started: StartedResponse, request: ResponseRequest) -> dict[str, Any]:
@@ -125,11 +127,13 @@ class _Events:
 
     def _call_made(self, call: tools.ToolCall, index: int) -> list[bytes]:
         where = {"item_id": self.call_id, "output_index": index}
+        namespace = self.started.request.namespaces.get(call.name)
+        added, done = (_call(self.call_id, call, arguments, status, namespace) for arguments, status in (("", "in_progress"), (call.arguments, "completed")))
         return [
-            self.event("response.output_item.added", output_index=index, item=_call(self.call_id, call, "", "in_progress")),
+            self.event("response.output_item.added", output_index=index, item=added),
             self.event("response.function_call_arguments.delta", **where, delta=call.arguments),
             self.event("response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments),
-            self.event("response.output_item.done", output_index=index, item=_call(self.call_id, call, call.arguments, "completed")),
+            self.event("response.output_item.done", output_index=index, item=done),
         ]
 
     async def stream(self, request: ResponseRequest) -> AsyncIterator[bytes]:
