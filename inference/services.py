@@ -18,7 +18,7 @@ from inference.config import ConfigError, get_config, load_config, set_config
 from inference.connections import error_line, on_fresh_connection
 from inference.errors import InvalidRequest
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord
-from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
 from inference.record_writer import writer
 from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
@@ -52,6 +52,20 @@ async def chat_completion_create(
         model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
         id_prefix=id_prefix,
     )
+
+
+async def message_create(*, request: MessagesRequest, recording: RequestRecording, key: ApiKey | None) -> Generation:
+    """Start an Anthropic message: the chat completion it is, its ids beginning with msg_."""
+    return await chat_completion_create(request=request.chat, recording=recording, key=key, id_prefix="msg_")
+
+
+async def message_tokens_count(
+    *, request: MessagesRequest, recording: RequestRecording, key: ApiKey | None
+) -> Generation:
+    """Count the prompt of an Anthropic message: prepared exactly as message_create would (tools
+    instruction included), on the model's worker, without generating; a recorded request too."""
+    chat = replace(request.chat, job=replace(request.chat.job, count_only=True), stream=False)
+    return await chat_completion_create(request=chat, recording=recording, key=key, id_prefix="msg_")
 
 
 async def completion_create(

@@ -1,4 +1,4 @@
-"""The API's URLs: OpenAI's, the server's own (/health, /metrics) and the admin endpoints."""
+"""The API's URLs: OpenAI's, Anthropic's, the server's own (/health, /metrics) and the admin endpoints."""
 
 from django.urls import path
 
@@ -12,6 +12,8 @@ urlpatterns = [
     path("v1/chat/completions", api.ChatCompletionsView.as_view()),
     path("v1/completions", api.CompletionsView.as_view()),
     path("v1/embeddings", api.EmbeddingsView.as_view()),
+    path("v1/messages", api.MessagesView.as_view()),
+    path("v1/messages/count_tokens", api.MessageTokensView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/load", api.AdminLoadView.as_view()),
     path("admin/unload", api.AdminUnloadView.as_view()),
