@@ -23,7 +23,7 @@ from inference.models import RequestRecord
 from inference.protocol import MessagesRequestSerializer, anthropic_output, message_body, message_events
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatMessage, Finished, Generation, JobEvent, Sampling, TextDelta
-from tests.conftest import SMOLLM2, DaphneServer
+from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error
 from tests.test_concurrency import wait_until_idle
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -76,7 +76,8 @@ def text_of(message: dict) -> str:
 def error_of(response: Any, status: int, error_type: str) -> str:
     assert response.status_code == status, response.content
     body = response.json()
-    assert body["type"] == "error" and body["error"]["type"] == error_type, body
+    validate_anthropic_error(body)
+    assert body["error"]["type"] == error_type, body
     return body["error"]["message"]
 
 

@@ -50,6 +50,9 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         except Unsatisfiable:  # no body, and any string is a valid path parameter: nothing to negate
             assert mode == GenerationMode.NEGATIVE and not operation.get_request_payload_content_types(), operation.label
     with_body = {operation.label for operation in operations if operation.get_request_payload_content_types()}
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings"} <= with_body
+    assert {
+        "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+    } <= with_body
     expected = {operation.label for operation in operations} if mode == GenerationMode.POSITIVE else with_body
     assert tested == expected
