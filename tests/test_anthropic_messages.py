@@ -21,6 +21,7 @@ from rest_framework.exceptions import ValidationError
 from inference import access, tools
 from inference.models import RequestRecord
 from inference.protocol import MessagesRequestSerializer, anthropic_output, message_body, message_events
+from inference.protocol.answers import with_heartbeat
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatMessage, Finished, Generation, JobEvent, Sampling, TextDelta
 from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error
@@ -371,6 +372,36 @@ async def test_a_ping_fills_every_silence_and_a_failure_is_an_error_event(monkey
     assert names[0] == "message_start" and names[1:].count("ping") >= 3
     assert names[names.index("content_block_start") - 1] == "ping" and names[-2:] == ["content_block_delta", "error"]
     assert events[-1][1]["error"]["type"] == "overloaded_error" and "model m failed" in events[-1][1]["error"]["message"]
+
+
+async def test_with_heartbeat_fills_silences_with_none_and_closes_its_source() -> None:
+    closed = asyncio.Event()
+
+    async def items() -> AsyncIterator[int]:
+        try:
+            await asyncio.sleep(0.25)
+            yield 1
+            yield 2
+            await asyncio.sleep(60)
+            yield 3
+        finally:
+            closed.set()
+
+    beats = with_heartbeat(items(), 0.1)
+    seen: list[int | None] = []
+    while 2 not in seen:
+        seen.append(await anext(beats))
+    assert seen[-2:] == [1, 2] and seen[:-2] and set(seen[:-2]) == {None}  # the silence, then the items
+    assert await anext(beats) is None and not closed.is_set()
+    await beats.aclose()  # type: ignore[attr-defined]
+    assert closed.is_set()  # the source, still awaited in a task, was cancelled and closed
+
+    async def failing() -> AsyncIterator[int]:
+        yield 1
+        raise WorkerFailed(model="m", cause="boom")
+
+    with pytest.raises(WorkerFailed):
+        [item async for item in with_heartbeat(failing(), 0.1)]
 
 
 async def test_closing_a_stream_between_pings_closes_the_generation(monkeypatch: pytest.MonkeyPatch) -> None:
