@@ -16,6 +16,7 @@ import pydantic
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.exceptions import ValidationError
 
 from inference import access, tools
@@ -322,7 +323,19 @@ async def test_a_key_over_its_quota_gets_a_429_with_retry_after(use_config) -> N
     assert 0 < int(refused["Retry-After"]) <= 60
 
 
+async def requests_counted(endpoint: str, status: str) -> float:
+    """llamasite_requests_total of an endpoint and status, summed over models and HTTP statuses."""
+    text = (await AsyncClient().get("/metrics")).content.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llamasite_requests_total" and (sample.labels["endpoint"], sample.labels["status"]) == (endpoint, status)
+    )
+
+
 async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None:
+    counted_before = [await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")]
     plain = (await post(messages=HELLO, max_tokens=4)).json()
     counted = (await post("/v1/messages/count_tokens", messages=HELLO)).json()
     events = await stream(messages=HELLO, max_tokens=3)
@@ -343,6 +356,8 @@ async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None
     assert (records[2].prompt_tokens, records[2].completion_tokens) == (
         started["usage"]["input_tokens"] + started["usage"]["cache_read_input_tokens"], delta["usage"]["output_tokens"],
     )
+    counted = [await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")]
+    assert [after - before for before, after in zip(counted_before, counted)] == [2, 1]  # in /metrics too
 
 
 async def test_count_tokens_is_the_input_of_the_same_request(use_config) -> None:
