@@ -205,7 +205,11 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
                 },
                 {"role": "system", "content": "Answer in French."},
             ],
-            "tools": [{**WEATHER, "defer_loading": True, "cache_control": {"type": "ephemeral"}}, {"type": "web_search_20250305", "name": "web_search"}],
+            "tools": [
+                {**WEATHER, "defer_loading": False, "cache_control": {"type": "ephemeral"}},
+                {**WEATHER, "name": "get_time", "defer_loading": True},
+                {"type": "web_search_20250305", "name": "web_search"},
+            ],
             "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
             "stop_sequences": ["END"],
             "temperature": 0.5,
@@ -226,7 +230,8 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
             "user", "Result of the function get_weather: 21 C\nResult of the function toolu_2: Error: no such call\nAnd tomorrow?"
         ),
     )
-    assert chat.tools == (tools.Tool("get_weather", "The weather in a city", WEATHER["input_schema"]),)  # no server tool
+    # Neither the deferred tool nor the server tool is offered.
+    assert chat.tools == (tools.Tool("get_weather", "The weather in a city", WEATHER["input_schema"]),)
     assert (chat.model, chat.tool_choice, chat.user, chat.stream, chat.response_format) == (SMOLLM2, "required", "user-1", False, None)
     assert (chat.job.max_tokens, chat.job.stop, request.stop_sequences) == (5, ("END",), ("END",))
     assert chat.job.sampling == Sampling(temperature=0.5, top_k=7)
@@ -244,7 +249,9 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
         ({"messages": [{"role": "system", "content": [{"type": "thinking"}]}]}, "messages[0].content[0]", "cannot be in a system message"),
         ({"tools": [{"name": "has space", "input_schema": {}}]}, "tools[0].name", "Use 1 to 128"),
         ({"tools": [{"name": "f"}]}, "tools[0].input_schema", "JSON schema"),
-        ({"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "other"}}, "tool_choice", "not in 'tools'"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "other"}}, "tool_choice", "names no tool"),
+        ({"tools": [{**WEATHER, "defer_loading": True}], "tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice", "names no tool"),
+        ({"tools": [{**WEATHER, "defer_loading": "yes"}]}, "tools[0].defer_loading", "Expected a boolean"),
         ({"tools": [{"type": "bash_20250124", "name": "bash"}], "tool_choice": {"type": "any"}}, "tool_choice", "needs custom tools"),
         ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format", "json_schema"),
         ({"max_tokens": None}, "max_tokens", "may not be null"),
@@ -273,7 +280,8 @@ def test_claude_codes_own_request_is_understood() -> None:
     assert chat.job.messages[0].content.startswith("x-anthropic-billing-header")
     assert "# Environment" in chat.job.messages[0].content  # its mid-conversation system message
     assert chat.job.messages[1].content.endswith("say hi")
-    assert [tool.name for tool in chat.tools] == [tool["name"] for tool in body["tools"]]
+    assert [tool.name for tool in chat.tools] == [tool["name"] for tool in body["tools"] if not tool.get("defer_loading")]
+    assert "DeferredToolPlaceholder" not in [tool.name for tool in chat.tools]
     assert (chat.stream, chat.job.max_tokens, chat.tool_choice) == (True, body["max_tokens"], "auto")
     assert chat.user == body["metadata"]["user_id"]
 

@@ -6,10 +6,11 @@ as the call the model would have written (`tools.call_text`), a user's `tool_res
 `tools.result_message`; thinking blocks are dropped (no model here thinks in Anthropic's format);
 images and documents are refused. Consecutive turns of one role are merged, as Anthropic does
 (several chat templates insist on alternation); system messages join the system prompt. Custom
-tools are offered to the model; Anthropic's server tools (web search, bash, text editor, …) are
-not. What only steers Anthropic's service or its thinking models (`cache_control`,
-`defer_loading`, `service_tier`, `context_management`, `thinking`, `output_config.effort`) is
-accepted and has no effect.
+tools are offered to the model, except those with `defer_loading` (Anthropic shows them only once
+its tool search finds them, which no model here runs); Anthropic's server tools (web search,
+bash, text editor, …) are not offered either. What only steers Anthropic's service or its
+thinking models (`cache_control`, `service_tier`, `context_management`, `thinking`,
+`output_config.effort`) is accepted and has no effect.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ _CUSTOM_TOOL = {
         "name": {"type": "string", "pattern": _TOOL_NAME.pattern},
         "description": {"type": ["string", "null"]},
         "input_schema": {"type": "object"},
+        "defer_loading": {"type": "boolean"},
     },
     "required": ["name", "input_schema"],
 }
@@ -213,7 +215,7 @@ _SERVER_TOOL = {
 @extend_schema_field({"anyOf": [_CUSTOM_TOOL, _SERVER_TOOL]})
 class ToolField(serializers.Field):
     """A custom tool (name, description, input_schema), or one of Anthropic's server tools (any
-    other `type`), which no model here can run: None, not offered."""
+    other `type`); None for a tool not offered to the model (a server tool, or a deferred one)."""
 
     default_error_messages = {"invalid": "Expected a tool: an object with a 'name' (and an 'input_schema')."}
 
@@ -236,6 +238,11 @@ class ToolField(serializers.Field):
             raise serializers.ValidationError({"description": "Expected a string."})
         if not isinstance(data.get("input_schema"), dict):
             raise serializers.ValidationError({"input_schema": "Expected a JSON schema object."})
+        if not isinstance(deferred := data.get("defer_loading", False), bool):
+            raise serializers.ValidationError({"defer_loading": "Expected a boolean."})
+        if deferred:
+            logger.debug("not offering the tool %s: its loading is deferred", name)
+            return None
         return tools.Tool(name=name, description=description, parameters=data["input_schema"])
 
     def to_representation(self, value: Any) -> Any:
@@ -337,9 +344,11 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
         choice = attrs.get("tool_choice") or "auto"
         names = {tool.name for tool in attrs.get("tools") or () if tool is not None}
         if choice == "required" and not names:
-            raise serializers.ValidationError({"tool_choice": "'any' needs custom tools in 'tools'."})
+            raise serializers.ValidationError({"tool_choice": "'any' needs custom tools in 'tools' (deferred ones are not offered)."})
         if choice.startswith("function:") and choice.removeprefix("function:") not in names:
-            raise serializers.ValidationError({"tool_choice": "It names a tool that is not in 'tools'."})
+            raise serializers.ValidationError(
+                {"tool_choice": "It names no tool in 'tools' that is offered (server and deferred tools are not)."}
+            )
         return attrs
 
     @classmethod
