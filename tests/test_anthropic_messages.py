@@ -168,6 +168,13 @@ async def test_a_forced_tool_is_a_tool_use_block(use_config) -> None:
     assert dict(events)["message_delta"]["delta"]["stop_reason"] == "tool_use"
 
 
+async def test_an_output_format_is_followed(use_config) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    question = [{"role": "user", "content": "What is 2+2? Answer in JSON."}]
+    body = (await post(messages=question, max_tokens=60, temperature=0, output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})).json()
+    assert isinstance(json.loads(text_of(body))["answer"], int), body
+
+
 async def test_a_tool_result_round_trip_is_answered(use_config) -> None:
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},

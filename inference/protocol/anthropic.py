@@ -305,7 +305,7 @@ class OutputConfigField(serializers.Field):
     """`output_config`: its `format` (a JSON schema the answer must match) is honoured; `effort`
     steers Anthropic's thinking models only."""
 
-    default_error_messages = {"invalid": "Expected an object.", "format": 'Expected {{"type": "json_schema", "schema": {{...}}}}.'}
+    default_error_messages = {"invalid": "Expected an object."}
 
     def to_internal_value(self, data: Any) -> dict[str, Any] | None:
         """The answer's format as chat completions' response_format, or None."""
@@ -315,7 +315,7 @@ class OutputConfigField(serializers.Field):
         if output is None:
             return None
         if not isinstance(output, dict) or output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict):
-            raise serializers.ValidationError({"format": self.error_messages["format"].format()})
+            raise serializers.ValidationError({"format": 'Expected {"type": "json_schema", "schema": {...}}.'})
         return {"type": "json_schema", "json_schema": {"schema": output["schema"]}}
 
     def to_representation(self, value: Any) -> Any:
