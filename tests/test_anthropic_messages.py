@@ -15,11 +15,12 @@ import httpx
 import pydantic
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.test import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.exceptions import ValidationError
 
-from inference import access, tools
+from inference import access, errors, tools
 from inference.models import RequestRecord
 from inference.protocol import MessagesRequestSerializer, anthropic_output, message_body, message_events
 from inference.protocol.answers import with_heartbeat
@@ -291,6 +292,22 @@ def test_claude_codes_own_request_is_understood() -> None:
     assert "DeferredToolPlaceholder" not in [tool.name for tool in chat.tools]
     assert (chat.stream, chat.job.max_tokens, chat.tool_choice) == (True, body["max_tokens"], "auto")
     assert chat.user == body["metadata"]["user_id"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error_type", "headers"),
+    [
+        (errors.QueueFull("busy", retry_after=3), 503, "overloaded_error", {"Retry-After": "3", "X-Llamasite-Error-Code": "queue_full"}),
+        (errors.QuotaExceeded("over", retry_after=9), 429, "rate_limit_error", {"Retry-After": "9", "X-Llamasite-Error-Code": "quota_exceeded"}),
+        (errors.InvalidApiKey("who?"), 401, "authentication_error", {"X-Llamasite-Error-Code": "invalid_api_key"}),
+        (errors.GenerationFailed("broken"), 500, "api_error", {}),
+        (RequestDataTooBig("big"), 413, "request_too_large", {"X-Llamasite-Error-Code": "request_too_large"}),
+    ],
+)
+def test_errors_keep_our_statuses_in_anthropics_words(exc: Exception, status: int, error_type: str, headers: dict) -> None:
+    response = anthropic_output.anthropic_exception_handler(exc, {})
+    assert (response.status_code, response.data["error"]["type"]) == (status, error_type)
+    assert {name: value for name, value in response.items() if name.startswith(("Retry", "X-"))} == headers
 
 
 async def test_claude_codes_own_request_is_streamed(use_config) -> None:
