@@ -17,6 +17,7 @@ from inference import access, metrics, peers, protocol, records, selectors, serv
 from inference.admin_auth import AdminTokenRequired
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
+from inference.protocol import anthropic_output
 from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
 from inference.protocol.responses_output import (
     INPUT_ITEMS_SCHEMA,
@@ -188,7 +189,14 @@ class GenerationView(APIView):
         return Response(await self.body(generation, parsed))
 
 
-def _generation_schema(operation_id: str, summary: str, response: dict[str, Any]) -> Any:
+def _generation_schema(
+    operation_id: str,
+    summary: str,
+    response: dict[str, Any],
+    *,
+    errors: dict[int, Any] = _GENERATION_ERRORS,
+    stream: dict[str, Any] = _STREAM,
+) -> Any:
     """Class decorator: the view's own `post`, described for the OpenAPI document from its
     serializer and whether it streams (has `chunks`).
 
@@ -197,9 +205,9 @@ def _generation_schema(operation_id: str, summary: str, response: dict[str, Any]
     """
 
     def describe(view: type[GenerationView]) -> type[GenerationView]:
-        responses: dict[Any, Any] = {(200, "application/json"): response, **_GENERATION_ERRORS}
+        responses: dict[Any, Any] = {(200, "application/json"): response, **errors}
         if view.chunks is not None:
-            responses[(200, "text/event-stream")] = _STREAM
+            responses[(200, "text/event-stream")] = stream
 
         async def post(self: GenerationView, request: Request) -> Response | StreamingHttpResponse:
             return await GenerationView.post(self, request)
@@ -273,6 +281,35 @@ class ResponseInputItemsView(APIView):
         key = await access.api_key_check(access.authorization_of(request.headers))
         stored = await services.stored_response(response_id, key=key)
         return Response(InputItemsQuerySerializer.page(request.query_params, stored.input_items))
+class AnthropicView(GenerationView):
+    """An endpoint of Anthropic's Messages API: its errors in Anthropic's envelope."""
+
+    def get_exception_handler(self) -> Any:
+        return protocol.anthropic_exception_handler
+
+
+_ANTHROPIC_ERRORS = {status: anthropic_output.ERROR_SCHEMA for status in _GENERATION_ERRORS}
+
+
+@_generation_schema(
+    "createMessage", "Create a message (Anthropic's Messages API)", anthropic_output.MESSAGE_SCHEMA,
+    errors=_ANTHROPIC_ERRORS, stream=anthropic_output.STREAM_SCHEMA,
+)
+class MessagesView(AnthropicView):
+    serializer = protocol.MessagesRequestSerializer
+    start = staticmethod(services.message_create)
+    body = staticmethod(protocol.message_body)
+    chunks = staticmethod(protocol.message_events)
+
+
+@_generation_schema(
+    "countMessageTokens", "Count the input tokens of a message (Anthropic's Messages API)",
+    anthropic_output.TOKEN_COUNT_SCHEMA, errors=_ANTHROPIC_ERRORS,
+)
+class MessageTokensView(AnthropicView):
+    serializer = protocol.MessageTokensRequestSerializer
+    start = staticmethod(services.message_tokens_count)
+    body = staticmethod(protocol.token_count_body)
 
 
 class AdminView(APIView):

@@ -18,11 +18,14 @@ import httpx
 from django.http import HttpRequest, StreamingHttpResponse
 
 from inference.config import get_config
+from inference.protocol.errors import ERROR_CODE_HEADER
 
 logger = logging.getLogger(__name__)
 
 FORWARDED_BY = "X-Llamasite-Forwarded-By"
-_PASSED_ON = ("Authorization", "Content-Type", "Accept", "User-Agent")
+_PASSED_ON = (
+    "Authorization", "X-Api-Key", "Anthropic-Version", "Anthropic-Beta", "Content-Type", "Accept", "User-Agent",
+)
 _RELAYED_BACK = ("Cache-Control", "X-Accel-Buffering", "Retry-After")
 # Connecting and sending are quick on a LAN; an answer may stream for as long as it generates.
 _TIMEOUT = httpx.Timeout(10.0, read=None)
@@ -74,6 +77,10 @@ async def forward(request: HttpRequest) -> StreamingHttpResponse | None:
 
 
 async def _model_not_found(upstream: httpx.Response) -> bool:
+    """Whether a peer's 404 says it lacks the model: by our error code header (whatever API the
+    body speaks), or, from a peer without it, by the OpenAI error's code."""
+    if upstream.headers.get(ERROR_CODE_HEADER) == "model_not_found":
+        return True
     await upstream.aread()
     try:
         error = upstream.json().get("error")

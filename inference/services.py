@@ -18,7 +18,7 @@ from inference.config import ConfigError, get_config, load_config, set_config
 from inference.connections import database_call, error_line, on_fresh_connection
 from inference.errors import InvalidRequest, ResponseNotFound
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
-from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
 from inference.protocol.responses import ResponseRequest
 from inference.protocol.responses_output import StartedResponse
 from inference.record_writer import writer
@@ -122,6 +122,20 @@ async def _response_save(
         await asyncio.shield(asyncio.wrap_future(written))
     except DatabaseError as error:
         logger.error("could not store response %s: %s", body["id"], error_line(error))
+
+
+async def message_create(*, request: MessagesRequest, recording: RequestRecording, key: ApiKey | None) -> Generation:
+    """Start an Anthropic message: the chat completion it is, its ids beginning with msg_."""
+    return await chat_completion_create(request=request.chat, recording=recording, key=key, id_prefix="msg_")
+
+
+async def message_tokens_count(
+    *, request: MessagesRequest, recording: RequestRecording, key: ApiKey | None
+) -> Generation:
+    """Count the prompt of an Anthropic message: prepared exactly as message_create would (tools
+    instruction included), on the model's worker, without generating; a recorded request too."""
+    chat = replace(request.chat, job=replace(request.chat.job, count_only=True), stream=False)
+    return await chat_completion_create(request=chat, recording=recording, key=key, id_prefix="msg_")
 
 
 async def completion_create(

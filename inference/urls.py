@@ -16,6 +16,8 @@ urlpatterns = [
     path("v1/responses", api.ResponsesView.as_view()),
     path("v1/responses/<str:response_id>", api.ResponseDetailView.as_view()),
     path("v1/responses/<str:response_id>/input_items", api.ResponseInputItemsView.as_view()),
+    path("v1/messages", api.MessagesView.as_view()),
+    path("v1/messages/count_tokens", api.MessageTokensView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/load", api.AdminLoadView.as_view()),
     path("admin/unload", api.AdminUnloadView.as_view()),

@@ -46,6 +46,20 @@ def validate_openai(schema_name: str, body: Any) -> None:
     jsonschema.Draft202012Validator(schema).validate(body)
 
 
+# Anthropic's error types; the SDK's ErrorResponse lacks the documented "request_too_large" (413).
+ANTHROPIC_ERROR_TYPES = {
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error", "request_too_large",
+    "rate_limit_error", "api_error", "overloaded_error",
+}
+
+
+def validate_anthropic_error(body: Any) -> None:
+    """Raise if `body` is not an error in Anthropic's envelope."""
+    assert set(body) == {"type", "error"} and body["type"] == "error", body
+    assert set(body["error"]) == {"type", "message"} and isinstance(body["error"]["message"], str), body
+    assert body["error"]["type"] in ANTHROPIC_ERROR_TYPES, body
+
+
 @pytest.fixture(scope="session")
 def smollm2_file() -> Path:
     return bundled_default_model()

@@ -50,7 +50,10 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         except Unsatisfiable:  # no body, and any string is a valid path parameter: nothing to negate
             assert mode == GenerationMode.NEGATIVE and not operation.get_request_payload_content_types() and not operation.query, operation.label
     with_body = {operation.label for operation in operations if operation.get_request_payload_content_types()}
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/responses"} <= with_body
+    assert {
+        "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/messages",
+        "POST /v1/messages/count_tokens", "POST /v1/responses",
+    } <= with_body
     # Negative data needs something to make wrong: a body or query parameters.
     with_input = with_body | {operation.label for operation in operations if operation.query}
     expected = {operation.label for operation in operations} if mode == GenerationMode.POSITIVE else with_input

@@ -1,5 +1,6 @@
-"""Whatever a client sends, the answer is a 4xx in OpenAI shape, never a 5xx, and the server
-keeps answering: hand-picked bodies and hypothesis-generated ones, against a real daphne."""
+"""Whatever a client sends, the answer is a 4xx in its API's shape (OpenAI's, or Anthropic's on
+/v1/messages), never a 5xx, and the server keeps answering: hand-picked bodies and
+hypothesis-generated ones, against a real daphne."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SMOLLM2, DaphneServer, validate_openai
+from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error, validate_openai
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 RESPONSES = "/v1/responses"
+MESSAGES, COUNT_TOKENS = "/v1/messages", "/v1/messages/count_tokens"
 HELLO = [{"role": "user", "content": "Hi"}]
 # Valid bodies (max_tokens 1: if a mutation were accepted after all, it costs little).
 VALID = {
@@ -22,7 +24,15 @@ VALID = {
     COMPLETIONS: {"model": SMOLLM2, "prompt": "Hi", "max_tokens": 1},
     EMBEDDINGS: {"model": SMOLLM2, "input": "Hi"},
     RESPONSES: {"model": SMOLLM2, "input": "Hi", "max_output_tokens": 1},
+    MESSAGES: {"model": SMOLLM2, "messages": HELLO, "max_tokens": 1},
 }
+WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def blocks(*content: Any, role: str = "user") -> list[dict[str, Any]]:
+    return [{"role": role, "content": list(content)}]
+
+
 JSON_TYPE = "application/json"
 
 
@@ -33,6 +43,69 @@ def deep(depth: int) -> bytes:
 def body(path: str, **changes: Any) -> bytes:
     return json.dumps({**VALID[path], **changes}).encode()
 
+
+# Changes that make a valid /v1/messages body wrong: what Anthropic's API refuses, and what this
+# server cannot serve (images, documents).
+ANTHROPIC_MISTAKES: list[dict[str, Any]] = [
+    {"messages": blocks({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}})},
+    {"messages": blocks({"type": "document", "source": {"type": "text", "data": "x"}})},
+    {"messages": blocks({"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]})},
+    {"messages": blocks({"type": "tool_result", "tool_use_id": "t", "content": [{"type": "search_result"}]})},
+    {"messages": blocks({"type": "tool_result", "tool_use_id": 7})},
+    {"messages": blocks({"type": "tool_result", "tool_use_id": "t", "is_error": "yes"})},
+    {"messages": blocks({"type": "tool_result", "tool_use_id": "t"}, role="assistant")},
+    {"messages": blocks({"type": "tool_use", "id": "t", "name": "f", "input": {}})},
+    {"messages": blocks({"type": "tool_use", "id": "t", "name": "f", "input": "{}"}, role="assistant")},
+    {"messages": blocks({"type": "tool_use", "id": "t", "input": {}}, role="assistant")},
+    {"messages": blocks({"type": "thinking"}, role="system")},
+    {"messages": blocks({"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}, role="assistant")},
+    {"messages": blocks({"type": "text"})},
+    {"messages": blocks({"text": "no type"})},
+    {"messages": blocks("a bare string")},
+    {"messages": [{"role": "tool", "content": "x"}]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"content": "Hi"}]},
+    {"messages": []},
+    {"messages": [{"role": "user", "content": "Hi " * 10_000}]},  # longer than the context
+    {"system": 7},
+    {"system": [{"type": "image", "source": {}}]},
+    {"system": [{"type": "text", "text": 5}]},
+    {"tools": [{"name": "has space", "input_schema": {}}]},
+    {"tools": [{"name": "x" * 129, "input_schema": {}}]},
+    {"tools": [{"name": "f"}]},
+    {"tools": [{"name": "f", "input_schema": "{}"}]},
+    {"tools": [{"name": "f", "input_schema": {}, "description": 5}]},
+    {"tools": [{"type": "web_search_20250305"}]},
+    {"tools": [{"type": 5, "name": "f"}]},
+    {"tools": ["get_weather"]},
+    {"tools": [{**WEATHER, "name": f"f{i}"} for i in range(129)]},
+    {"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "other"}},
+    {"tools": [WEATHER], "tool_choice": {"type": "tool"}},
+    {"tools": [WEATHER], "tool_choice": "auto"},  # an object in Anthropic's API
+    {"tools": [WEATHER], "tool_choice": {"type": "required"}},
+    {"tools": [WEATHER], "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}},
+    {"tools": [{"type": "bash_20250124", "name": "bash"}], "tool_choice": {"type": "any"}},
+    {"tool_choice": {"type": "any"}},
+    {"tools": [{**WEATHER, "input_schema": {"$ref": "#/nope"}}], "tool_choice": {"type": "any"}},
+    {"stop_sequences": "END"},
+    {"stop_sequences": [""]},
+    {"stop_sequences": [5]},
+    {"stop_sequences": [f"s{i}" for i in range(17)]},
+    {"max_tokens": 0},
+    {"max_tokens": 2**31},
+    {"max_tokens": "32000"},
+    {"temperature": 1.5},
+    {"top_k": -1},
+    {"metadata": "user"},
+    {"metadata": {"user_id": 5}},
+    {"metadata": {"user_id": "u" * 257}},
+    {"thinking": "enabled"},
+    {"output_config": "high"},
+    {"output_config": {"format": {"type": "json_object"}}},
+    {"output_config": {"format": {"type": "json_schema", "schema": {"$ref": "#/nope"}}}},
+    {"stream": "true"},
+    {"model": "no-such-model"},
+]
 
 # (path, body, content type): the classic ways to get a request wrong.
 HAND_PICKED: list[tuple[str, bytes, str]] = [
@@ -81,19 +154,31 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
     (RESPONSES, body(RESPONSES, text={"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/nope"}}}), JSON_TYPE),
     (RESPONSES, body(RESPONSES, tool_choice={"type": "function", "name": "missing"}, tools=[{"type": "function", "name": "f"}]), JSON_TYPE),
     (RESPONSES, body(RESPONSES, metadata={str(n): "v" for n in range(17)}), JSON_TYPE),
+    *((MESSAGES, body(MESSAGES, **changes), JSON_TYPE) for changes in ANTHROPIC_MISTAKES),
+    (MESSAGES, json.dumps({key: value for key, value in VALID[MESSAGES].items() if key != "max_tokens"}).encode(), JSON_TYPE),
+    (MESSAGES, b"x" * (9 * 1024 * 1024), JSON_TYPE),
+    (COUNT_TOKENS, json.dumps({"model": SMOLLM2}).encode(), JSON_TYPE),
+    (COUNT_TOKENS, json.dumps({"model": "nope", "messages": HELLO}).encode(), JSON_TYPE),
+    (COUNT_TOKENS, json.dumps({"messages": blocks({"type": "image", "source": {}})}).encode(), JSON_TYPE),
+    (COUNT_TOKENS, b"[]", JSON_TYPE),
 ]
 
 
 def assert_refused(server: DaphneServer, path: str, raw: bytes, content_type: str) -> None:
     response = httpx.post(f"{server.url}{path}", content=raw, headers={"Content-Type": content_type}, timeout=60)
     assert 400 <= response.status_code < 500, (path, raw[:200], response.status_code, response.text[:500])
-    validate_openai("ErrorResponse", response.json())
+    if path.startswith(MESSAGES):
+        validate_anthropic_error(response.json())
+    else:
+        validate_openai("ErrorResponse", response.json())
 
 
 def assert_still_serving(server: DaphneServer) -> None:
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     reply = httpx.post(f"{server.url}{CHAT}", json=VALID[CHAT], timeout=60)
     assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    message = httpx.post(f"{server.url}{MESSAGES}", json=VALID[MESSAGES], timeout=60)
+    assert message.status_code == 200 and message.json()["stop_reason"] in ("max_tokens", "end_turn")
 
 
 @pytest.mark.parametrize(("path", "raw", "content_type"), HAND_PICKED, ids=range(len(HAND_PICKED)))
@@ -109,6 +194,9 @@ not_numbers = st.text(max_size=10) | st.booleans() | st.lists(json_scalars, max_
 not_strings = st.integers() | st.floats(allow_nan=False) | st.booleans() | st.lists(json_scalars, min_size=1, max_size=3) | st.dictionaries(st.text(max_size=5), json_scalars, min_size=1, max_size=3)
 not_booleans = st.integers() | st.text(max_size=10) | st.lists(json_scalars, max_size=3) | st.floats(allow_nan=False)
 not_integers = not_numbers | st.floats(allow_nan=False, allow_infinity=False).filter(lambda value: not value.is_integer())
+
+
+BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 def outside(low: float, high: float, integer: bool = False) -> st.SearchStrategy:
@@ -157,6 +245,33 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
         "logprobs": not_integers | outside(0, 5, integer=True),
         "suffix": not_strings,
     },
+    MESSAGES: {
+        "model": not_strings,
+        "max_tokens": not_integers | outside(1, 2**31 - 1, integer=True),
+        "temperature": not_numbers | outside(0, 1),
+        "top_p": not_numbers | outside(0, 1),
+        "top_k": not_integers | st.integers(max_value=-1),
+        "stream": not_booleans,
+        "stop_sequences": not_strings.filter(lambda value: not isinstance(value, list)) | st.text(max_size=5)
+        | st.lists(not_strings, min_size=1, max_size=3) | st.just([""]) | st.lists(st.text(min_size=1), min_size=17, max_size=20),
+        "messages": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.just([])
+        | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"role": st.text(max_size=10).filter(lambda role: role not in ("user", "assistant", "system")), "content": st.text(max_size=10)}), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2)}), min_size=1, max_size=3)
+        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.lists(st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in BLOCK_TYPES)}), min_size=1, max_size=3)}), min_size=1, max_size=2),
+        "system": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
+        "tools": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
+        "tool_choice": st.text(max_size=10) | st.integers() | st.booleans()
+        | st.fixed_dictionaries({"type": st.text(max_size=8).filter(lambda kind: kind not in ("auto", "any", "none", "tool"))}),
+        "metadata": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5)
+        | st.fixed_dictionaries({"user_id": not_strings}),
+        "thinking": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5),
+        "output_config": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5)
+        | st.fixed_dictionaries({"format": not_strings}),
+    },
     EMBEDDINGS: {
         "model": not_strings,
         "input": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.just([]) | st.just("") | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
@@ -198,7 +313,7 @@ def bad_bodies(draw: st.DrawFn, path: str) -> bytes:
         field = draw(st.sampled_from(sorted(MISTAKES[path])))
         return json.dumps({**VALID[path], field: draw(MISTAKES[path][field])}).encode()
     if kind == "missing":
-        required = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input"}[path]
+        required = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input", MESSAGES: "messages"}[path]
         return json.dumps({key: value for key, value in VALID[path].items() if key != required}).encode()
     if kind == "not an object":
         return json.dumps(draw(json_values.filter(lambda value: not isinstance(value, dict)))).encode()

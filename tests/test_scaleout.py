@@ -162,6 +162,25 @@ def test_a_peer_answers_for_the_models_a_server_lacks(servers: list[DaphneServer
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_peer_answers_anthropic_messages_for_the_models_a_server_lacks(servers: list[DaphneServer]) -> None:
+    gpu0, gpu1 = servers
+    created = gpu0.manage("apikey", "create", "claude-code")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    headers = {"x-api-key": secret, "anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
+    body = {"model": "beta", "messages": HI, "max_tokens": 2}
+    answer = httpx.post(f"{gpu0.url}/v1/messages?beta=true", json=body, headers=headers, timeout=60)
+    assert answer.status_code == 200 and answer.json()["model"] == "beta"
+    row = "SELECT instance, endpoint, api_key FROM inference_requestrecord WHERE completion_id = ?"
+    wait_for(lambda: gpu0.rows(row, answer.json()["id"]) == [("gpu1", "/v1/messages", secret[:11])])  # the key went along
+
+    unknown = httpx.post(f"{gpu0.url}/v1/messages", json={**body, "model": "gamma"}, headers=headers, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+    # gpu1's Anthropic-shaped 404 was read as "no such model" (not relayed): both servers recorded one.
+    refused = "SELECT instance FROM inference_requestrecord WHERE model = 'gamma' AND endpoint = '/v1/messages'"
+    wait_for(lambda: sorted(gpu0.rows(refused)) == [("gpu0",), ("gpu1",)])
+
+
 def test_a_client_hanging_up_on_a_relayed_stream_stops_the_peer(servers: list[DaphneServer]) -> None:
     gpu0, gpu1 = servers
     body = {"model": "beta", "messages": HI, "max_tokens": 400, "ignore_eos": True, "stream": True}

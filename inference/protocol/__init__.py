@@ -1,5 +1,13 @@
-"""OpenAI request and response shapes: request serializers, response builders, errors, SSE."""
+"""Request and response shapes (OpenAI's, Anthropic's): request serializers, response builders,
+errors, SSE."""
 
+from inference.protocol.anthropic import MessagesRequest, MessagesRequestSerializer, MessageTokensRequestSerializer
+from inference.protocol.anthropic_output import (
+    anthropic_exception_handler,
+    message_body,
+    message_events,
+    token_count_body,
+)
 from inference.protocol.chat import (
     ChatCompletionRequestSerializer,
     ChatRequest,
@@ -26,6 +34,13 @@ from inference.protocol.runtime_errors import api_error
 
 __all__ = [
     "AdminModelSerializer",
+    "MessageTokensRequestSerializer",
+    "MessagesRequest",
+    "MessagesRequestSerializer",
+    "anthropic_exception_handler",
+    "message_body",
+    "message_events",
+    "token_count_body",
     "ChatCompletionRequestSerializer",
     "ChatRequest",
     "CompletionRequest",

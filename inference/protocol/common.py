@@ -103,6 +103,9 @@ async def sse_stream(
         yield error_event(api_error(exc))
         return
     finally:
+        # The chunks first: they may be reading the events in a task of their own (a heartbeat's),
+        # and closing the events under that task would fail and leave the generation running.
+        await chunks.aclose()  # type: ignore[attr-defined]
         await generation.events.aclose()  # type: ignore[attr-defined]
     if done:
         yield done

@@ -1,4 +1,5 @@
-"""The OpenAI error envelope, and the one exception handler that answers every error with it."""
+"""The OpenAI error envelope, the one exception handler that answers every error with it, and
+what every API's error answer shares (its fields, its headers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from rest_framework.settings import api_settings
 
 from inference.errors import RetryLater
 from inference.protocol.runtime_errors import api_error
+
+# Set on every error answer (whatever its body's shape) that has a code: a peer tells an unknown
+# model from any other 404 by it.
+ERROR_CODE_HEADER = "X-Llamasite-Error-Code"
 
 _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
@@ -72,12 +77,18 @@ def error_details(exc: Exception) -> tuple[int, str | None, str]:
     return status, code, message
 
 
+def error_headers(exc: Exception, code: str | None) -> dict[str, str]:
+    """The headers of an error answer: Retry-After for one worth retrying, and its code."""
+    headers = {ERROR_CODE_HEADER: code} if code else {}
+    if isinstance(retry := api_error(exc), RetryLater):
+        headers["Retry-After"] = str(retry.retry_after)
+    return headers
+
+
 def openai_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
     """DRF's exception handler: every error leaves as an OpenAI error envelope."""
     known = error_fields(exc)
     if known is None:
         return None  # a bug: Django's 500 handler answers (in the same envelope) and logs it
     status, message, param, code, error_type = known
-    retry = api_error(exc)
-    headers = {"Retry-After": str(retry.retry_after)} if isinstance(retry, RetryLater) else None
-    return Response(error_body(message, error_type, param, code), status=status, headers=headers)
+    return Response(error_body(message, error_type, param, code), status=status, headers=error_headers(exc, code))

@@ -1,0 +1,425 @@
+"""Anthropic's Messages API, the request side: a /v1/messages (or /v1/messages/count_tokens) body,
+validated and turned into the ChatRequest that chat completions run.
+
+Content blocks become what every chat template renders: text as it is, an assistant's `tool_use`
+as the call the model would have written (`tools.call_text`), a user's `tool_result` as
+`tools.result_message`; thinking blocks are dropped (no model here thinks in Anthropic's format);
+images and documents are refused. Consecutive turns of one role are merged, as Anthropic does
+(several chat templates insist on alternation); system messages join the system prompt. Custom
+tools are offered to the model, except those with `defer_loading` (Anthropic shows them only once
+its tool search finds them, which no model here runs); Anthropic's server tools (web search,
+bash, text editor, …) are not offered either. What only steers Anthropic's service or its
+thinking models (`cache_control`, `service_tier`, `context_management`, `thinking`,
+`output_config.effort`) is accepted and has no effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from inference import tools
+from inference.protocol.chat import MAX_TOOLS, ChatRequest
+from inference.protocol.fields import (
+    OpenAIRequestSerializer,
+    StopField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictDictField,
+    StrictFloatField,
+    StrictIntegerField,
+    optional,
+    sampling_from,
+)
+from inference.runtime.jobs import ChatJob, ChatMessage
+
+logger = logging.getLogger(__name__)
+
+# Anthropic's own caps.
+MAX_MESSAGES = 100_000
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class MessagesRequest:
+    """A Messages API request: the chat request it runs as, and what only Anthropic's answer needs."""
+
+    chat: ChatRequest
+    stop_sequences: tuple[str, ...] = ()  # a stop string not among these ended no `stop_sequence`
+
+    @property
+    def model(self) -> str | None:
+        return self.chat.model
+
+    @property
+    def stream(self) -> bool:
+        return self.chat.stream
+
+
+# --- content blocks ------------------------------------------------------------------------------
+
+TEXT_BLOCK = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+_TEXT_CONTENT = {"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_BLOCK}]}
+_MESSAGE_BLOCKS = [
+    TEXT_BLOCK,
+    {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["tool_use"]},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "input": {"type": "object"},
+        },
+        "required": ["type", "id", "name", "input"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["tool_result"]},
+            "tool_use_id": {"type": "string"},
+            "content": _TEXT_CONTENT,
+            "is_error": {"type": "boolean"},
+        },
+        "required": ["type", "tool_use_id"],
+    },
+    {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["thinking", "redacted_thinking"]}},
+        "required": ["type"],
+    },
+]
+
+# Each block type's fields, with the Python type each must have and whether it must be there.
+_BLOCK_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "text": {"text": (str, True)},
+    "tool_use": {"id": (str, True), "name": (str, True), "input": (dict, True)},
+    "tool_result": {"tool_use_id": (str, True), "is_error": (bool, False)},
+    "thinking": {},
+    "redacted_thinking": {},
+}
+_TYPE_WORDS = {str: "a string", dict: "an object", bool: "a boolean"}
+_MEDIA = {"image": "images", "document": "documents"}
+
+
+def _checked_blocks(data: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Content (a string, or a list of blocks of these kinds) as blocks; a tool_result's content
+    becomes its `text`. Raises a ValidationError naming the block (and its field) at fault."""
+    if isinstance(data, str):
+        return [{"type": "text", "text": data}]
+    if not isinstance(data, list):
+        raise serializers.ValidationError("Expected a string or a list of content blocks.")
+    blocks = []
+    for index, block in enumerate(data):
+        try:
+            blocks.append(_checked_block(block, kinds))
+        except serializers.ValidationError as error:
+            raise serializers.ValidationError({index: error.detail}) from None
+    return blocks
+
+
+def _checked_block(block: Any, kinds: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise serializers.ValidationError("Expected a content block: an object with a string 'type'.")
+    kind = block["type"]
+    if kind in _MEDIA:
+        raise serializers.ValidationError(f"{_MEDIA[kind].capitalize()} are not supported: this server's models read text only.")
+    if kind not in kinds:
+        raise serializers.ValidationError(f"A {kind!r} block is not supported here; expected {' or '.join(kinds)}.")
+    for name, (expected, required) in _BLOCK_FIELDS[kind].items():
+        if (name in block or required) and not isinstance(block.get(name), expected):
+            raise serializers.ValidationError({name: f"Expected {_TYPE_WORDS[expected]}."})
+    if kind != "tool_result":
+        return block
+    try:
+        content = _checked_blocks(block.get("content", ""), ("text",))
+    except serializers.ValidationError as error:
+        raise serializers.ValidationError({"content": error.detail}) from None
+    return {**block, "text": "\n".join(part["text"] for part in content)}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": _MESSAGE_BLOCKS}}]})
+class MessageContentField(serializers.Field):
+    """A message's content: a string, or text, tool_use, tool_result and thinking blocks."""
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        return _checked_blocks(data, tuple(_BLOCK_FIELDS))
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+@extend_schema_field(_TEXT_CONTENT)
+class SystemField(serializers.Field):
+    """The system prompt: a string or text blocks (joined by newlines)."""
+
+    def to_internal_value(self, data: Any) -> str:
+        return "\n".join(block["text"] for block in _checked_blocks(data, ("text",)))
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+# The blocks each role's messages may hold: calls come from the assistant, their results from the
+# user, and system messages (Claude Code sends them mid-conversation) are text.
+_ROLE_BLOCKS = {
+    "user": {"text", "tool_result", "thinking", "redacted_thinking"},
+    "assistant": {"text", "tool_use", "thinking", "redacted_thinking"},
+    "system": {"text"},
+}
+
+
+class AnthropicMessageParamSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=list(_ROLE_BLOCKS))
+    content = MessageContentField()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        role = attrs["role"]
+        for index, block in enumerate(attrs["content"]):
+            if block["type"] not in _ROLE_BLOCKS[role]:
+                raise serializers.ValidationError(
+                    {"content": {index: f"A {block['type']!r} block cannot be in a {role} message."}}
+                )
+        return attrs
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+_CUSTOM_TOOL = {
+    "type": "object",
+    "properties": {
+        "type": {"type": ["string", "null"], "enum": ["custom", None]},
+        "name": {"type": "string", "pattern": _TOOL_NAME.pattern},
+        "description": {"type": ["string", "null"]},
+        "input_schema": {"type": "object"},
+        "defer_loading": {"type": "boolean"},
+    },
+    "required": ["name", "input_schema"],
+}
+_SERVER_TOOL = {
+    "type": "object",
+    "properties": {"type": {"type": "string"}, "name": {"type": "string"}},
+    "required": ["type", "name"],
+}
+
+
+@extend_schema_field({"anyOf": [_CUSTOM_TOOL, _SERVER_TOOL]})
+class ToolField(serializers.Field):
+    """A custom tool (name, description, input_schema), or one of Anthropic's server tools (any
+    other `type`); None for a tool not offered to the model (a server tool, or a deferred one)."""
+
+    default_error_messages = {"invalid": "Expected a tool: an object with a 'name' (and an 'input_schema')."}
+
+    def to_internal_value(self, data: Any) -> tools.Tool | None:
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        kind = data.get("type") or "custom"
+        if not isinstance(kind, str):
+            raise serializers.ValidationError({"type": "Expected a string."})
+        name = data.get("name")
+        if kind != "custom":
+            if not isinstance(name, str):
+                raise serializers.ValidationError({"name": "Expected a string."})
+            logger.debug("not offering the server tool %s (%s): it runs on Anthropic's service", name, kind)
+            return None
+        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+            raise serializers.ValidationError({"name": "Use 1 to 128 letters, digits, underscores or dashes."})
+        description = data.get("description") or ""
+        if not isinstance(description, str):
+            raise serializers.ValidationError({"description": "Expected a string."})
+        if not isinstance(data.get("input_schema"), dict):
+            raise serializers.ValidationError({"input_schema": "Expected a JSON schema object."})
+        if not isinstance(deferred := data.get("defer_loading", False), bool):
+            raise serializers.ValidationError({"defer_loading": "Expected a boolean."})
+        if deferred:
+            logger.debug("not offering the tool %s: its loading is deferred", name)
+            return None
+        return tools.Tool(name=name, description=description, parameters=data["input_schema"])
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none", "tool": "function:"}
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": list(_TOOL_CHOICES)},
+            "name": {"type": "string"},
+            "disable_parallel_tool_use": {"type": "boolean"},
+        },
+        "required": ["type"],
+    }
+)
+class AnthropicToolChoiceField(serializers.Field):
+    """{"type": "auto" | "any" | "none"} or {"type": "tool", "name": ...}, as ChatRequest's
+    "auto", "required", "none" or "function:<name>" (one call at most, in any case)."""
+
+    default_error_messages = {
+        "invalid": 'Expected {{"type": "auto"}}, {{"type": "any"}}, {{"type": "none"}} or {{"type": "tool", "name": ...}}.',
+    }
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, dict) or data.get("type") not in _TOOL_CHOICES:
+            self.fail("invalid")
+        name = data.get("name")
+        if ("name" in data or data["type"] == "tool") and not isinstance(name, str):
+            raise serializers.ValidationError({"name": "Expected the name of a tool."})
+        if not isinstance(data.get("disable_parallel_tool_use", False), bool):
+            raise serializers.ValidationError({"disable_parallel_tool_use": "Expected a boolean."})
+        choice = _TOOL_CHOICES[data["type"]]
+        return f"{choice}{name}" if data["type"] == "tool" else choice
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+# --- the request ---------------------------------------------------------------------------------
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "format": {
+                "type": ["object", "null"],
+                "properties": {"type": {"type": "string", "enum": ["json_schema"]}, "schema": {"type": "object"}},
+                "required": ["type", "schema"],
+            }
+        },
+    }
+)
+class OutputConfigField(serializers.Field):
+    """`output_config`: its `format` (a JSON schema the answer must match) is honoured; `effort`
+    steers Anthropic's thinking models only."""
+
+    default_error_messages = {"invalid": "Expected an object."}
+
+    def to_internal_value(self, data: Any) -> dict[str, Any] | None:
+        """The answer's format as chat completions' response_format, or None."""
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        output = data.get("format")
+        if output is None:
+            return None
+        if not isinstance(output, dict) or output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict):
+            raise serializers.ValidationError({"format": 'Expected {"type": "json_schema", "schema": {...}}.'})
+        return {"type": "json_schema", "json_schema": {"schema": output["schema"]}}
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class AnthropicMetadataSerializer(serializers.Serializer):
+    user_id = optional(StrictCharField, max_length=256)
+
+
+class MessageTokensRequestSerializer(OpenAIRequestSerializer):
+    """The body of /v1/messages/count_tokens: a message request without what only generating needs."""
+
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    messages = serializers.ListField(
+        child=AnthropicMessageParamSerializer(), allow_empty=False, min_length=1, max_length=MAX_MESSAGES
+    )
+    system = optional(SystemField)
+    tools = serializers.ListField(child=ToolField(), required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_choice = optional(AnthropicToolChoiceField)
+    thinking = optional(StrictDictField)  # no model here thinks in Anthropic's format
+    output_config = optional(OutputConfigField)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        choice = attrs.get("tool_choice") or "auto"
+        names = {tool.name for tool in attrs.get("tools") or () if tool is not None}
+        if choice == "required" and not names:
+            raise serializers.ValidationError({"tool_choice": "'any' needs custom tools in 'tools' (deferred ones are not offered)."})
+        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
+            raise serializers.ValidationError(
+                {"tool_choice": "It names no tool in 'tools' that is offered (server and deferred tools are not)."}
+            )
+        return attrs
+
+    @classmethod
+    def parse(cls, data: Any) -> MessagesRequest:
+        """The validated request; raises ValidationError (a 400) if it is not one."""
+        values = cls.values(data)
+        stops = tuple(values.get("stop_sequences", ()))
+        chat = ChatRequest(
+            model=values.get("model") or None,
+            job=ChatJob(
+                messages=_history(values.get("system", ""), values["messages"]),
+                max_tokens=values.get("max_tokens"),
+                stop=stops,
+                sampling=sampling_from(values),
+            ),
+            stream=values.get("stream", False),
+            tools=tuple(tool for tool in values.get("tools") or () if tool is not None),
+            tool_choice=values.get("tool_choice", "auto"),
+            response_format=values.get("output_config"),
+            user=values.get("metadata", {}).get("user_id") or "",
+        )
+        return MessagesRequest(chat=chat, stop_sequences=stops)
+
+
+class MessagesRequestSerializer(MessageTokensRequestSerializer):
+    """The body of /v1/messages."""
+
+    # An upper bound: the answer stops where the context ends (Claude Code asks for 32000 always).
+    max_tokens = StrictIntegerField(min_value=1, max_value=2**31 - 1)
+    stop_sequences = serializers.ListField(
+        child=StrictCharField(), required=False, allow_null=True, max_length=StopField.limit
+    )
+    temperature = optional(StrictFloatField, min_value=0.0, max_value=1.0)
+    top_p = optional(StrictFloatField, min_value=0.0, max_value=1.0)
+    top_k = optional(StrictIntegerField, min_value=0, max_value=2**31 - 1)
+    stream = optional(StrictBooleanField)
+    metadata = AnthropicMetadataSerializer(required=False, allow_null=True)
+
+
+def _history(system: str, messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    """The conversation for the chat template: the system prompt first (with the conversation's
+    system messages: several templates accept a system message only first), then each block as
+    text, consecutive turns of one role merged."""
+    call_names: dict[str, str] = {}
+    instructions = [system] if system else []
+    history: list[ChatMessage] = []
+    for message in messages:
+        if message["role"] == "system":
+            instructions.extend(block["text"] for block in message["content"])
+            continue
+        for block in message["content"]:
+            turn = _turn(message["role"], block, call_names)
+            if turn is None:
+                continue
+            if history and history[-1].role == turn.role:
+                turn = ChatMessage(turn.role, f"{history.pop().content}\n{turn.content}")
+            history.append(turn)
+    if instructions:
+        history.insert(0, ChatMessage("system", "\n".join(instructions)))
+    return tuple(history)
+
+
+def _turn(role: str, block: dict[str, Any], call_names: dict[str, str]) -> ChatMessage | None:
+    """One block as a chat message (None: thinking, which is not shown to the model)."""
+    kind = block["type"]
+    if kind == "text":
+        return ChatMessage(role, block["text"])
+    if kind == "tool_use":
+        call_names[block["id"]] = block["name"]
+        return ChatMessage(role, tools.call_text(block["name"], json.dumps(block["input"])))
+    if kind == "tool_result":
+        text = f"Error: {block['text']}" if block.get("is_error") else block["text"]
+        return tools.result_message(call_names.get(block["tool_use_id"], block["tool_use_id"]), text)
+    return None
