@@ -25,7 +25,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.protocol.chat import MAX_TOOLS, ChatRequest
+from inference.protocol.chat import MAX_TOOLS, ChatRequest, merged_turns
 from inference.protocol.fields import (
     OpenAIRequestSerializer,
     StopField,
@@ -399,16 +399,11 @@ def _history(system: str, messages: list[dict[str, Any]]) -> tuple[ChatMessage, 
         if message["role"] == "system":
             instructions.extend(block["text"] for block in message["content"])
             continue
-        for block in message["content"]:
-            turn = _turn(message["role"], block, call_names)
-            if turn is None:
-                continue
-            if history and history[-1].role == turn.role:
-                turn = ChatMessage(turn.role, f"{history.pop().content}\n{turn.content}")
-            history.append(turn)
+        turns = (_turn(message["role"], block, call_names) for block in message["content"])
+        history.extend(turn for turn in turns if turn is not None)
     if instructions:
         history.insert(0, ChatMessage("system", "\n".join(instructions)))
-    return tuple(history)
+    return tuple(merged_turns(history))
 
 
 def _turn(role: str, block: dict[str, Any], call_names: dict[str, str]) -> ChatMessage | None:

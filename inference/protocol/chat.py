@@ -241,6 +241,19 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
         )
 
 
+def merged_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Consecutive messages of one role as one message (the agent APIs' blocks and items become
+    a message each): several chat templates insist that roles alternate, and accept one system
+    message only."""
+    merged: list[ChatMessage] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role:
+            merged[-1] = ChatMessage(message.role, f"{merged[-1].content}\n\n{message.content}")
+        else:
+            merged.append(message)
+    return merged
+
+
 def _history(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
     """Messages for the chat template: developer as system; earlier tool calls and their
     results written as text (few templates know tools)."""

@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest
+from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest, merged_turns
 from inference.protocol.fields import (
     KeepAliveField,
     OpenAIRequestSerializer,
@@ -180,18 +180,6 @@ def conversation_messages(items: list[dict[str, Any]] | tuple[dict[str, Any], ..
             name = call_names.get(item["call_id"], item["call_id"])
             messages.append(tools.result_message(name, item["output"]))
     return merged_turns(messages)
-
-
-def merged_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """Consecutive messages of one role as one message: several chat templates insist that
-    roles alternate (and accept one system message only)."""
-    merged: list[ChatMessage] = []
-    for message in messages:
-        if merged and merged[-1].role == message.role:
-            merged[-1] = ChatMessage(message.role, f"{merged[-1].content}\n\n{message.content}")
-        else:
-            merged.append(message)
-    return merged
 
 
 # --- tools -------------------------------------------------------------------------------------
