@@ -232,10 +232,11 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
     chat = request.chat
     assert chat.job.messages == (
         ChatMessage("system", "Be brief.\nAnswer in French."),
-        ChatMessage("user", "Weather in Paris?\nQuickly."),
+        ChatMessage("user", "Weather in Paris?\n\nQuickly."),
         ChatMessage("assistant", tools.call_text("get_weather", '{"city": "Paris"}')),
         ChatMessage(
-            "user", "Result of the function get_weather: 21 C\nResult of the function toolu_2: Error: no such call\nAnd tomorrow?"
+            "user",
+            "Result of the function get_weather: 21 C\n\nResult of the function toolu_2: Error: no such call\n\nAnd tomorrow?",
         ),
     )
     # Neither the deferred tool nor the server tool is offered.

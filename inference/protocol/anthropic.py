@@ -70,18 +70,19 @@ TEXT_BLOCK = {
     "required": ["type", "text"],
 }
 _TEXT_CONTENT = {"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_BLOCK}]}
+TOOL_USE_BLOCK = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["tool_use"]},
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "input": {"type": "object"},
+    },
+    "required": ["type", "id", "name", "input"],
+}
 _MESSAGE_BLOCKS = [
     TEXT_BLOCK,
-    {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string", "enum": ["tool_use"]},
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "input": {"type": "object"},
-        },
-        "required": ["type", "id", "name", "input"],
-    },
+    TOOL_USE_BLOCK,
     {
         "type": "object",
         "properties": {

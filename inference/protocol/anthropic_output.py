@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from inference import tools
 from inference.errors import ApiError
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
-from inference.protocol.anthropic import MessagesRequest
+from inference.protocol.anthropic import TEXT_BLOCK, TOOL_USE_BLOCK, MessagesRequest
 from inference.protocol.common import sse_stream
 from inference.protocol.errors import error_fields, error_headers
 from inference.runtime.jobs import Generation
@@ -180,25 +180,7 @@ MESSAGE_SCHEMA = {
         "model": {"type": "string"},
         "content": {
             "type": "array",
-            "items": {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
-                        "required": ["type", "text"],
-                    },
-                    {
-                        "type": "object",
-                        "properties": {
-                            "type": {"type": "string", "enum": ["tool_use"]},
-                            "id": {"type": "string"},
-                            "name": {"type": "string"},
-                            "input": {"type": "object"},
-                        },
-                        "required": ["type", "id", "name", "input"],
-                    },
-                ]
-            },
+            "items": {"anyOf": [TEXT_BLOCK, TOOL_USE_BLOCK]},
         },
         "stop_reason": {"type": ["string", "null"], "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", None]},
         "stop_sequence": {"type": ["string", "null"]},
