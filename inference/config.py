@@ -121,6 +121,7 @@ class ModelSettings:
     parallel: int
     idle_timeout: float
     pinned: bool
+    prompt_cache_mb: int  # host RAM for the KV state of prefixes that left their slots; 0: none
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "parallel": _Key(4, _integer(1, 256)),
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
+    "prompt_cache_mb": _Key(1024, _integer(0)),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {

@@ -241,6 +241,7 @@ async def _generate(
         model=model_file.name,
         prompt_tokens=draft.prompt_tokens,
         cached_tokens=sum(event.cached_tokens for event in accepted),
+        cache_tier=accepted[0].cache_tier,
         choices=per_job * len(jobs),
         events=recording.events(events, choices=per_job * len(jobs)),
     )

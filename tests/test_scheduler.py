@@ -8,6 +8,7 @@ free after the next step."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Hashable
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from inference.runtime.jobs import ChatJob, Finished, Prepared, PromptAccepted, Sampling, TextDelta, TokenLogprob
+from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.scheduler import BatchToken, Scheduler
 
 END = 0
@@ -84,6 +86,19 @@ class FakeContext:
         self.sequences[target] = list(self.sequences[source])
         self.tokens[target] = list(self.tokens[source])
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        return json.dumps(self.tokens[seq_id]).encode()
+
+    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
+        assert not self.sequences[seq_id], "restoring into a sequence that holds cells"
+        tokens = json.loads(state)
+        if self.cells_in_use() + len(tokens) > self.n_ctx:
+            return False
+        self.sequences[seq_id] = list(range(self._next_cell, self._next_cell + len(tokens)))
+        self.tokens[seq_id] = tokens
+        self._next_cell += len(tokens)
+        return True
+
 
 @dataclass
 class Tracked:
@@ -101,14 +116,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         super().__init__()
         self.context: FakeContext | None = None
         self.requests: dict[Hashable, Tracked] = {}
-        self.base_prompt: list[int] = []
+        self.prompts: list[list[int]] = [[]]  # admitted so far (a new one may begin like any)
 
     @precondition(lambda self: self.context is None)
-    @rule(parallel=st.integers(1, 4), n_ctx=st.integers(24, 96), capacity=st.integers(1, 12))
-    def start(self, parallel: int, n_ctx: int, capacity: int) -> None:
+    @rule(
+        parallel=st.integers(1, 4), n_ctx=st.integers(24, 96), capacity=st.integers(1, 12),
+        cache_bytes=st.none() | st.integers(0, 600),
+    )
+    def start(self, parallel: int, n_ctx: int, capacity: int, cache_bytes: int | None) -> None:
         self.context = FakeContext(n_ctx, max(capacity, parallel))  # as LoadSettings.batch_capacity
-        self.scheduler = Scheduler(self.context, parallel, clock=self._clock)
         self.now = 0.0
+        cache = None if cache_bytes is None else PromptCache(cache_bytes, min_tokens=4, clock=self._clock)
+        self.scheduler = Scheduler(self.context, parallel, clock=self._clock, cache=cache)
 
     def _clock(self) -> float:
         self.now += 1
@@ -118,14 +137,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(
         tail=prompts,
         shared=st.integers(0, 40),
+        earlier=st.integers(0, 6),
         n=st.integers(1, 4),
         max_tokens=st.none() | st.integers(1, 60),
         logprobs=st.booleans(),
         stops=st.sampled_from([(), ("yz",), ("é",)]),
     )
-    def admit(self, tail: list[int], shared: int, n: int, max_tokens: int | None, logprobs: bool, stops: tuple) -> None:
-        prompt = (self.base_prompt[:shared] + tail)[: self.context.n_ctx - 1]  # prepare refuses longer
-        self.base_prompt = prompt
+    def admit(
+        self, tail: list[int], shared: int, earlier: int, n: int, max_tokens: int | None, logprobs: bool, stops: tuple
+    ) -> None:
+        base = self.prompts[max(0, len(self.prompts) - 1 - earlier)]
+        prompt = (base[:shared] + tail)[: self.context.n_ctx - 1]  # prepare refuses longer
+        self.prompts.append(prompt)
         if n > len(self.scheduler.slots):
             return  # prepare refuses it
         key = len(self.requests)
@@ -138,6 +161,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         if accepted is not None:
             assert isinstance(accepted, PromptAccepted) and accepted.prompt_tokens == len(prompt)
             assert accepted.cached_tokens < len(prompt)
+            assert accepted.cache_tier in (("slot", "ram") if accepted.cached_tokens else ("",))
+            self.requests[key] = tracked
+            first = next(slot for slot in self.scheduler.slots if slot.choice and slot.choice.request.key == key and slot.choice.index == 0)
+            assert first.tokens == prompt[: accepted.cached_tokens], "a cached prefix is the prompt's own"
             self.requests[key] = tracked
 
     @precondition(lambda self: self.context is not None and self.running())
@@ -179,6 +206,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert len(self.scheduler.cells) == self.context.cells_in_use()
         for slot in self.scheduler.slots:
             assert slot.tokens == self.context.tokens[slot.seq_id]
+
+    @invariant()
+    def the_prompt_cache_keeps_within_its_budget(self) -> None:
+        cache = self.context and self.scheduler.cache
+        if cache:
+            assert cache.size_bytes <= cache.budget_bytes
 
     @invariant()
     def each_slot_in_use_belongs_to_one_running_choice(self) -> None:

@@ -26,6 +26,7 @@ from inference.runtime.jobs import (
     PromptAccepted,
 )
 from inference.runtime.llama import EmbeddingContext, GenerationContext, LlamaModel, return_free_memory
+from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.scheduler import Scheduler
 from inference.runtime.settings import LoadSettings
 
@@ -73,7 +74,8 @@ class GenerationEngine:
         self.model, self._context = _opened(GenerationContext, name, path, settings)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
-        self._scheduler = Scheduler(self._context, settings.parallel)
+        cache = PromptCache(settings.prompt_cache_mb * 1024 * 1024) if settings.prompt_cache_mb else None
+        self._scheduler = Scheduler(self._context, settings.parallel, cache=cache)
 
     @property
     def running(self) -> int:

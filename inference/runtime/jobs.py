@@ -86,6 +86,7 @@ class PromptAccepted:
 
     prompt_tokens: int
     cached_tokens: int = 0  # of the prompt, found in the cache and not processed again
+    cache_tier: str = ""  # where they were found: "slot" (its KV cells), "ram", "disk"; "": nowhere
 
 
 @dataclass(frozen=True)
@@ -138,5 +139,6 @@ class Generation:
     events: AsyncIterator[JobEvent]
     choices: int = 1
     cached_tokens: int = 0
+    cache_tier: str = ""  # PromptAccepted's (of the first prompt)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))

@@ -375,6 +375,19 @@ class GenerationContext:
     def share(self, source: int, target: int) -> None:
         llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
+        return ctypes.string_at(buffer, written)
+
+    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), seq_id):
+            return True
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, 0, -1)  # whatever a failed restore left
+        return False
+
     def close(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
+from inference.runtime.prompt_cache import PromptCache, common_prefix
 from inference.runtime.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class DecodeContext(Protocol):
 
     def share(self, source: int, target: int) -> None:
         """Give `target` (an empty sequence) every cell of `source`."""
+
+    def save_sequence(self, seq_id: int) -> bytes:
+        """The sequence's KV state (for the prompt cache)."""
+
+    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
+        """Put a saved state into an empty sequence; False if it does not fit (nothing is left)."""
 
 
 class ChoiceState(enum.Enum):
@@ -158,21 +165,20 @@ class KvCells:
         del slot.tokens[keep:], slot.cells[keep:]
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
-
-
 class Scheduler:
     """The running requests of one context, its slots and its KV cells."""
 
-    def __init__(self, context: DecodeContext, parallel: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        context: DecodeContext,
+        parallel: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cache: PromptCache | None = None,
+    ) -> None:
         self._context = context
         self._clock = clock
+        self.cache = cache  # where slots' sequences go when their cells are reclaimed
         self.n_ctx = context.n_ctx
         self.slots = [Slot(seq_id) for seq_id in range(parallel)]
         self.cells = KvCells()
@@ -206,7 +212,12 @@ class Scheduler:
         others = sorted((slot for slot in free if slot is not first), key=lambda slot: slot.last_used)[: job.n - 1]
         # The last prompt token is always processed again: its logits give the first token.
         reuse = min(common_prefix(first.tokens, prompt), len(prompt) - 1)
-        self._forget(first, reuse)
+        tier = "slot"
+        restored = self._restored(first, prompt, reuse, keep=tuple(others))
+        if restored is None:
+            self._forget(first, reuse)
+        else:
+            reuse, tier = restored, "ram"
         for slot in others:
             self._forget(slot, 0)
         if not self._make_room(len(prompt) - reuse, keep=(first, *others)):
@@ -219,7 +230,7 @@ class Scheduler:
             request.choices.append(slot.choice)
         request.choices[0].pending = prompt[reuse:]
         self._requests.append(request)
-        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse)
+        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier if reuse else "")
 
     def _samplers(self, job: GenerationJob) -> list[Sampler]:
         samplers: list[Sampler] = []
@@ -244,10 +255,40 @@ class Scheduler:
             self._forget(idle.pop(0), 0)
         return self.cells_used() + cells <= self.n_ctx
 
+    def _restored(self, slot: Slot, prompt: list[int], reuse: int, keep: tuple[Slot, ...]) -> int | None:
+        """Restore into the slot the cached prefix of the prompt, if it is longer than what the
+        slot holds; how many prompt tokens the slot then holds (None: nothing better cached)."""
+        if self.cache is None:
+            return None
+        found = self.cache.longest(prompt)
+        if found is None or min(found[1], len(prompt) - 1) < reuse + self.cache.min_tokens:
+            return None
+        entry, shared = found
+        self._forget(slot, 0)
+        if not self._make_room(len(entry.tokens), keep=(slot, *keep)) or not self._context.restore_sequence(
+            slot.seq_id, entry.state
+        ):
+            self.cache.discard(entry)
+            return 0
+        for token in entry.tokens:
+            self.cells.append(slot, token)
+        usable = min(shared, len(prompt) - 1)
+        self._forget(slot, usable)
+        return usable
+
     def _forget(self, slot: Slot, keep: int) -> None:
-        if len(slot.tokens) > keep:
-            self._context.forget(slot.seq_id, keep)
-            self.cells.drop(slot, keep)
+        """Drop the slot's cells from `keep` on; a long enough run of them is saved in the prompt
+        cache first (the whole sequence, keyed by its tokens)."""
+        if len(slot.tokens) <= keep:
+            return
+        if (
+            self.cache is not None
+            and len(slot.tokens) - keep >= self.cache.min_tokens
+            and self.cache.worth_keeping(slot.tokens)
+        ):
+            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id))
+        self._context.forget(slot.seq_id, keep)
+        self.cells.drop(slot, keep)
 
     # --- steps ----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ class LoadSettings:
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
     parallel: int = 1  # sequences decoded together
     embedding: bool = False  # an embedding context (EmbeddingEngine), not a generating one
+    prompt_cache_mb: int = 0  # host RAM for prefixes that left their slots (runtime.prompt_cache)
 
     @classmethod
     def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:
