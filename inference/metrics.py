@@ -40,11 +40,16 @@ LOAD_DURATION = Histogram(
 )
 LOAD_FAILURES = Counter("llamasite_model_load_failures", "Loads that failed", ["model"])
 UNLOADS = Counter("llamasite_model_unloads", "Models unloaded, by reason", ["model", "reason"])
+PROMPT_CACHE = Counter(
+    "llamasite_prompt_cache_tokens",
+    "Prompt tokens by where they came from: processed (none), a slot's cells (slot), the host-RAM cache (ram)",
+    ["model", "tier"],
+)
 
 
 def request_count(
     *, model: str, endpoint: str, status: str, http_status: int, prompt_tokens: int,
-    completion_tokens: int, ttft_ms: float | None, duration_ms: float,
+    completion_tokens: int, ttft_ms: float | None, duration_ms: float, cached_tokens: int = 0, cache_tier: str = "",
 ) -> None:
     """Count one finished request."""
     if model not in model_pool().catalog.available():
@@ -52,6 +57,10 @@ def request_count(
     REQUESTS.labels(model, endpoint, status, str(http_status)).inc()
     TOKENS.labels(model, status, "prompt").inc(prompt_tokens)
     TOKENS.labels(model, status, "completion").inc(completion_tokens)
+    if prompt_tokens:
+        PROMPT_CACHE.labels(model, "none").inc(prompt_tokens - cached_tokens)
+        if cached_tokens:
+            PROMPT_CACHE.labels(model, cache_tier).inc(cached_tokens)
     if ttft_ms is not None:
         TIME_TO_FIRST_TOKEN.labels(model).observe(ttft_ms / 1000)
     REQUEST_DURATION.labels(model, endpoint).observe(duration_ms / 1000)

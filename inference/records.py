@@ -56,6 +56,8 @@ class RequestDraft:
     error_code: str = ""
     error_message: str = ""
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, found in a cache (not processed again)
+    cache_tier: str = ""  # which: "slot", "ram" (see runtime.prompt_cache)
     completion_tokens: int = 0
     finish_reason: str = ""
     queue_wait_ms: float | None = None
@@ -70,7 +72,8 @@ class RequestDraft:
 # The draft's fields that are columns of RequestRecord (its timings on the monotonic clock are not).
 _RECORD_FIELDS = (
     "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
-    "error_message", "prompt_tokens", "completion_tokens", "finish_reason", "queue_wait_ms",
+    "error_message", "prompt_tokens", "cached_tokens", "cache_tier", "completion_tokens", "finish_reason",
+    "queue_wait_ms",
     "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "api_key",
     "created_at",
 )
@@ -155,7 +158,7 @@ class RequestRecording:
         metrics.request_count(
             model=draft.model, endpoint=draft.endpoint, status=draft.status, http_status=draft.http_status,
             prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens, ttft_ms=draft.ttft_ms,
-            duration_ms=duration_ms,
+            duration_ms=duration_ms, cached_tokens=draft.cached_tokens, cache_tier=draft.cache_tier,
         )
         config = get_config()
         if not config.records.request_records:

@@ -235,13 +235,15 @@ async def _generate(
     draft.load_ms = first.load_ms
     draft.queue_wait_ms = round((first.started_at - first.submitted_at) * 1000, 1)
     draft.prompt_tokens = sum(event.prompt_tokens for event in accepted)
+    draft.cached_tokens = sum(event.cached_tokens for event in accepted)
+    draft.cache_tier = accepted[0].cache_tier
     per_job = jobs[0].n if isinstance(jobs[0], GenerationJob) else 1
     events = started[0][1] if len(started) == 1 else _merged([events for _, events in started], per_job)
     generation = Generation(
         model=model_file.name,
         prompt_tokens=draft.prompt_tokens,
-        cached_tokens=sum(event.cached_tokens for event in accepted),
-        cache_tier=accepted[0].cache_tier,
+        cached_tokens=draft.cached_tokens,
+        cache_tier=draft.cache_tier,
         choices=per_job * len(jobs),
         events=recording.events(events, choices=per_job * len(jobs)),
     )
