@@ -122,6 +122,8 @@ class ModelSettings:
     idle_timeout: float
     pinned: bool
     prompt_cache_mb: int  # host RAM for the KV state of prefixes that left their slots; 0: none
+    prompt_cache_disk_mb: int  # the directory's bound, for prefixes across unloads and restarts; 0: none
+    prompt_cache_directory: str  # absolute (relative ones are taken from config.json's folder)
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,8 @@ MODEL_KEYS: dict[str, _Key] = {
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
     "prompt_cache_mb": _Key(1024, _integer(0)),
+    "prompt_cache_disk_mb": _Key(4096, _integer(0)),
+    "prompt_cache_directory": _Key("prompt-cache", _string(allow_empty=False)),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {
@@ -378,6 +382,9 @@ def load_config(path: Path | None = None) -> Config:
         name: _validated(path, f"model_manager.models.{name}", settings, MODEL_KEYS)
         for name, settings in manager.pop("models").items()
     }
+    for settings in (manager, *models.values()):
+        if "prompt_cache_directory" in settings:
+            settings["prompt_cache_directory"] = str((path.parent / settings["prompt_cache_directory"]).resolve())
     defaults = ModelSettings(**{key: manager.pop(key) for key in MODEL_KEYS})
     _refuse_impossible(path, "model_manager", defaults)
     for name, settings in models.items():

@@ -58,6 +58,9 @@ class FakeEngine:
                 del self.sequences[key]
         return events
 
+    def keep_prompt_cache(self) -> None:
+        pass
+
     def close(self) -> None:
         self.log.append(f"close {self.name}")
 

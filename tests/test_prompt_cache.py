@@ -1,14 +1,19 @@
-"""The prompt cache beyond the slots: a prefix whose slot was taken by another prompt is kept in
-host RAM and restored, on the real model."""
+"""The prompt cache beyond the slots, on the real model: a prefix whose slot was taken by another
+prompt is kept in host RAM and restored; an unloading model stores its prefixes on disk for its
+next load."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
+from inference import services
 from inference.models import RequestRecord
+from inference.runtime.lifecycle import LoadReason
 from tests.conftest import SMOLLM2
 
 RULES = "You are a careful assistant. " + " ".join(f"Rule {n}: answer in at most {n} words." for n in range(1, 40))
@@ -58,3 +63,56 @@ async def test_without_a_ram_budget_the_prefix_is_processed_again(use_config) ->
     await chat(QUESTION)
     await chat(OTHER)
     assert cached(await chat(QUESTION)) < 64
+
+
+async def unload() -> None:
+    assert (await services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API))["unloaded"] == [SMOLLM2]
+
+
+def stored_files(config: Path) -> list[Path]:
+    return sorted((config.parent / "prompt-cache").glob("*/*.prefix"))
+
+
+async def test_prefixes_outlive_an_unload_on_disk(use_config) -> None:
+    config = use_config(n_ctx=2048)
+    first = await chat(QUESTION)
+    await unload()
+    assert len(stored_files(config)) == 1
+    again = await chat(QUESTION)  # the model loads afresh: its slots are empty
+    assert cached(again) == first["usage"]["prompt_tokens"] - 1
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    record = await RequestRecord.objects.aget(completion_id=again["id"])
+    assert (record.cache_tier, record.cached_tokens) == ("disk", cached(again))
+
+
+async def test_a_reconfigured_model_never_restores_a_stale_state(use_config) -> None:
+    config = use_config(n_ctx=2048)
+    await chat(QUESTION)
+    await unload()
+    (stale,) = stored_files(config)
+    use_config(n_ctx=1024)  # another KV layout: the stored state is not for it
+    assert cached(await chat(QUESTION)) == 0
+    assert not stale.exists() and not stale.parent.exists()
+
+
+async def test_unreadable_files_are_ignored_and_removed(use_config, caplog: pytest.LogCaptureFixture) -> None:
+    config = use_config(n_ctx=2048)
+    await chat(QUESTION)
+    await unload()
+    (file,) = stored_files(config)
+    file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])  # torn: the header and half the state
+    torn = await chat(QUESTION)
+    assert torn["choices"][0]["message"]["content"] and cached(torn) == 0
+    assert not file.exists()  # llama.cpp refused it: it is not tried again
+    await unload()
+    (file,) = stored_files(config)
+    file.write_bytes(b"not ours")
+    assert cached(await chat(QUESTION)) == 0
+    assert not file.exists() and "unreadable prompt cache file" in caplog.text
+
+
+async def test_the_directory_stays_within_its_budget(use_config) -> None:
+    config = use_config(n_ctx=2048, prompt_cache_disk_mb=1)  # smaller than one prefix's state
+    await chat(QUESTION)
+    await unload()
+    assert stored_files(config) == []

@@ -27,6 +27,7 @@ from inference.runtime.jobs import (
 )
 from inference.runtime.llama import EmbeddingContext, GenerationContext, LlamaModel, return_free_memory
 from inference.runtime.prompt_cache import PromptCache
+from inference.runtime.prompt_store import PromptStore, identity
 from inference.runtime.scheduler import Scheduler
 from inference.runtime.settings import LoadSettings
 
@@ -49,6 +50,8 @@ class Engine(Protocol):
     def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None: ...
 
     def step(self) -> Events: ...
+
+    def keep_prompt_cache(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -74,8 +77,7 @@ class GenerationEngine:
         self.model, self._context = _opened(GenerationContext, name, path, settings)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
-        cache = PromptCache(settings.prompt_cache_mb * 1024 * 1024) if settings.prompt_cache_mb else None
-        self._scheduler = Scheduler(self._context, settings.parallel, cache=cache)
+        self._scheduler = Scheduler(self._context, settings.parallel, cache=_prompt_cache(path, settings))
 
     @property
     def running(self) -> int:
@@ -113,11 +115,25 @@ class GenerationEngine:
     def step(self) -> Events:
         return self._scheduler.step()
 
+    def keep_prompt_cache(self) -> None:
+        """Store the hottest prompt prefixes on disk before an unload (not after a failure)."""
+        self._scheduler.persist_prompt_cache()
+
     def close(self) -> None:
         self._scheduler.close()
         self._context.close()
         self.model.close()
         return_free_memory()
+
+
+def _prompt_cache(path: Path, settings: LoadSettings) -> PromptCache | None:
+    store = None
+    if settings.prompt_cache_disk_mb and settings.prompt_cache_directory:
+        directory = Path(settings.prompt_cache_directory)
+        store = PromptStore(directory, identity(path, settings.as_dict()), settings.prompt_cache_disk_mb * 1024 * 1024)
+    if not settings.prompt_cache_mb and store is None:
+        return None
+    return PromptCache(settings.prompt_cache_mb * 1024 * 1024, store=store)
 
 
 class EmbeddingEngine:
@@ -162,6 +178,9 @@ class EmbeddingEngine:
         vectors = tuple(self._context.embed(tokens) for tokens in prepared.inputs)
         tokens = sum(len(tokens) for tokens in prepared.inputs)
         return [(key, Embedded(vectors, tokens)), (key, Finished("stop", tokens, 0))]
+
+    def keep_prompt_cache(self) -> None:
+        """Embeddings keep no prompt cache."""
 
     def close(self) -> None:
         self._context.close()

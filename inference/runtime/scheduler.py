@@ -217,7 +217,7 @@ class Scheduler:
         if restored is None:
             self._forget(first, reuse)
         else:
-            reuse, tier = restored, "ram"
+            reuse, tier = restored
         for slot in others:
             self._forget(slot, 0)
         if not self._make_room(len(prompt) - reuse, keep=(first, *others)):
@@ -255,26 +255,41 @@ class Scheduler:
             self._forget(idle.pop(0), 0)
         return self.cells_used() + cells <= self.n_ctx
 
-    def _restored(self, slot: Slot, prompt: list[int], reuse: int, keep: tuple[Slot, ...]) -> int | None:
+    def _restored(self, slot: Slot, prompt: list[int], reuse: int, keep: tuple[Slot, ...]) -> tuple[int, str] | None:
         """Restore into the slot the cached prefix of the prompt, if it is longer than what the
-        slot holds; how many prompt tokens the slot then holds (None: nothing better cached)."""
+        slot holds; how many prompt tokens the slot then holds, and from where ("ram", "disk")
+        (None: nothing better cached)."""
         if self.cache is None:
             return None
         found = self.cache.longest(prompt)
         if found is None or min(found[1], len(prompt) - 1) < reuse + self.cache.min_tokens:
             return None
         entry, shared = found
+        tier = entry.tier
         self._forget(slot, 0)
-        if not self._make_room(len(entry.tokens), keep=(slot, *keep)) or not self._context.restore_sequence(
-            slot.seq_id, entry.state
-        ):
+        state = self.cache.state_of(entry)
+        if state is None:
+            return 0, ""
+        if not self._make_room(len(entry.tokens), keep=(slot, *keep)):
+            return 0, ""
+        if not self._context.restore_sequence(slot.seq_id, state):
+            logger.warning("llama.cpp refused a cached state of %d tokens (%s); dropped it", len(entry.tokens), tier)
             self.cache.discard(entry)
-            return 0
+            return 0, ""
         for token in entry.tokens:
             self.cells.append(slot, token)
         usable = min(shared, len(prompt) - 1)
         self._forget(slot, usable)
-        return usable
+        return usable, tier
+
+    def persist_prompt_cache(self) -> None:
+        """Store the slots' sequences and the RAM cache on disk (the model is unloading)."""
+        if self.cache is None or self.cache.store is None:
+            return
+        idle = sorted((slot for slot in self.slots if slot.choice is None), key=lambda slot: -slot.last_used)
+        self.cache.persist(
+            [(tuple(slot.tokens), self._context.save_sequence(slot.seq_id)) for slot in idle if len(slot.tokens) >= self.cache.min_tokens]
+        )
 
     def _forget(self, slot: Slot, keep: int) -> None:
         """Drop the slot's cells from `keep` on; a long enough run of them is saved in the prompt

@@ -23,6 +23,8 @@ class LoadSettings:
     parallel: int = 1  # sequences decoded together
     embedding: bool = False  # an embedding context (EmbeddingEngine), not a generating one
     prompt_cache_mb: int = 0  # host RAM for prefixes that left their slots (runtime.prompt_cache)
+    prompt_cache_disk_mb: int = 0  # disk for prefixes across unloads and restarts (runtime.prompt_store)
+    prompt_cache_directory: str = ""
 
     @classmethod
     def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:

@@ -247,6 +247,11 @@ class ModelWorker:
         cause = "" if failure is None else str(failure) or type(failure).__name__
         if failure is not None:
             self._close_intake(WorkerState.FAILED, WorkerFailed(model=self.name, cause=cause))
+        else:
+            try:  # an optimisation: never in the way of the unload
+                engine.keep_prompt_cache()
+            except Exception:
+                logger.exception("storing the prompt cache of %s failed", self.name)
         try:
             engine.close()
         except Exception:
