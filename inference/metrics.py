@@ -42,7 +42,7 @@ LOAD_FAILURES = Counter("llamasite_model_load_failures", "Loads that failed", ["
 UNLOADS = Counter("llamasite_model_unloads", "Models unloaded, by reason", ["model", "reason"])
 PROMPT_CACHE = Counter(
     "llamasite_prompt_cache_tokens",
-    "Prompt tokens by where they came from: processed (none), a slot's cells (slot), the host-RAM cache (ram)",
+    "Prompt tokens by where they came from: processed (none), a slot's cells (slot), the prompt cache in host RAM (ram) or on disk (disk)",
     ["model", "tier"],
 )
 

@@ -101,7 +101,7 @@ class RequestRecord(models.Model):
     error_message = models.TextField(blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0, help_text="Of the prompt tokens, found in a cache")
-    cache_tier = models.CharField(max_length=8, blank=True, help_text="Where: slot, ram")
+    cache_tier = models.CharField(max_length=8, blank=True, help_text="Where: slot, ram, disk")
     completion_tokens = models.PositiveIntegerField(default=0)
     finish_reason = models.CharField(max_length=20, blank=True)
     queue_wait_ms = models.FloatField(null=True, blank=True)

@@ -57,7 +57,7 @@ class RequestDraft:
     error_message: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, found in a cache (not processed again)
-    cache_tier: str = ""  # which: "slot", "ram" (see runtime.prompt_cache)
+    cache_tier: str = ""  # which: "slot", "ram", "disk" (see runtime.prompt_cache)
     completion_tokens: int = 0
     finish_reason: str = ""
     queue_wait_ms: float | None = None
