@@ -30,6 +30,7 @@ async def stream_chat(
     max_tokens: int = MAX_TOKENS,
     prompt: str = PROMPT,
     messages: list[dict[str, str]] | None = None,
+    tools: list[dict] | None = None,
 ) -> Stream:
     """One streamed chat completion at temperature 0; tokens counted as content chunks.
 
@@ -46,6 +47,7 @@ async def stream_chat(
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
+            **({"tools": tools} if tools else {}),
         }
     ).encode()
     request = (

@@ -1,0 +1,132 @@
+"""Benchmark: an agent's loop — a long system prompt and many tools repeated every turn, several
+conversations interleaved over few slots — and a conversation's next turn after an idle unload.
+
+Agent loop: a ~3,000-token system prompt and 20 tools, `--conversations` conversations of
+`--turns` turns each, their turns interleaved and sent by 4 clients, `max_tokens` 64: total wall
+time and time to first token (p50, p99) on this server and, given its binary, llama.cpp's server
+with its defaults (4 slots, its own host-RAM cache).
+
+After an unload: turn 1 of a long conversation, the model unloaded (ours: the admin unload, so
+its prompt cache goes to disk; llama.cpp's: a restart), then turn 2: its time to first token
+against turn 1's (cold).
+
+    .venv/bin/python -m bench.agent_loop [--llama-server PATH] [--conversations 8] [--turns 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from bench import client
+from bench.__main__ import admin, thread_counts
+from bench.servers import Running, llama_cpp_server, llamasite
+from inference.management.commands.install_default_model import bundled_default_model
+
+logger = logging.getLogger("bench.agent_loop")
+N_CTX = 8192
+CLIENTS = 4
+MAX_TOKENS = 64
+RULE = "When the user asks for a change, read the file first, change only what was asked, and say what you changed. "
+SYSTEM = "You are a coding agent working in the user's repository. " + RULE * 130  # ~3,000 tokens
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{number}",
+            "description": f"Tool {number}: does step {number} of the workflow and reports what it did.",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "detail": {"type": "string"}},
+                "required": ["path"],
+            },
+        },
+    }
+    for number in range(20)
+]
+
+
+def turn_messages(conversation: int, turn: int, system: str = SYSTEM) -> list[dict[str, str]]:
+    """Conversation `conversation` up to its turn `turn` (1-based): the same for every server."""
+    messages = [{"role": "system", "content": system}]
+    for earlier in range(1, turn + 1):
+        messages.append({"role": "user", "content": f"Conversation {conversation}, step {earlier}: fix issue {earlier}."})
+        if earlier < turn:
+            messages.append({"role": "assistant", "content": f"Done: issue {earlier} fixed in file_{earlier}.py."})
+    return messages
+
+
+async def agent_loop(running: Running, conversations: int, turns: int) -> dict[str, float]:
+    """Every conversation's turns, in order within it, interleaved across them, by 4 clients."""
+    order = [(conversation, turn) for turn in range(1, turns + 1) for conversation in range(conversations)]
+    done = {(conversation, 0): asyncio.Event() for conversation in range(conversations)}
+    for event in done.values():
+        event.set()
+    done.update({key: asyncio.Event() for key in order})
+    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    for key in order:
+        queue.put_nowait(key)
+    ttfts: list[float] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            conversation, turn = queue.get_nowait()
+            await done[(conversation, turn - 1)].wait()
+            stream = await client.stream_chat(
+                running.url, running.model, MAX_TOKENS, messages=turn_messages(conversation, turn), tools=TOOLS
+            )
+            ttfts.append(stream.ttft_s or 0.0)
+            done[(conversation, turn)].set()
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    return {
+        "wall_s": asyncio.get_running_loop().time() - started,
+        "ttft_p50_s": client.percentile(ttfts, 0.5),
+        "ttft_p99_s": client.percentile(ttfts, 0.99),
+    }
+
+
+def first_token(running: Running, turn: int) -> float:
+    """A turn of a conversation whose system prompt no other request began with."""
+    messages = turn_messages(0, turn, system=f"Session {N_CTX}. {SYSTEM}")
+    return asyncio.run(client.stream_chat(running.url, running.model, MAX_TOKENS, messages=messages, tools=TOOLS)).ttft_s or 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    model_path, threads = bundled_default_model(), thread_counts()
+    servers: dict[str, Callable[[], AbstractContextManager[Running]]] = {
+        "llamasite": lambda: llamasite(model_path, {"n_ctx": N_CTX, "parallel": CLIENTS}),
+    }
+    if args.llama_server:
+        servers["llama.cpp server"] = lambda: llama_cpp_server(args.llama_server, model_path, N_CTX, threads, slots=CLIENTS)
+    logger.info("| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turn 1 TTFT s (cold) | turn 2 TTFT s after an unload | ratio |")
+    logger.info("|---|---|---|---|---|---|---|")
+    for name, start in servers.items():
+        with start() as running:
+            loop = asyncio.run(agent_loop(running, args.conversations, args.turns))
+            cold = first_token(running, 1)
+            if name == "llamasite":
+                admin(running, "/admin/unload", model=running.model)
+                after = first_token(running, 2)
+        if name != "llamasite":
+            with start() as running:  # llama.cpp's server keeps nothing across a restart
+                after = first_token(running, 2)
+        logger.info(
+            "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f× |", name, loop["wall_s"], loop["ttft_p50_s"],
+            loop["ttft_p99_s"], cold, after, after / cold if cold else 0.0,
+        )
+
+
+if __name__ == "__main__":
+    main()
