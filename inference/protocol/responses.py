@@ -389,8 +389,6 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
             raise serializers.ValidationError({"tool_choice": "'required' needs function 'tools'."})
         if choice.startswith("function:") and choice.removeprefix("function:") not in names:
             raise serializers.ValidationError({"tool_choice": "It names a function that is not in 'tools'."})
-        if attrs.get("store") is False and attrs.get("background"):
-            raise serializers.ValidationError({"store": "'background' needs 'store'."})
         return attrs
 
     @classmethod
