@@ -3,7 +3,9 @@
 A Scheduler runs the requests of one model context: `parallel` slots (llama.cpp sequences)
 sharing one unified KV cache of `n_ctx` cells. Each step is one decode over every running
 request — the next token of each generating choice first, then chunks of the prompts being
-processed — after which each choice whose logits came out samples its token. New requests join
+processed — after which each choice whose logits came out samples its token. With drafting on, a
+generating choice's next token is followed by a few tokens guessed from its own prompt and output
+(`runtime.drafting`); those that come true are accepted in the same step. New requests join
 between steps (continuous batching). A slot keeps the tokens it last processed: a new prompt that
 begins with them goes to that slot and skips them (prompt cache). A request with n choices
 processes its prompt once, in its first slot, then shares those KV cells with its other slots.
@@ -28,6 +30,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from inference.runtime.drafting import NgramDrafter
 from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
 from inference.runtime.stops import StopMatcher
 
@@ -45,6 +48,12 @@ class BatchToken(NamedTuple):
     position: int
     seq_id: int
     logits: bool  # whether this token's logits are wanted (to sample the next one)
+
+
+class ToSample(NamedTuple):
+    choice: Choice
+    index: int  # in the batch: the token whose logits give the choice's next token
+    draft: list[int]  # guesses at the tokens after that one, in the batch right after it
 
 
 class Sampler(Protocol):
@@ -108,6 +117,9 @@ class Choice:
     generated: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    drafter: NgramDrafter = field(default_factory=NgramDrafter)
+    draft_proposed: int = 0
+    draft_accepted: int = 0
 
 
 @dataclass(eq=False)
@@ -170,8 +182,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler:
     """The running requests of one context, its slots and its KV cells."""
 
-    def __init__(self, context: DecodeContext, parallel: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        context: DecodeContext,
+        parallel: int,
+        *,
+        drafting: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._context = context
+        self._drafting = drafting
         self._clock = clock
         self.n_ctx = context.n_ctx
         self.slots = [Slot(seq_id) for seq_id in range(parallel)]
@@ -264,32 +284,41 @@ class Scheduler:
                 events += self._end(self._requests[-1], "length")
             return events
         self._context.decode(batch)
-        for choice, index in to_sample:
+        for choice, index, draft in to_sample:
             ready = [choice, *self._fork(choice.request)] if choice.state is ChoiceState.PROMPT else [choice]
             for each in ready:
-                events += self._accept(each, each.sampler.sample(index), index)
+                events += self._verify(each, index, draft)
         return events
 
-    def _fill_batch(self) -> tuple[list[BatchToken], list[tuple[Choice, int]]]:
-        """The next tokens of generating choices, then prompt chunks of starting requests."""
+    def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample]]:
+        """The next tokens of generating choices (each followed by its draft, if any), then prompt
+        chunks of starting requests."""
         batch: list[BatchToken] = []
-        to_sample: list[tuple[Choice, int]] = []
+        to_sample: list[ToSample] = []
 
         def add(choice: Choice, token: int, logits: bool) -> None:
             slot = choice.slot
-            if logits:
-                to_sample.append((choice, len(batch)))
             batch.append(BatchToken(token, len(slot.tokens), slot.seq_id, logits))
             self.cells.append(slot, token)
 
         generating = [
             choice for request in self._requests for choice in request.choices if choice.state is ChoiceState.GENERATING
         ]
+        # Drafts use only the batch room that the next tokens and this step's prompt chunks leave.
+        prompt_tokens = sum(len(request.choices[0].pending) for request in self._requests)
+        spare = self._context.batch_capacity - len(generating) - min(prompt_tokens, PREFILL_CHUNK_WHILE_GENERATING)
         # A choice that finds no cell waits a step (others finish and free cells); its own
         # context never overflows: its limit is what is left of n_ctx after its prompt.
-        for choice in generating:
-            if self._make_room(1):
-                add(choice, choice.next_token, True)  # type: ignore[arg-type]
+        for number, choice in enumerate(generating):
+            if not self._make_room(1):
+                continue
+            # Drafts take no cell that the next tokens still need, and evict no cache.
+            free = self.n_ctx - self.cells_used() - (len(generating) - number)
+            draft = self._draft(choice, min(spare, free)) if self._drafting else []
+            spare -= len(draft)
+            to_sample.append(ToSample(choice, len(batch), draft))
+            for token in (choice.next_token, *draft):
+                add(choice, token, True)  # type: ignore[arg-type]
         budget = self._context.batch_capacity - len(batch)
         if generating:
             budget = min(budget, PREFILL_CHUNK_WHILE_GENERATING)
@@ -300,9 +329,20 @@ class Scheduler:
             chunk = first.pending[:budget]
             del first.pending[: len(chunk)]
             budget -= len(chunk)
-            for position, token in enumerate(chunk, start=1):
-                add(first, token, logits=not first.pending and position == len(chunk))
+            for token in chunk[:-1]:
+                add(first, token, logits=False)
+            if not first.pending:
+                to_sample.append(ToSample(first, len(batch), []))
+            add(first, chunk[-1], logits=not first.pending)
         return batch, to_sample
+
+    def _draft(self, choice: Choice, room: int) -> list[int]:
+        """Guesses at the tokens after the choice's next token: within `room`, and no more than
+        could still be verified before its limit (the last guess's logits give its last token)."""
+        most = min(room, choice.request.limit - choice.generated - 1)
+        draft = choice.drafter.propose(choice.slot.tokens, choice.next_token, most)  # type: ignore[arg-type]
+        choice.draft_proposed += len(draft)
+        return draft
 
     def _fork(self, request: Request) -> list[Choice]:
         """The other choices of a request whose prompt was just processed: they share its cells."""
@@ -312,6 +352,26 @@ class Scheduler:
             self._context.share(first.slot.seq_id, choice.slot.seq_id)
             self.cells.share(first.slot, choice.slot)
         return waiting
+
+    def _verify(self, choice: Choice, index: int, draft: list[int]) -> Events:
+        """Sample the choice's next token from the logits at `index`; while it matches the next
+        draft token (decoded after it), accept it and sample again from that token's logits (see
+        `runtime.drafting`). The cells of draft tokens beyond the accepted ones are forgotten, so
+        the slot holds what its choice has generated."""
+        token = choice.sampler.sample(index)
+        events = self._accept(choice, token, index)
+        accepted = 0
+        for guess in draft:
+            if choice.state is not ChoiceState.GENERATING or token != guess:
+                break
+            accepted += 1
+            choice.draft_accepted += 1
+            token = choice.sampler.sample(index + accepted)
+            events += self._accept(choice, token, index + accepted)
+        if draft:
+            choice.drafter.verified(len(draft), accepted)
+            self._forget(choice.slot, len(choice.slot.tokens) - len(draft) + accepted)
+        return events
 
     def _accept(self, choice: Choice, token: int, index: int) -> Events:
         job = choice.request.job
@@ -358,7 +418,8 @@ class Scheduler:
             if tail:
                 events.append(self._delta(choice, tail))
         finished = Finished(
-            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched
+            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched,
+            draft_proposed=choice.draft_proposed, draft_accepted=choice.draft_accepted,
         )
         return [*events, (request.key, finished)]
 
