@@ -121,6 +121,7 @@ class ModelSettings:
     parallel: int
     idle_timeout: float
     pinned: bool
+    speculative: str  # "ngram" | "off"
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,13 @@ def _flash_attn(value: Any) -> str | None:
     return None if isinstance(value, bool) or value == "auto" else 'must be true, false or "auto"'
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else "must be " + " or ".join(json.dumps(choice) for choice in allowed)
+
+    return check
+
+
 def _log_level(value: Any) -> str | None:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         return f"must be one of {', '.join(LOG_LEVELS)}"
@@ -262,6 +270,8 @@ MODEL_KEYS: dict[str, _Key] = {
     "parallel": _Key(4, _integer(1, 256)),
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
+    # Speculative decoding by prompt lookup (runtime.drafting), or "off".
+    "speculative": _Key("ngram", _one_of("ngram", "off")),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {

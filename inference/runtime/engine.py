@@ -73,7 +73,7 @@ class GenerationEngine:
         self.model, self._context = _opened(GenerationContext, name, path, settings)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
-        self._scheduler = Scheduler(self._context, settings.parallel)
+        self._scheduler = Scheduler(self._context, settings.parallel, drafting=settings.speculative == "ngram")
 
     @property
     def running(self) -> int:

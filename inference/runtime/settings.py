@@ -22,6 +22,7 @@ class LoadSettings:
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template
     parallel: int = 1  # sequences decoded together
     embedding: bool = False  # an embedding context (EmbeddingEngine), not a generating one
+    speculative: str = "ngram"  # "ngram": draft from each sequence's own tokens (runtime.drafting); "off"
 
     @classmethod
     def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:
@@ -40,7 +41,7 @@ class LoadSettings:
         return (
             f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, "
             f"n_threads={self.n_threads}/{self.n_threads_batch}, "
-            + ("embeddings" if self.embedding else f"parallel={self.parallel}")
+            + ("embeddings" if self.embedding else f"parallel={self.parallel}, speculative={self.speculative}")
         )
 
     def as_dict(self) -> dict[str, Any]:
