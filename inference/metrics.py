@@ -31,6 +31,10 @@ REQUEST_DURATION = Histogram(
     "llamasite_request_duration_seconds", "From a request's arrival to its last byte",
     ["model", "endpoint"], buckets=_LATENCY_BUCKETS,
 )
+DRAFT_TOKENS = Counter(
+    "llamasite_draft_tokens", "Tokens guessed by speculative decoding, and those the model accepted",
+    ["model", "kind"],
+)
 UNAUTHORIZED = Counter(
     "llamasite_unauthorized_requests", "Requests refused with a 401 (they leave no request record)", ["endpoint"],
 )
@@ -44,7 +48,8 @@ UNLOADS = Counter("llamasite_model_unloads", "Models unloaded, by reason", ["mod
 
 def request_count(
     *, model: str, endpoint: str, status: str, http_status: int, prompt_tokens: int,
-    completion_tokens: int, ttft_ms: float | None, duration_ms: float,
+    completion_tokens: int, ttft_ms: float | None, duration_ms: float, draft_tokens_proposed: int,
+    draft_tokens_accepted: int,
 ) -> None:
     """Count one finished request."""
     if model not in model_pool().catalog.available():
@@ -52,6 +57,8 @@ def request_count(
     REQUESTS.labels(model, endpoint, status, str(http_status)).inc()
     TOKENS.labels(model, status, "prompt").inc(prompt_tokens)
     TOKENS.labels(model, status, "completion").inc(completion_tokens)
+    DRAFT_TOKENS.labels(model, "proposed").inc(draft_tokens_proposed)
+    DRAFT_TOKENS.labels(model, "accepted").inc(draft_tokens_accepted)
     if ttft_ms is not None:
         TIME_TO_FIRST_TOKEN.labels(model).observe(ttft_ms / 1000)
     REQUEST_DURATION.labels(model, endpoint).observe(duration_ms / 1000)
