@@ -183,12 +183,7 @@ class Scheduler:
     """The running requests of one context, its slots and its KV cells."""
 
     def __init__(
-        self,
-        context: DecodeContext,
-        parallel: int,
-        *,
-        drafting: bool = False,
-        clock: Callable[[], float] = time.monotonic,
+        self, context: DecodeContext, parallel: int, *, drafting: bool = False, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._context = context
         self._drafting = drafting
@@ -312,10 +307,15 @@ class Scheduler:
         for number, choice in enumerate(generating):
             if not self._make_room(1):
                 continue
-            # Drafts take no cell that the next tokens still need, and evict no cache.
-            free = self.n_ctx - self.cells_used() - (len(generating) - number)
-            draft = self._draft(choice, min(spare, free)) if self._drafting else []
-            spare -= len(draft)
+            draft: list[int] = []
+            if self._drafting:
+                # Drafts take no cell that the next tokens still need and evict no cache, and stop
+                # where the choice's limit comes (the last draft token's logits give its last token).
+                free = self.n_ctx - self.cells_used() - (len(generating) - number)
+                most = min(spare, free, choice.request.limit - choice.generated - 1)
+                draft = choice.drafter.propose(choice.slot.tokens, choice.next_token, most)  # type: ignore[arg-type]
+                choice.draft_proposed += len(draft)
+                spare -= len(draft)
             to_sample.append(ToSample(choice, len(batch), draft))
             for token in (choice.next_token, *draft):
                 add(choice, token, True)  # type: ignore[arg-type]
@@ -336,14 +336,6 @@ class Scheduler:
             add(first, chunk[-1], logits=not first.pending)
         return batch, to_sample
 
-    def _draft(self, choice: Choice, room: int) -> list[int]:
-        """Guesses at the tokens after the choice's next token: within `room`, and no more than
-        could still be verified before its limit (the last guess's logits give its last token)."""
-        most = min(room, choice.request.limit - choice.generated - 1)
-        draft = choice.drafter.propose(choice.slot.tokens, choice.next_token, most)  # type: ignore[arg-type]
-        choice.draft_proposed += len(draft)
-        return draft
-
     def _fork(self, request: Request) -> list[Choice]:
         """The other choices of a request whose prompt was just processed: they share its cells."""
         first = request.choices[0]
@@ -354,10 +346,8 @@ class Scheduler:
         return waiting
 
     def _verify(self, choice: Choice, index: int, draft: list[int]) -> Events:
-        """Sample the choice's next token from the logits at `index`; while it matches the next
-        draft token (decoded after it), accept it and sample again from that token's logits (see
-        `runtime.drafting`). The cells of draft tokens beyond the accepted ones are forgotten, so
-        the slot holds what its choice has generated."""
+        """Sample the choice's next token at `index` and, while it matches the draft token after it,
+        the next one at that token's (runtime.drafting); forget the cells of the rest of the draft."""
         token = choice.sampler.sample(index)
         events = self._accept(choice, token, index)
         accepted = 0
