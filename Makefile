@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers bench-agents
+.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers bench-speculative bench-agents
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -80,6 +80,9 @@ bench-dashboard: setup-dev
 
 bench-peers: setup-dev model
 	$(PY) -m bench.peers
+
+bench-speculative: setup-dev model
+	$(PY) -m bench.speculative
 
 # make bench-agents [LLAMA_SERVER=/path/to/llama-server]
 bench-agents: setup-dev model agent-clients
