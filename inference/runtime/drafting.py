@@ -30,8 +30,8 @@ from __future__ import annotations
 # 3 proposed fewer wrong drafts than 2 (or 2 after 3, or 4 after 3 after 2) for the same gain.
 NGRAM = 3
 # Draft lengths. On the 2-core CPU measured, a draft token costs about 0.3 of a one-token decode
-# alone and 0.65 of a generated token's share of a 4-sequence step (on a GPU, next to nothing),
-# so drafts start short and grow only while they come true.
+# alone and 0.65 of a generated token's share of a 4-sequence step, so drafts start short and
+# grow only while they come true.
 FIRST_DRAFT = 2
 LONGEST_DRAFT = 8
 # Steps without drafting after a wholly rejected draft; doubled for each such draft in a row.
