@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers bench-agents bench-agent-loop
+.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers bench-speculative bench-agents bench-agent-loop
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -84,6 +84,9 @@ bench-peers: setup-dev model
 # make bench-agent-loop [LLAMA_SERVER=/path/to/llama-server]
 bench-agent-loop: setup-dev model
 	$(PY) -m bench.agent_loop $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
+
+bench-speculative: setup-dev model
+	$(PY) -m bench.speculative
 
 # make bench-agents [LLAMA_SERVER=/path/to/llama-server]
 bench-agents: setup-dev model agent-clients

@@ -124,6 +124,7 @@ class ModelSettings:
     prompt_cache_mb: int  # host RAM for the KV state of prefixes that left their slots; 0: none
     prompt_cache_disk_mb: int  # the directory's bound, for prefixes across unloads and restarts; 0: none
     prompt_cache_directory: str  # absolute (relative ones are taken from config.json's folder)
+    speculative: str  # "ngram" | "off"
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,13 @@ def _flash_attn(value: Any) -> str | None:
     return None if isinstance(value, bool) or value == "auto" else 'must be true, false or "auto"'
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else "must be " + " or ".join(json.dumps(choice) for choice in allowed)
+
+    return check
+
+
 def _log_level(value: Any) -> str | None:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         return f"must be one of {', '.join(LOG_LEVELS)}"
@@ -268,6 +276,8 @@ MODEL_KEYS: dict[str, _Key] = {
     "prompt_cache_mb": _Key(1024, _integer(0)),
     "prompt_cache_disk_mb": _Key(4096, _integer(0)),
     "prompt_cache_directory": _Key("prompt-cache", _string(allow_empty=False)),
+    # Speculative decoding by prompt lookup (runtime.drafting), or "off".
+    "speculative": _Key("ngram", _one_of("ngram", "off")),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {

@@ -31,6 +31,10 @@ REQUEST_DURATION = Histogram(
     "llamasite_request_duration_seconds", "From a request's arrival to its last byte",
     ["model", "endpoint"], buckets=_LATENCY_BUCKETS,
 )
+DRAFT_TOKENS = Counter(
+    "llamasite_draft_tokens", "Tokens guessed by speculative decoding, and those the model accepted",
+    ["model", "kind"],
+)
 UNAUTHORIZED = Counter(
     "llamasite_unauthorized_requests", "Requests refused with a 401 (they leave no request record)", ["endpoint"],
 )
@@ -50,6 +54,7 @@ PROMPT_CACHE = Counter(
 def request_count(
     *, model: str, endpoint: str, status: str, http_status: int, prompt_tokens: int,
     completion_tokens: int, ttft_ms: float | None, duration_ms: float, cached_tokens: int = 0, cache_tier: str = "",
+    draft_tokens_proposed: int = 0, draft_tokens_accepted: int = 0,
 ) -> None:
     """Count one finished request."""
     if model not in model_pool().catalog.available():
@@ -61,6 +66,8 @@ def request_count(
         PROMPT_CACHE.labels(model, "none").inc(prompt_tokens - cached_tokens)
         if cached_tokens:
             PROMPT_CACHE.labels(model, cache_tier).inc(cached_tokens)
+    DRAFT_TOKENS.labels(model, "proposed").inc(draft_tokens_proposed)
+    DRAFT_TOKENS.labels(model, "accepted").inc(draft_tokens_accepted)
     if ttft_ms is not None:
         TIME_TO_FIRST_TOKEN.labels(model).observe(ttft_ms / 1000)
     REQUEST_DURATION.labels(model, endpoint).observe(duration_ms / 1000)

@@ -109,6 +109,10 @@ class RequestRecord(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token")
     duration_ms = models.FloatField()
     tokens_per_second = models.FloatField(null=True, blank=True)
+    draft_tokens_proposed = models.PositiveIntegerField(
+        default=0, help_text="Tokens guessed by speculative decoding (model_manager.speculative), all choices"
+    )
+    draft_tokens_accepted = models.PositiveIntegerField(default=0, help_text="Of those, the ones the model confirmed")
     client_address = models.CharField(max_length=100, blank=True)
     user_agent = models.CharField(max_length=500, blank=True)
     end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field")

@@ -65,6 +65,8 @@ class RequestDraft:
     ttft_ms: float | None = None
     first_token_at: float | None = None
     tokens_per_second: float | None = None
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
     end_user: str = ""
     api_key: str = ""  # the key's prefix
 
@@ -73,9 +75,8 @@ class RequestDraft:
 _RECORD_FIELDS = (
     "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
     "error_message", "prompt_tokens", "cached_tokens", "cache_tier", "completion_tokens", "finish_reason",
-    "queue_wait_ms",
-    "load_ms", "ttft_ms", "tokens_per_second", "client_address", "user_agent", "end_user", "api_key",
-    "created_at",
+    "queue_wait_ms", "load_ms", "ttft_ms", "tokens_per_second", "draft_tokens_proposed", "draft_tokens_accepted",
+    "client_address", "user_agent", "end_user", "api_key", "created_at",
 )
 
 
@@ -122,6 +123,8 @@ class RequestRecording:
                     tokens[event.index] = event.completion_tokens
                 elif isinstance(event, Finished):
                     tokens[event.index] = event.completion_tokens
+                    draft.draft_tokens_proposed += event.draft_proposed
+                    draft.draft_tokens_accepted += event.draft_accepted
                     finished += 1
                     draft.finish_reason = event.finish_reason
                     if finished == choices:
@@ -159,6 +162,7 @@ class RequestRecording:
             model=draft.model, endpoint=draft.endpoint, status=draft.status, http_status=draft.http_status,
             prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens, ttft_ms=draft.ttft_ms,
             duration_ms=duration_ms, cached_tokens=draft.cached_tokens, cache_tier=draft.cache_tier,
+            draft_tokens_proposed=draft.draft_tokens_proposed, draft_tokens_accepted=draft.draft_tokens_accepted,
         )
         config = get_config()
         if not config.records.request_records:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from inference.config import CONFIG_ENV_VAR, SCHEMA, ConfigError, config_path, load_config, physical_cores
+from inference.runtime.settings import LoadSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,7 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert defaults.n_threads_batch == physical_cores()
     assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
     assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == ("auto", True, False)
-    assert defaults.parallel == 4
+    assert (defaults.parallel, defaults.speculative) == (4, "ngram")
     assert manager.settings_for("any-model") == defaults
 
 
@@ -47,13 +48,17 @@ def test_per_model_settings_override_the_defaults(tmp_path: Path) -> None:
             "model_manager": {
                 "n_ctx": 2048,
                 "idle_timeout": 60,
-                "models": {"big": {"n_ctx": 4096, "n_gpu_layers": 0, "pinned": True, "chat_format": "chatml"}},
+                "models": {
+                    "big": {"n_ctx": 4096, "n_gpu_layers": 0, "pinned": True, "chat_format": "chatml", "speculative": "off"}
+                },
             }
         },
     )
     manager = load_config(path).model_manager
     big = manager.settings_for("big")
     assert (big.n_ctx, big.n_gpu_layers, big.pinned, big.chat_format, big.idle_timeout) == (4096, 0, True, "chatml", 60)
+    assert big.speculative == "off" and manager.settings_for("other").speculative == "ngram"
+    assert LoadSettings.of(big, trained_context=None, embedding=False).speculative == "off"
     other = manager.settings_for("other")
     assert (other.n_ctx, other.pinned) == (2048, False)
     assert manager.settings_for("big", {"idle_timeout": 5}).idle_timeout == 5
@@ -121,6 +126,8 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"models": []}}, "model_manager.models", "object of"),
         ({"model_manager": {"models": {"m": {"n_ctx": "big"}}}}, "model_manager.models.m.n_ctx", "integer"),
         ({"model_manager": {"models": {"m": {"pinned": 1}}}}, "model_manager.models.m.pinned", "true or false"),
+        ({"model_manager": {"speculative": "eagle"}}, "model_manager.speculative", 'must be "ngram" or "off"'),
+        ({"model_manager": {"models": {"m": {"speculative": False}}}}, "model_manager.models.m.speculative", '"off"'),
         ({"server": {"instance_name": 5}}, "server.instance_name", "string"),
         ({"model_manager": {"aliases": {"gpt-4o": 1}}}, "model_manager.aliases", "{alias: model name}"),
         ({"model_manager": {"aliases": ["gpt-4o"]}}, "model_manager.aliases", "{alias: model name}"),

@@ -77,7 +77,10 @@ class GenerationEngine:
         self.model, self._context = _opened(GenerationContext, name, path, settings)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
-        self._scheduler = Scheduler(self._context, settings.parallel, cache=_prompt_cache(path, settings))
+        self._scheduler = Scheduler(
+            self._context, settings.parallel, cache=_prompt_cache(path, settings),
+            drafting=settings.speculative == "ngram",
+        )
 
     @property
     def running(self) -> int:

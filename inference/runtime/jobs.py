@@ -106,6 +106,8 @@ class Finished:
     completion_tokens: int
     index: int = 0
     stop_sequence: str | None = None  # the one that stopped it (a request's or the template's)
+    draft_proposed: int = 0  # tokens guessed by drafting (runtime.drafting)
+    draft_accepted: int = 0  # of those, the ones that came true
 
 
 @dataclass(frozen=True)

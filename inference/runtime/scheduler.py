@@ -1,11 +1,12 @@
-"""Slots, KV cells, prompt caches, admission and cancellation: what each decode step holds.
+"""Admission, decode steps, drafting and cancellation: what each decode step holds.
 
 A Scheduler runs the requests of one model context: `parallel` slots (llama.cpp sequences)
-sharing one unified KV cache of `n_ctx` cells. Each step is one decode over every running
+sharing one unified KV cache of `n_ctx` cells (runtime.slots holds them and the prompt cache). Each step is one decode over every running
 request — the next token of each generating choice first, then chunks of the prompts being
-processed — after which each choice whose logits came out samples its token. New requests join
-between steps (continuous batching). A slot keeps the tokens it last processed: a new prompt that
-begins with them goes to that slot and skips them (prompt cache). A request with n choices
+processed — after which each choice whose logits came out samples its token. With drafting on, a
+generating choice's next token is followed by a few tokens guessed from its own prompt and output
+(`runtime.drafting`); those that come true are accepted in the same step. New requests join
+between steps (continuous batching). A request with n choices
 processes its prompt once, in its first slot, then shares those KV cells with its other slots.
 
 A Request owns its slots: it is admitted into all of them at once, and each of its choices is
@@ -21,15 +22,16 @@ from __future__ import annotations
 
 import codecs
 import enum
-import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from inference.runtime.drafting import NgramDrafter
 from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
-from inference.runtime.prompt_cache import PromptCache, common_prefix
+from inference.runtime.prompt_cache import PromptCache
+from inference.runtime.slots import SequenceStore, Slot, SlotMemory
 from inference.runtime.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,12 @@ class BatchToken(NamedTuple):
     logits: bool  # whether this token's logits are wanted (to sample the next one)
 
 
+class ToSample(NamedTuple):
+    choice: Choice
+    index: int  # in the batch: the token whose logits give the choice's next token
+    draft: list[int]  # guesses at the tokens after that one, in the batch right after it
+
+
 class Sampler(Protocol):
     def sample(self, index: int) -> int:
         """The next token, from the logits of the last decode's `index`th batch token."""
@@ -55,7 +63,7 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
-class DecodeContext(Protocol):
+class DecodeContext(SequenceStore, Protocol):
     """What the scheduler needs of a model context."""
 
     n_ctx: int
@@ -73,33 +81,12 @@ class DecodeContext(Protocol):
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob: ...
 
-    def forget(self, seq_id: int, keep: int) -> None:
-        """Drop the sequence's cells from position `keep` on."""
-
-    def share(self, source: int, target: int) -> None:
-        """Give `target` (an empty sequence) every cell of `source`."""
-
-    def save_sequence(self, seq_id: int) -> bytes:
-        """The sequence's KV state (for the prompt cache)."""
-
-    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
-        """Put a saved state into an empty sequence; False if it does not fit (nothing is left)."""
-
 
 class ChoiceState(enum.Enum):
     WAITING = "waiting"  # for its request's prompt (a second or later choice)
     PROMPT = "prompt"  # processing its request's prompt (the first choice)
     GENERATING = "generating"
     FINISHED = "finished"
-
-
-@dataclass(eq=False)
-class Slot:
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)  # in its KV cells, positions 0…n-1
-    cells: list[int] = field(default_factory=list)  # those cells' ids (a fork shares them)
-    choice: Choice | None = None
-    last_used: float = 0.0
 
 
 @dataclass(eq=False)
@@ -115,6 +102,9 @@ class Choice:
     generated: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    drafter: NgramDrafter = field(default_factory=NgramDrafter)
+    draft_proposed: int = 0
+    draft_accepted: int = 0
 
 
 @dataclass(eq=False)
@@ -133,38 +123,6 @@ class Request:
         return [choice for choice in self.choices if choice.state is not ChoiceState.FINISHED]
 
 
-class KvCells:
-    """The cells in use, counted as llama.cpp's unified cache holds them: a cell stays in use
-    while any slot holds it, and slots that share a prompt share its cells."""
-
-    def __init__(self) -> None:
-        self._holders: dict[int, int] = {}
-        self._ids = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._holders)
-
-    def append(self, slot: Slot, token: int) -> None:
-        cell = next(self._ids)
-        self._holders[cell] = 1
-        slot.tokens.append(token)
-        slot.cells.append(cell)
-
-    def share(self, source: Slot, target: Slot) -> None:
-        """`target` (an empty slot) holds every cell of `source` too."""
-        for cell in source.cells:
-            self._holders[cell] += 1
-        target.tokens, target.cells = list(source.tokens), list(source.cells)
-
-    def drop(self, slot: Slot, keep: int) -> None:
-        for cell in slot.cells[keep:]:
-            if self._holders[cell] == 1:
-                del self._holders[cell]
-            else:
-                self._holders[cell] -= 1
-        del slot.tokens[keep:], slot.cells[keep:]
-
-
 class Scheduler:
     """The running requests of one context, its slots and its KV cells."""
 
@@ -173,16 +131,17 @@ class Scheduler:
         context: DecodeContext,
         parallel: int,
         *,
+        drafting: bool = False,
         clock: Callable[[], float] = time.monotonic,
         cache: PromptCache | None = None,
     ) -> None:
         self._context = context
+        self._drafting = drafting
         self._clock = clock
-        self.cache = cache  # where slots' sequences go when their cells are reclaimed
         self.n_ctx = context.n_ctx
-        self.slots = [Slot(seq_id) for seq_id in range(parallel)]
-        self.cells = KvCells()
         self._requests: list[Request] = []  # running, in the order they were admitted
+        self.memory = SlotMemory(context, parallel, context.n_ctx, reserved=self._reserved, cache=cache)
+        self.slots = self.memory.slots
 
     @property
     def running(self) -> int:
@@ -193,9 +152,9 @@ class Scheduler:
     def free_slots(self) -> int:
         return len(self.slots) - self.running
 
-    def cells_used(self) -> int:
-        """KV cells taken, and reserved for the prompts still to be processed."""
-        return len(self.cells) + sum(len(request.choices[0].pending) for request in self._requests)
+    def _reserved(self) -> int:
+        """KV cells promised to the prompts still to be processed."""
+        return sum(len(request.choices[0].pending) for request in self._requests)
 
     # --- admission ------------------------------------------------------------------------------
 
@@ -204,33 +163,21 @@ class Scheduler:
         no room for it until a running request ends. Raises what the context raises for its
         samplers (a grammar llama.cpp refuses), leaving nothing behind."""
         job: GenerationJob = prepared.job  # type: ignore[assignment]
-        if self.free_slots < job.n:
-            return None
         prompt = prepared.prompt
-        free = [slot for slot in self.slots if slot.choice is None]
-        first = max(free, key=lambda slot: (common_prefix(slot.tokens, prompt), -slot.last_used))
-        others = sorted((slot for slot in free if slot is not first), key=lambda slot: slot.last_used)[: job.n - 1]
-        # The last prompt token is always processed again: its logits give the first token.
-        reuse = min(common_prefix(first.tokens, prompt), len(prompt) - 1)
-        tier = "slot"
-        restored = self._restored(first, prompt, reuse, keep=tuple(others))
-        if restored is None:
-            self._forget(first, reuse)
-        else:
-            reuse, tier = restored
-        for slot in others:
-            self._forget(slot, 0)
-        if not self._make_room(len(prompt) - reuse, keep=(first, *others)):
+        claimed = self.memory.claim(prompt, job.n)
+        if claimed is None:
             return None
+        slots, reuse, tier = claimed
         samplers = self._samplers(job)
         request = Request(key, prepared, cancelled, limit=min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt)))
-        for index, (slot, sampler) in enumerate(zip((first, *others), samplers)):
-            state = ChoiceState.PROMPT if slot is first else ChoiceState.WAITING
-            slot.choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
-            request.choices.append(slot.choice)
+        for index, (slot, sampler) in enumerate(zip(slots, samplers)):
+            state = ChoiceState.PROMPT if index == 0 else ChoiceState.WAITING
+            choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
+            slot.choice = choice
+            request.choices.append(choice)
         request.choices[0].pending = prompt[reuse:]
         self._requests.append(request)
-        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier if reuse else "")
+        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier)
 
     def _samplers(self, job: GenerationJob) -> list[Sampler]:
         samplers: list[Sampler] = []
@@ -243,67 +190,9 @@ class Scheduler:
             raise
         return samplers
 
-    def _make_room(self, cells: int, keep: tuple[Slot, ...] = ()) -> bool:
-        """Forget the caches of idle slots (least recently used first) until `cells` are free."""
-        if self.cells_used() + cells <= self.n_ctx:  # the usual case, once per generating choice
-            return True
-        idle = sorted(
-            (slot for slot in self.slots if slot.choice is None and slot.tokens and slot not in keep),
-            key=lambda slot: slot.last_used,
-        )
-        while self.cells_used() + cells > self.n_ctx and idle:
-            self._forget(idle.pop(0), 0)
-        return self.cells_used() + cells <= self.n_ctx
-
-    def _restored(self, slot: Slot, prompt: list[int], reuse: int, keep: tuple[Slot, ...]) -> tuple[int, str] | None:
-        """Restore into the slot the cached prefix of the prompt, if it is longer than what the
-        slot holds; how many prompt tokens the slot then holds, and from where ("ram", "disk")
-        (None: nothing better cached)."""
-        if self.cache is None:
-            return None
-        found = self.cache.longest(prompt)
-        if found is None or min(found[1], len(prompt) - 1) < reuse + self.cache.min_tokens:
-            return None
-        entry, shared = found
-        tier = entry.tier
-        self._forget(slot, 0)
-        state = self.cache.state_of(entry)
-        if state is None:
-            return 0, ""
-        if not self._make_room(len(entry.tokens), keep=(slot, *keep)):
-            return 0, ""
-        if not self._context.restore_sequence(slot.seq_id, state):
-            logger.warning("llama.cpp refused a cached state of %d tokens (%s); dropped it", len(entry.tokens), tier)
-            self.cache.discard(entry)
-            return 0, ""
-        for token in entry.tokens:
-            self.cells.append(slot, token)
-        usable = min(shared, len(prompt) - 1)
-        self._forget(slot, usable)
-        return usable, tier
-
     def persist_prompt_cache(self) -> None:
         """Store the slots' sequences and the RAM cache on disk (the model is unloading)."""
-        if self.cache is None or self.cache.store is None:
-            return
-        idle = sorted((slot for slot in self.slots if slot.choice is None), key=lambda slot: -slot.last_used)
-        self.cache.persist(
-            [(tuple(slot.tokens), self._context.save_sequence(slot.seq_id)) for slot in idle if len(slot.tokens) >= self.cache.min_tokens]
-        )
-
-    def _forget(self, slot: Slot, keep: int) -> None:
-        """Drop the slot's cells from `keep` on; a long enough run of them is saved in the prompt
-        cache first (the whole sequence, keyed by its tokens)."""
-        if len(slot.tokens) <= keep:
-            return
-        if (
-            self.cache is not None
-            and len(slot.tokens) - keep >= self.cache.min_tokens
-            and self.cache.worth_keeping(slot.tokens)
-        ):
-            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id))
-        self._context.forget(slot.seq_id, keep)
-        self.cells.drop(slot, keep)
+        self.memory.persist()
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -320,32 +209,46 @@ class Scheduler:
                 events += self._end(self._requests[-1], "length")
             return events
         self._context.decode(batch)
-        for choice, index in to_sample:
+        for choice, index, draft in to_sample:
             ready = [choice, *self._fork(choice.request)] if choice.state is ChoiceState.PROMPT else [choice]
             for each in ready:
-                events += self._accept(each, each.sampler.sample(index), index)
+                events += self._verify(each, index, draft)
         return events
 
-    def _fill_batch(self) -> tuple[list[BatchToken], list[tuple[Choice, int]]]:
-        """The next tokens of generating choices, then prompt chunks of starting requests."""
+    def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample]]:
+        """The next tokens of generating choices (each followed by its draft, if any), then prompt
+        chunks of starting requests."""
         batch: list[BatchToken] = []
-        to_sample: list[tuple[Choice, int]] = []
+        to_sample: list[ToSample] = []
 
         def add(choice: Choice, token: int, logits: bool) -> None:
             slot = choice.slot
-            if logits:
-                to_sample.append((choice, len(batch)))
             batch.append(BatchToken(token, len(slot.tokens), slot.seq_id, logits))
-            self.cells.append(slot, token)
+            self.memory.cells.append(slot, token)
 
         generating = [
             choice for request in self._requests for choice in request.choices if choice.state is ChoiceState.GENERATING
         ]
+        # Drafts use only the batch room that the next tokens and this step's prompt chunks leave.
+        prompt_tokens = sum(len(request.choices[0].pending) for request in self._requests)
+        spare = self._context.batch_capacity - len(generating) - min(prompt_tokens, PREFILL_CHUNK_WHILE_GENERATING)
         # A choice that finds no cell waits a step (others finish and free cells); its own
         # context never overflows: its limit is what is left of n_ctx after its prompt.
-        for choice in generating:
-            if self._make_room(1):
-                add(choice, choice.next_token, True)  # type: ignore[arg-type]
+        for number, choice in enumerate(generating):
+            if not self.memory.make_room(1):
+                continue
+            draft: list[int] = []
+            if self._drafting:
+                # Drafts take no cell that the next tokens still need and evict no cache, and stop
+                # where the choice's limit comes (the last draft token's logits give its last token).
+                free = self.n_ctx - self.memory.used() - (len(generating) - number)
+                most = min(spare, free, choice.request.limit - choice.generated - 1)
+                draft = choice.drafter.propose(choice.slot.tokens, choice.next_token, most)  # type: ignore[arg-type]
+                choice.draft_proposed += len(draft)
+                spare -= len(draft)
+            to_sample.append(ToSample(choice, len(batch), draft))
+            for token in (choice.next_token, *draft):
+                add(choice, token, True)  # type: ignore[arg-type]
         budget = self._context.batch_capacity - len(batch)
         if generating:
             budget = min(budget, PREFILL_CHUNK_WHILE_GENERATING)
@@ -356,8 +259,11 @@ class Scheduler:
             chunk = first.pending[:budget]
             del first.pending[: len(chunk)]
             budget -= len(chunk)
-            for position, token in enumerate(chunk, start=1):
-                add(first, token, logits=not first.pending and position == len(chunk))
+            for token in chunk[:-1]:
+                add(first, token, logits=False)
+            if not first.pending:
+                to_sample.append(ToSample(first, len(batch), []))
+            add(first, chunk[-1], logits=not first.pending)
         return batch, to_sample
 
     def _fork(self, request: Request) -> list[Choice]:
@@ -365,9 +271,26 @@ class Scheduler:
         first = request.choices[0]
         waiting = [choice for choice in request.choices[1:] if choice.state is ChoiceState.WAITING]
         for choice in waiting:
-            self._context.share(first.slot.seq_id, choice.slot.seq_id)
-            self.cells.share(first.slot, choice.slot)
+            self.memory.share(first.slot, choice.slot)
         return waiting
+
+    def _verify(self, choice: Choice, index: int, draft: list[int]) -> Events:
+        """Sample the choice's next token at `index` and, while it matches the draft token after it,
+        the next one at that token's (runtime.drafting); forget the cells of the rest of the draft."""
+        token = choice.sampler.sample(index)
+        events = self._accept(choice, token, index)
+        accepted = 0
+        for guess in draft:
+            if choice.state is not ChoiceState.GENERATING or token != guess:
+                break
+            accepted += 1
+            choice.draft_accepted += 1
+            token = choice.sampler.sample(index + accepted)
+            events += self._accept(choice, token, index + accepted)
+        if draft:
+            choice.drafter.verified(len(draft), accepted)
+            self.memory.forget(choice.slot, len(choice.slot.tokens) - len(draft) + accepted)
+        return events
 
     def _accept(self, choice: Choice, token: int, index: int) -> Events:
         job = choice.request.job
@@ -414,7 +337,8 @@ class Scheduler:
             if tail:
                 events.append(self._delta(choice, tail))
         finished = Finished(
-            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched
+            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched,
+            draft_proposed=choice.draft_proposed, draft_accepted=choice.draft_accepted,
         )
         return [*events, (request.key, finished)]
 

@@ -25,6 +25,7 @@ class LoadSettings:
     prompt_cache_mb: int = 0  # host RAM for prefixes that left their slots (runtime.prompt_cache)
     prompt_cache_disk_mb: int = 0  # disk for prefixes across unloads and restarts (runtime.prompt_store)
     prompt_cache_directory: str = ""
+    speculative: str = "ngram"  # "ngram": draft from each sequence's own tokens (runtime.drafting); "off"
 
     @classmethod
     def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:
@@ -43,7 +44,7 @@ class LoadSettings:
         return (
             f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, "
             f"n_threads={self.n_threads}/{self.n_threads_batch}, "
-            + ("embeddings" if self.embedding else f"parallel={self.parallel}")
+            + ("embeddings" if self.embedding else f"parallel={self.parallel}, speculative={self.speculative}")
         )
 
     def as_dict(self) -> dict[str, Any]:

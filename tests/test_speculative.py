@@ -1,0 +1,224 @@
+"""Speculative decoding by prompt lookup (model_manager.speculative), against the real model: the
+same requests give the same answers with drafting and without, and records and metrics count
+the drafts.
+
+Each comparison runs the same requests, in the same order, on a freshly loaded model with
+`speculative: "off"`, then with `"ngram"`. Alone, a request's output is identical: each token is
+one draw of its own sampler from the same logits. In a batch, llama.cpp's rounding depends on
+what decodes beside a sequence (README, "Greedy output and batching"), and drafting changes
+that, so there texts agree up to the first near-tie.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient, Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference.models import RequestRecord
+from inference.records import RequestRecording
+from inference.runtime.engine import GenerationEngine
+from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta, TokenLogprob
+from inference.runtime.settings import LoadSettings
+from tests.conftest import SMOLLM2
+
+FRUIT = "apples, pears, plums, cherries, grapes, lemons, limes, oranges, peaches, apricots, figs, dates, melons"
+REPEAT_LIST = [{"role": "user", "content": f"Repeat this list exactly: {FRUIT}."}]
+FUNCTION = '''def total_price(items, discount):
+    """The price of the items after the discount, in cents."""
+    total = 0
+    for item in items:
+        if item.quantity <= 0:
+            raise ValueError(f"{item.name}: quantity must be positive")
+        total += item.price * item.quantity
+    if discount:
+        total -= total * discount // 100
+    return total
+'''
+EDIT_CODE = [{"role": "user", "content": f"Rename `items` to `products` in this function:\n\n```python\n{FUNCTION}```"}]
+STORY = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+}
+
+
+async def answers_with_and_without_drafting(use_config: Callable[..., Path], *bodies: dict) -> dict[str, list]:
+    """Each body's answer and record, with speculative "off" and then "ngram" (each on a model
+    loaded afresh, with no prompt cache on disk from the other; the bodies sent one after the other)."""
+    results: dict[str, list] = {}
+    for mode in ("off", "ngram"):
+        use_config(speculative=mode, prompt_cache_disk_mb=0)
+        answers = []
+        for body in bodies:
+            response = await AsyncClient().post(
+                "/v1/chat/completions", {"model": SMOLLM2, **body}, content_type="application/json"
+            )
+            assert response.status_code == 200, response.content
+            answer = response.json()
+            record = await RequestRecord.objects.aget(completion_id=answer["id"])
+            answers.append((answer, record))
+        results[mode] = answers
+    return results
+
+
+def outputs(answer: dict) -> list[tuple[str, str]]:
+    return [(choice["message"]["content"], choice["finish_reason"]) for choice in answer["choices"]]
+
+
+def assert_same_answers(results: dict[str, list]) -> None:
+    for (plain, plain_record), (drafted, record) in zip(results["off"], results["ngram"], strict=True):
+        assert outputs(drafted) == outputs(plain)
+        assert drafted["usage"] == plain["usage"]
+        assert (plain_record.draft_tokens_proposed, plain_record.draft_tokens_accepted) == (0, 0)
+        assert 0 <= record.draft_tokens_accepted <= record.draft_tokens_proposed
+
+
+async def draft_token_counts() -> dict[str, float]:
+    """The /metrics counters of draft tokens for the model, by kind."""
+    text = (await AsyncClient().get("/metrics")).content.decode()
+    return {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llamasite_draft_tokens_total" and sample.labels["model"] == SMOLLM2
+    }
+
+
+async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config, admin_client: Client) -> None:
+    before = await draft_token_counts()
+    results = await answers_with_and_without_drafting(
+        use_config,
+        {"messages": REPEAT_LIST, "max_tokens": 80, "temperature": 0},
+        {"messages": EDIT_CODE, "max_tokens": 160, "temperature": 0},
+        {"messages": STORY, "max_tokens": 80, "temperature": 0},
+    )
+    assert_same_answers(results)
+    records = [record for _, record in results["ngram"]]
+    copied, edited, _ = records
+    assert "apples, pears, plums, cherries, grapes" in results["ngram"][0][0]["choices"][0]["message"]["content"]
+    assert copied.draft_tokens_accepted > copied.draft_tokens_proposed / 2 > 5
+    assert edited.draft_tokens_accepted > 10
+    after = await draft_token_counts()
+    for kind, column in (("proposed", "draft_tokens_proposed"), ("accepted", "draft_tokens_accepted")):
+        assert after[kind] - before.get(kind, 0) == sum(getattr(record, column) for record in records)
+    page = (await sync_to_async(admin_client.get)(f"/admin/inference/requestrecord/{copied.pk}/change/")).content.decode()
+    assert "Draft tokens proposed" in page and "Draft tokens accepted" in page
+
+
+async def test_a_seeded_sampled_request_gives_the_same_text(use_config) -> None:
+    results = await answers_with_and_without_drafting(
+        use_config,
+        {"messages": REPEAT_LIST, "max_tokens": 60, "temperature": 0.8, "seed": 11},
+        {"messages": EDIT_CODE, "max_tokens": 100, "temperature": 0.8, "seed": 12},
+    )
+    assert_same_answers(results)
+    # Not a property (whether drafts come true depends on the draws): a check that this test
+    # still exercises drafting; if not, choose other seeds.
+    assert sum(record.draft_tokens_accepted for _, record in results["ngram"]) > 0
+
+
+async def test_the_record_sums_the_drafts_of_every_choice(use_config) -> None:
+    async def events() -> AsyncIterator[JobEvent]:
+        yield TextDelta("apples", 1, index=0)
+        yield TextDelta("pears", 1, index=1)
+        yield Finished("length", 9, 6, index=1, draft_proposed=4, draft_accepted=1)
+        yield Finished("stop", 9, 7, index=0, draft_proposed=5, draft_accepted=3)
+
+    recording = RequestRecording(endpoint="/v1/chat/completions")
+    recording.draft.model = SMOLLM2
+    assert len([event async for event in recording.events(events(), choices=2)]) == 4
+    record = await RequestRecord.objects.aget()
+    assert (record.completion_tokens, record.draft_tokens_proposed, record.draft_tokens_accepted) == (13, 9, 4)
+
+
+async def test_a_json_schema_answer_is_still_valid(use_config) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "people", "schema": {"type": "array", "items": PERSON}}}
+    people = "Ann, 31, from Oslo; Bob, 45, from Lima; Cleo, 27, from Rome; Dan, 52, from Kyiv"
+    request = [{"role": "user", "content": f"List these people as JSON with name, age and city: {people}."}]
+    results = await answers_with_and_without_drafting(
+        use_config, {"messages": request, "response_format": schema, "max_tokens": 200, "temperature": 0}
+    )
+    assert_same_answers(results)
+    [(answer, record)] = results["ngram"]
+    content, finish_reason = outputs(answer)[0]
+    assert finish_reason == "stop"
+    jsonschema.validate(json.loads(content), {"type": "array", "items": PERSON})
+    assert record.draft_tokens_accepted > 0  # drafts came true inside the grammar
+
+
+async def test_max_tokens_and_stop_sequences_end_it_as_without_drafting(use_config) -> None:
+    """Both fall in the middle of a draft that goes on past them."""
+    results = await answers_with_and_without_drafting(
+        use_config,
+        {"messages": REPEAT_LIST, "max_tokens": 60, "temperature": 0},
+        {"messages": REPEAT_LIST, "max_tokens": 13, "temperature": 0},
+        {"messages": REPEAT_LIST, "max_tokens": 60, "temperature": 0, "stop": ["lemons"]},
+    )
+    assert_same_answers(results)
+    (whole, _), (cut, cut_record), (stopped, stopped_record) = results["ngram"]
+    assert outputs(cut)[0][1] == "length" and cut["usage"]["completion_tokens"] == 13
+    assert whole["choices"][0]["message"]["content"].startswith(outputs(cut)[0][0])
+    content, finish_reason = outputs(stopped)[0]
+    assert finish_reason == "stop" and content.endswith("grapes, ") and "lemons" not in content
+    assert cut_record.draft_tokens_accepted > 0 and stopped_record.draft_tokens_accepted > 0
+
+
+Choices = dict[tuple[str, int], tuple[list[TokenLogprob], Finished]]
+
+
+def generate_together(model: Path, speculative: str, jobs: dict[str, ChatJob]) -> Choices:
+    """Start every job before the first step (so both runs batch them alike) and step until all
+    are done: each choice's tokens with their top logprobs, and its Finished."""
+    settings = LoadSettings(n_ctx=4096, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=5, speculative=speculative)
+    engine = GenerationEngine("smollm2", model, settings)
+    tokens: dict[tuple[str, int], list[TokenLogprob]] = {}
+    finished: dict[tuple[str, int], Finished] = {}
+    try:
+        for key, job in jobs.items():
+            assert engine.start(key, engine.prepare(job), lambda: False)
+        while engine.running:
+            for key, event in engine.step():
+                if isinstance(event, TextDelta):
+                    tokens.setdefault((key, event.index), []).extend(event.logprobs)
+                elif isinstance(event, Finished):
+                    finished[key, event.index] = event
+    finally:
+        engine.close()
+    return {choice: (tokens.get(choice, []), finished[choice]) for choice in finished}
+
+
+# Measured here: where the greedy texts of a batch part, with drafting or without, the two runs'
+# log-probabilities of the same token differ by up to 0.2; the top two were within 0.11.
+NEAR_TIE = 0.5
+
+
+def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None:
+    """Four requests decoded together, one of them with n = 2 (its choices decode side by side)."""
+
+    def job(messages: list[dict[str, Any]], n: int = 1) -> ChatJob:
+        chat = tuple(ChatMessage(message["role"], message["content"]) for message in messages)
+        return ChatJob(messages=chat, max_tokens=100, sampling=Sampling(temperature=0), logprobs=2, n=n)
+
+    jobs = {"list": job(REPEAT_LIST, n=2), "code": job(EDIT_CODE), "story": job(STORY), "hello": job([{"role": "user", "content": "Hi!"}])}
+    plain = generate_together(smollm2_file, "off", jobs)
+    drafted = generate_together(smollm2_file, "ngram", jobs)
+    assert drafted.keys() == plain.keys() and len(drafted) == 5
+    for choice in plain:
+        ours, theirs = drafted[choice][0], plain[choice][0]
+        parted = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a.token != b.token), None)
+        if parted is None:  # the same all along
+            assert len(ours) == len(theirs) and drafted[choice][1].finish_reason == plain[choice][1].finish_reason
+            continue
+        for chosen, other in ((ours[parted], theirs[parted]), (theirs[parted], ours[parted])):
+            rival = next(top for top in chosen.top if top.token == other.token)
+            assert chosen.logprob - rival.logprob < NEAR_TIE, f"{choice}: parted at token {parted} without a near-tie"
+    assert all(drafted["list", index][1].draft_accepted > 5 for index in (0, 1))
+    assert drafted["code", 0][1].draft_accepted > 5
