@@ -116,14 +116,15 @@ def llama_cpp_python_server(python: str, model_path: Path, n_ctx: int, threads: 
 
 @contextmanager
 def llama_cpp_server(
-    binary: str, model_path: Path, n_ctx: int, threads: tuple[int, int], slots: int
+    binary: str, model_path: Path, n_ctx: int, threads: tuple[int, int], slots: int, extra: list[str] | None = None
 ) -> Iterator[Running]:
-    """llama.cpp's C++ llama-server with `slots` slots sharing one KV cache, as ours do."""
+    """llama.cpp's C++ llama-server with `slots` slots sharing one KV cache, as ours do; `extra`
+    adds its options."""
     workdir = Path(tempfile.mkdtemp(prefix="llama-server-bench-"))
     port = free_port()
     command = [
         binary, "-m", str(model_path), "-c", str(n_ctx), "-t", str(threads[0]), "-tb", str(threads[1]),
-        "--host", "127.0.0.1", "--port", str(port), "-np", str(slots), "--kv-unified", "--no-webui",
+        "--host", "127.0.0.1", "--port", str(port), "-np", str(slots), "--kv-unified", "--no-webui", *(extra or []),
     ]
     try:
         with started(command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/health", workdir) as running:

@@ -1,15 +1,18 @@
-"""Benchmark: what speculative decoding (model_manager.speculative) gains, and what it costs.
+"""Benchmark: code edits and plain chat with speculative decoding (model_manager.speculative).
 
-Starts this server twice on the bundled SmolLM2, with speculative "ngram" and "off", and goes
-round the two (every other round in reverse, so the machine's drift hits both alike) for
+Starts this server twice on the bundled SmolLM2, with speculative "ngram" and "off", and, given
+its binary, llama.cpp's server with its defaults (no speculative decoding) and with its own
+prompt-lookup drafting (`--spec-type ngram-simple`, `ngram-mod`); goes round them all (every
+other round in reverse, so the machine's drift hits each alike) for
   - code edits: "rewrite this ~400-token function with one change", for three changes, greedy,
     up to 512 tokens;
   - plain chat: the story prompt of `python -m bench`, greedy, 128 tokens;
-then 4 clients × 4 plain chats at once on each. Prints the medians (tokens/s after the first
-token, per stream; aggregate tokens/s for the 4 clients), the ratio ngram / off, and how many of
-the drafted tokens the model accepted (from the "ngram" server's request records).
+then 4 clients × 4 plain chats at once on each. Prints a table of the medians (tokens/s after the
+first token, per stream; aggregate tokens/s for the 4 clients) with each server's ratio to
+llama.cpp's server with its defaults (or to ours with "off", without it), and how many of the
+drafted tokens our server accepted (from its request records). `--out FILE` appends the table.
 
-    .venv/bin/python -m bench.speculative [--runs 7]
+    .venv/bin/python -m bench.speculative [--runs 7] [--llama-server PATH] [--out bench/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -19,14 +22,24 @@ import asyncio
 import logging
 import sqlite3
 import statistics
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
 
 from bench import client
-from bench.servers import Running, llamasite
+from bench.__main__ import thread_counts
+from bench.servers import Running, llama_cpp_server, llamasite
 from inference.management.commands.install_default_model import bundled_default_model
 
 logger = logging.getLogger("bench.speculative")
 SETTINGS = {"n_ctx": 4096, "parallel": 4}
-MODES = ("ngram", "off")
+OURS, OFF = "llamasite (ngram)", "llamasite, speculative off"
+LLAMA_CPP_DEFAULTS = "llama.cpp server"
+LLAMA_CPP = {
+    LLAMA_CPP_DEFAULTS: [],
+    "llama.cpp server, ngram-simple": ["--spec-type", "ngram-simple"],
+    "llama.cpp server, ngram-mod": ["--spec-type", "ngram-mod"],
+}
 FUNCTION = '''\
 def summarise_orders(orders, customers, since=None, currency="EUR"):
     """Totals per customer of the orders placed since a date, in one currency.
@@ -98,50 +111,74 @@ def drafts(running: Running, streams: list[client.Stream]) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    runs = parser.parse_args().runs
+    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    parser.add_argument("--out", type=Path, help="a markdown file to append the table to")
+    options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    model_path = bundled_default_model()
-    streams: dict[tuple[str, str], list[client.Stream]] = {(f, m): [] for f in FIGURES for m in MODES}
+    model_path, threads = bundled_default_model(), thread_counts()
+    ours = {**SETTINGS, "n_threads": threads[0], "n_threads_batch": threads[1]}
+    starts: dict[str, Callable[[], AbstractContextManager[Running]]] = {
+        OURS: lambda: llamasite(model_path, {**ours, "speculative": "ngram"}),
+        OFF: lambda: llamasite(model_path, {**ours, "speculative": "off"}),
+    }
+    if options.llama_server:
+        for name, extra in LLAMA_CPP.items():
+            starts[name] = lambda extra=extra: llama_cpp_server(
+                options.llama_server, model_path, SETTINGS["n_ctx"], threads, SETTINGS["parallel"], extra
+            )
+    names = list(starts)
+    streams: dict[tuple[str, str], list[client.Stream]] = {(f, n): [] for f in FIGURES for n in names}
     concurrent: dict[str, client.Concurrent] = {}
-    with llamasite(model_path, {**SETTINGS, "speculative": "ngram"}) as ngram, llamasite(
-        model_path, {**SETTINGS, "speculative": "off"}
-    ) as off:
-        servers = {"ngram": ngram, "off": off}
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(start()) for name, start in starts.items()}
         for running in servers.values():
             for messages, _ in FIGURES.values():
                 stream(running, messages, 8)  # warm-up: the load, the prompt cache
-        for run in range(runs):
-            for mode in MODES if run % 2 == 0 else MODES[::-1]:
+        for run in range(options.runs):
+            for name in names if run % 2 == 0 else names[::-1]:
                 for figure, (messages, max_tokens) in FIGURES.items():
-                    streams[figure, mode].append(stream(servers[mode], messages, max_tokens))
+                    streams[figure, name].append(stream(servers[name], messages, max_tokens))
         for run in range(2):
-            for mode in MODES if run % 2 == 0 else MODES[::-1]:
-                running = servers[mode]
+            for name in names if run % 2 == 0 else names[::-1]:
+                running = servers[name]
                 result = asyncio.run(client.concurrent_streams(running.url, running.model, 4, 2, None))
-                concurrent[mode] = concurrent[mode] + result if mode in concurrent else result
-        accepted = {figure: drafts(ngram, streams[figure, "ngram"]) for figure in FIGURES}
-        accepted["4 clients"] = drafts(ngram, concurrent["ngram"].streams)
+                concurrent[name] = concurrent[name] + result if name in concurrent else result
+        accepted = {figure: drafts(servers[OURS], streams[figure, OURS]) for figure in FIGURES}
+        accepted["4 clients"] = drafts(servers[OURS], concurrent[OURS].streams)
     rows = {
-        f"{figure}: tokens/s": {m: statistics.median(s.decode_tokens_per_s for s in streams[figure, m]) for m in MODES}
+        f"{figure}: tokens/s": {n: statistics.median(s.decode_tokens_per_s for s in streams[figure, n]) for n in names}
         for figure in FIGURES
     }
     edits = [figure for figure in FIGURES if figure.startswith("code edit")]
     rows["code edits, all: tokens/s"] = {
-        mode: statistics.median(s.decode_tokens_per_s for figure in edits for s in streams[figure, mode]) for mode in MODES
+        n: statistics.median(s.decode_tokens_per_s for figure in edits for s in streams[figure, n]) for n in names
     }
     rows["4 clients × 4 plain chats: aggregate tokens/s"] = {
-        mode: concurrent[mode].figures()["aggregate_tokens_per_s"] for mode in MODES
+        n: concurrent[n].figures()["aggregate_tokens_per_s"] for n in names
     }
-    logger.info("%-46s %8s %8s %7s", "median", "ngram", "off", "ratio")
+    baseline = LLAMA_CPP_DEFAULTS if options.llama_server else OFF
+    lines = [
+        f"## Speculative decoding: code edits and plain chat (median of {options.runs}; ratios to {baseline})",
+        "",
+        "| figure | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for title, figure in rows.items():
-        logger.info("%-46s %8.1f %8.1f %6.2fx", title, figure["ngram"], figure["off"], figure["ngram"] / figure["off"])
+        cells = [f"{figure[n]:.1f} ({figure[n] / figure[baseline]:.2f}×)" for n in names]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines.append("")
     for figure, (proposed, taken) in accepted.items():
         share = f"{taken / proposed:.0%}" if proposed else "–"
-        logger.info("%s: %d draft tokens proposed, %d accepted (%s)", figure, proposed, taken, share)
+        lines.append(f"- {OURS}, {figure}: {proposed} draft tokens proposed, {taken} accepted ({share})")
     for figure in FIGURES:
-        lengths = {mode: statistics.median(s.tokens for s in streams[figure, mode]) for mode in MODES}
-        logger.info("%s: median tokens per answer %s", figure, lengths)
+        lengths = ", ".join(f"{n} {statistics.median(s.tokens for s in streams[figure, n]):.0f}" for n in names)
+        lines.append(f"- {figure}: median tokens per answer: {lengths}")
+    text = "\n".join(lines) + "\n"
+    logger.info("\n%s", text)
+    if options.out:
+        with options.out.open("a") as out:
+            out.write("\n" + text)
 
 
 if __name__ == "__main__":
