@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.template.response import SimpleTemplateResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -71,10 +73,14 @@ def _names(*keys: str) -> dict[str, Any]:
 
 
 class APIView(AsyncAPIView):
-    """adrf's async APIView, with DRF's `initial` checks run inline.
+    """adrf's async APIView, with DRF's `initial` checks run inline and its response rendered
+    inline.
 
-    adrf runs them through sync_to_async, a thread hop on every request; ours (content
-    negotiation, the admin token) are quick and never touch the database.
+    adrf runs the checks through sync_to_async, a thread hop on every request; ours (content
+    negotiation, the admin token) are quick and never touch the database. Django renders a
+    response with a sync `render` (DRF's Response) through sync_to_async too, unless `render` is
+    a coroutine function: rendering JSON is quick, so it is done here and `render` replaced by
+    an async no-op.
     """
 
     async def async_dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
@@ -94,7 +100,17 @@ class APIView(AsyncAPIView):
             if response.status_code == 401:
                 metrics.unauthorized_count(endpoint_of(request))
         self.response = self.finalize_response(request, response, *args, **kwargs)
+        if isinstance(self.response, SimpleTemplateResponse):
+            self.response.render()
+            self.response.render = _rendered(self.response)  # type: ignore[method-assign]
         return self.response
+
+
+def _rendered(response: SimpleTemplateResponse) -> Callable[[], Awaitable[SimpleTemplateResponse]]:
+    async def render() -> SimpleTemplateResponse:
+        return response
+
+    return render
 
 
 class HealthView(APIView):

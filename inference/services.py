@@ -10,7 +10,6 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import DatabaseError, transaction
 
 from inference import selectors, tools
@@ -327,7 +326,8 @@ async def config_reload() -> dict[str, list[str]]:
     logging.getLogger().setLevel(config.server.log_level)
     changes, gone = model_pool().reload(config.model_manager)
     await _unloaded(gone)
-    await sync_to_async(discovered_models_sync)(models=model_pool().catalog.available())
+    models = model_pool().catalog.available()
+    await database_call(lambda: discovered_models_sync(models=models), needed_for="the models' admin rows")
     logger.info(
         "reloaded %s: added %s, removed %s, changed %s",
         config.path,
