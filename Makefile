@@ -103,3 +103,5 @@ $(BENCH_VENV)/.installed: requirements-bench.txt
 # make bench [LLAMA_SERVER=/path/to/llama-server] [BENCH_ARGS="--config '{\"n_threads\": 1}'"]
 bench: setup-dev model $(BENCH_VENV)/.installed
 	$(PY) -m bench --llama-cpp-python $(BENCH_VENV)/bin/python $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)
+	$(PY) -m bench.agent_loop --out bench/RESULTS.md $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
+	$(PY) -m bench.speculative --out bench/RESULTS.md $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))

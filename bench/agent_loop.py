@@ -10,7 +10,9 @@ After an unload: turn 1 of a long conversation, the model unloaded (ours: the ad
 its prompt cache goes to disk; llama.cpp's: a restart), then turn 2: its time to first token
 against turn 1's (cold).
 
-    .venv/bin/python -m bench.agent_loop [--llama-server PATH] [--conversations 8] [--turns 6]
+    .venv/bin/python -m bench.agent_loop [--llama-server PATH] [--conversations 8] [--turns 6] [--out FILE]
+
+`--out FILE` appends the table to FILE (make bench: bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from bench import client
 from bench.__main__ import admin, thread_counts
@@ -101,6 +104,7 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    parser.add_argument("--out", type=Path, help="a markdown file to append the table to")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -110,8 +114,13 @@ def main() -> None:
     }
     if args.llama_server:
         servers["llama.cpp server"] = lambda: llama_cpp_server(args.llama_server, model_path, N_CTX, threads, slots=CLIENTS)
-    logger.info("| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turn 1 TTFT s (cold) | turn 2 TTFT s after an unload | ratio |")
-    logger.info("|---|---|---|---|---|---|---|")
+    lines = [
+        f"## Agent loop ({args.conversations} conversations × {args.turns} turns, {CLIENTS} clients, "
+        f"max_tokens {MAX_TOKENS}) and a turn after an unload",
+        "",
+        "| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turn 1 TTFT s (cold) | turn 2 TTFT s after an unload | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, start in servers.items():
         with start() as running:
             loop = asyncio.run(agent_loop(running, args.conversations, args.turns))
@@ -122,10 +131,16 @@ def main() -> None:
         if name != "llamasite":
             with start() as running:  # llama.cpp's server keeps nothing across a restart
                 after = first_token(running, 2)
-        logger.info(
-            "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f× |", name, loop["wall_s"], loop["ttft_p50_s"],
-            loop["ttft_p99_s"], cold, after, after / cold if cold else 0.0,
+        lines.append(
+            f"| {name} | {loop['wall_s']:.1f} | {loop['ttft_p50_s']:.2f} | {loop['ttft_p99_s']:.2f} | {cold:.2f} "
+            f"| {after:.2f} | {after / cold if cold else 0.0:.2f}× |"
         )
+        logger.info("%s", lines[-1])
+    text = "\n".join(lines) + "\n"
+    logger.info("\n%s", text)
+    if args.out:
+        with args.out.open("a") as out:
+            out.write("\n" + text)
 
 
 if __name__ == "__main__":

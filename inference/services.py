@@ -239,6 +239,7 @@ async def _generate(
     per_job = jobs[0].n if isinstance(jobs[0], GenerationJob) else 1
     events = started[0][1] if len(started) == 1 else _merged([events for _, events in started], per_job)
     generation = Generation(
+        waiting=first.waiting if len(started) == 1 else Generation.waiting,
         model=model_file.name,
         prompt_tokens=draft.prompt_tokens,
         cached_tokens=draft.cached_tokens,

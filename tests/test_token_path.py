@@ -1,12 +1,13 @@
 """The path from a request to its answer, as daphne calls the ASGI application: an API answer is
 sent without a thread hop (no per-request thread, no sync signal receivers, no sync render);
-the pages keep Django's request_started receivers."""
+the pages keep Django's request_started receivers. A stream sends the tokens that are already
+waiting in one write."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,9 @@ from asgiref.sync import SyncToAsync
 from django.core.signals import request_started
 from django.db import close_old_connections
 
+from inference.protocol.common import sse_stream
+from inference.runtime.channel import Job
+from inference.runtime.jobs import ChatJob, Finished, Generation, TextDelta
 from llamasite.asgi import application
 
 
@@ -94,3 +98,24 @@ async def test_an_api_answer_is_sent_without_a_thread_hop(
 async def test_a_page_request_still_runs_the_request_started_receivers(use_config, hops: list[str]) -> None:
     assert await served("/no-such-page", hops) == 404
     assert hops[0] == "_request_started_receivers_for_pages_only.<locals>.run_receivers"
+
+
+async def test_events_already_waiting_go_out_in_one_write() -> None:
+    """A stream sends in one write the chunks of every event that was already there when the
+    chunk before it was made; an event that comes later gets a write of its own."""
+    job = Job(ChatJob(messages=()), asyncio.get_running_loop())
+    generation = Generation(model="m", prompt_tokens=1, events=job.events(), waiting=job.waiting)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for event in generation.events:
+            yield f"{event.text if isinstance(event, TextDelta) else event.finish_reason};".encode()
+
+    stream = sse_stream(generation, chunks(), done=b"[DONE]")
+    job.emit(TextDelta("a", 1))
+    job.emit(TextDelta("b", 2))
+    assert await anext(stream) == b"a;b;"
+    job.emit(TextDelta("c", 3))
+    assert await anext(stream) == b"c;"
+    job.emit(TextDelta("d", 4))
+    job.emit(Finished("stop", 1, 4))
+    assert [write async for write in stream] == [b"d;stop;", b"[DONE]"]

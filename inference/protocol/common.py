@@ -92,23 +92,29 @@ async def sse_stream(
 ) -> AsyncIterator[bytes]:
     """A response's SSE chunks, then `done` (OpenAI's `data: [DONE]`).
 
+    Chunks whose events were already waiting when the one before was made go out in one write
+    (a client or loop slower than the model gets several tokens per write, not one write each).
     An error after the stream started is sent as one `error_event` (OpenAI's: `data: {"error":
     ...}`), then the stream ends. Closing this iterator (the client went away) stops the
     generation.
     """
+    ready: list[bytes] = []
     try:
         async for chunk in chunks:
-            yield chunk
+            ready.append(chunk)
+            if not generation.waiting():
+                yield b"".join(ready)
+                ready.clear()
     except (ApiError, RuntimeFailure) as exc:
-        yield error_event(api_error(exc))
+        yield b"".join(ready) + error_event(api_error(exc))
         return
     finally:
         # The chunks first: they may be reading the events in a task of their own (a heartbeat's),
         # and closing the events under that task would fail and leave the generation running.
         await chunks.aclose()  # type: ignore[attr-defined]
         await generation.events.aclose()  # type: ignore[attr-defined]
-    if done:
-        yield done
+    if ready or done:
+        yield b"".join(ready) + done
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:

@@ -1,7 +1,8 @@
 """A queued job and the channel its events travel on, from a worker thread to the event loop.
 
 Events wait in a deque; the loop is woken once per batch of them rather than once per token, so a
-busy loop takes several tokens at a time instead of falling behind. A consumer that stops
+busy loop takes several tokens at a time instead of falling behind. `waiting` says whether more
+events are already here, so that a stream can send them in one write. A consumer that stops
 listening (a client hung up, its task was cancelled) cancels the job: the worker drops it if it
 has not started, and its scheduler frees its slots at the next step if it has.
 """
@@ -29,6 +30,7 @@ class Job:
         self.load_ms: float | None = None  # set if this job's request loaded the model
         self._loop = loop
         self._pending: deque[JobEvent | Exception] = deque()
+        self._taken = 0  # events taken from _pending and not yet handed on
         self._pending_lock = threading.Lock()
         self._wake_scheduled = False
         self._arrived = asyncio.Event()
@@ -40,6 +42,10 @@ class Job:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def waiting(self) -> bool:
+        """Whether the consumer's next event is already here (it would come without waiting)."""
+        return self._taken > 0 or bool(self._pending)
 
     def push(self, event: JobEvent | Exception) -> bool:
         """Queue an event (worker thread); True if its loop must be woken for it."""
@@ -67,7 +73,8 @@ class Job:
                     batch = list(self._pending)
                     self._pending.clear()
                     self._wake_scheduled = False
-                for event in batch:
+                for taken, event in enumerate(batch):
+                    self._taken = len(batch) - taken - 1
                     if isinstance(event, Exception):
                         raise event
                     yield event

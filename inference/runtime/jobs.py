@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 
@@ -142,5 +142,6 @@ class Generation:
     choices: int = 1
     cached_tokens: int = 0
     cache_tier: str = ""  # PromptAccepted's (of the first prompt)
+    waiting: Callable[[], bool] = lambda: False  # whether more events are already here (runtime.channel)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
