@@ -226,7 +226,7 @@ async def test_a_full_queue_is_refused_with_a_retry_after(synthetic_models: Path
 
 async def test_a_model_over_the_memory_limit_is_refused_before_loading(synthetic_models: Path) -> None:
     log: list[str] = []
-    pool = make_pool(synthetic_models, log, max_memory_mb=10)  # a synthetic model is estimated at ~32 MB
+    pool = make_pool(synthetic_models, log, max_memory_mb=10, prompt_cache_mb=0)  # a synthetic model: ~32 MB
     with pytest.raises(ModelTooLarge) as refused:
         await collect(pool, "alpha", chat("x"))
     assert refused.value.limit_mb == 10 and refused.value.needed_mb > 10
@@ -234,9 +234,22 @@ async def test_a_model_over_the_memory_limit_is_refused_before_loading(synthetic
     pool.shutdown()
 
 
+async def test_the_prompt_cache_budget_counts_toward_the_memory_limit(synthetic_models: Path) -> None:
+    log: list[str] = []
+    pool = make_pool(synthetic_models, log, max_memory_mb=50, prompt_cache_mb=30)  # ~32 MB + 30 MB
+    with pytest.raises(ModelTooLarge) as refused:
+        await collect(pool, "alpha", chat("x"))
+    assert refused.value.needed_mb > 50 and "prompt cache up to 30 MB" in refused.value.estimate
+    assert log == []
+    pool.catalog.config = pool_config(synthetic_models, max_memory_mb=50, prompt_cache_mb=10)
+    await collect(pool, "alpha", chat("x"))
+    assert pool.loaded_models() == ["alpha"]
+    pool.shutdown()
+
+
 async def test_the_memory_limit_unloads_idle_models_to_make_room(synthetic_models: Path) -> None:
     log: list[str] = []
-    pool = make_pool(synthetic_models, log, max_memory_mb=50, max_loaded_models=2)  # room for one
+    pool = make_pool(synthetic_models, log, max_memory_mb=50, max_loaded_models=2, prompt_cache_mb=0)  # room for one
     await collect(pool, "alpha", chat("x"))
     await collect(pool, "beta", chat("x"))
     assert log.index("close alpha") < log.index("load beta")

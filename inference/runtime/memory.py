@@ -2,7 +2,8 @@
 
 `model_manager.max_memory_mb` refuses or makes room for a load by this estimate, so that a
 model too big for the machine gets a clear error instead of the kernel's OOM killer. The
-estimate errs high: weights (the file), the KV cache (f16) and the compute buffers.
+estimate errs high: weights (the file), the KV cache (f16), the compute buffers and the whole
+budget of its host-RAM prompt cache (`prompt_cache_mb`, which fills as prefixes leave slots).
 """
 
 from __future__ import annotations
@@ -26,27 +27,32 @@ class MemoryEstimate:
     weights: int
     kv_cache: int
     compute: int
+    prompt_cache: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute
+        return self.weights + self.kv_cache + self.compute + self.prompt_cache
 
     def describe(self) -> str:
         return (
             f"about {self.total / MIB:,.0f} MB: weights {self.weights / MIB:,.0f} MB, "
             f"KV cache {self.kv_cache / MIB:,.0f} MB, compute buffers {self.compute / MIB:,.0f} MB"
+            + (f", prompt cache up to {self.prompt_cache / MIB:,.0f} MB" if self.prompt_cache else "")
         )
 
 
-def memory_estimate(info: GGUFInfo, *, file_bytes: int, n_ctx: int, n_batch: int) -> MemoryEstimate:
-    """Weights, KV cache for `n_ctx` cells (all slots share one unified cache) and the compute
+def memory_estimate(
+    info: GGUFInfo, *, file_bytes: int, n_ctx: int, n_batch: int, prompt_cache_bytes: int = 0
+) -> MemoryEstimate:
+    """Weights, KV cache for `n_ctx` cells (all slots share one unified cache), the compute
     buffers of one `n_batch` step, the larger of its logits and (without flash attention) its
-    attention scores: the graph allocator reuses one for the other."""
+    attention scores (the graph allocator reuses one for the other), and the prompt cache."""
     kv_cache = n_ctx * info.block_count * info.head_count_kv * (info.key_length + info.value_length) * _F16_BYTES
     attention_scores = n_batch * n_ctx * info.head_count * _F32_BYTES
     logits = n_batch * info.vocab_size * _F32_BYTES
     return MemoryEstimate(
-        weights=file_bytes, kv_cache=kv_cache, compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES
+        weights=file_bytes, kv_cache=kv_cache, compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES,
+        prompt_cache=prompt_cache_bytes,
     )
 
 
@@ -60,7 +66,7 @@ def memory_needed(model: ModelFile, settings: ModelSettings, limit: int) -> int:
         return 0
     estimate = memory_estimate(
         info, file_bytes=model.size_bytes, n_ctx=context_length(settings.n_ctx, info.context_length),
-        n_batch=settings.n_batch,
+        n_batch=settings.n_batch, prompt_cache_bytes=settings.prompt_cache_mb * MIB,
     )
     if estimate.total > limit:
         raise ModelTooLarge(
