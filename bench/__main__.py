@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import sqlite3
@@ -190,6 +191,16 @@ ROWS = [
     ("health_ms_p50", "health (or /v1/models) p50 ms during {clients} streams", False),
     ("health_ms_p99", "health (or /v1/models) p99 ms during {clients} streams", False),
 ]
+
+
+def report(lines: list[str], out: Path | None) -> None:
+    """Log a markdown section and append it to `out` (the benches that `make bench` runs after
+    this one add theirs to bench/RESULTS.md)."""
+    text = "\n".join(lines) + "\n"
+    logging.getLogger("bench").info("\n%s", text)
+    if out:
+        with out.open("a") as file:
+            file.write("\n" + text)
 
 
 def format_value(value: float | None) -> str:

@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from bench import client
-from bench.__main__ import admin, thread_counts
+from bench.__main__ import admin, report, thread_counts
 from bench.servers import Running, llama_cpp_server, llamasite
 from inference.management.commands.install_default_model import bundled_default_model
 
@@ -136,11 +136,7 @@ def main() -> None:
             f"| {after:.2f} | {after / cold if cold else 0.0:.2f}× |"
         )
         logger.info("%s", lines[-1])
-    text = "\n".join(lines) + "\n"
-    logger.info("\n%s", text)
-    if args.out:
-        with args.out.open("a") as out:
-            out.write("\n" + text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 from bench import client
-from bench.__main__ import thread_counts
+from bench.__main__ import report, thread_counts
 from bench.servers import Running, llama_cpp_server, llamasite
 from inference.management.commands.install_default_model import bundled_default_model
 
@@ -174,11 +174,7 @@ def main() -> None:
     for figure in FIGURES:
         lengths = ", ".join(f"{n} {statistics.median(s.tokens for s in streams[figure, n]):.0f}" for n in names)
         lines.append(f"- {figure}: median tokens per answer: {lengths}")
-    text = "\n".join(lines) + "\n"
-    logger.info("\n%s", text)
-    if options.out:
-        with options.out.open("a") as out:
-            out.write("\n" + text)
+    report(lines, options.out)
 
 
 if __name__ == "__main__":
