@@ -85,8 +85,9 @@ bench-peers: setup-dev model
 bench-agent-loop: setup-dev model
 	$(PY) -m bench.agent_loop $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
 
+# make bench-speculative [LLAMA_SERVER=/path/to/llama-server]
 bench-speculative: setup-dev model
-	$(PY) -m bench.speculative
+	$(PY) -m bench.speculative $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
 
 # make bench-agents [LLAMA_SERVER=/path/to/llama-server]
 bench-agents: setup-dev model agent-clients
