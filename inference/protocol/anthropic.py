@@ -25,7 +25,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.protocol.chat import MAX_TOOLS, ChatRequest, merged_turns
+from inference.protocol.chat import MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
 from inference.protocol.fields import (
     OpenAIRequestSerializer,
     StopField,
@@ -342,14 +342,11 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        choice = attrs.get("tool_choice") or "auto"
-        names = {tool.name for tool in attrs.get("tools") or () if tool is not None}
-        if choice == "required" and not names:
-            raise serializers.ValidationError({"tool_choice": "'any' needs custom tools in 'tools' (deferred ones are not offered)."})
-        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
-            raise serializers.ValidationError(
-                {"tool_choice": "It names no tool in 'tools' that is offered (server and deferred tools are not)."}
-            )
+        check_tool_choice(
+            attrs, {tool.name for tool in attrs.get("tools") or () if tool is not None},
+            none_offered="'any' needs custom tools in 'tools' (deferred ones are not offered).",
+            not_offered="It names no tool in 'tools' that is offered (server and deferred tools are not).",
+        )
         return attrs
 
     @classmethod

@@ -203,12 +203,10 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
         attrs = super().validate(attrs)
         if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
             raise serializers.ValidationError({"top_logprobs": "'top_logprobs' needs 'logprobs': true."})
-        choice = attrs.get("tool_choice") or "auto"
-        names = {tool["function"]["name"] for tool in attrs.get("tools") or ()}
-        if choice == "required" and not names:
-            raise serializers.ValidationError({"tool_choice": "'required' needs 'tools'."})
-        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
-            raise serializers.ValidationError({"tool_choice": "It names a function that is not in 'tools'."})
+        check_tool_choice(
+            attrs, {tool["function"]["name"] for tool in attrs.get("tools") or ()},
+            none_offered="'required' needs 'tools'.", not_offered="It names a function that is not in 'tools'.",
+        )
         return attrs
 
     @classmethod
@@ -239,6 +237,16 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
             response_format=values.get("response_format"),
             user=values.get("user", ""),
         )
+
+
+def check_tool_choice(attrs: dict[str, Any], offered: set[str], *, none_offered: str, not_offered: str) -> None:
+    """Refuse a validated tool_choice (ChatRequest's strings) that forces a call no offered tool
+    can answer; each API words the two cases its own way."""
+    choice = attrs.get("tool_choice") or "auto"
+    if choice == "required" and not offered:
+        raise serializers.ValidationError({"tool_choice": none_offered})
+    if choice.startswith("function:") and choice.removeprefix("function:") not in offered:
+        raise serializers.ValidationError({"tool_choice": not_offered})
 
 
 def merged_turns(messages: list[ChatMessage]) -> list[ChatMessage]:

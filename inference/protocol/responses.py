@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import tools
-from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest, merged_turns
+from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
 from inference.protocol.fields import (
     KeepAliveField,
     OpenAIRequestSerializer,
@@ -383,12 +383,10 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
         attrs = super().validate(attrs)
         if len(attrs.get("metadata") or {}) > 16:
             raise serializers.ValidationError({"metadata": "At most 16 keys."})
-        choice = attrs.get("tool_choice") or "auto"
-        names = {function.name for function in offered_functions(attrs.get("tools") or [])}
-        if choice == "required" and not names:
-            raise serializers.ValidationError({"tool_choice": "'required' needs function 'tools'."})
-        if choice.startswith("function:") and choice.removeprefix("function:") not in names:
-            raise serializers.ValidationError({"tool_choice": "It names a function that is not in 'tools'."})
+        check_tool_choice(
+            attrs, {function.name for function in offered_functions(attrs.get("tools") or [])},
+            none_offered="'required' needs function 'tools'.", not_offered="It names a function that is not in 'tools'.",
+        )
         return attrs
 
     @classmethod

@@ -1,6 +1,6 @@
 """The host-RAM prompt cache: what a slot held, kept after its KV cells are reclaimed.
 
-A slot keeps its tokens' KV cells until another prompt needs them (`Scheduler._forget`). Before
+A slot keeps its tokens' KV cells until another prompt needs them (`SlotMemory.forget`). Before
 they go, the sequence's state (llama.cpp's `llama_state_seq_get_data`) is saved here, keyed by
 its tokens; a later prompt that begins with such a prefix restores it into a slot instead of
 processing it again. Agents repeat thousands of tokens of instructions and tools every turn and
@@ -73,18 +73,23 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def worth_keeping(self, tokens: list[int]) -> bool:
-        """Whether a sequence of these tokens is worth saving: long enough, and not already
-        covered by an entry that holds it (or more)."""
+    def keep(self, tokens: list[int], state_of: Callable[[], bytes]) -> None:
+        """Keep a sequence's state, asked of `state_of` only when it is worth keeping: long
+        enough and not held already by an entry (of these tokens or more). Entries it extends
+        are dropped (it holds them, and more)."""
         if len(tokens) < self.min_tokens:
-            return False
-        return not any(common_prefix(entry.tokens, tokens) == len(tokens) for entry in self._entries)
-
-    def put(self, tokens: list[int], state: bytes) -> None:
-        """Keep a sequence's state; entries it extends are dropped (it holds them, and more)."""
+            return
+        extended = []
+        for entry in self._entries:
+            shared = common_prefix(entry.tokens, tokens)
+            if shared == len(tokens):
+                return
+            if shared == len(entry.tokens):
+                extended.append(entry)
+        state = state_of()
         if not state or len(state) > self.budget_bytes:
             return
-        for entry in [entry for entry in self._entries if common_prefix(entry.tokens, tokens) == len(entry.tokens)]:
+        for entry in extended:
             self._remove(entry)
         self._entries.append(CachedPrefix(tuple(tokens), state, self._clock()))
         self.size_bytes += len(state)

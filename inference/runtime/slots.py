@@ -165,12 +165,8 @@ class SlotMemory:
         cache first (the whole sequence, keyed by its tokens)."""
         if len(slot.tokens) <= keep:
             return
-        if (
-            self.cache is not None
-            and len(slot.tokens) - keep >= self.cache.min_tokens
-            and self.cache.worth_keeping(slot.tokens)
-        ):
-            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id))
+        if self.cache is not None and len(slot.tokens) - keep >= self.cache.min_tokens:
+            self.cache.keep(slot.tokens, lambda: self._context.save_sequence(slot.seq_id))
         self._context.forget(slot.seq_id, keep)
         self.cells.drop(slot, keep)
 
