@@ -26,7 +26,8 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -49,6 +50,22 @@ def thread_counts() -> tuple[int, int]:
     from inference.config import generation_threads, physical_cores
 
     return generation_threads(), physical_cores()
+
+
+Starter = Callable[[], AbstractContextManager[Running]]
+
+
+def side_by_side(llama_server: str | None, n_ctx: int, slots: int) -> dict[str, Starter]:
+    """This server ("llamasite", `slots` parallel) and, given its binary, llama.cpp's ("llama.cpp
+    server", `slots` slots, its defaults otherwise), both on the bundled model with `n_ctx` and
+    the same threads; each started when called."""
+    from inference.management.commands.install_default_model import bundled_default_model
+
+    model_path, threads = bundled_default_model(), thread_counts()
+    servers: dict[str, Starter] = {"llamasite": lambda: llamasite(model_path, {"n_ctx": n_ctx, "parallel": slots})}
+    if llama_server:
+        servers["llama.cpp server"] = lambda: llama_cpp_server(llama_server, model_path, n_ctx, threads, slots)
+    return servers
 
 
 class InProcess:

@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from bench import client
-from bench.__main__ import admin, report, thread_counts
-from bench.servers import Running, llama_cpp_server, llamasite
-from inference.management.commands.install_default_model import bundled_default_model
+from bench.__main__ import admin, report, side_by_side
+from bench.servers import Running
 
 logger = logging.getLogger("bench.agent_loop")
 N_CTX = 8192
@@ -108,12 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    model_path, threads = bundled_default_model(), thread_counts()
-    servers: dict[str, Callable[[], AbstractContextManager[Running]]] = {
-        "llamasite": lambda: llamasite(model_path, {"n_ctx": N_CTX, "parallel": CLIENTS}),
-    }
-    if args.llama_server:
-        servers["llama.cpp server"] = lambda: llama_cpp_server(args.llama_server, model_path, N_CTX, threads, slots=CLIENTS)
+    servers = side_by_side(args.llama_server, N_CTX, slots=CLIENTS)
     lines = [
         f"## Agent loop ({args.conversations} conversations × {args.turns} turns, {CLIENTS} clients, "
         f"max_tokens {MAX_TOKENS}) and a turn after an unload",

@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from bench import agent_clients
-from bench.__main__ import thread_counts
-from bench.servers import Running, llama_cpp_server, llamasite
-from inference.management.commands.install_default_model import bundled_default_model
+from bench.__main__ import side_by_side
+from bench.servers import Running
 
 logger = logging.getLogger("bench.agents")
 PROMPT = "Say hello in one short sentence."
@@ -56,12 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    model_path, threads = bundled_default_model(), thread_counts()
-    servers: dict[str, Callable[[], AbstractContextManager[Running]]] = {
-        "llamasite": lambda: llamasite(model_path, {"n_ctx": N_CTX, "parallel": 4}),
-    }
-    if args.llama_server:
-        servers["llama.cpp server"] = lambda: llama_cpp_server(args.llama_server, model_path, N_CTX, threads, slots=4)
+    servers = side_by_side(args.llama_server, N_CTX, slots=4)
     logger.info("| server | client | run | seconds | exit | answer |\n|---|---|---|---|---|---|")
     for name, start in servers.items():
         with start() as running:
