@@ -60,7 +60,8 @@ def turn_messages(conversation: int, turn: int, system: str = SYSTEM) -> list[di
 
 
 async def agent_loop(running: Running, conversations: int, turns: int) -> dict[str, float]:
-    """Every conversation's turns, in order within it, interleaved across them, by 4 clients."""
+    """Every conversation's turns, in order within it, interleaved across them, by 4 clients; a
+    turn the server answers with an error counts as failed."""
     order = [(conversation, turn) for turn in range(1, turns + 1) for conversation in range(conversations)]
     done = {(conversation, 0): asyncio.Event() for conversation in range(conversations)}
     for event in done.values():
@@ -70,23 +71,30 @@ async def agent_loop(running: Running, conversations: int, turns: int) -> dict[s
     for key in order:
         queue.put_nowait(key)
     ttfts: list[float] = []
+    failures: list[str] = []  # turns the server refused (the conversation goes on without them)
 
     async def worker() -> None:
         while not queue.empty():
             conversation, turn = queue.get_nowait()
             await done[(conversation, turn - 1)].wait()
-            stream = await client.stream_chat(
-                running.url, running.model, MAX_TOKENS, messages=turn_messages(conversation, turn), tools=TOOLS
-            )
-            ttfts.append(stream.ttft_s or 0.0)
+            try:
+                stream = await client.stream_chat(
+                    running.url, running.model, MAX_TOKENS, messages=turn_messages(conversation, turn), tools=TOOLS
+                )
+                ttfts.append(stream.ttft_s or 0.0)
+            except RuntimeError as error:
+                failures.append(str(error).split("\\r\\n\\r\\n")[-1][:160])
             done[(conversation, turn)].set()
 
     started = asyncio.get_running_loop().time()
     await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    if failures:
+        logger.warning("%s: %d turns failed, the first with %s", running.url, len(failures), failures[0])
     return {
         "wall_s": asyncio.get_running_loop().time() - started,
-        "ttft_p50_s": client.percentile(ttfts, 0.5),
-        "ttft_p99_s": client.percentile(ttfts, 0.99),
+        "ttft_p50_s": client.percentile(ttfts or [0.0], 0.5),
+        "ttft_p99_s": client.percentile(ttfts or [0.0], 0.99),
+        "failed": len(failures),
     }
 
 
@@ -110,8 +118,9 @@ def main() -> None:
         f"## Agent loop ({args.conversations} conversations × {args.turns} turns, {CLIENTS} clients, "
         f"max_tokens {MAX_TOKENS}) and a turn after an unload",
         "",
-        "| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turn 1 TTFT s (cold) | turn 2 TTFT s after an unload | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turns failed | turn 1 TTFT s (cold) "
+        "| turn 2 TTFT s after an unload | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, start in servers.items():
         with start() as running:
@@ -124,7 +133,8 @@ def main() -> None:
             with start() as running:  # llama.cpp's server keeps nothing across a restart
                 after = first_token(running, 2)
         lines.append(
-            f"| {name} | {loop['wall_s']:.1f} | {loop['ttft_p50_s']:.2f} | {loop['ttft_p99_s']:.2f} | {cold:.2f} "
+            f"| {name} | {loop['wall_s']:.1f} | {loop['ttft_p50_s']:.2f} | {loop['ttft_p99_s']:.2f} | {loop['failed']} "
+            f"| {cold:.2f} "
             f"| {after:.2f} | {after / cold if cold else 0.0:.2f}× |"
         )
         logger.info("%s", lines[-1])
