@@ -83,7 +83,7 @@ async def agent_loop(running: Running, conversations: int, turns: int) -> dict[s
                 )
                 ttfts.append(stream.ttft_s or 0.0)
             except RuntimeError as error:
-                failures.append(str(error).split("\\r\\n\\r\\n")[-1][:160])
+                failures.append(str(error).split("\\r\\n\\r\\n")[-1][:300])
             done[(conversation, turn)].set()
 
     started = asyncio.get_running_loop().time()

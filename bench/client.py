@@ -66,7 +66,7 @@ async def stream_chat(
                 if len(buffer) < 12:
                     continue
                 if not buffer.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-                    raise RuntimeError(f"{url}: {buffer[:200]!r}")
+                    raise RuntimeError(f"{url}: {buffer[:600]!r}")  # the status line, headers and the error
                 status_seen = True
             *events, buffer = buffer.split(b"\n\n")
             for event in events:
