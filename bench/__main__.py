@@ -55,6 +55,19 @@ def thread_counts() -> tuple[int, int]:
 Starter = Callable[[], AbstractContextManager[Running]]
 
 
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every bench against llama.cpp's server takes: --llama-server and --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
+    parser.add_argument("--out", type=Path, help="a markdown file to append the table to")
+    return parser
+
+
+def log_to_console() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def side_by_side(llama_server: str | None, n_ctx: int, slots: int) -> dict[str, Starter]:
     """This server ("llamasite", `slots` parallel) and, given its binary, llama.cpp's ("llama.cpp
     server", `slots` slots, its defaults otherwise), both on the bundled model with `n_ctx` and

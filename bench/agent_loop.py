@@ -17,13 +17,11 @@ against turn 1's (cold).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-from pathlib import Path
 
 from bench import client
-from bench.__main__ import admin, report, side_by_side
+from bench.__main__ import admin, bench_parser, log_to_console, report, side_by_side
 from bench.servers import Running
 
 logger = logging.getLogger("bench.agent_loop")
@@ -105,14 +103,11 @@ def first_token(running: Running, turn: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
-    parser.add_argument("--out", type=Path, help="a markdown file to append the table to")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_to_console()
     servers = side_by_side(args.llama_server, N_CTX, slots=CLIENTS)
     lines = [
         f"## Agent loop ({args.conversations} conversations × {args.turns} turns, {CLIENTS} clients, "

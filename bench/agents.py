@@ -5,18 +5,17 @@ Each client runs `--runs` times in a row against each server, so the first run s
 prompt and the later ones what the server's prompt cache saves on a prefix the client repeats.
 Prints, per server and client, each run's seconds, exit status and the start of its answer.
 
-    .venv/bin/python -m bench.agents [--llama-server PATH] [--runs 2]
+    .venv/bin/python -m bench.agents [--llama-server PATH] [--runs 2] [--out FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from pathlib import Path
 
 from bench import agent_clients
-from bench.__main__ import side_by_side
+from bench.__main__ import bench_parser, log_to_console, report, side_by_side
 from bench.servers import Running
 
 logger = logging.getLogger("bench.agents")
@@ -47,20 +46,20 @@ def _claude(running: Running, home: Path) -> agent_clients.Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=2, help="round trips per client and server")
-    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_to_console()
     servers = side_by_side(args.llama_server, N_CTX, slots=4)
-    logger.info("| server | client | run | seconds | exit | answer |\n|---|---|---|---|---|---|")
+    lines = ["| server | client | run | seconds | exit | answer |", "|---|---|---|---|---|---|"]
     for name, start in servers.items():
         with start() as running:
             for client, runs in round_trips(running, args.runs).items():
                 for number, run in enumerate(runs, start=1):
                     answer = " ".join((run.answer or run.stderr.strip() or "-").split())[:90].replace("|", "/")
-                    logger.info("| %s | %s | %d | %.1f | %d | %s |", name, client, number, run.seconds, run.returncode, answer)
+                    lines.append(f"| {name} | {client} | {number} | {run.seconds:.1f} | {run.returncode} | {answer} |")
+                    logger.info("%s", lines[-1])
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,15 @@ drafted tokens our server accepted (from its request records). `--out FILE` appe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sqlite3
 import statistics
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from pathlib import Path
 
 from bench import client
-from bench.__main__ import report, thread_counts
+from bench.__main__ import bench_parser, log_to_console, report, thread_counts
 from bench.servers import Running, llama_cpp_server, llamasite
 from inference.management.commands.install_default_model import bundled_default_model
 
@@ -109,13 +107,10 @@ def drafts(running: Running, streams: list[client.Stream]) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
-    parser.add_argument("--out", type=Path, help="a markdown file to append the table to")
     options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_to_console()
     model_path, threads = bundled_default_model(), thread_counts()
     ours = {**SETTINGS, "n_threads": threads[0], "n_threads_batch": threads[1]}
     starts: dict[str, Callable[[], AbstractContextManager[Running]]] = {
