@@ -12,11 +12,14 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from inference.apps import PROCESS_STARTED
 from inference.models import ApiKey, DailyUsage, RequestRecord, StoredResponse
 from inference.runtime.catalog import ModelFile, strip_suffix
 from inference.runtime.errors import ModelNotFound
 from inference.runtime.pool import model_pool
+
+# Taken when this module is first imported: when Django loads its apps (InferenceConfig.ready
+# imports the services, which import this), i.e. when the server process starts (/health's uptime).
+PROCESS_STARTED = time.monotonic()
 
 
 def model_list(allowed: list[str] | None = None) -> dict[str, ModelFile]:
