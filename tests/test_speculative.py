@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference.models import RequestRecord
 from inference.records import RequestRecording
+from inference.runtime.drafting import NgramDrafter
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta, TokenLogprob
 from inference.runtime.settings import LoadSettings
@@ -222,3 +223,12 @@ def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None
             assert chosen.logprob - rival.logprob < NEAR_TIE, f"{choice}: parted at token {parted} without a near-tie"
     assert all(drafted["list", index][1].draft_accepted > 5 for index in (0, 1))
     assert drafted["code", 0][1].draft_accepted > 5
+
+
+def test_beside_other_sequences_a_choice_probes_with_one_token_until_drafts_come_true() -> None:
+    tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 3]  # then 4: the last 3 tokens occurred before
+    assert NgramDrafter().propose(tokens, 4, most=8) == [5, 6]
+    drafter = NgramDrafter()
+    assert drafter.propose(tokens, 4, most=8, beside_others=True) == [5]
+    drafter.verified(1, 1)
+    assert drafter.propose([*tokens, 4, 5], 6, most=8, beside_others=True) == [7, 8, 9, 2]

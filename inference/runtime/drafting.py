@@ -19,8 +19,9 @@ with probability p(d), and on rejection the token is drawn from p without d, ren
 
 Adaptive, per choice: a draft length that doubles while whole drafts are accepted and shrinks to
 what was accepted otherwise, and a rest from drafting after a draft that was wholly rejected,
-twice as long after each such draft in a row. A choice whose drafts rarely come true (plain
-chat, mostly) thus drafts seldom and short; a choice that copies drafts long. Owned by one
+twice as long after each such draft in a row; beside other generating sequences, where a draft
+token costs more, a one-token probe until drafts come true. A choice whose drafts rarely come
+true (plain chat, mostly) thus drafts seldom and short; a choice that copies drafts long. Owned by one
 choice; used by the scheduler's thread only.
 """
 
@@ -34,6 +35,10 @@ NGRAM = 3
 # grow only while they come true.
 FIRST_DRAFT = 2
 LONGEST_DRAFT = 8
+# Beside other generating sequences a draft token costs more (0.65 of a generated token's share,
+# above) than the ~1 in 4 that come true in plain chat: there a choice whose drafts have not
+# grown yet probes with one token.
+PROBE_BESIDE_OTHERS = 1
 # Steps without drafting after a wholly rejected draft; doubled for each such draft in a row.
 FIRST_REST = 8
 LONGEST_REST = 256
@@ -50,14 +55,15 @@ class NgramDrafter:
         self._rest = 0  # steps still to go without drafting
         self._misses = 0  # wholly rejected drafts in a row
 
-    def propose(self, tokens: list[int], next_token: int, most: int) -> list[int]:
+    def propose(self, tokens: list[int], next_token: int, most: int, *, beside_others: bool = False) -> list[int]:
         """Up to `most` tokens guessed to follow `tokens` (the sequence in the KV cache, which
-        only ever grows between calls) and then `next_token`; none while resting."""
+        only ever grows between calls) and then `next_token`; none while resting. Beside other
+        generating sequences, a probe of one token until drafts come true."""
         self._index(tokens)
         if self._rest:
             self._rest -= 1
             return []
-        length = min(self._length, most)
+        length = min(PROBE_BESIDE_OTHERS if beside_others and self._length <= FIRST_DRAFT else self._length, most)
         start = self._followers.get((*tokens[len(tokens) - NGRAM + 1 :], next_token))
         if length <= 0 or start is None:
             return []

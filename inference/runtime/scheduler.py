@@ -243,7 +243,9 @@ class Scheduler:
                 # where the choice's limit comes (the last draft token's logits give its last token).
                 free = self.n_ctx - self.memory.used() - (len(generating) - number)
                 most = min(spare, free, choice.request.limit - choice.generated - 1)
-                draft = choice.drafter.propose(choice.slot.tokens, choice.next_token, most)  # type: ignore[arg-type]
+                draft = choice.drafter.propose(
+                    choice.slot.tokens, choice.next_token, most, beside_others=len(generating) > 1  # type: ignore[arg-type]
+                )
                 choice.draft_proposed += len(draft)
                 spare -= len(draft)
             to_sample.append(ToSample(choice, len(batch), draft))
