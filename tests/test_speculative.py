@@ -225,10 +225,14 @@ def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None
     assert drafted["code", 0][1].draft_accepted > 5
 
 
-def test_beside_other_sequences_a_choice_probes_with_one_token_until_drafts_come_true() -> None:
-    tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 3]  # then 4: the last 3 tokens occurred before
-    assert NgramDrafter().propose(tokens, 4, most=8) == [5, 6]
+def test_beside_other_sequences_a_choice_drafts_only_where_it_copies() -> None:
+    """Alone, a choice drafts on a 3-token match; beside others, only on an 8-token one (or once
+    its drafts came true)."""
+    coincidence = [1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 3]  # then 4: only "2 3 4" occurred before
+    assert NgramDrafter().propose(coincidence, 4, most=8) == [5, 6]
+    assert NgramDrafter().propose(coincidence, 4, most=8, beside_others=True) == []
+    copying = [*range(1, 13), *range(1, 8)]  # then 8: "1 … 8" occurred before
     drafter = NgramDrafter()
-    assert drafter.propose(tokens, 4, most=8, beside_others=True) == [5]
-    drafter.verified(1, 1)
-    assert drafter.propose([*tokens, 4, 5], 6, most=8, beside_others=True) == [7, 8, 9, 2]
+    assert drafter.propose(copying, 8, most=8, beside_others=True) == [9, 10]
+    drafter.verified(2, 2)  # they came true: the next draft is twice as long
+    assert drafter.propose([*copying, 8, 9, 10], 11, most=8, beside_others=True) == [12, 1, 2, 3]
