@@ -33,8 +33,9 @@ class APIHandler(ASGIHandler):
 
     Django also runs each request in a ThreadSensitiveContext: its first thread-sensitive sync
     call (the request_started signal's receivers) starts a thread, and the request's end joins
-    it. While a model's worker thread holds the GIL, each of those waits for it: that was most of
-    /health's latency during streams (py-spy, bench/RESULTS.md). The API's own database work runs
+    it. Each hop waits for a thread to get a core, and while llama.cpp's threads hold the cores
+    that wait is long: it was most of /health's latency during streams (py-spy; README,
+    Performance). The API's own database work runs
     on fresh connections off the loop (connections.database_call, thread_sensitive=False), so its
     requests' few thread-sensitive calls — Django's signal receivers — share asgiref's one
     long-lived thread instead.
