@@ -41,12 +41,22 @@ class APIHandler(ASGIHandler):
     long-lived thread instead.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Requests being answered, their last byte not yet handed to daphne: a graceful shutdown
+        # waits for them (a model's worker finishes a stream before its last chunks are sent).
+        self.answering = 0
+
     def load_middleware(self, is_async: bool = False) -> None:
         with override_settings(MIDDLEWARE=settings.API_MIDDLEWARE):
             super().load_middleware(is_async)
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        await self.handle(scope, receive, send)  # scope["type"] is "http": http_app routes only those
+        self.answering += 1
+        try:
+            await self.handle(scope, receive, send)  # scope["type"] is "http": http_app routes only those
+        finally:
+            self.answering -= 1
 
 
 api_app = APIHandler()

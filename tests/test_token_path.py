@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from inference.protocol.common import sse_stream
 from inference.runtime.channel import Job
 from inference.runtime.jobs import ChatJob, Finished, Generation, TextDelta
-from llamasite.asgi import application
+from llamasite.asgi import api_app, application
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return happened
 
 
-async def served(path: str, happened: list[str]) -> int:
+async def served(path: str, happened: list[str], answering: list[int] | None = None) -> int:
     scope = {
         "type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
         "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
@@ -51,6 +51,8 @@ async def served(path: str, happened: list[str]) -> int:
         raise AssertionError
 
     async def send(message: dict) -> None:
+        if answering is not None:
+            answering.append(api_app.answering)
         if message["type"] == "http.response.start":
             status.append(message["status"])
         elif not message.get("more_body"):
@@ -91,6 +93,15 @@ async def test_an_api_answer_is_sent_without_a_thread_hop(
         assert hops[0] == "sent", hops
         assert not started, "a thread was started for the request"
         monkeypatch.setattr(threading.Thread, "start", start)
+
+
+@pytest.mark.django_db
+async def test_requests_being_answered_are_counted_for_a_graceful_shutdown(use_config) -> None:
+    """serve's shutdown waits while api_app.answering: a stream's worker is done before its last
+    chunks are sent."""
+    answering: list[int] = []
+    assert await served("/health", [], answering) == 200
+    assert answering == [1, 1] and api_app.answering == 0
 
 
 @pytest.mark.django_db

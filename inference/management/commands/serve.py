@@ -86,7 +86,7 @@ def serve_with_graceful_shutdown(config: Config, pool: ModelPool) -> None:
     from daphne.server import Server
     from twisted.internet import reactor
 
-    from llamasite.asgi import application
+    from llamasite.asgi import api_app, application
 
     class GracefulServer(Server):
         """Daphne, remembering its listening ports so that a shutdown can close them first."""
@@ -123,7 +123,7 @@ def serve_with_graceful_shutdown(config: Config, pool: ModelPool) -> None:
         wait_for_requests()
 
     def wait_for_requests() -> None:
-        if not pool.busy():
+        if not pool.busy() and not api_app.answering:
             server.stop()
         elif time.monotonic() > stopping["deadline"]:
             logger.warning("grace period over: stopping with requests still running")
