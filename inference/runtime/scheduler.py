@@ -1,13 +1,14 @@
 """Admission, decode steps, drafting and cancellation: what each decode step holds.
 
 A Scheduler runs the requests of one model context: `parallel` slots (llama.cpp sequences)
-sharing one unified KV cache of `n_ctx` cells (runtime.slots holds them and the prompt cache). Each step is one decode over every running
-request — the next token of each generating choice first, then chunks of the prompts being
-processed — after which each choice whose logits came out samples its token. With drafting on, a
-generating choice's next token is followed by a few tokens guessed from its own prompt and output
-(`runtime.drafting`); those that come true are accepted in the same step. New requests join
-between steps (continuous batching). A request with n choices
-processes its prompt once, in its first slot, then shares those KV cells with its other slots.
+sharing one unified KV cache of `n_ctx` cells (runtime.slots holds them and the prompt cache).
+Each step is one decode over every running request — the next token of each generating choice
+first, then chunks of the prompts being processed — after which each choice whose logits came
+out samples its token. With drafting on, a generating choice's next token is followed by a few
+tokens guessed from its own prompt and output (`runtime.drafting`); those that come true are
+accepted in the same step. New requests join between steps (continuous batching). A request with
+n choices processes its prompt once, in its first slot, then shares those KV cells with its
+other slots.
 
 A Request owns its slots: it is admitted into all of them at once, and each of its choices is
 finished exactly once — by its end of generation, a stop, its limit, a full context or
