@@ -1,10 +1,10 @@
 from django.urls import path
 
-from dashboard import views
+from dashboard import usage
 
 app_name = "dashboard"
 
 urlpatterns = [
-    path("", views.index, name="index"),
-    path("export.csv", views.export_csv, name="export"),
+    path("", usage.index, name="index"),
+    path("export.csv", usage.export_csv, name="export"),
 ]
