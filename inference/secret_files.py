@@ -19,16 +19,19 @@ logger = logging.getLogger(__name__)
 
 def read_or_create_secret(path: Path) -> str:
     """The secret in `path`; a new one is written there first if it has none."""
-    secret = read_secret(path)
+    # One read tells a missing file from an empty one: asking `exists()` after a failed read
+    # would see a file another process created meanwhile and replace its secret.
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        try:
+            return _write_secret(path, replace=False)
+        except FileExistsError:  # another process created it first: use theirs
+            return read_secret(path) or _write_secret(path, replace=True)
     if secret:
         return secret
-    if path.exists():
-        logger.warning("%s held no secret (it was empty): a new one was written to it", path)
-        return _write_secret(path, replace=True)
-    try:
-        return _write_secret(path, replace=False)
-    except FileExistsError:  # another process created it first: use theirs
-        return read_secret(path) or _write_secret(path, replace=True)
+    logger.warning("%s held no secret (it was empty): a new one was written to it", path)
+    return _write_secret(path, replace=True)
 
 
 def read_secret(path: Path) -> str | None:
