@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from inference import access, metrics, peers, protocol, records, selectors, services
 from inference.admin_auth import AdminTokenRequired
+from inference.console_access import ConsoleCaller, console_caller
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 from inference.protocol import anthropic_output
@@ -165,13 +166,15 @@ def endpoint_of(request: HttpRequest | Request) -> str:
 _ROUTE_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
-def request_recording(request: Request, key: ApiKey | None) -> records.RequestRecording:
+def request_recording(request: Request, key: ApiKey | None, console: ConsoleCaller | None = None) -> records.RequestRecording:
     """The record of an inference request, begun with what the HTTP request says of its client."""
     return records.RequestRecording(
         endpoint=endpoint_of(request),
         client_address=request.META.get("REMOTE_ADDR", ""),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
         api_key=key.prefix if key else "",
+        source=console.page if console else "",
+        console_user=console.user if console else "",
     )
 
 
@@ -191,8 +194,10 @@ class GenerationView(APIView):
     chunks: Any = None
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
-        key = await access.api_key_check(access.authorization_of(request.headers))  # 401s leave no record
-        recording = request_recording(request, key)
+        # A console page's staff user needs no key; 401s and 403s leave no record.
+        console = await console_caller(request._request)
+        key = None if console else await access.api_key_check(access.authorization_of(request.headers))
+        recording = request_recording(request, key, console)
         async with recording.until_output(requested_model=lambda: requested_model(request)):
             parsed = self.serializer.parse(request.data)
             if parsed.model and peers.forwarding(request) and not selectors.model_served_here(parsed.model, key and key.allowed_models):

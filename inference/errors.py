@@ -102,3 +102,8 @@ class DatabaseUnavailable(RetryLater):
     status = 503
     type = "server_error"
     code = "database_unavailable"
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    type = "permission_error"

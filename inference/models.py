@@ -117,6 +117,8 @@ class RequestRecord(models.Model):
     user_agent = models.CharField(max_length=500, blank=True)
     end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field")
     api_key = models.CharField(max_length=16, blank=True, help_text="The key's prefix; empty: no key")
+    source = models.CharField(max_length=20, blank=True, help_text="The console page that sent it; empty: an API client")
+    console_user = models.CharField(max_length=150, blank=True, help_text="The staff user signed in to that page")
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

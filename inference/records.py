@@ -69,6 +69,8 @@ class RequestDraft:
     draft_tokens_accepted: int = 0
     end_user: str = ""
     api_key: str = ""  # the key's prefix
+    source: str = ""  # the console page that sent it ("playground"); empty: an API client
+    console_user: str = ""  # the staff user signed in to that page
 
 
 # The draft's fields that are columns of RequestRecord (its timings on the monotonic clock are not).
@@ -76,7 +78,8 @@ _RECORD_FIELDS = (
     "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
     "error_message", "prompt_tokens", "cached_tokens", "cache_tier", "completion_tokens", "finish_reason",
     "queue_wait_ms", "load_ms", "ttft_ms", "tokens_per_second", "draft_tokens_proposed", "draft_tokens_accepted",
-    "client_address", "user_agent", "end_user", "api_key", "created_at",
+    "client_address", "user_agent", "end_user", "api_key", "source", "console_user",
+    "created_at",
 )
 
 
@@ -84,10 +87,10 @@ class RequestRecording:
     """One request's record from the view that accepts the request to its last event; saved
     exactly once (see the module). Event loop only."""
 
-    def __init__(self, *, endpoint: str, client_address: str = "", user_agent: str = "", api_key: str = "") -> None:
-        self.draft = RequestDraft(
-            endpoint=endpoint, client_address=client_address, user_agent=user_agent, api_key=api_key
-        )
+    def __init__(self, *, endpoint: str, **client: str) -> None:
+        """`client`: what the HTTP request says of who sent it (RequestDraft's client_address,
+        user_agent, api_key, source, console_user)."""
+        self.draft = RequestDraft(endpoint=endpoint, **client)
         self._saved = False
 
     @asynccontextmanager

@@ -13,8 +13,8 @@ from typing import Any
 from django.db.models import QuerySet
 
 from inference.models import ApiKey, DailyUsage, RequestRecord, StoredResponse
-from inference.runtime.catalog import ModelFile, strip_suffix
-from inference.runtime.errors import ModelNotFound
+from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info, strip_suffix
+from inference.runtime.errors import ModelNotFound, NoModelGiven
 from inference.runtime.pool import model_pool
 
 # Taken when this module is first imported: when Django loads its apps (InferenceConfig.ready
@@ -58,6 +58,34 @@ def health() -> dict[str, Any]:
         "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
         "models": pool.status(),
     }
+
+
+def models_with_state() -> list[dict[str, Any]]:
+    """Every model on disk, by name: its state in the pool ("not loaded" if it has none) and
+    whether it has a chat template (the GGUF header's; a `chat_format` setting also counts)."""
+    pool = model_pool()
+    states = pool.status()
+    return [
+        {"name": name, "state": states.get(name, {}).get("state", "not loaded"), "chat": _can_chat(model)}
+        for name, model in sorted(pool.catalog.available().items())
+    ]
+
+
+def _can_chat(model: ModelFile) -> bool:
+    if model_pool().catalog.config.settings_for(model.name).chat_format:
+        return True
+    try:
+        return read_gguf_info(model.path).chat_template is not None
+    except GGUFError:
+        return False
+
+
+def default_model_name() -> str | None:
+    """The model a request without one gets, if there is one."""
+    try:
+        return model_pool().catalog.resolve(None).name
+    except (ModelNotFound, NoModelGiven):
+        return None
 
 
 # --- usage ----------------------------------------------------------------------------------

@@ -1,0 +1,16 @@
+"""The playground: chat with any model from the browser, through the server's own API."""
+
+from __future__ import annotations
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from inference import selectors
+
+
+@staff_member_required
+def playground(request: HttpRequest) -> HttpResponse:
+    models = selectors.models_with_state()
+    default = selectors.default_model_name()
+    return render(request, "dashboard/playground.html", {"models": models, "default_model": default})

@@ -1,0 +1,222 @@
+// The playground: a chat with any model through the server's own /v1/chat/completions, as the
+// signed-in staff user (the X-Llamasite-Console header and the page's CSRF token stand in for an
+// API key). Conversations live in this browser's localStorage.
+(function () {
+  const STORE = "llamasite.playground.conversations";
+  const $ = (id) => document.getElementById(id);
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  let conversations = JSON.parse(localStorage.getItem(STORE) || "[]");
+  let current = null;
+  let running = null; // the AbortController of the answer being streamed
+
+  const SETTINGS = "llamasite.playground.settings";
+  const SETTING_FIELDS = ["temperature", "max-tokens", "top-p", "seed", "json-mode"];
+
+  function save() { localStorage.setItem(STORE, JSON.stringify(conversations)); }
+
+  function saveSettings() {
+    const values = Object.fromEntries(SETTING_FIELDS.map((id) => [id, $(id).type === "checkbox" ? $(id).checked : $(id).value]));
+    localStorage.setItem(SETTINGS, JSON.stringify(values));
+  }
+
+  function restoreSettings() {
+    const values = JSON.parse(localStorage.getItem(SETTINGS) || "{}");
+    for (const [id, value] of Object.entries(values)) {
+      if (!$(id)) continue;
+      if ($(id).type === "checkbox") $(id).checked = value; else $(id).value = value;
+    }
+  }
+
+  // The models' states as the page shows them in the picker, from /health (which needs no key).
+  async function refreshStates() {
+    const health = await (await fetch("/health")).json();
+    for (const option of $("model").options) {
+      const state = (health.models[option.value] || {}).state || "not loaded";
+      option.dataset.state = state;
+      option.textContent = option.textContent.replace(/ · [^·]+/, " · " + state);
+    }
+  }
+
+  function newConversation() {
+    current = { id: Date.now().toString(36), title: "New conversation", model: $("model").value, system: "", messages: [] };
+    conversations.unshift(current);
+    save();
+    show();
+  }
+
+  function choose(conversation) {
+    current = conversation;
+    if ([...$("model").options].some((option) => option.value === conversation.model)) $("model").value = conversation.model;
+    show();
+  }
+
+  function show() {
+    const list = $("conversation-list");
+    list.replaceChildren(...conversations.map((conversation) => {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = "#";
+      link.textContent = conversation.title;
+      link.onclick = (event) => { event.preventDefault(); if (!running) choose(conversation); };
+      if (conversation === current) link.setAttribute("aria-current", "true");
+      item.appendChild(link);
+      return item;
+    }));
+    $("system").value = current.system;
+    $("messages").replaceChildren(...current.messages.map(bubble));
+  }
+
+  function bubble(message) {
+    const box = document.createElement("div");
+    box.className = "message " + message.role + (message.error ? " error" : "");
+    const text = document.createElement("div");
+    text.className = "text";
+    text.textContent = message.content;
+    box.appendChild(text);
+    if (message.stats) box.appendChild(statsLine(message.stats));
+    return box;
+  }
+
+  function statsLine(stats) {
+    const line = document.createElement("div");
+    line.className = "stats";
+    const shown = [
+      stats.model,
+      stats.ttft_ms !== null ? "TTFT " + stats.ttft_ms + " ms" : null,
+      stats.tokens_per_s !== null ? stats.tokens_per_s + " tokens/s" : null,
+      stats.prompt_tokens !== null ? stats.prompt_tokens + " prompt tokens (" + stats.cached_tokens + " cached)" : null,
+      stats.completion_tokens !== null ? stats.completion_tokens + " completion tokens" : null,
+      stats.finish_reason,
+    ];
+    line.textContent = shown.filter((part) => part !== null && part !== undefined).join(" · ");
+    for (const [key, value] of Object.entries(stats)) line.dataset[key.replace(/_(\w)/g, (_, c) => c.toUpperCase())] = value;
+    return line;
+  }
+
+  function numberOf(id) {
+    const value = $(id).value;
+    return value === "" ? undefined : Number(value);
+  }
+
+  function requestBody() {
+    const messages = current.messages.filter((message) => !message.error).map(({ role, content }) => ({ role, content }));
+    if (current.system.trim()) messages.unshift({ role: "system", content: current.system });
+    const body = {
+      model: current.model, messages, stream: true, stream_options: { include_usage: true },
+      temperature: numberOf("temperature"), max_tokens: numberOf("max-tokens"), top_p: numberOf("top-p"), seed: numberOf("seed"),
+    };
+    if ($("json-mode").checked) body.response_format = { type: "json_object" };
+    return body;
+  }
+
+  // Server-sent events from a fetch body: yields each `data:` payload.
+  async function* events(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        for (const line of event.split("\n")) if (line.startsWith("data: ")) yield line.slice(6);
+      }
+    }
+  }
+
+  async function send(text) {
+    current.model = $("model").value;
+    current.system = $("system").value;
+    if (current.title === "New conversation") current.title = text.slice(0, 40);
+    current.messages.push({ role: "user", content: text });
+    const answer = { role: "assistant", content: "" };
+    const body = requestBody();
+    current.messages.push(answer);
+    save();
+    show();
+    const box = $("messages").lastElementChild;
+    const shown = box.querySelector(".text");
+    const stats = { model: current.model, ttft_ms: null, tokens_per_s: null, prompt_tokens: null, cached_tokens: 0, completion_tokens: null, finish_reason: null };
+    running = new AbortController();
+    setRunning(true);
+    const started = performance.now();
+    let firstToken = null;
+    try {
+      const response = await fetch("/v1/chat/completions", {
+        method: "POST", body: JSON.stringify(body), signal: running.signal, credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-Llamasite-Console": "playground", "X-CSRFToken": csrf },
+      });
+      if (!response.ok) throw new Error((await response.json()).error.message);
+      for await (const data of events(response)) {
+        if (data === "[DONE]") break;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        for (const choice of chunk.choices || []) {
+          if (choice.delta && choice.delta.content) {
+            if (firstToken === null) { firstToken = performance.now(); stats.ttft_ms = Math.round(firstToken - started); }
+            answer.content += choice.delta.content;
+            shown.textContent = answer.content;
+          }
+          if (choice.finish_reason) stats.finish_reason = choice.finish_reason;
+        }
+        if (chunk.usage) {
+          stats.prompt_tokens = chunk.usage.prompt_tokens;
+          stats.completion_tokens = chunk.usage.completion_tokens;
+          stats.cached_tokens = (chunk.usage.prompt_tokens_details || {}).cached_tokens || 0;
+        }
+      }
+      const seconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
+      if (seconds > 0 && stats.completion_tokens > 1) stats.tokens_per_s = Math.round((stats.completion_tokens - 1) / seconds * 10) / 10;
+    } catch (error) {
+      if (error.name === "AbortError") stats.finish_reason = "stopped";
+      else { answer.error = true; answer.content = answer.content || error.message; box.classList.add("error"); shown.textContent = answer.content; }
+    } finally {
+      answer.stats = stats;
+      box.appendChild(statsLine(stats));
+      running = null;
+      setRunning(false);
+      save();
+      refreshStates();
+    }
+  }
+
+  function setRunning(on) {
+    $("send").disabled = on;
+    $("stop").disabled = !on;
+    document.body.dataset.generating = on ? "yes" : "no";
+  }
+
+  function exportJson() {
+    const blob = new Blob([JSON.stringify(conversations, null, 2)], { type: "application/json" });
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "llamasite-playground.json";
+    link.click();
+    URL.revokeObjectURL(link.href);
+  }
+
+  $("composer").onsubmit = (event) => {
+    event.preventDefault();
+    const text = $("prompt").value.trim();
+    if (!text || running || !$("model").value) return;
+    $("prompt").value = "";
+    send(text);
+  };
+  $("prompt").onkeydown = (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
+  };
+  $("stop").onclick = () => running && running.abort();
+  $("new-conversation").onclick = () => { if (!running) newConversation(); };
+  $("export").onclick = exportJson;
+  $("system").onchange = () => { current.system = $("system").value; save(); };
+  $("model").onchange = () => { current.model = $("model").value; save(); };
+
+  for (const id of SETTING_FIELDS) $(id).onchange = saveSettings;
+  $("model").onfocus = refreshStates;
+  restoreSettings();
+  if (conversations.length) choose(conversations[0]); else newConversation();
+  document.body.dataset.ready = "yes";
+})();

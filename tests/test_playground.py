@@ -1,0 +1,176 @@
+"""The playground: staff chat with any model through the server's own API, signed in instead of
+holding a key; their requests are recorded as the playground's, under their name. In Chromium:
+an answer streams with its figures, Stop cancels the generation, another model can be chosen,
+conversations export as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import AsyncClient
+
+from inference.models import RequestRecord
+from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
+from tests.services import DatabaseTemplate
+
+__all__ = ["browser"]  # the fixture, used by name
+REQUIRED = {"require_api_key": True}
+CONSOLE = {"X-Llamasite-Console": "playground"}
+HELLO = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+async def signed_in(user: User | None) -> tuple[AsyncClient, str]:
+    """A client that enforces CSRF like a browser, signed in as `user`, and its CSRF token."""
+    client = AsyncClient(enforce_csrf_checks=True)
+    if user is not None:
+        await client.aforce_login(user)
+    # Pages with a form set the CSRF cookie (the login page sends staff on to the admin).
+    await client.get("/dashboard/playground/" if user is not None and user.is_staff else "/admin/login/")
+    return client, client.cookies["csrftoken"].value
+
+
+async def chat(client: AsyncClient, headers: dict[str, str]) -> Any:
+    return await client.post("/v1/chat/completions", HELLO, content_type="application/json", headers=headers)
+
+
+async def test_staff_chat_without_a_key_recorded_as_the_playground_s(use_config, admin_user: User) -> None:
+    use_config(server=REQUIRED)
+    client, token = await signed_in(admin_user)
+    page = await client.get("/dashboard/playground/")
+    assert page.status_code == 200 and SMOLLM2 in page.content.decode()
+    response = await chat(client, {**CONSOLE, "X-CSRFToken": token})
+    assert response.status_code == 200, response.content
+    record = await RequestRecord.objects.aget()
+    assert (record.source, record.console_user, record.api_key, record.status) == ("playground", "admin", "", "ok")
+
+
+async def test_console_requests_need_a_signed_in_staff_user_and_the_csrf_token(use_config, admin_user: User) -> None:
+    use_config(server=REQUIRED)
+    staff, token = await signed_in(admin_user)
+    member = await User.objects.acreate_user("member", password="x")
+    not_staff, member_token = await signed_in(member)
+    anonymous, anonymous_token = await signed_in(None)
+    refusals = [
+        (staff, CONSOLE),  # no CSRF token
+        (staff, {**CONSOLE, "X-CSRFToken": "x" * 32}),
+        (not_staff, {**CONSOLE, "X-CSRFToken": member_token}),
+        (anonymous, {**CONSOLE, "X-CSRFToken": anonymous_token}),
+    ]
+    for client, headers in refusals:
+        response = await chat(client, headers)
+        assert response.status_code == 403, response.content
+        assert response.json()["error"]["type"] == "permission_error"
+    unknown_page = await chat(staff, {"X-Llamasite-Console": "elsewhere", "X-CSRFToken": token})
+    assert unknown_page.status_code == 400 and "X-Llamasite-Console" in unknown_page.json()["error"]["message"]
+    assert (await chat(staff, {})).status_code == 401  # without the header it is an API client: key required
+    assert not await RequestRecord.objects.aexists()
+
+
+def test_the_playground_page_is_for_staff_only(client, django_user_model) -> None:
+    response = client.get("/dashboard/playground/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    client.force_login(django_user_model.objects.create_user("member", password="x"))
+    assert client.get("/dashboard/playground/").status_code == 302
+
+
+# --- in Chromium ------------------------------------------------------------------------------
+
+SECOND = "smollm2-copy"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
+    root = tmp_path_factory.mktemp("playground")
+    link_model(smollm2_file, root / "models", SMOLLM2)
+    link_model(smollm2_file, root / "models", SECOND)
+    config = write_config(root, server={"port": free_port(), "require_api_key": True}, n_ctx=2048)
+    server = start_server(config, root / "server.log", migrated_database)
+    server.create_superuser(PASSWORD)
+    yield server
+    server.stop()
+
+
+def ask(browser: Any, text: str) -> Any:
+    """Send `text`; the answer's bubble."""
+    from selenium.webdriver.common.by import By
+
+    answers = len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant"))
+    browser.find_element(By.ID, "prompt").send_keys(text)
+    browser.find_element(By.ID, "send").click()
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant")) > answers, 20)
+    return browser.find_elements(By.CSS_SELECTOR, ".message.assistant")[-1]
+
+
+def set_field(browser: Any, field_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = browser.find_element(By.ID, field_id)
+    field.clear()
+    field.send_keys(value)
+
+
+@needs_chromium
+def test_playground_streams_stops_and_switches_models_in_chromium(server: DaphneServer, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    log_in(browser, server, "/dashboard/playground/")
+    wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes", 20)
+    options = [option.text for option in Select(browser.find_element(By.ID, "model")).options]
+    assert any(SMOLLM2 in text and "not loaded" in text for text in options), options
+    browser.find_element(By.ID, "system").send_keys("You are brief.")
+    set_field(browser, "temperature", "0")
+    set_field(browser, "seed", "7")
+    set_field(browser, "max-tokens", "12")
+
+    answer = ask(browser, "Name a colour.")
+    wait_for(lambda: answer.find_elements(By.CSS_SELECTOR, ".stats"), 60)
+    stats = answer.find_element(By.CSS_SELECTOR, ".stats")
+    assert answer.find_element(By.CSS_SELECTOR, ".text").text.strip()
+    assert int(stats.get_attribute("data-prompt-tokens")) > 5
+    assert int(stats.get_attribute("data-completion-tokens")) > 0
+    assert float(stats.get_attribute("data-ttft-ms")) > 0
+    assert "TTFT" in stats.text and "tokens/s" in stats.text
+
+    # A long answer, stopped once it has begun: the server cancels the generation.
+    set_field(browser, "max-tokens", "1500")
+    long_answer = ask(browser, "Write a very long story about a lighthouse.")
+    wait_for(lambda: len(long_answer.find_element(By.CSS_SELECTOR, ".text").text) > 10, 60)
+    browser.find_element(By.ID, "stop").click()
+    wait_for(lambda: long_answer.find_elements(By.CSS_SELECTOR, ".stats"), 20)
+    assert long_answer.find_element(By.CSS_SELECTOR, ".stats").get_attribute("data-finish-reason") == "stopped"
+
+    def record_of_the_stopped_answer() -> list[tuple]:
+        return server.rows(
+            "SELECT status, source, console_user, api_key, completion_tokens FROM inference_requestrecord "
+            "WHERE model = ? ORDER BY id", SMOLLM2,
+        )
+
+    wait_for(lambda: len(record_of_the_stopped_answer()) == 2, 20)
+    first, stopped = record_of_the_stopped_answer()
+    assert first[:4] == ("ok", "playground", "admin", "")
+    assert stopped[:4] == ("cancelled", "playground", "admin", "") and stopped[4] < 1500
+
+    # Another model, in the same conversation.
+    set_field(browser, "max-tokens", "8")
+    Select(browser.find_element(By.ID, "model")).select_by_value(SECOND)
+    third = ask(browser, "And another?")
+    wait_for(lambda: third.find_elements(By.CSS_SELECTOR, ".stats"), 60)
+    assert SECOND in third.find_element(By.CSS_SELECTOR, ".stats").text
+    wait_for(lambda: server.rows("SELECT source FROM inference_requestrecord WHERE model = ?", SECOND) == [("playground",)], 20)
+
+    saved = json.loads(browser.execute_script("return localStorage.getItem('llamasite.playground.conversations')"))
+    assert [message["role"] for message in saved[0]["messages"]] == ["user", "assistant"] * 3
+    assert saved[0]["system"] == "You are brief." and saved[0]["model"] == SECOND
+    browser.refresh()  # the conversation is still there
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant")) == 3, 20)
+    assert browser.find_element(By.ID, "max-tokens").get_attribute("value") == "8"  # and the settings
+    options = [option.text for option in Select(browser.find_element(By.ID, "model")).options]
+    assert f"{SECOND} · loaded" in options, options
+    screenshot(browser, "playground")
