@@ -3,6 +3,7 @@ history (load events, request records)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -11,6 +12,8 @@ from django.contrib import admin, messages
 from django.db.models import Max, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.text import Truncator
 
 from inference import access, selectors, services
 from inference.config import get_config
@@ -37,18 +40,8 @@ def _served_here(row: DiscoveredModel) -> bool:
 
 @admin.register(DiscoveredModel)
 class DiscoveredModelAdmin(admin.ModelAdmin):
-    list_display = (
-        "name",
-        "instance",
-        "size",
-        "quantization",
-        "parameters",
-        "loaded",
-        "last_used",
-        "requests",
-        "tokens",
-        "present",
-    )
+    # What fits at 1,280 px; the instance, parameters and the rest are on the model's page.
+    list_display = ("name", "size", "quantization", "loaded", "last_used", "requests", "tokens")
     list_filter = ("present", "quantization", "architecture", "instance")
     search_fields = ("name",)
     actions = ("load_now", "unload_now")
@@ -102,14 +95,14 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         return row.name in selectors.loaded_model_names()
 
     @admin.display(description="last used", ordering="last_used_at")
-    def last_used(self, row: Any) -> Any:
-        return row.last_used_at
+    def last_used(self, row: Any) -> str:
+        return _short_time(row.last_used_at)
 
     @admin.display(description="requests", ordering="request_total")
     def requests(self, row: Any) -> int:
         return row.request_total or 0
 
-    @admin.display(description="tokens (prompt + completion)", ordering="completion_total")
+    @admin.display(description="tokens", ordering="completion_total")
     def tokens(self, row: Any) -> int:
         return (row.prompt_total or 0) + (row.completion_total or 0)
 
@@ -161,6 +154,10 @@ class HistoryAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False  # counting a million rows on every page view is slow
 
+    @admin.display(description="time", ordering="created_at")
+    def time(self, row: Any) -> str:
+        return _short_time(row.created_at)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -171,21 +168,40 @@ class HistoryAdmin(admin.ModelAdmin):
         return False
 
 
+def _short_time(moment: datetime | None) -> str:
+    """A time in the list pages' narrow columns (the detail page has the full one)."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "–"
+
+
 @admin.register(LoadEvent)
 class LoadEventAdmin(HistoryAdmin):
-    list_display = ("created_at", "model", "kind", "reason", "duration_ms", "error", "instance")
+    list_display = ("time", "model", "kind", "reason", "duration_ms", "short_error")
     list_filter = ("kind", "reason", "model", "created_at", "instance")
     search_fields = ("model", "error")
+
+    @admin.display(description="error")
+    def short_error(self, row: LoadEvent) -> str:
+        return Truncator(row.error).chars(60)
 
 
 @admin.register(RequestRecord)
 class RequestRecordAdmin(HistoryAdmin):
+    # What fits at 1,280 px: the client, key, cache and the rest are on the record's page.
     list_display = (
-        "created_at", "model", "endpoint", "stream", "status", "http_status", "prompt_tokens",
-        "completion_tokens", "ttft_ms", "duration_ms", "tokens_per_second", "client_address",
+        "time", "model", "endpoint", "outcome", "tokens_in_out", "ttft_ms", "duration_ms", "tokens_per_second",
     )
-    list_filter = ("status", "model", "endpoint", "stream", "http_status", "created_at", "instance")
-    search_fields = ("completion_id", "model", "error_code", "error_message", "user_agent", "client_address")
+    list_filter = ("status", "model", "endpoint", "source", "stream", "http_status", "created_at", "instance")
+    search_fields = (
+        "completion_id", "model", "error_code", "error_message", "user_agent", "client_address", "console_user",
+    )
+
+    @admin.display(description="status", ordering="status")
+    def outcome(self, row: RequestRecord) -> str:
+        return f"{row.status} {row.http_status}"
+
+    @admin.display(description="tokens in / out")
+    def tokens_in_out(self, row: RequestRecord) -> str:
+        return f"{row.prompt_tokens} / {row.completion_tokens}"
 
 
 @admin.register(StoredResponse)

@@ -1,0 +1,82 @@
+"""One place to start: the admin is branded llamasite, its home links the console pages, every
+console page links back, "View site" opens the console, and the list pages keep their essential
+columns in view at 1,280 px (in Chromium, against a real server with records)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dashboard.pages import CONSOLE_PAGES
+from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.services import DatabaseTemplate
+
+__all__ = ["browser"]  # the fixture, used by name
+pytestmark = needs_chromium
+
+
+def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> None:
+    home = admin_client.get("/admin/").content.decode()
+    assert "<title>Site administration | llamasite</title>" in home or "| llamasite</title>" in home
+    assert 'id="site-name"><a href="/admin/">llamasite</a>' in home
+    assert 'href="/dashboard/">View site</a>' in home
+    for page in CONSOLE_PAGES:
+        assert f">{page.title}</a>" in home
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
+    root = tmp_path_factory.mktemp("admin-console")
+    link_model(smollm2_file, root / "models", SMOLLM2)
+    config = write_config(root, server={"port": free_port()}, n_ctx=2048)
+    server = start_server(config, root / "server.log", migrated_database)
+    server.create_superuser(PASSWORD)
+    for stream in (False, True):
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions", timeout=60,
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": stream},
+        )
+        assert response.status_code == 200
+    yield server
+    server.stop()
+
+
+def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, "/admin/")
+    assert browser.find_element(By.ID, "site-name").text == "llamasite"
+    for page in CONSOLE_PAGES:
+        browser.get(f"{server.url}/admin/")
+        browser.find_element(By.CSS_SELECTOR, "#console-links").find_element(By.LINK_TEXT, page.title).click()
+        assert browser.find_element(By.CSS_SELECTOR, f"nav.console a[data-nav='{page.url_name}']").get_attribute("aria-current") == "page"
+        browser.find_element(By.CSS_SELECTOR, "nav.console a[data-nav='admin']").click()  # and back
+        assert browser.current_url == f"{server.url}/admin/"
+    browser.find_element(By.LINK_TEXT, "VIEW SITE").click()
+    assert browser.current_url == f"{server.url}/dashboard/"
+
+
+@pytest.mark.parametrize("changelist", ["discoveredmodel", "requestrecord", "loadevent"])
+def test_list_pages_keep_their_columns_in_view_at_1280_px(server: DaphneServer, browser: Any, changelist: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1280, 900)
+    try:
+        log_in(browser, server, f"/admin/inference/{changelist}/")
+        assert browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+        overflow = browser.execute_script(
+            "const table = document.getElementById('result_list');"
+            "return [table.getBoundingClientRect().right, document.documentElement.clientWidth,"
+            " table.parentElement.scrollWidth - table.parentElement.clientWidth];"
+        )
+        right, width, scrolled = overflow
+        assert right <= width and scrolled <= 0, (changelist, overflow)
+        if changelist == "requestrecord":
+            screenshot(browser, "admin-requests")
+    finally:
+        browser.set_window_size(1400, 2200)
