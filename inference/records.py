@@ -224,6 +224,7 @@ def feed_item(record: RequestRecord) -> dict[str, Any]:
         "instance": record.instance,
         "model": record.model,
         "endpoint": record.endpoint,
+        "source": record.source,
         "status": record.status,
         "http_status": record.http_status,
         "prompt_tokens": record.prompt_tokens,

@@ -116,10 +116,11 @@ def set_field(browser: Any, field_id: str, value: str) -> None:
 
 
 @needs_chromium
-def test_playground_streams_stops_and_switches_models_in_chromium(server: DaphneServer, browser: Any) -> None:
+def test_playground_streams_stops_and_switches_models_in_chromium(server: DaphneServer, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
+    downloads = tmp_path
     log_in(browser, server, "/dashboard/playground/")
     wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes", 20)
     options = [option.text for option in Select(browser.find_element(By.ID, "model")).options]
@@ -165,12 +166,26 @@ def test_playground_streams_stops_and_switches_models_in_chromium(server: Daphne
     assert SECOND in third.find_element(By.CSS_SELECTOR, ".stats").text
     wait_for(lambda: server.rows("SELECT source FROM inference_requestrecord WHERE model = ?", SECOND) == [("playground",)], 20)
 
+    # JSON mode: the answer is held to JSON by the server's grammar.
+    browser.find_element(By.ID, "json-mode").click()
+    set_field(browser, "max-tokens", "24")
+    fourth = ask(browser, "Describe a cat as JSON.")
+    wait_for(lambda: fourth.find_elements(By.CSS_SELECTOR, ".stats"), 60)
+    assert fourth.find_element(By.CSS_SELECTOR, ".text").text.lstrip().startswith("{")
+    browser.find_element(By.ID, "json-mode").click()
+
     saved = json.loads(browser.execute_script("return localStorage.getItem('llamasite.playground.conversations')"))
-    assert [message["role"] for message in saved[0]["messages"]] == ["user", "assistant"] * 3
+    assert [message["role"] for message in saved[0]["messages"]] == ["user", "assistant"] * 4
     assert saved[0]["system"] == "You are brief." and saved[0]["model"] == SECOND
     browser.refresh()  # the conversation is still there
-    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant")) == 3, 20)
-    assert browser.find_element(By.ID, "max-tokens").get_attribute("value") == "8"  # and the settings
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant")) == 4, 20)
+    assert browser.find_element(By.ID, "max-tokens").get_attribute("value") == "24"  # and the settings
     options = [option.text for option in Select(browser.find_element(By.ID, "model")).options]
     assert f"{SECOND} · loaded" in options, options
     screenshot(browser, "playground")
+
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.find_element(By.ID, "export").click()
+    exported = downloads / "llamasite-playground.json"
+    wait_for(exported.exists, 20)
+    assert json.loads(exported.read_text()) == saved

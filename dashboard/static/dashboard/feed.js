@@ -16,7 +16,7 @@
     const row = document.createElement("tr");
     row.className = "new status-" + record.status;
     const time = new Date(record.created_at).toLocaleTimeString();
-    [time, record.instance, record.model || "–", record.endpoint, record.status + " " + record.http_status,
+    [time, record.instance, record.model || "–", record.endpoint + (record.source ? " · " + record.source : ""), record.status + " " + record.http_status,
      record.prompt_tokens + " / " + record.completion_tokens, record.ttft_ms, record.duration_ms,
      record.tokens_per_second].forEach((value) => row.appendChild(cell(value)));
     body.prepend(row);
