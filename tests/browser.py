@@ -1,0 +1,61 @@
+"""A real headless Chromium for the console's browser tests (Debian's chromium and
+chromium-driver; the tests that need them are skipped without them)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROJECT_DIR
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (make test installs them when run as root)",
+)
+ARTIFACTS = PROJECT_DIR / "test-artifacts"
+STAFF_PASSWORD = "browser-test-password"
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A selenium driver of a headless Chromium, quit afterwards."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(driver: Any, base_url: str, next_path: str) -> None:
+    """Log in as the staff account "admin" (password STAFF_PASSWORD), landing on `next_path`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{base_url}/admin/login/?next={next_path}")
+    driver.find_element(By.NAME, "username").send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(STAFF_PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith(next_path))
+
+
+def screenshot(driver: Any, page: str) -> None:
+    """Save test-artifacts/<page>.png (for the README)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{page}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
