@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -231,13 +232,18 @@ def test_discovery_never_lists_a_download_in_progress(tmp_path: Path) -> None:
     assert list(scan(tmp_path)) == ["done"]
 
 
-def staff_client(server: DaphneServer) -> httpx.Client:
-    client = httpx.Client(base_url=server.url, timeout=30)
-    login = client.get("/admin/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)[1]
-    client.post("/admin/login/", data={"username": "admin", "password": STAFF_PASSWORD,
-                                       "csrfmiddlewaretoken": token, "next": "/dashboard/pull/"})
-    return client
+@contextmanager
+def staff_client(server: DaphneServer) -> Iterator[httpx.Client]:
+    """An HTTP client logged in as the staff account."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        login = client.get("/admin/login/")
+        client.post("/admin/login/", data={"username": "admin", "password": STAFF_PASSWORD,
+                                           "csrfmiddlewaretoken": csrf_token(login.text)})
+        yield client
+
+
+def csrf_token(html: str) -> str:
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)[1]
 
 
 def test_the_pull_page_is_for_staff_and_its_form_needs_the_csrf_token(server: DaphneServer) -> None:
@@ -248,8 +254,8 @@ def test_the_pull_page_is_for_staff_and_its_form_needs_the_csrf_token(server: Da
         page = client.get("/dashboard/pull/")
         assert page.status_code == 200 and 'aria-current="page">Pull models' in page.text
         assert client.post("/dashboard/pull/", data={"url": "https://example.com/m.gguf"}).status_code == 403
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)[1]
-        refused = client.post("/dashboard/pull/", data={"url": "ftp://example.com/m.gguf", "csrfmiddlewaretoken": token})
+        refused = client.post("/dashboard/pull/", data={"url": "ftp://example.com/m.gguf",
+                                                         "csrfmiddlewaretoken": csrf_token(page.text)})
         assert refused.status_code == 200 and "give an http://, https:// or hf:// URL" in refused.text
 
 
@@ -274,15 +280,15 @@ def test_the_console_pulls_with_live_progress_cancels_and_lists_the_model(
         def row(name: str) -> object:
             return browser.find_element(By.XPATH, f"//tr[.//b[@class='name' and text()='{name}']]")
 
-        submit(f"{files.url}/slow/{SOURCE_NAME}", "cancelled-page")
-        wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "downloading"
-                   and row("cancelled-page").find_element(By.TAG_NAME, "progress").get_property("value") > 0)
-        row("cancelled-page").find_element(By.CSS_SELECTOR, "button.cancel").click()
-        wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "cancelled")
-        assert not list(models.glob("cancelled-page*"))
-
         submit(f"{files.url}/ok/{SOURCE_NAME}", "pulled-page")
         wait.until(lambda driver: row("pulled-page").get_attribute("data-state") == "done")
         assert "pulled-page is now listed in /v1/models" in row("pulled-page").text
         assert "pulled-page" in listed(server)
+
+        submit(f"{files.url}/slow/{SOURCE_NAME}", "cancelled-page")
+        wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "downloading"
+                   and row("cancelled-page").find_element(By.TAG_NAME, "progress").get_property("value") > 0)
         screenshot(browser, "pull")
+        row("cancelled-page").find_element(By.CSS_SELECTOR, "button.cancel").click()
+        wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "cancelled")
+        assert not list(models.glob("cancelled-page*"))
