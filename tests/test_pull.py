@@ -6,6 +6,7 @@ where HF_TOKEN goes, the names a pull accepts; and the console's pull page, in C
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from inference import pulling
 from inference.config import CONFIG_ENV_VAR, set_config
@@ -257,6 +260,16 @@ def test_the_pull_page_is_for_staff_and_its_form_needs_the_csrf_token(server: Da
         refused = client.post("/dashboard/pull/", data={"url": "ftp://example.com/m.gguf",
                                                          "csrfmiddlewaretoken": csrf_token(page.text)})
         assert refused.status_code == 200 and "give an http://, https:// or hf:// URL" in refused.text
+
+
+def test_the_pull_progress_socket_is_for_staff_and_opens_with_every_pull(server: DaphneServer) -> None:
+    url = f"ws://127.0.0.1:{httpx.URL(server.url).port}/ws/dashboard/pulls/"
+    with pytest.raises(InvalidStatus):
+        connect(url, additional_headers={"Origin": server.url}).close()
+    with staff_client(server) as client, connect(
+        url, additional_headers={"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url}
+    ) as socket:
+        assert isinstance(json.loads(socket.recv(timeout=30))["pulls"], list)
 
 
 @needs_chromium
