@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,16 @@ from channels.layers import get_channel_layer
 from inference import services
 from inference.config import get_config
 from inference.errors import InvalidRequest
-from inference.pulling import PullCancelled, PullError, PullPlan, PullProgress, human_bytes, plan_pull, pull
+from inference.pulling import (
+    PullCancelled,
+    PulledModel,
+    PullError,
+    PullPlan,
+    PullProgress,
+    human_bytes,
+    plan_pull,
+    pull,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,23 +109,47 @@ class PullJobs:
         return True
 
     async def _run(self, job: PullJob) -> None:
-        loop = asyncio.get_running_loop()
-
-        def progressed(progress: PullProgress) -> None:  # on the download thread
-            loop.call_soon_threadsafe(self._progressed, job, progress)
-
         try:
-            pulled = await asyncio.to_thread(pull, job.plan, on_progress=progressed, cancel=job.cancel)
+            pulled = await self._download(job)
             self._set(job, PullState.DISCOVERING, f"{human_bytes(pulled.size_bytes)} in place, rediscovering")
             self._set(job, PullState.DONE, await self._discover(job))
         except PullCancelled as exc:
             self._set(job, PullState.CANCELLED, str(exc))
         except PullError as exc:
             self._set(job, PullState.FAILED, str(exc))
-        except Exception as exc:  # a thread's surprise must still end the pull on the page
+        except Exception as exc:  # a surprise must still end the pull on the page
             logger.exception("pull of %s failed", job.plan.name)
             self._set(job, PullState.FAILED, f"{type(exc).__name__}: {exc}")
         logger.info("pull of %s %s: %s", job.plan.name, job.state.value, job.message)
+
+    async def _download(self, job: PullJob) -> PulledModel:
+        """`pull()` on a thread of its own: a download holds its thread for minutes, which the
+        loop's default executor needs for short work. A daemon thread, so that a server
+        stopping mid-pull does not wait for it (the `.part` stays, to be resumed)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[PulledModel] = loop.create_future()
+
+        def report(outcome: Callable[[], object]) -> None:
+            try:
+                loop.call_soon_threadsafe(outcome)
+            except RuntimeError:
+                pass  # the loop is closed: the server stopped mid-pull
+
+        def download() -> None:
+            try:
+                pulled = pull(job.plan, cancel=job.cancel,
+                              on_progress=lambda progress: report(functools.partial(self._progressed, job, progress)))
+            except BaseException as exc:  # handed over to the loop, where the job ends
+                report(functools.partial(_settle, done, error=exc))
+            else:
+                report(functools.partial(_settle, done, result=pulled))
+
+        threading.Thread(target=download, name=f"pull {job.plan.name}", daemon=True).start()
+        try:
+            return await done
+        except asyncio.CancelledError:
+            job.cancel.set()
+            raise
 
     async def _discover(self, job: PullJob) -> str:
         try:
@@ -145,6 +180,16 @@ class PullJobs:
         finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
         for job_id in finished[: max(0, len(finished) - _FINISHED_KEPT)]:
             del self._jobs[job_id]
+
+
+def _settle(future: asyncio.Future[PulledModel], *, result: PulledModel | None = None,
+            error: BaseException | None = None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 _jobs = PullJobs()

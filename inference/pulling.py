@@ -59,6 +59,9 @@ class PullError(Exception):
 class PullCancelled(PullError):
     """The pull was cancelled; its partial download is removed."""
 
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the pull of {name} was cancelled")
+
 
 class _Rejected(PullError):
     """The downloaded bytes are not the model asked for; they are removed."""
@@ -189,16 +192,32 @@ def pull(plan: PullPlan, *, on_progress: ProgressCallback | None = None,
         download = _Download(plan, part, _Reporter(on_progress), cancel or threading.Event())
         try:
             return download.run(http)
-        except (_Rejected, PullCancelled):
-            plan.part.unlink(missing_ok=True)
-            raise
-        except httpx.TransportError as exc:
-            raise PullError(_transport_error(plan, download, exc)) from None
-        except OSError as exc:
-            raise PullError(f"cannot write {plan.part}: {exc.strerror or exc}") from None
+        except (PullError, httpx.HTTPError, OSError) as exc:
+            error = _pull_error(download, exc)
+            if isinstance(error, (_Rejected, PullCancelled)):
+                plan.part.unlink(missing_ok=True)
+            raise error from None
         finally:
             if plan.part.exists() and plan.part.stat().st_size == 0:
                 plan.part.unlink()
+
+
+def _pull_error(download: _Download, error: Exception) -> PullError:
+    """What a failure means to the user. A cancel wins over whatever it interrupted (a read
+    that timed out, say), so a cancelled pull always leaves nothing behind."""
+    plan = download.plan
+    if download.cancel.is_set():
+        return PullCancelled(plan.name)
+    if isinstance(error, PullError):
+        return error
+    if isinstance(error, httpx.HTTPError):
+        host = httpx.URL(plan.url).host
+        cause = " ".join(str(error).split()) or type(error).__name__
+        if download.received == 0:
+            return PullError(f"cannot download from {host} ({cause})")
+        return PullError(f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
+                         f"{plan.part.name} is kept: pull again to resume")
+    return PullError(f"cannot write {plan.part}: {getattr(error, 'strerror', None) or error}")
 
 
 @contextmanager
@@ -225,6 +244,7 @@ class _Download:
         self.head = b""  # the file's first bytes, until there are enough to check the magic
 
     def run(self, http: httpx.Client) -> PulledModel:
+        self._stop_if_cancelled()
         self._continue_part()
         self.reporter.report(PullPhase.CONNECTING, self, force=True)
         response = self._open(http)
@@ -240,6 +260,10 @@ class _Download:
                             "to resume")
         self.reporter.report(PullPhase.VERIFYING, self, force=True)
         return self._finish()
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise PullCancelled(self.plan.name)
 
     def _continue_part(self) -> None:
         """Take up the bytes a previous pull left, unless they cannot begin a GGUF file."""
@@ -295,8 +319,7 @@ class _Download:
 
     def _receive(self, response: httpx.Response) -> None:
         for chunk in response.iter_raw(_CHUNK_BYTES):
-            if self.cancel.is_set():
-                raise PullCancelled(f"the pull of {self.plan.name} was cancelled")
+            self._stop_if_cancelled()
             self.part.write(chunk)
             self.received += len(chunk)
             self._remember(chunk)
@@ -369,15 +392,6 @@ def _http_error(response: httpx.Response) -> str:
     if response.status_code == 404:
         return f"HTTP 404 from {where}: no such file"
     return f"HTTP {response.status_code} from {where}"
-
-
-def _transport_error(plan: PullPlan, download: _Download, error: httpx.TransportError) -> str:
-    host = httpx.URL(plan.url).host
-    cause = " ".join(str(error).split()) or type(error).__name__
-    if download.received == 0:
-        return f"cannot download from {host} ({cause})"
-    return (f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
-            f"{plan.part.name} is kept: pull again to resume")
 
 
 def _sync_directory(directory: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
@@ -24,10 +25,19 @@ from websockets.sync.client import connect
 
 from inference import pulling
 from inference.config import CONFIG_ENV_VAR, set_config
-from inference.pulling import PullError, download_url, model_name, plan_pull, token_for
+from inference.pulling import PullCancelled, PullError, download_url, model_name, plan_pull, token_for
 from inference.runtime.catalog import scan
 from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
-from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.conftest import (
+    PROJECT_DIR,
+    SMOLLM2,
+    DaphneServer,
+    free_port,
+    link_model,
+    start_server,
+    wait_for,
+    write_config,
+)
 from tests.file_server import FileServer
 from tests.gguf_files import write_synthetic
 from tests.services import DatabaseTemplate
@@ -165,6 +175,31 @@ def test_a_pull_that_would_not_fit_on_the_disk_does_not_start(
     with pytest.raises(CommandError, match=r"not enough disk space .* needs 98\.4 MB more, 1\.0 MB are free"):
         pull_command(f"{files.url}/ok/{SOURCE_NAME}")
     assert files_in(models) == []
+
+
+def test_a_second_pull_of_the_same_name_waits_its_turn_and_a_cancel_leaves_nothing(
+    tmp_path: Path, files: FileServer
+) -> None:
+    plan = plan_pull(url=f"{files.url}/slow/{SOURCE_NAME}", directory=tmp_path, name="slow")
+    cancel, outcome = threading.Event(), []
+
+    def first() -> None:
+        try:
+            pulling.pull(plan, cancel=cancel)
+        except PullError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    wait_for(lambda: plan.part.exists() and plan.part.stat().st_size > 0)
+    with pytest.raises(PullError, match="another pull of slow is under way"):
+        pulling.pull(plan)
+    assert plan.part.stat().st_size > 0  # the refused pull left the first one's bytes alone
+
+    cancel.set()
+    thread.join(timeout=60)
+    assert isinstance(outcome[0], PullCancelled)
+    assert files_in(tmp_path) == []
 
 
 @pytest.mark.parametrize(("url", "expected"), [
