@@ -3,10 +3,11 @@
 `plan_pull()` checks what can be checked before any byte moves (the URL, the name, the
 checksum's form, that no model of that name exists); `pull()` does the download, for
 `manage.py pull` and the console alike: no Django here, only a progress callback and a cancel
-event. Bytes go to `NAME.gguf.part` beside the target (discovery lists only `*.gguf`), an
-existing `.part` is continued with an HTTP Range request (a server that ignores Range sends
-the whole file, and the download starts over), and the file becomes `NAME.gguf` by one
-rename once its GGUF header reads and its sha256 (when given) matches.
+event. Bytes go to `NAME.gguf.part` beside the target (discovery lists only `*.gguf`). An
+existing `.part` is continued with an HTTP Range request, If-Range the version its bytes came
+from (a server that ignores Range, or a file that changed, sends the whole file, and the
+download starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads
+and its sha256 (when given) matches.
 
 What a failure leaves: the `.part`, when it holds bytes and the failure says nothing against
 them (a lost connection, an HTTP error, a full disk, Ctrl-C): the next pull of the same name
@@ -47,6 +48,7 @@ _CHUNK_BYTES = 1 << 20
 _PROGRESS_INTERVAL = 0.25  # seconds between progress reports while bytes flow
 _RATE_WINDOW = 5.0  # seconds of recent bytes the rate is measured over
 _MAX_REDIRECTS = 10
+_VALIDATOR_ATTRIBUTE = "user.llamasite.validator"  # on a .part: the ETag or Last-Modified of its bytes
 _MAX_NAME_BYTES = 200  # file names stop at 255 bytes, and ".gguf.part" comes after the name
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (?:(?P<start>\d+)-\d+|\*)/(?P<total>\d+|\*)$")
@@ -286,24 +288,26 @@ class _Download:
 
     def _open(self, http: httpx.Client) -> httpx.Response:
         """The response whose body continues the part file (starting over where it cannot)."""
-        response = _get(http, self.plan.url, self.received)
+        stored = _stored_validator(self.part) if self.received else None
+        response = _get(http, self.plan.url, self.received, if_range=stored)
         if response.status_code == 416 and self.received:
-            complete = _content_range(response)[1] == self.received
-            if complete:
+            if _content_range(response)[1] == self.received:  # the part was complete already
                 self.total = self.received
                 return response
         elif response.status_code == 206:
             start, total = _content_range(response)
-            if start == self.received:
+            validator = _validator(response)
+            if start == self.received and not (stored and validator and validator != stored):
                 self.total = total
                 return response
         elif response.status_code == 200:
-            if self.received:  # the server ignored Range: its body is the whole file
+            if self.received:  # the server ignored Range, or the file changed (If-Range): here it is whole
                 self._start_over()
             self.total = _content_length(response)
+            _store_validator(self.part, _validator(response))
             return response
         response.close()
-        if response.status_code in (206, 416) and self.received:  # not the range asked for
+        if response.status_code in (206, 416) and self.received:  # not the bytes asked for
             self._start_over()
             return self._open(http)
         raise PullError(_http_error(response))
@@ -353,13 +357,15 @@ class _Download:
                            resumed_from=self.resumed_from)
 
 
-def _get(http: httpx.Client, url: str, offset: int) -> httpx.Response:
-    """GET from `offset` on, following redirects ourselves: each hop decides anew whether the
-    Hugging Face token goes with it."""
+def _get(http: httpx.Client, url: str, offset: int, *, if_range: str | None) -> httpx.Response:
+    """GET from `offset` on (only if the file is still the one `if_range` names), following
+    redirects ourselves: each hop decides anew whether the Hugging Face token goes with it."""
     for _ in range(_MAX_REDIRECTS + 1):
         headers = {"Accept-Encoding": "identity"}  # byte offsets count the file's bytes, not gzip's
         if offset:
             headers["Range"] = f"bytes={offset}-"
+            if if_range:
+                headers["If-Range"] = if_range
         if token := token_for(httpx.URL(url)):
             headers["Authorization"] = f"Bearer {token}"
         response = http.send(http.build_request("GET", url, headers=headers), stream=True)
@@ -368,6 +374,33 @@ def _get(http: httpx.Client, url: str, offset: int) -> httpx.Response:
         response.close()
         url = str(response.url.join(response.headers["location"]))
     raise PullError(f"more than {_MAX_REDIRECTS} redirects from {url}")
+
+
+def _validator(response: httpx.Response) -> str | None:
+    """What names this version of the file: a strong ETag, or else Last-Modified."""
+    etag = response.headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("last-modified")
+
+
+def _store_validator(part: BinaryIO, validator: str | None) -> None:
+    """Keep the version a `.part` holds bytes of with the file itself (an extended attribute),
+    for the If-Range of a later resume."""
+    try:
+        if validator:
+            os.setxattr(part.fileno(), _VALIDATOR_ATTRIBUTE, validator.encode())
+        else:
+            os.removexattr(part.fileno(), _VALIDATOR_ATTRIBUTE)
+    except OSError:
+        pass  # none to remove, or a filesystem without user attributes: resumes go unchecked
+
+
+def _stored_validator(part: BinaryIO) -> str | None:
+    try:
+        return os.getxattr(part.fileno(), _VALIDATOR_ATTRIBUTE).decode()
+    except OSError:
+        return None
 
 
 def _content_range(response: httpx.Response) -> tuple[int | None, int | None]:

@@ -31,11 +31,12 @@ class Seen:
 @dataclass
 class FileServer:
     """Routes: /ok/NAME.gguf, /cut-once/NAME.gguf (the first answer stops half-way),
-    /no-range/NAME.gguf, /slow/NAME.gguf, /not-gguf/NAME.gguf, /redirect/<port>/<path>."""
+    /no-range/NAME.gguf, /slow/NAME.gguf (0.2 s per 256 kB), /not-gguf/NAME.gguf, /redirect/<port>/<path>."""
 
     source: Path
     seen: list[Seen] = field(default_factory=list)
     cut_done: bool = False
+    etag: str = '"v1"'  # the file's version; a test changes it to play a file replaced meanwhile
     server: _QuietServer | None = None
 
     @property
@@ -69,7 +70,8 @@ class FileServer:
 
     def answer(self, handler: BaseHTTPRequestHandler, route: str, body: bytes) -> None:
         match = _RANGE.match(handler.headers.get("Range", ""))
-        start = int(match[1]) if match and route != "no-range" else 0
+        same_version = handler.headers.get("If-Range", self.etag) == self.etag
+        start = int(match[1]) if match and route != "no-range" and same_version else 0
         if start >= len(body) > 0:
             handler.send_response(416)
             handler.send_header("Content-Range", f"bytes */{len(body)}")
@@ -80,6 +82,7 @@ class FileServer:
         if start:
             handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         handler.send_header("Content-Length", str(len(body) - start))
+        handler.send_header("ETag", self.etag)
         handler.send_header("Content-Type", "text/html" if route == "not-gguf" else "application/octet-stream")
         handler.end_headers()
         if route == "cut-once" and not self.cut_done:

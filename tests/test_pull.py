@@ -132,9 +132,24 @@ def test_a_pull_cut_half_way_resumes_with_a_range_request(models: Path, files: F
     output = pull_command(url)
 
     assert files.seen[-1].headers["range"] == f"bytes={kept}-"
+    assert files.seen[-1].headers["if-range"] == files.etag
     assert "resumed at" in output
     assert sha256_of(models / f"{SMOLLM2}.gguf") == source_sha256
     assert files_in(models) == [f"{SMOLLM2}.gguf"]
+
+
+def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(models: Path, files: FileServer,
+                                                                 source_sha256: str) -> None:
+    url = f"{files.url}/cut-once/{SOURCE_NAME}"
+    with pytest.raises(CommandError, match="broke off"):
+        pull_command(url)
+    files.etag = '"v2"'
+
+    output = pull_command(url)
+
+    assert files.seen[-1].headers["if-range"] == '"v1"'  # the version the kept bytes came from
+    assert "resumed" not in output
+    assert sha256_of(models / f"{SMOLLM2}.gguf") == source_sha256
 
 
 def test_a_server_that_ignores_range_starts_the_download_over(models: Path, files: FileServer, source_sha256: str,
