@@ -20,12 +20,23 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
+from django.core.management.base import OutputWrapper
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from inference import pulling
 from inference.config import CONFIG_ENV_VAR, set_config
-from inference.pulling import PullCancelled, PullError, download_url, model_name, plan_pull, token_for
+from inference.management.progress import TerminalProgress
+from inference.pulling import (
+    PullCancelled,
+    PullError,
+    PullPhase,
+    PullProgress,
+    download_url,
+    model_name,
+    plan_pull,
+    token_for,
+)
 from inference.runtime.catalog import scan
 from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
 from tests.conftest import (
@@ -215,6 +226,27 @@ def test_a_second_pull_of_the_same_name_waits_its_turn_and_a_cancel_leaves_nothi
     thread.join(timeout=60)
     assert isinstance(outcome[0], PullCancelled)
     assert files_in(tmp_path) == []
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_terminal_shows_a_bar_with_bytes_rate_and_eta_and_a_log_gets_plain_lines() -> None:
+    halfway = PullProgress(phase=PullPhase.DOWNLOADING, received=49_000_000, total=98_000_000, resumed_from=0,
+                           bytes_per_second=12_250_000)
+    terminal = Terminal()
+    TerminalProgress(OutputWrapper(terminal), "smol")(halfway)
+    assert terminal.getvalue() == (
+        "\r\033[Ksmol [###############...............]  50%  49.0 MB / 98.0 MB  12.2 MB/s  ETA 0:04"
+    )
+
+    log = StringIO()
+    progress = TerminalProgress(OutputWrapper(log), "smol")
+    for _ in range(3):
+        progress(halfway)
+    assert log.getvalue() == "smol: downloading 49.0 MB / 98.0 MB  12.2 MB/s  ETA 0:04\n"  # one per 5 s
 
 
 @pytest.mark.parametrize(("url", "expected"), [
