@@ -197,7 +197,7 @@ def test_a_body_that_is_not_gguf_is_refused_and_removed(models: Path, files: Fil
 def test_a_pull_that_would_not_fit_on_the_disk_does_not_start(
     models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pulling.shutil, "disk_usage", lambda path: SimpleNamespace(free=10**6))
+    monkeypatch.setattr(pulling.download.shutil, "disk_usage", lambda path: SimpleNamespace(free=10**6))
     with pytest.raises(CommandError, match=r"not enough disk space .* needs 98\.4 MB more, 1\.0 MB are free"):
         pull_command(f"{files.url}/ok/{SOURCE_NAME}")
     assert files_in(models) == []
@@ -284,7 +284,7 @@ def test_a_redirect_elsewhere_does_not_carry_the_token(
     hugging_face, elsewhere = FileServer(smollm2_file).start(), FileServer(smollm2_file).start()
     try:
         port = httpx.URL(hugging_face.url).port
-        monkeypatch.setattr(pulling, "token_for", lambda url: "hf_secret" if url.port == port else None)
+        monkeypatch.setattr(pulling.remote, "token_for", lambda url: "hf_secret" if url.port == port else None)
         elsewhere_port = httpx.URL(elsewhere.url).port
         plan = plan_pull(url=f"{hugging_face.url}/redirect/{elsewhere_port}/ok/{SOURCE_NAME}", directory=tmp_path)
         pulling.pull(plan)
