@@ -53,9 +53,12 @@
   }
 
   function cancel(id, tr) {
-    tr.querySelector(".cancel").disabled = true;
+    const button = tr.querySelector(".cancel");
+    button.disabled = true;
     fetch(table.dataset.cancelUrl.replace("JOB", id), {method: "POST", headers: {"X-CSRFToken": csrf}})
-      .then((response) => { if (!response.ok) tr.querySelector(".cancel").disabled = false; });
+      .then((response) => response.ok ? response.json() : {cancelled: false})
+      .then((answer) => { if (!answer.cancelled) button.disabled = false; })
+      .catch(() => { button.disabled = false; });
   }
 
   function connect() {
