@@ -32,7 +32,7 @@
       '<td><span class="state"></span> <span class="message"></span></td>' +
       '<td><button type="button" class="cancel">Cancel</button></td>';
     tr.querySelector(".name").textContent = pull.name;
-    tr.querySelector(".url").textContent = pull.url;
+    tr.querySelector(".url").textContent = pull.url + " · started by " + pull.started_by;
     tr.querySelector(".cancel").addEventListener("click", () => cancel(pull.id, tr));
     body.prepend(tr);
     return tr;
