@@ -14,4 +14,5 @@ class ConsolePage(NamedTuple):
 CONSOLE_PAGES = (
     ConsolePage("Usage", "index", "Requests, tokens and speed over time; the live feed"),
     ConsolePage("Playground", "playground", "Chat with any model, as yourself"),
+    ConsolePage("Pull models", "pull", "Download a GGUF into the models directory, with progress"),
 )

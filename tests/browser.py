@@ -1,16 +1,16 @@
-"""A real headless Chromium (Debian's chromium and chromium-driver, driven by selenium) for the
-console's page tests; `make test` installs both when run as root, and the tests skip without."""
+"""A real headless Chromium for the console's browser tests (Debian's chromium and
+chromium-driver; the tests that need them are skipped without them)."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, DaphneServer
+from tests.conftest import PROJECT_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -18,12 +18,12 @@ needs_chromium = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (make test installs them when run as root)",
 )
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
-PASSWORD = "browser-test-password"
+STAFF_PASSWORD = "browser-test-password"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One Chromium for the module's tests, 1,400 px wide."""
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A selenium driver of a headless Chromium, quit afterwards."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -35,29 +35,30 @@ def browser() -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
-def log_in(browser: Any, server: DaphneServer, next_path: str) -> None:
-    """Sign in as the server's "admin" (see DaphneServer.create_superuser) and open `next_path`."""
+def log_in(driver: Any, base_url: str, next_path: str) -> None:
+    """Log in as the staff account "admin" (password STAFF_PASSWORD), landing on `next_path`."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{server.url}/admin/login/?next={next_path}")
-    if browser.find_elements(By.NAME, "username"):
-        browser.find_element(By.NAME, "username").send_keys("admin")
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    else:  # signed in already: the login page sent the browser on
-        browser.get(f"{server.url}{next_path}")
-    WebDriverWait(browser, 20).until(lambda driver: driver.current_url.endswith(next_path))
+    driver.get(f"{base_url}/admin/login/?next={next_path}")
+    if driver.find_elements(By.NAME, "username"):
+        driver.find_element(By.NAME, "username").send_keys("admin")
+        driver.find_element(By.NAME, "password").send_keys(STAFF_PASSWORD)
+        driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    else:  # logged in already: the login page sent it on to the admin
+        driver.get(f"{base_url}{next_path}")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith(next_path))
 
 
-def screenshot(browser: Any, name: str) -> Path:
-    """Save the page as test-artifacts/<name>.png (the README shows them)."""
+def screenshot(driver: Any, page: str) -> None:
+    """Save test-artifacts/<page>.png (for the README)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    browser.save_screenshot(str(path))
+    path = ARTIFACTS / f"{page}.png"
+    driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000
-    return path

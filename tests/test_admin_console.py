@@ -12,11 +12,10 @@ import httpx
 import pytest
 
 from dashboard.pages import CONSOLE_PAGES
-from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
 from tests.services import DatabaseTemplate
 
-__all__ = ["browser"]  # the fixture, used by name
 pytestmark = needs_chromium
 
 
@@ -35,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     link_model(smollm2_file, root / "models", SMOLLM2)
     config = write_config(root, server={"port": free_port()}, n_ctx=2048)
     server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(PASSWORD)
+    server.create_superuser(STAFF_PASSWORD)
     for stream in (False, True):
         response = httpx.post(
             f"{server.url}/v1/chat/completions", timeout=60,
@@ -46,10 +45,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
+
+
 def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    log_in(browser, server, "/admin/")
+    log_in(browser, server.url, "/admin/")
     assert browser.find_element(By.ID, "site-name").text == "llamasite"
     for page in CONSOLE_PAGES:
         browser.get(f"{server.url}/admin/")
@@ -67,7 +72,7 @@ def test_list_pages_keep_their_columns_in_view_at_1280_px(server: DaphneServer, 
 
     browser.set_window_size(1280, 900)
     try:
-        log_in(browser, server, f"/admin/inference/{changelist}/")
+        log_in(browser, server.url, f"/admin/inference/{changelist}/")
         assert browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
         overflow = browser.execute_script(
             "const table = document.getElementById('result_list');"

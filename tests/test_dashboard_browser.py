@@ -9,12 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
 from tests.services import DatabaseTemplate
 
 pytestmark = needs_chromium
-__all__ = ["browser"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +22,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     link_model(smollm2_file, root / "models", SMOLLM2)
     config = write_config(root, server={"port": free_port()}, n_ctx=2048)
     server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(PASSWORD)
+    server.create_superuser(STAFF_PASSWORD)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with chromium() as driver:
+        yield driver
 
 
 def chat(server: DaphneServer, **body: object) -> None:
@@ -45,7 +50,7 @@ def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browse
     chat(server, stream=True)
     chat(server, model="missing-model")
 
-    log_in(browser, server, "/dashboard/")
+    log_in(browser, server.url, "/dashboard/")
     wait = WebDriverWait(browser, 20)
     wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "svg[data-chart='requests']"))
 

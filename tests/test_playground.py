@@ -15,11 +15,10 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from inference.models import RequestRecord
-from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
 from tests.services import DatabaseTemplate
 
-__all__ = ["browser"]  # the fixture, used by name
 REQUIRED = {"require_api_key": True}
 CONSOLE = {"X-Llamasite-Console": "playground"}
 HELLO = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -91,9 +90,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     link_model(smollm2_file, root / "models", SECOND)
     config = write_config(root, server={"port": free_port(), "require_api_key": True}, n_ctx=2048)
     server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(PASSWORD)
+    server.create_superuser(STAFF_PASSWORD)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
 
 
 def ask(browser: Any, text: str) -> Any:
@@ -121,7 +126,7 @@ def test_playground_streams_stops_and_switches_models_in_chromium(server: Daphne
     from selenium.webdriver.support.ui import Select
 
     downloads = tmp_path
-    log_in(browser, server, "/dashboard/playground/")
+    log_in(browser, server.url, "/dashboard/playground/")
     wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes", 20)
     options = [option.text for option in Select(browser.find_element(By.ID, "model")).options]
     assert any(SMOLLM2 in text and "not loaded" in text for text in options), options

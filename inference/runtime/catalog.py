@@ -88,7 +88,7 @@ def scan(directory: Path) -> dict[str, ModelFile]:
     root = directory.resolve()
     found: dict[str, ModelFile] = {}
     for path in directory.iterdir():
-        name = _model_name(path)
+        name = listed_name(path)
         if name is None:
             continue
         try:
@@ -104,7 +104,11 @@ def scan(directory: Path) -> dict[str, ModelFile]:
     return dict(sorted(found.items()))
 
 
-def _model_name(path: Path) -> str | None:
+def listed_name(path: Path) -> str | None:
+    """The name discovery lists this file under, or None if it is not a model (nor a first part).
+
+    Only `*.gguf` counts: a download still under way (`NAME.gguf.part`) is never listed.
+    """
     if path.suffix != GGUF_SUFFIX or path.name.startswith((".", "mmproj")):
         return None
     split = _SPLIT_PATTERN.match(path.stem)
