@@ -1,4 +1,4 @@
-"""The live feed: each finished request, pushed to the staff's open dashboards."""
+"""The dashboards' WebSockets: the live feed of finished requests, and the live models table."""
 
 from __future__ import annotations
 
@@ -6,22 +6,66 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from dashboard.model_feed import MODEL_TABLE_GROUP, model_table_message, publisher
 from inference.records import REQUEST_FEED_GROUP
 
 FORBIDDEN = 4403
 
 
-class RequestFeedConsumer(AsyncJsonWebsocketConsumer):
-    async def connect(self) -> None:
+class StaffConsumer(AsyncJsonWebsocketConsumer):
+    """Staff only (others are closed with 4403), joined to `groups_joined` while connected."""
+
+    groups_joined: tuple[str, ...] = ()
+
+    @property
+    def staff(self) -> bool:
         user = self.scope.get("user")
-        if user is None or not user.is_staff:
+        return user is not None and user.is_staff
+
+    async def connect(self) -> None:
+        if not self.staff:
             await self.close(code=FORBIDDEN)
             return
-        await self.channel_layer.group_add(REQUEST_FEED_GROUP, self.channel_name)
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(REQUEST_FEED_GROUP, self.channel_name)
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+
+class RequestFeedConsumer(StaffConsumer):
+    """Each finished request, as it is recorded."""
+
+    groups_joined = (REQUEST_FEED_GROUP,)
 
     async def request_finished(self, message: dict[str, Any]) -> None:
         await self.send_json(message["record"])
+
+
+class ModelTableConsumer(StaffConsumer):
+    """The models table: at once, then after every change (dashboard.model_feed)."""
+
+    groups_joined = (MODEL_TABLE_GROUP, REQUEST_FEED_GROUP)
+    _watching = False
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self.staff:
+            publisher.page_opened()
+            self._watching = True
+            # What changed since the page was rendered.
+            await self.send_json(await model_table_message())
+
+    async def disconnect(self, code: int) -> None:
+        if self._watching:
+            publisher.page_closed()
+            self._watching = False
+        await super().disconnect(code)
+
+    async def model_table(self, message: dict[str, Any]) -> None:
+        await self.send_json(message["table"])
+
+    async def request_finished(self, message: dict[str, Any]) -> None:
+        publisher.changed()  # today's counts changed

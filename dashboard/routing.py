@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from dashboard.consumers import RequestFeedConsumer
+from dashboard.consumers import ModelTableConsumer, RequestFeedConsumer
 
 websocket_urlpatterns = [
     path("ws/dashboard/feed/", RequestFeedConsumer.as_asgi()),
+    path("ws/dashboard/models/", ModelTableConsumer.as_asgi()),
 ]

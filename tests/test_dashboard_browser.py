@@ -3,23 +3,18 @@ feed receiving a request as it finishes; a screenshot is kept in test-artifacts/
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.browser import PASSWORD, browser, log_in, needs_chromium, screenshot
+from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
 from tests.services import DatabaseTemplate
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (make test installs them when run as root)",
-)
-ARTIFACTS = PROJECT_DIR / "test-artifacts"
-PASSWORD = "browser-test-password"
+pytestmark = needs_chromium
+__all__ = ["browser"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +26,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrate
     server.create_superuser(PASSWORD)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def chat(server: DaphneServer, **body: object) -> None:
@@ -67,12 +45,8 @@ def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browse
     chat(server, stream=True)
     chat(server, model="missing-model")
 
-    browser.get(f"{server.url}/admin/login/?next=/dashboard/")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    log_in(browser, server.url, "/dashboard/")
     wait = WebDriverWait(browser, 20)
-    wait.until(lambda driver: driver.current_url.endswith("/dashboard/"))
     wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "svg[data-chart='requests']"))
 
     points = browser.execute_script(
@@ -93,7 +67,4 @@ def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browse
     row = browser.find_element(By.CSS_SELECTOR, "#feed tbody tr.new").text
     assert SMOLLM2 in row and "ok 200" in row
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "dashboard.png"
-    browser.save_screenshot(str(screenshot))
-    assert screenshot.stat().st_size > 10_000
+    screenshot(browser, "dashboard")

@@ -50,7 +50,9 @@ class JobRunner:
         jobs: queue.SimpleQueue[Job | None],
         counts: JobCounts,
         lock: threading.Lock,
+        *,
         on_idle: Callable[[], None],
+        on_change: Callable[[], None],
     ) -> None:
         self._name = name
         self._engine = engine
@@ -58,6 +60,7 @@ class JobRunner:
         self._counts = counts
         self._lock = lock
         self._on_idle = on_idle  # called when the worker has nothing left to do
+        self._on_change = on_change  # called when a job starts or ends (the models page shows them)
         self._waiting: deque[tuple[Job, Prepared]] = deque()
         self._running: set[Job] = set()
 
@@ -156,12 +159,14 @@ class JobRunner:
         with self._lock:
             self._counts.queued -= 1
             self._counts.in_flight += 1
+        self._on_change()
 
     def _dropped(self) -> None:
         """A queued job ended before it started (cancelled, or refused)."""
         with self._lock:
             self._counts.queued -= 1
             idle = not self._counts.busy
+        self._on_change()
         if idle:
             self._on_idle()
 
@@ -172,7 +177,9 @@ class JobRunner:
             self._counts.in_flight -= 1
             self._counts.last_used = time.monotonic()
             self._counts.keep_alive = job.spec.keep_alive
-            return not self._counts.busy
+            idle = not self._counts.busy
+        self._on_change()
+        return idle
 
     def _log_done(self, job: Job, finished: Finished) -> None:
         elapsed = time.monotonic() - (job.started_at or job.submitted_at)
