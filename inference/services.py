@@ -318,6 +318,13 @@ def model_pin(*, model: str, pinned: bool) -> str:
     return name
 
 
+def model_pin_apply(*, row: DiscoveredModel) -> None:
+    """Put a model's saved pin (config.json's if none is saved) in force now, if it is loaded
+    (the admin's change form saved it)."""
+    pool = model_pool()
+    pool.pin(row.name, pool.config.settings_for(row.name, row.setting_overrides()).pinned)
+
+
 async def models_reap() -> dict[str, list[str]]:
     """Run the idle check now; the models it unloaded."""
     return {"unloaded": await _unloaded(model_pool().reaper.reap())}

@@ -177,6 +177,18 @@ def test_buttons_load_pin_and_unload_with_csrf(use_config, admin_user: User) -> 
     assert act("explode").status_code == 400
 
 
+def test_the_admins_pin_takes_effect_on_a_loaded_model(use_config, admin_client: Client) -> None:
+    services.discovered_models_sync(models=model_pool().catalog.available())
+    row = DiscoveredModel.objects.get(name=SMOLLM2)
+    asyncio.run(services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI))
+    change = f"/admin/inference/discoveredmodel/{row.pk}/change/"
+    saved = admin_client.post(change, {"n_ctx": "", "n_gpu_layers": "", "idle_timeout": "", "pinned": "true"})
+    assert saved.status_code == 302
+    assert model_pool().worker(SMOLLM2).settings.pinned and rows()[SMOLLM2].expires_at is None
+    admin_client.post(change, {"n_ctx": "", "n_gpu_layers": "", "idle_timeout": "", "pinned": "unknown"})
+    assert not model_pool().worker(SMOLLM2).settings.pinned  # config.json's again: not pinned
+
+
 async def test_websocket_pushes_the_table_when_a_model_loads(use_config) -> None:
     staff = await sync_to_async(User.objects.create_user)("staff", password="pw", is_staff=True)
     page = WebsocketCommunicator(ModelTableConsumer.as_asgi(), "/ws/dashboard/models/")
