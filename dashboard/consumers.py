@@ -6,16 +6,17 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from dashboard.model_feed import MODEL_TABLE_GROUP, model_table_message, publisher
+from dashboard.model_feed import model_table_group, model_table_message, publisher
 from inference.records import REQUEST_FEED_GROUP
 
 FORBIDDEN = 4403
 
 
 class StaffConsumer(AsyncJsonWebsocketConsumer):
-    """Staff only (others are closed with 4403), joined to `groups_joined` while connected."""
+    """Staff only (others are closed with 4403), joined to `groups_joined()` while connected."""
 
-    groups_joined: tuple[str, ...] = ()
+    def groups_joined(self) -> tuple[str, ...]:
+        return ()
 
     @property
     def staff(self) -> bool:
@@ -26,19 +27,20 @@ class StaffConsumer(AsyncJsonWebsocketConsumer):
         if not self.staff:
             await self.close(code=FORBIDDEN)
             return
-        for group in self.groups_joined:
+        for group in self.groups_joined():
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for group in self.groups_joined:
+        for group in self.groups_joined():
             await self.channel_layer.group_discard(group, self.channel_name)
 
 
 class RequestFeedConsumer(StaffConsumer):
     """Each finished request, as it is recorded."""
 
-    groups_joined = (REQUEST_FEED_GROUP,)
+    def groups_joined(self) -> tuple[str, ...]:
+        return (REQUEST_FEED_GROUP,)
 
     async def request_finished(self, message: dict[str, Any]) -> None:
         await self.send_json(message["record"])
@@ -47,8 +49,10 @@ class RequestFeedConsumer(StaffConsumer):
 class ModelTableConsumer(StaffConsumer):
     """The models table: at once, then after every change (dashboard.model_feed)."""
 
-    groups_joined = (MODEL_TABLE_GROUP, REQUEST_FEED_GROUP)
     _watching = False
+
+    def groups_joined(self) -> tuple[str, ...]:
+        return (model_table_group(), REQUEST_FEED_GROUP)
 
     async def connect(self) -> None:
         await super().connect()

@@ -10,21 +10,28 @@ open. It lives on the server's event loop; the table is read off it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any
 
 from channels.layers import get_channel_layer
 
+from inference.config import get_config
 from inference.connections import database_call
 from inference.model_table import model_table
 from inference.runtime.pool import ModelPool, model_pool
 
 logger = logging.getLogger(__name__)
 
-MODEL_TABLE_GROUP = "model-table"
 # A few tables a second: a busy server changes state with every request.
 PUSH_INTERVAL = 0.25
+
+
+def model_table_group() -> str:
+    """This server's pages' group: servers sharing a channel layer (Redis) each push their own
+    table (a group name allows no ':', so the instance name is hashed)."""
+    return "model-table-" + hashlib.sha256(get_config().server.instance.encode()).hexdigest()[:16]
 
 
 async def model_table_message() -> dict[str, Any]:
@@ -42,7 +49,7 @@ class ModelTablePublisher:
         self._pages = 0
         self._scheduled = False
         self._last_push = 0.0
-        self._push_task: asyncio.Task[None] | None = None
+        self._push_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def page_opened(self) -> None:
         self._pages += 1
@@ -85,7 +92,8 @@ class ModelTablePublisher:
         if layer is None:
             return
         try:
-            await layer.group_send(MODEL_TABLE_GROUP, {"type": "model.table", "table": await model_table_message()})
+            table = await model_table_message()
+            await layer.group_send(model_table_group(), {"type": "model.table", "table": table})
         except Exception as exc:  # best effort: the page catches up at the next change
             logger.warning("could not push the models table: %s", exc)
 

@@ -49,9 +49,6 @@ class ModelRow:
     last_load_at: str | None
     error: str  # why its load failed, when failed
 
-    @property
-    def loaded(self) -> bool:
-        return self.state == WorkerState.LOADED
 
 
 @dataclass(frozen=True)
@@ -96,9 +93,9 @@ def _row(
     usage: dict[str, int], events: dict[str, LoadEvent],
 ) -> ModelRow:
     status = worker.status() if worker else {}
-    failed = events.get("last")
+    last_event = events.get("last")
     state = status.get("state", UNLOADED)
-    if state == UNLOADED and failed is not None and failed.kind == LifecycleKind.LOAD_FAILED:
+    if state == UNLOADED and last_event is not None and last_event.kind == LifecycleKind.LOAD_FAILED:
         state = FAILED
     estimate = model_memory_estimate(model, settings)
     memory_bytes = worker.memory_bytes if worker and worker.memory_bytes else estimate.total if estimate else None
@@ -122,7 +119,7 @@ def _row(
         cache_hit_rate=round(cached_tokens / prompt_tokens, 3) if prompt_tokens else None,
         last_load_reason=loaded.reason if loaded else "",
         last_load_at=loaded.created_at.isoformat() if loaded else None,
-        error=failed.error if state == FAILED and failed else "",
+        error=last_event.error if state == FAILED and last_event else "",
     )
 
 

@@ -72,16 +72,12 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true", help="print the table as JSON (for scripts)")
+        parser.add_argument("--json", action="store_true", dest="as_json", help="print the table as JSON (for scripts)")
 
-    def handle(self, *args: Any, json: bool, **options: Any) -> None:
+    def handle(self, *args: Any, as_json: bool, **options: Any) -> None:
         table = admin_get("/admin/models")
-        if json:
-            self.stdout.write(_dumps(table))
+        if as_json:
+            self.stdout.write(json.dumps(table, indent=2))
             return
         for line in table_lines(table, datetime.now(UTC)):
             self.stdout.write(line)
-
-
-def _dumps(table: dict[str, Any]) -> str:
-    return json.dumps(table, indent=2)
