@@ -82,9 +82,11 @@ class ModelTablePublisher:
         asyncio.get_running_loop().call_later(delay, self._start_push)
 
     def _start_push(self) -> None:
-        self._push_task = asyncio.ensure_future(self._push())
+        self._push_task = asyncio.ensure_future(self._push(self._push_task))
 
-    async def _push(self) -> None:
+    async def _push(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():  # in order: an older table never lands last
+            await asyncio.wait([previous])
         # Changes from here on schedule the next push: none is missed while this one reads.
         self._scheduled = False
         self._last_push = time.monotonic()

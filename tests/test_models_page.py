@@ -22,6 +22,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.test import Client
 
 from dashboard.consumers import ModelTableConsumer
+from dashboard.model_feed import publisher
 from inference import services
 from inference.config import get_config
 from inference.model_table import ModelRow, model_table, usage_today_query
@@ -203,6 +204,12 @@ async def test_websocket_pushes_the_table_when_a_model_loads(use_config) -> None
         table = await page.receive_json_from(timeout=10)
         states.append(table["models"][0]["state"])
     assert table["models"][0]["last_load_reason"] == "admin_ui"
+    while not await page.receive_nothing(timeout=1):  # the load's last pushes
+        await page.receive_json_from()
+    for _ in range(50):  # a burst of changes (requests starting, ending) is one push
+        publisher.changed()
+    assert (await page.receive_json_from(timeout=10))["models"][0]["state"] == "loaded"
+    assert await page.receive_nothing(timeout=1)
     await page.disconnect()
 
     stranger = WebsocketCommunicator(ModelTableConsumer.as_asgi(), "/ws/dashboard/models/")
