@@ -35,7 +35,7 @@ class ModelRow:
     state: str  # loading, loaded, unloading, unloaded, failed
     load_percent: int | None  # while loading
     memory_mb: int | None  # the estimate (runtime.memory); None: the header cannot be read
-    slots_busy: int  # requests running
+    slots_busy: int  # taken by the running requests (one per choice: n)
     parallel: int
     queued: int
     expires_at: str | None  # when the idle check unloads it (ISO 8601); None: it would not
@@ -107,7 +107,7 @@ def _row(
         state=str(state),
         load_percent=status.get("load_percent"),
         memory_mb=None if memory_bytes is None else round(memory_bytes / MIB),
-        slots_busy=status.get("in_flight", 0),
+        slots_busy=status.get("slots_busy", 0),
         parallel=1 if worker and worker.embedding else settings.parallel,
         queued=status.get("queued", 0),
         expires_at=status.get("expires_at"),

@@ -31,6 +31,7 @@ class JobCounts:
 
     queued: int = 0
     in_flight: int = 0
+    slots: int = 0  # taken by the running jobs: one per choice
     last_used: float = field(default_factory=time.monotonic)
     keep_alive: float | None = None  # the last request's; None: the model's idle_timeout
 
@@ -132,7 +133,7 @@ class JobRunner:
             self._waiting.popleft()
             job.started_at = time.monotonic()
             self._running.add(job)
-            self._started()
+            self._started(job)
             job.emit(accepted)
 
     def _step(self) -> None:
@@ -155,10 +156,11 @@ class JobRunner:
 
     # --- counting -------------------------------------------------------------------------------
 
-    def _started(self) -> None:
+    def _started(self, job: Job) -> None:
         with self._lock:
             self._counts.queued -= 1
             self._counts.in_flight += 1
+            self._counts.slots += job.choices
         self._on_change()
 
     def _dropped(self) -> None:
@@ -175,6 +177,7 @@ class JobRunner:
         (`on_idle` once its events are out)."""
         with self._lock:
             self._counts.in_flight -= 1
+            self._counts.slots -= job.choices
             self._counts.last_used = time.monotonic()
             self._counts.keep_alive = job.spec.keep_alive
             idle = not self._counts.busy

@@ -186,6 +186,7 @@ class ModelWorker:
             return {
                 "state": str(self.state),
                 "in_flight": self.counts.in_flight,
+                "slots_busy": self.counts.slots,
                 "queued": self.counts.queued,
                 "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.counts.last_used, 1),
                 "expires_at": None
@@ -287,7 +288,7 @@ class ModelWorker:
         """Take no more jobs; every job still held or queued gets `failure`."""
         with self._lock:
             self.state = state
-            self.counts.queued = self.counts.in_flight = 0
+            self.counts.queued = self.counts.in_flight = self.counts.slots = 0
         for job in self._held_jobs():
             job.emit(failure)
 
