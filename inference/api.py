@@ -17,7 +17,9 @@ from rest_framework.response import Response
 
 from inference import access, metrics, peers, protocol, records, selectors, services
 from inference.admin_auth import AdminTokenRequired
+from inference.connections import database_call
 from inference.console_access import ConsoleCaller, console_caller
+from inference.model_table import model_table
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 from inference.protocol import anthropic_output
@@ -355,6 +357,27 @@ class AdminUnloadView(AdminView):
     async def post(self, request: Request) -> Response:
         model, reason = protocol.AdminModelSerializer.parse(request.data)
         return Response(await services.model_unload(model=model, reason=reason))
+
+
+_MODEL_TABLE = {
+    "type": "object",
+    "properties": {
+        "models": {"type": "array", "items": {"type": "object"}},
+        "memory_budget_mb": {"type": "integer"},
+        "memory_loaded_mb": {"type": "integer"},
+    },
+    "required": ["models", "memory_budget_mb", "memory_loaded_mb"],
+}
+
+
+class AdminModelsView(AdminView):
+    @extend_schema(
+        operation_id="adminModels", summary="Every model with its state, slots, queue and usage today",
+        responses={200: _MODEL_TABLE, **error_responses(401, 503)},
+    )
+    async def get(self, request: Request) -> Response:
+        table = await database_call(model_table, needed_for="the models' usage today")
+        return Response(table.as_dict())
 
 
 class AdminReloadView(AdminView):

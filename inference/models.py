@@ -58,6 +58,10 @@ class DiscoveredModel(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def setting_overrides(self) -> dict[str, Any]:
+        """The settings saved for it in the admin (those left empty are not overrides)."""
+        return {key: value for key in self.SETTING_FIELDS if (value := getattr(self, key)) is not None}
+
 
 class LoadEvent(models.Model):
     """One load, failed load or unload of a model."""

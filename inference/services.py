@@ -303,6 +303,28 @@ async def model_unload(*, model: str, reason: LoadReason) -> dict[str, list[str]
     return {"unloaded": await _unloaded(now), "pending": sorted(w.model.name for w in pending)}
 
 
+def model_pin(*, model: str, pinned: bool) -> str:
+    """Pin or unpin a model: saved as its admin setting (DiscoveredModel.pinned, an explicit
+    True or False over config.json's) and put in force on it now if it is loaded; returns its
+    name. Raises ModelNotFound. Writes the database: not on the event loop."""
+    pool = model_pool()
+    name = pool.catalog.resolve(model).name
+    updated = DiscoveredModel.objects.filter(instance=get_config().server.instance, name=name).update(pinned=pinned)
+    if not updated:  # discovered since the last sync of the admin's rows
+        discovered_models_sync(models=pool.catalog.available())
+        DiscoveredModel.objects.filter(instance=get_config().server.instance, name=name).update(pinned=pinned)
+    pool.pin(name, pinned)
+    logger.info("%s %s", "pinned" if pinned else "unpinned", name)
+    return name
+
+
+def model_pin_apply(*, row: DiscoveredModel) -> None:
+    """Put a model's saved pin (config.json's if none is saved) in force now, if it is loaded
+    (the admin's change form saved it)."""
+    pool = model_pool()
+    pool.pin(row.name, pool.config.settings_for(row.name, row.setting_overrides()).pinned)
+
+
 async def models_reap() -> dict[str, list[str]]:
     """Run the idle check now; the models it unloaded."""
     return {"unloaded": await _unloaded(model_pool().reaper.reap())}
@@ -358,9 +380,7 @@ def model_settings_overrides(name: str) -> dict[str, Any]:
     except DatabaseError as exc:
         logger.error("could not read the saved settings of %s (config.json's apply): %s", name, error_line(exc))
         return {}
-    if row is None:
-        return {}
-    return {key: value for key in DiscoveredModel.SETTING_FIELDS if (value := getattr(row, key)) is not None}
+    return {} if row is None else row.setting_overrides()
 
 
 def discovered_models_sync(*, models: dict[str, ModelFile]) -> None:

@@ -19,6 +19,7 @@ urlpatterns = [
     path("v1/messages", api.MessagesView.as_view()),
     path("v1/messages/count_tokens", api.MessageTokensView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
+    path("admin/models", api.AdminModelsView.as_view()),
     path("admin/load", api.AdminLoadView.as_view()),
     path("admin/unload", api.AdminUnloadView.as_view()),
     path("admin/reload", api.AdminReloadView.as_view()),

@@ -66,8 +66,10 @@ class FakeEngine:
 
 
 def make_pool(models: Path, log: list[str], factory: Callable | None = None, **settings) -> ModelPool:
-    """A pool over `models` with fake engines; settings: model_manager keys, model ones too."""
-    return ModelPool(pool_config(models, **settings), factory or (lambda *args: FakeEngine(log, *args)))
+    """A pool over `models` with fake engines (`factory(name, path, settings)`: they report no load
+    progress); settings: model_manager keys, model ones too."""
+    build = factory or (lambda *args: FakeEngine(log, *args))
+    return ModelPool(pool_config(models, **settings), lambda name, path, load, _progress: build(name, path, load))
 
 
 def pool_config(directory: Path, **settings) -> ModelManagerConfig:

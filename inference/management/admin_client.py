@@ -29,15 +29,24 @@ def server_url() -> str:
 
 def admin_post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """POST to the server's admin API; any problem becomes a one-line CommandError."""
+    return _admin_call(path, "POST", json.dumps(body or {}).encode())
+
+
+def admin_get(path: str) -> dict[str, Any]:
+    """GET from the server's admin API; any problem becomes a one-line CommandError."""
+    return _admin_call(path, "GET", None)
+
+
+def _admin_call(path: str, method: str, data: bytes | None) -> dict[str, Any]:
     base = server_url()
     token = admin_token(create=False)
     if not token:
         raise CommandError(f"no admin token in {admin_token_source()}: has the server been started?")
     request = urllib.request.Request(
         f"{base}{path}",
-        data=json.dumps(body or {}).encode(),
+        data=data,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:

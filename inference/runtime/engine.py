@@ -25,7 +25,13 @@ from inference.runtime.jobs import (
     Prepared,
     PromptAccepted,
 )
-from inference.runtime.llama import EmbeddingContext, GenerationContext, LlamaModel, return_free_memory
+from inference.runtime.llama import (
+    EmbeddingContext,
+    GenerationContext,
+    LlamaModel,
+    LoadProgress,
+    return_free_memory,
+)
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.prompt_store import PromptStore, identity
 from inference.runtime.scheduler import Scheduler
@@ -59,9 +65,12 @@ class Engine(Protocol):
 Context = TypeVar("Context", GenerationContext, EmbeddingContext)
 
 
-def _opened(context_class: type[Context], name: str, path: Path, settings: LoadSettings) -> tuple[LlamaModel, Context]:
-    """The model loaded and a context of it; the model is freed again if the context fails."""
-    model = LlamaModel(name, path, settings)
+def _opened(
+    context_class: type[Context], name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None
+) -> tuple[LlamaModel, Context]:
+    """The model loaded (its progress told to `progress`) and a context of it; the model is
+    freed again if the context fails."""
+    model = LlamaModel(name, path, settings, progress)
     try:
         return model, context_class(model, settings)
     except BaseException:
@@ -72,9 +81,9 @@ def _opened(context_class: type[Context], name: str, path: Path, settings: LoadS
 class GenerationEngine:
     """A model, its generating context with `parallel` slots, and their scheduler."""
 
-    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+    def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
         self.name = name
-        self.model, self._context = _opened(GenerationContext, name, path, settings)
+        self.model, self._context = _opened(GenerationContext, name, path, settings, progress)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
         self._scheduler = Scheduler(
@@ -144,9 +153,9 @@ class EmbeddingEngine:
 
     parallel = 1
 
-    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+    def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
         self.name = name
-        self.model, self._context = _opened(EmbeddingContext, name, path, settings)
+        self.model, self._context = _opened(EmbeddingContext, name, path, settings, progress)
         self.n_ctx = self._context.n_ctx
         self._started: list[tuple[Hashable, Prepared]] = []
 
@@ -191,6 +200,9 @@ class EmbeddingEngine:
         return_free_memory()
 
 
-def load_engine(name: str, path: Path, settings: LoadSettings) -> GenerationEngine | EmbeddingEngine:
-    """The engine a worker needs: a generating one, or an embedding one."""
-    return (EmbeddingEngine if settings.embedding else GenerationEngine)(name, path, settings)
+def load_engine(
+    name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None
+) -> GenerationEngine | EmbeddingEngine:
+    """The engine a worker needs: a generating one, or an embedding one; the load's progress
+    is told to `progress`."""
+    return (EmbeddingEngine if settings.embedding else GenerationEngine)(name, path, settings, progress)

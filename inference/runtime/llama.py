@@ -17,6 +17,7 @@ import ctypes.util
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,25 @@ def _named_chat_formatter(name: str) -> ChatFormatter:
     raise LlamaLoadError(f"chat_format {name!r} is not a plain prompt format")
 
 
-class _LoadProgress:
-    """Logs a model's load progress in quarters (a big model takes a while)."""
+# Told the fraction of a model loaded so far (0.0 to 1.0), on the loading thread.
+LoadProgress = Callable[[float], None]
 
-    def __init__(self, name: str) -> None:
+
+class _LoadProgress:
+    """Hands a model's load progress to `on_progress` (its worker shows it) and logs it in
+    quarters (a big model takes a while)."""
+
+    def __init__(self, name: str, on_progress: LoadProgress | None) -> None:
         self._name, self._logged = name, 0.0
+        self._on_progress = on_progress
         self.callback = llama_cpp.llama_progress_callback(self._report)
 
     def _report(self, progress: float, _user_data: ctypes.c_void_p) -> bool:
+        if self._on_progress is not None:
+            try:
+                self._on_progress(progress)
+            except Exception:  # an exception must not unwind through llama.cpp's C frames
+                logger.exception("reporting the load progress of %s failed", self._name)
         if progress >= self._logged + 0.25 and progress < 1.0:
             self._logged = progress - progress % 0.25
             logger.info("loading %s: %d%%", self._name, round(self._logged * 100))
@@ -148,15 +160,15 @@ _FLASH_ATTENTION = {
 class LlamaModel:
     """A loaded model and its vocabulary: contexts, tokens, prompts; freed by `close`."""
 
-    def __init__(self, name: str, path: Path, settings: LoadSettings) -> None:
+    def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
         self.name = name
         if hasattr(_log_state, "problems"):
             _log_state.problems.clear()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if settings.n_gpu_layers == -1 else settings.n_gpu_layers
         params.load_mode = _LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
-        progress = _LoadProgress(name)
-        params.progress_callback = progress.callback
+        reporter = _LoadProgress(name, progress)  # kept alive until the load returns
+        params.progress_callback = reporter.callback
         self.pointer = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.pointer:
             raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not load it")

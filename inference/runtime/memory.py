@@ -56,18 +56,26 @@ def memory_estimate(
     )
 
 
+def model_memory_estimate(model: ModelFile, settings: ModelSettings) -> MemoryEstimate | None:
+    """The estimate of loading `model` with `settings`; None for an unreadable header. Reads the
+    file's header (once per file version): not on the event loop."""
+    try:
+        info = read_gguf_info(model.path)
+    except GGUFError:
+        return None
+    return memory_estimate(
+        info, file_bytes=model.size_bytes, n_ctx=context_length(settings.n_ctx, info.context_length),
+        n_batch=settings.n_batch, prompt_cache_bytes=settings.prompt_cache_mb * MIB,
+    )
+
+
 def memory_needed(model: ModelFile, settings: ModelSettings, limit: int) -> int:
     """The estimated bytes of loading `model` under a limit of `limit` bytes; raises
     ModelTooLarge for a model that could never fit. 0 for an unreadable header: the load fails,
     saying why. Reads the file: not on the event loop."""
-    try:
-        info = read_gguf_info(model.path)
-    except GGUFError:
+    estimate = model_memory_estimate(model, settings)
+    if estimate is None:
         return 0
-    estimate = memory_estimate(
-        info, file_bytes=model.size_bytes, n_ctx=context_length(settings.n_ctx, info.context_length),
-        n_batch=settings.n_batch, prompt_cache_bytes=settings.prompt_cache_mb * MIB,
-    )
     if estimate.total > limit:
         raise ModelTooLarge(
             model=model.name, estimate=estimate.describe(), needed_mb=estimate.total // MIB,

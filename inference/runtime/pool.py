@@ -25,6 +25,7 @@ from inference.runtime.lifecycle import LoadReason
 from inference.runtime.memory import MIB, memory_needed
 from inference.runtime.reaper import Reaper
 from inference.runtime.registry import WorkerRegistry
+from inference.runtime.watchers import ChangeWatchers
 from inference.runtime.worker import EngineFactory, ModelWorker, WorkerState, WorkerStopping, worker_name
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class ModelPool:
         self.catalog = Catalog(config)
         self.settings_overrides = settings_overrides
         self._engine_factory = engine_factory
-        self._registry = WorkerRegistry()
+        self.watchers = ChangeWatchers()  # told of every change the models page shows
+        self._registry = WorkerRegistry(self.watchers.notify)
         self._shutting_down = False
         self.reaper = Reaper(self.catalog, self._registry)
 
@@ -198,6 +200,13 @@ class ModelPool:
                 (now if self._registry.retire_locked(worker, reason) else pending).append(worker)
         return now, pending
 
+    def pin(self, name: str, pinned: bool) -> None:
+        """Pin or unpin a model's loaded workers now (its saved setting is the caller's)."""
+        with self._registry.lock:
+            workers = [worker for worker in self._registry.registered_locked() if worker.model.name == name]
+        for worker in workers:
+            worker.pin(pinned)
+
     def reload(self, config: ModelManagerConfig) -> tuple[ModelChanges, list[ModelWorker]]:
         """Put new settings in force (for later loads) and rediscover the models.
 
@@ -212,6 +221,11 @@ class ModelPool:
 
     def worker(self, name: str) -> ModelWorker | None:
         return self._registry.get(name)
+
+    def workers(self) -> list[ModelWorker]:
+        """Every worker: loading, loaded, and unloading."""
+        with self._registry.lock:
+            return self._registry.unloading_locked() + self._registry.registered_locked()
 
     def loaded_models(self) -> list[str]:
         return self._registry.loaded_models()

@@ -5,13 +5,15 @@ decide, and calls the `_locked` methods while it holds it.
 Workers report here on their own threads (this is their WorkerListener): one that exits —
 unloaded, or failed — is forgotten at once, so the next request for its model loads it afresh;
 one that goes idle with an idle timeout of 0 is retired. Every report wakes the requests that
-wait for room: they wait for a change, never poll.
+wait for room: they wait for a change, never poll. Every change is also told to `on_change`
+(the pool's watchers: the dashboard's models page).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from inference.runtime.catalog import ModelFile
@@ -48,11 +50,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class WorkerRegistry:
     """Registered and retired workers, by name; the lock that guards them."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self.lock = threading.Lock()
         self._workers: dict[str, ModelWorker] = {}
         self._retired: list[ModelWorker] = []
         self._waiters = _Waiters()
+        self._on_change = on_change  # quick, and never takes this lock
 
     def get(self, name: str) -> ModelWorker | None:
         return self._workers.get(name)
@@ -75,12 +78,15 @@ class WorkerRegistry:
 
     def register_locked(self, worker: ModelWorker) -> None:
         self._workers[worker.name] = worker
+        self._on_change()
 
     def retire_locked(self, worker: ModelWorker, reason: LoadReason) -> bool:
         """Unregister the worker and stop it; True if it had no jobs (it unloads at once)."""
         self._forget_locked(worker)
         self._retired.append(worker)
-        return worker.stop(reason)
+        unloads_now = worker.stop(reason)
+        self._on_change()
+        return unloads_now
 
     def retire_missing_locked(self, available: dict[str, ModelFile], reason: LoadReason) -> list[ModelWorker]:
         """Unload the models whose file is no longer there (after their running requests)."""
@@ -98,6 +104,7 @@ class WorkerRegistry:
     def worker_loaded(self, worker: ModelWorker) -> None:
         with self.lock:
             self._waiters.wake_all()
+        self._on_change()
 
     def worker_idle(self, worker: ModelWorker) -> None:
         """Unload it now if its idle timeout (or its last request's keep_alive) is 0."""
@@ -110,6 +117,7 @@ class WorkerRegistry:
             ):
                 self.retire_locked(worker, worker.idle_reason)
             self._waiters.wake_all()
+        self._on_change()
 
     def worker_exited(self, worker: ModelWorker) -> None:
         with self.lock:
@@ -117,6 +125,10 @@ class WorkerRegistry:
             if worker in self._retired:
                 self._retired.remove(worker)
             self._waiters.wake_all()
+        self._on_change()
+
+    def worker_changed(self, worker: ModelWorker) -> None:
+        self._on_change()
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class JobCounts:
 
     queued: int = 0
     in_flight: int = 0
+    slots: int = 0  # taken by the running jobs: one per choice
     last_used: float = field(default_factory=time.monotonic)
     keep_alive: float | None = None  # the last request's; None: the model's idle_timeout
 
@@ -50,7 +51,9 @@ class JobRunner:
         jobs: queue.SimpleQueue[Job | None],
         counts: JobCounts,
         lock: threading.Lock,
+        *,
         on_idle: Callable[[], None],
+        on_change: Callable[[], None],
     ) -> None:
         self._name = name
         self._engine = engine
@@ -58,6 +61,7 @@ class JobRunner:
         self._counts = counts
         self._lock = lock
         self._on_idle = on_idle  # called when the worker has nothing left to do
+        self._on_change = on_change  # called when a job starts or ends (the models page shows them)
         self._waiting: deque[tuple[Job, Prepared]] = deque()
         self._running: set[Job] = set()
 
@@ -129,7 +133,7 @@ class JobRunner:
             self._waiting.popleft()
             job.started_at = time.monotonic()
             self._running.add(job)
-            self._started()
+            self._started(job)
             job.emit(accepted)
 
     def _step(self) -> None:
@@ -152,16 +156,19 @@ class JobRunner:
 
     # --- counting -------------------------------------------------------------------------------
 
-    def _started(self) -> None:
+    def _started(self, job: Job) -> None:
         with self._lock:
             self._counts.queued -= 1
             self._counts.in_flight += 1
+            self._counts.slots += job.choices
+        self._on_change()
 
     def _dropped(self) -> None:
         """A queued job ended before it started (cancelled, or refused)."""
         with self._lock:
             self._counts.queued -= 1
             idle = not self._counts.busy
+        self._on_change()
         if idle:
             self._on_idle()
 
@@ -170,9 +177,12 @@ class JobRunner:
         (`on_idle` once its events are out)."""
         with self._lock:
             self._counts.in_flight -= 1
+            self._counts.slots -= job.choices
             self._counts.last_used = time.monotonic()
             self._counts.keep_alive = job.spec.keep_alive
-            return not self._counts.busy
+            idle = not self._counts.busy
+        self._on_change()
+        return idle
 
     def _log_done(self, job: Job, finished: Finished) -> None:
         elapsed = time.monotonic() - (job.started_at or job.submitted_at)

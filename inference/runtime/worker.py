@@ -33,14 +33,14 @@ from inference.runtime.engine import Engine
 from inference.runtime.errors import LoadFailed, QueueFull, WorkerFailed
 from inference.runtime.jobs import ModelJob
 from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, announce
-from inference.runtime.llama import LlamaLoadError
+from inference.runtime.llama import LlamaLoadError, LoadProgress
 from inference.runtime.runner import JobCounts, JobRunner
 from inference.runtime.settings import LoadSettings
 
 logger = logging.getLogger(__name__)
 
-# Builds the engine of a model on its worker thread; tests pass fakes.
-EngineFactory = Callable[[str, Path, LoadSettings], Engine]
+# Builds the engine of a model on its worker thread, telling the load's progress; tests pass fakes.
+EngineFactory = Callable[[str, Path, LoadSettings, LoadProgress], Engine]
 # What a full queue's 503 suggests: long enough for a few requests to finish.
 QUEUE_FULL_RETRY_SECONDS = 5
 
@@ -74,9 +74,12 @@ class WorkerListener(Protocol):
     def worker_exited(self, worker: ModelWorker) -> None:
         """The worker's thread is ending: its model is unloaded (or never loaded)."""
 
+    def worker_changed(self, worker: ModelWorker) -> None:
+        """Its requests running or queued, its load progress or its pin changed (often: be quick)."""
+
 
 class ModelWorker:
-    """The thread that owns one model. Other threads may call `submit`, `stop`, `status`,
+    """The thread that owns one model. Other threads may call `submit`, `stop`, `pin`, `status`,
     `idle_expiry` and read its settings; everything else is its own thread's."""
 
     def __init__(
@@ -101,6 +104,7 @@ class ModelWorker:
         self.settings = settings  # config.json's until the load merges in the admin's
         self.load_settings: LoadSettings | None = None
         self.load_ms: float | None = None
+        self.load_percent = 0  # of the model loaded, while loading (llama.cpp tells it)
         self.state = WorkerState.LOADING
         self.loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loaded.set_running_or_notify_cancel()  # a waiter that gives up must not cancel the load
@@ -148,6 +152,7 @@ class ModelWorker:
                 raise QueueFull(model=self.name, waiting=self.counts.queued, retry_after=QUEUE_FULL_RETRY_SECONDS)
             self.counts.queued += 1
             self._jobs.put(job)
+        self._listener.worker_changed(self)
         return job
 
     def stop(self, reason: LoadReason) -> bool:
@@ -158,6 +163,12 @@ class ModelWorker:
                 self.state = WorkerState.UNLOADING
                 self._jobs.put(None)
             return not self.busy
+
+    def pin(self, pinned: bool) -> None:
+        """Pin or unpin the loaded model now (a pinned one is never unloaded for idleness or room)."""
+        with self._lock:
+            self.settings = replace(self.settings, pinned=pinned)
+        self._listener.worker_changed(self)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -175,12 +186,14 @@ class ModelWorker:
             return {
                 "state": str(self.state),
                 "in_flight": self.counts.in_flight,
+                "slots_busy": self.counts.slots,
                 "queued": self.counts.queued,
                 "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.counts.last_used, 1),
                 "expires_at": None
                 if expiry is None
                 else (datetime.now(UTC) + timedelta(seconds=expiry - time.monotonic())).isoformat(),
                 "pinned": self.settings.pinned,
+                "load_percent": self.load_percent if self.state == WorkerState.LOADING else None,
             }
 
     # --- the worker's thread --------------------------------------------------------------------
@@ -210,7 +223,8 @@ class ModelWorker:
         failure: Exception | None = None
         try:
             self._runner = JobRunner(
-                self.name, engine, self._jobs, self.counts, self._lock, lambda: self._listener.worker_idle(self)
+                self.name, engine, self._jobs, self.counts, self._lock,
+                on_idle=lambda: self._listener.worker_idle(self), on_change=lambda: self._listener.worker_changed(self),
             )
             self._runner.serve()
         except Exception as exc:  # a bug or a broken model: fail what is left, unload, the next load retries
@@ -225,10 +239,17 @@ class ModelWorker:
         self.load_settings = LoadSettings.of(self.settings, trained_context=trained, embedding=self.embedding)
         logger.info("loading %s (%.0f MB, %s)", self.name, model.size_bytes / 1e6, self.load_settings.describe())
         started = time.monotonic()
-        engine = self._engine_factory(self.name, model.path, self.load_settings)
+        engine = self._engine_factory(self.name, model.path, self.load_settings, self._load_progressed)
         self.load_settings = replace(self.load_settings, n_ctx=engine.n_ctx)  # llama.cpp rounds up
         logger.info("loaded %s in %.2f s (%s)", self.name, time.monotonic() - started, self.load_settings.describe())
         return engine
+
+    def _load_progressed(self, fraction: float) -> None:
+        """llama.cpp's progress (called per tensor): told on at each whole percent."""
+        percent = min(100, max(0, int(fraction * 100)))
+        if percent != self.load_percent:
+            self.load_percent = percent
+            self._listener.worker_changed(self)
 
     def _load_failed(self, exc: Exception, started: float) -> None:
         if isinstance(exc, (GGUFError, LlamaLoadError, OSError)):
@@ -267,7 +288,7 @@ class ModelWorker:
         """Take no more jobs; every job still held or queued gets `failure`."""
         with self._lock:
             self.state = state
-            self.counts.queued = self.counts.in_flight = 0
+            self.counts.queued = self.counts.in_flight = self.counts.slots = 0
         for job in self._held_jobs():
             job.emit(failure)
 
