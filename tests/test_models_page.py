@@ -286,13 +286,13 @@ def test_models_command_without_a_server_says_so_in_one_line(tmp_path: Path, mig
 # --- in Chromium -----------------------------------------------------------------------------------
 
 
-@needs_chromium
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with chromium() as driver:
         yield driver
 
 
+@needs_chromium
 def test_load_and_unload_turn_the_row_live_in_chromium(server: DaphneServer, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
