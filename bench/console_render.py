@@ -26,7 +26,11 @@ from pathlib import Path
 from bench.dashboard import setup_django
 
 # The console pages, as staff open them; add new pages here (or pass --page).
-PAGES = ["/dashboard/", "/dashboard/models/"]
+PAGES = [
+    "/dashboard/", "/dashboard/?range=30d", "/dashboard/models/", "/dashboard/playground/", "/dashboard/pull/",
+    "/admin/", "/admin/inference/requestrecord/", "/admin/inference/discoveredmodel/",
+    "/admin/inference/loadevent/",
+]
 MODELS = ["SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m", "qwen2.5-0.5b", "llama-3.2-1b"]
 API_KEYS = ["", "bench-key-1", "bench-key-2", "bench-key-3"]
 INSTANCE = "127.0.0.1:8080"  # the default instance name: the server of the scratch config.json
@@ -111,7 +115,7 @@ def main() -> None:
     print(f"records: {options.records:,} over 30 days, {len(MODELS)} models, {len(API_KEYS)} keys "
           f"(bulk_create {filled:.1f} s, rollups {rolled:.1f} s)")
     print(f"the models page's usage query: {usage_today_query(INSTANCE, MODELS).explain()}")
-    render_ms(client, "/admin/")  # Django's own first-request costs, so that they are no page's
+    render_ms(client, "/admin/password_change/")  # Django's own first-request costs, so that they are no page's
     slow = []
     for page in options.page or PAGES:
         first = render_ms(client, page)
