@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from inference.models import ApiKey, DailyUsage, RequestRecord, StoredResponse
 from inference.runtime.catalog import ModelFile, strip_suffix
@@ -58,6 +58,16 @@ def health() -> dict[str, Any]:
         "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
         "models": pool.status(),
     }
+
+
+def most_requested_models(*, since: datetime, instance: str) -> list[str]:
+    """The models this instance served requests for since then, the most requested first (ties
+    by name), for `model_manager.preload: "auto"`."""
+    counts = (
+        RequestRecord.objects.filter(instance=instance, created_at__gte=since).exclude(model="")
+        .values("model").annotate(requests=Count("id")).order_by("-requests", "model")
+    )
+    return [row["model"] for row in counts]
 
 
 # --- usage ----------------------------------------------------------------------------------
