@@ -322,8 +322,8 @@ async def models_preload() -> list[str]:
             names = await database_call(
                 lambda: selectors.most_requested_models(since=since, instance=instance), needed_for="the records"
             )
-        except DatabaseUnavailable as unavailable:
-            logger.error("preload: the most requested models are unknown, nothing preloaded: %s", unavailable)
+        except (DatabaseUnavailable, DatabaseError) as error:
+            logger.error("preload: the most requested models are unknown, nothing preloaded: %s", error_line(error))
             return []
     plan = await asyncio.to_thread(preload_plan, names, pool, named=not auto)
     logger.info(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.db import OperationalError
 
 from inference import selectors, services
 from inference.config import ConfigError, load_config, set_config
@@ -153,3 +154,15 @@ def test_listed_models_load_in_the_background_after_start(
         assert httpx.get(f"{server.url}/health", timeout=10).json()["models"][SMOLLM2]["state"] == "loaded"
     finally:
         server.stop()
+
+
+def test_auto_without_the_records_preloads_nothing(
+    fake_pool: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unreachable(**_: object) -> list[str]:
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(selectors, "most_requested_models", unreachable)
+    assert asyncio.run(services.models_preload()) == []
+    assert "preload: the most requested models are unknown, nothing preloaded" in caplog.text
+    assert fake_pool == []  # nothing loaded, and nothing raised: the server serves on
