@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from django.db import OperationalError
 
 from inference import selectors, services
 from inference.config import ConfigError, load_config, set_config
+from inference.runtime.lifecycle import LoadReason
 from inference.runtime.memory import MIB, memory_needed
-from inference.runtime.pool import ModelPool, replace_model_pool
+from inference.runtime.pool import model_pool, replace_model_pool
 from inference.runtime.preload import preload_plan
 from tests.conftest import SMOLLM2, link_model, start_server, wait_for, write_config
 from tests.fake_engine import make_pool
@@ -98,7 +100,7 @@ def test_the_plan_keeps_within_the_memory_budget(tmp_path: Path, caplog: pytest.
 
 
 @pytest.fixture
-def fake_pool(tmp_path: Path, transactional_db: None) -> list[str]:
+def fake_pool(tmp_path: Path, transactional_db: None) -> Iterator[list[str]]:
     """A fake pool over alpha, beta and gamma with preload "auto" and room for two; its log."""
     set_config(load_config(tmp_path / "absent.json"))
     log: list[str] = []
@@ -119,10 +121,7 @@ def test_auto_loads_the_most_requested_models_that_fit(fake_pool: list[str], lif
 
 
 def test_a_preload_never_unloads_a_model_to_make_room(fake_pool: list[str], lifecycle_events: list) -> None:
-    from inference.runtime.lifecycle import LoadReason
-    from inference.runtime.pool import model_pool
-
-    pool: ModelPool = model_pool()
+    pool = model_pool()
     for name in ("gamma", "beta"):
         asyncio.run(pool.acquire(pool.catalog.resolve(name), LoadReason.FIRST_REQUEST))
     make_record(datetime.now(UTC), model="alpha")
