@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from dashboard.charts import PALETTE, Series, horizontal_bars, lines, stacked_bars
 from inference import selectors
+from inference.access import QUOTA_WARNING_SHARE
 
 RANGES = {
     "hour": ("Last hour", timedelta(hours=1)),
@@ -136,6 +137,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "charts": usage_charts(summary),
         "slowest": selectors.slowest_requests(since=since, until=until, **filters),
         "failed": selectors.failed_requests(since=since, until=until, **filters),
+        "near_quota": selectors.api_keys_near_token_quota(day=timezone.now().astimezone(UTC).date()),
+        "quota_warning_percent": round(100 * QUOTA_WARNING_SHARE),
         "query": request.GET.urlencode(),
     }
     return render(request, "dashboard/index.html", context)

@@ -19,7 +19,8 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from inference.models import ApiKey, RequestRecord
 SECRET_PREFIX = "sk-"
 PREFIX_LENGTH = 11  # "sk-" and 8 characters: shown, and looked up by
 WINDOW_SECONDS = 60  # of requests_per_minute
+QUOTA_WARNING_SHARE = 0.8  # of tokens_per_day: a key past it is logged (once a day) and shown on the dashboard
 # While the database cannot be reached, one request a second tries it; the others are answered
 # without waiting for it.
 DATABASE_RETRY_SECONDS = 1.0
@@ -214,6 +216,15 @@ async def _database_read(query: Callable[[], T]) -> T:
     return result
 
 
+@dataclass(frozen=True)
+class WindowCount:
+    """A key's requests in the last minute, as a request was counted in (or refused)."""
+
+    used: int  # requests in the window, this one included if it was counted
+    frees_in: float  # seconds until the oldest of them leaves the window
+    refused: bool
+
+
 class _LocalWindows:
     """Each key's requests in the last minute, counted by this process."""
 
@@ -221,34 +232,35 @@ class _LocalWindows:
         self._times: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def reserve(self, prefix: str, limit: int) -> float:
-        """Count a request and return 0, or return the seconds until one is allowed."""
+    def reserve(self, prefix: str, limit: int) -> WindowCount:
+        """Count a request in, unless the window is full."""
         now = time.monotonic()
         with self._lock:
             times = self._times[prefix]
             while times and now - times[0] >= WINDOW_SECONDS:
                 times.popleft()
-            if len(times) >= limit:
-                return WINDOW_SECONDS - (now - times[0])
-            times.append(now)
-            return 0
+            refused = len(times) >= limit
+            if not refused:
+                times.append(now)
+            return WindowCount(len(times), WINDOW_SECONDS - (now - times[0]), refused)
 
 
 # One atomic step in Redis, on Redis' clock (servers on several boxes need not agree on time):
-# drop the entries older than the window, refuse if it is full (milliseconds until its oldest
-# entry leaves), else add this request.
+# drop the entries older than the window, add this request unless it is full, and return
+# {refused (1/0), requests in the window, milliseconds until its oldest entry leaves}.
 _RESERVE_SCRIPT = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + window - now
+local refused = 1
+if redis.call('ZCARD', KEYS[1]) < limit then
+    refused = 0
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], window)
 end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-return 0
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {refused, redis.call('ZCARD', KEYS[1]), tonumber(oldest[2]) + window - now}
 """
 
 
@@ -265,9 +277,9 @@ class _SharedWindows:
         self._local = _LocalWindows()
         self._reachable = True
 
-    def reserve(self, prefix: str, limit: int) -> float:
+    def reserve(self, prefix: str, limit: int) -> WindowCount:
         try:
-            wait_ms = self._reserve(
+            refused, used, frees_in_ms = self._reserve(
                 keys=[f"llamasite:rpm:{prefix}"], args=[WINDOW_SECONDS * 1000, limit, uuid.uuid4().hex]
             )
         except redis.RedisError as error:
@@ -281,7 +293,7 @@ class _SharedWindows:
         if not self._reachable:
             logger.info("Redis at %s is back: requests per minute are shared again", self._url)
             self._reachable = True
-        return int(wait_ms) / 1000
+        return WindowCount(int(used), int(frees_in_ms) / 1000, bool(refused))
 
 
 @functools.cache
@@ -294,36 +306,85 @@ def _tokens_today(prefix: str, since: datetime) -> int:
     return records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
 
 
-async def _requests_per_minute_check(key: ApiKey) -> None:
+@dataclass(frozen=True)
+class Allowance:
+    """One quota of a key as a request found it: its limit, what is left, when it is whole."""
+
+    limit: int
+    remaining: int
+    resets_at: datetime  # requests: when the oldest request in the window leaves it; tokens: UTC midnight
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """A key's quotas as its request was checked (the rate-limit headers); None: no such quota,
+    or not checked (tokens while the database cannot be reached)."""
+
+    requests: Allowance | None = None
+    tokens: Allowance | None = None
+
+
+async def _requests_per_minute_check(key: ApiKey, now: datetime) -> Allowance:
     windows = _windows(settings.REDIS_URL)
+    limit = key.requests_per_minute
     if isinstance(windows, _SharedWindows):  # a network round trip: off the event loop
-        wait = await sync_to_async(windows.reserve, thread_sensitive=False)(key.prefix, key.requests_per_minute)
+        count = await sync_to_async(windows.reserve, thread_sensitive=False)(key.prefix, limit)
     else:
-        wait = windows.reserve(key.prefix, key.requests_per_minute)
-    if wait:
+        count = windows.reserve(key.prefix, limit)
+    allowance = Allowance(limit, max(0, limit - count.used), now + timedelta(seconds=count.frees_in))
+    if count.refused:
         raise QuotaExceeded(
-            f"API key {key.prefix}… may make {key.requests_per_minute} requests a minute.",
-            retry_after=math.ceil(wait),
+            f"API key {key.prefix}… may make {limit} requests a minute.",
+            retry_after=math.ceil(count.frees_in), quotas=Quotas(requests=allowance),
         )
+    return allowance
 
 
-async def quota_check(key: ApiKey | None) -> None:
-    """429 if the key is over its requests per minute or its tokens today (not checked while the
-    database cannot be reached)."""
-    if key is None:
-        return
-    if key.requests_per_minute:
-        await _requests_per_minute_check(key)
-    if key.tokens_per_day:
-        now = datetime.now(UTC)
-        midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
-        try:
-            used = await _database_read(lambda: _tokens_today(key.prefix, midnight))
-        except _Unreachable:
-            return  # not checked until the database is back (logged once)
-        if used >= key.tokens_per_day:
-            tomorrow = midnight + timedelta(days=1)
-            raise QuotaExceeded(
-                f"API key {key.prefix}… has used its {key.tokens_per_day} tokens for today (UTC).",
-                retry_after=math.ceil((tomorrow - now).total_seconds()),
+class _QuotaWarnings:
+    """Which keys were logged as past QUOTA_WARNING_SHARE of their tokens, per UTC day: once
+    each per day in this process. Event loop only."""
+
+    def __init__(self) -> None:
+        self._day: date | None = None
+        self._warned: set[str] = set()
+
+    def note(self, key: ApiKey, used: int, day: date) -> None:
+        if used < QUOTA_WARNING_SHARE * key.tokens_per_day:
+            return
+        if day != self._day:
+            self._day, self._warned = day, set()
+        if key.prefix not in self._warned:
+            self._warned.add(key.prefix)
+            logger.warning(
+                "API key %s… (%s) has used %d of its %d tokens for today (UTC), %.0f%%",
+                key.prefix, key.name, used, key.tokens_per_day, 100 * used / key.tokens_per_day,
             )
+
+
+_quota_warnings = _QuotaWarnings()
+
+
+async def quota_check(key: ApiKey | None) -> Quotas | None:
+    """429 if the key is over its requests per minute or its tokens today (not checked while the
+    database cannot be reached); else where its quotas stand (None: a key without quotas, or no
+    key). The 429 carries them too, as far as they were checked."""
+    if key is None or not (key.requests_per_minute or key.tokens_per_day):
+        return None
+    now = datetime.now(UTC)
+    requests = await _requests_per_minute_check(key, now) if key.requests_per_minute else None
+    if not key.tokens_per_day:
+        return Quotas(requests=requests)
+    midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
+    try:
+        used = await _database_read(lambda: _tokens_today(key.prefix, midnight))
+    except _Unreachable:
+        return Quotas(requests=requests)  # not checked until the database is back (logged once)
+    _quota_warnings.note(key, used, now.date())
+    tokens = Allowance(key.tokens_per_day, max(0, key.tokens_per_day - used), midnight + timedelta(days=1))
+    quotas = Quotas(requests=requests, tokens=tokens)
+    if used >= key.tokens_per_day:
+        raise QuotaExceeded(
+            f"API key {key.prefix}… has used its {key.tokens_per_day} tokens for today (UTC).",
+            retry_after=math.ceil((tokens.resets_at - now).total_seconds()), quotas=quotas,
+        )
+    return quotas

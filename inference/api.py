@@ -19,10 +19,12 @@ from inference import access, metrics, peers, protocol, records, selectors, serv
 from inference.admin_auth import AdminTokenRequired
 from inference.connections import database_call
 from inference.console_access import ConsoleCaller, console_caller
+from inference.errors import QuotaExceeded
 from inference.model_table import model_table
 from inference.models import ApiKey
 from inference.openapi import error_responses, openai_schema
 from inference.protocol import anthropic_output
+from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
 from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
 from inference.protocol.responses_output import (
     INPUT_ITEMS_SCHEMA,
@@ -187,13 +189,16 @@ class GenerationView(APIView):
     """An inference endpoint: parse the request, start it, answer with SSE chunks or JSON.
 
     A subclass names its request serializer, the service that starts it and the response
-    builders (as static methods).
+    builders (as static methods). Once a request passed its key's quota check, its answer —
+    JSON, stream or error, the 429 too — carries the rate-limit headers of the key's quotas.
     """
 
     serializer: Any
     start: Any
     body: Any
     chunks: Any = None
+    rate_limit_headers: Any = staticmethod(openai_rate_limit_headers)
+    quotas: access.Quotas | None = None  # this request's, once checked
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         # A console page's staff user needs no key; 401s and 403s leave no record.
@@ -205,11 +210,23 @@ class GenerationView(APIView):
             if parsed.model and peers.forwarding(request) and not selectors.model_served_here(parsed.model, key and key.allowed_models):
                 if (answer := await peers.forward(request)) is not None:
                     return answer  # the peer records it
-            await access.quota_check(key)
+            self.quotas = await access.quota_check(key)
             generation = await self.start(request=parsed, recording=recording, key=key)
         if getattr(parsed, "stream", False):
             return protocol.sse_response(self.chunks(generation, parsed))
         return Response(await self.body(generation, parsed))
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, QuotaExceeded):
+            self.quotas = exc.quotas
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.quotas is not None:
+            for name, value in self.rate_limit_headers(self.quotas).items():
+                response[name] = value
+        return response
 
 
 def _generation_schema(
@@ -305,7 +322,10 @@ class ResponseInputItemsView(APIView):
         stored = await services.stored_response(response_id, key=key)
         return Response(InputItemsQuerySerializer.page(request.query_params, stored.input_items))
 class AnthropicView(GenerationView):
-    """An endpoint of Anthropic's Messages API: its errors in Anthropic's envelope."""
+    """An endpoint of Anthropic's Messages API: its errors in Anthropic's envelope, its
+    rate-limit headers Anthropic's too."""
+
+    rate_limit_headers = staticmethod(anthropic_rate_limit_headers)
 
     def get_exception_handler(self) -> Any:
         return protocol.anthropic_exception_handler

@@ -24,6 +24,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "LLAMA_SERVER_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ORIGIN_PATTERN = re.compile(r"^https?://[^/\s]+$")
+# model_manager.preload: the models that served the most requests in the last 24 hours.
+AUTO_PRELOAD = "auto"
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
 
 
 class ConfigError(Exception):
@@ -125,6 +128,15 @@ class ModelSettings:
     prompt_cache_disk_mb: int  # the directory's bound, for prefixes across unloads and restarts; 0: none
     prompt_cache_directory: str  # absolute (relative ones are taken from config.json's folder)
     speculative: str  # "ngram" | "off"
+    # Sampling when a request does not say (its own values win); llama.cpp server's by default.
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int | None  # None: a random seed per request
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in SAMPLING_KEYS}
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,8 @@ class ModelManagerConfig:
     defaults: ModelSettings
     models: dict[str, dict[str, Any]]
     aliases: dict[str, str]  # another name a request may use for a model, e.g. "gpt-4o-mini"
+    # Models loaded in the background once the server answers: names, or AUTO_PRELOAD.
+    preload: tuple[str, ...] | str
 
     def settings_for(self, name: str, overrides: dict[str, Any] | None = None) -> ModelSettings:
         """A model's effective settings: defaults < model_manager.models.<name> < `overrides`."""
@@ -210,6 +224,12 @@ def _flash_attn(value: Any) -> str | None:
     return None if isinstance(value, bool) or value == "auto" else 'must be true, false or "auto"'
 
 
+def _fraction(value: Any) -> str | None:
+    if (problem := _number(0)(value)) is not None:
+        return problem
+    return "must be ≤ 1" if value > 1 else None
+
+
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in allowed else "must be " + " or ".join(json.dumps(choice) for choice in allowed)
@@ -253,6 +273,12 @@ def _aliases(value: Any) -> str | None:
     return None
 
 
+def _preload(value: Any) -> str | None:
+    if value == AUTO_PRELOAD or _strings(value) is None:
+        return None
+    return f'must be a list of model names or "{AUTO_PRELOAD}"'
+
+
 def _table(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
         return "must be an object of {model name: {setting: value}}"
@@ -278,6 +304,12 @@ MODEL_KEYS: dict[str, _Key] = {
     "prompt_cache_directory": _Key("prompt-cache", _string(allow_empty=False)),
     # Speculative decoding by prompt lookup (runtime.drafting), or "off".
     "speculative": _Key("ngram", _one_of("ngram", "off")),
+    # Sampling defaults for requests that leave them out (llama.cpp server's values).
+    "temperature": _Key(0.8, _number(0)),
+    "top_p": _Key(0.95, _fraction),
+    "top_k": _Key(40, _integer(0)),
+    "min_p": _Key(0.05, _fraction),
+    "seed": _Key(None, _integer(0)),
 }
 
 SCHEMA: dict[str, dict[str, _Key]] = {
@@ -305,6 +337,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         **MODEL_KEYS,
         "models": _Key({}, _table),
         "aliases": _Key({}, _aliases),
+        "preload": _Key([], _preload),
     },
     "records": {
         "request_records": _Key(True, _boolean),
@@ -388,6 +421,8 @@ def load_config(path: Path | None = None) -> Config:
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or generation_threads()
     manager["n_threads_batch"] = manager["n_threads_batch"] or physical_cores()
+    if manager["preload"] != AUTO_PRELOAD:
+        manager["preload"] = tuple(dict.fromkeys(manager["preload"]))
     models = {
         name: _validated(path, f"model_manager.models.{name}", settings, MODEL_KEYS)
         for name, settings in manager.pop("models").items()

@@ -7,6 +7,11 @@ envelope. Stdlib only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inference.access import Quotas
+
 
 class ApiError(Exception):
     status = 400
@@ -84,6 +89,10 @@ class QuotaExceeded(RetryLater):
     status = 429
     type = "rate_limit_error"
     code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, quotas: Quotas | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.quotas = quotas  # where the key's quotas stand: the 429's rate-limit headers
 
 
 class QueueFull(RetryLater):

@@ -6,12 +6,13 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, F, QuerySet, Sum
 
+from inference.access import QUOTA_WARNING_SHARE
 from inference.models import ApiKey, DailyUsage, RequestRecord, StoredResponse
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info, strip_suffix
 from inference.runtime.errors import ModelNotFound, NoModelGiven
@@ -86,6 +87,16 @@ def default_model_name() -> str | None:
         return model_pool().catalog.resolve(None).name
     except (ModelNotFound, NoModelGiven):
         return None
+
+
+def most_requested_models(*, since: datetime, instance: str) -> list[str]:
+    """The models this instance served requests for since then, the most requested first (ties
+    by name), for `model_manager.preload: "auto"`."""
+    counts = (
+        RequestRecord.objects.filter(instance=instance, created_at__gte=since).exclude(model="")
+        .values("model").annotate(requests=Count("id")).order_by("-requests", "model")
+    )
+    return [row["model"] for row in counts]
 
 
 # --- usage ----------------------------------------------------------------------------------
@@ -227,6 +238,37 @@ def recorded_api_keys() -> list[tuple[str, str]]:
     used = set(DailyUsage.objects.exclude(api_key="").values_list("api_key", flat=True).distinct())
     names = dict(ApiKey.objects.values_list("prefix", "name"))
     return sorted(((prefix, names.get(prefix, "")) for prefix in used | set(names)), key=lambda k: (k[1], k[0]))
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    name: str
+    prefix: str
+    used: int  # tokens today (UTC), on every server
+    limit: int  # tokens_per_day
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.used / self.limit)
+
+
+def api_keys_near_token_quota(*, day: date, share: float = QUOTA_WARNING_SHARE) -> list[QuotaUse]:
+    """The live keys with a daily token quota that have used more than `share` of it on that
+    UTC day (from the daily totals), the fullest first."""
+    limits = {
+        prefix: (name, limit) for prefix, name, limit in ApiKey.objects.filter(
+            revoked_at__isnull=True, tokens_per_day__isnull=False
+        ).values_list("prefix", "name", "tokens_per_day")
+    }
+    used = (
+        DailyUsage.objects.filter(day=day, api_key__in=list(limits)).values("api_key")
+        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+    )
+    near = [
+        QuotaUse(limits[row["api_key"]][0], row["api_key"], row["tokens"], limits[row["api_key"]][1])
+        for row in used if row["tokens"] >= share * limits[row["api_key"]][1]
+    ]
+    return sorted(near, key=lambda use: (-use.used / use.limit, use.name))
 
 
 def stored_response_get(response_id: str, *, api_key: str) -> StoredResponse | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,9 +13,9 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from inference import selectors, tools
-from inference.config import ConfigError, get_config, load_config, set_config
+from inference.config import AUTO_PRELOAD, ConfigError, get_config, load_config, set_config
 from inference.connections import database_call, error_line, on_fresh_connection
-from inference.errors import InvalidRequest, ResponseNotFound
+from inference.errors import DatabaseUnavailable, InvalidRequest, ResponseNotFound
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
 from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
 from inference.protocol.responses import ResponseRequest
@@ -24,7 +24,7 @@ from inference.record_writer import writer
 from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job as QueuedJob
-from inference.runtime.errors import PromptTooLong
+from inference.runtime.errors import PromptTooLong, ShuttingDown
 from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
 from inference.runtime.jobs import (
     ChatJob,
@@ -39,6 +39,7 @@ from inference.runtime.jobs import (
 )
 from inference.runtime.lifecycle import LifecycleEvent, LoadReason
 from inference.runtime.pool import model_pool
+from inference.runtime.preload import preload_plan
 from inference.runtime.worker import ModelWorker
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ async def _generate(
     pool = model_pool()
     model_file = pool.catalog.resolve(model, allowed=key.allowed_models if key else None)
     draft.model = model_file.name
+    jobs = _with_model_sampling(jobs, pool.config.settings_for(model_file.name).sampling_defaults())
     if 0 < pool.config.max_queue < len(jobs):  # would never fit the queue: retrying cannot help
         raise InvalidRequest(
             f"At most {pool.config.max_queue} prompts per request (model_manager.max_queue).", param="prompt"
@@ -245,10 +247,19 @@ async def _generate(
         cached_tokens=draft.cached_tokens,
         cache_tier=draft.cache_tier,
         choices=per_job * len(jobs),
+        sampling=jobs[0].sampling if isinstance(jobs[0], GenerationJob) else Generation.sampling,
         events=recording.events(events, choices=per_job * len(jobs)),
     )
     generation.id = draft.completion_id = f"{id_prefix}{generation.id}"
     return generation
+
+
+def _with_model_sampling(jobs: list[ModelJob], defaults: dict[str, Any]) -> list[ModelJob]:
+    """The jobs with the model's sampling settings where the request gave none."""
+    return [
+        replace(job, sampling=job.sampling.with_defaults(defaults)) if isinstance(job, GenerationJob) else job
+        for job in jobs
+    ]
 
 
 async def _merged(streams: list[AsyncIterator[JobEvent]], per_job: int) -> AsyncIterator[JobEvent]:
@@ -289,6 +300,52 @@ async def model_load(*, model: str, reason: LoadReason) -> str:
     model_file = pool.catalog.resolve(model)
     await pool.acquire(model_file, reason)
     return model_file.name
+
+
+# model_manager.preload "auto" ranks the models by their requests over this span.
+PRELOAD_AUTO_SPAN = timedelta(hours=24)
+
+
+async def models_preload() -> list[str]:
+    """Load `model_manager.preload`'s models (see runtime.preload), one at a time, in the
+    background of a server that already answers; returns the names loaded. A model that fails
+    to load is logged and the next one tried: nothing here is raised."""
+    pool = model_pool()
+    preload = pool.config.preload
+    if not preload:
+        return []
+    auto = preload == AUTO_PRELOAD
+    names: Sequence[str] = preload
+    if auto:
+        since, instance = datetime.now(UTC) - PRELOAD_AUTO_SPAN, get_config().server.instance
+        try:
+            names = await database_call(
+                lambda: selectors.most_requested_models(since=since, instance=instance), needed_for="the records"
+            )
+        except (DatabaseUnavailable, DatabaseError) as error:
+            logger.error("preload: the most requested models are unknown, nothing preloaded: %s", error_line(error))
+            return []
+    plan = await asyncio.to_thread(preload_plan, names, pool, named=not auto)
+    logger.info(
+        "preload (%s): %s", preload if auto else "list", ", ".join(chosen.model.name for chosen in plan) or "nothing to load"
+    )
+    loaded = []
+    for chosen in plan:
+        name = chosen.model.name
+        current = pool.worker(name)
+        if not (current is not None and current.usable) and not pool.has_room(chosen.memory_bytes):
+            logger.info("preload: %s skipped: other models were loaded meanwhile and fill the pool", name)
+            continue
+        try:
+            await pool.acquire(chosen.model, LoadReason.PRELOAD)
+        except ShuttingDown:
+            return loaded
+        except Exception as error:  # the server serves on: the next request for it tries again
+            logger.error("preload: %s failed to load: %s", name, error)
+            continue
+        logger.info("preload: %s is loaded", name)
+        loaded.append(name)
+    return loaded
 
 
 async def _unloaded(workers: list[ModelWorker]) -> list[str]:

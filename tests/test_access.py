@@ -159,11 +159,14 @@ def test_requests_per_minute_are_counted_by_this_process_while_redis_is_away(cap
     port = free_port()
     windows = access._SharedWindows(f"redis://:hunter2@127.0.0.1:{port}/0")
     with caplog.at_level(logging.INFO, logger="inference.access"):
-        assert [windows.reserve("sk-away", 2) for _ in range(3)][:2] == [0, 0]
-        assert 59 < windows.reserve("sk-away", 2) <= 60  # the limit still holds
+        assert [windows.reserve("sk-away", 2).refused for _ in range(3)] == [False, False, True]
+        refused = windows.reserve("sk-away", 2)
+        assert refused.refused and 59 < refused.frees_in <= 60  # the limit still holds
         assert caplog.text.count(f"Redis at 127.0.0.1:{port} cannot be reached") == 1
         with os_server_or_skip(redis_server(port)):
-            assert [windows.reserve("sk-away", 2) for _ in range(3)] == [0, 0, pytest.approx(60, abs=1)]
+            counts = [windows.reserve("sk-away", 2) for _ in range(3)]
+            assert [(count.refused, count.used) for count in counts] == [(False, 1), (False, 2), (True, 2)]
+            assert counts[2].frees_in == pytest.approx(60, abs=1)
     assert f"Redis at 127.0.0.1:{port} is back" in caplog.text
     assert "hunter2" not in caplog.text
 

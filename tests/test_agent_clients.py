@@ -49,10 +49,11 @@ def agent_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> Iterator[DaphneServer]:
     """A server whose SmolLM2 has its whole trained context: the clients' prompts outgrow the
-    session server's 4096."""
+    session server's 4096. The clients send no temperature; sampled at llama.cpp's 0.8, SmolLM2
+    sometimes rambles to the length limit and Codex exits 1 on `incomplete`: greedy here."""
     root = tmp_path_factory.mktemp("agents")
     link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, n_ctx=8192, n_threads=2)
+    config = write_config(root, n_ctx=8192, n_threads=2, temperature=0)
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
     yield server
     server.stop()

@@ -425,11 +425,9 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
             "safety_identifier": values.get("safety_identifier"),
             "service_tier": "default",
             "store": values.get("store", True),
-            "temperature": chat.job.sampling.temperature,
             "text": text,
             "tool_choice": data.get("tool_choice") or "auto",
             "tools": tool_list,
-            "top_p": chat.job.sampling.top_p,
             "truncation": values.get("truncation", "disabled"),
             "user": values.get("user"),
         }

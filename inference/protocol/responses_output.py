@@ -38,6 +38,9 @@ class StartedResponse:
             "output": output,
             "usage": None,
             **self.request.echo,
+            # what it ran with: the request's, else the model's defaults
+            "temperature": self.generation.sampling.temperature,
+            "top_p": self.generation.sampling.top_p,
             **fields,
         }
 

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings; the defaults are llama.cpp server's."""
+    """Sampling settings. Those a request leaves out (None) are the model's
+    (`with_defaults`, before the job is queued; config.json's temperature, top_p, top_k, min_p,
+    seed), so an engine only sees jobs with them filled in."""
 
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None
+    seed: int | None = None  # None after with_defaults: a random seed
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> Sampling:
+        """These settings, each one not given taken from `defaults`."""
+        return replace(self, **{name: value for name, value in defaults.items() if getattr(self, name) is None})
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class Generation:
     prompt_tokens: int
     events: AsyncIterator[JobEvent]
     choices: int = 1
+    sampling: Sampling = Sampling()  # the first job's, with the model's defaults
     cached_tokens: int = 0
     cache_tier: str = ""  # PromptAccepted's (of the first prompt)
     waiting: Callable[[], bool] = lambda: False  # whether more events are already here (runtime.channel)

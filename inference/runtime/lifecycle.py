@@ -27,6 +27,7 @@ class LoadReason(enum.StrEnum):
     RELOAD = "reload"
     FILE_REMOVED = "file_removed"
     KEEP_ALIVE = "keep_alive"
+    PRELOAD = "preload"  # model_manager.preload, at start
     SHUTDOWN = "shutdown"
     ERROR = "error"
 

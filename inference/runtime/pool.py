@@ -233,6 +233,14 @@ class ModelPool:
     def status(self) -> dict[str, dict[str, Any]]:
         return self._registry.status()
 
+    def has_room(self, needed: int) -> bool:
+        """Whether one more model (of `needed` estimated bytes) fits now without unloading one."""
+        with self._registry.lock:
+            live = self._registry.live_locked()
+        used = sum(worker.memory_bytes for worker in live)
+        within_memory = not needed or used + needed <= self.config.max_memory_mb * MIB
+        return len(live) < self.config.max_loaded_models and within_memory
+
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""
         return any(status["in_flight"] or status["queued"] for status in self.status().values())

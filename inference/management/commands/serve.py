@@ -7,6 +7,7 @@ it at once.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import signal
@@ -25,7 +26,7 @@ from inference.admin_auth import admin_token, admin_token_source
 from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
 from inference.models import ApiKey
 from inference.runtime.pool import ModelPool, model_pool
-from inference.services import discovered_models_sync
+from inference.services import discovered_models_sync, models_preload
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,19 @@ def serve_with_graceful_shutdown(config: Config, pool: ModelPool) -> None:
             self.ports.append(port)
             super().listen_success(port)
 
+    preloading: list[asyncio.Task[list[str]]] = []  # holds the task while it runs
+
+    def start_preloading() -> None:
+        """Daphne calls this once it listens, its event loop set but not yet running: the
+        preloads start with the loop, beside the first requests (they only wait on it)."""
+        preloading.append(asyncio.get_event_loop().create_task(models_preload()))
+
     server = GracefulServer(
         application=application,
         endpoints=build_endpoint_description_strings(host=config.server.host, port=config.server.port),
         server_name="llamasite",
         signal_handlers=False,
+        ready_callable=start_preloading,
         # Behind the TLS proxy, the client is the one the proxy names (records' client address).
         **(PROXY_HEADERS if config.server.behind_https_proxy else {}),
     )
