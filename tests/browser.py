@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.services import DatabaseTemplate
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -62,3 +64,21 @@ def screenshot(driver: Any, page: str) -> None:
     path = ARTIFACTS / f"{page}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000
+
+
+@contextmanager
+def console_server(
+    root: Path, smollm2_file: Path, database: DatabaseTemplate, *, names: tuple[str, ...] = (SMOLLM2,),
+    server: dict[str, Any] | None = None, **model_manager: Any,
+) -> Iterator[DaphneServer]:
+    """A real server in `root` serving SmolLM2 (under each of `names`), with the staff account
+    "admin" (password STAFF_PASSWORD); stopped afterwards."""
+    for name in names:
+        link_model(smollm2_file, root / "models", name)
+    config = write_config(root, server={"port": free_port(), **(server or {})}, **{"n_ctx": 2048, **model_manager})
+    running = start_server(config, root / "server.log", database)
+    running.create_superuser(STAFF_PASSWORD)
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -280,3 +280,12 @@ def daphne_server(
     server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium for a module's page tests (see tests/browser.py)."""
+    from tests.browser import chromium
+
+    with chromium() as driver:
+        yield driver

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from dashboard.pages import CONSOLE_PAGES
-from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.browser import console_server, log_in, needs_chromium, screenshot
+from tests.conftest import DaphneServer
 from tests.services import DatabaseTemplate
 
 pytestmark = needs_chromium
@@ -30,25 +30,18 @@ def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> No
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("admin-console")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, server={"port": free_port()}, n_ctx=2048)
-    server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(STAFF_PASSWORD)
-    for stream in (False, True):
-        response = httpx.post(
-            f"{server.url}/v1/chat/completions", timeout=60,
-            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": stream},
-        )
-        assert response.status_code == 200
-    yield server
-    server.stop()
+    with console_server(tmp_path_factory.mktemp("admin-console"), smollm2_file, migrated_database) as server:
+        for stream in (False, True):
+            chat(server, stream)
+        yield server
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as driver:
-        yield driver
+def chat(server: DaphneServer, stream: bool) -> None:
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", timeout=60,
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": stream},
+    )
+    assert response.status_code == 200
 
 
 def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, browser: Any) -> None:

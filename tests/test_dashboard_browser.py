@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
+from tests.browser import console_server, log_in, needs_chromium, screenshot
+from tests.conftest import SMOLLM2, DaphneServer
 from tests.services import DatabaseTemplate
 
 pytestmark = needs_chromium
@@ -18,19 +18,8 @@ pytestmark = needs_chromium
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("browser")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, server={"port": free_port()}, n_ctx=2048)
-    server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(STAFF_PASSWORD)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with chromium() as driver:
-        yield driver
+    with console_server(tmp_path_factory.mktemp("browser"), smollm2_file, migrated_database) as server:
+        yield server
 
 
 def chat(server: DaphneServer, **body: object) -> None:

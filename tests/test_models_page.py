@@ -30,15 +30,13 @@ from inference.models import DiscoveredModel
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.llama import LlamaLoadError
 from inference.runtime.pool import ModelPool, model_pool, replace_model_pool
-from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
+from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
     free_port,
-    link_model,
     server_env,
-    start_server,
     write_config,
 )
 from tests.fake_engine import FakeEngine, chat, drain, pool_config, until
@@ -231,14 +229,10 @@ def test_llama_reports_load_progress_to_the_worker(use_config) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     root = tmp_path_factory.mktemp("models-page")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, server={"port": free_port()}, n_ctx=2048, idle_timeout=600, max_memory_mb=4096)
     (root / ".admin_token").write_text(ADMIN_TOKEN)
     (root / ".admin_token").chmod(0o600)
-    server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(STAFF_PASSWORD)
-    yield server
-    server.stop()
+    with console_server(root, smollm2_file, migrated_database, idle_timeout=600, max_memory_mb=4096) as server:
+        yield server
 
 
 def admin(server: DaphneServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -284,12 +278,6 @@ def test_models_command_without_a_server_says_so_in_one_line(tmp_path: Path, mig
 
 
 # --- in Chromium -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as driver:
-        yield driver
 
 
 @needs_chromium

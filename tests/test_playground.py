@@ -15,8 +15,8 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from inference.models import RequestRecord
-from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
+from tests.browser import console_server, log_in, needs_chromium, screenshot
+from tests.conftest import SMOLLM2, DaphneServer, wait_for
 from tests.services import DatabaseTemplate
 
 REQUIRED = {"require_api_key": True}
@@ -86,19 +86,8 @@ SECOND = "smollm2-copy"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
     root = tmp_path_factory.mktemp("playground")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    link_model(smollm2_file, root / "models", SECOND)
-    config = write_config(root, server={"port": free_port(), "require_api_key": True}, n_ctx=2048)
-    server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(STAFF_PASSWORD)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as driver:
-        yield driver
+    with console_server(root, smollm2_file, migrated_database, names=(SMOLLM2, SECOND), server=REQUIRED) as server:
+        yield server
 
 
 def ask(browser: Any, text: str) -> Any:

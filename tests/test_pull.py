@@ -38,14 +38,13 @@ from inference.pulling import (
     token_for,
 )
 from inference.runtime.catalog import scan
-from tests.browser import STAFF_PASSWORD, chromium, log_in, needs_chromium, screenshot
+from tests.browser import STAFF_PASSWORD, chromium, console_server, log_in, needs_chromium, screenshot
 from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
     free_port,
     link_model,
-    start_server,
     wait_for,
     write_config,
 )
@@ -96,13 +95,8 @@ def files_in(directory: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path,
            migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("pull")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, server={"port": free_port()}, n_ctx=2048)
-    server = start_server(config, root / "server.log", migrated_database)
-    server.create_superuser(STAFF_PASSWORD)
-    yield server
-    server.stop()
+    with console_server(tmp_path_factory.mktemp("pull"), smollm2_file, migrated_database) as server:
+        yield server
 
 
 def listed(server: DaphneServer) -> list[str]:
