@@ -34,6 +34,7 @@ from inference.config import get_config
 from inference.connections import DATABASE_UNREACHABLE, error_line, on_fresh_connection
 from inference.errors import DatabaseUnavailable, InvalidApiKey, QuotaExceeded
 from inference.models import ApiKey, RequestRecord
+from inference.quotas import Allowance, Quotas
 
 SECRET_PREFIX = "sk-"
 PREFIX_LENGTH = 11  # "sk-" and 8 characters: shown, and looked up by
@@ -304,24 +305,6 @@ def _windows(redis_url: str | None) -> _LocalWindows | _SharedWindows:
 def _tokens_today(prefix: str, since: datetime) -> int:
     records = RequestRecord.objects.filter(api_key=prefix, created_at__gte=since)
     return records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
-
-
-@dataclass(frozen=True)
-class Allowance:
-    """One quota of a key as a request found it: its limit, what is left, when it is whole."""
-
-    limit: int
-    remaining: int
-    resets_at: datetime  # requests: when the oldest request in the window leaves it; tokens: UTC midnight
-
-
-@dataclass(frozen=True)
-class Quotas:
-    """A key's quotas as its request was checked (the rate-limit headers); None: no such quota,
-    or not checked (tokens while the database cannot be reached)."""
-
-    requests: Allowance | None = None
-    tokens: Allowance | None = None
 
 
 async def _requests_per_minute_check(key: ApiKey, now: datetime) -> Allowance:

@@ -33,6 +33,7 @@ from inference.protocol.responses_output import (
     response_body,
     response_events,
 )
+from inference.quotas import Quotas
 from inference.runtime.errors import ModelNotFound
 
 _STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
@@ -198,7 +199,7 @@ class GenerationView(APIView):
     body: Any
     chunks: Any = None
     rate_limit_headers: Any = staticmethod(openai_rate_limit_headers)
-    quotas: access.Quotas | None = None  # this request's, once checked
+    quotas: Quotas | None = None  # this request's, once checked
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
         # A console page's staff user needs no key; 401s and 403s leave no record.

@@ -7,10 +7,7 @@ envelope. Stdlib only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from inference.access import Quotas
+from inference.quotas import Quotas
 
 
 class ApiError(Exception):

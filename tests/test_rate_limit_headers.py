@@ -14,9 +14,9 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from inference import access
-from inference.access import Allowance, Quotas
 from inference.models import ApiKey, RequestRecord
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, go_duration, openai_rate_limit_headers
+from inference.quotas import Allowance, Quotas
 from tests.conftest import HI, SMOLLM2, DaphneServer
 
 OPENAI_NAMES = [f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")]
