@@ -22,7 +22,7 @@ from inference.console_access import ConsoleCaller, console_caller
 from inference.errors import QuotaExceeded
 from inference.model_table import model_table
 from inference.models import ApiKey
-from inference.openapi import error_responses, openai_schema
+from inference.openapi import error_responses, openai_schema, sse_event_schema
 from inference.protocol import anthropic_output
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
 from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
@@ -36,7 +36,7 @@ from inference.protocol.responses_output import (
 from inference.quotas import Quotas
 from inference.runtime.errors import ModelNotFound
 
-_STREAM = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines, then `data: [DONE]`."}
+_STREAM = sse_event_schema("Server-sent events: `data: {chunk}` lines, then `data: [DONE]`.")
 _HEALTH = {
     "type": "object",
     "properties": {

@@ -36,3 +36,14 @@ def append_components(result: dict[str, Any], generator: Any, request: Any, publ
     for name, schema in openai_components().items():
         schemas.setdefault(name, schema)
     return result
+
+
+def sse_event_schema(description: str) -> dict[str, Any]:
+    """A `text/event-stream` response: the schema of each of its events (as a client parses one:
+    its `event` and `data` fields), which is what OpenAPI tools check a stream's events against."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }

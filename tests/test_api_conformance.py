@@ -58,3 +58,21 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
     with_input = with_body | {operation.label for operation in operations if operation.query}
     expected = {operation.label for operation in operations} if mode == GenerationMode.POSITIVE else with_input
     assert tested == expected
+
+
+# A streamed answer of each streaming operation: generated requests rarely stream successfully.
+STREAMED = {
+    "POST /v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
+    "POST /v1/completions": {"prompt": "Hi", "max_tokens": 2, "stream": True},
+    "POST /v1/responses": {"input": "Hi", "max_output_tokens": 16, "stream": True},
+    "POST /v1/messages": {"model": SMOLLM2, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
+}
+
+
+def test_streamed_answers_conform(small_server: DaphneServer) -> None:
+    schema = schemathesis.openapi.from_url(f"{small_server.url}/openapi.json")
+    operations = {operation.label: operation for operation in (result.ok() for result in schema.get_all_operations())}
+    for label, body in STREAMED.items():
+        case = operations[label].Case(body=body, media_type="application/json")
+        response = case.call_and_validate(base_url=small_server.url, timeout=120)
+        assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream"), label

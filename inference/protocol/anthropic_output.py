@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from inference import tools
 from inference.errors import ApiError
+from inference.openapi import sse_event_schema
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
 from inference.protocol.anthropic import TEXT_BLOCK, TOOL_USE_BLOCK, MessagesRequest
 from inference.protocol.common import sse_stream
@@ -210,8 +211,7 @@ ERROR_SCHEMA = {
     },
     "required": ["type", "error"],
 }
-STREAM_SCHEMA = {
-    "type": "string",
-    "description": "Server-sent events, `event: <type>` then `data: {event}`: message_start, ping, "
-    "content_block_start, content_block_delta, content_block_stop, message_delta, message_stop (or error).",
-}
+STREAM_SCHEMA = sse_event_schema(
+    "Server-sent events, `event: <type>` then `data: {event}`: message_start, ping, "
+    "content_block_start, content_block_delta, content_block_stop, message_delta, message_stop (or error)."
+)
