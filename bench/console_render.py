@@ -13,9 +13,11 @@ directory holds small synthetic models named like the records' models, so every 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +95,7 @@ def main() -> None:
     options = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="llamasite-console-bench-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # a million records: 360 MB
     write_scratch_config(scratch)
     setup_django(scratch / "bench.sqlite3")
     logging.disable(logging.WARNING)  # a page's warnings (none expected) would mix with the figures

@@ -3,6 +3,7 @@ history (load events, request records)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -189,13 +190,48 @@ class LoadEventAdmin(HistoryAdmin):
         return Truncator(row.error).chars(60)
 
 
+# The routes whose requests are recorded (tests/test_admin_console.py checks it against the URLconf).
+RECORDED_ENDPOINTS = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+    "/v1/messages/count_tokens",
+)
+
+
+def _choices_filter(field: str, lookups: Callable[[], Iterable[str]], *, blank: str = "") -> type[admin.SimpleListFilter]:
+    """A list filter on `field` offering `lookups()`: Django's own would ask the request records
+    for their distinct values, a scan of the whole table (seconds, at a million rows)."""
+
+    class ChoicesFilter(admin.SimpleListFilter):
+        title = field.replace("_", " ")
+        parameter_name = field
+
+        def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+            return [(value, value or blank) for value in lookups()]
+
+        def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+            value = self.value()
+            return queryset if value is None else queryset.filter(**{field: value})
+
+    return ChoicesFilter
+
+
+def _discovered(field: str) -> Callable[[], list[str]]:
+    """The models' names or instances, from the (small) table of discovered models."""
+    return lambda: list(DiscoveredModel.objects.order_by(field).values_list(field, flat=True).distinct())
+
+
 @admin.register(RequestRecord)
 class RequestRecordAdmin(HistoryAdmin):
     # What fits at 1,280 px: the client, key, cache and the rest are on the record's page.
     list_display = (
         "time", "model", "endpoint", "outcome", "tokens_in_out", "ttft_ms", "duration_ms", "tokens_per_second",
     )
-    list_filter = ("status", "model", "endpoint", "source", "stream", "http_status", "created_at", "instance")
+    list_filter = (
+        "status", _choices_filter("model", _discovered("name")), _choices_filter("endpoint", lambda: RECORDED_ENDPOINTS),
+        _choices_filter("source", lambda: ("", "playground"), blank="an API client"), "stream", "created_at",
+        _choices_filter("instance", _discovered("instance")),
+    )
+    date_hierarchy = None  # its months and days are a scan of every record's date
     search_fields = (
         "completion_id", "model", "error_code", "error_message", "user_agent", "client_address", "console_user",
     )

@@ -25,13 +25,16 @@ def make_record(
     http_status: int = 200,
     instance: str = "127.0.0.1:8080",
     api_key: str = "",
+    endpoint: str = "/v1/chat/completions",
+    source: str = "",
 ) -> RequestRecord:
     with transaction.atomic():  # as the server writes them: the rollup row is locked meanwhile
         record = RequestRecord.objects.create(
             instance=instance,
             completion_id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
-            endpoint="/v1/chat/completions",
+            endpoint=endpoint,
+            source=source,
             status=status,
             http_status=http_status,
             error_code="model_not_found" if status == "error" else "",

@@ -5,18 +5,22 @@ columns in view at 1,280 px (in Chromium, against a real server with records).""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from dashboard.pages import CONSOLE_PAGES
+from inference.models import DiscoveredModel
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import DaphneServer
+from tests.record_factory import make_record
 from tests.services import DatabaseTemplate
-
-pytestmark = needs_chromium
 
 
 def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> None:
@@ -26,6 +30,28 @@ def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> No
     assert 'href="/dashboard/">View site</a>' in home
     for page in CONSOLE_PAGES:
         assert f">{page.title}</a>" in home
+
+
+def test_the_request_list_filters_without_scanning_the_records(admin_client) -> None:
+    from inference import api, urls
+    from inference.admin import RECORDED_ENDPOINTS
+
+    routes = {f"/{pattern.pattern}" for pattern in urls.urlpatterns if issubclass(getattr(pattern.callback, "cls", object), api.GenerationView)}
+    assert set(RECORDED_ENDPOINTS) == routes
+    DiscoveredModel.objects.create(
+        instance="here:8080", name="m", path="/m.gguf", size_bytes=1, file_modified_at=timezone.now(), last_seen_at=timezone.now(),
+    )
+    make_record(datetime.now(UTC), model="m", endpoint="/v1/completions")
+    make_record(datetime.now(UTC), model="m", endpoint="/v1/chat/completions", source="playground")
+    page = admin_client.get("/admin/inference/requestrecord/?endpoint=/v1/completions")
+    assert page.context["cl"].result_count == 1
+    assert admin_client.get("/admin/inference/requestrecord/?source=playground").context["cl"].result_count == 1
+    assert admin_client.get("/admin/inference/requestrecord/?source=").context["cl"].result_count == 1
+    with CaptureQueriesContext(connection) as queries:
+        html = admin_client.get("/admin/inference/requestrecord/").content.decode()
+    assert "?model=m" in html and "?instance=here%3A8080" in html
+    scans = [query["sql"] for query in queries if "DISTINCT" in query["sql"] and "inference_requestrecord" in query["sql"]]
+    assert not scans, scans
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +70,7 @@ def chat(server: DaphneServer, stream: bool) -> None:
     assert response.status_code == 200
 
 
+@needs_chromium
 def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
@@ -59,6 +86,7 @@ def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, brows
     assert browser.current_url == f"{server.url}/dashboard/"
 
 
+@needs_chromium
 @pytest.mark.parametrize("changelist", ["discoveredmodel", "requestrecord", "loadevent"])
 def test_list_pages_keep_their_columns_in_view_at_1280_px(server: DaphneServer, browser: Any, changelist: str) -> None:
     from selenium.webdriver.common.by import By
