@@ -62,12 +62,12 @@ def health() -> dict[str, Any]:
 
 
 def models_with_state() -> list[dict[str, Any]]:
-    """Every model on disk, by name: its state in the pool ("not loaded" if it has none) and
+    """Every model on disk, by name: its state in the pool ("unloaded" if it has none) and
     whether it has a chat template (the GGUF header's; a `chat_format` setting also counts)."""
     pool = model_pool()
     states = pool.status()
     return [
-        {"name": name, "state": states.get(name, {}).get("state", "not loaded"), "chat": _can_chat(model)}
+        {"name": name, "state": states.get(name, {}).get("state", "unloaded"), "chat": _can_chat(model)}
         for name, model in sorted(pool.catalog.available().items())
     ]
 

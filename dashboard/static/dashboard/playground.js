@@ -27,14 +27,23 @@
     }
   }
 
-  // The models' states as the page shows them in the picker, from /health (which needs no key).
-  async function refreshStates() {
-    const health = await (await fetch("/health")).json();
-    for (const option of $("model").options) {
-      const state = (health.models[option.value] || {}).state || "not loaded";
-      option.dataset.state = state;
+  // The models' states in the picker, kept current by the models page's WebSocket (pushed on
+  // every change: loads, their progress, unloads).
+  function showStates(table) {
+    for (const row of table.models) {
+      const option = [...$("model").options].find((candidate) => candidate.value === row.name);
+      if (!option) continue;
+      const state = row.state === "loading" && row.load_percent !== null ? "loading " + row.load_percent + "%" : row.state;
+      option.dataset.state = row.state;
       option.textContent = option.textContent.replace(/ · [^·]+/, " · " + state);
     }
+  }
+
+  function watchStates() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(scheme + "//" + location.host + "/ws/dashboard/models/");
+    socket.onmessage = (event) => showStates(JSON.parse(event.data));
+    socket.onclose = () => setTimeout(watchStates, 3000);
   }
 
   function newConversation() {
@@ -179,7 +188,6 @@
       running = null;
       setRunning(false);
       save();
-      refreshStates();
     }
   }
 
@@ -215,8 +223,8 @@
   $("model").onchange = () => { current.model = $("model").value; save(); };
 
   for (const id of SETTING_FIELDS) $(id).onchange = saveSettings;
-  $("model").onfocus = refreshStates;
   restoreSettings();
+  watchStates();
   if (conversations.length) choose(conversations[0]); else newConversation();
   document.body.dataset.ready = "yes";
 })();
