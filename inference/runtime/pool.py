@@ -159,9 +159,7 @@ class ModelPool:
                 limit_mb=limit // MIB, pinned_mb=pinned_bytes // MIB,
             )
         evicted: list[ModelWorker] = []
-        while len(live) >= self.config.max_loaded_models or (
-            needed and sum(worker.memory_bytes for worker in live) + needed > limit
-        ):
+        while self._full(live, needed):
             idle = [w for w in live if w.state == WorkerState.LOADED and not w.busy and not w.settings.pinned]
             if not idle:
                 if len(pinned) == len(live):
@@ -236,10 +234,13 @@ class ModelPool:
     def has_room(self, needed: int) -> bool:
         """Whether one more model (of `needed` estimated bytes) fits now without unloading one."""
         with self._registry.lock:
-            live = self._registry.live_locked()
+            return not self._full(self._registry.live_locked(), needed)
+
+    def _full(self, live: list[ModelWorker], needed: int) -> bool:
+        """Whether one more model, of `needed` estimated bytes (0: not counted), would not fit
+        beside `live` (by max_loaded_models, and by max_memory_mb)."""
         used = sum(worker.memory_bytes for worker in live)
-        within_memory = not needed or used + needed <= self.config.max_memory_mb * MIB
-        return len(live) < self.config.max_loaded_models and within_memory
+        return len(live) >= self.config.max_loaded_models or bool(needed and used + needed > self.config.max_memory_mb * MIB)
 
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""
