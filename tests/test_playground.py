@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import OperationalError
 from django.test import AsyncClient
 
+from inference import console_access
 from inference.models import RequestRecord
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, wait_for
@@ -69,6 +71,23 @@ async def test_console_requests_need_a_signed_in_staff_user_and_the_csrf_token(u
     assert unknown_page.status_code == 400 and "X-Llamasite-Console" in unknown_page.json()["error"]["message"]
     assert (await chat(staff, {})).status_code == 401  # without the header it is an API client: key required
     assert not await RequestRecord.objects.aexists()
+
+
+async def test_a_console_request_while_the_database_is_away_is_a_503_then_recovers(
+    use_config, admin_user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(server=REQUIRED)
+    client, token = await signed_in(admin_user)
+    headers = {**CONSOLE, "X-CSRFToken": token}
+
+    def unreachable(request: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(console_access, "_signed_in_user", unreachable)
+    response = await chat(client, headers)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "database_unavailable"
+    monkeypatch.undo()
+    assert (await chat(client, headers)).status_code == 200
 
 
 def test_the_playground_page_is_for_staff_only(client, django_user_model) -> None:
