@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -55,7 +56,11 @@ def log_in(driver: Any, base_url: str, next_path: str) -> None:
         driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     else:  # logged in already: the login page sent it on to the admin
         driver.get(f"{base_url}{next_path}")
-    WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith(next_path))
+    # The path, not the end of the URL: the login page's own URL ends with `?next=<next_path>`.
+    landed = urlsplit(f"{base_url}{next_path}")
+    WebDriverWait(driver, 20).until(
+        lambda d: urlsplit(d.current_url)[2:4] == landed[2:4] and d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def screenshot(driver: Any, page: str) -> None:
