@@ -25,7 +25,7 @@ from inference.records import RequestRecording
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
 from inference.runtime.channel import Job as QueuedJob
 from inference.runtime.errors import PromptTooLong, ShuttingDown
-from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
+from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaRefused, schema_grammar
 from inference.runtime.jobs import (
     ChatJob,
     ChatMessage,
@@ -53,7 +53,7 @@ async def chat_completion_create(
     recording.draft.end_user = request.user
     try:
         return await _generate(
-            model=request.model, jobs=[chat_job(request)], stream=request.stream, recording=recording, key=key,
+            model=request.model, jobs=[await chat_job(request)], stream=request.stream, recording=recording, key=key,
             id_prefix=id_prefix,
         )
     except PromptTooLong as too_long:
@@ -66,7 +66,7 @@ async def chat_completion_create(
             "offering them in short", len(request.tools), too_long.tokens, too_long.model, too_long.n_ctx,
         )
         return await _generate(
-            model=request.model, jobs=[chat_job(request, compact_tools=True)], stream=request.stream,
+            model=request.model, jobs=[await chat_job(request, compact_tools=True)], stream=request.stream,
             recording=recording, key=key, id_prefix=id_prefix,
         )
 
@@ -159,12 +159,13 @@ async def embedding_create(
     )
 
 
-def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
+async def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
     """The request's job with its tools offered in the prompt (`compact_tools`: in short) and
-    its output constrained: a forced tool call or a JSON response format becomes a grammar; a
-    schema the grammar cannot enforce is a 400 naming the keyword."""
+    its output constrained: a forced tool call or a JSON response format becomes a grammar
+    (built off the event loop, within a bound); a schema the grammar cannot enforce, or too
+    complex to build, is a 400 naming where it was. Counting a prompt builds no grammar."""
     job, grammar = request.job, None
-    schema, param = None, "response_format"
+    schema, param = None, request.format_param
     messages = job.messages
     if request.tool_calls_possible:
         offered = request.tools
@@ -174,6 +175,8 @@ def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
         messages = _with_system(messages, offer.content)
         if request.tool_call_forced:
             schema, param = tools.call_schema(offered), "tools"
+    if job.count_only:
+        return replace(job, messages=messages)
     response_format = request.response_format or {"type": "text"}
     if schema is None and response_format["type"] == "json_object":
         grammar = JSON_OBJECT_GRAMMAR
@@ -181,9 +184,10 @@ def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
         schema = response_format["json_schema"].get("schema") or {}
     if schema is not None:
         try:
-            grammar = json_schema_grammar(schema)
-        except SchemaNotSupported as problem:
-            raise InvalidRequest(f"'{param}' has a JSON schema this server cannot enforce: {problem}", param=param) from None
+            grammar = await schema_grammar(schema)
+        except SchemaRefused as refused:
+            what = "too complex to enforce" if refused.too_complex else "this server cannot enforce"
+            raise InvalidRequest(f"'{param}' has a JSON schema {what}: {refused.reason}", param=param) from None
     return replace(job, messages=messages, grammar=grammar)
 
 

@@ -79,17 +79,45 @@ def _first_sentence(text: str, limit: int = 160) -> str:
 
 
 def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
-    """JSON schema of a call to one of the tools (for the grammar that forces a call)."""
+    """JSON schema of a call to one of the tools (for the grammar that forces a call). Each
+    tool's parameters go under `$defs` as `tool-N`, their own `$ref`s rewritten to point there
+    (`#/$defs/x` → `#/$defs/tool-N/$defs/x`), so they mean in the call what they meant alone."""
     variants = [
         {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters or {"type": "object"}},
+            "properties": {"name": {"const": tool.name}, "arguments": {"$ref": f"#/$defs/tool-{index}"}},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for tool in tools
+        for index, tool in enumerate(tools)
     ]
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    definitions = {
+        f"tool-{index}": _refs_under(tool.parameters or {"type": "object"}, f"#/$defs/tool-{index}")
+        for index, tool in enumerate(tools)
+    }
+    call = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {**call, "$defs": definitions}
+
+
+# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+
+
+def _refs_under(schema: Any, root: str) -> Any:
+    """`schema` with its local `$ref`s ("#..."): pointing into it as if it were at `root`."""
+    if isinstance(schema, list):
+        return [_refs_under(item, root) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    moved: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            moved[key] = root + value[1:]
+        elif key in _DATA_KEYWORDS:
+            moved[key] = value
+        else:
+            moved[key] = _refs_under(value, root)
+    return moved
 
 
 def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:

@@ -366,6 +366,7 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
             tools=tuple(tool for tool in values.get("tools") or () if tool is not None),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=values.get("output_config"),
+            format_param="output_config.format",
             user=values.get("metadata", {}).get("user_id") or "",
         )
         return MessagesRequest(chat=chat, stop_sequences=stops)

@@ -152,6 +152,7 @@ class ChatRequest:
     tools: tuple[tools.Tool, ...] = ()
     tool_choice: str = "auto"  # "none", "auto", "required" or "function:<name>"
     response_format: dict[str, Any] | None = None
+    format_param: str = "response_format"  # where the request's API puts its response format
     user: str = ""
 
     @property

@@ -412,6 +412,7 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
             tools=offered_functions(tool_list),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=response_format,
+            format_param="text.format",
             user=values.get("safety_identifier") or values.get("user", ""),
         )
         echo = {

@@ -32,6 +32,9 @@ UNBOUNDED_INTEGER_PART_DIGITS = 9
 MAX_INTEGER_DIGITS = 18
 # Strings whose value must differ from given ones: the longest such string.
 MAX_EXCLUDED_LENGTH = 200
+# Characters of excluded strings, after their common prefixes are shared: each costs about 150
+# bytes of grammar, so more would be refused by the grammar's size anyway, after the work.
+MAX_EXCLUDED_NODES = 3000
 _SHORT_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
 
 
@@ -374,11 +377,18 @@ def json_string_except(excluded: list[str], char_rule: str) -> str:
     if any(len(text) > MAX_EXCLUDED_LENGTH for text in excluded):
         raise GrammarTooLarge(f"property names over {MAX_EXCLUDED_LENGTH} characters are too long to exclude")
     trie: dict[str, dict] = {}
+    nodes = 0
     for text in excluded:
         node = trie
         for char in text:
+            nodes += char not in node
             node = node.setdefault(char, {})
         node[""] = {}  # a listed string ends here
+    if nodes > MAX_EXCLUDED_NODES:
+        raise GrammarTooLarge(
+            f"property names of {nodes:,} distinct characters (after shared prefixes) are too many to exclude "
+            f"(at most {MAX_EXCLUDED_NODES:,})"
+        )
     return f'"\\"" {_except(trie, char_rule)} "\\""'
 
 

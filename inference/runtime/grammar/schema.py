@@ -29,12 +29,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
 
+from inference.runtime.grammar.budget import Budget
 from inference.runtime.grammar.gbnf import (
     ANY_CHAR,
     MAX_INTEGER_DIGITS,
@@ -77,6 +79,11 @@ FAMILIES = {
 }
 # Path segments a schema may be nested in (about two per level): deeper is refused, not a crash.
 MAX_PATH = 64
+# Budget steps, in units of about a microsecond here: visiting one (sub)schema, and asking
+# whether two oneOf alternatives exclude each other (canonical JSON of constants: slower).
+_VISIT_STEPS = 10
+_EXCLUDES_STEPS = 40
+_PATTERN_STEPS = 5  # per character of a pattern
 
 
 class SchemaNotSupported(Exception):
@@ -89,10 +96,11 @@ class SchemaNotSupported(Exception):
         super().__init__(f"'{keyword}'{f' at {self.location}' if path else ''} {reason}")
 
 
-def json_schema_grammar(schema: dict[str, Any]) -> str:
+def json_schema_grammar(schema: dict[str, Any], budget: Budget | None = None) -> str:
     """GBNF (start rule `root`) for JSON text valid against `schema`; raises SchemaNotSupported
-    for a keyword it cannot enforce and for an invalid schema."""
-    converter = _Converter(schema)
+    for a keyword it cannot enforce and for an invalid schema, SchemaTooComplex past the
+    budget's steps or grammar size (default: the server's bound)."""
+    converter = _Converter(schema, budget or Budget())
     root = converter.visit(schema, (), "root")
     converter.rules.define("root", root)
     return converter.rules.text()
@@ -139,7 +147,8 @@ _RULE_NAME = re.compile(r"[a-zA-Z0-9-]+")
 class _Rules:
     """The rules of one grammar as it is built: fresh names, one name per body, primitives."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
         self._bodies: dict[str, str] = {}  # name -> body, in the order defined
         self._names: dict[str, str] = {}  # body -> name
         self._taken = {"root", *_PRIMITIVES}
@@ -162,6 +171,7 @@ class _Rules:
         return name
 
     def define(self, name: str, body: str) -> None:
+        self.budget.write(len(name) + len(body) + 6)  # " ::= " and the newline
         self._bodies[name] = body
         self._names.setdefault(body, name)
 
@@ -181,9 +191,11 @@ class _Rules:
 class _Converter:
     """Turns one schema into rules, one visit per subschema; refuses what it cannot enforce."""
 
-    def __init__(self, root: Schema) -> None:
+    def __init__(self, root: Schema, budget: Budget) -> None:
         self.root = root
-        self.rules = _Rules()
+        self.budget = budget
+        self.rules = _Rules(budget)
+        self._checked: set[tuple[str, int]] = set()  # see _check_keywords
         self._refs: dict[tuple[str, str], str] = {}  # ($ref, its siblings) -> rule name
         # $refs being expanded since the last "{" or "[": meeting one again is a left recursion.
         self._unconsumed: set[tuple[str, str]] = set()
@@ -194,7 +206,8 @@ class _Converter:
             return self.rules.primitive("value")
         if schema is False:
             raise SchemaNotSupported("false", path, "is a schema no value satisfies")
-        _check_keywords(schema, path)
+        self.budget.spend(_VISIT_STEPS + len(schema))
+        _check_keywords(schema, path, self._checked)
         if "$ref" in schema:
             return self._ref(schema, path, hint)
         if "allOf" in schema:
@@ -203,6 +216,7 @@ class _Converter:
             return self._union(schema, path, hint)
         types = _schema_types(schema)
         if "enum" in schema or "const" in schema:
+            self.budget.spend(len(schema.get("enum", ())))
             return self.rules.add(hint, _constants(schema, path, types))
         return self.rules.add(hint, " | ".join(self._typed(schema, path, hint, kind) for kind in types))
 
@@ -288,39 +302,49 @@ class _Converter:
             names.append(self.visit(option, option_path, f"{hint}-{option_path[-1]}"))
             written.append(option)
         if keyword == "oneOf":  # after the visits, which refuse invalid alternatives
-            _OneOf(self.resolve).check(written, [option for option, _ in options], path)
+            _OneOf(self.resolve, self.budget).check(written, [option for option, _ in options], path)
         return self.rules.add(hint, " | ".join(dict.fromkeys(names)))
 
     def merge(self, parts: list[tuple[Schema, Path]]) -> dict[str, Any]:
         """One schema that asks what all the parts ask (allOf, a $ref with siblings), their allOf
         and $refs inlined; refuses parts that set one keyword differently."""
         flat: list[_Part] = []
+        inlined: set[str] = set()
         for part, path in parts:
-            self._flatten(part, path, frozenset(), flat)
+            self._flatten(part, path, frozenset(), inlined, flat)
         _check_closed_objects(flat)
         merged: dict[str, Any] = {}
         for part, path in flat:
             for key, value in part.items():
+                self.budget.spend(1 + (len(value) if isinstance(value, (list, dict)) else 0))
                 _combine(merged, key, value, path)
         return merged
 
-    def _flatten(self, part: Schema, path: Path, inlined: frozenset[str], out: list[_Part]) -> None:
-        """Append `part` (less allOf and $ref) and, in turn, its allOf parts and $ref target."""
+    def _flatten(
+        self, part: Schema, path: Path, within: frozenset[str], inlined: set[str], out: list[_Part]
+    ) -> None:
+        """Append `part` (less allOf and $ref) and, in turn, its allOf parts and $ref target.
+        `within`: the $refs this part is inside of (meeting one again is a loop); `inlined`: the
+        $refs this merge already holds, whose parts would only repeat what it asks."""
         if part is True:
             return
         if part is False:
             raise SchemaNotSupported("false", path, "is a schema no value satisfies")
-        _check_keywords(part, path)
+        self.budget.spend(_VISIT_STEPS + len(part))
+        _check_keywords(part, path, self._checked)
         own = {key: value for key, value in part.items() if _constrains(key) and key not in ("allOf", "$ref")}
         out.append((own, path))
         for index, sub in enumerate(part.get("allOf", ())):
-            self._flatten(sub, (*path, "allOf", str(index)), inlined, out)
+            self._flatten(sub, (*path, "allOf", str(index)), within, inlined, out)
         if "$ref" in part:
             ref = part["$ref"]
-            if ref in inlined:
+            if ref in within:
                 raise SchemaNotSupported("$ref", path, f"includes itself through allOf ('{ref}')")
+            if ref in inlined:
+                return
+            inlined.add(ref)
             target, target_path = self.resolve(ref, path)
-            self._flatten(target, target_path, inlined | {ref}, out)
+            self._flatten(target, target_path, within | {ref}, inlined, out)
 
     def _number(self, schema: dict[str, Any], path: Path, hint: str, *, integer: bool) -> str:
         lower = _bound(schema, "minimum", "exclusiveMinimum", lower=True)
@@ -352,6 +376,7 @@ class _Converter:
             return self.rules.add(f"{kind}-string", f"{quote} {self.rules.primitive(kind)} {quote}")
         char = self.rules.primitive("char")
         if "pattern" in schema:
+            self.budget.spend(_PATTERN_STEPS * len(schema["pattern"]))
             try:
                 content = pattern_gbnf(
                     schema["pattern"], char_rule=char, define=lambda body: self.rules.add(f"{hint}-pattern", body)
@@ -371,12 +396,15 @@ class _Converter:
 class _OneOf:
     """oneOf is enforced as anyOf: only where no value can satisfy two of its alternatives."""
 
-    def __init__(self, resolve: Callable[[str, Path], tuple[Schema, Path]]) -> None:
+    def __init__(self, resolve: Callable[[str, Path], tuple[Schema, Path]], budget: Budget) -> None:
         self.resolve = resolve
+        self.budget = budget
 
     def check(self, written: list[Schema], alternatives: list[Schema], path: Path) -> None:
         """Refuse the oneOf unless no value written for one alternative (`written`: as the grammar
         writes it, with the keywords beside the oneOf) satisfies another of `alternatives`."""
+        if self._constants_apart(written, alternatives):
+            return
         for index, one in enumerate(written):
             for other, alternative in enumerate(alternatives):
                 if other != index and not self._excludes(one, alternative, 0):
@@ -384,9 +412,27 @@ class _OneOf:
                         "oneOf", path, "has alternatives that may overlap, which a grammar cannot forbid (use anyOf)"
                     )
 
+    def _constants_apart(self, written: list[Schema], alternatives: list[Schema]) -> bool:
+        """Whether every alternative is a list of constants (enum, const) and no constant is in
+        two of them: the common oneOf of many constants, told in one pass rather than by pairs."""
+        owners: dict[str, set[int]] = defaultdict(set)  # a constant -> the alternatives that allow it
+        for index, alternative in enumerate(alternatives):
+            keys = _constant_keys(alternative) if isinstance(alternative, dict) else None
+            if keys is None:
+                return False
+            self.budget.spend(_EXCLUDES_STEPS + len(keys))
+            for key in keys:
+                owners[key].add(index)
+        for index, one in enumerate(written):
+            keys = _constant_keys(one) if isinstance(one, dict) else None
+            if keys is None or any(owners[key] - {index} for key in keys if key in owners):
+                return False
+        return True
+
     def _excludes(self, first: Schema, second: Schema, depth: int) -> bool:
         """Whether no value the grammar writes for `first` is valid against `second` (False when
         not sure)."""
+        self.budget.spend(_EXCLUDES_STEPS)
         first, second = self._plain(first), self._plain(second)
         if depth > MAX_PATH or not (isinstance(first, dict) and isinstance(second, dict)):
             return False
@@ -729,11 +775,16 @@ def _constrains(key: str) -> bool:
     return key not in ANNOTATIONS and key not in DEFINITIONS and key != "$id" and not key.startswith("x-")
 
 
-def _check_keywords(schema: dict[str, Any], path: Path) -> None:
-    """Refuse a keyword that is unknown, not enforced, or of the wrong type."""
+def _check_keywords(schema: dict[str, Any], path: Path, checked: set[tuple[str, int]]) -> None:
+    """Refuse a keyword that is unknown, not enforced, or of the wrong type. `checked`: the
+    (keyword, id of its list or object value) already found fine, not walked again (a merged
+    schema holds its parts' values)."""
     if len(path) > MAX_PATH:
         raise SchemaNotSupported(path[-1], path[:-1], "is nested too deeply")
     for key, value in schema.items():
+        seen = (key, id(value)) if isinstance(value, (list, dict)) else None
+        if seen in checked:
+            continue
         if key == "$id" and path:
             raise SchemaNotSupported(key, path, "is supported only at the top (it would change what $refs mean)")
         if not _constrains(key):
@@ -746,6 +797,8 @@ def _check_keywords(schema: dict[str, Any], path: Path) -> None:
             problem = "is not a JSON Schema keyword this server knows"
         if problem:
             raise SchemaNotSupported(key, path, problem)
+        if seen is not None:
+            checked.add(seen)
 
 
 def _is_schema(value: Any) -> bool:
