@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
 from dashboard.model_feed import model_table_group, model_table_message, publisher
 from inference.pull_jobs import PULL_GROUP, pull_jobs
 from inference.records import REQUEST_FEED_GROUP
 
 FORBIDDEN = 4403
+
+
+class NoSuchSocket(AsyncWebsocketConsumer):
+    """A WebSocket path no page opens: refused at the handshake (daphne answers 403)."""
+
+    async def connect(self) -> None:
+        await self.close()
 
 
 class StaffConsumer(AsyncJsonWebsocketConsumer):

@@ -46,7 +46,6 @@ INSTALLED_APPS = [
 # why static files come from ServeStatic (WhiteNoise's fork with an async middleware), not
 # WhiteNoise.
 MIDDLEWARE = [
-    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -57,9 +56,11 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# The API (see llamasite.asgi; its paths are inference.urls') skips the pages' middleware: CORS
-# is all it needs.
-API_MIDDLEWARE = ["corsheaders.middleware.CorsMiddleware"]
+# The API (see llamasite.asgi; its paths are inference.urls') skips the pages' middleware: it
+# needs only the Host check (the pages get theirs from CommonMiddleware) and CORS, which is for
+# the API alone (server.cors_origins): the pages are same-origin, and a cross-origin answer is
+# one a page elsewhere could read.
+API_MIDDLEWARE = ["inference.host_check.AllowedHostMiddleware", "corsheaders.middleware.CorsMiddleware"]
 
 ROOT_URLCONF = "llamasite.urls"
 ASGI_APPLICATION = "llamasite.asgi.application"
@@ -138,6 +139,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # Serve the apps' static files (the admin's, the dashboard's) without a collectstatic step.
 SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_ALLOW_ALL_ORIGINS = False  # CORS is for the API alone
 LOGIN_URL = "admin:login"
 
 CORS_ALLOW_ALL_ORIGINS = "*" in _cors_origins

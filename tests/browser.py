@@ -3,6 +3,7 @@ chromium-driver; the tests that need them are skipped without them)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
@@ -87,3 +89,19 @@ def console_server(
         yield running
     finally:
         running.stop()
+
+
+@contextmanager
+def staff_client(server: DaphneServer) -> Iterator[httpx.Client]:
+    """An HTTP client logged in as the staff account."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        login = client.get("/admin/login/")
+        client.post("/admin/login/", data={"username": "admin", "password": STAFF_PASSWORD,
+                                           "csrfmiddlewaretoken": csrf_token(login.text)})
+        yield client
+
+
+def csrf_token(html: str) -> str:
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found[1]

@@ -77,11 +77,6 @@ async def test_unknown_url_and_wrong_method_answer_in_json(use_config) -> None:
     assert post_health.status_code == 405
 
 
-async def test_cors_headers_follow_the_config(use_config) -> None:
-    response = await AsyncClient().get("/v1/models", headers={"Origin": "http://localhost:3000"})
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
-
-
 async def test_aliases_name_models_for_clients_that_ask_for_other_names(
     use_config, models_dir: Path, smollm2_file: Path
 ) -> None:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,7 +36,7 @@ from inference.pulling import (
     token_for,
 )
 from inference.runtime.catalog import scan
-from tests.browser import STAFF_PASSWORD, chromium, console_server, log_in, needs_chromium, screenshot
+from tests.browser import chromium, console_server, csrf_token, log_in, needs_chromium, screenshot, staff_client
 from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
@@ -309,20 +307,6 @@ def test_discovery_never_lists_a_download_in_progress(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "done.gguf", context_length=1024)
     write_synthetic(tmp_path / "half.gguf.part", context_length=1024)
     assert list(scan(tmp_path)) == ["done"]
-
-
-@contextmanager
-def staff_client(server: DaphneServer) -> Iterator[httpx.Client]:
-    """An HTTP client logged in as the staff account."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        login = client.get("/admin/login/")
-        client.post("/admin/login/", data={"username": "admin", "password": STAFF_PASSWORD,
-                                           "csrfmiddlewaretoken": csrf_token(login.text)})
-        yield client
-
-
-def csrf_token(html: str) -> str:
-    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)[1]
 
 
 def test_the_pull_page_is_for_staff_and_its_form_needs_the_csrf_token(server: DaphneServer) -> None:
