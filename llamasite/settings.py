@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 # why static files come from ServeStatic (WhiteNoise's fork with an async middleware), not
 # WhiteNoise.
 MIDDLEWARE = [
+    "inference.host_check.PagesAllowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
