@@ -308,7 +308,7 @@ def test_an_existing_model_is_never_overwritten(models: Path, files: FileServer,
 def test_discovery_never_lists_a_download_in_progress(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "done.gguf", context_length=1024)
     write_synthetic(tmp_path / "half.gguf.part", context_length=1024)
-    assert list(scan(tmp_path)) == ["done"]
+    assert list(scan(tmp_path).models) == ["done"]
 
 
 @contextmanager
