@@ -69,7 +69,7 @@ class PullJob:
         """What the page shows of this pull (JSON)."""
         progress = self.progress
         return {
-            "id": self.id, "name": self.plan.name, "url": self.plan.url, "started_by": self.started_by,
+            "id": self.id, "name": self.plan.name, "url": self.plan.shown_url, "started_by": self.started_by,
             "state": self.state.value, "finished": self.state.finished, "message": self.message,
             "received": progress.received if progress else 0, "total": progress.total if progress else None,
             "bytes_per_second": round(progress.bytes_per_second) if progress else 0,
@@ -97,7 +97,7 @@ class PullJobs:
         self._jobs[job.id] = job
         self._forget_old()
         self._spawn(self._run(job))
-        logger.info("pull of %s from %s started by %s", plan.name, plan.url, started_by)
+        logger.info("pull of %s from %s started by %s", plan.name, plan.shown_url, started_by)
         return job
 
     def cancel(self, job_id: str) -> bool:

@@ -5,8 +5,11 @@ where HF_TOKEN goes, the names a pull accepts; and the console's pull page, in C
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -19,6 +22,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 from django.core.management.base import OutputWrapper
 from websockets.exceptions import InvalidStatus
@@ -27,6 +31,7 @@ from websockets.sync.client import connect
 from inference import pulling
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.progress import TerminalProgress
+from inference.pull_jobs import PULL_GROUP, PullJob, PullJobs
 from inference.pulling import (
     PullCancelled,
     PullError,
@@ -37,6 +42,7 @@ from inference.pulling import (
     plan_pull,
     token_for,
 )
+from inference.pulling.redaction import redacted
 from inference.runtime.catalog import scan
 from tests.browser import STAFF_PASSWORD, chromium, console_server, log_in, needs_chromium, screenshot
 from tests.conftest import (
@@ -90,6 +96,43 @@ def sha256_of(path: Path) -> str:
 
 def files_in(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+@pytest.fixture
+def other_files(smollm2_file: Path) -> Iterator[FileServer]:
+    """A second server: another origin (the same host, another port) to be redirected to."""
+    server = FileServer(smollm2_file).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every log line, httpx's request lines included (`manage.py pull` quiets httpx in this process)."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="httpx")
+    return caplog
+
+
+def with_credentials(url: str, userinfo: str = "user:s3cret") -> str:
+    return url.replace("http://", f"http://{userinfo}@", 1)
+
+
+def port_of(files: FileServer) -> int:
+    return httpx.URL(files.url).port
+
+
+async def console_pull(url: str, **options: str | None) -> tuple[PullJob, list[dict]]:
+    """A pull as the console starts it (in this process), run to its end: the job, and every
+    message its progress sent to the staff's sockets."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(PULL_GROUP, channel)
+    job = PullJobs().start(url=url, name=options.get("name"), sha256=options.get("sha256"), started_by="staff")
+    sent = []
+    while not sent or not sent[-1]["finished"]:
+        sent.append((await asyncio.wait_for(layer.receive(channel), timeout=60))["pull"])
+    return job, sent
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +332,68 @@ def test_a_redirect_elsewhere_does_not_carry_the_token(
     assert [seen.path for seen in elsewhere.seen] == [f"/ok/{SOURCE_NAME}"]
     assert "authorization" not in elsewhere.seen[0].headers
     assert (tmp_path / f"{SMOLLM2}.gguf").is_file()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:s3cret@host/m.gguf", "http://user:***@host/m.gguf"),
+    ("https://ghp_t0ken@host/m.gguf", "https://***@host/m.gguf"),  # a lone user name is often a token
+    ("https://host/m.gguf?X-Amz-Signature=abc&download", "https://host/m.gguf?X-Amz-Signature=***&***"),
+    ("https://host/m.gguf#access_token=abc", "https://host/m.gguf"),
+    ("ftp://user:s3cret@host/m.gguf?t=1", "ftp://user:***@host/m.gguf?t=***"),
+])
+def test_urls_are_shown_without_passwords_or_query_values(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+    assert redacted(httpx.URL(url)) == shown
+
+
+@pytest.mark.parametrize("url", ["ftp://user:s3cret@host/m.gguf", "hf://user:s3cret@owner/m.gguf"])
+def test_a_refused_url_is_quoted_without_its_password(tmp_path: Path, url: str) -> None:
+    with pytest.raises(PullError) as refused:
+        plan_pull(url=url, directory=tmp_path)
+    assert "s3cret" not in str(refused.value) and "user:***@" in str(refused.value)
+
+
+@pytest.mark.parametrize("same_origin", [True, False], ids=["redirect-same-origin", "redirect-elsewhere"])
+def test_url_credentials_go_as_basic_auth_to_their_own_origin_only_and_are_never_logged(
+    tmp_path: Path, files: FileServer, other_files: FileServer, logged: pytest.LogCaptureFixture, same_origin: bool
+) -> None:
+    target = files if same_origin else other_files
+    url = with_credentials(f"{files.url}/redirect/{port_of(target)}/ok/{SOURCE_NAME}")
+    pulling.pull(plan_pull(url=url, directory=tmp_path))
+
+    basic = "Basic " + base64.b64encode(b"user:s3cret").decode()
+    first, second = files.seen[0], target.seen[-1]
+    assert first.headers["authorization"] == basic
+    assert second.path == f"/ok/{SOURCE_NAME}"
+    assert second.headers.get("authorization") == (basic if same_origin else None)
+    assert f"GET {files.url}/redirect/" in logged.text and "s3cret" not in logged.text
+    assert (tmp_path / f"{SMOLLM2}.gguf").is_file()
+
+
+def test_a_redirect_target_s_query_string_is_never_logged_or_shown(
+    tmp_path: Path, files: FileServer, other_files: FileServer, logged: pytest.LogCaptureFixture
+) -> None:
+    signed = f"/ok/{SOURCE_NAME}?X-Amz-Signature=sig0123456789abcdef"
+    pulling.pull(plan_pull(url=f"{files.url}/redirect/{port_of(other_files)}{signed}", directory=tmp_path))
+    looping = f"{files.url}{f'/redirect/{port_of(files)}' * 12}{signed}"
+    with pytest.raises(PullError, match="more than 10 redirects") as refused:
+        pulling.pull(plan_pull(url=looping, directory=tmp_path, name="looping"))
+    assert other_files.seen[0].path == signed  # the signature went where it was for
+    assert "sig0123456789abcdef" not in logged.text + str(refused.value)
+    assert "X-Amz-Signature=***" in logged.text
+
+
+async def test_a_console_pull_shows_its_url_redacted_in_its_row_its_messages_and_the_log(
+    models: Path, files: FileServer, logged: pytest.LogCaptureFixture
+) -> None:
+    url = with_credentials(f"{files.url}/not-gguf/model.gguf?token=t0ken")
+    job, sent = await console_pull(url)
+
+    assert job.snapshot()["url"] == f"http://user:***@127.0.0.1:{port_of(files)}/not-gguf/model.gguf?token=***"
+    assert job.snapshot()["state"] == "failed"
+    seen = json.dumps(sent) + logged.text
+    assert "s3cret" not in seen and "t0ken" not in seen
+    assert "started by staff" in logged.text and "token=***" in logged.text
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", ".hidden", "mmproj-vision", "big-00001-of-00002",

@@ -205,7 +205,7 @@ class _Download:
         if len(self.head) < len(GGUF_MAGIC):
             self.head += chunk[: len(GGUF_MAGIC) - len(self.head)]
             if len(self.head) == len(GGUF_MAGIC) and self.head != GGUF_MAGIC:
-                raise _Rejected(f"{self.plan.url} is not a GGUF file (it begins with {self.head!r}); nothing was "
+                raise _Rejected(f"{self.plan.shown_url} is not a GGUF file (it begins with {self.head!r}); nothing was "
                                 "kept")
 
     def _finish(self) -> PulledModel:
@@ -214,7 +214,7 @@ class _Download:
         try:
             read_gguf_info(self.plan.part)
         except GGUFError as exc:
-            raise _Rejected(f"{self.plan.url} is not a usable GGUF model ({exc}); nothing was kept") from None
+            raise _Rejected(f"{self.plan.shown_url} is not a usable GGUF model ({exc}); nothing was kept") from None
         digest = self.hasher.hexdigest() if self.hasher else None
         if digest != self.plan.sha256:
             raise _Rejected(f"sha256 mismatch: expected {self.plan.sha256}, got {digest}; the download was removed")
