@@ -231,6 +231,19 @@ def test_a_body_that_is_not_gguf_is_refused_and_removed(models: Path, files: Fil
     assert files_in(models) == []
 
 
+@pytest.mark.parametrize(("path", "error"), [
+    ("/redirect/{port}/metrics", r"^127\.0\.0\.1/metrics \(HTTP 200, text/plain\) sent something that is not a GGUF "
+                                 r"file \(no GGUF magic\); nothing was kept$"),
+    ("/bad-chunks/model.gguf", r"^cannot download from 127\.0\.0\.1 \(illegal chunk header\)$"),
+], ids=["redirected-to-metrics", "broken-chunked-encoding"])
+def test_errors_describe_what_answered_and_never_quote_it(models: Path, files: FileServer, path: str,
+                                                        error: str) -> None:
+    with pytest.raises(CommandError, match=error) as refused:
+        pull_command(files.url + path.format(port=port_of(files)), "--name", "model")
+    assert "HE" not in str(refused.value) and "secret" not in str(refused.value)
+    assert files_in(models) == []
+
+
 def test_a_pull_that_would_not_fit_on_the_disk_does_not_start(
     models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,7 +31,7 @@ import httpx
 
 from inference.pulling.plan import PullCancelled, PullError, PullPlan
 from inference.pulling.progress import ProgressCallback, PullPhase, Reporter, human_bytes
-from inference.pulling.remote import content_length, content_range, get_from, http_error, validator
+from inference.pulling.remote import content_length, content_range, described, get_from, http_error, validator
 from inference.runtime.catalog import GGUFError, read_gguf_info
 
 GGUF_MAGIC = b"GGUF"
@@ -81,12 +81,21 @@ def _pull_error(download: _Download, error: Exception) -> PullError:
         return error
     if isinstance(error, httpx.HTTPError):
         host = httpx.URL(plan.url).host
-        cause = " ".join(str(error).split()) or type(error).__name__
+        cause = _cause(error)
         if download.received == 0:
             return PullError(f"cannot download from {host} ({cause})")
         return PullError(f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
                          f"{plan.part.name} is kept: pull again to resume")
     return PullError(f"cannot write {plan.part}: {getattr(error, 'strerror', None) or error}")
+
+
+def _cause(error: httpx.HTTPError) -> str:
+    """An HTTP failure in one line. A broken answer is named, not quoted: h11 puts the bytes it
+    could not parse after a colon ("illegal chunk header: bytearray(b'...')")."""
+    cause = " ".join(str(error).split())
+    if isinstance(error, httpx.ProtocolError):
+        cause = cause.partition(": ")[0]
+    return cause or type(error).__name__
 
 
 @contextmanager
@@ -101,7 +110,8 @@ def _locked(plan: PullPlan) -> Iterator[BinaryIO]:
 
 
 class _Download:
-    """One pull's bytes: the `.part` file as it grows, its running checksum and first bytes."""
+    """One pull's bytes: the `.part` file as it grows, its running checksum and first bytes, and
+    what sent them."""
 
     def __init__(self, plan: PullPlan, part: BinaryIO, reporter: Reporter, cancel: threading.Event) -> None:
         self.plan, self.part, self.reporter, self.cancel = plan, part, reporter, cancel
@@ -110,6 +120,7 @@ class _Download:
         self.total: int | None = None
         self.hasher = hashlib.sha256() if plan.sha256 else None
         self.head = b""  # the file's first bytes, until there are enough to check the magic
+        self.sender = ""  # described(): what answered, for errors about what it sent
 
     def run(self, http: httpx.Client) -> PulledModel:
         self._stop_if_cancelled()
@@ -160,6 +171,7 @@ class _Download:
         """The response whose body continues the part file (starting over where it cannot)."""
         stored = _stored_validator(self.part) if self.received else None
         response = get_from(http, self.plan.url, self.received, if_range=stored)
+        self.sender = described(response)
         if response.status_code == 416 and self.received:
             if content_range(response)[1] == self.received:  # the part was complete already
                 self.total = self.received
@@ -205,7 +217,7 @@ class _Download:
         if len(self.head) < len(GGUF_MAGIC):
             self.head += chunk[: len(GGUF_MAGIC) - len(self.head)]
             if len(self.head) == len(GGUF_MAGIC) and self.head != GGUF_MAGIC:
-                raise _Rejected(f"{self.plan.shown_url} is not a GGUF file (it begins with {self.head!r}); nothing was "
+                raise _Rejected(f"{self.sender} sent something that is not a GGUF file (no GGUF magic); nothing was "
                                 "kept")
 
     def _finish(self) -> PulledModel:

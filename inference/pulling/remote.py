@@ -18,6 +18,7 @@ HF_TOKEN_ENV_VAR = "HF_TOKEN"
 _HF_HOSTS = ("huggingface.co", "hf.co")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MAX_REDIRECTS = 10
+_MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (?:(?P<start>\d+)-\d+|\*)/(?P<total>\d+|\*)$")
 
 
@@ -95,6 +96,14 @@ def content_length(response: httpx.Response) -> int | None:
 def where(response: httpx.Response) -> str:
     """The server and path that answered (never the query string: it may hold a signature)."""
     return f"{response.url.host}{response.url.path}"
+
+
+def described(response: httpx.Response) -> str:
+    """What answered, in our words: where, the status and the media type (if it reads as one);
+    never its body, nor a header as sent."""
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    kind = f", {media_type}" if _MEDIA_TYPE.match(media_type) else ""
+    return f"{where(response)} (HTTP {response.status_code}{kind})"
 
 
 def http_error(response: httpx.Response) -> str:
