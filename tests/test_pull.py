@@ -235,7 +235,8 @@ def test_a_body_that_is_not_gguf_is_refused_and_removed(models: Path, files: Fil
     ("/redirect/{port}/metrics", r"^127\.0\.0\.1/metrics \(HTTP 200, text/plain\) sent something that is not a GGUF "
                                  r"file \(no GGUF magic\); nothing was kept$"),
     ("/bad-chunks/model.gguf", r"^cannot download from 127\.0\.0\.1 \(illegal chunk header\)$"),
-], ids=["redirected-to-metrics", "broken-chunked-encoding"])
+    ("/redirect/oops/model.gguf", r"^cannot download from 127\.0\.0\.1 \(Invalid URL in location header\)$"),
+], ids=["redirected-to-metrics", "broken-chunked-encoding", "redirected-to-an-invalid-url"])
 def test_errors_describe_what_answered_and_never_quote_it(models: Path, files: FileServer, path: str,
                                                         error: str) -> None:
     with pytest.raises(CommandError, match=error) as refused:

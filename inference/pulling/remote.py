@@ -54,10 +54,7 @@ def get_from(http: httpx.Client, url: str, offset: int, *, if_range: str | None)
         if not (response.is_redirect and "location" in response.headers):
             return response
         response.close()
-        try:
-            target = response.url.join(response.headers["location"])
-        except httpx.InvalidURL:
-            raise PullError(f"{where(response)} redirected to an invalid URL") from None
+        target = response.url.join(response.headers["location"])  # httpx refused an invalid one already
     raise PullError(f"more than {_MAX_REDIRECTS} redirects, the last to {redacted(target)}")
 
 
