@@ -90,7 +90,9 @@ class PullJobs:
     def start(self, *, url: str, name: str | None, sha256: str | None, started_by: str) -> PullJob:
         """Start a pull in the background (on the event loop); raises PullError for what is
         wrong before it starts, or if the same model is being pulled already."""
-        plan = plan_pull(url=url, directory=get_config().model_manager.models_directory, name=name, sha256=sha256)
+        config = get_config().model_manager
+        plan = plan_pull(url=url, directory=config.models_directory, name=name, sha256=sha256,
+                         max_mb=config.max_pull_mb)
         if any(job.plan.name == plan.name and not job.state.finished for job in self._jobs.values()):
             raise PullError(f"{plan.name} is being pulled already")
         job = PullJob(plan=plan, started_by=started_by)

@@ -38,6 +38,7 @@ from inference.pulling import (
     PullPhase,
     PullProgress,
     download_url,
+    human_bytes,
     model_name,
     plan_pull,
     token_for,
@@ -245,13 +246,79 @@ def test_errors_describe_what_answered_and_never_quote_it(models: Path, files: F
     assert files_in(models) == []
 
 
+@pytest.mark.parametrize("free", [10**6, 98_362_432 + 500_000_000], ids=["too-little", "not-beside-the-margin"])
 def test_a_pull_that_would_not_fit_on_the_disk_does_not_start(
-    models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
+    models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch, free: int
 ) -> None:
-    monkeypatch.setattr(pulling.download.shutil, "disk_usage", lambda path: SimpleNamespace(free=10**6))
-    with pytest.raises(CommandError, match=r"not enough disk space .* needs 98\.4 MB more, 1\.0 MB are free"):
+    monkeypatch.setattr(pulling.download.shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+    with pytest.raises(CommandError, match=rf"^not enough disk space in {re.escape(str(models))}: {SMOLLM2} needs "
+                                           rf"98\.4 MB more, {human_bytes(free)} are free and a pull leaves 1\.0 GB$"):
         pull_command(f"{files.url}/ok/{SOURCE_NAME}")
     assert files_in(models) == []
+
+
+def disk_filling_up(monkeypatch: pytest.MonkeyPatch, part: Path, room: int) -> None:
+    """The models' disk: 1 GB (what a pull leaves free) and `room` bytes free, less what `part` holds."""
+    def disk_usage(path: Path) -> SimpleNamespace:
+        return SimpleNamespace(free=1_000_000_000 + room - (part.stat().st_size if part.exists() else 0))
+
+    monkeypatch.setattr(pulling.download.shutil, "disk_usage", disk_usage)
+
+
+MIB = 1024 * 1024
+NO_ROOM_AFTER_64_MIB = (rf"^not enough disk space in .*: {SMOLLM2} is at 67\.1 MB, of a size the server did not "
+                        rf"give, 1\.0\d* GB are free and a pull leaves 1\.0 GB; {SMOLLM2}\.gguf\.part is kept: make "
+                        r"room and pull again to resume$")
+
+
+def test_a_download_of_unknown_size_stops_before_the_disk_fills_and_resumes_once_there_is_room(
+    models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch, source_sha256: str
+) -> None:
+    part = models / f"{SMOLLM2}.gguf.part"
+    disk_filling_up(monkeypatch, part, room=70 * MIB)  # room for the first 64 MiB stretch, not the second
+    url = f"{files.url}/no-length/{SOURCE_NAME}"
+    with pytest.raises(CommandError, match=NO_ROOM_AFTER_64_MIB):
+        pull_command(url)
+    assert files_in(models) == [part.name] and part.stat().st_size == 64 * MIB
+
+    disk_filling_up(monkeypatch, part, room=200 * MIB)
+    assert "resumed at 67.1 MB" in pull_command(url)
+    assert sha256_of(models / f"{SMOLLM2}.gguf") == source_sha256
+
+
+def with_max_pull_mb(models: Path, max_pull_mb: int) -> None:
+    write_config(models.parent, server={"port": free_port()}, max_pull_mb=max_pull_mb)
+    set_config(None)
+
+
+@pytest.mark.parametrize(("route", "error"), [
+    ("ok", rf"^{SMOLLM2} is 98\.4 MB, more than model_manager\.max_pull_mb \(50 MiB\) allows; nothing was kept$"),
+    ("no-length", rf"^{SMOLLM2} grew past model_manager\.max_pull_mb \(50 MiB\) as it arrived \(the server gave no "
+                  r"size\); the download was removed$"),
+])
+def test_a_file_over_max_pull_mb_is_refused_by_its_size_or_as_it_arrives(
+    models: Path, files: FileServer, route: str, error: str
+) -> None:
+    with_max_pull_mb(models, 50)
+    with pytest.raises(CommandError, match=error):
+        pull_command(f"{files.url}/{route}/{SOURCE_NAME}")
+    assert files_in(models) == []
+
+
+async def test_the_console_row_shows_the_same_one_line_errors(
+    models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk_filling_up(monkeypatch, models / f"{SMOLLM2}.gguf.part", room=70 * MIB)
+    job, sent = await console_pull(f"{files.url}/no-length/{SOURCE_NAME}")
+    assert (job.state.value, sent[-1]["state"]) == ("failed", "failed")
+    assert re.match(NO_ROOM_AFTER_64_MIB, sent[-1]["message"])
+
+    with_max_pull_mb(models, 50)
+    disk_filling_up(monkeypatch, models / "limited.gguf.part", room=10**12)
+    job, sent = await console_pull(f"{files.url}/no-length/{SOURCE_NAME}", name="limited")
+    assert sent[-1]["message"] == ("limited grew past model_manager.max_pull_mb (50 MiB) as it arrived (the server "
+                                   "gave no size); the download was removed")
+    assert files_in(models) == [f"{SMOLLM2}.gguf.part"]  # the first pull's, kept to be resumed
 
 
 def test_a_second_pull_of_the_same_name_waits_its_turn_and_a_cancel_leaves_nothing(

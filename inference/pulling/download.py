@@ -7,9 +7,14 @@ server that ignores Range, or a file that changed, sends the whole file, and the
 starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads and its
 sha256 (when given) matches.
 
+Limits that hold as bytes arrive, whether or not the server gave the file's size: the file may
+not grow past model_manager.max_pull_mb, and the models' disk keeps _FREE_SPACE_MARGIN free
+(the room is checked before the download, and again after every _SPACE_CHECK_BYTES).
+
 What a failure leaves: the `.part`, when it holds bytes and the failure says nothing against
-them (a lost connection, an HTTP error, a full disk, Ctrl-C): the next pull of the same name
-resumes it. Nothing, after a verdict on the content (not GGUF, wrong checksum) or a cancel.
+them (a lost connection, an HTTP error, a full disk or too little room left, Ctrl-C): the next
+pull of the same name resumes it. Nothing, after a verdict on the content (not GGUF, wrong
+checksum, over max_pull_mb) or a cancel.
 
 `pull()` runs on the caller's thread; `cancel` may be set from any other.
 """
@@ -36,7 +41,10 @@ from inference.runtime.catalog import GGUFError, read_gguf_info
 
 GGUF_MAGIC = b"GGUF"
 _TIMEOUT = httpx.Timeout(30.0, connect=15.0)
-_CHUNK_BYTES = 1 << 20
+_MIB = 1 << 20
+_CHUNK_BYTES = _MIB
+_SPACE_CHECK_BYTES = 64 * _MIB  # free space is checked again after this many bytes
+_FREE_SPACE_MARGIN = 1_000_000_000  # a pull leaves this much free: the database, logs and caches share the disk
 _VALIDATOR_ATTRIBUTE = "user.llamasite.validator"  # on a .part: the ETag or Last-Modified of its bytes
 
 
@@ -121,6 +129,7 @@ class _Download:
         self.hasher = hashlib.sha256() if plan.sha256 else None
         self.head = b""  # the file's first bytes, until there are enough to check the magic
         self.sender = ""  # described(): what answered, for errors about what it sent
+        self.next_space_check = 0  # received bytes after which free space is checked again
 
     def run(self, http: httpx.Client) -> PulledModel:
         self._stop_if_cancelled()
@@ -128,9 +137,11 @@ class _Download:
         self._report(PullPhase.CONNECTING, force=True)
         response = self._open(http)
         try:
-            self._check_space()
+            if self.total is not None:
+                self._check_size(self.total)
             self._report(PullPhase.DOWNLOADING, force=True)
             if response.status_code != 416:  # 416: the part was complete already
+                self._check_space()
                 self._receive(response)
         finally:
             response.close()
@@ -194,18 +205,41 @@ class _Download:
             return self._open(http)
         raise PullError(http_error(response))
 
-    def _check_space(self) -> None:
-        if self.total is None:
+    def _check_size(self, size: int) -> None:
+        """Refuse a file over model_manager.max_pull_mb: by the size the server gives, else as
+        its bytes arrive."""
+        limit = self.plan.max_bytes
+        if limit is None or size <= limit:
             return
-        needed = self.total - self.received
+        allowed = f"model_manager.max_pull_mb ({limit // _MIB} MiB)"
+        if self.total is not None:
+            raise _Rejected(f"{self.plan.name} is {human_bytes(size)}, more than {allowed} allows; nothing was kept")
+        raise _Rejected(f"{self.plan.name} grew past {allowed} as it arrived (the server gave no size); the "
+                        "download was removed")
+
+    def _check_space(self) -> None:
+        """Stop before the disk has less than _FREE_SPACE_MARGIN free: with room for the rest of
+        the file when its size is known, else for the next _SPACE_CHECK_BYTES; checked again
+        after each of those (a file of unknown size; others writing to the disk meanwhile)."""
+        self.next_space_check = self.received + _SPACE_CHECK_BYTES
+        needed = self.total - self.received if self.total is not None else _SPACE_CHECK_BYTES
         free = shutil.disk_usage(self.plan.target.parent).free
-        if needed > free:
-            raise PullError(f"not enough disk space in {self.plan.target.parent}: {self.plan.name} needs "
-                            f"{human_bytes(needed)} more, {human_bytes(free)} are free")
+        if needed + _FREE_SPACE_MARGIN <= free:
+            return
+        if self.total is not None:
+            need = f"needs {human_bytes(needed)} more"
+        else:
+            need = f"is at {human_bytes(self.received)}, of a size the server did not give"
+        kept = (f"; {self.plan.part.name} is kept: make room and pull again to resume" if self.received else "")
+        raise PullError(f"not enough disk space in {self.plan.target.parent}: {self.plan.name} {need}, "
+                        f"{human_bytes(free)} are free and a pull leaves {human_bytes(_FREE_SPACE_MARGIN)}{kept}")
 
     def _receive(self, response: httpx.Response) -> None:
         for chunk in response.iter_raw(_CHUNK_BYTES):
             self._stop_if_cancelled()
+            self._check_size(self.received + len(chunk))
+            if self.received + len(chunk) > self.next_space_check:
+                self._check_space()
             self.part.write(chunk)
             self.received += len(chunk)
             self._remember(chunk)

@@ -36,6 +36,7 @@ class PullPlan:
     name: str
     target: Path
     sha256: str | None
+    max_bytes: int | None = None  # model_manager.max_pull_mb; None: no limit
 
     @property
     def shown_url(self) -> str:
@@ -46,8 +47,10 @@ class PullPlan:
         return self.target.with_name(self.target.name + PART_SUFFIX)
 
 
-def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str | None = None) -> PullPlan:
-    """What a pull of `url` would do; raises PullError for what is wrong before downloading."""
+def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str | None = None,
+              max_mb: int = 0) -> PullPlan:
+    """What a pull of `url` would do (with files up to `max_mb` MiB; 0: any size); raises
+    PullError for what is wrong before downloading."""
     source = download_url(url)
     name = model_name(source, name)
     target = directory / f"{name}{GGUF_SUFFIX}"
@@ -59,7 +62,7 @@ def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str
     checksum = sha256.strip().lower() if sha256 else None
     if checksum is not None and not _SHA256.match(checksum):
         raise PullError("a sha256 checksum is 64 hexadecimal digits")
-    return PullPlan(url=source, name=name, target=target, sha256=checksum)
+    return PullPlan(url=source, name=name, target=target, sha256=checksum, max_bytes=max_mb * 1024 * 1024 or None)
 
 
 def download_url(url: str) -> str:
