@@ -232,6 +232,29 @@ def test_a_body_that_is_not_gguf_is_refused_and_removed(models: Path, files: Fil
     assert files_in(models) == []
 
 
+def test_a_file_short_of_its_tensor_data_at_the_size_the_server_gave_is_refused_and_removed(
+    models: Path, files: FileServer
+) -> None:
+    with pytest.raises(CommandError, match=r"^127\.0\.0\.1/half/.* \(HTTP 200, application/octet-stream\) sent a GGUF "
+                                           r"file short of its tensor data \(49\.2 MB of the 98\.4 MB its GGUF header "
+                                           r"describes\); nothing was kept$"):
+        pull_command(f"{files.url}/half/{SOURCE_NAME}")
+    assert files_in(models) == []
+
+
+def test_a_body_of_unknown_size_that_ends_short_of_its_tensor_data_is_kept_and_resumed(
+    models: Path, files: FileServer, source_sha256: str
+) -> None:
+    url = f"{files.url}/no-length+cut-once/{SOURCE_NAME}"
+    with pytest.raises(CommandError, match=rf"^the download of {SMOLLM2} ended at 49\.2 MB of the 98\.4 MB its GGUF "
+                                           r"header describes, and the server gave no size: .* is kept: pull again"):
+        pull_command(url)
+    assert files_in(models) == [f"{SMOLLM2}.gguf.part"]
+
+    assert "resumed at 49.2 MB" in pull_command(url)
+    assert sha256_of(models / f"{SMOLLM2}.gguf") == source_sha256
+
+
 @pytest.mark.parametrize(("path", "error"), [
     ("/redirect/{port}/metrics", r"^127\.0\.0\.1/metrics \(HTTP 200, text/plain\) sent something that is not a GGUF "
                                  r"file \(no GGUF magic\); nothing was kept$"),

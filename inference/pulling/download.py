@@ -4,8 +4,9 @@ and renamed into place.
 Bytes go to `NAME.gguf.part` beside the target (discovery lists only `*.gguf`). An existing
 `.part` is continued with an HTTP Range request, If-Range the version its bytes came from (a
 server that ignores Range, or a file that changed, sends the whole file, and the download
-starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads and its
-sha256 (when given) matches.
+starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads, its
+tensor data is all there (discovery would not list it otherwise) and its sha256 (when given)
+matches.
 
 Limits that hold as bytes arrive, whether or not the server gave the file's size: the file may
 not grow past model_manager.max_pull_mb, and the models' disk keeps _FREE_SPACE_MARGIN free
@@ -13,8 +14,10 @@ not grow past model_manager.max_pull_mb, and the models' disk keeps _FREE_SPACE_
 
 What a failure leaves: the `.part`, when it holds bytes and the failure says nothing against
 them (a lost connection, an HTTP error, a full disk or too little room left, Ctrl-C): the next
-pull of the same name resumes it. Nothing, after a verdict on the content (not GGUF, wrong
-checksum, over max_pull_mb) or a cancel.
+pull of the same name resumes it. A body of unknown size that ends short of the tensor data its
+GGUF header describes counts as a lost connection. Nothing, after a verdict on the content (not
+GGUF, short of its tensor data at the size the server gave, wrong checksum, over max_pull_mb)
+or a cancel.
 
 `pull()` runs on the caller's thread; `cancel` may be set from any other.
 """
@@ -37,7 +40,7 @@ import httpx
 from inference.pulling.plan import PullCancelled, PullError, PullPlan
 from inference.pulling.progress import ProgressCallback, PullPhase, Reporter, human_bytes
 from inference.pulling.remote import content_length, content_range, described, get_from, http_error, validator
-from inference.runtime.catalog import GGUFError, read_gguf_info
+from inference.runtime.catalog import GGUFError, GGUFIncomplete, read_gguf_info
 
 GGUF_MAGIC = b"GGUF"
 _TIMEOUT = httpx.Timeout(30.0, connect=15.0)
@@ -259,6 +262,8 @@ class _Download:
         os.fsync(self.part.fileno())
         try:
             read_gguf_info(self.plan.part)
+        except GGUFIncomplete as exc:
+            raise self._short(exc) from None
         except GGUFError as exc:
             raise _Rejected(f"{self.plan.shown_url} is not a usable GGUF model ({exc}); nothing was kept") from None
         digest = self.hasher.hexdigest() if self.hasher else None
@@ -271,6 +276,17 @@ class _Download:
         _sync_directory(self.plan.target.parent)
         return PulledModel(name=self.plan.name, path=self.plan.target, size_bytes=self.received, sha256=digest,
                            resumed_from=self.resumed_from)
+
+
+    def _short(self, short: GGUFIncomplete) -> PullError:
+        """A file short of the tensor data its header describes: the server's whole file when it
+        gave the size (a verdict on the file: removed), else perhaps a connection that closed
+        early, which a body of unknown size cannot tell from its end (kept, to resume)."""
+        of = f"{human_bytes(short.size)} of the {human_bytes(short.expected)} its GGUF header describes"
+        if self.total is not None:
+            return _Rejected(f"{self.sender} sent a GGUF file short of its tensor data ({of}); nothing was kept")
+        return PullError(f"the download of {self.plan.name} ended at {of}, and the server gave no size: the "
+                         f"connection may have closed early; {self.plan.part.name} is kept: pull again to resume")
 
 
 def _store_validator(part: BinaryIO, version: str | None) -> None:
