@@ -1,7 +1,9 @@
 """Pulling models: `manage.py pull` against a local HTTP server that serves the real SmolLM2 file
 (a full pull the running server then lists, a connection cut half-way and resumed, a server
-that ignores Range, a wrong checksum, a body that is not GGUF, a full disk), hf:// URLs and
-where HF_TOKEN goes, the names a pull accepts; and the console's pull page, in Chromium."""
+that ignores Range, a wrong checksum, a body that is not GGUF or short of its tensor data, a
+full disk, a body of unknown size that would fill it, a file over max_pull_mb), hf:// URLs and
+where HF_TOKEN and a URL's own credentials go, that passwords and query values are never shown
+nor remote bytes quoted, the names a pull accepts; and the console's pull page, in Chromium."""
 
 from __future__ import annotations
 
