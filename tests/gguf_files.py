@@ -39,9 +39,13 @@ def _synthetic_writer(path: Path, context_length: int, chat_template: str | None
     return writer
 
 
-def write_tensors(path: Path, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType | None]]) -> Path:
-    """A GGUF file of these tensors (raw bytes of the given ggml type, or a plain array)."""
+def write_tensors(path: Path, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType | None]],
+                  alignment: int | None = None) -> Path:
+    """A GGUF file of these tensors (raw bytes of the given ggml type, or a plain array), its
+    data section aligned to `alignment` (general.alignment) if given."""
     writer = gguf.GGUFWriter(str(path), "llama")
+    if alignment is not None:
+        writer.add_custom_alignment(alignment)
     for name, (data, raw_type) in tensors.items():
         writer.add_tensor(name, data, raw_dtype=raw_type)
     writer.write_header_to_file()

@@ -5,6 +5,7 @@ own reader for every tensor type)."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import gguf
@@ -151,6 +152,20 @@ def test_where_the_tensor_data_ends_agrees_with_the_gguf_reader(tmp_path: Path, 
     tensors = gguf.GGUFReader(path).tensors
     assert read_gguf_info(path).data_end == max(tensor.data_offset + int(tensor.n_bytes) for tensor in tensors)
     assert [int(tensor.n_elements) for tensor in tensors if tensor.name.startswith("b.")] == [6 * block_elements]
+
+
+def test_general_alignment_places_the_data_section(tmp_path: Path) -> None:
+    tensors = {"odd": (np.ones(3, dtype=np.float32), None), "next": (np.ones(5, dtype=np.float32), None)}
+    path = write_tensors(tmp_path / "aligned.gguf", tensors, alignment=256)
+    reader = gguf.GGUFReader(path)
+    assert reader.data_offset % 256 == 0
+    assert read_gguf_info(path).data_end == max(tensor.data_offset + int(tensor.n_bytes) for tensor in reader.tensors)
+
+    odd = tmp_path / "odd.gguf"  # general.alignment 256 made 48, which the gguf writer refuses to write
+    key = b"general.alignment" + struct.pack("<II", 4, 256)
+    odd.write_bytes(path.read_bytes().replace(key, key[:-4] + struct.pack("<I", 48)))
+    with pytest.raises(GGUFError, match=r"general\.alignment 48 is not a power of two"):
+        read_gguf_info(odd)
 
 
 def test_an_unknown_tensor_type_leaves_the_size_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -277,7 +277,6 @@ class _Download:
         return PulledModel(name=self.plan.name, path=self.plan.target, size_bytes=self.received, sha256=digest,
                            resumed_from=self.resumed_from)
 
-
     def _short(self, short: GGUFIncomplete) -> PullError:
         """A file short of the tensor data its header describes: the server's whole file when it
         gave the size (a verdict on the file: removed), else perhaps a connection that closed
