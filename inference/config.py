@@ -153,6 +153,7 @@ class ModelManagerConfig:
     aliases: dict[str, str]  # another name a request may use for a model, e.g. "gpt-4o-mini"
     # Models loaded in the background once the server answers: names, or AUTO_PRELOAD.
     preload: tuple[str, ...] | str
+    max_pull_mb: int  # the largest file a pull downloads; 0: no limit
 
     def settings_for(self, name: str, overrides: dict[str, Any] | None = None) -> ModelSettings:
         """A model's effective settings: defaults < model_manager.models.<name> < `overrides`."""
@@ -338,6 +339,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "models": _Key({}, _table),
         "aliases": _Key({}, _aliases),
         "preload": _Key([], _preload),
+        # The largest file a pull downloads (MiB; 0: no limit), checked against the size the
+        # server gives and again as bytes arrive. 100 GiB: above any one file on Hugging Face
+        # (which holds at most 50 GB per file), below what an endless body should be let write.
+        "max_pull_mb": _Key(100 * 1024, _integer(0)),
     },
     "records": {
         "request_records": _Key(True, _boolean),

@@ -69,7 +69,7 @@ class PullJob:
         """What the page shows of this pull (JSON)."""
         progress = self.progress
         return {
-            "id": self.id, "name": self.plan.name, "url": self.plan.url, "started_by": self.started_by,
+            "id": self.id, "name": self.plan.name, "url": self.plan.shown_url, "started_by": self.started_by,
             "state": self.state.value, "finished": self.state.finished, "message": self.message,
             "received": progress.received if progress else 0, "total": progress.total if progress else None,
             "bytes_per_second": round(progress.bytes_per_second) if progress else 0,
@@ -90,14 +90,16 @@ class PullJobs:
     def start(self, *, url: str, name: str | None, sha256: str | None, started_by: str) -> PullJob:
         """Start a pull in the background (on the event loop); raises PullError for what is
         wrong before it starts, or if the same model is being pulled already."""
-        plan = plan_pull(url=url, directory=get_config().model_manager.models_directory, name=name, sha256=sha256)
+        config = get_config().model_manager
+        plan = plan_pull(url=url, directory=config.models_directory, name=name, sha256=sha256,
+                         max_mb=config.max_pull_mb)
         if any(job.plan.name == plan.name and not job.state.finished for job in self._jobs.values()):
             raise PullError(f"{plan.name} is being pulled already")
         job = PullJob(plan=plan, started_by=started_by)
         self._jobs[job.id] = job
         self._forget_old()
         self._spawn(self._run(job))
-        logger.info("pull of %s from %s started by %s", plan.name, plan.url, started_by)
+        logger.info("pull of %s from %s started by %s", plan.name, plan.shown_url, started_by)
         return job
 
     def cancel(self, job_id: str) -> bool:

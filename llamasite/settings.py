@@ -193,6 +193,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": _log_format}},
+    # httpx logs every request's full URL at INFO, and httpcore's DEBUG traces every answer's
+    # headers: a pull's URL may hold a password, a redirect's Location a signature.
+    "filters": {"redacted_urls": {"()": "inference.pulling.redaction.RedactedURLs"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"httpx": {"filters": ["redacted_urls"]}, "httpcore": {"level": "INFO"}},
     "root": {"handlers": ["stderr"], "level": _log_level},
 }

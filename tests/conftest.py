@@ -1,7 +1,9 @@
-"""Shared fixtures: the real bundled models, per-test configs, a real daphne server."""
+"""Shared fixtures: the real bundled models, per-test configs, a real daphne server, the pulls'
+local file server and their `manage.py pull`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,17 +12,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import jsonschema
 import pytest
+from django.core.management import call_command
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
+from tests.file_server import FileServer
 from tests.gguf_files import write_synthetic
 from tests.services import (
     PROJECT_DIR,
@@ -289,3 +294,45 @@ def browser() -> Iterator[Any]:
 
     with chromium() as driver:
         yield driver
+
+
+SOURCE_NAME = f"{SMOLLM2}.gguf"  # the file name pulls download
+
+
+@pytest.fixture(scope="session")
+def source_sha256(smollm2_file: Path) -> str:
+    return hashlib.sha256(smollm2_file.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def files(smollm2_file: Path) -> Iterator[FileServer]:
+    """SmolLM2's file served by a local HTTP server, for pulls (its routes: tests/file_server.py)."""
+    server = FileServer(smollm2_file).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The models directory (not created yet) of a config.json in force whose server is not
+    running: where `pull_command()` pulls to."""
+    config = write_config(tmp_path, server={"port": free_port()})
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(config))
+    set_config(None)
+    yield tmp_path / "models"
+    set_config(None)
+
+
+def pull_command(*args: str) -> str:
+    """`manage.py pull ARGS` in this process; its stdout (a CommandError is raised through)."""
+    out = StringIO()
+    call_command("pull", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []

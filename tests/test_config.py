@@ -31,6 +31,7 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert manager.default_model == ""
     assert (manager.check_interval, manager.max_loaded_models, manager.shutdown_grace_seconds) == (60, 2, 30)
     assert manager.models == {}
+    assert manager.max_pull_mb == 102400  # 100 GiB
     defaults = manager.defaults
     assert (defaults.n_ctx, defaults.n_gpu_layers, defaults.n_batch) == (16384, -1, 512)
     assert defaults.n_threads == max(1, physical_cores() - 1)  # a core left to the server
@@ -123,6 +124,8 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"pinned": "yes"}}, "model_manager.pinned", "true or false"),
         ({"model_manager": {"flash_attn": "yes"}}, "model_manager.flash_attn", '"auto"'),
         ({"model_manager": {"parallel": 0}}, "model_manager.parallel", "≥ 1"),
+        ({"model_manager": {"max_pull_mb": -1}}, "model_manager.max_pull_mb", "≥ 0"),
+        ({"model_manager": {"max_pull_mb": "10GB"}}, "model_manager.max_pull_mb", "must be an integer"),
         ({"model_manager": {"models": []}}, "model_manager.models", "object of"),
         ({"model_manager": {"models": {"m": {"n_ctx": "big"}}}}, "model_manager.models.m.n_ctx", "integer"),
         ({"model_manager": {"models": {"m": {"pinned": 1}}}}, "model_manager.models.m.pinned", "true or false"),

@@ -126,14 +126,14 @@ async def test_prompt_longer_than_the_context_is_a_400(use_config) -> None:
     assert (await post_chat(messages=HELLO, max_tokens=1)).status_code == 200
 
 
-@pytest.mark.parametrize("damage", ["random", "truncated", "synthetic", "empty"])
+@pytest.mark.parametrize("damage", ["random", "header-cut", "synthetic", "empty"])
 async def test_a_broken_model_file_is_a_503_and_other_models_keep_working(
     use_config, models_dir: Path, smollm2_file: Path, damage: str
 ) -> None:
     broken = models_dir / "broken.gguf"
     {
         "random": lambda: write_random(broken),
-        "truncated": lambda: write_truncated(smollm2_file, broken, 50_000_000),
+        "header-cut": lambda: write_truncated(smollm2_file, broken, 1000),
         "synthetic": lambda: write_synthetic(broken),
         "empty": lambda: write_truncated(smollm2_file, broken, 0),
     }[damage]()
@@ -146,10 +146,22 @@ async def test_a_broken_model_file_is_a_503_and_other_models_keep_working(
     assert (await post_chat(model="broken", messages=HELLO, max_tokens=1)).status_code == 200
 
 
-async def test_truncated_model_error_says_why(use_config, models_dir: Path, smollm2_file: Path) -> None:
+async def test_a_model_file_short_of_its_tensor_data_is_not_listed(use_config, models_dir: Path,
+                                                                   smollm2_file: Path) -> None:
     write_truncated(smollm2_file, models_dir / "cut.gguf", 50_000_000)
+    error = error_of(await post_chat(model="cut", messages=HELLO), 404)
+    assert error["code"] == "model_not_found"
+
+
+async def test_a_model_cut_short_after_it_was_listed_fails_its_load_saying_why(
+    use_config, models_dir: Path, smollm2_file: Path
+) -> None:
+    cut = write_truncated(smollm2_file, models_dir / "cut.gguf", smollm2_file.stat().st_size)
+    listed = (await AsyncClient().get("/v1/models")).json()["data"]
+    assert "cut" in [model["id"] for model in listed]
+    os.truncate(cut, 50_000_000)  # in place: the directory does not change
     error = error_of(await post_chat(model="cut", messages=HELLO), 503)
-    assert "not within the file bounds" in error["message"]
+    assert "cut.gguf holds 50,000,000 of the 98,362,432 bytes its GGUF header describes" in error["message"]
 
 
 async def test_chat_on_a_model_without_a_chat_template_is_a_400(

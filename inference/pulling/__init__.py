@@ -3,7 +3,8 @@ no Django here, only a progress callback and a cancel event.
 
 `plan_pull()` checks what can be checked before any byte moves (plan.py); `pull()` downloads,
 resumably, verifies and moves the file into place (download.py) from the server of the URL
-(remote.py), reporting its progress (progress.py).
+(remote.py), reporting its progress (progress.py). A URL is only ever shown redacted
+(redaction.py).
 """
 
 from inference.pulling.download import PulledModel, pull

@@ -4,12 +4,20 @@ and renamed into place.
 Bytes go to `NAME.gguf.part` beside the target (discovery lists only `*.gguf`). An existing
 `.part` is continued with an HTTP Range request, If-Range the version its bytes came from (a
 server that ignores Range, or a file that changed, sends the whole file, and the download
-starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads and its
-sha256 (when given) matches.
+starts over). The file becomes `NAME.gguf` by one rename once its GGUF header reads, its
+tensor data is all there (discovery would not list it otherwise) and its sha256 (when given)
+matches.
+
+Limits that hold as bytes arrive, whether or not the server gave the file's size: the file may
+not grow past model_manager.max_pull_mb, and the models' disk keeps _FREE_SPACE_MARGIN free
+(the room is checked before the download, and again after every _SPACE_CHECK_BYTES).
 
 What a failure leaves: the `.part`, when it holds bytes and the failure says nothing against
-them (a lost connection, an HTTP error, a full disk, Ctrl-C): the next pull of the same name
-resumes it. Nothing, after a verdict on the content (not GGUF, wrong checksum) or a cancel.
+them (a lost connection, an HTTP error, a full disk or too little room left, Ctrl-C): the next
+pull of the same name resumes it. A body of unknown size that ends short of the tensor data its
+GGUF header describes counts as a lost connection. Nothing, after a verdict on the content (not
+GGUF, short of its tensor data at the size the server gave, wrong checksum, over max_pull_mb)
+or a cancel.
 
 `pull()` runs on the caller's thread; `cancel` may be set from any other.
 """
@@ -31,12 +39,15 @@ import httpx
 
 from inference.pulling.plan import PullCancelled, PullError, PullPlan
 from inference.pulling.progress import ProgressCallback, PullPhase, Reporter, human_bytes
-from inference.pulling.remote import content_length, content_range, get_from, http_error, validator
-from inference.runtime.catalog import GGUFError, read_gguf_info
+from inference.pulling.remote import content_length, content_range, described, get_from, http_error, validator
+from inference.runtime.catalog import GGUFError, GGUFIncomplete, read_gguf_info
 
 GGUF_MAGIC = b"GGUF"
 _TIMEOUT = httpx.Timeout(30.0, connect=15.0)
-_CHUNK_BYTES = 1 << 20
+_MIB = 1 << 20
+_CHUNK_BYTES = _MIB
+_SPACE_CHECK_BYTES = 64 * _MIB  # free space is checked again after this many bytes
+_FREE_SPACE_MARGIN = 1_000_000_000  # a pull leaves this much free: the database, logs and caches share the disk
 _VALIDATOR_ATTRIBUTE = "user.llamasite.validator"  # on a .part: the ETag or Last-Modified of its bytes
 
 
@@ -81,12 +92,21 @@ def _pull_error(download: _Download, error: Exception) -> PullError:
         return error
     if isinstance(error, httpx.HTTPError):
         host = httpx.URL(plan.url).host
-        cause = " ".join(str(error).split()) or type(error).__name__
+        cause = _cause(error)
         if download.received == 0:
             return PullError(f"cannot download from {host} ({cause})")
         return PullError(f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
                          f"{plan.part.name} is kept: pull again to resume")
     return PullError(f"cannot write {plan.part}: {getattr(error, 'strerror', None) or error}")
+
+
+def _cause(error: httpx.HTTPError) -> str:
+    """An HTTP failure in one line. A broken answer is named, not quoted: h11 puts the bytes it
+    could not parse after a colon ("illegal chunk header: bytearray(b'...')")."""
+    cause = " ".join(str(error).split())
+    if isinstance(error, httpx.ProtocolError):
+        cause = cause.partition(": ")[0]
+    return cause or type(error).__name__
 
 
 @contextmanager
@@ -101,7 +121,8 @@ def _locked(plan: PullPlan) -> Iterator[BinaryIO]:
 
 
 class _Download:
-    """One pull's bytes: the `.part` file as it grows, its running checksum and first bytes."""
+    """One pull's bytes: the `.part` file as it grows, its running checksum and first bytes, and
+    what sent them."""
 
     def __init__(self, plan: PullPlan, part: BinaryIO, reporter: Reporter, cancel: threading.Event) -> None:
         self.plan, self.part, self.reporter, self.cancel = plan, part, reporter, cancel
@@ -110,6 +131,8 @@ class _Download:
         self.total: int | None = None
         self.hasher = hashlib.sha256() if plan.sha256 else None
         self.head = b""  # the file's first bytes, until there are enough to check the magic
+        self.sender = ""  # described(): what answered, for errors about what it sent
+        self.next_space_check = 0  # received bytes after which free space is checked again
 
     def run(self, http: httpx.Client) -> PulledModel:
         self._stop_if_cancelled()
@@ -117,9 +140,11 @@ class _Download:
         self._report(PullPhase.CONNECTING, force=True)
         response = self._open(http)
         try:
-            self._check_space()
+            if self.total is not None:
+                self._check_size(self.total)
             self._report(PullPhase.DOWNLOADING, force=True)
             if response.status_code != 416:  # 416: the part was complete already
+                self._check_space()
                 self._receive(response)
         finally:
             response.close()
@@ -160,6 +185,7 @@ class _Download:
         """The response whose body continues the part file (starting over where it cannot)."""
         stored = _stored_validator(self.part) if self.received else None
         response = get_from(http, self.plan.url, self.received, if_range=stored)
+        self.sender = described(response)
         if response.status_code == 416 and self.received:
             if content_range(response)[1] == self.received:  # the part was complete already
                 self.total = self.received
@@ -182,18 +208,41 @@ class _Download:
             return self._open(http)
         raise PullError(http_error(response))
 
-    def _check_space(self) -> None:
-        if self.total is None:
+    def _check_size(self, size: int) -> None:
+        """Refuse a file over model_manager.max_pull_mb: by the size the server gives, else as
+        its bytes arrive."""
+        limit = self.plan.max_bytes
+        if limit is None or size <= limit:
             return
-        needed = self.total - self.received
+        allowed = f"model_manager.max_pull_mb ({limit // _MIB} MiB)"
+        if self.total is not None:
+            raise _Rejected(f"{self.plan.name} is {human_bytes(size)}, more than {allowed} allows; nothing was kept")
+        raise _Rejected(f"{self.plan.name} grew past {allowed} as it arrived (the server gave no size); the "
+                        "download was removed")
+
+    def _check_space(self) -> None:
+        """Stop before the disk has less than _FREE_SPACE_MARGIN free: with room for the rest of
+        the file when its size is known, else for the next _SPACE_CHECK_BYTES; checked again
+        after each of those (a file of unknown size; others writing to the disk meanwhile)."""
+        self.next_space_check = self.received + _SPACE_CHECK_BYTES
+        needed = self.total - self.received if self.total is not None else _SPACE_CHECK_BYTES
         free = shutil.disk_usage(self.plan.target.parent).free
-        if needed > free:
-            raise PullError(f"not enough disk space in {self.plan.target.parent}: {self.plan.name} needs "
-                            f"{human_bytes(needed)} more, {human_bytes(free)} are free")
+        if needed + _FREE_SPACE_MARGIN <= free:
+            return
+        if self.total is not None:
+            need = f"needs {human_bytes(needed)} more"
+        else:
+            need = f"is at {human_bytes(self.received)}, of a size the server did not give"
+        kept = (f"; {self.plan.part.name} is kept: make room and pull again to resume" if self.received else "")
+        raise PullError(f"not enough disk space in {self.plan.target.parent}: {self.plan.name} {need}, "
+                        f"{human_bytes(free)} are free and a pull leaves {human_bytes(_FREE_SPACE_MARGIN)}{kept}")
 
     def _receive(self, response: httpx.Response) -> None:
         for chunk in response.iter_raw(_CHUNK_BYTES):
             self._stop_if_cancelled()
+            self._check_size(self.received + len(chunk))
+            if self.received + len(chunk) > self.next_space_check:
+                self._check_space()
             self.part.write(chunk)
             self.received += len(chunk)
             self._remember(chunk)
@@ -205,7 +254,7 @@ class _Download:
         if len(self.head) < len(GGUF_MAGIC):
             self.head += chunk[: len(GGUF_MAGIC) - len(self.head)]
             if len(self.head) == len(GGUF_MAGIC) and self.head != GGUF_MAGIC:
-                raise _Rejected(f"{self.plan.url} is not a GGUF file (it begins with {self.head!r}); nothing was "
+                raise _Rejected(f"{self.sender} sent something that is not a GGUF file (no GGUF magic); nothing was "
                                 "kept")
 
     def _finish(self) -> PulledModel:
@@ -213,8 +262,10 @@ class _Download:
         os.fsync(self.part.fileno())
         try:
             read_gguf_info(self.plan.part)
+        except GGUFIncomplete as exc:
+            raise self._short(exc) from None
         except GGUFError as exc:
-            raise _Rejected(f"{self.plan.url} is not a usable GGUF model ({exc}); nothing was kept") from None
+            raise _Rejected(f"{self.plan.shown_url} is not a usable GGUF model ({exc}); nothing was kept") from None
         digest = self.hasher.hexdigest() if self.hasher else None
         if digest != self.plan.sha256:
             raise _Rejected(f"sha256 mismatch: expected {self.plan.sha256}, got {digest}; the download was removed")
@@ -225,6 +276,16 @@ class _Download:
         _sync_directory(self.plan.target.parent)
         return PulledModel(name=self.plan.name, path=self.plan.target, size_bytes=self.received, sha256=digest,
                            resumed_from=self.resumed_from)
+
+    def _short(self, short: GGUFIncomplete) -> PullError:
+        """A file short of the tensor data its header describes: the server's whole file when it
+        gave the size (a verdict on the file: removed), else perhaps a connection that closed
+        early, which a body of unknown size cannot tell from its end (kept, to resume)."""
+        of = f"{human_bytes(short.size)} of the {human_bytes(short.expected)} its GGUF header describes"
+        if self.total is not None:
+            return _Rejected(f"{self.sender} sent a GGUF file short of its tensor data ({of}); nothing was kept")
+        return PullError(f"the download of {self.plan.name} ended at {of}, and the server gave no size: the "
+                         f"connection may have closed early; {self.plan.part.name} is kept: pull again to resume")
 
 
 def _store_validator(part: BinaryIO, version: str | None) -> None:

@@ -4,12 +4,13 @@ name and file, the checksum's form, and that no model of that name exists."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 
+from inference.pulling.redaction import redacted
 from inference.runtime.catalog import GGUF_SUFFIX, listed_name, strip_suffix
 
 HF_SCHEME = "hf://"
@@ -31,18 +32,25 @@ class PullCancelled(PullError):
 
 @dataclass(frozen=True)
 class PullPlan:
-    url: str  # what is fetched (hf:// already expanded)
+    url: str = field(repr=False)  # what is fetched (hf:// expanded); may hold a password: show shown_url
     name: str
     target: Path
     sha256: str | None
+    max_bytes: int | None = None  # model_manager.max_pull_mb; None: no limit
+
+    @property
+    def shown_url(self) -> str:
+        return redacted(self.url)
 
     @property
     def part(self) -> Path:
         return self.target.with_name(self.target.name + PART_SUFFIX)
 
 
-def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str | None = None) -> PullPlan:
-    """What a pull of `url` would do; raises PullError for what is wrong before downloading."""
+def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str | None = None,
+              max_mb: int = 0) -> PullPlan:
+    """What a pull of `url` would do (with files up to `max_mb` MiB; 0: any size); raises
+    PullError for what is wrong before downloading."""
     source = download_url(url)
     name = model_name(source, name)
     target = directory / f"{name}{GGUF_SUFFIX}"
@@ -54,7 +62,7 @@ def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str
     checksum = sha256.strip().lower() if sha256 else None
     if checksum is not None and not _SHA256.match(checksum):
         raise PullError("a sha256 checksum is 64 hexadecimal digits")
-    return PullPlan(url=source, name=name, target=target, sha256=checksum)
+    return PullPlan(url=source, name=name, target=target, sha256=checksum, max_bytes=max_mb * 1024 * 1024 or None)
 
 
 def download_url(url: str) -> str:
@@ -65,15 +73,15 @@ def download_url(url: str) -> str:
         owner, _, rest = url[len(HF_SCHEME):].partition("/")
         repo, _, path = rest.partition("/")
         if not (owner and repo and path) or "" in path.split("/"):
-            raise PullError(f"{url}: an hf:// URL names owner/repo/file.gguf")
+            raise PullError(f"{redacted(url)}: an hf:// URL names owner/repo/file.gguf")
         repo, _, revision = repo.partition("@")
         return f"https://huggingface.co/{owner}/{repo}/resolve/{revision or 'main'}/{path}"
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise PullError(f"{url}: not a URL ({exc})") from None
+        raise PullError(f"{redacted(url)}: not a URL ({exc})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise PullError(f"{url}: give an http://, https:// or hf:// URL")
+        raise PullError(f"{redacted(url)}: give an http://, https:// or hf:// URL")
     return url
 
 

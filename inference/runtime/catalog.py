@@ -3,9 +3,11 @@
 A model is a `*.gguf` file directly in the models directory, named by its file name without
 `.gguf`. A split model (`name-00001-of-00003.gguf`, …) is listed once, as `name`, by its first
 part; `mmproj*` files (vision projectors) are not models. Files that resolve outside the
-directory (symlinks pointing out) are never offered. Headers are read by a small parser of our
-own, once per file version: the `gguf` package's reader materialises every vocabulary string
-(4.1 s for SmolLM2's header, against 0.08 s here), and a first load waits for this read.
+directory (symlinks pointing out) are never offered, nor are files shorter than the tensor data
+their GGUF header describes (a copy still under way, or a file cut off): such a file is listed
+once it is complete. Headers are read by a small parser of our own, once per file version: the
+`gguf` package's reader materialises every vocabulary string (4.1 s for SmolLM2's header,
+against 0.08 s here), and a first load waits for this read.
 
 A Catalog is shared by every thread (requests, the reaper, reloads); it holds no lock of its
 own beyond the one that keeps "the directory is missing" logged once.
@@ -40,6 +42,15 @@ class GGUFError(Exception):
     """A file is not a readable GGUF model; the message says why."""
 
 
+class GGUFIncomplete(GGUFError):
+    """The file ends before the tensor data its GGUF header describes."""
+
+    def __init__(self, name: str, size: int, expected: int) -> None:
+        super().__init__(f"{name} holds {size:,} of the {expected:,} bytes its GGUF header describes "
+                         f"({expected - size:,} missing: still being copied, or cut off)")
+        self.size, self.expected = size, expected
+
+
 @dataclass(frozen=True)
 class ModelFile:
     name: str
@@ -63,6 +74,7 @@ class GGUFInfo:
     key_length: int = 0
     value_length: int = 0
     vocab_size: int = 0
+    data_end: int | None = None  # the bytes the file must hold; None: a tensor type we do not know
 
 
 class _Array(NamedTuple):
@@ -80,13 +92,33 @@ _FILE_TYPES = {
     30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
 }
 
+# ggml tensor types (gguf.constants.GGML_QUANT_SIZES): (elements per block, bytes per block).
+# Mirrored rather than imported: the `gguf` package is a test dependency, not a runtime one
+# (tests/test_discovery.py checks that the two agree).
+_GGML_BLOCKS = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 40),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
+}
+_DEFAULT_ALIGNMENT = 32  # of the tensor data section, unless general.alignment says otherwise
 
-def scan(directory: Path) -> dict[str, ModelFile]:
-    """Every model in `directory`, by name, sorted by name."""
+
+class Scan(NamedTuple):
+    """What one look at the models directory found."""
+
+    models: dict[str, ModelFile]  # by name, sorted by name
+    incomplete: dict[Path, tuple[int, int]]  # not listed until complete: (inode, bytes its header describes)
+
+
+def scan(directory: Path) -> Scan:
+    """Every model in `directory`, and the files that will be models once they are complete."""
     if not directory.is_dir():
         raise ModelsDirectoryMissing(f"models directory {directory} does not exist")
     root = directory.resolve()
     found: dict[str, ModelFile] = {}
+    incomplete: dict[Path, tuple[int, int]] = {}
     for path in directory.iterdir():
         name = listed_name(path)
         if name is None:
@@ -99,9 +131,30 @@ def scan(directory: Path) -> dict[str, ModelFile]:
             stat = resolved.stat()
         except OSError:
             continue  # vanished or a dangling link: not a model
+        try:
+            read_gguf_info(path)
+        except GGUFIncomplete as exc:
+            logger.warning("not listing %s: %s", name, exc)
+            incomplete[path] = (stat.st_ino, exc.expected)
+            continue
+        except GGUFError:
+            pass  # listed all the same: loading it fails with a 503 that says what is wrong
         size = stat.st_size + _other_split_parts_size(path, name)
         found[name] = ModelFile(name=name, path=path, size_bytes=size, modified=stat.st_mtime)
-    return dict(sorted(found.items()))
+    return Scan(dict(sorted(found.items())), incomplete)
+
+
+def _any_completed(incomplete: dict[Path, tuple[int, int]]) -> bool:
+    """Whether a file that was short at the last scan may be complete now (or was replaced):
+    a file growing in place does not change the directory, which the scan is cached by."""
+    for path, (inode, expected) in incomplete.items():
+        try:
+            stat = path.stat()
+        except OSError:
+            return True
+        if stat.st_ino != inode or stat.st_size >= expected:
+            return True
+    return False
 
 
 def listed_name(path: Path) -> str | None:
@@ -140,7 +193,8 @@ _MAX_STRING_BYTES = 64 * 1024 * 1024
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """The header metadata we need from a GGUF file; raises GGUFError if it is not one.
+    """The header metadata we need from a GGUF file; raises GGUFError if it is not one, and
+    GGUFIncomplete if the file is shorter than the tensor data its header describes.
 
     Cached per file version: a big vocabulary takes tens of milliseconds to read.
     """
@@ -148,15 +202,19 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         stat = path.stat()
     except OSError as exc:
         raise GGUFError(f"cannot read {path.name}: {exc.strerror or exc}") from None
-    return _read_gguf_info(path, stat.st_size, stat.st_mtime_ns)
+    info = _read_gguf_info(path, stat.st_size, stat.st_mtime_ns)
+    if info.data_end is not None and stat.st_size < info.data_end:
+        raise GGUFIncomplete(path.name, stat.st_size, info.data_end)
+    return info
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)  # every model of a large directory: a rescan reads only what changed
 def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
     try:
         with path.open("rb") as stream:
             metadata, tensor_count = _read_metadata(stream)
-            parameter_count = _count_parameters(stream, tensor_count)
+            parameter_count, data_bytes = _read_tensor_infos(stream, tensor_count)
+            header_end = stream.tell()
     except OSError as exc:
         raise GGUFError(f"cannot read {path.name}: {exc.strerror or exc}") from None
     architecture = metadata.get("general.architecture")
@@ -185,6 +243,7 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
         key_length=number("attention.key_length") or head_dimension,
         value_length=number("attention.value_length") or head_dimension,
         vocab_size=number("vocab_size") or (tokens.length if isinstance(tokens, _Array) else 0),
+        data_end=_data_end(header_end, tensor_count, data_bytes, metadata.get("general.alignment", _DEFAULT_ALIGNMENT)),
     )
 
 
@@ -202,17 +261,36 @@ def _read_metadata(stream: BinaryIO) -> tuple[dict[str, object], int]:
     return metadata, tensor_count
 
 
-def _count_parameters(stream: BinaryIO, tensor_count: int) -> int:
-    """The sum of the tensors' element counts, from the tensor infos after the metadata."""
-    total = 0
+def _read_tensor_infos(stream: BinaryIO, tensor_count: int) -> tuple[int, int | None]:
+    """From the tensor infos after the metadata: the sum of the tensors' element counts, and
+    where the last tensor's bytes end, from the start of the data section (None if a tensor's
+    type is one we do not know the size of)."""
+    parameters, data_bytes = 0, 0
     for _ in range(tensor_count):
         _read_string(stream)  # name
         elements = 1
         for _ in range(_unpack(stream, "<I")):
             elements *= _unpack(stream, "<Q")
-        stream.seek(4 + 8, 1)  # type, offset
-        total += elements
-    return total
+        tensor_type, offset = _unpack(stream, "<I"), _unpack(stream, "<Q")
+        parameters += elements
+        if data_bytes is not None and tensor_type in _GGML_BLOCKS:
+            block_elements, block_bytes = _GGML_BLOCKS[tensor_type]
+            data_bytes = max(data_bytes, offset + elements // block_elements * block_bytes)
+        else:
+            data_bytes = None
+    return parameters, data_bytes
+
+
+def _data_end(header_end: int, tensor_count: int, data_bytes: int | None, alignment: object) -> int | None:
+    """The file's size when all its tensor data is there: the data section starts at the end of
+    the header rounded up to `general.alignment`."""
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(f"corrupt GGUF header (general.alignment {alignment!r} is not a power of two)")
+    if data_bytes is None:
+        return None
+    if not tensor_count:
+        return header_end  # no tensors: no data section
+    return -(-header_end // alignment) * alignment + data_bytes
 
 
 def _read_value(stream: BinaryIO, value_type: int) -> object:
@@ -261,13 +339,14 @@ class ModelChanges:
 class Catalog:
     """The models of the configured directory, by name or alias.
 
-    The directory is scanned again only when it changed (files added, removed, renamed): a
-    request costs one stat, not one per model file.
+    The directory is scanned again only when it changed (files added, removed, renamed), or
+    when a file it found incomplete has grown to its size: a request costs one stat, not one
+    per model file.
     """
 
     def __init__(self, config: ModelManagerConfig) -> None:
         self.config = config
-        self._scanned: tuple[tuple[int, int], dict[str, ModelFile]] | None = None
+        self._scanned: tuple[tuple[int, int], Scan] | None = None
         self._missing_lock = threading.Lock()
         self.directory_missing = False
         self.known = self.available()  # as of the last reload: what the next one compares with
@@ -279,7 +358,7 @@ class Catalog:
             stat = directory.stat()
             version = (stat.st_ino, stat.st_mtime_ns)
             scanned = self._scanned
-            if scanned is None or scanned[0] != version:
+            if scanned is None or scanned[0] != version or _any_completed(scanned[1].incomplete):
                 scanned = self._scanned = (version, scan(directory))
             missing = False
         except (ModelsDirectoryMissing, FileNotFoundError, NotADirectoryError):
@@ -290,7 +369,7 @@ class Catalog:
             logger.error("models directory %s does not exist; no models can be served until it does", directory)
         elif changed:
             logger.info("models directory %s is back", directory)
-        return scanned[1] if scanned else {}
+        return scanned[1].models if scanned else {}
 
     def resolve(self, requested: str | None, allowed: list[str] | None = None) -> ModelFile:
         """The model a request asks for (None: the default model), by its name or an alias;

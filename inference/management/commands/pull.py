@@ -26,8 +26,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, url: str, name: str | None, sha256: str | None, **options: Any) -> None:
         try:
-            directory = load_config().model_manager.models_directory
-            plan = plan_pull(url=url, directory=directory, name=name, sha256=sha256)
+            config = load_config().model_manager
+            plan = plan_pull(url=url, directory=config.models_directory, name=name, sha256=sha256,
+                             max_mb=config.max_pull_mb)
         except (ConfigError, PullError) as exc:
             raise CommandError(str(exc)) from None
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would break the bar
