@@ -55,7 +55,8 @@ def _frame(chart_id: str, title: str, labels: Sequence[str], top: float, unit: s
         if index % every == 0
     ]
     keys = "".join(
-        f'<span class="key"><i style="background:{series.color}"></i>{escape(series.name)}</span>'
+        f'<span class="key"><svg class="swatch" viewBox="0 0 1 1" aria-hidden="true"><rect width="1" height="1" '
+        f'fill="{series.color}"/></svg>{escape(series.name)}</span>'
         for series in legend
     )
     return (

@@ -55,10 +55,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.headers.ConsoleHeadersMiddleware",
 ]
 
 # The API (see llamasite.asgi; its paths are inference.urls') skips the pages' middleware: it
-# needs only the Host check (the pages get theirs from CommonMiddleware) and CORS, which is for
+# needs only the Host check (its own, answering in its error shape) and CORS, which is for
 # the API alone (server.cors_origins): the pages are same-origin, and a cross-origin answer is
 # one a page elsewhere could read.
 API_MIDDLEWARE = ["inference.host_check.AllowedHostMiddleware", "corsheaders.middleware.CorsMiddleware"]
