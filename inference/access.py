@@ -34,7 +34,7 @@ from inference.config import get_config
 from inference.connections import DATABASE_UNREACHABLE, error_line, on_fresh_connection
 from inference.errors import DatabaseUnavailable, InvalidApiKey, QuotaExceeded
 from inference.models import ApiKey, RequestRecord
-from inference.quotas import Allowance, Quotas
+from inference.quotas import Allowance, Quotas, TokenLedger, seconds_to_midnight
 
 SECRET_PREFIX = "sk-"
 PREFIX_LENGTH = 11  # "sk-" and 8 characters: shown, and looked up by
@@ -345,12 +345,15 @@ class _QuotaWarnings:
 
 
 _quota_warnings = _QuotaWarnings()
+token_ledger = TokenLedger()  # this process's requests in flight, by key
 
 
 async def quota_check(key: ApiKey | None) -> Quotas | None:
     """429 if the key is over its requests per minute or its tokens today (not checked while the
     database cannot be reached); else where its quotas stand (None: a key without quotas, or no
-    key). The 429 carries them too, as far as they were checked."""
+    key), with the request's window on the tokens left: the tokens its records count and the
+    tokens its requests in flight here have claimed are both spent. The 429 carries them too,
+    as far as they were checked."""
     if key is None or not (key.requests_per_minute or key.tokens_per_day):
         return None
     now = datetime.now(UTC)
@@ -358,16 +361,18 @@ async def quota_check(key: ApiKey | None) -> Quotas | None:
     if not key.tokens_per_day:
         return Quotas(requests=requests)
     midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
+    before = token_ledger.snapshot(key.prefix)
     try:
         used = await _database_read(lambda: _tokens_today(key.prefix, midnight))
     except _Unreachable:
         return Quotas(requests=requests)  # not checked until the database is back (logged once)
     _quota_warnings.note(key, used, now.date())
-    tokens = Allowance(key.tokens_per_day, max(0, key.tokens_per_day - used), midnight + timedelta(days=1))
-    quotas = Quotas(requests=requests, tokens=tokens)
-    if used >= key.tokens_per_day:
+    window = token_ledger.window(key.prefix, key.tokens_per_day, used, before)
+    tokens = Allowance(key.tokens_per_day, window.left if window else 0, midnight + timedelta(days=1))
+    quotas = Quotas(requests=requests, tokens=tokens, window=window)
+    if window is None:
         raise QuotaExceeded(
             f"API key {key.prefix}… has used its {key.tokens_per_day} tokens for today (UTC).",
-            retry_after=math.ceil((tokens.resets_at - now).total_seconds()), quotas=quotas,
+            retry_after=seconds_to_midnight(now), quotas=quotas,
         )
     return quotas

@@ -212,6 +212,7 @@ class GenerationView(APIView):
                 if (answer := await peers.forward(request)) is not None:
                     return answer  # the peer records it
             self.quotas = await access.quota_check(key)
+            recording.token_window = self.quotas.window if self.quotas else None
             generation = await self.start(request=parsed, recording=recording, key=key)
         if getattr(parsed, "stream", False):
             return protocol.sse_response(self.chunks(generation, parsed))

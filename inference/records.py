@@ -28,6 +28,7 @@ from inference import metrics
 from inference.config import get_config
 from inference.models import DailyUsage, RequestRecord
 from inference.protocol import error_details
+from inference.quotas import TokenWindow
 from inference.record_writer import writer
 from inference.runtime.jobs import Finished, JobEvent, TextDelta
 
@@ -91,6 +92,9 @@ class RequestRecording:
         """`client`: what the HTTP request says of who sent it (RequestDraft's client_address,
         user_agent, api_key, source, console_user)."""
         self.draft = RequestDraft(endpoint=endpoint, **client)
+        # The request's share of its key's tokens per day (access.quota_check): what its jobs
+        # claim is held there until the record that counts it is written.
+        self.token_window: TokenWindow | None = None
         self._saved = False
 
     @asynccontextmanager
@@ -154,10 +158,18 @@ class RequestRecording:
         self._end(RequestRecord.Status.ERROR, http_status, code, message)
 
     async def _save(self) -> None:
-        """Count the request in the metrics and write its record; only the first call does."""
+        """Count the request in the metrics and write its record; only the first call does.
+        Then its claimed tokens are counted by the record, no longer held."""
         if self._saved:
             return
         self._saved = True
+        try:
+            await self._write()
+        finally:
+            if self.token_window is not None:
+                self.token_window.release()
+
+    async def _write(self) -> None:
         draft = self.draft
         finished = time.monotonic()
         duration_ms = round((finished - draft.started) * 1000, 1)

@@ -221,6 +221,8 @@ async def _generate(
     model_file = pool.catalog.resolve(model, allowed=key.allowed_models if key else None)
     draft.model = model_file.name
     jobs = _with_model_sampling(jobs, pool.config.settings_for(model_file.name).sampling_defaults())
+    if recording.token_window is not None:
+        jobs = [replace(job, token_allowance=recording.token_window.claim) for job in jobs]
     if 0 < pool.config.max_queue < len(jobs):  # would never fit the queue: retrying cannot help
         raise InvalidRequest(
             f"At most {pool.config.max_queue} prompts per request (model_manager.max_queue).", param="prompt"

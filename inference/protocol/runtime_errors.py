@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from inference import errors
+from inference.quotas import seconds_to_midnight
 from inference.runtime import errors as runtime
 
 
@@ -58,6 +59,10 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
         f"{exc.param} token ids must be between 0 and {exc.vocabulary_size - 1}", param=exc.param
     ),
     runtime.PromptTooLong: _too_long,
+    runtime.AllowanceExceeded: lambda exc: errors.QuotaExceeded(
+        f"the API key's tokens left for today (UTC) do not cover this request's prompt ({exc.tokens} tokens)",
+        retry_after=seconds_to_midnight(),
+    ),
     runtime.PromptEmpty: lambda exc: errors.InvalidRequest(f"'{exc.param}' is empty", param=exc.param),
     runtime.NoChatTemplate: lambda exc: errors.InvalidRequest(
         f"model {exc.model} has no chat template; use /v1/completions for it, "

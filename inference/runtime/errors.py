@@ -61,6 +61,13 @@ class PromptTooLong(RuntimeFailure):
 
 
 @fact
+class AllowanceExceeded(RuntimeFailure):
+    """The key's tokens left for today do not cover the prompt (and a token per choice)."""
+
+    tokens: int  # the prompt's
+
+
+@fact
 class PromptEmpty(RuntimeFailure):
     param: str
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from inference.runtime.errors import AllowanceExceeded
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -39,6 +41,11 @@ class ChatMessage:
     content: str
 
 
+# Claims tokens of a key's daily allowance: (tokens wanted, the fewest that will do) → the
+# tokens granted, from the fewest to those wanted, or 0 (nothing claimed) if fewer are left.
+TokenClaim = Callable[[int, int], int]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelJob:
     """What any job for a model asks for."""
@@ -46,6 +53,9 @@ class ModelJob:
     # Seconds the model stays loaded after this request (0: unload at once, -1: keep);
     # None: the model's idle_timeout.
     keep_alive: float | None = None
+    # The key's tokens per day this job may spend (its prompt and output), claimed once its
+    # prompt is known (Prepared.within_allowance); None: no such limit.
+    token_allowance: TokenClaim | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +144,26 @@ class Prepared:
     prompt: list[int]
     stops: tuple[str, ...] = ()
     inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens
+
+    def within_allowance(self, n_ctx: int) -> Prepared:
+        """This job as its token allowance lets it run: the most it could use claimed (its
+        prompt, and each choice's output to max_tokens or the context's end), its output capped
+        to what was granted; raises AllowanceExceeded if not even the prompt and a token per
+        choice are left. Counting a prompt claims nothing."""
+        job, claim = self.job, self.job.token_allowance
+        if claim is None or getattr(job, "count_only", False):
+            return self
+        if not isinstance(job, GenerationJob):
+            tokens = sum(len(tokens) for tokens in self.inputs)
+            if not claim(tokens, tokens):
+                raise AllowanceExceeded(tokens=tokens)
+            return self
+        prompt, choices = len(self.prompt), job.n
+        output = min(job.max_tokens or n_ctx, n_ctx - prompt)
+        granted = claim(prompt + choices * output, prompt + choices)
+        if not granted:
+            raise AllowanceExceeded(tokens=prompt)
+        return replace(self, job=replace(job, max_tokens=(granted - prompt) // choices))
 
 
 @dataclass

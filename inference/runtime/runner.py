@@ -93,7 +93,7 @@ class JobRunner:
             self._dropped()
             return
         try:
-            prepared = self._engine.prepare(job.spec)
+            prepared = self._engine.prepare(job.spec).within_allowance(self._engine.n_ctx)
         except Exception as exc:
             self._dropped()
             if not isinstance(exc, RuntimeFailure):  # a bug with this one prompt: the others go on
