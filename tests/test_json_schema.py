@@ -247,6 +247,31 @@ def test_enum_and_const_allow_their_values_only(matcher: GrammarMatcher) -> None
     assert accepted(matcher, {"const": {"a": [1, 2]}}, ['{"a": [1, 2]}', '{"a": [2, 1]}']) == ['{"a": [1, 2]}']
 
 
+# Values that begin alike (the enum's tree shares their beginnings) and numbers that begin others.
+ALIKE = st.one_of(
+    st.text("ab\"é", max_size=6).map(lambda tail: f"value {tail}"),
+    st.integers(0, 2000),
+    st.sampled_from([True, False, None, 1.5, 15, 150]),
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(ALIKE, min_size=1, max_size=40, unique_by=lambda value: json.dumps(value)), st.randoms(use_true_random=False))
+def test_an_enum_of_values_that_begin_alike_allows_exactly_them(
+    matcher: GrammarMatcher, values: list[Any], rng: random.Random
+) -> None:
+    grammar = json_schema_grammar({"enum": values})
+    assert all(matcher.accepts(grammar, json.dumps(value, ensure_ascii=False)) for value in values)
+    texts = {json.dumps(value, ensure_ascii=False) for value in values}
+    for _ in range(5):
+        assert matcher.walk(grammar, rng, limit=40) in texts
+
+
+def test_a_wide_enum_shares_its_common_beginnings() -> None:
+    grammar = json_schema_grammar({"enum": [f"value number {index}" for index in range(2000)]})
+    assert grammar.count("value number") == 1  # once, not 2,000 times: the sampler checks each alternative
+
+
 PATTERNS: dict[str, list[str]] = {
     r"^\d{3}-\d{4}$": ["123-4567", "12-4567", "123-45678", "x123-4567"],
     r"^[A-Z][a-z]+$": ["Hello", "hello", "H", "Hé", "HeLLo"],

@@ -46,7 +46,7 @@ from inference.runtime.grammar.gbnf import (
     json_chars,
     json_string_except,
     json_string_literal,
-    literal,
+    literal_alternatives,
     number_range,
     repeat,
 )
@@ -668,7 +668,7 @@ def _constants(schema: dict[str, Any], path: Path, types: list[str]) -> str:
             values.setdefault(_canonical(value), value)
     if not values:
         raise SchemaNotSupported(keyword, path, "has no value of the schema's type")
-    return " | ".join(literal(_json_text(value)) for value in values.values())
+    return literal_alternatives([_json_text(value) for value in values.values()])
 
 
 def _json_text(value: Any) -> str:
