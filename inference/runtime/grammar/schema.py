@@ -195,7 +195,7 @@ class _Converter:
         self.root = root
         self.budget = budget
         self.rules = _Rules(budget)
-        self._checked: set[tuple[str, int]] = set()  # see _check_keywords
+        self._checked: dict[tuple[str, int], Any] = {}  # see _check_keywords
         self._refs: dict[tuple[str, str], str] = {}  # ($ref, its siblings) -> rule name
         # $refs being expanded since the last "{" or "[": meeting one again is a left recursion.
         self._unconsumed: set[tuple[str, str]] = set()
@@ -775,10 +775,10 @@ def _constrains(key: str) -> bool:
     return key not in ANNOTATIONS and key not in DEFINITIONS and key != "$id" and not key.startswith("x-")
 
 
-def _check_keywords(schema: dict[str, Any], path: Path, checked: set[tuple[str, int]]) -> None:
+def _check_keywords(schema: dict[str, Any], path: Path, checked: dict[tuple[str, int], Any]) -> None:
     """Refuse a keyword that is unknown, not enforced, or of the wrong type. `checked`: the
-    (keyword, id of its list or object value) already found fine, not walked again (a merged
-    schema holds its parts' values)."""
+    list and object values already found fine (by keyword and id; kept, so that no other value
+    takes their id), not walked again: a merged schema holds its parts' values."""
     if len(path) > MAX_PATH:
         raise SchemaNotSupported(path[-1], path[:-1], "is nested too deeply")
     for key, value in schema.items():
@@ -798,7 +798,7 @@ def _check_keywords(schema: dict[str, Any], path: Path, checked: set[tuple[str, 
         if problem:
             raise SchemaNotSupported(key, path, problem)
         if seen is not None:
-            checked.add(seen)
+            checked[seen] = value
 
 
 def _is_schema(value: Any) -> bool:
