@@ -44,6 +44,9 @@ class StaffConsumer(AsyncJsonWebsocketConsumer):
     async def opened(self) -> None:
         """Send what a page needs before the first update (nothing, by default)."""
 
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **_: Any) -> None:
+        """The sockets only push: what a page sends is ignored (never decoded, never an error)."""
+
     async def disconnect(self, code: int) -> None:
         for group in self.groups_joined():
             await self.channel_layer.group_discard(group, self.channel_name)

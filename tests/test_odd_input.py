@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
-from tests.browser import console_server
+from tests.browser import console_server, staff_client
 from tests.conftest import SMOLLM2, DaphneServer
 
 API_ROUTES = [
@@ -136,6 +137,19 @@ def test_odd_hosts_are_refused(server: DaphneServer) -> None:
                 connection.sendall(b"GET " + route.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
                 status_line = connection.recv(4096).split(b"\r\n", 1)[0]
             assert status_line.startswith(b"HTTP/1.1 4"), (host, route, status_line)
+    assert "Traceback" not in server.log()
+
+
+def test_odd_messages_on_the_console_sockets(server: DaphneServer) -> None:
+    """The sockets only push: whatever a page sends them is ignored, not a traceback."""
+    port = urlsplit(server.url).port
+    with staff_client(server) as client:
+        for path in ("/ws/dashboard/feed/", "/ws/dashboard/models/", "/ws/dashboard/pulls/"):
+            headers = {"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url}
+            with connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers) as socket:
+                for message in ("{", '{"type": "model.table"}', b"\xff\x00", "x" * 100_000, "null"):
+                    socket.send(message)
+                socket.ping().wait(timeout=30)  # still open, still answering
     assert "Traceback" not in server.log()
 
 
