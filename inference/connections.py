@@ -42,6 +42,18 @@ def on_fresh_connection(work: Callable[[], T]) -> T:
         return work()
 
 
+def on_passing_connection(work: Callable[[], T]) -> T:
+    """`on_fresh_connection(work)`, then the thread's connection closed: for a thread that is not
+    back for more soon (a model's worker reads its settings once, as it loads). Left open, the
+    connection would outlive the thread until the collector found it: two open files each on
+    SQLite, an idle server connection each on PostgreSQL."""
+    try:
+        return on_fresh_connection(work)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
 async def database_call(work: Callable[[], T], *, needed_for: str) -> T:
     """`work()` on an executor thread, on a fresh connection; a 503 (database_unavailable,
     retry in a second) if the database cannot be reached, for requests that cannot be answered

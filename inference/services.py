@@ -14,7 +14,7 @@ from django.db import DatabaseError, transaction
 
 from inference import selectors, tools
 from inference.config import AUTO_PRELOAD, ConfigError, get_config, load_config, set_config
-from inference.connections import database_call, error_line, on_fresh_connection
+from inference.connections import database_call, error_line, on_passing_connection
 from inference.errors import DatabaseUnavailable, InvalidRequest, ResponseNotFound
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
 from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
@@ -439,7 +439,7 @@ def model_settings_overrides(name: str) -> dict[str, Any]:
     on a worker or executor thread as the model loads."""
     instance = get_config().server.instance
     try:
-        row = on_fresh_connection(lambda: DiscoveredModel.objects.filter(instance=instance, name=name).first())
+        row = on_passing_connection(lambda: DiscoveredModel.objects.filter(instance=instance, name=name).first())
     except DatabaseError as exc:
         logger.error("could not read the saved settings of %s (config.json's apply): %s", name, error_line(exc))
         return {}

@@ -265,6 +265,30 @@ def test_memory_comes_back_after_unloads(server: DaphneServer) -> None:
     assert after - baseline < 15, (baseline, peaks, after)  # …and gives it back
 
 
+def open_database_files(pid: int) -> int:
+    """How many of the process's open files are its SQLite database (and its WAL)."""
+    fds = Path(f"/proc/{pid}/fd")
+    targets = []
+    for fd in fds.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return sum("db.sqlite3" in target for target in targets)
+
+
+def test_load_and_unload_cycles_leave_no_database_connection_open(server: DaphneServer) -> None:
+    """Each load reads the model's saved settings on its worker's thread: that thread's
+    connection is closed with it, not left for the collector."""
+    admin(server, "/admin/load", model="m-b")
+    admin(server, "/admin/unload", model="m-b")
+    before = open_database_files(server.process.pid)
+    for _ in range(10):
+        admin(server, "/admin/load", model="m-b")
+        admin(server, "/admin/unload", model="m-b")
+    assert open_database_files(server.process.pid) <= before, (before, open_database_files(server.process.pid))
+
+
 def test_reload_applies_settings_and_rediscovers(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:

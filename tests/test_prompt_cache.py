@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from inference import services
 from inference.models import RequestRecord
 from inference.runtime.lifecycle import LoadReason
+from inference.runtime.prompt_cache import PromptCache
 from tests.conftest import SMOLLM2
 
 RULES = "You are a careful assistant. " + " ".join(f"Rule {n}: answer in at most {n} words." for n in range(1, 40))
@@ -56,6 +57,25 @@ async def test_a_prefix_that_lost_its_slot_is_restored_from_ram(use_config) -> N
     assert tiers[first["id"]] == ("", 0)
     assert tiers[again["id"]] == ("ram", cached(again))
     assert tiers[from_slot["id"]] == ("slot", cached(from_slot))
+
+
+async def test_an_unloaded_model_lets_go_of_its_cached_states(use_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freed at the unload, not whenever the collector finds the unloaded model's objects (they
+    hold each other) — up to prompt_cache_mb a model."""
+    caches: list[PromptCache] = []
+    created = PromptCache.__init__
+
+    def recorded(self: PromptCache, *args: Any, **kwargs: Any) -> None:
+        created(self, *args, **kwargs)
+        caches.append(self)
+
+    monkeypatch.setattr(PromptCache, "__init__", recorded)
+    use_config(parallel=1, n_ctx=2048)
+    await chat(QUESTION)
+    await chat(OTHER)  # QUESTION's prefix goes to RAM
+    assert len(caches) == 1 and caches[0].size_bytes > 0
+    await services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API)
+    assert (len(caches[0]), caches[0].size_bytes) == (0, 0)
 
 
 async def test_without_a_ram_budget_the_prefix_is_processed_again(use_config) -> None:

@@ -131,6 +131,12 @@ class PromptCache:
         if written:
             logger.info("stored %d prompt prefixes in %s", written, self.store.folder)
 
+    def clear(self) -> None:
+        """Let go of every entry (the model is unloading; those worth it were stored first):
+        its states are freed now, not whenever the collector finds the unloaded model's objects."""
+        self._entries.clear()
+        self.size_bytes = 0
+
     def discard(self, entry: CachedPrefix) -> None:
         """Forget an entry that could not be restored, and its file if it has one."""
         if entry in self._entries:

@@ -346,10 +346,12 @@ class Scheduler:
         return [*events, (request.key, finished)]
 
     def close(self) -> None:
-        """Free the samplers of every running choice (the model is being unloaded)."""
+        """Free the samplers of every running choice and the prompt cache's states (the model
+        is being unloaded)."""
         for request in self._requests:
             for choice in request.unfinished():
                 choice.state = ChoiceState.FINISHED
                 choice.sampler.close()
                 choice.slot.choice = None
         self._requests.clear()
+        self.memory.close()

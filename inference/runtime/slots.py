@@ -175,6 +175,11 @@ class SlotMemory:
         self._context.share(source.seq_id, target.seq_id)
         self.cells.share(source, target)
 
+    def close(self) -> None:
+        """The model is unloading: let go of its prompt cache's states."""
+        if self.cache is not None:
+            self.cache.clear()
+
     def persist(self) -> None:
         """Store the idle slots' sequences and the RAM cache on disk (the model is unloading)."""
         if self.cache is None or self.cache.store is None:
