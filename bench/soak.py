@@ -68,6 +68,7 @@ from bench.soak_traffic import ADMIN_TOKEN, GEMMA, MAX_BODY_BYTES, N_CTX, RECORD
 logger = logging.getLogger("bench.soak")
 WARM_UP_MAX_S = 300
 TAIL = 5  # samples whose median is "the end"
+MIN_SAMPLES = 2 * TAIL  # after the warm-up, for a verdict: fewer give no estimate of the noise
 NOISE_FACTOR = 4
 FLOORS = {"rss_mb": 16.0, "rss_file_mb": 8.0, "fds": 2.0, "threads": 2.0}
 FIGURES = {
@@ -223,7 +224,8 @@ def records_table(traffic: Traffic, counts: Counter[tuple[str, str]]) -> tuple[l
         by_status = {status: counts[(endpoint, status)] for status in ("ok", "error", "cancelled")}
         rows, sent, uncertain = sum(by_status.values()), tally.records[endpoint], tally.uncertain[endpoint]
         good = sent <= rows <= sent + uncertain and by_status["error"] == tally.errors[endpoint]
-        verdict = "ok" if good else f"**{rows - sent:+d} records, {by_status['error'] - tally.errors[endpoint]:+d} error records**"
+        missing_errors = by_status["error"] - tally.errors[endpoint]
+        verdict = "ok" if good else f"**{rows - sent:+d} records, {missing_errors:+d} error records**"
         ok &= good
         lines.append(
             f"| `{endpoint}` | {sent} | {rows} | {by_status['ok']} | {by_status['error']} | {by_status['cancelled']} "
@@ -245,16 +247,18 @@ def growth_table(samples: list[Sample], warm_up_s: float) -> tuple[list[str], bo
         "| noise | threshold | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ok = True
+    if len(measured) < 3:
+        return [*lines[:1], "", f"**Too few samples after the warm-up ({len(measured)}): run longer.**"], False
+    judged = len(measured) >= MIN_SAMPLES
+    ok = judged
     for key, name in FIGURES.items():
-        if len(measured) < TAIL + 1:
-            return [*lines[:1], "", f"**Too few samples after the warm-up ({len(measured)}): run longer.**"], False
         figure = growth([s.at_s for s in measured], [float(getattr(s, key)) for s in measured], FLOORS[key])
         ok &= not figure.grows
+        verdict = ("**grows**" if figure.grows else "flat") if judged else f"none: under {MIN_SAMPLES} samples"
         lines.append(
             f"| {name} | {getattr(samples[0], key):.1f} | {figure.first:.1f} "
             f"| {figure.end:.1f} | {figure.end - figure.first:+.1f} | {figure.slope_per_h:+.1f} | {figure.rise:+.1f} "
-            f"| {figure.noise:.1f} | {figure.threshold:.1f} | {'**grows**' if figure.grows else 'flat'} |"
+            f"| {figure.noise:.1f} | {figure.threshold:.1f} | {verdict} |"
         )
     return lines, ok
 
@@ -325,7 +329,10 @@ def main() -> None:
         "models": {GEMMA: {"idle_timeout": 3}},
     }
     server = {"require_api_key": True, "max_body_bytes": MAX_BODY_BYTES, "log_level": "INFO"}
-    logger.info("soak: %.0f minutes, %d clients, a sample every %.0f s, warm-up %.0f s", args.minutes, args.clients, args.interval, warm_up_s)
+    logger.info(
+        "soak: %g minutes, %d clients, a sample after every %g s of traffic, warm-up %.0f s",
+        args.minutes, args.clients, args.interval, warm_up_s,
+    )
     with llamasite(bundled_default_model(), settings, server=server, more_models=(gemma_file(),)) as running:
         keys = create_keys(running)
         samples, traffic, files = asyncio.run(soak(running, keys, args.minutes, args.clients, args.interval, args.seed))
@@ -359,7 +366,7 @@ def main() -> None:
         f"{'; '.join(findings[:3])[:600]})",
         "",
         f"Verdict: records {'complete' if records_ok else '**MISSING OR EXTRA**'}, "
-        f"growth {'within noise' if figures_ok else '**BEYOND THE THRESHOLD**'}, "
+        f"growth {'within noise' if figures_ok else '**BEYOND THE THRESHOLD (or not judged)**'}, "
         f"{'no anomalies' if not tally.anomalies else f'**{len(tally.anomalies)} anomalies**'}.",
     ]
     report(lines, args.out)

@@ -163,7 +163,8 @@ class Session:
                     return None
                 if not streaming or response.status_code != 200:
                     text = (await response.aread()).decode(errors="replace")
-                    return json.loads(text) if response.headers.get("content-type", "").startswith("application/json") else text
+                    is_json = response.headers.get("content-type", "").startswith("application/json")
+                    return json.loads(text) if is_json else text
                 return await self._stream(response, endpoint or path, cut_after, described)
         except httpx.HTTPError as error:
             if endpoint:
@@ -233,9 +234,10 @@ async def cut_stream(s: Session, rng: random.Random) -> None:
 
 async def completion(s: Session, rng: random.Random) -> None:
     model = rng.choice([SMOL, GEMMA])
-    body = {"model": model, "prompt": f"Once upon a time, number {rng.randrange(1000)} said", "max_tokens": rng.randint(8, 24)}
+    prompt = f"Once upon a time, number {rng.randrange(1000)} said"
     stream = rng.random() < 0.5
-    await s.call(f"completion ({model}){', streamed' if stream else ''}", "POST", "/v1/completions", {**body, "stream": stream})
+    body = {"model": model, "prompt": prompt, "max_tokens": rng.randint(8, 24), "stream": stream}
+    await s.call(f"completion ({model}){', streamed' if stream else ''}", "POST", "/v1/completions", body)
 
 
 async def embeddings(s: Session, rng: random.Random) -> None:
@@ -254,7 +256,8 @@ async def responses(s: Session, rng: random.Random) -> None:
     stream = rng.random() < 0.5
     await s.call(
         "response, continued", "POST", "/v1/responses",
-        {"model": SMOL, "input": "And why?", "previous_response_id": first["id"], "max_output_tokens": 16, "stream": stream},
+        {"model": SMOL, "input": "And why?", "previous_response_id": first["id"], "max_output_tokens": 16,
+         "stream": stream},
     )
     await s.call("response, retrieved", "GET", f"/v1/responses/{first['id']}")
     await s.call("response, input items", "GET", f"/v1/responses/{first['id']}/input_items")
@@ -273,10 +276,12 @@ async def messages(s: Session, rng: random.Random) -> None:
         "messages": [{"role": "user", "content": ask(rng)}],
     }
     if rng.random() < 0.25:
-        body["tools"] = [{"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}]
+        tool = {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
+        body["tools"] = [tool]
         body["tool_choice"] = {"type": "tool", "name": "get_weather"}
     if rng.random() < 0.3:
-        await s.call("messages: count_tokens", "POST", "/v1/messages/count_tokens", {k: v for k, v in body.items() if k != "max_tokens"})
+        del body["max_tokens"]
+        await s.call("messages: count_tokens", "POST", "/v1/messages/count_tokens", body)
         return
     stream = rng.random() < 0.5
     await s.call(f"messages{', streamed' if stream else ''}", "POST", "/v1/messages", {**body, "stream": stream})
@@ -287,37 +292,44 @@ async def reads(s: Session, rng: random.Random) -> None:
     await s.call(f"GET {path}", "GET", path)
 
 
-def _mistakes(rng: random.Random) -> list[tuple[str, str, Any, int, str, bytes | None]]:
-    """(kind, path, body, expected status, key, raw body) of the wrong requests."""
+def _mistakes(rng: random.Random) -> list[tuple[str, str, Any, int, str]]:
+    """(kind, path, body, expected status, key) of the wrong requests; a body of bytes is sent as
+    it is, no body is a GET."""
     hi = [{"role": "user", "content": ask(rng)}]
     chat = {"model": SMOL, "messages": hi, "max_tokens": 8}
+    too_long = [{"role": "user", "content": TOO_LONG}]
+    nope = {"name": "x", "schema": {"$ref": "#/nope"}}
     return [
-        ("error: malformed JSON", "/v1/chat/completions", None, 400, "main", b'{"model": "x",'),
-        ("error: malformed JSON", "/v1/messages", None, 400, "main", b"{'single': 'quotes'}"),
-        ("error: unknown model", "/v1/completions", {"model": "no-such-model", "prompt": "Hi"}, 404, "main", None),
-        ("error: unknown model", "/v1/messages/count_tokens", {"model": "no-such-model", "messages": hi}, 404, "main", None),
-        ("error: prompt over the context", "/v1/chat/completions", {**chat, "messages": [{"role": "user", "content": TOO_LONG}]}, 400, "main", None),
-        ("error: prompt over the context", "/v1/messages", {**chat, "messages": [{"role": "user", "content": TOO_LONG}]}, 400, "main", None),
-        ("error: prompt over the context", "/v1/embeddings", {"model": SMOL, "input": TOO_LONG}, 400, "main", None),
-        ("error: bad schema", "/v1/chat/completions", {**chat, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nope"}}}}, 400, "main", None),
-        ("error: bad schema", "/v1/responses", {"model": SMOL, "input": "Hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/nope"}}}}, 400, "main", None),
-        ("error: chat on a base model", "/v1/chat/completions", {**chat, "model": GEMMA}, 400, "main", None),
-        ("error: max_tokens missing", "/v1/messages", {"model": SMOL, "messages": hi}, 400, "main", None),
-        ("error: unknown previous_response_id", "/v1/responses", {"model": SMOL, "input": "Hi", "previous_response_id": "resp_unknown"}, 404, "main", None),
-        ("error: body over max_body_bytes", "/v1/embeddings", {"model": SMOL, "input": "a " * MAX_BODY_BYTES}, 413, "main", None),
-        ("error: a model the key may not use", "/v1/completions", {"model": GEMMA, "prompt": "Hi", "max_tokens": 4}, 404, "limited", None),
-        ("error: wrong key", "/v1/chat/completions", chat, 401, "wrong", None),
-        ("error: wrong key", "/v1/messages", chat, 401, "wrong", None),
-        ("error: revoked key", "/v1/embeddings", {"model": SMOL, "input": "Hi"}, 401, "revoked", None),
-        ("error: wrong key", "/v1/models", None, 401, "wrong", None),
-        ("error: unknown response", "/v1/responses/resp_unknown", None, 404, "main", None),
+        ("malformed JSON", "/v1/chat/completions", b'{"model": "x",', 400, "main"),
+        ("malformed JSON", "/v1/messages", b"{'single': 'quotes'}", 400, "main"),
+        ("unknown model", "/v1/completions", {"model": "no-such-model", "prompt": "Hi"}, 404, "main"),
+        ("unknown model", "/v1/messages/count_tokens", {"model": "no-such-model", "messages": hi}, 404, "main"),
+        ("prompt over the context", "/v1/chat/completions", {**chat, "messages": too_long}, 400, "main"),
+        ("prompt over the context", "/v1/messages", {**chat, "messages": too_long}, 400, "main"),
+        ("prompt over the context", "/v1/embeddings", {"model": SMOL, "input": TOO_LONG}, 400, "main"),
+        ("bad schema", "/v1/chat/completions",
+         {**chat, "response_format": {"type": "json_schema", "json_schema": nope}}, 400, "main"),
+        ("bad schema", "/v1/responses",
+         {"model": SMOL, "input": "Hi", "text": {"format": {"type": "json_schema", **nope}}}, 400, "main"),
+        ("chat on a base model", "/v1/chat/completions", {**chat, "model": GEMMA}, 400, "main"),
+        ("max_tokens missing", "/v1/messages", {"model": SMOL, "messages": hi}, 400, "main"),
+        ("unknown previous_response_id", "/v1/responses",
+         {"model": SMOL, "input": "Hi", "previous_response_id": "resp_unknown"}, 404, "main"),
+        ("body over max_body_bytes", "/v1/embeddings", {"model": SMOL, "input": "a " * MAX_BODY_BYTES}, 413, "main"),
+        ("a model the key may not use", "/v1/completions", {"model": GEMMA, "prompt": "Hi"}, 404, "limited"),
+        ("wrong key", "/v1/chat/completions", chat, 401, "wrong"),
+        ("wrong key", "/v1/messages", chat, 401, "wrong"),
+        ("revoked key", "/v1/embeddings", {"model": SMOL, "input": "Hi"}, 401, "revoked"),
+        ("wrong key", "/v1/models", None, 401, "wrong"),
+        ("unknown response", "/v1/responses/resp_unknown", None, 404, "main"),
     ]
 
 
 async def mistake(s: Session, rng: random.Random) -> None:
-    kind, path, body, status, key, raw = rng.choice(_mistakes(rng))
-    method = "GET" if body is None and raw is None else "POST"
-    await s.call(kind, method, path, body, expect=status, key=key, raw=raw)
+    kind, path, body, status, key = rng.choice(_mistakes(rng))
+    raw = body if isinstance(body, bytes) else None
+    method = "GET" if body is None else "POST"
+    await s.call(f"error: {kind}", method, path, None if raw else body, expect=status, key=key, raw=raw)
 
 
 async def swap_models(s: Session, rng: random.Random) -> None:
