@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop
+.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-soak
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -95,6 +95,12 @@ bench-speculative: setup-dev model
 # make bench-agents [LLAMA_SERVER=/path/to/llama-server]
 bench-agents: setup-dev model agent-clients
 	$(PY) -m bench.agents $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
+
+# make bench-soak [SOAK_MINUTES=20]: one real server under mixed traffic; nothing may grow, every
+# request must have its record (exit status 1 otherwise).
+SOAK_MINUTES ?= 20
+bench-soak: setup-dev model
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 # The peers run from a bench-only venv: llama-cpp-python's server is never a runtime dependency.
 BENCH_VENV := .bench-venv

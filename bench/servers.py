@@ -64,16 +64,33 @@ def started(command: list[str], env: dict[str, str], url: str, model: str, healt
             process.kill()
 
 
+def llamasite_env(workdir: Path) -> dict[str, str]:
+    """The environment of a `llamasite` server's manage.py commands: its config, database and
+    admin token ("bench")."""
+    return {
+        **os.environ,
+        "LLAMA_SERVER_CONFIG": str(workdir / "config.json"),
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "LLAMA_SERVER_ADMIN_TOKEN": "bench",
+    }
+
+
 @contextmanager
 def llamasite(
-    model_path: Path, settings: dict, records: bool = True, server: dict | None = None, with_model: bool = True
+    model_path: Path,
+    settings: dict,
+    records: bool = True,
+    server: dict | None = None,
+    with_model: bool = True,
+    more_models: tuple[Path, ...] = (),
 ) -> Iterator[Running]:
     """This server (manage.py serve) with a scratch config and database; `server` adds server
-    settings; without `with_model` its models directory is empty (a relay to its peers)."""
+    settings; without `with_model` its models directory is empty (a relay to its peers);
+    `more_models` are linked in beside it."""
     workdir = Path(tempfile.mkdtemp(prefix="llamasite-bench-"))
     (workdir / "models").mkdir()
-    if with_model:
-        os.link(model_path, workdir / "models" / model_path.name)
+    for path in ((model_path,) if with_model else ()) + more_models:
+        os.link(path, workdir / "models" / path.name)
     port = free_port()
     config = {
         "server": {"port": port, "log_level": "WARNING", **(server or {})},
@@ -81,12 +98,7 @@ def llamasite(
         "records": {"request_records": records},
     }
     (workdir / "config.json").write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "LLAMA_SERVER_CONFIG": str(workdir / "config.json"),
-        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
-        "LLAMA_SERVER_ADMIN_TOKEN": "bench",
-    }
+    env = llamasite_env(workdir)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True)
     try:
         with started(
