@@ -25,7 +25,7 @@ from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
-from tests.file_server import FileServer
+from tests.file_server import FileServer, serving
 from tests.gguf_files import write_synthetic
 from tests.services import (
     PROJECT_DIR,
@@ -307,9 +307,8 @@ def source_sha256(smollm2_file: Path) -> str:
 @pytest.fixture
 def files(smollm2_file: Path) -> Iterator[FileServer]:
     """SmolLM2's file served by a local HTTP server, for pulls (its routes: tests/file_server.py)."""
-    server = FileServer(smollm2_file).start()
-    yield server
-    server.stop()
+    with serving(smollm2_file) as server:
+        yield server
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -120,3 +122,13 @@ class FileServer:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+@contextmanager
+def serving(path: Path) -> Iterator[FileServer]:
+    """A FileServer of `path`, started, stopped afterwards."""
+    server = FileServer(path).start()
+    try:
+        yield server
+    finally:
+        server.stop()

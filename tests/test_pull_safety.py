@@ -35,7 +35,7 @@ from tests.conftest import (
     sha256_of,
     write_config,
 )
-from tests.file_server import FileServer
+from tests.file_server import FileServer, serving
 
 MIB = 1024 * 1024
 
@@ -43,9 +43,8 @@ MIB = 1024 * 1024
 @pytest.fixture
 def other_files(smollm2_file: Path) -> Iterator[FileServer]:
     """A second server: another origin (the same host, another port) to be redirected to."""
-    server = FileServer(smollm2_file).start()
-    yield server
-    server.stop()
+    with serving(smollm2_file) as server:
+        yield server
 
 
 @pytest.fixture
