@@ -103,14 +103,14 @@ def main() -> None:
     from django.contrib.auth.models import User
     from django.test import Client
 
-    from inference import services
-    from inference.model_table import usage_today_query
+    from inference.selectors.model_table import usage_today_query
+    from inference.services import records as record_services
 
     started = time.perf_counter()
     fill(options.records)
     filled = time.perf_counter() - started
     started = time.perf_counter()
-    services.daily_usage_rebuild()
+    record_services.daily_usage_rebuild()
     rolled = time.perf_counter() - started
     client = Client(SERVER_NAME="localhost")  # one of server.allowed_hosts' defaults
     client.force_login(User.objects.create_superuser("bench", "bench@example.com", "bench"))

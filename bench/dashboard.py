@@ -94,11 +94,12 @@ def main() -> None:
     from django.contrib.auth.models import User
     from django.test import Client
 
-    from inference import selectors, services
     from inference.models import DailyUsage
+    from inference.selectors import usage as usage_selectors
+    from inference.services import records as record_services
 
     started = time.perf_counter()
-    services.daily_usage_rebuild()
+    record_services.daily_usage_rebuild()
     rolled = time.perf_counter() - started
     User.objects.create_superuser("bench", "bench@example.com", "bench")
     client = Client()
@@ -111,7 +112,7 @@ def main() -> None:
     def baseline() -> None:
         now = datetime.now(UTC)
         tallies: dict = defaultdict(DailyUsage)
-        for created, model, *values in selectors._record_values(now - timedelta(days=30), now, None):
+        for created, model, *values in usage_selectors._record_values(now - timedelta(days=30), now, None):
             tallies[(created.date(), model)].count_request(*values)
 
     page = median_seconds(lambda: dashboard("30d"), options.runs)

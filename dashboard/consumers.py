@@ -8,8 +8,8 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
 from dashboard.model_feed import model_table_group, model_table_message, publisher
-from inference.pull_jobs import PULL_GROUP, pull_jobs
-from inference.records import REQUEST_FEED_GROUP
+from inference.records.recording import REQUEST_FEED_GROUP
+from inference.services.pulls import PULL_GROUP, pull_jobs
 
 FORBIDDEN = 4403
 

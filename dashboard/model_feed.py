@@ -19,8 +19,8 @@ from channels.layers import get_channel_layer
 
 from inference.config import get_config
 from inference.connections import database_call
-from inference.model_table import model_table
 from inference.runtime.pool import ModelPool, model_pool
+from inference.selectors.model_table import model_table
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from inference import services
 from inference.errors import ApiError
-from inference.model_table import model_table
 from inference.protocol import api_error
 from inference.runtime.errors import RuntimeFailure
 from inference.runtime.lifecycle import LoadReason
+from inference.selectors.model_table import model_table
+from inference.services import models as model_services
 
 
 @staff_member_required
@@ -26,12 +26,12 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 async def _load(model: str) -> str:
-    await services.model_load(model=model, reason=LoadReason.ADMIN_UI)
+    await model_services.model_load(model=model, reason=LoadReason.ADMIN_UI)
     return f"{model} is loaded."
 
 
 async def _unload(model: str) -> str:
-    result = await services.model_unload(model=model, reason=LoadReason.ADMIN_UI)
+    result = await model_services.model_unload(model=model, reason=LoadReason.ADMIN_UI)
     if result["pending"]:
         return f"{model} unloads when its running requests end."
     return f"{model} is unloaded." if result["unloaded"] else f"{model} was not loaded."
@@ -39,7 +39,7 @@ async def _unload(model: str) -> str:
 
 def _pinning(pinned: bool) -> Callable[[str], Awaitable[str]]:
     async def pin(model: str) -> str:
-        name = await sync_to_async(services.model_pin)(model=model, pinned=pinned)
+        name = await sync_to_async(model_services.model_pin)(model=model, pinned=pinned)
         return f"{name} is {'pinned' if pinned else 'no longer pinned'}."
 
     return pin

@@ -6,11 +6,11 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from inference import selectors
+from inference.selectors import models as model_selectors
 
 
 @staff_member_required
 def playground(request: HttpRequest) -> HttpResponse:
-    models = selectors.models_with_state()
-    default = selectors.default_model_name()
+    models = model_selectors.models_with_state()
+    default = model_selectors.default_model_name()
     return render(request, "dashboard/playground.html", {"models": models, "default_model": default})

@@ -10,8 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from inference.config import get_config
-from inference.pull_jobs import pull_jobs
 from inference.pulling import PullError
+from inference.services.pulls import pull_jobs
 
 
 class PullForm(forms.Form):

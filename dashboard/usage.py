@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from dashboard.charts import PALETTE, Series, horizontal_bars, lines, stacked_bars
-from inference import selectors
-from inference.access import QUOTA_WARNING_SHARE
+from inference.access.quotas import QUOTA_WARNING_SHARE
+from inference.selectors import usage as usage_selectors
 
 RANGES = {
     "hour": ("Last hour", timedelta(hours=1)),
@@ -56,7 +56,7 @@ def _label(start: datetime, bucket: timedelta) -> str:
     return start.strftime("%b %d" if bucket >= timedelta(days=1) else "%H:%M")
 
 
-def usage_charts(summary: selectors.UsageSummary) -> list[str]:
+def usage_charts(summary: usage_selectors.UsageSummary) -> list[str]:
     labels = [_label(point["start"], summary.bucket) for point in summary.series]
     series = summary.series
 
@@ -122,22 +122,22 @@ def chosen_filters(query: QueryDict) -> dict[str, str | None]:
 def index(request: HttpRequest) -> HttpResponse:
     range_name, since, until = chosen_range(request.GET)
     filters = chosen_filters(request.GET)
-    summary = selectors.usage_summary(since=since, until=until, **filters)
+    summary = usage_selectors.usage_summary(since=since, until=until, **filters)
     context = {
         "ranges": {name: label for name, (label, _) in RANGES.items()},
         "range": range_name,
         "since": since,
         "until": until,
         "model": filters["model"] or "",
-        "models": selectors.recorded_models(),
+        "models": usage_selectors.recorded_models(),
         "key": request.GET.get("key", ""),
-        "keys": selectors.recorded_api_keys(),
+        "keys": usage_selectors.recorded_api_keys(),
         "no_key": NO_KEY,
         "summary": summary,
         "charts": usage_charts(summary),
-        "slowest": selectors.slowest_requests(since=since, until=until, **filters),
-        "failed": selectors.failed_requests(since=since, until=until, **filters),
-        "near_quota": selectors.api_keys_near_token_quota(day=timezone.now().astimezone(UTC).date()),
+        "slowest": usage_selectors.slowest_requests(since=since, until=until, **filters),
+        "failed": usage_selectors.failed_requests(since=since, until=until, **filters),
+        "near_quota": usage_selectors.api_keys_near_token_quota(day=timezone.now().astimezone(UTC).date()),
         "quota_warning_percent": round(100 * QUOTA_WARNING_SHARE),
         "query": request.GET.urlencode(),
     }
@@ -161,7 +161,7 @@ class _Echo:
 def export_csv(request: HttpRequest) -> StreamingHttpResponse:
     """The request records of the chosen range as CSV, streamed row by row."""
     _, since, until = chosen_range(request.GET)
-    records = selectors.records_in_range(since=since, until=until, **chosen_filters(request.GET))
+    records = usage_selectors.records_in_range(since=since, until=until, **chosen_filters(request.GET))
     writer = csv.writer(_Echo())
 
     def rows() -> Iterator[str]:

@@ -16,13 +16,15 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from inference import access, selectors, services
 from inference.config import get_config
 from inference.errors import ApiError
 from inference.models import ApiKey, DailyUsage, DiscoveredModel, LoadEvent, RequestRecord, StoredResponse
 from inference.protocol import api_error
 from inference.runtime.errors import RuntimeFailure
 from inference.runtime.lifecycle import LoadReason
+from inference.selectors import models as model_selectors
+from inference.services import keys as key_services
+from inference.services import models as model_services
 
 
 def _usage_total(field: str) -> Subquery:
@@ -83,7 +85,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: DiscoveredModel, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if "pinned" in form.changed_data and _served_here(obj):
-            services.model_pin_apply(row=obj)  # a pin needs no reload: in force on a loaded model now
+            model_services.model_pin_apply(row=obj)  # a pin needs no reload: in force on a loaded model now
 
     @admin.display(description="size", ordering="size_bytes")
     def size(self, row: DiscoveredModel) -> str:
@@ -98,7 +100,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         """Known for this server's models only (None: another server's, shown as unknown)."""
         if not _served_here(row):
             return None
-        return row.name in selectors.loaded_model_names()
+        return row.name in model_selectors.loaded_model_names()
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used(self, row: Any) -> str:
@@ -131,7 +133,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     def load_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
         for row in self._rows_served_here(request, queryset):
             try:
-                async_to_sync(services.model_load)(model=row.name, reason=LoadReason.ADMIN_UI)
+                async_to_sync(model_services.model_load)(model=row.name, reason=LoadReason.ADMIN_UI)
             except (ApiError, RuntimeFailure) as exc:
                 self.message_user(request, f"{row.name}: {api_error(exc).message}", messages.ERROR)
             else:
@@ -141,7 +143,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     def unload_now(self, request: HttpRequest, queryset: QuerySet[DiscoveredModel]) -> None:
         for row in self._rows_served_here(request, queryset):
             try:
-                result = async_to_sync(services.model_unload)(model=row.name, reason=LoadReason.ADMIN_UI)
+                result = async_to_sync(model_services.model_unload)(model=row.name, reason=LoadReason.ADMIN_UI)
             except (ApiError, RuntimeFailure) as exc:
                 self.message_user(request, f"{row.name}: {api_error(exc).message}", messages.ERROR)
                 continue
@@ -292,7 +294,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return ", ".join(row.allowed_models) or "all"
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
-        secret = None if change else access.api_key_secret_assign(obj)
+        secret = None if change else key_services.api_key_secret_assign(obj)
         super().save_model(request, obj, form, change)
         if secret:
             self.message_user(
@@ -305,5 +307,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
-            access.api_key_revoke(prefix=key.prefix)
+            key_services.api_key_revoke(prefix=key.prefix)
         self.message_user(request, f"Revoked {len(queryset)} key(s).", messages.SUCCESS)

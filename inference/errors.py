@@ -7,8 +7,6 @@ envelope. Stdlib only.
 
 from __future__ import annotations
 
-from inference.quotas import Quotas
-
 
 class ApiError(Exception):
     status = 400
@@ -25,7 +23,7 @@ class InvalidRequest(ApiError):
     pass
 
 
-class ModelNotFound(ApiError):
+class UnknownModel(ApiError):
     status = 404
     code = "model_not_found"
 
@@ -80,16 +78,6 @@ class RetryLater(ApiError):
     def __init__(self, message: str, *, retry_after: int, param: str | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after = max(1, retry_after)
-
-
-class QuotaExceeded(RetryLater):
-    status = 429
-    type = "rate_limit_error"
-    code = "quota_exceeded"
-
-    def __init__(self, message: str, *, retry_after: int, quotas: Quotas | None = None) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.quotas = quotas  # where the key's quotas stand: the 429's rate-limit headers
 
 
 class QueueFull(RetryLater):

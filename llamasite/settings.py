@@ -46,7 +46,7 @@ INSTALLED_APPS = [
 # why static files come from ServeStatic (WhiteNoise's fork with an async middleware), not
 # WhiteNoise.
 MIDDLEWARE = [
-    "inference.host_check.PagesAllowedHostMiddleware",
+    "inference.api.host_check.PagesAllowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -58,11 +58,11 @@ MIDDLEWARE = [
     "dashboard.headers.ConsoleHeadersMiddleware",
 ]
 
-# The API (see llamasite.asgi; its paths are inference.urls') skips the pages' middleware: it
+# The API (see llamasite.asgi; its paths are inference.api.urls') skips the pages' middleware: it
 # needs only the Host check (its own, answering in its error shape) and CORS, which is for
 # the API alone (server.cors_origins): the pages are same-origin, and a cross-origin answer is
 # one a page elsewhere could read.
-API_MIDDLEWARE = ["inference.host_check.AllowedHostMiddleware", "corsheaders.middleware.CorsMiddleware"]
+API_MIDDLEWARE = ["inference.api.host_check.AllowedHostMiddleware", "corsheaders.middleware.CorsMiddleware"]
 
 ROOT_URLCONF = "llamasite.urls"
 ASGI_APPLICATION = "llamasite.asgi.application"
@@ -106,7 +106,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The live feed reaches the dashboards of this process only, unless REDIS_URL names a Redis that
 # several server processes share (e.g. redis://127.0.0.1:6379/0).
-# API keys' requests per minute are counted there too (inference.access).
+# API keys' requests per minute are counted there too (inference.access.keys).
 REDIS_URL = os.environ.get("REDIS_URL") or None
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -166,7 +166,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "inference.openapi.append_components",
+        "inference.api.openapi.append_components",
     ],
 }
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db import transaction
 
 from inference.models import RequestRecord
-from inference.records import daily_usage_add
+from inference.records.recording import daily_usage_add
 
 
 def make_record(

@@ -19,10 +19,12 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import AsyncClient, Client
 
-from inference import access
+from inference.access import keys as access_keys
+from inference.access import windows
 from inference.config import load_config
 from inference.management.commands.serve import warn_about_access
 from inference.models import ApiKey, DailyUsage, RequestRecord
+from inference.services import keys as key_services
 from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
@@ -69,10 +71,10 @@ def test_the_command_creates_lists_and_revokes_keys_storing_only_a_hash() -> Non
     assert secret[:11] == key.prefix and secret not in key.hashed and key.hashed != secret
     listing, _ = run_apikey("list")
     assert key.prefix in listing and secret not in listing and "active" in listing and "a,b" in listing
-    assert access.api_key_find(secret) == key
+    assert access_keys.api_key_find(secret) == key
     run_apikey("revoke", key.prefix)
     assert "revoked" in run_apikey("list")[0]
-    assert access.api_key_find(secret) is None
+    assert access_keys.api_key_find(secret) is None
 
 
 def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
@@ -157,14 +159,14 @@ def test_requests_per_minute_are_counted_by_this_process_while_redis_is_away(cap
     """With REDIS_URL the window is shared (test_scaleout); an unreachable Redis degrades to
     this process' own count, logged once, and is used again when it is back."""
     port = free_port()
-    windows = access._SharedWindows(f"redis://:hunter2@127.0.0.1:{port}/0")
-    with caplog.at_level(logging.INFO, logger="inference.access"):
-        assert [windows.reserve("sk-away", 2).refused for _ in range(3)] == [False, False, True]
-        refused = windows.reserve("sk-away", 2)
+    shared = windows.SharedWindows(f"redis://:hunter2@127.0.0.1:{port}/0")
+    with caplog.at_level(logging.INFO, logger="inference.access.windows"):
+        assert [shared.reserve("sk-away", 2).refused for _ in range(3)] == [False, False, True]
+        refused = shared.reserve("sk-away", 2)
         assert refused.refused and 59 < refused.frees_in <= 60  # the limit still holds
         assert caplog.text.count(f"Redis at 127.0.0.1:{port} cannot be reached") == 1
         with os_server_or_skip(redis_server(port)):
-            counts = [windows.reserve("sk-away", 2) for _ in range(3)]
+            counts = [shared.reserve("sk-away", 2) for _ in range(3)]
             assert [(count.refused, count.used) for count in counts] == [(False, 1), (False, 2), (True, 2)]
             assert counts[2].frees_in == pytest.approx(60, abs=1)
     assert f"Redis at 127.0.0.1:{port} is back" in caplog.text
@@ -185,11 +187,11 @@ async def test_tokens_per_day_over_the_limit_are_a_429_until_midnight(use_config
 
 
 async def _create(**options: Any) -> tuple[ApiKey, str]:
-    return await sync_to_async(access.api_key_create)(**options)
+    return await sync_to_async(key_services.api_key_create)(**options)
 
 
 async def _revoke(key: ApiKey) -> None:
-    await sync_to_async(access.api_key_revoke)(prefix=key.prefix)
+    await sync_to_async(key_services.api_key_revoke)(prefix=key.prefix)
 
 
 @pytest.mark.django_db
@@ -204,18 +206,18 @@ def test_the_admin_creates_a_key_showing_its_secret_once_and_revokes(admin_clien
     secret = next(word for message in shown for word in message.split() if word.startswith("sk-"))
     key = ApiKey.objects.get(name="from-admin")
     assert key.allowed_models == [SMOLLM2, "other"] and key.requests_per_minute == 5
-    assert access.api_key_find(secret) == key
+    assert access_keys.api_key_find(secret) == key
     listing = admin_client.get("/admin/inference/apikey/").content.decode()
     assert key.prefix in listing and secret not in listing
     assert secret not in admin_client.get(f"/admin/inference/apikey/{key.pk}/change/").content.decode()
     admin_client.post("/admin/inference/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
     key.refresh_from_db()
-    assert key.revoked_at is not None and access.api_key_find(secret) is None
+    assert key.revoked_at is not None and access_keys.api_key_find(secret) is None
 
 
 @pytest.mark.django_db
 def test_usage_is_reported_per_key(admin_client: Client) -> None:
-    key, _ = access.api_key_create(name="team-a")
+    key, _ = key_services.api_key_create(name="team-a")
     now = datetime.now(UTC)
     make_record(now, model="m", api_key=key.prefix, completion_tokens=7)
     make_record(now, model="m", completion_tokens=3)
@@ -243,7 +245,7 @@ def test_serving_beyond_loopback_warns_loudly(tmp_path: Path, caplog: pytest.Log
         config.write_text(f'{{"server": {server}}}')
         warn_about_access(load_config(config).server)
         assert (warning in caplog.text) if warning else not caplog.text
-    access.api_key_create(name="k")
+    key_services.api_key_create(name="k")
     caplog.clear()
     warn_about_access(load_config(config).server)
     assert not caplog.text

@@ -9,7 +9,7 @@ from django.test import Client
 
 from inference.models import DiscoveredModel, LoadEvent, RequestRecord
 from inference.runtime.pool import model_pool
-from inference.services import discovered_models_sync
+from inference.services.models import discovered_models_sync
 from tests.conftest import SMOLLM2
 from tests.record_factory import make_record
 

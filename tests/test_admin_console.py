@@ -32,8 +32,9 @@ def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> No
 
 
 def test_the_request_list_filters_without_scanning_the_records(admin_client) -> None:
-    from inference import api, urls
     from inference.admin import RECORDED_ENDPOINTS
+    from inference.api import urls
+    from inference.api import views as api
 
     routes = {f"/{pattern.pattern}" for pattern in urls.urlpatterns if issubclass(getattr(pattern.callback, "cls", object), api.GenerationView)}
     assert set(RECORDED_ENDPOINTS) == routes

@@ -7,7 +7,7 @@ failure shows at once).
 
 Each runs with its own instructions and tools. Described in full, they outgrow SmolLM2's
 8,192-token context (Codex ~8.6k tokens, Claude Code ~12.8k); the server then offers the tools in
-short (inference.tools), and the prompt fits.
+short (inference.serving.tools), and the prompt fits.
 """
 
 from __future__ import annotations

@@ -20,12 +20,15 @@ from django.test import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.exceptions import ValidationError
 
-from inference import access, errors, tools
+from inference import errors
+from inference.access.quotas import QuotaExceeded
 from inference.models import RequestRecord
 from inference.protocol import MessagesRequestSerializer, anthropic_output, message_body, message_events
+from inference.protocol import tool_calls as tools
 from inference.protocol.answers import with_heartbeat
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatMessage, Finished, Generation, JobEvent, Sampling, TextDelta
+from inference.services import keys as key_services
 from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error
 from tests.test_concurrency import wait_until_idle
 
@@ -299,7 +302,7 @@ def test_claude_codes_own_request_is_understood() -> None:
     ("exc", "status", "error_type", "headers"),
     [
         (errors.QueueFull("busy", retry_after=3), 503, "overloaded_error", {"Retry-After": "3", "X-Llamasite-Error-Code": "queue_full"}),
-        (errors.QuotaExceeded("over", retry_after=9), 429, "rate_limit_error", {"Retry-After": "9", "X-Llamasite-Error-Code": "quota_exceeded"}),
+        (QuotaExceeded("over", retry_after=9), 429, "rate_limit_error", {"Retry-After": "9", "X-Llamasite-Error-Code": "quota_exceeded"}),
         (errors.InvalidApiKey("who?"), 401, "authentication_error", {"X-Llamasite-Error-Code": "invalid_api_key"}),
         (errors.GenerationFailed("broken"), 500, "api_error", {}),
         (RequestDataTooBig("big"), 413, "request_too_large", {"X-Llamasite-Error-Code": "request_too_large"}),
@@ -341,7 +344,7 @@ async def test_an_unknown_model_is_a_404_not_found_error(use_config, path: str) 
 
 async def test_the_key_may_come_as_x_api_key(use_config) -> None:
     use_config(server={"require_api_key": True})
-    _, secret = await sync_to_async(access.api_key_create)(name="claude")
+    _, secret = await sync_to_async(key_services.api_key_create)(name="claude")
     assert (await post(headers={"x-api-key": secret}, messages=HELLO, max_tokens=1)).status_code == 200
     assert (await post(headers={"Authorization": f"Bearer {secret}"}, messages=HELLO, max_tokens=1)).status_code == 200
     assert "x-api-key" in error_of(await post(messages=HELLO, max_tokens=1), 401, "authentication_error")
@@ -349,7 +352,7 @@ async def test_the_key_may_come_as_x_api_key(use_config) -> None:
 
 
 async def test_a_key_over_its_quota_gets_a_429_with_retry_after(use_config) -> None:
-    _, secret = await sync_to_async(access.api_key_create)(name="slow", requests_per_minute=1)
+    _, secret = await sync_to_async(key_services.api_key_create)(name="slow", requests_per_minute=1)
     assert (await post(headers={"x-api-key": secret}, messages=HELLO, max_tokens=1)).status_code == 200
     refused = await post(headers={"x-api-key": secret}, messages=HELLO, max_tokens=1)
     error_of(refused, 429, "rate_limit_error")

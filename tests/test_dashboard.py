@@ -16,8 +16,9 @@ from django.core.management import call_command
 from django.test import Client
 
 from dashboard.consumers import RequestFeedConsumer
-from inference import records, selectors
 from inference.models import DailyUsage, RequestRecord
+from inference.records import recording
+from inference.selectors import usage as usage_selectors
 from tests.record_factory import make_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,18 +41,18 @@ def history() -> datetime:
 
 
 def test_summary_from_records_and_from_rollups_agree(history: datetime) -> None:
-    day = selectors.usage_summary(since=history - timedelta(days=1), until=history)
+    day = usage_selectors.usage_summary(since=history - timedelta(days=1), until=history)
     assert not day.from_rollups and day.bucket == timedelta(hours=1)
     by_model = {row["model"]: row for row in day.models}
     assert by_model["model-a"]["requests"] == 3 and by_model["model-b"]["requests"] == 3
     assert day.total["errors"] == 1 and day.total["cancelled"] == 1
     assert 400 <= by_model["model-b"]["ttft_ms_p50"] <= 500  # within its histogram bucket
-    month = selectors.usage_summary(since=history - timedelta(days=30), until=history)
+    month = usage_selectors.usage_summary(since=history - timedelta(days=30), until=history)
     assert month.from_rollups and month.bucket == timedelta(days=1)
     assert month.total["requests"] == 82 == RequestRecord.objects.count()
     assert month.total["completion_tokens"] == 20 * 2 * (20 + 50) + 3
     assert len(month.series) == 31 and sum(p["requests"] for p in month.series) == 82
-    only_b = selectors.usage_summary(since=history - timedelta(days=30), until=history, model="model-b")
+    only_b = usage_selectors.usage_summary(since=history - timedelta(days=30), until=history, model="model-b")
     assert [row["model"] for row in only_b.models] == ["model-b"]
 
 
@@ -103,7 +104,7 @@ async def test_live_feed_pushes_finished_requests_to_staff() -> None:
     connected, _ = await feed.connect()
     assert connected
     record = await sync_to_async(make_record)(datetime.now(UTC), model="model-a")
-    await records.request_feed_publish(record)
+    await recording.request_feed_publish(record)
     message = await feed.receive_json_from(timeout=5)
     assert (message["model"], message["status"], message["completion_tokens"]) == ("model-a", "ok", 20)
     await feed.disconnect()
@@ -142,7 +143,7 @@ def test_usage_prune_keeps_the_daily_totals(history: datetime, tmp_path, monkeyp
     assert run_usage("--prune").startswith("pruned ")
     assert not RequestRecord.objects.filter(created_at__lt=history - timedelta(days=7, minutes=1)).exists()
     assert DailyUsage.objects.count() == before
-    month = selectors.usage_summary(since=history - timedelta(days=30), until=history)
+    month = usage_selectors.usage_summary(since=history - timedelta(days=30), until=history)
     assert month.total["requests"] == 82  # long ranges still see everything
 
 

@@ -18,9 +18,11 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, OperationalError
 from django.test import AsyncClient
 
-from inference import access
+from inference.access import keys as access_keys
+from inference.access import limits
 from inference.errors import DatabaseUnavailable, InvalidApiKey
-from inference.record_writer import RecordWriter
+from inference.records.writer import RecordWriter
+from inference.services import keys as key_services
 from tests.conftest import (
     HI,
     SMOLLM2,
@@ -140,27 +142,27 @@ def test_stopping_while_the_database_is_away_says_what_is_lost(
 def keys_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """access's memory of keys and of the outage, fresh for the test; the database is asked
     again at once after a failure."""
-    monkeypatch.setattr(access, "_recent_keys", access._RecentKeys())
-    monkeypatch.setattr(access, "_outage", access._DatabaseOutage())
-    monkeypatch.setattr(access, "DATABASE_RETRY_SECONDS", 0)
+    monkeypatch.setattr(access_keys, "_recent_keys", access_keys._RecentKeys())
+    monkeypatch.setattr(access_keys, "_outage", access_keys._DatabaseOutage())
+    monkeypatch.setattr(access_keys, "DATABASE_RETRY_SECONDS", 0)
 
 
 def database_away() -> Any:
-    return mock.patch.object(access, "api_key_find", side_effect=OperationalError("connection refused"))
+    return mock.patch.object(access_keys, "api_key_find", side_effect=OperationalError("connection refused"))
 
 
 async def test_a_key_verified_lately_is_accepted_while_the_database_is_away(
     use_config, keys_from_memory: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     use_config({"require_api_key": True})
-    key, secret = await sync_to_async(access.api_key_create)(name="k")
-    assert await access.api_key_check(f"Bearer {secret}") == key
+    key, secret = await sync_to_async(key_services.api_key_create)(name="k")
+    assert await access_keys.api_key_check(f"Bearer {secret}") == key
     with database_away(), caplog.at_level(logging.INFO):
-        assert await access.api_key_check(f"Bearer {secret}") == key
+        assert await access_keys.api_key_check(f"Bearer {secret}") == key
         with pytest.raises(DatabaseUnavailable) as unknown:
-            await access.api_key_check("Bearer sk-not-a-key-we-know")
+            await access_keys.api_key_check("Bearer sk-not-a-key-we-know")
         with pytest.raises(InvalidApiKey):
-            await access.api_key_check(None)  # no key: a 401 needs no database
+            await access_keys.api_key_check(None)  # no key: a 401 needs no database
         response = await AsyncClient().get("/v1/models", headers={"Authorization": "Bearer sk-unknown-too"})
     assert unknown.value.status == 503 and "database" in unknown.value.message
     assert response.status_code == 503 and response["Retry-After"] == "1"
@@ -168,30 +170,30 @@ async def test_a_key_verified_lately_is_accepted_while_the_database_is_away(
     assert response.json()["error"]["code"] == "database_unavailable"
     assert caplog.text.count("database unreachable for API key checks") == 1
 
-    await sync_to_async(access.api_key_revoke)(prefix=key.prefix)
+    await sync_to_async(key_services.api_key_revoke)(prefix=key.prefix)
     with pytest.raises(InvalidApiKey):
-        await access.api_key_check(f"Bearer {secret}")  # the database is back, and says revoked
+        await access_keys.api_key_check(f"Bearer {secret}")  # the database is back, and says revoked
     assert "database is back" in caplog.text
     with database_away(), pytest.raises(DatabaseUnavailable):
-        await access.api_key_check(f"Bearer {secret}")  # no longer remembered
+        await access_keys.api_key_check(f"Bearer {secret}")  # no longer remembered
 
 
 async def test_without_a_cache_every_key_waits_for_the_database(use_config, keys_from_memory: None) -> None:
     use_config({"require_api_key": True, "api_key_cache_seconds": 0})
-    _, secret = await sync_to_async(access.api_key_create)(name="k")
-    await access.api_key_check(f"Bearer {secret}")
+    _, secret = await sync_to_async(key_services.api_key_create)(name="k")
+    await access_keys.api_key_check(f"Bearer {secret}")
     with database_away(), pytest.raises(DatabaseUnavailable):
-        await access.api_key_check(f"Bearer {secret}")
+        await access_keys.api_key_check(f"Bearer {secret}")
 
 
 async def test_tokens_per_day_are_not_checked_while_the_database_is_away(
     use_config, keys_from_memory: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key, _ = await sync_to_async(access.api_key_create)(name="k", tokens_per_day=1)
+    key, _ = await sync_to_async(key_services.api_key_create)(name="k", tokens_per_day=1)
     refused = OperationalError("connection refused")
-    with mock.patch.object(access, "_tokens_today", side_effect=refused), caplog.at_level(logging.WARNING):
-        await access.quota_check(key)
-        await access.quota_check(key)
+    with mock.patch.object(limits, "_tokens_today", side_effect=refused), caplog.at_level(logging.WARNING):
+        await limits.quota_check(key)
+        await limits.quota_check(key)
     assert caplog.text.count("tokens per day are not checked") == 1
 
 

@@ -25,7 +25,7 @@ from django.test import AsyncClient
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from inference.runtime.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
+from inference.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
 from tests.conftest import SMOLLM2, DaphneServer, validate_openai
 
 Schema = dict[str, Any]

@@ -23,13 +23,13 @@ from django.test import Client
 
 from dashboard.consumers import ModelTableConsumer
 from dashboard.model_feed import publisher
-from inference import services
 from inference.config import get_config
-from inference.model_table import ModelRow, model_table, usage_today_query
 from inference.models import DiscoveredModel
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.llama import LlamaLoadError
 from inference.runtime.pool import ModelPool, model_pool, replace_model_pool
+from inference.selectors.model_table import ModelRow, model_table, usage_today_query
+from inference.services import models as model_services
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import (
     PROJECT_DIR,
@@ -176,9 +176,9 @@ def test_buttons_load_pin_and_unload_with_csrf(use_config, admin_user: User) -> 
 
 
 def test_the_admins_pin_takes_effect_on_a_loaded_model(use_config, admin_client: Client) -> None:
-    services.discovered_models_sync(models=model_pool().catalog.available())
+    model_services.discovered_models_sync(models=model_pool().catalog.available())
     row = DiscoveredModel.objects.get(name=SMOLLM2)
-    asyncio.run(services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI))
+    asyncio.run(model_services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI))
     change = f"/admin/inference/discoveredmodel/{row.pk}/change/"
     saved = admin_client.post(change, {"n_ctx": "", "n_gpu_layers": "", "idle_timeout": "", "pinned": "true"})
     assert saved.status_code == 302
@@ -195,7 +195,7 @@ async def test_websocket_pushes_the_table_when_a_model_loads(use_config) -> None
     assert connected
     first = await page.receive_json_from(timeout=10)
     assert first["models"][0]["state"] == "unloaded"
-    await services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI)
+    await model_services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI)
     states = []
     while "loaded" not in states:
         table = await page.receive_json_from(timeout=10)
@@ -219,7 +219,7 @@ def test_llama_reports_load_progress_to_the_worker(use_config) -> None:
     percents: list[int] = []
     pool = model_pool()
     pool.watchers.add(lambda: percents.append(getattr(pool.worker(SMOLLM2), "load_percent", -1)))
-    asyncio.run(services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI))
+    asyncio.run(model_services.model_load(model=SMOLLM2, reason=LoadReason.ADMIN_UI))
     assert any(0 < percent < 100 for percent in percents) and 100 in percents, percents
 
 

@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.db import OperationalError
 from django.test import AsyncClient
 
-from inference import console_access
+from inference.api import authentication
 from inference.models import RequestRecord
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, wait_for
@@ -83,7 +83,7 @@ async def test_a_console_request_while_the_database_is_away_is_a_503_then_recove
     def unreachable(request: Any) -> None:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(console_access, "_signed_in_user", unreachable)
+    monkeypatch.setattr(authentication, "_signed_in_user", unreachable)
     response = await chat(client, headers)
     assert response.status_code == 503 and response.json()["error"]["code"] == "database_unavailable"
     monkeypatch.undo()

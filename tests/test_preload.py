@@ -15,12 +15,13 @@ import httpx
 import pytest
 from django.db import OperationalError
 
-from inference import selectors, services
 from inference.config import ConfigError, load_config, set_config
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.memory import MIB, memory_needed
 from inference.runtime.pool import model_pool, replace_model_pool
 from inference.runtime.preload import preload_plan
+from inference.selectors import usage as usage_selectors
+from inference.services import models as model_services
 from tests.conftest import SMOLLM2, link_model, start_server, wait_for, write_config
 from tests.fake_engine import make_pool
 from tests.gguf_files import write_synthetic
@@ -59,7 +60,7 @@ def test_most_requested_models_counts_this_instance_over_the_span() -> None:
     for _ in range(5):
         make_record(now - timedelta(hours=25), model="old")  # before the span
         make_record(now - timedelta(hours=1), model="elsewhere", instance="other:8080")
-    ranked = selectors.most_requested_models(since=now - timedelta(hours=24), instance=INSTANCE)
+    ranked = usage_selectors.most_requested_models(since=now - timedelta(hours=24), instance=INSTANCE)
     assert ranked == ["beta", "alpha", "gamma"]  # ties by name
 
 
@@ -115,7 +116,7 @@ def test_auto_loads_the_most_requested_models_that_fit(fake_pool: list[str], lif
     for model, count in (("gamma", 1), ("alpha", 3), ("beta", 2), ("removed", 9)):
         for _ in range(count):
             make_record(now - timedelta(minutes=5), model=model)
-    assert asyncio.run(services.models_preload()) == ["alpha", "beta"]
+    assert asyncio.run(model_services.models_preload()) == ["alpha", "beta"]
     assert fake_pool == ["load alpha", "load beta"]  # one at a time, the most requested first
     assert lifecycle_events == [("alpha", "load", "preload"), ("beta", "load", "preload")]
 
@@ -125,7 +126,7 @@ def test_a_preload_never_unloads_a_model_to_make_room(fake_pool: list[str], life
     for name in ("gamma", "beta"):
         asyncio.run(pool.acquire(pool.catalog.resolve(name), LoadReason.FIRST_REQUEST))
     make_record(datetime.now(UTC), model="alpha")
-    assert asyncio.run(services.models_preload()) == []
+    assert asyncio.run(model_services.models_preload()) == []
     assert sorted(pool.loaded_models()) == ["beta", "gamma"]
 
 
@@ -161,7 +162,7 @@ def test_auto_without_the_records_preloads_nothing(
     def unreachable(**_: object) -> list[str]:
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(selectors, "most_requested_models", unreachable)
-    assert asyncio.run(services.models_preload()) == []
+    monkeypatch.setattr(model_services, "most_requested_models", unreachable)
+    assert asyncio.run(model_services.models_preload()) == []
     assert "preload: the most requested models are unknown, nothing preloaded" in caplog.text
     assert fake_pool == []  # nothing loaded, and nothing raised: the server serves on

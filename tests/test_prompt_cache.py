@@ -11,10 +11,10 @@ import pytest
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
-from inference import services
 from inference.models import RequestRecord
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.prompt_cache import PromptCache
+from inference.services import models as model_services
 from tests.conftest import SMOLLM2
 
 RULES = "You are a careful assistant. " + " ".join(f"Rule {n}: answer in at most {n} words." for n in range(1, 40))
@@ -74,7 +74,7 @@ async def test_an_unloaded_model_lets_go_of_its_cached_states(use_config, monkey
     await chat(QUESTION)
     await chat(OTHER)  # QUESTION's prefix goes to RAM
     assert len(caches) == 1 and caches[0].size_bytes > 0
-    await services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API)
+    await model_services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API)
     assert (len(caches[0]), caches[0].size_bytes) == (0, 0)
 
 
@@ -86,7 +86,7 @@ async def test_without_a_ram_budget_the_prefix_is_processed_again(use_config) ->
 
 
 async def unload() -> None:
-    assert (await services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API))["unloaded"] == [SMOLLM2]
+    assert (await model_services.model_unload(model=SMOLLM2, reason=LoadReason.ADMIN_API))["unloaded"] == [SMOLLM2]
 
 
 def stored_files(config: Path) -> list[Path]:

@@ -23,9 +23,9 @@ from django.core.management import CommandError
 
 from inference import pulling
 from inference.config import set_config
-from inference.pull_jobs import PULL_GROUP, PullJob, PullJobs
 from inference.pulling import PullError, human_bytes, plan_pull
 from inference.pulling.redaction import redacted
+from inference.services.pulls import PULL_GROUP, PullJob, PullJobs
 from tests.conftest import (
     SMOLLM2,
     SOURCE_NAME,

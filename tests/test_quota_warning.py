@@ -10,8 +10,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from inference import access, selectors
+from inference.access import limits
 from inference.models import ApiKey
+from inference.selectors import usage as usage_selectors
+from inference.services import keys as key_services
 from tests.record_factory import make_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def key_using(name: str, tokens: int, *, limit: int | None = 1000, when: datetime | None = None) -> ApiKey:
     """A key with a daily quota of `limit` tokens that used `tokens` (on two servers) at `when`."""
-    key, _ = access.api_key_create(name=name, tokens_per_day=limit)
+    key, _ = key_services.api_key_create(name=name, tokens_per_day=limit)
     moment = when or datetime.now(UTC)
     make_record(moment, api_key=key.prefix, prompt_tokens=tokens // 2, completion_tokens=0)
     make_record(moment, api_key=key.prefix, prompt_tokens=tokens - tokens // 2, completion_tokens=0, instance="b:1")
@@ -37,12 +39,12 @@ def keys() -> dict[str, ApiKey]:
         "unlimited": key_using("unlimited", 5000, limit=None),
         "revoked": key_using("revoked", 990),
     }
-    access.api_key_revoke(prefix=keys["revoked"].prefix)
+    key_services.api_key_revoke(prefix=keys["revoked"].prefix)
     return keys
 
 
 def test_the_selector_lists_the_live_keys_past_80_percent_today(keys: dict[str, ApiKey]) -> None:
-    near = selectors.api_keys_near_token_quota(day=datetime.now(UTC).date())
+    near = usage_selectors.api_keys_near_token_quota(day=datetime.now(UTC).date())
     assert [(use.name, use.used, use.limit, use.percent) for use in near] == [
         ("spent", 1200, 1000, 120), ("near", 850, 1000, 85),
     ]
@@ -65,12 +67,12 @@ def test_no_warning_when_every_key_is_below(admin_client: Client) -> None:
 async def test_a_key_past_80_percent_is_logged_once_a_day(caplog: pytest.LogCaptureFixture) -> None:
     near = await sync_to_async(key_using)("near", 850)
     below = await sync_to_async(key_using)("below", 790)
-    with caplog.at_level(logging.WARNING, logger="inference.access"):
+    with caplog.at_level(logging.WARNING, logger="inference.access.limits"):
         for _ in range(3):
-            await access.quota_check(near)
-            await access.quota_check(below)
+            await limits.quota_check(near)
+            await limits.quota_check(below)
     line = f"API key {near.prefix}… (near) has used 850 of its 1000 tokens for today (UTC), 85%"
     assert caplog.text.count(line) == 1
     assert below.prefix not in caplog.text
-    access._quota_warnings.note(near, 900, datetime.now(UTC).date() + timedelta(days=1))  # a new UTC day
+    limits._quota_warnings.note(near, 900, datetime.now(UTC).date() + timedelta(days=1))  # a new UTC day
     assert caplog.text.count(f"API key {near.prefix}… (near) has used") == 2

@@ -13,10 +13,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from inference import access
+from inference.access.quotas import Allowance, Quotas
 from inference.models import ApiKey, RequestRecord
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, go_duration, openai_rate_limit_headers
-from inference.quotas import Allowance, Quotas
+from inference.services import keys as key_services
 from tests.conftest import HI, SMOLLM2, DaphneServer
 
 OPENAI_NAMES = [f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")]
@@ -47,7 +47,7 @@ def test_only_the_quotas_a_key_has_get_headers() -> None:
 
 
 async def _create(**options: Any) -> tuple[ApiKey, str]:
-    return await sync_to_async(access.api_key_create)(**options)
+    return await sync_to_async(key_services.api_key_create)(**options)
 
 
 async def post(secret: str | None, path: str = "/v1/chat/completions", **body: Any) -> Any:

@@ -13,10 +13,10 @@ from django.db import OperationalError
 from django.test import AsyncClient
 from rest_framework.exceptions import ValidationError
 
-from inference import selectors
-from inference.access import api_key_create
 from inference.models import RequestRecord, StoredResponse
 from inference.protocol.responses import ResponseRequestSerializer
+from inference.services import responses as stored_responses
+from inference.services.keys import api_key_create
 
 WEATHER = {
     "type": "function",
@@ -264,7 +264,7 @@ async def test_stored_responses_need_the_database(use_config, monkeypatch: pytes
     def unreachable(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(selectors, "stored_response_get", unreachable)
+    monkeypatch.setattr(stored_responses, "stored_response_get", unreachable)
     answer = await AsyncClient().get(f"/v1/responses/{body['id']}")
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "database_unavailable"
     assert answer.headers["Retry-After"] == "1"

@@ -17,9 +17,9 @@ from django.test import AsyncClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.runtime.grammar import SchemaRefused, compiler
-from inference.runtime.grammar.budget import MAX_GRAMMAR_BYTES, Budget
-from inference.runtime.grammar.schema import json_schema_grammar
+from inference.grammar import SchemaRefused, compiler
+from inference.grammar.budget import MAX_GRAMMAR_BYTES, Budget
+from inference.grammar.schema import json_schema_grammar
 from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error, validate_openai
 
 HELLO = [{"role": "user", "content": "Hi"}]

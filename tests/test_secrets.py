@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import AsyncClient
 
-from inference.admin_auth import ADMIN_TOKEN_ENV_VAR, admin_token
+from inference.api.authentication import ADMIN_TOKEN_ENV_VAR, admin_token
 from inference.secret_files import read_or_create_secret
 
 

@@ -22,7 +22,7 @@ from django.test import AsyncClient, Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.models import RequestRecord
-from inference.records import RequestRecording
+from inference.records.recording import RequestRecording
 from inference.runtime.drafting import NgramDrafter
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta, TokenLogprob

@@ -108,7 +108,7 @@ async def test_requests_being_answered_are_counted_for_a_graceful_shutdown(use_c
 @pytest.mark.usefixtures("as_served")
 async def test_a_page_request_still_runs_the_request_started_receivers(use_config, hops: list[str]) -> None:
     assert await served("/no-such-page", hops) == 404
-    assert hops[0] == "_request_started_receivers_for_pages_only.<locals>.run_receivers"
+    assert hops[0] == "request_started_receivers_for_pages_only.<locals>.run_receivers"
 
 
 async def test_events_already_waiting_go_out_in_one_write() -> None:

@@ -13,9 +13,10 @@ from django.test import AsyncClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference import access
+from inference.access import limits
+from inference.access.quotas import TokenLedger
 from inference.models import ApiKey, RequestRecord
-from inference.quotas import TokenLedger
+from inference.services import keys as key_services
 from tests.conftest import SMOLLM2, validate_openai
 
 HELLO = [{"role": "user", "content": "Tell me a long story about a cat."}]
@@ -30,12 +31,12 @@ async def chat(secret: str, **body: Any) -> Any:
 
 async def prompt_tokens() -> int:
     """How many tokens HELLO's prompt is (a request of a key without quotas)."""
-    _, secret = await sync_to_async(access.api_key_create)(name="free")
+    _, secret = await sync_to_async(key_services.api_key_create)(name="free")
     return (await chat(secret, max_tokens=1)).json()["usage"]["prompt_tokens"]
 
 
 async def key_with(tokens_per_day: int) -> tuple[ApiKey, str]:
-    return await sync_to_async(access.api_key_create)(name="thrifty", tokens_per_day=tokens_per_day)
+    return await sync_to_async(key_services.api_key_create)(name="thrifty", tokens_per_day=tokens_per_day)
 
 
 async def test_a_request_stops_where_its_keys_tokens_end(use_config) -> None:
@@ -82,7 +83,7 @@ async def test_count_tokens_claims_nothing(use_config) -> None:
         headers={"x-api-key": secret},
     )
     assert counted.status_code == 200
-    assert access.token_ledger.held(key.prefix) == 0
+    assert limits.token_ledger.held(key.prefix) == 0
 
 
 # The ledger under any interleaving: requests check (a snapshot, then the records, then their

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from inference.admin_auth import admin_token, admin_token_source
+from inference.api.authentication import admin_token, admin_token_source
 from inference.config import ConfigError, load_config, set_config
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}

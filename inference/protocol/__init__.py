@@ -29,8 +29,7 @@ from inference.protocol.completions import (
     completion_chunks,
 )
 from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer, embedding_body
-from inference.protocol.errors import error_details, error_json_response, openai_exception_handler
-from inference.protocol.runtime_errors import api_error
+from inference.protocol.errors import api_error, error_details, error_json_response, openai_exception_handler
 
 __all__ = [
     "AdminModelSerializer",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from inference import tools
+from inference.protocol import tool_calls as tools
 from inference.protocol.chat import ChatRequest
 from inference.runtime.jobs import Finished, Generation, TextDelta
 

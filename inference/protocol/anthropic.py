@@ -24,7 +24,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference import tools
+from inference.protocol import tool_calls as tools
 from inference.protocol.chat import MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
 from inference.protocol.fields import (
     OpenAIRequestSerializer,

@@ -15,9 +15,9 @@ from typing import Any
 
 from rest_framework.response import Response
 
-from inference import tools
+from inference.api.openapi import sse_event_schema
 from inference.errors import ApiError
-from inference.openapi import sse_event_schema
+from inference.protocol import tool_calls as tools
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
 from inference.protocol.anthropic import TEXT_BLOCK, TOOL_USE_BLOCK, MessagesRequest
 from inference.protocol.common import sse_stream

@@ -13,9 +13,8 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 
 from inference.errors import ApiError
-from inference.protocol.errors import error_body
+from inference.protocol.errors import api_error, error_body
 from inference.protocol.fields import StrictCharField
-from inference.protocol.runtime_errors import api_error
 from inference.runtime.catalog import ModelFile
 from inference.runtime.errors import RuntimeFailure
 from inference.runtime.jobs import Finished, Generation

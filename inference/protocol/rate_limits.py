@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from inference.quotas import Allowance, Quotas
+    from inference.access.quotas import Allowance, Quotas
 
 
 def go_duration(seconds: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference import tools
+from inference.protocol import tool_calls as tools
 from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
 from inference.protocol.fields import (
     KeepAliveField,
@@ -166,7 +166,7 @@ def _normalised_item(item: Any) -> dict[str, Any] | None:
 
 def conversation_messages(items: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[ChatMessage]:
     """Normalised items as chat messages: developer as system, calls and their outputs written
-    as text every chat template renders (see inference.tools)."""
+    as text every chat template renders (see inference.serving.tools)."""
     call_names: dict[str, str] = {}
     messages: list[ChatMessage] = []
     for item in items:

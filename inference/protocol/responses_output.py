@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inference import tools
 from inference.errors import ApiError
+from inference.protocol import tool_calls as tools
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts
 from inference.protocol.common import sse_stream
 from inference.protocol.responses import ResponseRequest, item_id

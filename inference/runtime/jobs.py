@@ -181,5 +181,9 @@ class Generation:
     cached_tokens: int = 0
     cache_tier: str = ""  # PromptAccepted's (of the first prompt)
     waiting: Callable[[], bool] = lambda: False  # whether more events are already here (runtime.channel)
+    load_ms: float | None = None  # the model's load, if this request waited for it
+    queue_wait_ms: float | None = None  # from submitted to started
+    stream: bool = False  # whether its events are streamed to the client as they come
+    end_user: str = ""  # who the client says it is for (OpenAI's `user`)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))

@@ -1,7 +1,7 @@
 """Model lifecycle events (loads, failed loads, unloads) and the signal that announces them.
 
-A model's worker sends `model_lifecycle` on its own thread; `inference.services` records each
-event as a LoadEvent row and `inference.metrics` counts it. (A Django signal, not a request: the
+A model's worker sends `model_lifecycle` on its own thread; `inference.services.models` records each
+event as a LoadEvent row and `inference.records.metrics` counts it. (A Django signal, not a request: the
 runtime still knows nothing of HTTP or the ORM.)
 """
 

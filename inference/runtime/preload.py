@@ -1,7 +1,7 @@
 """Warm start: which of the models named for `model_manager.preload` to load, within the pool's
 limits.
 
-`inference.services.models_preload` names the candidates (config.json's list, or for "auto" the
+`inference.services.models.models_preload` names the candidates (config.json's list, or for "auto" the
 models this instance served the most requests for in the last 24 hours), asks `preload_plan`
 which of them fit together — at most `max_loaded_models`, their memory estimates within
 `max_memory_mb` — and loads those one at a time once the server answers. A preload never unloads

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference import access
 from inference.models import ApiKey
+from inference.services import keys as key_services
 
 
 def _positive(text: str) -> int:
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         getattr(self, f"_{action}")(**options)
 
     def _create(self, *, name: str, models: str, rpm: str | None, tokens_per_day: str | None, **_: Any) -> None:
-        key, secret = access.api_key_create(
+        key, secret = key_services.api_key_create(
             name=name,
             models=[model.strip() for model in models.split(",") if model.strip()],
             requests_per_minute=_positive(rpm) if rpm else None,
@@ -55,7 +55,7 @@ class Command(BaseCommand):
 
     def _revoke(self, *, prefix: str, **_: Any) -> None:
         try:
-            key = access.api_key_revoke(prefix=prefix)
+            key = key_services.api_key_revoke(prefix=prefix)
         except ApiKey.DoesNotExist:
             raise CommandError(f"no API key has the prefix {prefix!r} (see `manage.py apikey list`)") from None
         self.stdout.write(f"revoked API key {key.name!r} ({key.prefix}…)")

@@ -22,12 +22,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 
-from inference import record_writer
-from inference.admin_auth import admin_token, admin_token_source
+from inference.api.authentication import admin_token, admin_token_source
 from inference.config import Config, ConfigError, ServerConfig, load_config, set_config
 from inference.models import ApiKey
+from inference.records.writer import writer
 from inference.runtime.pool import ModelPool, model_pool
-from inference.services import discovered_models_sync, models_preload
+from inference.services.models import discovered_models_sync, models_preload
 
 logger = logging.getLogger(__name__)
 
@@ -192,5 +192,5 @@ class Command(BaseCommand):
             serve_with_graceful_shutdown(config, pool)
         finally:
             pool.shutdown()
-            record_writer.writer.close()  # after the unloads' records
+            writer.close()  # after the unloads' records
             logger.info("stopped")

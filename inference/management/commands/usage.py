@@ -9,8 +9,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference import selectors, services
 from inference.config import ConfigError, load_config
+from inference.selectors import usage as usage_selectors
+from inference.services import records as record_services
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -62,21 +63,21 @@ class Command(BaseCommand):
                 days = load_config().records.usage_retention_days
             except ConfigError as exc:
                 raise CommandError(str(exc)) from None
-            deleted = services.request_records_prune(older_than_days=days)
+            deleted = record_services.request_records_prune(older_than_days=days)
             self.stdout.write(f"pruned {deleted} request records older than {days} days")
         if rebuild_rollups:
-            self.stdout.write(f"rebuilt {services.daily_usage_rebuild()} daily usage rows")
+            self.stdout.write(f"rebuilt {record_services.daily_usage_rebuild()} daily usage rows")
         if prune or rebuild_rollups:
             return
         now = datetime.now(UTC)
         api_key = "" if key == "-" else key
-        summary = selectors.usage_summary(since=parse_since(since, now), until=now, model=model, api_key=api_key)
+        summary = usage_selectors.usage_summary(since=parse_since(since, now), until=now, model=model, api_key=api_key)
         if json:
             self.stdout.write(self._json(summary))
         else:
             self._table(summary)
 
-    def _json(self, summary: selectors.UsageSummary) -> str:
+    def _json(self, summary: usage_selectors.UsageSummary) -> str:
         return json.dumps(
             {
                 "since": summary.since.isoformat(),
@@ -91,7 +92,7 @@ class Command(BaseCommand):
             indent=2,
         )
 
-    def _table(self, summary: selectors.UsageSummary) -> None:
+    def _table(self, summary: usage_selectors.UsageSummary) -> None:
         self.stdout.write(f"usage {summary.since:%Y-%m-%d %H:%M} – {summary.until:%Y-%m-%d %H:%M} UTC")
         self.stdout.write("".join(title.rjust(width) if key != "model" else title.ljust(width)
                                   for key, title, width in COLUMNS))

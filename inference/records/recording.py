@@ -1,11 +1,11 @@
 """The record of each inference request: exactly one RequestRecord (counted into its DailyUsage
 row) per request that reached an inference endpoint, whatever ended it.
 
-A view opens a RequestRecording; the services fill in its draft as the request goes (model,
-queue wait, tokens); the recording alone decides the outcome (ok, error, cancelled) and saves it,
-once: when the request fails or its client leaves before the output starts (`until_output`), or
+A view opens a RequestRecording and hands it the Generation that serving started (model, load
+time, queue wait, prompt tokens, cache tier: `track`); the recording counts what the client is
+handed, alone decides the outcome (ok, error, cancelled) and saves it, once: when the request fails or its client leaves before the output starts (`until_output`), or
 when its events end (`events`): after the last one, at an error mid-stream, or when the client
-goes away. The row is committed by the records thread (inference.record_writer) before the last
+goes away. The row is committed by the records thread (inference.records.writer) before the last
 event is handed on, so before the response's last bytes; while the database cannot be reached it
 waits there instead, and the response does not wait for it.
 """
@@ -24,13 +24,13 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.db import DatabaseError, transaction
 
-from inference import metrics
+from inference.access.quotas import TokenWindow
 from inference.config import get_config
 from inference.models import DailyUsage, RequestRecord
 from inference.protocol import error_details
-from inference.quotas import TokenWindow
-from inference.record_writer import writer
-from inference.runtime.jobs import Finished, JobEvent, TextDelta
+from inference.records import metrics
+from inference.records.writer import writer
+from inference.runtime.jobs import Finished, Generation, JobEvent, TextDelta
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,23 @@ class RequestRecording:
             await asyncio.shield(self._save())
             raise
         except Exception as error:
-            self.draft.model = self.draft.model or requested_model()
+            # The runtime's failures name the model they found (an alias resolved); others, the
+            # model the request named.
+            self.draft.model = self.draft.model or getattr(error, "model", "") or requested_model()
             self._fail(error)
             await asyncio.shield(self._save())
             raise
+
+    def track(self, generation: Generation) -> Generation:
+        """The generation, its facts noted in the draft and its events passing through the
+        recording (see `events`)."""
+        draft = self.draft
+        draft.completion_id, draft.model, draft.stream = generation.id, generation.model, generation.stream
+        draft.end_user, draft.load_ms, draft.queue_wait_ms = generation.end_user, generation.load_ms, generation.queue_wait_ms
+        draft.prompt_tokens, draft.cached_tokens = generation.prompt_tokens, generation.cached_tokens
+        draft.cache_tier = generation.cache_tier
+        generation.events = self.events(generation.events, choices=generation.choices)
+        return generation
 
     async def events(self, events: AsyncIterator[JobEvent], *, choices: int) -> AsyncIterator[JobEvent]:
         """The generation's events, noting what the client has been handed; the record is saved

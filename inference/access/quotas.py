@@ -1,6 +1,5 @@
-"""A key's quotas as one request found them (what the rate-limit headers say), and the tokens
-its requests in flight have claimed of its tokens per day. Stdlib only (the errors that carry
-them are)."""
+"""A key's quotas as one request found them (what the rate-limit headers say), the 429 that
+carries them, and the tokens its requests in flight have claimed of its tokens per day."""
 
 from __future__ import annotations
 
@@ -8,6 +7,10 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from inference.errors import RetryLater
+
+QUOTA_WARNING_SHARE = 0.8  # of tokens_per_day: a key past it is logged (once a day) and shown on the dashboard
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,13 @@ class TokenWindow:
                 ledger._held[self._key] = held
             else:
                 ledger._held.pop(self._key, None)
+
+
+class QuotaExceeded(RetryLater):
+    status = 429
+    type = "rate_limit_error"
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, quotas: Quotas | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.quotas = quotas  # where the key's quotas stand: the 429's rate-limit headers

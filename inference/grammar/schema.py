@@ -12,7 +12,7 @@ without exponent and with at most 15 significant digits, at most a little whites
 Enforced: type (one or a list), enum, const, anyOf, oneOf (alternatives that provably exclude
 each other), allOf (merged: parts may not set one keyword differently), $ref (local, recursion
 included) and $defs/definitions; minimum, maximum, exclusiveMinimum, exclusiveMaximum for
-integers and numbers; minLength, maxLength, pattern (ECMA-262, `inference.runtime.grammar.pattern`),
+integers and numbers; minLength, maxLength, pattern (ECMA-262, `inference.grammar.pattern`),
 format date, time, date-time, uuid; items, prefixItems, additionalItems, minItems, maxItems;
 properties, required, additionalProperties. Refused: multipleOf, uniqueItems: true, not,
 if/then/else, patternProperties, propertyNames, contains, min/maxProperties, dependentRequired,
@@ -36,8 +36,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
 
-from inference.runtime.grammar.budget import Budget
-from inference.runtime.grammar.gbnf import (
+from inference.grammar.budget import Budget
+from inference.grammar.gbnf import (
     ANY_CHAR,
     MAX_INTEGER_DIGITS,
     SIGNIFICANT_DIGITS,
@@ -50,7 +50,7 @@ from inference.runtime.grammar.gbnf import (
     number_range,
     repeat,
 )
-from inference.runtime.grammar.pattern import PatternNotSupported, pattern_gbnf
+from inference.grammar.pattern import PatternNotSupported, pattern_gbnf
 
 Path = tuple[str, ...]
 Schema = Any  # a dict, or True / False

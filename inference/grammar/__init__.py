@@ -2,9 +2,9 @@
 from JSON's own pieces (`gbnf`) and, for `pattern`, from a regular expression (`pattern`),
 within a bound (`budget`), off the event loop and cached (`compiler`)."""
 
-from inference.runtime.grammar.budget import SchemaTooComplex
-from inference.runtime.grammar.compiler import SchemaRefused, schema_grammar
-from inference.runtime.grammar.schema import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
+from inference.grammar.budget import SchemaTooComplex
+from inference.grammar.compiler import SchemaRefused, schema_grammar
+from inference.grammar.schema import JSON_OBJECT_GRAMMAR, SchemaNotSupported, json_schema_grammar
 
 __all__ = [
     "JSON_OBJECT_GRAMMAR", "SchemaNotSupported", "SchemaRefused", "SchemaTooComplex", "json_schema_grammar",

@@ -1,5 +1,5 @@
 """JSON Schema's `pattern` (an ECMA-262 regular expression) as GBNF over the characters of a
-JSON string, written the canonical way (`inference.runtime.grammar.gbnf`).
+JSON string, written the canonical way (`inference.grammar.gbnf`).
 
 A pattern matches anywhere in the string unless anchored: `^` at the start and `$` at the end
 of a top-level alternative anchor it (`$` at the very end, as in ECMA-262; Python's also before
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inference.runtime.grammar.gbnf import CharSet, json_char, json_chars, literal, repeat
+from inference.grammar.gbnf import CharSet, json_char, json_chars, literal, repeat
 
 _BMP = CharSet.of((0, 0xD7FF), (0xE000, 0xFFFF))
 _LINE_TERMINATORS = CharSet.chars("\n\r\u2028\u2029")

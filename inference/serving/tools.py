@@ -10,25 +10,10 @@ the history are written back as text every chat template can render.
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
+from inference.protocol.tool_calls import Tool
 from inference.runtime.jobs import ChatMessage
-
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # a JSON object, as text (OpenAI's shape)
 
 
 def instruction(tools: tuple[Tool, ...], required: bool, *, compact: bool = False) -> ChatMessage:
@@ -120,29 +105,7 @@ def _refs_under(schema: Any, root: str) -> Any:
     return moved
 
 
-def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
-    """The call an answer makes, if it is one: a JSON object naming one of the tools."""
-    try:
-        value = json.loads(text.strip())
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
-        return None
-    arguments = value.get("arguments", {})
-    if not isinstance(arguments, dict):
-        return None
-    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=value["name"], arguments=json.dumps(arguments))
 
 
-def call_text(name: str, arguments: str) -> str:
-    """An earlier call, written as the model would have written it."""
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        parsed = arguments
-    return json.dumps({"name": name, "arguments": parsed})
 
 
-def result_message(name: str, content: str) -> ChatMessage:
-    """A tool's result, as a message every chat template accepts."""
-    return ChatMessage(role="user", content=f"Result of the function {name}: {content}")

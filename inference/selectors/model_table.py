@@ -23,7 +23,7 @@ from inference.runtime.lifecycle import LifecycleKind
 from inference.runtime.memory import MIB, model_memory_estimate
 from inference.runtime.pool import model_pool
 from inference.runtime.worker import ModelWorker, WorkerState
-from inference.selectors import PROCESS_STARTED
+from inference.selectors.models import PROCESS_STARTED
 
 UNLOADED = "unloaded"
 FAILED = "failed"  # its last load since the server started failed, and it is not loaded

@@ -21,7 +21,6 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from inference import services
 from inference.config import get_config
 from inference.errors import InvalidRequest
 from inference.pulling import (
@@ -34,6 +33,7 @@ from inference.pulling import (
     plan_pull,
     pull,
 )
+from inference.services.models import config_reload
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class PullJobs:
 
     async def _discover(self, job: PullJob) -> str:
         try:
-            changes = await services.config_reload()
+            changes = await config_reload()
         except InvalidRequest as exc:  # config.json broke meanwhile; the model is still served by name
             return f"downloaded, but {exc}"
         if job.plan.name in changes["added"] + changes["changed"]:

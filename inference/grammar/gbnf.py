@@ -1,6 +1,6 @@
 """GBNF pieces for JSON output that know llama.cpp's grammar syntax and nothing of JSON Schema:
 literals, sets of characters written as JSON string characters, bounded repetitions and ranges
-of decimal numbers. `inference.runtime.grammar` assembles them into whole grammars.
+of decimal numbers. `inference.grammar` assembles them into whole grammars.
 
 Every piece is text that llama.cpp's parser (src/llama-grammar.cpp) accepts: escapes only of
 the kinds it knows, no empty character classes, no repetition count above its limit, no

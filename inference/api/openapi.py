@@ -1,0 +1,102 @@
+"""This server's own OpenAPI description (drf-spectacular, served at /openapi.json).
+
+Requests are described from the DRF serializers that validate them; responses and errors with
+OpenAI's own schemas (bundled from the public OpenAI description, MIT), which the test suite
+checks our responses against.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+_BUNDLE = Path(__file__).parent / "openapi_data" / "schemas.json"
+
+
+@cache
+def openai_components() -> dict[str, Any]:
+    """OpenAI's schemas as OpenAPI 3.1 components (their $refs pointed at components)."""
+    text = _BUNDLE.read_text().replace('"#/$defs/', '"#/components/schemas/')
+    return json.loads(text)["$defs"]
+
+
+def openai_schema(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def error_responses(*statuses: int) -> dict[int, dict[str, str]]:
+    return {status: openai_schema("ErrorResponse") for status in statuses}
+
+
+def append_components(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: add OpenAI's component schemas (ours win a clash)."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in openai_components().items():
+        schemas.setdefault(name, schema)
+    return result
+
+
+def sse_event_schema(description: str) -> dict[str, Any]:
+    """A `text/event-stream` response: the schema of each of its events (as a client parses one:
+    its `event` and `data` fields), which is what OpenAPI tools check a stream's events against."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }
+
+
+def names_schema(*keys: str) -> dict[str, Any]:
+    """An object of name lists (`{"unloaded": [...], "pending": [...]}`)."""
+    return {"type": "object", "properties": {key: {"type": "array", "items": {"type": "string"}} for key in keys}}
+
+
+HEALTH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok"]},
+        "loaded_models": {"type": "array", "items": {"type": "string"}},
+        "uptime": {"type": "number"},
+        "models": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+    "required": ["status", "loaded_models", "uptime", "models"],
+}
+
+EMBEDDINGS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "model": {"type": "string"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "object": {"type": "string", "enum": ["embedding"]},
+                    "index": {"type": "integer"},
+                    "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]},
+                },
+                "required": ["object", "index", "embedding"],
+            },
+        },
+        "usage": {
+            "type": "object",
+            "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+            "required": ["prompt_tokens", "total_tokens"],
+        },
+    },
+    "required": ["object", "model", "data", "usage"],
+}
+
+MODEL_TABLE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "models": {"type": "array", "items": {"type": "object"}},
+        "memory_budget_mb": {"type": "integer"},
+        "memory_loaded_mb": {"type": "integer"},
+    },
+    "required": ["models", "memory_budget_mb", "memory_loaded_mb"],
+}

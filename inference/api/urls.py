@@ -1,0 +1,32 @@
+"""The API's URLs: OpenAI's and Anthropic's, the server's own (/health, /metrics) and the admin
+endpoints."""
+
+from django.urls import path
+
+from inference.api import admin_views, views
+
+urlpatterns = [
+    path("health", views.HealthView.as_view()),
+    path("metrics", views.prometheus_metrics),
+    path("v1/models", views.ModelListView.as_view()),
+    path("v1/models/<path:model_id>", views.ModelDetailView.as_view()),
+    path("v1/chat/completions", views.ChatCompletionsView.as_view()),
+    path("v1/completions", views.CompletionsView.as_view()),
+    path("v1/embeddings", views.EmbeddingsView.as_view()),
+    path("v1/responses", views.ResponsesView.as_view()),
+    path("v1/responses/<str:response_id>", views.ResponseDetailView.as_view()),
+    path("v1/responses/<str:response_id>/input_items", views.ResponseInputItemsView.as_view()),
+    path("v1/messages", views.MessagesView.as_view()),
+    path("v1/messages/count_tokens", views.MessageTokensView.as_view()),
+    # Before the Django admin's admin/ include, which must not swallow these.
+    path("admin/models", admin_views.AdminModelsView.as_view()),
+    path("admin/load", admin_views.AdminLoadView.as_view()),
+    path("admin/unload", admin_views.AdminUnloadView.as_view()),
+    path("admin/reload", admin_views.AdminReloadView.as_view()),
+    path("admin/reap", admin_views.AdminReapView.as_view()),
+]
+
+
+# What llamasite.asgi hands to the API's handler rather than the pages': each route up to its
+# first parameter ("v1/models/<path:model_id>" is everything under "/v1/models/").
+API_PATH_PREFIXES = tuple(dict.fromkeys("/" + str(pattern.pattern).split("<")[0] for pattern in urlpatterns))
