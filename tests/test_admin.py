@@ -68,7 +68,7 @@ def test_saved_settings_apply_at_the_next_load(admin_client: Client, synced: Dis
     action(admin_client, "load_now", synced)
     settings = LoadEvent.objects.filter(kind="load").latest("id").settings
     assert settings["n_ctx"] == 512
-    assert model_pool().status()[SMOLLM2]["pinned"] is True
+    assert model_pool().status()[SMOLLM2].pinned is True
     invalid = admin_client.post(change, {"n_ctx": "", "n_gpu_layers": "-5", "idle_timeout": "", "pinned": "unknown"})
     assert invalid.status_code == 200 and "greater than or equal to -1" in invalid.content.decode()
 

@@ -47,7 +47,7 @@ async def test_jobs_on_one_model_run_in_arrival_order(synthetic_models: Path) ->
     pool = make_pool(synthetic_models, log, parallel=1)
     worker = await pool.acquire(pool.catalog.resolve("alpha"), LoadReason.FIRST_REQUEST)
     jobs = [worker.submit(chat(f"job{i}", max_tokens=5)) for i in range(3)]
-    assert worker.status()["queued"] + worker.status()["in_flight"] == 3
+    assert worker.status().queued + worker.status().in_flight == 3
     outputs = await asyncio.gather(*(drain(job) for job in jobs))
     assert [entry for entry in log if entry.startswith("run")] == ["run job0", "run job1", "run job2"]
     assert all(events[-1].completion_tokens == 5 for events in outputs)
@@ -65,7 +65,7 @@ async def test_a_cancelled_job_stops_and_frees_the_worker(fake: tuple[ModelPool,
     follow_up = await collect(pool, "alpha", chat("next"))
     assert follow_up[-1].finish_reason == "length"
     status = worker.status()
-    assert (status["in_flight"], status["queued"]) == (0, 0)
+    assert (status.in_flight, status.queued) == (0, 0)
 
 
 async def test_a_job_cancelled_while_queued_never_runs(synthetic_models: Path) -> None:
@@ -89,7 +89,7 @@ async def test_different_models_do_not_wait_for_each_other(fake: tuple[ModelPool
     await anext(long_events)
     beta_events = await collect(pool, "beta", chat("short"))
     assert beta_events[-1].finish_reason == "length"
-    assert alpha.status()["in_flight"] == 1  # alpha is still generating
+    assert alpha.status().in_flight == 1  # alpha is still generating
     await long_events.aclose()
 
 
@@ -271,7 +271,7 @@ async def test_the_reaper_thread_unloads_idle_models(synthetic_models: Path, lif
     pool = make_pool(synthetic_models, [], idle_timeout=0.2, check_interval=0.05)
     pool.reaper.start()
     await collect(pool, "alpha", chat("x"))
-    assert pool.status()["alpha"]["expires_at"] is not None
+    assert pool.status()["alpha"].expires_in is not None
     await until(lambda: ("alpha", "unload", "idle") in lifecycle_events)
     assert pool.loaded_models() == []
     pool.shutdown()

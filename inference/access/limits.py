@@ -18,7 +18,14 @@ from django.db.models import F, Sum
 from django.db.models.functions import Coalesce
 
 from inference.access.keys import Unreachable, database_read
-from inference.access.quotas import Allowance, QuotaExceeded, Quotas, TokenLedger, seconds_to_midnight
+from inference.access.quotas import (
+    QUOTA_WARNING_SHARE,
+    Allowance,
+    QuotaExceeded,
+    Quotas,
+    TokenLedger,
+    seconds_to_midnight,
+)
 from inference.access.windows import SharedWindows, windows_for
 from inference.models import ApiKey, RequestRecord
 

@@ -108,8 +108,8 @@ class ModelStateCollector(Collector):
         in_flight = GaugeMetricFamily("llamasite_requests_in_flight", "Requests being generated", labels=["model"])
         queued = GaugeMetricFamily("llamasite_queue_depth", "Requests waiting for a model", labels=["model"])
         for name, status in models.items():
-            loaded.add_metric([name, status["state"]], 1)
-            in_flight.add_metric([name], status["in_flight"])
-            queued.add_metric([name], status["queued"])
+            loaded.add_metric([name, str(status.state)], 1)
+            in_flight.add_metric([name], status.in_flight)
+            queued.add_metric([name], status.queued)
         yield from (loaded, in_flight, queued)
 

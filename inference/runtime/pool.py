@@ -26,7 +26,7 @@ from inference.runtime.memory import MIB, memory_needed
 from inference.runtime.reaper import Reaper
 from inference.runtime.registry import WorkerRegistry
 from inference.runtime.watchers import ChangeWatchers
-from inference.runtime.worker import EngineFactory, ModelWorker, WorkerState, WorkerStopping, worker_name
+from inference.runtime.worker import EngineFactory, ModelWorker, WorkerState, WorkerStatus, WorkerStopping, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class ModelPool:
     def loaded_models(self) -> list[str]:
         return self._registry.loaded_models()
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, WorkerStatus]:
         return self._registry.status()
 
     def has_room(self, needed: int) -> bool:
@@ -244,7 +244,7 @@ class ModelPool:
 
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""
-        return any(status["in_flight"] or status["queued"] for status in self.status().values())
+        return any(status.in_flight or status.queued for status in self.status().values())
 
     # --- shutting down --------------------------------------------------------------------------
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from inference.runtime.catalog import ModelFile
 from inference.runtime.lifecycle import LoadReason
-from inference.runtime.worker import ModelWorker, WorkerState
+from inference.runtime.worker import ModelWorker, WorkerState, WorkerStatus
 
 
 class _Waiters:
@@ -136,7 +135,7 @@ class WorkerRegistry:
         with self.lock:
             return sorted(name for name, worker in self._workers.items() if worker.state == WorkerState.LOADED)
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, WorkerStatus]:
         """Every worker's status, the unloading ones too."""
         with self.lock:
             workers = self.unloading_locked() + list(self._workers.values())

@@ -21,10 +21,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from inference.config import ModelSettings
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
@@ -76,6 +75,21 @@ class WorkerListener(Protocol):
 
     def worker_changed(self, worker: ModelWorker) -> None:
         """Its requests running or queued, its load progress or its pin changed (often: be quick)."""
+
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker as one snapshot (`inference.selectors.models` words it for /health and the pages)."""
+
+    state: WorkerState
+    in_flight: int
+    slots_busy: int
+    queued: int
+    idle_seconds: float  # since its last request ended (0 while busy)
+    expires_in: float | None  # seconds until the idle check unloads it; None: it will not
+    pinned: bool
+    load_percent: int | None  # while loading
 
 
 class ModelWorker:
@@ -180,21 +194,19 @@ class ModelWorker:
                 return None
             return self.counts.last_used + self.idle_timeout
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WorkerStatus:
         expiry = self.idle_expiry()
         with self._lock:
-            return {
-                "state": str(self.state),
-                "in_flight": self.counts.in_flight,
-                "slots_busy": self.counts.slots,
-                "queued": self.counts.queued,
-                "idle_seconds": 0.0 if self.busy else round(time.monotonic() - self.counts.last_used, 1),
-                "expires_at": None
-                if expiry is None
-                else (datetime.now(UTC) + timedelta(seconds=expiry - time.monotonic())).isoformat(),
-                "pinned": self.settings.pinned,
-                "load_percent": self.load_percent if self.state == WorkerState.LOADING else None,
-            }
+            return WorkerStatus(
+                state=self.state,
+                in_flight=self.counts.in_flight,
+                slots_busy=self.counts.slots,
+                queued=self.counts.queued,
+                idle_seconds=0.0 if self.busy else time.monotonic() - self.counts.last_used,
+                expires_in=None if expiry is None else expiry - time.monotonic(),
+                pinned=self.settings.pinned,
+                load_percent=self.load_percent if self.state == WorkerState.LOADING else None,
+            )
 
     # --- the worker's thread --------------------------------------------------------------------
 

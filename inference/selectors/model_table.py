@@ -23,7 +23,7 @@ from inference.runtime.lifecycle import LifecycleKind
 from inference.runtime.memory import MIB, model_memory_estimate
 from inference.runtime.pool import model_pool
 from inference.runtime.worker import ModelWorker, WorkerState
-from inference.selectors.models import PROCESS_STARTED
+from inference.selectors.models import PROCESS_STARTED, worker_status_body
 
 UNLOADED = "unloaded"
 FAILED = "failed"  # its last load since the server started failed, and it is not loaded
@@ -92,7 +92,7 @@ def _row(
     name: str, model: ModelFile, settings: ModelSettings, worker: ModelWorker | None,
     usage: dict[str, int], events: dict[str, LoadEvent],
 ) -> ModelRow:
-    status = worker.status() if worker else {}
+    status = worker_status_body(worker.status()) if worker else {}
     last_event = events.get("last")
     state = status.get("state", UNLOADED)
     if state == UNLOADED and last_event is not None and last_event.kind == LifecycleKind.LOAD_FAILED:

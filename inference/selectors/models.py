@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info, strip_suffix
 from inference.runtime.errors import ModelNotFound, NoModelGiven
 from inference.runtime.pool import model_pool
+from inference.runtime.worker import WorkerStatus
 
 # Taken when this module is first imported: when Django loads its apps (InferenceConfig.ready
 # imports the services, which import this), i.e. when the server process starts (/health's uptime).
@@ -43,12 +45,28 @@ def loaded_model_names() -> list[str]:
 
 
 def health() -> dict[str, Any]:
+    """/health's body: the loaded models, the uptime, and every worker's status."""
     pool = model_pool()
     return {
         "status": "ok",
         "loaded_models": pool.loaded_models(),
         "uptime": round(time.monotonic() - PROCESS_STARTED, 1),
-        "models": pool.status(),
+        "models": {name: worker_status_body(status) for name, status in pool.status().items()},
+    }
+
+
+def worker_status_body(status: WorkerStatus) -> dict[str, Any]:
+    """A worker's status as /health and the admin API show it (expiry as a UTC time)."""
+    expires_at = None if status.expires_in is None else datetime.now(UTC) + timedelta(seconds=status.expires_in)
+    return {
+        "state": str(status.state),
+        "in_flight": status.in_flight,
+        "slots_busy": status.slots_busy,
+        "queued": status.queued,
+        "idle_seconds": round(status.idle_seconds, 1),
+        "expires_at": expires_at.isoformat() if expires_at else None,
+        "pinned": status.pinned,
+        "load_percent": status.load_percent,
     }
 
 
@@ -58,7 +76,7 @@ def models_with_state() -> list[dict[str, Any]]:
     pool = model_pool()
     states = pool.status()
     return [
-        {"name": name, "state": states.get(name, {}).get("state", "unloaded"), "chat": _can_chat(model)}
+        {"name": name, "state": str(states[name].state) if name in states else "unloaded", "chat": _can_chat(model)}
         for name, model in sorted(pool.catalog.available().items())
     ]
 
