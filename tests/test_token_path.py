@@ -15,7 +15,7 @@ from asgiref.sync import SyncToAsync
 from django.core.signals import request_started
 from django.db import close_old_connections
 
-from inference.protocol.common import sse_stream
+from inference.protocol.sse import sse_stream
 from inference.runtime.channel import Job
 from inference.runtime.jobs import ChatJob, Finished, Generation, TextDelta
 from llamasite.asgi import api_app, application

@@ -20,7 +20,6 @@ from inference.protocol.common import (
     JSONBodyParser,
     model_list_body,
     model_object,
-    sse_response,
 )
 from inference.protocol.completions import (
     CompletionRequest,
@@ -30,6 +29,7 @@ from inference.protocol.completions import (
 )
 from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer, embedding_body
 from inference.protocol.errors import api_error, error_details, error_json_response, openai_exception_handler
+from inference.protocol.sse import sse_response
 
 __all__ = [
     "AdminModelSerializer",

@@ -20,8 +20,8 @@ from inference.errors import ApiError
 from inference.protocol import tool_calls as tools
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
 from inference.protocol.anthropic import TEXT_BLOCK, TOOL_USE_BLOCK, MessagesRequest
-from inference.protocol.common import sse_stream
 from inference.protocol.errors import error_fields, error_headers
+from inference.protocol.sse import sse_frame, sse_stream
 from inference.runtime.jobs import Generation
 
 # Seconds of silence (a long prompt being read, a tool call held back) after which a stream gets
@@ -57,8 +57,7 @@ def anthropic_exception_handler(exc: Exception, context: Mapping[str, Any]) -> R
 
 def _event(kind: str, body: Mapping[str, Any]) -> bytes:
     """One SSE frame: the event's type as its name and in its data."""
-    data = json.dumps({"type": kind, **body}, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {kind}\ndata: {data}\n\n".encode()
+    return sse_frame({"type": kind, **body}, event=kind)
 
 
 def _error_event(error: ApiError) -> bytes:

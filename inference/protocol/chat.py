@@ -13,7 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
-from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
+from inference.protocol.common import envelope, usage_body
 from inference.protocol.fields import (
     ContentField,
     GenerationRequestSerializer,
@@ -25,6 +25,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
+from inference.protocol.sse import sse_frame, sse_stream
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
 
 # --- request ---------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return sse_event({**envelope(generation, "chat.completion.chunk"), "choices": [choice], **usage_field})
+        return sse_frame({**envelope(generation, "chat.completion.chunk"), "choices": [choice], **usage_field})
 
     # Plain content chunks differ only in their text: encode the rest once per choice (per-token
     # JSON encoding was a sixth of the event loop's work per token).
@@ -394,7 +395,7 @@ async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator
                     yield content(event.index, delta.text, delta.logprobs)
             yield chunk(event.index, {}, finish_reason=reason)
     if request.include_usage:
-        yield sse_event(
+        yield sse_frame(
             {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
         )
 

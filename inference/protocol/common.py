@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from django.http import StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 
-from inference.errors import ApiError
-from inference.protocol.errors import api_error, error_body
 from inference.protocol.fields import StrictCharField
 from inference.runtime.catalog import ModelFile
-from inference.runtime.errors import RuntimeFailure
 from inference.runtime.jobs import Finished, Generation
 from inference.runtime.lifecycle import LoadReason
 
@@ -69,58 +64,6 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 
     def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]
         return renderers[0], renderers[0].media_type
-
-
-def sse_event(payload: Mapping[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def openai_error_event(error: ApiError) -> bytes:
-    return sse_event(error_body(error.message, error.type, error.param, error.code))
-
-
-async def sse_stream(
-    generation: Generation,
-    chunks: AsyncIterator[bytes],
-    *,
-    error_event: Callable[[ApiError], bytes] = openai_error_event,
-    done: bytes = SSE_DONE,
-) -> AsyncIterator[bytes]:
-    """A response's SSE chunks, then `done` (OpenAI's `data: [DONE]`).
-
-    Chunks whose events were already waiting when the one before was made go out in one write
-    (a client or loop slower than the model gets several tokens per write, not one write each).
-    An error after the stream started is sent as one `error_event` (OpenAI's: `data: {"error":
-    ...}`), then the stream ends. Closing this iterator (the client went away) stops the
-    generation.
-    """
-    ready: list[bytes] = []
-    try:
-        async for chunk in chunks:
-            ready.append(chunk)
-            if not generation.waiting():
-                yield b"".join(ready)
-                ready.clear()
-    except (ApiError, RuntimeFailure) as exc:
-        yield b"".join(ready) + error_event(api_error(exc))
-        return
-    finally:
-        # The chunks first: they may be reading the events in a task of their own (a heartbeat's),
-        # and closing the events under that task would fail and leave the generation running.
-        await chunks.aclose()  # type: ignore[attr-defined]
-        await generation.events.aclose()  # type: ignore[attr-defined]
-    if ready or done:
-        yield b"".join(ready) + done
-
-
-def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
 
 
 def envelope(generation: Generation, object_type: str) -> dict[str, Any]:

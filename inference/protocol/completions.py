@@ -9,7 +9,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.protocol.common import envelope, sse_event, sse_stream, usage_body
+from inference.protocol.common import envelope, usage_body
 from inference.protocol.fields import (
     GenerationRequestSerializer,
     StrictBooleanField,
@@ -19,6 +19,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
+from inference.protocol.sse import sse_frame, sse_stream
 from inference.runtime.jobs import CompletionJob, Finished, Generation, TextDelta, TokenLogprob
 
 # OpenAI's default for max_tokens on this endpoint.
@@ -146,7 +147,7 @@ async def _chunks(generation: Generation, request: CompletionRequest) -> AsyncIt
 
     def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
-        return sse_event({**envelope(generation, "text_completion"), "choices": [choice], **usage_field})
+        return sse_frame({**envelope(generation, "text_completion"), "choices": [choice], **usage_field})
 
     finished: list[Finished] = []
     for index in range(generation.choices):
@@ -162,6 +163,6 @@ async def _chunks(generation: Generation, request: CompletionRequest) -> AsyncIt
             finished.append(event)
             yield chunk(event.index, "", finish_reason=event.finish_reason)
     if request.include_usage:
-        yield sse_event(
+        yield sse_frame(
             {**envelope(generation, "text_completion"), "choices": [], "usage": usage_body(generation, finished)}
         )

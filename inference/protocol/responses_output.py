@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 from inference.errors import ApiError
 from inference.protocol import tool_calls as tools
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts
-from inference.protocol.common import sse_stream
 from inference.protocol.responses import ResponseRequest, item_id
+from inference.protocol.sse import sse_frame, sse_stream
 from inference.runtime.jobs import Generation
 
 
@@ -107,7 +106,7 @@ class _Events:
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+        return sse_frame(payload, event=kind)
 
     def failed(self, error: ApiError) -> bytes:
         failure = {"code": error.code or error.type, "message": error.message}
