@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard import models, playground, pull, usage
+from dashboard import models_page, playground, pull, usage
 
 app_name = "dashboard"
 
@@ -10,6 +10,6 @@ urlpatterns = [
     path("playground/", playground.playground, name="playground"),
     path("pull/", pull.page, name="pull"),
     path("pull/<str:job_id>/cancel/", pull.cancel, name="pull-cancel"),
-    path("models/", models.index, name="models"),
-    path("models/<str:action>/", models.action, name="model-action"),
+    path("models/", models_page.index, name="models"),
+    path("models/<str:action>/", models_page.action, name="model-action"),
 ]
