@@ -61,7 +61,7 @@ def version(client: str, home: Path) -> str:
 
 
 def codex_config(base_url: str, model: str) -> str:
-    """$CODEX_HOME/config.toml: the server as a Responses API provider (as the README gives
+    """$CODEX_HOME/config.toml: the server as a Responses API provider (as docs/agents.md gives
     it), offline (no update, plugin or analytics traffic) and failing fast (no retries)."""
     return f"""\
 model = "{model}"

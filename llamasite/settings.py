@@ -121,7 +121,7 @@ else:
 # server.max_body_bytes: bigger bodies get a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = CONFIG.server.max_body_bytes if CONFIG else 8 * 1024 * 1024
 
-# Behind the TLS proxy of the README (Access): trust its X-Forwarded-Proto, send cookies
+# Behind the TLS proxy of docs/security.md (Access): trust its X-Forwarded-Proto, send cookies
 # over HTTPS only, ask browsers to stay on HTTPS (`manage.py check --deploy` is clean).
 if _behind_https_proxy:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -67,7 +67,7 @@ def log_in(driver: Any, base_url: str, next_path: str) -> None:
 
 
 def screenshot(driver: Any, page: str) -> None:
-    """Save test-artifacts/<page>.png (for the README)."""
+    """Save test-artifacts/<page>.png (for docs/console.md and docs/models.md)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{page}.png"
     driver.save_screenshot(str(path))

@@ -169,7 +169,7 @@ async def test_every_generated_token_reaches_the_client_in_order(daphne_server: 
     """Streamed text equals the non-streamed answer, token for token, with two models streaming.
 
     Each answer comes from a freshly loaded model: llama.cpp's numerics, hence greedy text,
-    depend on what else its KV cache holds (see the README on batching).
+    depend on what else its KV cache holds (see docs/performance.md, Batching).
     """
     request = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 300,
                "ignore_eos": True, "temperature": 0}

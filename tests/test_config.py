@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import CONFIG_ENV_VAR, SCHEMA, ConfigError, config_path, load_config, physical_cores
+from inference.config import CONFIG_ENV_VAR, ConfigError, config_path, load_config, physical_cores
 from inference.runtime.settings import LoadSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -173,13 +173,6 @@ def test_top_level_must_be_an_object(tmp_path: Path) -> None:
 
 def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, {"server": {"log_level": "debug"}})).server.log_level == "DEBUG"
-
-
-def test_readme_documents_every_key() -> None:
-    readme = (PROJECT_DIR / "README.md").read_text()
-    for section, keys in SCHEMA.items():
-        for key in keys:
-            assert f"`{section}.{key}`" in readme, f"README lacks {section}.{key}"
 
 
 def test_shipped_config_is_valid_and_names_the_bundled_model() -> None:

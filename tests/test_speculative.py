@@ -5,7 +5,7 @@ the drafts.
 Each comparison runs the same requests, in the same order, on a freshly loaded model with
 `speculative: "off"`, then with `"ngram"`. Alone, a request's output is identical: each token is
 one draw of its own sampler from the same logits. In a batch, llama.cpp's rounding depends on
-what decodes beside a sequence (README, "Greedy output and batching"), and drafting changes
+what decodes beside a sequence (docs/performance.md, Batching), and drafting changes
 that, so there texts agree up to the first near-tie.
 """
 

@@ -1,6 +1,6 @@
 """The API's way through Django, kept apart from the pages' and lighter than Django's default:
 every workaround that keeps the event loop free and the time to first token short is here, each
-with the measurement that justifies it (README → Performance; `tests/test_token_path.py` guards
+with the measurement that justifies it (docs/performance.md; `tests/test_token_path.py` guards
 them: no thread hop before an API answer is sent).
 
 1. `APIHandler`: a Django handler of its own behind only the middleware the API needs.
@@ -46,7 +46,7 @@ class APIHandler(ASGIHandler):
     Django also runs each request in a ThreadSensitiveContext: its first thread-sensitive sync
     call (the request_started signal's receivers) starts a thread, and the request's end joins
     it. Each hop waits for a thread to get a core, and while llama.cpp's threads hold the cores
-    that wait is long: it was most of /health's latency during streams (py-spy; README,
+    that wait is long: it was most of /health's latency during streams (py-spy; docs/performance.md,
     Performance). The API's own database work runs on fresh connections off the loop
     (connections.database_call, thread_sensitive=False), so its requests' few thread-sensitive
     calls — Django's signal receivers — share asgiref's one long-lived thread instead.

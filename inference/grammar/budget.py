@@ -6,7 +6,7 @@ process's one GIL. Past either bound the schema is refused as too complex, never
 Steps, not seconds: the same schema is accepted or refused on any machine and under any load.
 A step is about a microsecond of this converter's Python on a 2-core machine, and a byte of
 grammar written costs one too (writing it is most of the work for wide schemas), so the worst
-accepted schema takes about half a second (README, Security). Real schemas (tool parameters,
+accepted schema takes about half a second (docs/security.md). Real schemas (tool parameters,
 response formats) take a few thousand steps and write a few KiB.
 """
 
