@@ -38,17 +38,6 @@ def append_components(result: dict[str, Any], generator: Any, request: Any, publ
     return result
 
 
-def sse_event_schema(description: str) -> dict[str, Any]:
-    """A `text/event-stream` response: the schema of each of its events (as a client parses one:
-    its `event` and `data` fields), which is what OpenAPI tools check a stream's events against."""
-    return {
-        "type": "object",
-        "description": description,
-        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
-        "required": ["data"],
-    }
-
-
 def names_schema(*keys: str) -> dict[str, Any]:
     """An object of name lists (`{"unloaded": [...], "pending": [...]}`)."""
     return {"type": "object", "properties": {key: {"type": "array", "items": {"type": "string"}} for key in keys}}

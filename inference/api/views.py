@@ -21,7 +21,6 @@ from inference.api.openapi import (
     HEALTH_SCHEMA,
     error_responses,
     openai_schema,
-    sse_event_schema,
 )
 from inference.protocol import anthropic_output
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
@@ -33,6 +32,7 @@ from inference.protocol.responses_output import (
     response_body,
     response_events,
 )
+from inference.protocol.sse import sse_event_schema
 from inference.records import metrics
 from inference.records.recording import RequestRecording
 from inference.runtime.errors import ModelNotFound

@@ -15,13 +15,12 @@ from typing import Any
 
 from rest_framework.response import Response
 
-from inference.api.openapi import sse_event_schema
 from inference.errors import ApiError
 from inference.protocol import tool_calls as tools
 from inference.protocol.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
 from inference.protocol.anthropic import TEXT_BLOCK, TOOL_USE_BLOCK, MessagesRequest
 from inference.protocol.errors import error_fields, error_headers
-from inference.protocol.sse import sse_frame, sse_stream
+from inference.protocol.sse import sse_event_schema, sse_frame, sse_stream
 from inference.runtime.jobs import Generation
 
 # Seconds of silence (a long prompt being read, a tool call held back) after which a stream gets

@@ -69,3 +69,14 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def sse_event_schema(description: str) -> dict[str, Any]:
+    """A `text/event-stream` response: the schema of each of its events (as a client parses one:
+    its `event` and `data` fields), which is what OpenAPI tools check a stream's events against."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }
