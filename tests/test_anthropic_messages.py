@@ -23,12 +23,14 @@ from rest_framework.exceptions import ValidationError
 from inference import errors
 from inference.access.quotas import QuotaExceeded
 from inference.models import RequestRecord
-from inference.protocol import MessagesRequestSerializer, anthropic_output, message_body, message_events
+from inference.protocol import MessagesRequestSerializer, anthropic_output
 from inference.protocol import tool_calls as tools
-from inference.protocol.answers import with_heartbeat
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatMessage, Finished, Generation, JobEvent, Sampling, TextDelta
 from inference.services import keys as key_services
+from inference.serving import messages
+from inference.serving.answers import with_heartbeat
+from inference.serving.messages import message_body, message_events
 from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error
 from tests.test_concurrency import wait_until_idle
 
@@ -409,7 +411,7 @@ async def test_count_tokens_is_the_input_of_the_same_request(use_config) -> None
 
 
 async def test_a_ping_fills_every_silence_and_a_failure_is_an_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(anthropic_output, "PING_SECONDS", 0.05)
+    monkeypatch.setattr(messages, "PING_SECONDS", 0.05)
 
     async def slow_then_failing() -> AsyncIterator[JobEvent]:
         await asyncio.sleep(0.3)
@@ -458,7 +460,7 @@ async def test_with_heartbeat_fills_silences_with_none_and_closes_its_source() -
 async def test_closing_a_stream_between_pings_closes_the_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client gone after a ping: the events are still being awaited (in the heartbeat's task)
     and are closed all the same."""
-    monkeypatch.setattr(anthropic_output, "PING_SECONDS", 0.05)
+    monkeypatch.setattr(messages, "PING_SECONDS", 0.05)
     closed = asyncio.Event()
 
     async def waiting() -> AsyncIterator[JobEvent]:

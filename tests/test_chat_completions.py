@@ -8,9 +8,10 @@ from typing import Any
 
 from django.test import AsyncClient
 
-from inference.protocol import ChatRequest, chat_completion_chunks
+from inference.protocol import ChatRequest
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatJob, Generation, JobEvent, TextDelta
+from inference.serving.chat import chat_completion_chunks
 from tests.conftest import SMOLLM2, validate_openai
 
 HELLO = [{"role": "user", "content": "Say hello."}]

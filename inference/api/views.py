@@ -25,25 +25,25 @@ from inference.api.openapi import (
 from inference.protocol import anthropic_output
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
 from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
-from inference.protocol.responses_output import (
-    INPUT_ITEMS_SCHEMA,
-    RESPONSE_DELETED_SCHEMA,
-    RESPONSE_SCHEMA,
-    response_body,
-    response_events,
-)
+from inference.protocol.responses_output import INPUT_ITEMS_SCHEMA, RESPONSE_DELETED_SCHEMA, RESPONSE_SCHEMA
 from inference.protocol.sse import sse_event_schema
 from inference.records import metrics
 from inference.records.recording import RequestRecording
 from inference.runtime.errors import ModelNotFound
 from inference.selectors import models as model_selectors
 from inference.services import responses as stored_responses
-from inference.serving.chat import chat_completion_create
-from inference.serving.completions import completion_create
-from inference.serving.embeddings import embedding_create
+from inference.serving.chat import chat_completion_body, chat_completion_chunks, chat_completion_create
+from inference.serving.completions import completion_body, completion_chunks, completion_create
+from inference.serving.embeddings import embedding_body, embedding_create
 from inference.serving.generate import Caller
-from inference.serving.messages import message_create, message_tokens_count
-from inference.serving.responses import response_create
+from inference.serving.messages import (
+    message_body,
+    message_create,
+    message_events,
+    message_tokens_count,
+    token_count_body,
+)
+from inference.serving.responses import response_body, response_create, response_events
 
 _STREAM = sse_event_schema("Server-sent events: `data: {chunk}` lines, then `data: [DONE]`.")
 
@@ -199,23 +199,23 @@ def _generation_schema(
 class ChatCompletionsView(GenerationView):
     serializer = protocol.ChatCompletionRequestSerializer
     start = staticmethod(chat_completion_create)
-    body = staticmethod(protocol.chat_completion_body)
-    chunks = staticmethod(protocol.chat_completion_chunks)
+    body = staticmethod(chat_completion_body)
+    chunks = staticmethod(chat_completion_chunks)
 
 
 @_generation_schema("createCompletion", "Create a text completion", openai_schema("CreateCompletionResponse"))
 class CompletionsView(GenerationView):
     serializer = protocol.CompletionRequestSerializer
     start = staticmethod(completion_create)
-    body = staticmethod(protocol.completion_body)
-    chunks = staticmethod(protocol.completion_chunks)
+    body = staticmethod(completion_body)
+    chunks = staticmethod(completion_chunks)
 
 
 @_generation_schema("createEmbedding", "Create embeddings", EMBEDDINGS_SCHEMA)
 class EmbeddingsView(GenerationView):
     serializer = protocol.EmbeddingRequestSerializer
     start = staticmethod(embedding_create)
-    body = staticmethod(protocol.embedding_body)
+    body = staticmethod(embedding_body)
 
 
 @_generation_schema("createResponse", "Create a model response (OpenAI Responses API)", RESPONSE_SCHEMA)
@@ -272,8 +272,8 @@ _ANTHROPIC_ERRORS = {status: anthropic_output.ERROR_SCHEMA for status in _GENERA
 class MessagesView(AnthropicView):
     serializer = protocol.MessagesRequestSerializer
     start = staticmethod(message_create)
-    body = staticmethod(protocol.message_body)
-    chunks = staticmethod(protocol.message_events)
+    body = staticmethod(message_body)
+    chunks = staticmethod(message_events)
 
 
 @_generation_schema(
@@ -283,7 +283,7 @@ class MessagesView(AnthropicView):
 class MessageTokensView(AnthropicView):
     serializer = protocol.MessageTokensRequestSerializer
     start = staticmethod(message_tokens_count)
-    body = staticmethod(protocol.token_count_body)
+    body = staticmethod(token_count_body)
 
 
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:

@@ -1,19 +1,10 @@
-"""Request and response shapes (OpenAI's, Anthropic's): request serializers, response builders,
-errors, SSE."""
+"""Wire shapes (OpenAI's, Anthropic's): request serializers, the error envelopes and the
+exception handlers that answer with them, SSE framing, and the pieces every answer shares. The
+answers themselves are built by `inference.serving`."""
 
 from inference.protocol.anthropic import MessagesRequest, MessagesRequestSerializer, MessageTokensRequestSerializer
-from inference.protocol.anthropic_output import (
-    anthropic_exception_handler,
-    message_body,
-    message_events,
-    token_count_body,
-)
-from inference.protocol.chat import (
-    ChatCompletionRequestSerializer,
-    ChatRequest,
-    chat_completion_body,
-    chat_completion_chunks,
-)
+from inference.protocol.anthropic_output import anthropic_exception_handler
+from inference.protocol.chat import ChatCompletionRequestSerializer, ChatRequest
 from inference.protocol.common import (
     AdminModelSerializer,
     FirstRendererNegotiation,
@@ -21,25 +12,13 @@ from inference.protocol.common import (
     model_list_body,
     model_object,
 )
-from inference.protocol.completions import (
-    CompletionRequest,
-    CompletionRequestSerializer,
-    completion_body,
-    completion_chunks,
-)
-from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer, embedding_body
+from inference.protocol.completions import CompletionRequest, CompletionRequestSerializer
+from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer
 from inference.protocol.errors import api_error, error_details, error_json_response, openai_exception_handler
 from inference.protocol.sse import sse_response
 
 __all__ = [
     "AdminModelSerializer",
-    "MessageTokensRequestSerializer",
-    "MessagesRequest",
-    "MessagesRequestSerializer",
-    "anthropic_exception_handler",
-    "message_body",
-    "message_events",
-    "token_count_body",
     "ChatCompletionRequestSerializer",
     "ChatRequest",
     "CompletionRequest",
@@ -48,12 +27,11 @@ __all__ = [
     "EmbeddingRequestSerializer",
     "FirstRendererNegotiation",
     "JSONBodyParser",
+    "MessageTokensRequestSerializer",
+    "MessagesRequest",
+    "MessagesRequestSerializer",
+    "anthropic_exception_handler",
     "api_error",
-    "chat_completion_body",
-    "chat_completion_chunks",
-    "completion_body",
-    "completion_chunks",
-    "embedding_body",
     "error_details",
     "error_json_response",
     "model_list_body",

@@ -3,17 +3,14 @@ responses (one chat.completion object, or chat.completion.chunk SSE events)."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
-from inference.protocol.common import envelope, usage_body
 from inference.protocol.fields import (
     ContentField,
     GenerationRequestSerializer,
@@ -25,8 +22,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
-from inference.protocol.sse import sse_frame, sse_stream
-from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
+from inference.runtime.jobs import ChatJob, ChatMessage
 
 # --- request ---------------------------------------------------------------------------------
 
@@ -287,121 +283,19 @@ def _history(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
 # --- responses ---------------------------------------------------------------------------------
 
 
-def logprob_entry(entry: TokenLogprob, with_top: bool = True) -> dict[str, Any]:
-    body: dict[str, Any] = {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
-    if with_top:
-        body["top_logprobs"] = [logprob_entry(alternative, with_top=False) for alternative in entry.top]
-    return body
 
 
-def _logprobs_body(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    return {"content": [logprob_entry(entry) for entry in entries], "refusal": None}
 
 
-def _tool_call_body(call: tools.ToolCall, index: int | None = None) -> dict[str, Any]:
-    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-    return body if index is None else {"index": index, **body}
 
 
-@dataclass
-class _Choice:
-    texts: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finished: Finished | None = None
 
 
-async def chat_completion_body(generation: Generation, request: ChatRequest) -> dict[str, Any]:
-    """Collect a generation's events into an OpenAI chat.completion object."""
-    choices = [_Choice() for _ in range(generation.choices)]
-    async for event in generation.events:
-        choice = choices[getattr(event, "index", 0)]
-        if isinstance(event, TextDelta):
-            choice.texts.append(event.text)
-            choice.logprobs.extend(event.logprobs)
-        elif isinstance(event, Finished):
-            choice.finished = event
-    return {
-        **envelope(generation, "chat.completion"),
-        "choices": [_choice_body(index, choice, request) for index, choice in enumerate(choices)],
-        "usage": usage_body(generation, [choice.finished for choice in choices if choice.finished]),
-    }
 
 
-def _choice_body(index: int, choice: _Choice, request: ChatRequest) -> dict[str, Any]:
-    text = "".join(choice.texts)
-    call = tools.parse_call(text, request.tools) if request.tool_calls_possible else None
-    message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
-    if call:
-        message["tool_calls"] = [_tool_call_body(call)]
-    return {
-        "index": index,
-        "message": message,
-        "logprobs": _logprobs_body(choice.logprobs) if request.logprobs else None,
-        "finish_reason": "tool_calls" if call else choice.finished.finish_reason,
-    }
 
 
-def chat_completion_chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
-    """The generation as OpenAI chat.completion.chunk SSE events, ending with [DONE].
-
-    With tools, a choice whose answer begins as a JSON object is held back and sent whole, as a
-    tool call if it is one.
-    """
-    return sse_stream(generation, _chunks(generation, request))
 
 
-async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
-    usage_field = {"usage": None} if request.include_usage else {}
-
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return sse_frame({**envelope(generation, "chat.completion.chunk"), "choices": [choice], **usage_field})
-
-    # Plain content chunks differ only in their text: encode the rest once per choice (per-token
-    # JSON encoding was a sixth of the event loop's work per token).
-    placeholder = json.dumps("\x00")
-    templates = [chunk(index, {"content": "\x00"}).decode().split(placeholder) for index in range(generation.choices)]
-
-    def content(index: int, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
-        if request.logprobs:
-            return chunk(index, {"content": text}, logprobs=_logprobs_body(logprobs))
-        before, after = templates[index]
-        return f"{before}{json.dumps(text, ensure_ascii=False)}{after}".encode()
-
-    held: dict[int, list[TextDelta]] = {}  # choices whose text might be a tool call
-    sent: set[int] = set()
-    finished: list[Finished] = []
-    for index in range(generation.choices):
-        yield chunk(index, {"role": "assistant", "content": ""})
-    async for event in generation.events:
-        if isinstance(event, TextDelta):
-            index = event.index
-            if _holding(request, held, sent, event):
-                held.setdefault(index, []).append(event)
-                continue
-            sent.add(index)
-            for delta in [*held.pop(index, []), event]:
-                yield content(index, delta.text, delta.logprobs)
-        elif isinstance(event, Finished):
-            finished.append(event)
-            reason = event.finish_reason
-            pieces = held.pop(event.index, [])
-            call = tools.parse_call("".join(p.text for p in pieces), request.tools) if pieces else None
-            if call:
-                yield chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})
-                reason = "tool_calls"
-            else:
-                for delta in pieces:
-                    yield content(event.index, delta.text, delta.logprobs)
-            yield chunk(event.index, {}, finish_reason=reason)
-    if request.include_usage:
-        yield sse_frame(
-            {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
-        )
 
 
-def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:
-    """Whether a choice's text is held back: it may be a tool call (a JSON object)."""
-    if event.index in sent:
-        return False
-    return request.may_be_call("".join(delta.text for delta in held.get(event.index, [])) + event.text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol.fields import KeepAliveField, OpenAIRequestSerializer, StrictCharField, optional
-from inference.runtime.jobs import Embedded, EmbeddingJob, Generation
+from inference.runtime.jobs import EmbeddingJob
 
 TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 
@@ -91,23 +89,3 @@ class EmbeddingRequestSerializer(OpenAIRequestSerializer):
         )
 
 
-async def embedding_body(generation: Generation, request: EmbeddingRequest) -> dict[str, Any]:
-    vectors: tuple[tuple[float, ...], ...] = ()
-    async for event in generation.events:
-        if isinstance(event, Embedded):
-            vectors = event.vectors
-
-    def encoded(vector: tuple[float, ...]) -> list[float] | str:
-        if request.encoding_format == "base64":  # little-endian float32, as OpenAI sends them
-            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        return list(vector)
-
-    return {
-        "object": "list",
-        "model": generation.model,
-        "data": [
-            {"object": "embedding", "index": index, "embedding": encoded(vector)}
-            for index, vector in enumerate(vectors)
-        ],
-        "usage": {"prompt_tokens": generation.prompt_tokens, "total_tokens": generation.prompt_tokens},
-    }

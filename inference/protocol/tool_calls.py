@@ -7,7 +7,6 @@ written back as text every chat template can render."""
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,18 +27,6 @@ class ToolCall:
     arguments: str  # a JSON object, as text (OpenAI's shape)
 
 
-def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
-    """The call an answer makes, if it is one: a JSON object naming one of the tools."""
-    try:
-        value = json.loads(text.strip())
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
-        return None
-    arguments = value.get("arguments", {})
-    if not isinstance(arguments, dict):
-        return None
-    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=value["name"], arguments=json.dumps(arguments))
 
 
 def call_text(name: str, arguments: str) -> str:

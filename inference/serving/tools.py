@@ -10,9 +10,10 @@ the history are written back as text every chat template can render.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
-from inference.protocol.tool_calls import Tool
+from inference.protocol.tool_calls import Tool, ToolCall
 from inference.runtime.jobs import ChatMessage
 
 
@@ -105,7 +106,15 @@ def _refs_under(schema: Any, root: str) -> Any:
     return moved
 
 
-
-
-
-
+def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
+    """The call an answer makes, if it is one: a JSON object naming one of the tools."""
+    try:
+        value = json.loads(text.strip())
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
+        return None
+    arguments = value.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=value["name"], arguments=json.dumps(arguments))

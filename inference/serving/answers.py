@@ -17,6 +17,7 @@ from typing import TypeVar
 from inference.protocol import tool_calls as tools
 from inference.protocol.chat import ChatRequest
 from inference.runtime.jobs import Finished, Generation, TextDelta
+from inference.serving.tools import parse_call
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ async def answer_parts(generation: Generation, request: ChatRequest) -> AsyncIte
             yield Text(text)
         elif isinstance(event, Finished):
             text = "".join(held)
-            call = tools.parse_call(text, request.tools) if text else None
+            call = parse_call(text, request.tools) if text else None
             if text and call is None:
                 yield Text(text)
             yield Ended(event, call)
