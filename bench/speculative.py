@@ -141,6 +141,19 @@ def main() -> None:
                 concurrent[name] = concurrent[name] + result if name in concurrent else result
         accepted = {figure: drafts(servers[OURS], streams[figure, OURS]) for figure in FIGURES}
         accepted["4 clients"] = drafts(servers[OURS], concurrent[OURS].streams)
+    baseline = LLAMA_CPP_DEFAULTS if options.llama_server else OFF
+    report(_report_lines(names, streams, concurrent, accepted, baseline, options.runs), options.out)
+
+
+def _report_lines(
+    names: list[str],
+    streams: dict[tuple[str, str], list[client.Stream]],
+    concurrent: dict[str, client.Concurrent],
+    accepted: dict[str, tuple[int, int]],
+    baseline: str,
+    runs: int,
+) -> list[str]:
+    """The table of medians (ratios to `baseline`), then the drafts' acceptance and answer lengths."""
     rows = {
         f"{figure}: tokens/s": {n: statistics.median(s.decode_tokens_per_s for s in streams[figure, n]) for n in names}
         for figure in FIGURES
@@ -152,9 +165,8 @@ def main() -> None:
     rows["4 clients × 4 plain chats: aggregate tokens/s"] = {
         n: concurrent[n].figures()["aggregate_tokens_per_s"] for n in names
     }
-    baseline = LLAMA_CPP_DEFAULTS if options.llama_server else OFF
     lines = [
-        f"## Speculative decoding: code edits and plain chat (median of {options.runs}; ratios to {baseline})",
+        f"## Speculative decoding: code edits and plain chat (median of {runs}; ratios to {baseline})",
         "",
         "| figure | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
@@ -169,7 +181,7 @@ def main() -> None:
     for figure in FIGURES:
         lengths = ", ".join(f"{n} {statistics.median(s.tokens for s in streams[figure, n]):.0f}" for n in names)
         lines.append(f"- {figure}: median tokens per answer: {lengths}")
-    report(lines, options.out)
+    return lines
 
 
 if __name__ == "__main__":

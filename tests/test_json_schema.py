@@ -601,6 +601,27 @@ def bounded_schemas(draw: st.DrawFn, depth: int = 0) -> tuple[Schema, int]:
     """A schema, and the most bytes (so tokens) any answer the grammar lets be written for it
     can have: max_tokens that no valid answer can run past."""
     kind = draw(st.sampled_from(LEAVES + (["object", "object", "array", "anyOf", "ref"] if depth < 2 else [])))
+    if kind in ("integer", "number", "string", "enum", "const", "pattern", "format", "boolean"):
+        return _bounded_leaf(draw, kind)
+    if kind == "nullable":
+        inner, size = draw(bounded_schemas(depth=2).filter(lambda case: isinstance(case[0].get("type"), str)))
+        return {**inner, "type": [inner["type"], "null"]}, max(size, 4)
+    if kind == "object":
+        return draw(object_schemas(depth))
+    if kind == "array":
+        item, size = draw(bounded_schemas(depth=depth + 1))
+        most = draw(st.integers(0, 3))
+        schema = {"type": "array", "items": item, "minItems": draw(st.integers(0, most)), "maxItems": most}
+        return schema, 2 + 2 * SPACE + most * (size + 1 + SPACE)
+    if kind == "anyOf":
+        options = draw(st.lists(bounded_schemas(depth=depth + 1), min_size=1, max_size=3))
+        return {"anyOf": [option for option, _ in options]}, max(size for _, size in options)
+    inner, size = draw(bounded_schemas(depth=depth + 1))
+    return {"$ref": "#/$defs/thing", "$defs": {"thing": inner}}, size
+
+
+def _bounded_leaf(draw: st.DrawFn, kind: str) -> tuple[Schema, int]:
+    """A schema of a kind without members, and the most bytes an answer to it can have."""
     if kind in ("integer", "number"):
         schema: Schema = {"type": kind}
         low = draw(st.integers(-1000, 1000))
@@ -622,23 +643,8 @@ def bounded_schemas(draw: st.DrawFn, depth: int = 0) -> tuple[Schema, int]:
     if kind == "format":
         name = draw(st.sampled_from(sorted(FORMAT_LENGTHS)))
         return {"type": "string", "format": name}, 2 + FORMAT_LENGTHS[name]
-    if kind == "boolean":
-        return {"type": "boolean"}, 5
-    if kind == "nullable":
-        inner, size = draw(bounded_schemas(depth=2).filter(lambda case: isinstance(case[0].get("type"), str)))
-        return {**inner, "type": [inner["type"], "null"]}, max(size, 4)
-    if kind == "object":
-        return draw(object_schemas(depth))
-    if kind == "array":
-        item, size = draw(bounded_schemas(depth=depth + 1))
-        most = draw(st.integers(0, 3))
-        schema = {"type": "array", "items": item, "minItems": draw(st.integers(0, most)), "maxItems": most}
-        return schema, 2 + 2 * SPACE + most * (size + 1 + SPACE)
-    if kind == "anyOf":
-        options = draw(st.lists(bounded_schemas(depth=depth + 1), min_size=1, max_size=3))
-        return {"anyOf": [option for option, _ in options]}, max(size for _, size in options)
-    inner, size = draw(bounded_schemas(depth=depth + 1))
-    return {"$ref": "#/$defs/thing", "$defs": {"thing": inner}}, size
+    assert kind == "boolean", kind
+    return {"type": "boolean"}, 5
 
 
 @st.composite

@@ -154,54 +154,65 @@ def chat_completion_chunks(generation: Generation, request: ChatRequest) -> Asyn
     return sse_stream(generation, _chunks(generation, request))
 
 
-async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
-    usage_field = {"usage": None} if request.include_usage else {}
+class _ChunkWriter:
+    """A chat completion's chunks, as SSE frames. Plain content chunks differ only in their text:
+    the rest is encoded once per choice (per-token JSON encoding was a sixth of the event loop's
+    work per token)."""
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+    def __init__(self, generation: Generation, request: ChatRequest) -> None:
+        self.generation, self.request = generation, request
+        self.usage_field = {"usage": None} if request.include_usage else {}
+        placeholder = json.dumps("\x00")
+        self.templates = [
+            self.chunk(index, {"content": "\x00"}).decode().split(placeholder) for index in range(generation.choices)
+        ]
+
+    def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return sse_frame({**envelope(generation, "chat.completion.chunk"), "choices": [choice], **usage_field})
+        return sse_frame({**envelope(self.generation, "chat.completion.chunk"), "choices": [choice], **self.usage_field})
 
-    # Plain content chunks differ only in their text: encode the rest once per choice (per-token
-    # JSON encoding was a sixth of the event loop's work per token).
-    placeholder = json.dumps("\x00")
-    templates = [chunk(index, {"content": "\x00"}).decode().split(placeholder) for index in range(generation.choices)]
+    def content(self, delta: TextDelta) -> bytes:
+        if self.request.logprobs:
+            return self.chunk(delta.index, {"content": delta.text}, logprobs=_logprobs_body(delta.logprobs))
+        before, after = self.templates[delta.index]
+        return f"{before}{json.dumps(delta.text, ensure_ascii=False)}{after}".encode()
 
-    def content(index: int, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
-        if request.logprobs:
-            return chunk(index, {"content": text}, logprobs=_logprobs_body(logprobs))
-        before, after = templates[index]
-        return f"{before}{json.dumps(text, ensure_ascii=False)}{after}".encode()
+    def ended(self, event: Finished, held: list[TextDelta]) -> list[bytes]:
+        """A choice's last chunks: its held text as a tool call if it is one (else as text), then
+        its finish reason."""
+        call = parse_call("".join(delta.text for delta in held), self.request.tools) if held else None
+        if call:
+            frames = [self.chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})]
+        else:
+            frames = [self.content(delta) for delta in held]
+        return [*frames, self.chunk(event.index, {}, finish_reason="tool_calls" if call else event.finish_reason)]
 
+    def usage(self, finished: list[Finished]) -> bytes:
+        envelope_fields = envelope(self.generation, "chat.completion.chunk")
+        return sse_frame({**envelope_fields, "choices": [], "usage": usage_body(self.generation, finished)})
+
+
+async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
+    writer = _ChunkWriter(generation, request)
     held: dict[int, list[TextDelta]] = {}  # choices whose text might be a tool call
     sent: set[int] = set()
     finished: list[Finished] = []
     for index in range(generation.choices):
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield writer.chunk(index, {"role": "assistant", "content": ""})
     async for event in generation.events:
         if isinstance(event, TextDelta):
-            index = event.index
             if _holding(request, held, sent, event):
-                held.setdefault(index, []).append(event)
+                held.setdefault(event.index, []).append(event)
                 continue
-            sent.add(index)
-            for delta in [*held.pop(index, []), event]:
-                yield content(index, delta.text, delta.logprobs)
+            sent.add(event.index)
+            for delta in [*held.pop(event.index, []), event]:
+                yield writer.content(delta)
         elif isinstance(event, Finished):
             finished.append(event)
-            reason = event.finish_reason
-            pieces = held.pop(event.index, [])
-            call = parse_call("".join(p.text for p in pieces), request.tools) if pieces else None
-            if call:
-                yield chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})
-                reason = "tool_calls"
-            else:
-                for delta in pieces:
-                    yield content(event.index, delta.text, delta.logprobs)
-            yield chunk(event.index, {}, finish_reason=reason)
+            for frame in writer.ended(event, held.pop(event.index, [])):
+                yield frame
     if request.include_usage:
-        yield sse_frame(
-            {**envelope(generation, "chat.completion.chunk"), "choices": [], "usage": usage_body(generation, finished)}
-        )
+        yield writer.usage(finished)
 
 
 def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:
