@@ -15,9 +15,9 @@ from asgiref.sync import SyncToAsync
 from django.core.signals import request_started
 from django.db import close_old_connections
 
-from inference.protocol.sse import sse_stream
 from inference.runtime.channel import Job
 from inference.runtime.jobs import ChatJob, Finished, Generation, TextDelta
+from inference.serving.streams import sse_stream
 from llamasite.asgi import api_app, application
 
 

@@ -3,6 +3,7 @@ authenticated once (`APIView.credentials`), calls one serving function or select
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -145,7 +146,7 @@ class GenerationView(APIView):
             started = await self.start(request=parsed, caller=caller)
             recording.track(getattr(started, "generation", started))  # a StartedResponse carries one
         if getattr(parsed, "stream", False):
-            return protocol.sse_response(self.chunks(started, parsed))
+            return sse_response(self.chunks(started, parsed))
         return Response(await self.body(started, parsed))
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -300,3 +301,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 def server_error(request: HttpRequest) -> JsonResponse:
     return protocol.error_json_response(500, "The server had an error processing your request.")
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """A streamed answer, as proxies must pass it on: unbuffered, never cached."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

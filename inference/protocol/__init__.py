@@ -15,7 +15,6 @@ from inference.protocol.common import (
 from inference.protocol.completions import CompletionRequest, CompletionRequestSerializer
 from inference.protocol.embeddings import EmbeddingRequest, EmbeddingRequestSerializer
 from inference.protocol.errors import api_error, error_details, error_json_response, openai_exception_handler
-from inference.protocol.sse import sse_response
 
 __all__ = [
     "AdminModelSerializer",
@@ -37,5 +36,4 @@ __all__ = [
     "model_list_body",
     "model_object",
     "openai_exception_handler",
-    "sse_response",
 ]

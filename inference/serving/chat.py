@@ -14,12 +14,13 @@ from inference.errors import InvalidRequest
 from inference.grammar import JSON_OBJECT_GRAMMAR, SchemaRefused, schema_grammar
 from inference.protocol import ChatRequest
 from inference.protocol.common import envelope, usage_body
-from inference.protocol.sse import sse_frame, sse_stream
+from inference.protocol.sse import sse_frame
 from inference.protocol.tool_calls import ToolCall
 from inference.runtime.errors import PromptTooLong
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
 from inference.serving import tools
 from inference.serving.generate import Caller, generation_start
+from inference.serving.streams import sse_stream
 from inference.serving.tools import parse_call
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
     `id_prefix`. A prompt too long with every tool described in full is tried again with the
     tools in short."""
     try:
-        return await _start(request, caller, id_prefix, compact_tools=False)
+        return await _started(request, caller, id_prefix, compact_tools=False)
     except PromptTooLong as too_long:
         if not request.tool_calls_possible:
             raise
@@ -40,10 +41,10 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
             "the prompt with %d tools described in full is %d tokens, more than %s's context (%d): "
             "offering them in short", len(request.tools), too_long.tokens, too_long.model, too_long.n_ctx,
         )
-        return await _start(request, caller, id_prefix, compact_tools=True)
+        return await _started(request, caller, id_prefix, compact_tools=True)
 
 
-async def _start(request: ChatRequest, caller: Caller, id_prefix: str, *, compact_tools: bool) -> Generation:
+async def _started(request: ChatRequest, caller: Caller, id_prefix: str, *, compact_tools: bool) -> Generation:
     job = await chat_job(request, compact_tools=compact_tools)
     return await generation_start(
         model=request.model, jobs=[job], caller=caller, id_prefix=id_prefix, stream=request.stream,

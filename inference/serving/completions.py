@@ -8,9 +8,10 @@ from typing import Any
 
 from inference.protocol import CompletionRequest
 from inference.protocol.common import envelope, usage_body
-from inference.protocol.sse import sse_frame, sse_stream
+from inference.protocol.sse import sse_frame
 from inference.runtime.jobs import Finished, Generation, TextDelta, TokenLogprob
 from inference.serving.generate import Caller, generation_start
+from inference.serving.streams import sse_stream
 
 
 async def completion_create(*, request: CompletionRequest, caller: Caller) -> Generation:

@@ -18,11 +18,12 @@ from inference.errors import ApiError
 from inference.protocol import MessagesRequest
 from inference.protocol import tool_calls as tools
 from inference.protocol.anthropic_output import error_body
-from inference.protocol.sse import sse_frame, sse_stream
+from inference.protocol.sse import sse_frame
 from inference.runtime.jobs import Generation
 from inference.serving.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
 from inference.serving.chat import chat_completion_create
 from inference.serving.generate import Caller
+from inference.serving.streams import sse_stream
 
 
 async def message_create(*, request: MessagesRequest, caller: Caller) -> Generation:

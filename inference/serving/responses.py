@@ -11,12 +11,13 @@ from typing import Any
 from inference.errors import ApiError
 from inference.protocol import tool_calls as tools
 from inference.protocol.responses import ResponseRequest, item_id
-from inference.protocol.sse import sse_frame, sse_stream
+from inference.protocol.sse import sse_frame
 from inference.runtime.jobs import Generation
 from inference.services.responses import response_save, stored_response
 from inference.serving.answers import Ended, Text, answer_collected, answer_parts
 from inference.serving.chat import chat_completion_create
 from inference.serving.generate import Caller
+from inference.serving.streams import sse_stream
 
 
 async def response_create(*, request: ResponseRequest, caller: Caller) -> StartedResponse:
