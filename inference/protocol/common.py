@@ -64,10 +64,10 @@ def _check_tree(data: Any) -> None:
 class FirstRendererNegotiation(BaseContentNegotiation):
     """Always answer JSON: SSE clients send `Accept: text/event-stream` and must not get a 406."""
 
-    def select_parser(self, request, parsers):  # type: ignore[no-untyped-def]
+    def select_parser(self, request, parsers):  # type: ignore[no-untyped-def]  # DRF's signature; DRF has no types
         return parsers[0] if parsers else None
 
-    def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]
+    def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]  # DRF's signature; DRF has no types
         return renderers[0], renderers[0].media_type
 
 
@@ -110,8 +110,8 @@ async def sse_stream(
     finally:
         # The chunks first: they may be reading the events in a task of their own (a heartbeat's),
         # and closing the events under that task would fail and leave the generation running.
-        await chunks.aclose()  # type: ignore[attr-defined]
-        await generation.events.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
+        await generation.events.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
     if ready or done:
         yield b"".join(ready) + done
 
