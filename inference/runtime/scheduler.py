@@ -171,7 +171,8 @@ class Scheduler(Generic[Key]):
             return None
         slots, reuse, tier = claimed
         samplers = self._samplers(job)
-        request = Request(key, prepared, job, cancelled, limit=min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt)))
+        limit = min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt))
+        request = Request(key, prepared, job, cancelled, limit=limit)
         for index, (slot, sampler) in enumerate(zip(slots, samplers)):
             state = ChoiceState.PROMPT if index == 0 else ChoiceState.WAITING
             choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
