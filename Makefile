@@ -16,9 +16,11 @@ SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 serve: setup model migrate
 	$(PY) manage.py serve
 
-# ruff.toml holds the (small) rule set; style is checked where the tests run.
+# ruff.toml holds the (small) rule set, mypy.ini the packages whose types are checked (runtime,
+# grammar); style and types are checked where the tests run.
 test: setup-dev model system-packages agent-clients
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 setup: $(VENV)/.requirements

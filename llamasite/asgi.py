@@ -20,7 +20,7 @@ api_app = APIHandler()
 request_started_receivers_for_pages_only()
 
 
-async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]  # ASGI's call, as Django's handlers take it
     app = api_app if scope["path"].startswith(API_PATH_PREFIXES) else pages_app
     await app(scope, receive, send)
 

@@ -446,7 +446,7 @@ async def test_with_heartbeat_fills_silences_with_none_and_closes_its_source() -
         seen.append(await anext(beats))
     assert seen[-2:] == [1, 2] and seen[:-2] and set(seen[:-2]) == {None}  # the silence, then the items
     assert await anext(beats) is None and not closed.is_set()
-    await beats.aclose()  # type: ignore[attr-defined]
+    await beats.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
     assert closed.is_set()  # the source, still awaited in a task, was cancelled and closed
 
     async def failing() -> AsyncIterator[int]:
@@ -474,7 +474,7 @@ async def test_closing_a_stream_between_pings_closes_the_generation(monkeypatch:
     frames = message_events(Generation(model="m", prompt_tokens=3, events=waiting()), request)
     firsts = [(await anext(frames)).split(b"\n")[0] for _ in range(3)]
     assert firsts == [b"event: message_start", b"event: ping", b"event: ping"]
-    await frames.aclose()  # type: ignore[attr-defined]
+    await frames.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
     assert closed.is_set()
 
 

@@ -97,7 +97,7 @@ class FakeContext:
         self.last_batch = batch
 
     def sampler(self, job: ChatJob, seed_offset: int) -> FakeSampler:
-        return FakeSampler(self, job.sampling.seed + seed_offset)  # type: ignore[operator]
+        return FakeSampler(self, job.sampling.seed + seed_offset)  # type: ignore[operator]  # the machine's jobs all have a seed
 
     def is_end_of_generation(self, token: int) -> bool:
         return token == END
@@ -157,7 +157,7 @@ class Run:
         self.requests: dict[Hashable, Tracked] = {}
 
     def admit(self, key: int, prepared: Prepared) -> None:
-        job: ChatJob = prepared.job  # type: ignore[assignment]
+        job: ChatJob = prepared.job  # type: ignore[assignment]  # the machine prepares ChatJobs only
         n_ctx, prompt = self.context.n_ctx, prepared.prompt
         tracked = Tracked(job.n, limit=min(job.max_tokens or n_ctx, n_ctx - len(prompt)))
         accepted = self.scheduler.admit(key, prepared, lambda: tracked.cancelled)

@@ -98,7 +98,7 @@ async def console_caller(request: HttpRequest) -> ConsoleCaller | None:
 
 
 def _csrf_refused(request: HttpRequest) -> bool:
-    checker = CsrfViewMiddleware(lambda _: None)  # type: ignore[arg-type, return-value]
+    checker = CsrfViewMiddleware(lambda _: None)
     checker.process_request(request)  # reads the CSRF cookie
     return checker.process_view(request, _no_view, (), {}) is not None
 

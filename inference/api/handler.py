@@ -62,7 +62,7 @@ class APIHandler(ASGIHandler):
         with override_settings(MIDDLEWARE=settings.API_MIDDLEWARE):
             super().load_middleware(is_async)
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]  # ASGI's call, as Django's handler takes it
         self.answering += 1
         try:
             await self.handle(scope, receive, send)  # scope["type"] is "http": only those come here
@@ -127,7 +127,7 @@ class APIView(AsyncAPIView):
         self.response = self.finalize_response(request, response, *args, **kwargs)
         if isinstance(self.response, SimpleTemplateResponse):
             self.response.render()
-            self.response.render = _rendered(self.response)  # type: ignore[method-assign]
+            self.response.render = _rendered(self.response)
         return self.response
 
 

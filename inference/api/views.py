@@ -185,7 +185,7 @@ def _generation_schema(
         async def post(self: GenerationView, request: Request) -> Response | StreamingHttpResponse:
             return await GenerationView.post(self, request)
 
-        view.post = extend_schema(  # type: ignore[method-assign]
+        view.post = extend_schema(  # type: ignore[method-assign]  # each view class gets its own described post
             operation_id=operation_id,
             summary=summary,
             request={"application/json": view.serializer},

@@ -20,6 +20,12 @@ MAX_GRAMMAR_BYTES = 512 * 1024
 # the event loop would wait up to Python's switch interval (5 ms) each time it wants the GIL
 # back, several times per request.
 YIELD_STEPS = 2_000
+# What the converter's work costs, in steps: visiting one (sub)schema (and a step per keyword),
+# asking whether two oneOf alternatives exclude each other (canonical JSON of constants: slower),
+# and translating a pattern, per character.
+VISIT_STEPS = 10
+EXCLUDES_STEPS = 40
+PATTERN_STEPS = 5
 
 
 class SchemaTooComplex(ValueError):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.grammar.budget import Budget, SchemaTooComplex
-from inference.grammar.schema import SchemaNotSupported, json_schema_grammar
+from inference.grammar.keywords import SchemaNotSupported
+from inference.grammar.schema import json_schema_grammar
 
 CACHE_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 200  # bytes of a cache entry besides its grammar (key, node, object headers)

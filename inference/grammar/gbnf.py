@@ -37,6 +37,8 @@ MAX_SHARED_DEPTH = 32  # branchings of literal_alternatives' tree, nested in one
 # bytes of grammar, so more would be refused by the grammar's size anyway, after the work.
 MAX_EXCLUDED_NODES = 3000
 _SHORT_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
+# Strings sharing their beginnings: each character leads to the rest; "" marks where one ends.
+_Trie = dict[str, "_Trie"]
 
 
 class GrammarTooLarge(ValueError):
@@ -129,7 +131,7 @@ def literal_alternatives(texts: list[str]) -> str:
     MAX_SHARED_DEPTH branchings the rest of a branch is a flat list: llama.cpp's grammar parser
     recurses once per nested group.
     """
-    trie: dict[str, dict] = {}
+    trie: _Trie = {}
     for text in texts:
         node = trie
         for char in text:
@@ -138,7 +140,7 @@ def literal_alternatives(texts: list[str]) -> str:
     return _branches(trie, "", 0)
 
 
-def _branches(node: dict[str, dict], prefix: str, depth: int) -> str:
+def _branches(node: _Trie, prefix: str, depth: int) -> str:
     """The texts below `node` (each beginning with `prefix`, not yet written)."""
     while len(node) == 1 and "" not in node:  # one way on: part of the same literal
         char, node = next(iter(node.items()))
@@ -153,7 +155,7 @@ def _branches(node: dict[str, dict], prefix: str, depth: int) -> str:
     return f"{head} ({' | '.join(alternatives)}){'?' if '' in node else ''}".strip()
 
 
-def _ends(node: dict[str, dict]) -> list[str]:
+def _ends(node: _Trie) -> list[str]:
     """Every text below `node`, whole (without recursion: a text may be long)."""
     ends, pending = [], [(node, "")]
     while pending:
@@ -353,13 +355,13 @@ def _fraction_digits(lower: _Fraction | None, upper: _Fraction | None, room: int
     for digit in "0123456789":
         if not first_low <= digit <= first_high:
             continue
-        on_lower = lower is not None and digit == first_low
-        on_upper = upper is not None and digit == first_high
-        if not (on_lower or on_upper):
+        on_lower = lower if lower is not None and digit == first_low else None
+        on_upper = upper if upper is not None and digit == first_high else None
+        if on_lower is None and on_upper is None:
             free.append(digit)
             continue
-        rest_lower = _Fraction(lower.digits[1:], lower.strict) if on_lower else None
-        rest_upper = _Fraction(upper.digits[1:], upper.strict) if on_upper else None
+        rest_lower = None if on_lower is None else _Fraction(on_lower.digits[1:], on_lower.strict)
+        rest_upper = None if on_upper is None else _Fraction(on_upper.digits[1:], on_upper.strict)
         rest = _fraction_digits(rest_lower, rest_upper, room - 1)
         zero = _zero_fits(rest_lower, rest_upper)
         if rest is not None:
@@ -423,7 +425,7 @@ def json_string_except(excluded: list[str], char_rule: str) -> str:
     value", so a key written this way never repeats a declared one."""
     if any(len(text) > MAX_EXCLUDED_LENGTH for text in excluded):
         raise GrammarTooLarge(f"property names over {MAX_EXCLUDED_LENGTH} characters are too long to exclude")
-    trie: dict[str, dict] = {}
+    trie: _Trie = {}
     nodes = 0
     for text in excluded:
         node = trie
@@ -439,7 +441,7 @@ def json_string_except(excluded: list[str], char_rule: str) -> str:
     return f'"\\"" {_except(trie, char_rule)} "\\""'
 
 
-def _except(node: dict[str, dict], char_rule: str) -> str:
+def _except(node: _Trie, char_rule: str) -> str:
     """The rest of a string, from this trie node to the closing quote, not ending on a listed one."""
     chars = "".join(char for char in node if char)
     alternatives = [f"{literal(json_char(char))} {_except(node[char], char_rule)}" for char in sorted(chars)]

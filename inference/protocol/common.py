@@ -59,10 +59,10 @@ def _check_tree(data: Any) -> None:
 class FirstRendererNegotiation(BaseContentNegotiation):
     """Always answer JSON: SSE clients send `Accept: text/event-stream` and must not get a 406."""
 
-    def select_parser(self, request, parsers):  # type: ignore[no-untyped-def]
+    def select_parser(self, request, parsers):  # type: ignore[no-untyped-def]  # DRF's signature; DRF has no types
         return parsers[0] if parsers else None
 
-    def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]
+    def select_renderer(self, request, renderers, format_suffix=None):  # type: ignore[no-untyped-def]  # DRF's signature; DRF has no types
         return renderers[0], renderers[0].media_type
 
 

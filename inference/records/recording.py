@@ -156,7 +156,7 @@ class RequestRecording:
             self._fail(error)
             raise
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
             if draft.status == RequestRecord.Status.OK and not self._saved:  # the client went away
                 self._end(RequestRecord.Status.CANCELLED, 200 if draft.stream else CLIENT_CLOSED_REQUEST)
             await asyncio.shield(self._save())

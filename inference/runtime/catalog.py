@@ -265,7 +265,8 @@ def _read_tensor_infos(stream: BinaryIO, tensor_count: int) -> tuple[int, int | 
     """From the tensor infos after the metadata: the sum of the tensors' element counts, and
     where the last tensor's bytes end, from the start of the data section (None if a tensor's
     type is one we do not know the size of)."""
-    parameters, data_bytes = 0, 0
+    parameters = 0
+    data_bytes: int | None = 0
     for _ in range(tensor_count):
         _read_string(stream)  # name
         elements = 1

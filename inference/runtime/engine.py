@@ -8,10 +8,11 @@ per step. Engines are not thread-safe: exactly one thread (their worker) may use
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
+from inference.runtime.channel import Job
 from inference.runtime.errors import PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
 from inference.runtime.jobs import (
     ChatJob,
@@ -20,7 +21,6 @@ from inference.runtime.jobs import (
     EmbeddingJob,
     Finished,
     GenerationJob,
-    JobEvent,
     ModelJob,
     Prepared,
     PromptAccepted,
@@ -34,10 +34,8 @@ from inference.runtime.llama import (
 )
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.prompt_store import PromptStore, identity
-from inference.runtime.scheduler import Scheduler
+from inference.runtime.scheduler import Events, Key, Scheduler
 from inference.runtime.settings import LoadSettings
-
-Events = list[tuple[Hashable, JobEvent]]
 
 
 class Engine(Protocol):
@@ -53,9 +51,9 @@ class Engine(Protocol):
 
     def prepare(self, job: ModelJob) -> Prepared: ...
 
-    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None: ...
+    def start(self, key: Job, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None: ...
 
-    def step(self) -> Events: ...
+    def step(self) -> Events[Job]: ...
 
     def keep_prompt_cache(self) -> None: ...
 
@@ -78,7 +76,7 @@ def _opened(
         raise
 
 
-class GenerationEngine:
+class GenerationEngine(Generic[Key]):
     """A model, its generating context with `parallel` slots, and their scheduler."""
 
     def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
@@ -86,7 +84,7 @@ class GenerationEngine:
         self.model, self._context = _opened(GenerationContext, name, path, settings, progress)
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
-        self._scheduler = Scheduler(
+        self._scheduler: Scheduler[Key] = Scheduler(
             self._context, settings.parallel, cache=_prompt_cache(path, settings),
             drafting=settings.speculative == "ngram",
         )
@@ -102,8 +100,10 @@ class GenerationEngine:
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return self.model.tokenize(text, add_special=add_special)
 
-    def prepare(self, job: GenerationJob) -> Prepared:  # type: ignore[override]
+    def prepare(self, job: ModelJob) -> Prepared:
         """Render and tokenize the job's prompt; raises if it cannot run (too long, empty, …)."""
+        if not isinstance(job, GenerationJob):
+            raise TypeError(f"a generating model cannot run {type(job).__name__}")
         if job.n > self.parallel:
             raise TooManyChoices(model=self.name, n=job.n, parallel=self.parallel)
         if any(not 0 <= token < self.model.n_vocab for token, _ in job.logit_bias):
@@ -120,11 +120,11 @@ class GenerationEngine:
             raise PromptEmpty(param=param)
         return Prepared(job, prompt, job.stop + stops)
 
-    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
+    def start(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
         """Put a prepared job into free slots; None if there is no room until a request ends."""
         return self._scheduler.admit(key, prepared, cancelled)
 
-    def step(self) -> Events:
+    def step(self) -> Events[Key]:
         return self._scheduler.step()
 
     def keep_prompt_cache(self) -> None:
@@ -148,7 +148,7 @@ def _prompt_cache(path: Path, settings: LoadSettings) -> PromptCache | None:
     return PromptCache(settings.prompt_cache_mb * 1024 * 1024, store=store)
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(Generic[Key]):
     """A model's embedding context: one job (all its inputs) per step."""
 
     parallel = 1
@@ -157,7 +157,7 @@ class EmbeddingEngine:
         self.name = name
         self.model, self._context = _opened(EmbeddingContext, name, path, settings, progress)
         self.n_ctx = self._context.n_ctx
-        self._started: list[tuple[Hashable, Prepared]] = []
+        self._started: list[tuple[Key, Prepared]] = []
 
     @property
     def running(self) -> int:
@@ -167,7 +167,9 @@ class EmbeddingEngine:
     def free_slots(self) -> int:
         return 0 if self._started else 1
 
-    def prepare(self, job: EmbeddingJob) -> Prepared:  # type: ignore[override]
+    def prepare(self, job: ModelJob) -> Prepared:
+        if not isinstance(job, EmbeddingJob):
+            raise TypeError(f"an embedding context cannot run {type(job).__name__}")
         inputs = []
         for number, item in enumerate(job.inputs):
             tokens = self.model.tokenize(item, add_special=True) if isinstance(item, str) else list(item)
@@ -181,11 +183,11 @@ class EmbeddingEngine:
             inputs.append(tokens)
         return Prepared(job, [], inputs=tuple(inputs))
 
-    def start(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
+    def start(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
         self._started.append((key, prepared))
         return PromptAccepted(prompt_tokens=sum(len(tokens) for tokens in prepared.inputs))
 
-    def step(self) -> Events:
+    def step(self) -> Events[Key]:
         key, prepared = self._started.pop(0)
         vectors = tuple(self._context.embed(tokens) for tokens in prepared.inputs)
         tokens = sum(len(tokens) for tokens in prepared.inputs)
@@ -200,9 +202,9 @@ class EmbeddingEngine:
         return_free_memory()
 
 
-def load_engine(
-    name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None
-) -> GenerationEngine | EmbeddingEngine:
+def load_engine(name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> Engine:
     """The engine a worker needs: a generating one, or an embedding one; the load's progress
     is told to `progress`."""
-    return (EmbeddingEngine if settings.embedding else GenerationEngine)(name, path, settings, progress)
+    if settings.embedding:
+        return EmbeddingEngine(name, path, settings, progress)
+    return GenerationEngine(name, path, settings, progress)

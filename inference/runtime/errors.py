@@ -7,9 +7,16 @@ protocol module (`inference.protocol.errors`) turns them into its own error shap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar, dataclass_transform
 
-# Exceptions stay hashable (compared by identity), as Python's own machinery expects.
-fact = dataclass(eq=False)
+_Failure = TypeVar("_Failure", bound=Exception)
+
+
+@dataclass_transform(eq_default=False)
+def fact(cls: type[_Failure]) -> type[_Failure]:
+    """A dataclass of facts that stays hashable (compared by identity), as Python's own machinery
+    expects of exceptions."""
+    return dataclass(eq=False)(cls)
 
 
 class RuntimeFailure(Exception):

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,7 +53,6 @@ _GGML_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
 _log_state = threading.local()
 
 
-@llama_cpp.llama_log_callback
 def _route_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Send llama.cpp's log lines to Python logging; keep each thread's last problems."""
     if not hasattr(_log_state, "buffer"):
@@ -68,7 +68,9 @@ def _route_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> No
             _log_state.problems.append(line.strip())
 
 
-llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+# Kept for the life of the process: llama.cpp calls it from any thread, at any time.
+_llama_log_callback = llama_cpp.llama_log_callback(_route_llama_log)
+llama_cpp.llama_log_set(_llama_log_callback, ctypes.c_void_p(0))
 
 
 def _recent_llama_problems() -> str:
@@ -113,7 +115,7 @@ def _named_chat_formatter(name: str) -> ChatFormatter:
         known = ", ".join(sorted(registry._chat_handlers))
         raise LlamaLoadError(f"unknown chat_format {name!r} (known: {known})") from None
     # Plain formats are registered as a handler wrapping their formatter function; take it out.
-    for cell in handler.__closure__ or ():
+    for cell in (handler.__closure__ if isinstance(handler, types.FunctionType) else None) or ():
         if callable(cell.cell_contents) and cell.cell_contents.__name__.startswith("format"):
             return cell.cell_contents
     raise LlamaLoadError(f"chat_format {name!r} is not a plain prompt format")
@@ -245,8 +247,9 @@ class LlamaModel:
         """The messages rendered by the model's chat template, as tokens, and the template's stops."""
         if self._chat_formatter is None:
             raise NoChatTemplate(model=self.name)
+        plain = [{"role": m.role, "content": m.content} for m in messages]
         try:
-            rendered = self._chat_formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+            rendered = self._chat_formatter(messages=plain)  # type: ignore[arg-type]  # llama_types has a TypedDict per role; templates read plain dicts
         except (jinja2.TemplateError, ValueError) as exc:
             raise TemplateRejected(model=self.name, detail=str(exc)) from None
         prompt = self.tokenize(rendered.prompt, add_special=not rendered.added_special)
@@ -307,6 +310,8 @@ class LlamaSampler:
 
 def _sampling_parts(n_vocab: int, job: GenerationJob, seed_offset: int) -> list[Any]:
     sampling = job.sampling
+    temperature = sampling.temperature
+    assert temperature is not None, "Sampling.with_defaults fills it in before a job is queued"
     parts = []
     if (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1.0, 0.0, 0.0):
         parts.append(
@@ -314,13 +319,15 @@ def _sampling_parts(n_vocab: int, job: GenerationJob, seed_offset: int) -> list[
                 n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty
             )
         )
-    if sampling.temperature <= 0:
+    if temperature <= 0:
         return [*parts, llama_cpp.llama_sampler_init_greedy()]
-    if sampling.top_k > 0:
-        parts.append(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    top_k = sampling.top_k
+    assert top_k is not None, "Sampling.with_defaults fills it in before a job is queued"
+    if top_k > 0:
+        parts.append(llama_cpp.llama_sampler_init_top_k(top_k))
     parts.append(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
     parts.append(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
-    parts.append(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    parts.append(llama_cpp.llama_sampler_init_temp(temperature))
     # LLAMA_DEFAULT_SEED (0xFFFFFFFF) means "random": a given seed never maps to it.
     # Each choice of a seeded request has its own seed: n samples, all repeatable.
     seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else (sampling.seed + seed_offset) % 0xFFFFFFFF

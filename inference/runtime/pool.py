@@ -93,11 +93,11 @@ class ModelPool:
         while True:
             with self._registry.lock:
                 found = self._worker_or_room_locked(model, reason, embedding, needed)
-                changed = self._registry.change_locked() if found is None else None
-            if changed is None:
-                break
+                if found is not None:
+                    break
+                changed = self._registry.change_locked()
             await changed
-        worker, created = found  # type: ignore[misc]
+        worker, created = found
         await asyncio.wrap_future(worker.loaded)  # raises LoadFailed; the worker is gone then
         return worker, created
 
@@ -188,7 +188,8 @@ class ModelPool:
             available = self.catalog.available()
             if self._registry.get(name) is None and name not in available:
                 raise self.catalog.not_found(name, available)
-        now, pending = [], []
+        now: list[ModelWorker] = []
+        pending: list[ModelWorker] = []
         with self._registry.lock:
             targets = [
                 worker for worker in self._registry.registered_locked()

@@ -122,7 +122,7 @@ class JobRunner:
                 self._dropped()
                 continue
             try:
-                accepted = self._engine.start(job, prepared, lambda job=job: job.cancelled)
+                accepted = self._engine.start(job, prepared, _cancelled(job))
             except RuntimeFailure as exc:  # this job cannot start (e.g. its grammar): only it fails
                 self._waiting.popleft()
                 self._dropped()
@@ -196,3 +196,8 @@ class JobRunner:
             elapsed,
             finished.completion_tokens / elapsed if elapsed else 0.0,
         )
+
+
+def _cancelled(job: Job) -> Callable[[], bool]:
+    """Whether `job` has been cancelled, asked by the engine at each step."""
+    return lambda: job.cancelled

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from inference.runtime.drafting import NgramDrafter
 from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 # it delays their next tokens by one short step at a time, not by its whole length.
 PREFILL_CHUNK_WHILE_GENERATING = 64
 
-Events = list[tuple[Hashable, JobEvent]]
+# What the caller knows each request by (a worker: the request's Job); its events come back under it.
+Key = TypeVar("Key", bound=Hashable)
+Events = list[tuple[Key, JobEvent]]
 
 
 class BatchToken(NamedTuple):
@@ -51,9 +53,9 @@ class BatchToken(NamedTuple):
     logits: bool  # whether this token's logits are wanted (to sample the next one)
 
 
-class ToSample(NamedTuple):
-    choice: Choice
-    index: int  # in the batch: the token whose logits give the choice's next token
+class ToSample(NamedTuple, Generic[Key]):
+    choice: Choice[Key]
+    batch_index: int  # the token whose logits give the choice's next token
     draft: list[int]  # guesses at the tokens after that one, in the batch right after it
 
 
@@ -91,8 +93,8 @@ class ChoiceState(enum.Enum):
 
 
 @dataclass(eq=False)
-class Choice:
-    request: Request
+class Choice(Generic[Key]):
+    request: Request[Key]
     index: int
     slot: Slot
     sampler: Sampler
@@ -109,22 +111,19 @@ class Choice:
 
 
 @dataclass(eq=False)
-class Request:
-    key: Hashable
+class Request(Generic[Key]):
+    key: Key
     prepared: Prepared
+    job: GenerationJob  # the prepared job
     cancelled: Callable[[], bool]
     limit: int  # tokens each choice may generate
-    choices: list[Choice] = field(default_factory=list)
+    choices: list[Choice[Key]] = field(default_factory=list)
 
-    @property
-    def job(self) -> GenerationJob:
-        return self.prepared.job  # type: ignore[return-value]
-
-    def unfinished(self) -> list[Choice]:
+    def unfinished(self) -> list[Choice[Key]]:
         return [choice for choice in self.choices if choice.state is not ChoiceState.FINISHED]
 
 
-class Scheduler:
+class Scheduler(Generic[Key]):
     """The running requests of one context, its slots and its KV cells."""
 
     def __init__(
@@ -140,7 +139,7 @@ class Scheduler:
         self._drafting = drafting
         self._clock = clock
         self.n_ctx = context.n_ctx
-        self._requests: list[Request] = []  # running, in the order they were admitted
+        self._requests: list[Request[Key]] = []  # running, in the order they were admitted
         self.memory = SlotMemory(context, parallel, context.n_ctx, reserved=self._reserved, cache=cache)
         self.slots = self.memory.slots
 
@@ -159,18 +158,21 @@ class Scheduler:
 
     # --- admission ------------------------------------------------------------------------------
 
-    def admit(self, key: Hashable, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
+    def admit(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
         """Put a prepared job into free slots (one per choice); None if they or the KV cache have
         no room for it until a running request ends. Raises what the context raises for its
         samplers (a grammar llama.cpp refuses), leaving nothing behind."""
-        job: GenerationJob = prepared.job  # type: ignore[assignment]
+        job = prepared.job
+        if not isinstance(job, GenerationJob):
+            raise TypeError(f"a scheduler generates; {type(job).__name__} is no generation job")
         prompt = prepared.prompt
         claimed = self.memory.claim(prompt, job.n)
         if claimed is None:
             return None
         slots, reuse, tier = claimed
         samplers = self._samplers(job)
-        request = Request(key, prepared, cancelled, limit=min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt)))
+        limit = min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt))
+        request = Request(key, prepared, job, cancelled, limit=limit)
         for index, (slot, sampler) in enumerate(zip(slots, samplers)):
             state = ChoiceState.PROMPT if index == 0 else ChoiceState.WAITING
             choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
@@ -197,9 +199,9 @@ class Scheduler:
 
     # --- steps ----------------------------------------------------------------------------------
 
-    def step(self) -> Events:
+    def step(self) -> Events[Key]:
         """One decode over every running request; the events it produced, per job key."""
-        events: Events = []
+        events: Events[Key] = []
         for request in list(self._requests):
             if request.cancelled():
                 events += self._end(request, "cancelled")
@@ -216,13 +218,13 @@ class Scheduler:
                 events += self._verify(each, index, draft)
         return events
 
-    def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample]]:
+    def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample[Key]]]:
         """The next tokens of generating choices (each followed by its draft, if any), then prompt
         chunks of starting requests."""
         batch: list[BatchToken] = []
-        to_sample: list[ToSample] = []
+        to_sample: list[ToSample[Key]] = []
 
-        def add(choice: Choice, token: int, logits: bool) -> None:
+        def add(choice: Choice[Key], token: int, logits: bool) -> None:
             slot = choice.slot
             batch.append(BatchToken(token, len(slot.tokens), slot.seq_id, logits))
             self.memory.cells.append(slot, token)
@@ -238,6 +240,8 @@ class Scheduler:
         for number, choice in enumerate(generating):
             if not self.memory.make_room(1):
                 continue
+            next_token = choice.next_token
+            assert next_token is not None, "a generating choice has sampled its next token"
             draft: list[int] = []
             if self._drafting:
                 # Drafts take no cell that the next tokens still need and evict no cache, and stop
@@ -245,13 +249,13 @@ class Scheduler:
                 free = self.n_ctx - self.memory.used() - (len(generating) - number)
                 most = min(spare, free, choice.request.limit - choice.generated - 1)
                 draft = choice.drafter.propose(
-                    choice.slot.tokens, choice.next_token, most, beside_others=len(generating) > 1  # type: ignore[arg-type]
+                    choice.slot.tokens, next_token, most, beside_others=len(generating) > 1
                 )
                 choice.draft_proposed += len(draft)
                 spare -= len(draft)
             to_sample.append(ToSample(choice, len(batch), draft))
-            for token in (choice.next_token, *draft):
-                add(choice, token, True)  # type: ignore[arg-type]
+            for token in (next_token, *draft):
+                add(choice, token, True)
         budget = self._context.batch_capacity - len(batch)
         if generating:
             budget = min(budget, PREFILL_CHUNK_WHILE_GENERATING)
@@ -269,7 +273,7 @@ class Scheduler:
             add(first, chunk[-1], logits=not first.pending)
         return batch, to_sample
 
-    def _fork(self, request: Request) -> list[Choice]:
+    def _fork(self, request: Request[Key]) -> list[Choice[Key]]:
         """The other choices of a request whose prompt was just processed: they share its cells."""
         first = request.choices[0]
         waiting = [choice for choice in request.choices[1:] if choice.state is ChoiceState.WAITING]
@@ -277,7 +281,7 @@ class Scheduler:
             self.memory.share(first.slot, choice.slot)
         return waiting
 
-    def _verify(self, choice: Choice, index: int, draft: list[int]) -> Events:
+    def _verify(self, choice: Choice[Key], index: int, draft: list[int]) -> Events[Key]:
         """Sample the choice's next token at `index` and, while it matches the draft token after it,
         the next one at that token's (runtime.drafting); forget the cells of the rest of the draft."""
         token = choice.sampler.sample(index)
@@ -295,7 +299,7 @@ class Scheduler:
             self.memory.forget(choice.slot, len(choice.slot.tokens) - len(draft) + accepted)
         return events
 
-    def _accept(self, choice: Choice, token: int, index: int) -> Events:
+    def _accept(self, choice: Choice[Key], token: int, index: int) -> Events[Key]:
         job = choice.request.job
         if not job.ignore_eos and self._context.is_end_of_generation(token):
             return self._finish(choice, "stop")
@@ -303,7 +307,7 @@ class Scheduler:
         if job.logprobs is not None:
             choice.logprobs.append(self._context.logprob(index, token, job.logprobs))
         text, stopped = choice.stops.feed(choice.decoder.decode(self._context.piece(token)))
-        events: Events = [self._delta(choice, text)] if text else []
+        events: Events[Key] = [self._delta(choice, text)] if text else []
         if stopped:
             events += self._finish(choice, "stop")
         elif choice.generated >= choice.request.limit:
@@ -312,20 +316,20 @@ class Scheduler:
             choice.next_token, choice.state = token, ChoiceState.GENERATING
         return events
 
-    def _delta(self, choice: Choice, text: str) -> tuple[Hashable, JobEvent]:
+    def _delta(self, choice: Choice[Key], text: str) -> tuple[Key, JobEvent]:
         logprobs, choice.logprobs = tuple(choice.logprobs), []
         return choice.request.key, TextDelta(text, choice.generated, choice.index, logprobs)
 
     # --- endings --------------------------------------------------------------------------------
 
-    def _end(self, request: Request, reason: str) -> Events:
+    def _end(self, request: Request[Key], reason: str) -> Events[Key]:
         """Finish every choice of the request that has not finished yet."""
-        events: Events = []
+        events: Events[Key] = []
         for choice in request.unfinished():
             events += self._finish(choice, reason)
         return events
 
-    def _finish(self, choice: Choice, reason: str) -> Events:
+    def _finish(self, choice: Choice[Key], reason: str) -> Events[Key]:
         """End a choice: text held back (unless cancelled), then Finished; its slot is free and
         keeps its cache (the next prompt that begins with it skips that much)."""
         choice.state = ChoiceState.FINISHED
@@ -334,7 +338,7 @@ class Scheduler:
         request = choice.request
         if not request.unfinished():
             self._requests.remove(request)
-        events: Events = []
+        events: Events[Key] = []
         if reason != "cancelled":
             tail = choice.stops.flush() + choice.decoder.decode(b"", final=True)
             if tail:

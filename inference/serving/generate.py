@@ -58,7 +58,7 @@ async def generation_start(
         accepted = [await anext(events) for _, events in started]
     except BaseException:
         for _, events in started:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]  # Job.events() is an async generator (typed AsyncIterator)
         raise
     first = started[0][0]
     assert all(isinstance(event, PromptAccepted) for event in accepted) and first.started_at is not None
@@ -118,4 +118,4 @@ async def _merged(streams: list[AsyncIterator[JobEvent]], per_job: int) -> Async
         for task in tasks:
             task.cancel()
         for events in streams:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]  # Job.events() is an async generator (typed AsyncIterator)

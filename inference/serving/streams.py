@@ -40,7 +40,7 @@ async def sse_stream(
     finally:
         # The chunks first: they may be reading the events in a task of their own (a heartbeat's),
         # and closing the events under that task would fail and leave the generation running.
-        await chunks.aclose()  # type: ignore[attr-defined]
-        await generation.events.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
+        await generation.events.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)
     if ready or done:
         yield b"".join(ready) + done
