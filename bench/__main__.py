@@ -86,9 +86,23 @@ class InProcess:
 
     def __init__(self, model: Path, threads: tuple[int, int]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.inprocess", "--model", str(model), "--n-ctx", str(N_CTX),
-             "--n-threads", str(threads[0]), "--n-threads-batch", str(threads[1])],
-            cwd=PROJECT_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.inprocess",
+                "--model",
+                str(model),
+                "--n-ctx",
+                str(N_CTX),
+                "--n-threads",
+                str(threads[0]),
+                "--n-threads-batch",
+                str(threads[1]),
+            ],
+            cwd=PROJECT_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout.readline().strip() == "ready"
 
@@ -144,9 +158,7 @@ def single_stream_rounds(targets: list[Target], runs: int) -> None:
     for target in targets:
         cold_ms = statistics.median(cold for cold, _ in conversations[target.name])
         follow_ms = statistics.median(follow for _, follow in conversations[target.name])
-        target.figures.update(
-            history_ttft_ms=cold_ms, follow_up_ttft_ms=follow_ms, follow_up_ratio=follow_ms / cold_ms
-        )
+        target.figures.update(history_ttft_ms=cold_ms, follow_up_ttft_ms=follow_ms, follow_up_ratio=follow_ms / cold_ms)
         target.figures.update(
             tokens_per_s=statistics.median(s.decode_tokens_per_s for s in target.streams),
             ttft_ms=statistics.median(s.ttft_s or 0.0 for s in target.streams) * 1000,
@@ -163,18 +175,14 @@ def concurrent_rounds(targets: list[Target], clients: int, requests: int) -> Non
     for round_number in range(max(1, requests // 2)):
         for target in targets if round_number % 2 == 0 else targets[::-1]:
             running = target.running
-            result = asyncio.run(
-                client.concurrent_streams(running.url, running.model, clients, 2, running.health_path)
-            )
+            result = asyncio.run(client.concurrent_streams(running.url, running.model, clients, 2, running.health_path))
             totals[target.name] = totals[target.name] + result if target.name in totals else result
     for target in targets:
         target.figures.update(totals[target.name].figures())
 
 
 def admin(running: Running, path: str, **body: Any) -> dict:
-    response = httpx.post(
-        f"{running.url}{path}", json=body, headers={"Authorization": "Bearer bench"}, timeout=120
-    )
+    response = httpx.post(f"{running.url}{path}", json=body, headers={"Authorization": "Bearer bench"}, timeout=120)
     response.raise_for_status()
     return response.json()
 
@@ -256,8 +264,11 @@ def table(targets: list[Target], clients: int, requests: int) -> list[str]:
 
 def machine(threads: tuple[int, int]) -> list[str]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     return [
@@ -276,11 +287,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrent client")
     parser.add_argument("--cycles", type=int, default=20, help="load/unload cycles for the RSS figure")
-    parser.add_argument("--llama-cpp-python", metavar="PYTHON", help="python of the bench venv with llama-cpp-python[server]")
+    parser.add_argument(
+        "--llama-cpp-python", metavar="PYTHON", help="python of the bench venv with llama-cpp-python[server]"
+    )
     parser.add_argument("--llama-server", metavar="PATH", help="a built llama.cpp llama-server binary")
     parser.add_argument("--llama-server-slots", type=int, default=4, help="its slots (as our parallel)")
     parser.add_argument(
-        "--config", action="append", default=[], metavar="JSON",
+        "--config",
+        action="append",
+        default=[],
+        metavar="JSON",
         help="model_manager settings for this server, as a JSON object or a file (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)

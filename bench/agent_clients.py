@@ -50,8 +50,13 @@ def _environment(home: Path, **extra: str) -> dict[str, str]:
 def _run(command: list[str | Path], home: Path, timeout: float, **environment: str) -> subprocess.CompletedProcess:
     home.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        command, cwd=home, env=_environment(home, **environment), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
+        command,
+        cwd=home,
+        env=_environment(home, **environment),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -96,9 +101,20 @@ def codex_exec(base_url: str, model: str, prompt: str, home: Path, timeout: floa
     last_message = home / "last-message.txt"
     started = time.monotonic()
     ran = _run(
-        [CLIENTS / "codex", "exec", "--skip-git-repo-check", "--ephemeral", "--color", "never",
-         "--output-last-message", last_message, prompt],
-        home, timeout, CODEX_HOME=str(codex_home),
+        [
+            CLIENTS / "codex",
+            "exec",
+            "--skip-git-repo-check",
+            "--ephemeral",
+            "--color",
+            "never",
+            "--output-last-message",
+            last_message,
+            prompt,
+        ],
+        home,
+        timeout,
+        CODEX_HOME=str(codex_home),
     )
     answer = last_message.read_text().strip() if last_message.exists() else ""
     return Run(ran.returncode, ran.stdout, ran.stderr, time.monotonic() - started, answer)
@@ -109,7 +125,8 @@ def claude_print(base_url: str, model: str, prompt: str, home: Path, timeout: fl
     started = time.monotonic()
     ran = _run(
         [CLIENTS / "claude", "-p", prompt, "--model", model],
-        home, timeout,
+        home,
+        timeout,
         ANTHROPIC_BASE_URL=base_url,
         ANTHROPIC_API_KEY="not-needed",
         ANTHROPIC_DEFAULT_HAIKU_MODEL=model,

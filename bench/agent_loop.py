@@ -51,7 +51,9 @@ def turn_messages(conversation: int, turn: int, system: str = SYSTEM) -> list[di
     """Conversation `conversation` up to its turn `turn` (1-based): the same for every server."""
     messages = [{"role": "system", "content": system}]
     for earlier in range(1, turn + 1):
-        messages.append({"role": "user", "content": f"Conversation {conversation}, step {earlier}: fix issue {earlier}."})
+        messages.append(
+            {"role": "user", "content": f"Conversation {conversation}, step {earlier}: fix issue {earlier}."}
+        )
         if earlier < turn:
             messages.append({"role": "assistant", "content": f"Done: issue {earlier} fixed in file_{earlier}.py."})
     return messages
@@ -99,7 +101,10 @@ async def agent_loop(running: Running, conversations: int, turns: int) -> dict[s
 def first_token(running: Running, turn: int) -> float:
     """A turn of a conversation whose system prompt no other request began with."""
     messages = turn_messages(0, turn, system=f"Session {N_CTX}. {SYSTEM}")
-    return asyncio.run(client.stream_chat(running.url, running.model, MAX_TOKENS, messages=messages, tools=TOOLS)).ttft_s or 0.0
+    return (
+        asyncio.run(client.stream_chat(running.url, running.model, MAX_TOKENS, messages=messages, tools=TOOLS)).ttft_s
+        or 0.0
+    )
 
 
 def main() -> None:

@@ -156,9 +156,7 @@ class Concurrent:
         return figures
 
 
-async def concurrent_streams(
-    url: str, model: str, clients: int, requests: int, health_path: str | None
-) -> Concurrent:
+async def concurrent_streams(url: str, model: str, clients: int, requests: int, health_path: str | None) -> Concurrent:
     """`clients` clients each streaming `requests` completions in turn; /health polled meanwhile."""
     health: list[float] = []
     done = asyncio.Event()

@@ -33,8 +33,14 @@ if TYPE_CHECKING:  # imported for real once Django is set up
 
 # The console pages, as staff open them; add new pages here (or pass --page).
 PAGES = [
-    "/dashboard/", "/dashboard/?range=30d", "/dashboard/models/", "/dashboard/playground/", "/dashboard/pull/",
-    "/admin/", "/admin/inference/requestrecord/", "/admin/inference/discoveredmodel/",
+    "/dashboard/",
+    "/dashboard/?range=30d",
+    "/dashboard/models/",
+    "/dashboard/playground/",
+    "/dashboard/pull/",
+    "/admin/",
+    "/admin/inference/requestrecord/",
+    "/admin/inference/discoveredmodel/",
     "/admin/inference/loadevent/",
 ]
 MODELS = ["SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m", "qwen2.5-0.5b", "llama-3.2-1b"]
@@ -51,7 +57,10 @@ def write_scratch_config(scratch: Path) -> None:
     models.mkdir()
     for name in MODELS:
         write_synthetic(models / f"{name}.gguf", context_length=8192)
-    config = {"server": {"log_level": "WARNING"}, "model_manager": {"models_directory": "models", "default_model": MODELS[0]}}
+    config = {
+        "server": {"log_level": "WARNING"},
+        "model_manager": {"models_directory": "models", "default_model": MODELS[0]},
+    }
     (scratch / "config.json").write_text(json.dumps(config))
 
 
@@ -67,16 +76,30 @@ def fill(count: int) -> None:
         status = rng.choice(statuses)
         ok = status == "ok"
         prompt = rng.randint(10, 2000)
-        batch.append(RequestRecord(
-            instance=INSTANCE, completion_id=f"chatcmpl-{index:012d}", model=rng.choice(MODELS),
-            endpoint="/v1/chat/completions", stream=rng.random() < 0.5, status=status,
-            http_status=200 if ok else 404 if status == "error" else 499, error_code="" if ok else "model_not_found",
-            prompt_tokens=prompt, cached_tokens=rng.randint(0, prompt), completion_tokens=rng.randint(0, 512) if ok else 0,
-            finish_reason="stop" if ok else "", queue_wait_ms=rng.uniform(0, 50),
-            ttft_ms=rng.lognormvariate(4, 0.8) if ok else None, duration_ms=rng.uniform(100, 20000),
-            tokens_per_second=rng.uniform(40, 160) if ok else None, client_address="127.0.0.1", user_agent="bench",
-            api_key=rng.choice(API_KEYS), created_at=now - timedelta(seconds=rng.uniform(0, 30 * 86400)),
-        ))
+        batch.append(
+            RequestRecord(
+                instance=INSTANCE,
+                completion_id=f"chatcmpl-{index:012d}",
+                model=rng.choice(MODELS),
+                endpoint="/v1/chat/completions",
+                stream=rng.random() < 0.5,
+                status=status,
+                http_status=200 if ok else 404 if status == "error" else 499,
+                error_code="" if ok else "model_not_found",
+                prompt_tokens=prompt,
+                cached_tokens=rng.randint(0, prompt),
+                completion_tokens=rng.randint(0, 512) if ok else 0,
+                finish_reason="stop" if ok else "",
+                queue_wait_ms=rng.uniform(0, 50),
+                ttft_ms=rng.lognormvariate(4, 0.8) if ok else None,
+                duration_ms=rng.uniform(100, 20000),
+                tokens_per_second=rng.uniform(40, 160) if ok else None,
+                client_address="127.0.0.1",
+                user_agent="bench",
+                api_key=rng.choice(API_KEYS),
+                created_at=now - timedelta(seconds=rng.uniform(0, 30 * 86400)),
+            )
+        )
         if len(batch) == BATCH:
             RequestRecord.objects.bulk_create(batch)
             batch = []
@@ -119,8 +142,10 @@ def main() -> None:
     client = Client(SERVER_NAME="localhost")  # one of server.allowed_hosts' defaults
     client.force_login(User.objects.create_superuser("bench", "bench@example.com", "bench"))
 
-    print(f"records: {options.records:,} over 30 days, {len(MODELS)} models, {len(API_KEYS)} keys "
-          f"(bulk_create {filled:.1f} s, rollups {rolled:.1f} s)")
+    print(
+        f"records: {options.records:,} over 30 days, {len(MODELS)} models, {len(API_KEYS)} keys "
+        f"(bulk_create {filled:.1f} s, rollups {rolled:.1f} s)"
+    )
     print(f"the models page's usage query: {usage_today_query(INSTANCE, MODELS).explain()}")
     render_ms(client, "/admin/password_change/")  # Django's own first-request costs, so that they are no page's
     slow = []

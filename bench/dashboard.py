@@ -55,11 +55,26 @@ def fill(database: Path, count: int) -> None:
             ok = status == "ok"
             created = now - timedelta(seconds=rng.uniform(0, 30 * 86400))
             yield (
-                "127.0.0.1:8080", f"chatcmpl-{index:012d}", rng.choice(models), "/v1/chat/completions",
-                rng.random() < 0.5, status, 200 if ok else 404 if status == "error" else 499,
-                "" if ok else "model_not_found", "", rng.randint(10, 2000), rng.randint(0, 512) if ok else 0,
-                "stop" if ok else "", rng.uniform(0, 50), None, rng.lognormvariate(4, 0.8) if ok else None,
-                rng.uniform(100, 20000), rng.uniform(40, 160) if ok else None, "127.0.0.1", "bench", None,
+                "127.0.0.1:8080",
+                f"chatcmpl-{index:012d}",
+                rng.choice(models),
+                "/v1/chat/completions",
+                rng.random() < 0.5,
+                status,
+                200 if ok else 404 if status == "error" else 499,
+                "" if ok else "model_not_found",
+                "",
+                rng.randint(10, 2000),
+                rng.randint(0, 512) if ok else 0,
+                "stop" if ok else "",
+                rng.uniform(0, 50),
+                None,
+                rng.lognormvariate(4, 0.8) if ok else None,
+                rng.uniform(100, 20000),
+                rng.uniform(40, 160) if ok else None,
+                "127.0.0.1",
+                "bench",
+                None,
                 created.strftime("%Y-%m-%d %H:%M:%S.%f"),
             )
 

@@ -34,15 +34,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model_path = bundled_default_model()
-    with llamasite(model_path, SETTINGS) as owner, llamasite(
-        model_path, SETTINGS, server={"peers": [owner.url]}, with_model=False
-    ) as relay:
+    with (
+        llamasite(model_path, SETTINGS) as owner,
+        llamasite(model_path, SETTINGS, server={"peers": [owner.url]}, with_model=False) as relay,
+    ):
         routes = {"direct": owner.url, "relayed": relay.url}
         for url in routes.values():
             single_stream(url, owner.model, -1)  # warm-up: the load, the connection
         streams: dict[str, list[client.Stream]] = {name: [] for name in routes}
         for run in range(runs):
-            for name, url in (routes.items() if run % 2 == 0 else reversed(routes.items())):
+            for name, url in routes.items() if run % 2 == 0 else reversed(routes.items()):
                 streams[name].append(single_stream(url, owner.model, run * 2 + (name == "relayed")))
         concurrent = {
             name: asyncio.run(client.concurrent_streams(url, owner.model, clients=4, requests=4, health_path=None))

@@ -50,7 +50,9 @@ def wait_until_up(url: str, path: str, process: subprocess.Popen, log: Path) -> 
 
 
 @contextmanager
-def started(command: list[str], env: dict[str, str], url: str, model: str, health: str, workdir: Path) -> Iterator[Running]:
+def started(
+    command: list[str], env: dict[str, str], url: str, model: str, health: str, workdir: Path
+) -> Iterator[Running]:
     log = workdir / "server.log"
     process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
@@ -115,12 +117,28 @@ def llama_cpp_python_server(python: str, model_path: Path, n_ctx: int, threads: 
     workdir = Path(tempfile.mkdtemp(prefix="llamacpp-python-bench-"))
     port = free_port()
     command = [
-        python, "-m", "llama_cpp.server", "--model", str(model_path), "--n_ctx", str(n_ctx),
-        "--n_threads", str(threads[0]), "--n_threads_batch", str(threads[1]),
-        "--flash_attn", "true", "--host", "127.0.0.1", "--port", str(port),
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads[0]),
+        "--n_threads_batch",
+        str(threads[1]),
+        "--flash_attn",
+        "true",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     try:
-        with started(command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/v1/models", workdir) as running:
+        with started(
+            command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/v1/models", workdir
+        ) as running:
             yield running
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -135,11 +153,29 @@ def llama_cpp_server(
     workdir = Path(tempfile.mkdtemp(prefix="llama-server-bench-"))
     port = free_port()
     command = [
-        binary, "-m", str(model_path), "-c", str(n_ctx), "-t", str(threads[0]), "-tb", str(threads[1]),
-        "--host", "127.0.0.1", "--port", str(port), "-np", str(slots), "--kv-unified", "--no-webui", *(extra or []),
+        binary,
+        "-m",
+        str(model_path),
+        "-c",
+        str(n_ctx),
+        "-t",
+        str(threads[0]),
+        "-tb",
+        str(threads[1]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "--kv-unified",
+        "--no-webui",
+        *(extra or []),
     ]
     try:
-        with started(command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/health", workdir) as running:
+        with started(
+            command, dict(os.environ), f"http://127.0.0.1:{port}", model_path.stem, "/health", workdir
+        ) as running:
             yield running
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -72,7 +72,10 @@ MIN_SAMPLES = 2 * TAIL  # after the warm-up, for a verdict: fewer give no estima
 NOISE_FACTOR = 4
 FLOORS = {"rss_mb": 16.0, "rss_file_mb": 8.0, "fds": 2.0, "threads": 2.0}
 FIGURES = {
-    "rss_mb": "RSS (MB)", "rss_file_mb": "of which file-backed (MB)", "fds": "open files", "threads": "threads",
+    "rss_mb": "RSS (MB)",
+    "rss_file_mb": "of which file-backed (MB)",
+    "fds": "open files",
+    "threads": "threads",
 }
 
 
@@ -95,8 +98,10 @@ def process_figures(pid: int) -> tuple[float, float, int, int]:
     """(VmRSS in MB, its file-backed part RssFile in MB, open files, threads) of a process."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return (
-        int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssFile"].split()[0]) / 1024,
-        len(os.listdir(f"/proc/{pid}/fd")), int(fields["Threads"]),
+        int(fields["VmRSS"].split()[0]) / 1024,
+        int(fields["RssFile"].split()[0]) / 1024,
+        len(os.listdir(f"/proc/{pid}/fd")),
+        int(fields["Threads"]),
     )
 
 
@@ -161,9 +166,19 @@ async def soak(
             logger.info(
                 "%4.0f s: quiet RSS %.1f MB (files %.1f), %d open files, %d threads | live %.1f MB (files %.1f), "
                 "%d open files, %d threads, loaded: %s | %d requests, %d anomalies (paused %.1f s)",
-                sample.at_s, sample.rss_mb, sample.rss_file_mb, sample.fds, sample.threads, sample.live_rss_mb,
-                sample.live_rss_file_mb, sample.live_fds, sample.live_threads, ", ".join(sample.loaded) or "none",
-                tally.total, len(tally.anomalies), sample.quiet_s,
+                sample.at_s,
+                sample.rss_mb,
+                sample.rss_file_mb,
+                sample.fds,
+                sample.threads,
+                sample.live_rss_mb,
+                sample.live_rss_file_mb,
+                sample.live_fds,
+                sample.live_threads,
+                ", ".join(sample.loaded) or "none",
+                tally.total,
+                len(tally.anomalies),
+                sample.quiet_s,
             )
         traffic.stop()
         await task
@@ -192,8 +207,12 @@ def growth(times_s: list[float], values: list[float], floor: float) -> Growth:
     centre = statistics.median(residuals)
     noise = 1.4826 * statistics.median(abs(residual - centre) for residual in residuals)
     return Growth(
-        values[0], statistics.median(values[-TAIL:]), slope * 3600, slope * (times_s[-1] - times_s[0]),
-        noise, max(floor, NOISE_FACTOR * noise),
+        values[0],
+        statistics.median(values[-TAIL:]),
+        slope * 3600,
+        slope * (times_s[-1] - times_s[0]),
+        noise,
+        max(floor, NOISE_FACTOR * noise),
     )
 
 
@@ -288,8 +307,12 @@ def server_log_findings(log: Path) -> list[str]:
 
 def manage(running: Running, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=llamasite_env(running.workdir),
-        capture_output=True, text=True, check=True,
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_DIR,
+        env=llamasite_env(running.workdir),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.strip()
 
@@ -325,13 +348,20 @@ def main() -> None:
 
     warm_up_s = min(WARM_UP_MAX_S, args.minutes * 60 / 4)
     settings = {
-        "n_ctx": N_CTX, "parallel": 4, "max_loaded_models": 2, "check_interval": 2, "prompt_cache_disk_mb": 256,
+        "n_ctx": N_CTX,
+        "parallel": 4,
+        "max_loaded_models": 2,
+        "check_interval": 2,
+        "prompt_cache_disk_mb": 256,
         "models": {GEMMA: {"idle_timeout": 3}},
     }
     server = {"require_api_key": True, "max_body_bytes": MAX_BODY_BYTES, "log_level": "INFO"}
     logger.info(
         "soak: %g minutes, %d clients, a sample after every %g s of traffic, warm-up %.0f s",
-        args.minutes, args.clients, args.interval, warm_up_s,
+        args.minutes,
+        args.clients,
+        args.interval,
+        warm_up_s,
     )
     with llamasite(bundled_default_model(), settings, server=server, more_models=(gemma_file(),)) as running:
         keys = create_keys(running)

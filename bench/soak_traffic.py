@@ -29,8 +29,12 @@ ADMIN_TOKEN = "bench"  # bench.servers.llamasite's LLAMA_SERVER_ADMIN_TOKEN
 N_CTX = 2048
 MAX_BODY_BYTES = 65536
 RECORDED = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-    "/v1/messages", "/v1/messages/count_tokens",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
 )
 # What ends a complete stream, per endpoint; a mid-stream error is an anomaly.
 STREAM_ENDS = {
@@ -121,8 +125,16 @@ class Session:
         self.traffic, self.http, self.rng = traffic, http, rng
 
     async def call(
-        self, kind: str, method: str, path: str, body: Any = None, *, expect: int = 200, key: str = "main",
-        raw: bytes | None = None, cut_after: int = 0,
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        expect: int = 200,
+        key: str = "main",
+        raw: bytes | None = None,
+        cut_after: int = 0,
     ) -> Any:
         """Send one request and tally it; its JSON answer (None for a stream or a failure).
         `key`: which API key ("main", "limited", "revoked", "wrong", "admin"); `cut_after`: close
@@ -223,12 +235,14 @@ async def chat_structured(s: Session, rng: random.Random) -> None:
 async def cut_stream(s: Session, rng: random.Random) -> None:
     """A long answer the client hangs up on after a few events, on each streaming API."""
     hi = [{"role": "user", "content": ask(rng)}]
-    path, body = rng.choice([
-        ("/v1/chat/completions", {"model": SMOL, "messages": hi, "max_tokens": 300}),
-        ("/v1/completions", {"model": rng.choice([SMOL, GEMMA]), "prompt": "Once upon a time", "max_tokens": 300}),
-        ("/v1/responses", {"model": SMOL, "input": ask(rng), "max_output_tokens": 300, "store": False}),
-        ("/v1/messages", {"model": SMOL, "messages": hi, "max_tokens": 300}),
-    ])
+    path, body = rng.choice(
+        [
+            ("/v1/chat/completions", {"model": SMOL, "messages": hi, "max_tokens": 300}),
+            ("/v1/completions", {"model": rng.choice([SMOL, GEMMA]), "prompt": "Once upon a time", "max_tokens": 300}),
+            ("/v1/responses", {"model": SMOL, "input": ask(rng), "max_output_tokens": 300, "store": False}),
+            ("/v1/messages", {"model": SMOL, "messages": hi, "max_tokens": 300}),
+        ]
+    )
     await s.call("stream, cut", "POST", path, {**body, "stream": True}, cut_after=rng.randint(2, 5))
 
 
@@ -248,16 +262,25 @@ async def embeddings(s: Session, rng: random.Random) -> None:
 async def responses(s: Session, rng: random.Random) -> None:
     """Stored, continued (streamed or not), retrieved, its input items, deleted, then gone."""
     first = await s.call(
-        "response, stored", "POST", "/v1/responses",
+        "response, stored",
+        "POST",
+        "/v1/responses",
         {"model": SMOL, "input": ask(rng), "instructions": RULE, "max_output_tokens": 16},
     )
     if not isinstance(first, dict):
         return
     stream = rng.random() < 0.5
     await s.call(
-        "response, continued", "POST", "/v1/responses",
-        {"model": SMOL, "input": "And why?", "previous_response_id": first["id"], "max_output_tokens": 16,
-         "stream": stream},
+        "response, continued",
+        "POST",
+        "/v1/responses",
+        {
+            "model": SMOL,
+            "input": "And why?",
+            "previous_response_id": first["id"],
+            "max_output_tokens": 16,
+            "stream": stream,
+        },
     )
     await s.call("response, retrieved", "GET", f"/v1/responses/{first['id']}")
     await s.call("response, input items", "GET", f"/v1/responses/{first['id']}/input_items")
@@ -272,7 +295,9 @@ async def response_stream(s: Session, rng: random.Random) -> None:
 
 async def messages(s: Session, rng: random.Random) -> None:
     body: dict[str, Any] = {
-        "model": SMOL, "max_tokens": rng.randint(8, 32), "system": RULE,
+        "model": SMOL,
+        "max_tokens": rng.randint(8, 32),
+        "system": RULE,
         "messages": [{"role": "user", "content": ask(rng)}],
     }
     if rng.random() < 0.25:
@@ -307,14 +332,29 @@ def _mistakes(rng: random.Random) -> list[tuple[str, str, Any, int, str]]:
         ("prompt over the context", "/v1/chat/completions", {**chat, "messages": too_long}, 400, "main"),
         ("prompt over the context", "/v1/messages", {**chat, "messages": too_long}, 400, "main"),
         ("prompt over the context", "/v1/embeddings", {"model": SMOL, "input": TOO_LONG}, 400, "main"),
-        ("bad schema", "/v1/chat/completions",
-         {**chat, "response_format": {"type": "json_schema", "json_schema": nope}}, 400, "main"),
-        ("bad schema", "/v1/responses",
-         {"model": SMOL, "input": "Hi", "text": {"format": {"type": "json_schema", **nope}}}, 400, "main"),
+        (
+            "bad schema",
+            "/v1/chat/completions",
+            {**chat, "response_format": {"type": "json_schema", "json_schema": nope}},
+            400,
+            "main",
+        ),
+        (
+            "bad schema",
+            "/v1/responses",
+            {"model": SMOL, "input": "Hi", "text": {"format": {"type": "json_schema", **nope}}},
+            400,
+            "main",
+        ),
         ("chat on a base model", "/v1/chat/completions", {**chat, "model": GEMMA}, 400, "main"),
         ("max_tokens missing", "/v1/messages", {"model": SMOL, "messages": hi}, 400, "main"),
-        ("unknown previous_response_id", "/v1/responses",
-         {"model": SMOL, "input": "Hi", "previous_response_id": "resp_unknown"}, 404, "main"),
+        (
+            "unknown previous_response_id",
+            "/v1/responses",
+            {"model": SMOL, "input": "Hi", "previous_response_id": "resp_unknown"},
+            404,
+            "main",
+        ),
         ("body over max_body_bytes", "/v1/embeddings", {"model": SMOL, "input": "a " * MAX_BODY_BYTES}, 413, "main"),
         ("a model the key may not use", "/v1/completions", {"model": GEMMA, "prompt": "Hi"}, 404, "limited"),
         ("wrong key", "/v1/chat/completions", chat, 401, "wrong"),
@@ -334,13 +374,29 @@ async def mistake(s: Session, rng: random.Random) -> None:
 
 async def swap_models(s: Session, rng: random.Random) -> None:
     """Load or unload a model by the admin API (the idle check and max_loaded_models swap others)."""
-    path, model = rng.choice([("/admin/load", SMOL), ("/admin/load", GEMMA), ("/admin/unload", SMOL),
-                              ("/admin/unload", GEMMA), ("/admin/unload", "all")])
+    path, model = rng.choice(
+        [
+            ("/admin/load", SMOL),
+            ("/admin/load", GEMMA),
+            ("/admin/unload", SMOL),
+            ("/admin/unload", GEMMA),
+            ("/admin/unload", "all"),
+        ]
+    )
     await s.call(f"admin: {path.removeprefix('/admin/')} {model}", "POST", path, {"model": model}, key="admin")
 
 
 Scenario = Callable[[Session, random.Random], Awaitable[None]]
 SCENARIOS: list[tuple[int, Scenario]] = [
-    (10, chat), (4, chat_structured), (3, cut_stream), (5, completion), (2, embeddings), (2, responses),
-    (2, response_stream), (5, messages), (3, reads), (5, mistake), (1, swap_models),
+    (10, chat),
+    (4, chat_structured),
+    (3, cut_stream),
+    (5, completion),
+    (2, embeddings),
+    (2, responses),
+    (2, response_stream),
+    (5, messages),
+    (3, reads),
+    (5, mistake),
+    (1, swap_models),
 ]

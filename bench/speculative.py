@@ -80,8 +80,13 @@ CHANGES = (
 FIGURES = {
     **{
         f"code edit {number}": (
-            [{"role": "user", "content": f"Rewrite this function with one change: {change}. "
-              f"Reply with the whole function.\n\n```python\n{FUNCTION}```"}],
+            [
+                {
+                    "role": "user",
+                    "content": f"Rewrite this function with one change: {change}. "
+                    f"Reply with the whole function.\n\n```python\n{FUNCTION}```",
+                }
+            ],
             512,
         )
         for number, change in enumerate(CHANGES, start=1)

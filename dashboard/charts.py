@@ -36,8 +36,16 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _frame(chart_id: str, title: str, labels: Sequence[str], top: float, unit: str, body: str,
-           legend: Sequence[Series], points: int) -> str:
+def _frame(
+    chart_id: str,
+    title: str,
+    labels: Sequence[str],
+    top: float,
+    unit: str,
+    body: str,
+    legend: Sequence[Series],
+    points: int,
+) -> str:
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     grid = []
     for step in range(5):

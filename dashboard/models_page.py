@@ -46,7 +46,10 @@ def _pinning(pinned: bool) -> Callable[[str], Awaitable[str]]:
 
 
 ACTIONS: dict[str, Callable[[str], Awaitable[str]]] = {
-    "load": _load, "unload": _unload, "pin": _pinning(True), "unpin": _pinning(False),
+    "load": _load,
+    "unload": _unload,
+    "pin": _pinning(True),
+    "unpin": _pinning(False),
 }
 
 

@@ -16,7 +16,8 @@ from inference.services.pulls import pull_jobs
 
 class PullForm(forms.Form):
     url = forms.CharField(
-        label="URL", max_length=2000,
+        label="URL",
+        max_length=2000,
         widget=forms.TextInput(attrs={"placeholder": "hf://owner/repo/file.gguf or https://…/model.gguf", "size": 64}),
     )
     name = forms.CharField(required=False, max_length=200, help_text="default: the file name without .gguf")
@@ -30,16 +31,23 @@ async def page(request: HttpRequest) -> HttpResponse:
         user = await request.auser()
         try:
             pull_jobs().start(
-                url=form.cleaned_data["url"], name=form.cleaned_data["name"] or None,
-                sha256=form.cleaned_data["sha256"] or None, started_by=user.get_username(),
+                url=form.cleaned_data["url"],
+                name=form.cleaned_data["name"] or None,
+                sha256=form.cleaned_data["sha256"] or None,
+                started_by=user.get_username(),
             )
         except PullError as exc:
             form.add_error(None, str(exc))
         else:
             return redirect("dashboard:pull")  # a reload does not start the pull again
-    return render(request, "dashboard/pull.html", {
-        "form": form, "directory": get_config().model_manager.models_directory,
-    })
+    return render(
+        request,
+        "dashboard/pull.html",
+        {
+            "form": form,
+            "directory": get_config().model_manager.models_directory,
+        },
+    )
 
 
 @require_POST

@@ -69,15 +69,20 @@ def usage_charts(summary: usage_selectors.UsageSummary) -> list[str]:
             "requests",
             "Requests",
             labels,
-            [Series("ok", ok, PALETTE[0]), Series("errors", column("errors"), PALETTE[1]),
-             Series("cancelled", column("cancelled"), PALETTE[2])],
+            [
+                Series("ok", ok, PALETTE[0]),
+                Series("errors", column("errors"), PALETTE[1]),
+                Series("cancelled", column("cancelled"), PALETTE[2]),
+            ],
         ),
         stacked_bars(
             "tokens",
             "Tokens",
             labels,
-            [Series("prompt", column("prompt_tokens"), PALETTE[5]),
-             Series("completion", column("completion_tokens"), PALETTE[3])],
+            [
+                Series("prompt", column("prompt_tokens"), PALETTE[5]),
+                Series("completion", column("completion_tokens"), PALETTE[3]),
+            ],
         ),
         lines(
             "ttft",
@@ -145,10 +150,26 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 EXPORT_COLUMNS = (
-    "created_at", "instance", "completion_id", "model", "endpoint", "stream", "status",
-    "http_status", "error_code", "prompt_tokens", "completion_tokens", "finish_reason",
-    "queue_wait_ms", "load_ms", "ttft_ms", "duration_ms", "tokens_per_second", "client_address",
-    "user_agent", "api_key",
+    "created_at",
+    "instance",
+    "completion_id",
+    "model",
+    "endpoint",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "queue_wait_ms",
+    "load_ms",
+    "ttft_ms",
+    "duration_ms",
+    "tokens_per_second",
+    "client_address",
+    "user_agent",
+    "api_key",
 )
 
 

@@ -49,9 +49,20 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     actions = ("load_now", "unload_now")
     readonly_fields = (
-        "instance", "name", "path", "size", "file_modified_at", "architecture", "parameters",
-        "quantization", "context_length", "header_error", "present", "first_seen_at",
-        "last_seen_at", "missing_since",
+        "instance",
+        "name",
+        "path",
+        "size",
+        "file_modified_at",
+        "architecture",
+        "parameters",
+        "quantization",
+        "context_length",
+        "header_error",
+        "present",
+        "first_seen_at",
+        "last_seen_at",
+        "missing_since",
     )
     fieldsets = (
         (None, {"fields": readonly_fields}),
@@ -194,12 +205,18 @@ class LoadEventAdmin(HistoryAdmin):
 
 # The routes whose requests are recorded (tests/test_admin_console.py checks it against the URLconf).
 RECORDED_ENDPOINTS = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
     "/v1/messages/count_tokens",
 )
 
 
-def _choices_filter(field: str, lookups: Callable[[], Iterable[str]], *, blank: str = "") -> type[admin.SimpleListFilter]:
+def _choices_filter(
+    field: str, lookups: Callable[[], Iterable[str]], *, blank: str = ""
+) -> type[admin.SimpleListFilter]:
     """A list filter on `field` offering `lookups()`: Django's own would ask the request records
     for their distinct values, a scan of the whole table (seconds, at a million rows)."""
 
@@ -226,16 +243,33 @@ def _discovered(field: str) -> Callable[[], list[str]]:
 class RequestRecordAdmin(HistoryAdmin):
     # What fits at 1,280 px: the client, key, cache and the rest are on the record's page.
     list_display = (
-        "time", "model", "endpoint", "outcome", "tokens_in_out", "ttft_ms", "duration_ms", "tokens_per_second",
+        "time",
+        "model",
+        "endpoint",
+        "outcome",
+        "tokens_in_out",
+        "ttft_ms",
+        "duration_ms",
+        "tokens_per_second",
     )
     list_filter = (
-        "status", _choices_filter("model", _discovered("name")), _choices_filter("endpoint", lambda: RECORDED_ENDPOINTS),
-        _choices_filter("source", lambda: ("", "playground"), blank="an API client"), "stream", "created_at",
+        "status",
+        _choices_filter("model", _discovered("name")),
+        _choices_filter("endpoint", lambda: RECORDED_ENDPOINTS),
+        _choices_filter("source", lambda: ("", "playground"), blank="an API client"),
+        "stream",
+        "created_at",
         _choices_filter("instance", _discovered("instance")),
     )
     date_hierarchy = None  # its months and days are a scan of every record's date
     search_fields = (
-        "completion_id", "model", "error_code", "error_message", "user_agent", "client_address", "console_user",
+        "completion_id",
+        "model",
+        "error_code",
+        "error_message",
+        "user_agent",
+        "client_address",
+        "console_user",
     )
 
     @admin.display(description="status", ordering="status")
@@ -282,8 +316,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are created here (the secret is shown once), limited, and revoked, never read back."""
 
     form = ApiKeyForm
-    list_display = ("name", "prefix", "models", "requests_per_minute", "tokens_per_day", "created_at",
-                    "last_used_at", "revoked_at")
+    list_display = (
+        "name",
+        "prefix",
+        "models",
+        "requests_per_minute",
+        "tokens_per_day",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
     list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")

@@ -51,9 +51,7 @@ class DiscoveredModel(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [
-            models.UniqueConstraint(fields=["instance", "name"], name="unique_model_per_instance")
-        ]
+        constraints = [models.UniqueConstraint(fields=["instance", "name"], name="unique_model_per_instance")]
 
     def __str__(self) -> str:
         return self.name
@@ -121,7 +119,9 @@ class RequestRecord(models.Model):
     user_agent = models.CharField(max_length=500, blank=True)
     end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field")
     api_key = models.CharField(max_length=16, blank=True, help_text="The key's prefix; empty: no key")
-    source = models.CharField(max_length=20, blank=True, help_text="The console page that sent it; empty: an API client")
+    source = models.CharField(
+        max_length=20, blank=True, help_text="The console page that sent it; empty: an API client"
+    )
     console_user = models.CharField(max_length=150, blank=True, help_text="The staff user signed in to that page")
     created_at = models.DateTimeField(db_index=True)
 
@@ -213,9 +213,7 @@ class DailyUsage(models.Model):
             "completion_tokens": self.completion_tokens,
             "ttft_ms_p50": percentile(self.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, 0.5),
             "ttft_ms_p95": percentile(self.ttft_ms_histogram, histograms.TTFT_MS_BOUNDS, 0.95),
-            "tokens_per_s_p50": percentile(
-                self.tokens_per_second_histogram, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5
-            ),
+            "tokens_per_s_p50": percentile(self.tokens_per_second_histogram, histograms.TOKENS_PER_SECOND_BOUNDS, 0.5),
         }
 
 
@@ -227,7 +225,9 @@ class ApiKey(models.Model):
     hashed = models.CharField(max_length=64, editable=False)
     allowed_models = models.JSONField(default=list, blank=True, help_text="Model names; empty: every model")
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_day = models.PositiveIntegerField(null=True, blank=True, help_text="Prompt and completion tokens per UTC day")
+    tokens_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt and completion tokens per UTC day"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -39,12 +39,6 @@ def hashed(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-
-
-
-
-
-
 def api_key_find(secret: str) -> ApiKey | None:
     """The live key whose secret this is (and note its use), or None."""
     key = ApiKey.objects.filter(prefix=secret[:PREFIX_LENGTH], revoked_at__isnull=True).first()
@@ -146,7 +140,8 @@ class _DatabaseOutage:
             logger.warning(
                 "database unreachable for API key checks (%s): keys verified in the last %g s are "
                 "accepted from memory, others get a 503; tokens per day are not checked until it is back",
-                error_line(error), get_config().server.api_key_cache_seconds,
+                error_line(error),
+                get_config().server.api_key_cache_seconds,
             )
         self._failed_at = time.monotonic()
 

@@ -32,7 +32,6 @@ from inference.models import ApiKey, RequestRecord
 logger = logging.getLogger(__name__)
 
 
-
 def _tokens_today(prefix: str, since: datetime) -> int:
     records = RequestRecord.objects.filter(api_key=prefix, created_at__gte=since)
     return records.aggregate(total=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0))["total"]
@@ -49,7 +48,8 @@ async def _requests_per_minute_check(key: ApiKey, now: datetime) -> Allowance:
     if count.refused:
         raise QuotaExceeded(
             f"API key {key.prefix}… may make {limit} requests a minute.",
-            retry_after=math.ceil(count.frees_in), quotas=Quotas(requests=allowance),
+            retry_after=math.ceil(count.frees_in),
+            quotas=Quotas(requests=allowance),
         )
     return allowance
 
@@ -71,7 +71,11 @@ class _QuotaWarnings:
             self._warned.add(key.prefix)
             logger.warning(
                 "API key %s… (%s) has used %d of its %d tokens for today (UTC), %.0f%%",
-                key.prefix, key.name, used, key.tokens_per_day, 100 * used / key.tokens_per_day,
+                key.prefix,
+                key.name,
+                used,
+                key.tokens_per_day,
+                100 * used / key.tokens_per_day,
             )
 
 
@@ -106,6 +110,7 @@ async def quota_check(key: ApiKey | None) -> Quotas | None:
     if window is None:
         raise QuotaExceeded(
             f"API key {key.prefix}… has used its {key.tokens_per_day} tokens for today (UTC).",
-            retry_after=seconds_to_midnight(now), quotas=quotas,
+            retry_after=seconds_to_midnight(now),
+            quotas=quotas,
         )
     return quotas

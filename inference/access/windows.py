@@ -1,4 +1,5 @@
-"""Each key's requests in the last minute: counted by this process, or in the Redis that every server shares (REDIS_URL)."""
+"""Each key's requests in the last minute: counted by this process, or in the Redis that every
+server shares (REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ class SharedWindows:
             if self._reachable:
                 logger.warning(
                     "Redis at %s cannot be reached (%s): requests per minute are counted by this process alone",
-                    self._url, error,
+                    self._url,
+                    error,
                 )
                 self._reachable = False
             return self._local.reserve(prefix, limit)

@@ -22,7 +22,9 @@ class AdminView(APIView):
 
 class AdminLoadView(AdminView):
     @extend_schema(
-        operation_id="adminLoad", summary="Load a model now", request={"application/json": protocol.AdminModelSerializer},
+        operation_id="adminLoad",
+        summary="Load a model now",
+        request={"application/json": protocol.AdminModelSerializer},
         responses={200: names_schema("loaded"), **error_responses(400, 401, 404, 503)},
     )
     async def post(self, request: Request) -> Response:
@@ -32,7 +34,9 @@ class AdminLoadView(AdminView):
 
 class AdminUnloadView(AdminView):
     @extend_schema(
-        operation_id="adminUnload", summary="Unload a model, or all", request={"application/json": protocol.AdminModelSerializer},
+        operation_id="adminUnload",
+        summary="Unload a model, or all",
+        request={"application/json": protocol.AdminModelSerializer},
         responses={200: names_schema("unloaded", "pending"), **error_responses(400, 401, 404)},
     )
     async def post(self, request: Request) -> Response:
@@ -42,7 +46,8 @@ class AdminUnloadView(AdminView):
 
 class AdminModelsView(AdminView):
     @extend_schema(
-        operation_id="adminModels", summary="Every model with its state, slots, queue and usage today",
+        operation_id="adminModels",
+        summary="Every model with its state, slots, queue and usage today",
         responses={200: MODEL_TABLE_SCHEMA, **error_responses(401, 503)},
     )
     async def get(self, request: Request) -> Response:
@@ -52,7 +57,9 @@ class AdminModelsView(AdminView):
 
 class AdminReloadView(AdminView):
     @extend_schema(
-        operation_id="adminReload", summary="Re-read config.json and rediscover the models", request=None,
+        operation_id="adminReload",
+        summary="Re-read config.json and rediscover the models",
+        request=None,
         responses={200: names_schema("added", "removed", "changed"), **error_responses(400, 401)},
     )
     async def post(self, request: Request) -> Response:
@@ -61,7 +68,9 @@ class AdminReloadView(AdminView):
 
 class AdminReapView(AdminView):
     @extend_schema(
-        operation_id="adminReap", summary="Unload the idle models now", request=None,
+        operation_id="adminReap",
+        summary="Unload the idle models now",
+        request=None,
         responses={200: names_schema("unloaded"), **error_responses(401)},
     )
     async def post(self, request: Request) -> Response:

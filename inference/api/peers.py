@@ -24,7 +24,13 @@ logger = logging.getLogger(__name__)
 
 FORWARDED_BY = "X-Llamasite-Forwarded-By"
 _PASSED_ON = (
-    "Authorization", "X-Api-Key", "Anthropic-Version", "Anthropic-Beta", "Content-Type", "Accept", "User-Agent",
+    "Authorization",
+    "X-Api-Key",
+    "Anthropic-Version",
+    "Anthropic-Beta",
+    "Content-Type",
+    "Accept",
+    "User-Agent",
 )
 _RELAYED_BACK = ("Cache-Control", "X-Accel-Buffering", "Retry-After")
 # Connecting and sending are quick on a LAN; an answer may stream for as long as it generates.
@@ -62,7 +68,9 @@ async def forward(request: HttpRequest) -> StreamingHttpResponse | None:
     for peer in get_config().server.peers:
         try:
             upstream = await client.send(
-                client.build_request(request.method, f"{peer}{request.get_full_path()}", content=request.body, headers=headers),
+                client.build_request(
+                    request.method, f"{peer}{request.get_full_path()}", content=request.body, headers=headers
+                ),
                 stream=True,
             )
         except httpx.HTTPError as exc:

@@ -25,8 +25,13 @@ from inference.api.openapi import (
 )
 from inference.protocol import anthropic_output
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
-from inference.protocol.responses import InputItemsQuerySerializer, ResponseRequestSerializer
-from inference.protocol.responses_output import INPUT_ITEMS_SCHEMA, RESPONSE_DELETED_SCHEMA, RESPONSE_SCHEMA
+from inference.protocol.responses import ResponseRequestSerializer
+from inference.protocol.responses_output import (
+    INPUT_ITEMS_SCHEMA,
+    RESPONSE_DELETED_SCHEMA,
+    RESPONSE_SCHEMA,
+    InputItemsQuerySerializer,
+)
 from inference.protocol.sse import sse_event_schema
 from inference.records import metrics
 from inference.records.recording import RequestRecording
@@ -59,7 +64,8 @@ class HealthView(APIView):
 
 class ModelListView(APIView):
     @extend_schema(
-        operation_id="listModels", summary="The models in the models directory (that the key may use)",
+        operation_id="listModels",
+        summary="The models in the models directory (that the key may use)",
         responses={200: openai_schema("ListModelsResponse"), **error_responses(401)},
     )
     async def get(self, request: Request) -> Response:
@@ -71,7 +77,8 @@ class ModelListView(APIView):
 
 class ModelDetailView(APIView):
     @extend_schema(
-        operation_id="retrieveModel", summary="One model",
+        operation_id="retrieveModel",
+        summary="One model",
         responses={200: openai_schema("Model"), **error_responses(401, 404)},
     )
     async def get(self, request: Request, model_id: str) -> Response | StreamingHttpResponse:
@@ -132,15 +139,18 @@ class GenerationView(APIView):
         recording = request_recording(request, identity)
         async with recording.until_output(requested_model=lambda: requested_model(request)):
             parsed = self.serializer.parse(request.data)
-            if parsed.model and peers.forwarding(request) and not model_selectors.model_served_here(
-                parsed.model, identity.allowed_models
+            if (
+                parsed.model
+                and peers.forwarding(request)
+                and not model_selectors.model_served_here(parsed.model, identity.allowed_models)
             ):
                 if (answer := await peers.forward(request)) is not None:
                     return answer  # the peer records it
             self.quotas = await quota_check(identity.key)
             recording.token_window = self.quotas.window if self.quotas else None
             caller = Caller(
-                api_key=identity.api_key, allowed_models=identity.allowed_models,
+                api_key=identity.api_key,
+                allowed_models=identity.allowed_models,
                 token_allowance=recording.token_window.claim if recording.token_window else None,
             )
             started = await self.start(request=parsed, caller=caller)
@@ -229,13 +239,16 @@ class ResponsesView(GenerationView):
 
 class ResponseDetailView(APIView):
     @extend_schema(
-        operation_id="getResponse", summary="A stored response", responses={200: RESPONSE_SCHEMA, **error_responses(401, 404, 503)},
+        operation_id="getResponse",
+        summary="A stored response",
+        responses={200: RESPONSE_SCHEMA, **error_responses(401, 404, 503)},
     )
     async def get(self, request: Request, response_id: str) -> Response:
         return Response((await stored_responses.stored_response(response_id, api_key=self.identity.api_key)).body)
 
     @extend_schema(
-        operation_id="deleteResponse", summary="Delete a stored response",
+        operation_id="deleteResponse",
+        summary="Delete a stored response",
         responses={200: RESPONSE_DELETED_SCHEMA, **error_responses(401, 404, 503)},
     )
     async def delete(self, request: Request, response_id: str) -> Response:
@@ -245,8 +258,10 @@ class ResponseDetailView(APIView):
 
 class ResponseInputItemsView(APIView):
     @extend_schema(
-        operation_id="listInputItems", summary="The input items of a stored response",
-        parameters=[InputItemsQuerySerializer], responses={200: INPUT_ITEMS_SCHEMA, **error_responses(400, 401, 404, 503)},
+        operation_id="listInputItems",
+        summary="The input items of a stored response",
+        parameters=[InputItemsQuerySerializer],
+        responses={200: INPUT_ITEMS_SCHEMA, **error_responses(400, 401, 404, 503)},
     )
     async def get(self, request: Request, response_id: str) -> Response:
         stored = await stored_responses.stored_response(response_id, api_key=self.identity.api_key)
@@ -267,8 +282,11 @@ _ANTHROPIC_ERRORS = {status: anthropic_output.ERROR_SCHEMA for status in _GENERA
 
 
 @_generation_schema(
-    "createMessage", "Create a message (Anthropic's Messages API)", anthropic_output.MESSAGE_SCHEMA,
-    errors=_ANTHROPIC_ERRORS, stream=anthropic_output.STREAM_SCHEMA,
+    "createMessage",
+    "Create a message (Anthropic's Messages API)",
+    anthropic_output.MESSAGE_SCHEMA,
+    errors=_ANTHROPIC_ERRORS,
+    stream=anthropic_output.STREAM_SCHEMA,
 )
 class MessagesView(AnthropicView):
     serializer = protocol.MessagesRequestSerializer
@@ -278,8 +296,10 @@ class MessagesView(AnthropicView):
 
 
 @_generation_schema(
-    "countMessageTokens", "Count the input tokens of a message (Anthropic's Messages API)",
-    anthropic_output.TOKEN_COUNT_SCHEMA, errors=_ANTHROPIC_ERRORS,
+    "countMessageTokens",
+    "Count the input tokens of a message (Anthropic's Messages API)",
+    anthropic_output.TOKEN_COUNT_SCHEMA,
+    errors=_ANTHROPIC_ERRORS,
 )
 class MessageTokensView(AnthropicView):
     serializer = protocol.MessageTokensRequestSerializer
@@ -294,9 +314,7 @@ async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return protocol.error_json_response(
-        404, f"Unknown URL: {request.method} {request.path}", code="unknown_url"
-    )
+    return protocol.error_json_response(404, f"Unknown URL: {request.method} {request.path}", code="unknown_url")
 
 
 def server_error(request: HttpRequest) -> JsonResponse:

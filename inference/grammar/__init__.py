@@ -9,6 +9,10 @@ from inference.grammar.keywords import SchemaNotSupported
 from inference.grammar.schema import JSON_OBJECT_GRAMMAR, json_schema_grammar
 
 __all__ = [
-    "JSON_OBJECT_GRAMMAR", "SchemaNotSupported", "SchemaRefused", "SchemaTooComplex", "json_schema_grammar",
+    "JSON_OBJECT_GRAMMAR",
+    "SchemaNotSupported",
+    "SchemaRefused",
+    "SchemaTooComplex",
+    "json_schema_grammar",
     "schema_grammar",
 ]

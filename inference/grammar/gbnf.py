@@ -116,9 +116,7 @@ def _hex(code: int) -> str:
 
 def literal(text: str) -> str:
     """A GBNF literal matching exactly `text` (which must not be empty)."""
-    escaped = "".join(
-        "\\" + c if c in '"\\' else c if " " <= c <= "~" else _hex(ord(c)) for c in text
-    )
+    escaped = "".join("\\" + c if c in '"\\' else c if " " <= c <= "~" else _hex(ord(c)) for c in text)
     return f'"{escaped}"'
 
 
@@ -179,8 +177,7 @@ def char_class(chars: CharSet) -> str:
     negated = len(complement.ranges) < len(chars.ranges)
     listed = complement if negated else chars
     items = "".join(
-        _class_char(low) if low == high else f"{_class_char(low)}-{_class_char(high)}"
-        for low, high in listed.ranges
+        _class_char(low) if low == high else f"{_class_char(low)}-{_class_char(high)}" for low, high in listed.ranges
     )
     return f"[{'^' if negated else ''}{items}]"
 
@@ -199,7 +196,8 @@ def json_chars(chars: CharSet) -> str | None:
         alternatives.append(f'"\\\\" {char_class(CharSet.chars(letters))}')
     for high in "01":
         digits = "".join(
-            digit for digit in "0123456789abcdef"
+            digit
+            for digit in "0123456789abcdef"
             if int(high + digit, 16) not in _SHORT_ESCAPES and chr(int(high + digit, 16)) in escaped
         )
         if digits:
@@ -320,7 +318,7 @@ def _with_fraction(whole: int, lower: _Fraction | None, upper: _Fraction | None,
     fraction = _fraction(lower, upper, room)
     if fraction is None:
         return None
-    return f'{literal(str(whole))} {fraction}'.strip()
+    return f"{literal(str(whole))} {fraction}".strip()
 
 
 def _fraction(lower: _Fraction | None, upper: _Fraction | None, room: int) -> str | None:

@@ -18,18 +18,54 @@ Schema = Any  # a dict, or True / False
 
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
 FORMATS = ("date", "time", "date-time", "uuid")
-ANNOTATIONS = frozenset({
-    "title", "description", "$schema", "$comment", "examples", "example", "default", "deprecated",
-    "readOnly", "writeOnly", "$anchor", "$vocabulary", "contentEncoding", "contentMediaType",
-    "contentSchema", "discriminator", "externalDocs", "xml",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "$schema",
+        "$comment",
+        "examples",
+        "example",
+        "default",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$anchor",
+        "$vocabulary",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "discriminator",
+        "externalDocs",
+        "xml",
+    }
+)
 DEFINITIONS = frozenset({"$defs", "definitions"})
-REFUSED = frozenset({
-    "multipleOf", "not", "if", "then", "else", "patternProperties", "propertyNames", "contains",
-    "minContains", "maxContains", "minProperties", "maxProperties", "dependentRequired",
-    "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
-    "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor",
-})
+REFUSED = frozenset(
+    {
+        "multipleOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "$dynamicRef",
+        "$dynamicAnchor",
+        "$recursiveRef",
+        "$recursiveAnchor",
+    }
+)
 # Keywords that constrain one type only: a schema without `type` that uses them gets that type.
 FAMILIES = {
     "object": frozenset({"properties", "required", "additionalProperties"}),
@@ -154,9 +190,12 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "prefixItems": lambda value: _problem(_schemas(value), "a list of schemas"),
     "uniqueItems": _unique_items_problem,
     **dict.fromkeys(("minItems", "maxItems", "minLength", "maxLength"), _count_problem),
-    **dict.fromkeys(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"), lambda value: _problem(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and _is_json(value), "a number"
-    )),
+    **dict.fromkeys(
+        ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"),
+        lambda value: _problem(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and _is_json(value), "a number"
+        ),
+    ),
     "pattern": lambda value: _problem(isinstance(value, str), "a string"),
     "format": _format_problem,
 }

@@ -74,7 +74,8 @@ class OneOf:
         forbidden = second.get("additionalProperties") is False and required - set(second.get("properties", {}))
         first_properties, second_properties = first.get("properties", {}), second.get("properties", {})
         return bool(forbidden) or any(
-            name in first_properties and name in second_properties
+            name in first_properties
+            and name in second_properties
             and self._excludes(first_properties[name], second_properties[name], depth + 1)
             for name in required & set(second.get("required", ()))
         )

@@ -32,7 +32,12 @@ _DIGITS = CharSet.of((0x30, 0x39))
 _WORD = _DIGITS | CharSet.of((0x41, 0x5A), (0x61, 0x7A)) | CharSet.chars("_")
 _SPACE = CharSet.chars("\t\n\x0b\x0c\r ")
 _SHORTHANDS = {
-    "d": _DIGITS, "D": _AGREED - _DIGITS, "w": _WORD, "W": _AGREED - _WORD, "s": _SPACE, "S": _AGREED - _SPACE,
+    "d": _DIGITS,
+    "D": _AGREED - _DIGITS,
+    "w": _WORD,
+    "W": _AGREED - _WORD,
+    "s": _SPACE,
+    "S": _AGREED - _SPACE,
 }
 _CONTROL_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\x0c", "v": "\x0b"}
 _SYNTAX = set("^$\\.*+?()[]{}|")

@@ -66,9 +66,7 @@ class Resolver:
                 _combine(merged, key, value, path)
         return merged
 
-    def _flatten(
-        self, part: Schema, path: Path, within: frozenset[str], inlined: set[str], out: list[_Part]
-    ) -> None:
+    def _flatten(self, part: Schema, path: Path, within: frozenset[str], inlined: set[str], out: list[_Part]) -> None:
         """Append `part` (less allOf and $ref) and, in turn, its allOf parts and $ref target.
         `within`: the $refs this part is inside of (meeting one again is a loop); `inlined`: the
         $refs this merge already holds, whose parts would only repeat what it asks."""

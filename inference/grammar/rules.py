@@ -25,14 +25,16 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "integer": ('"-"? integral', ("integral",)),
     "number": ('"-"? integral ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?', ("integral",)),
     "value": (
-        "object | array | string | number | boolean | null", ("object", "array", "string", "number", "boolean", "null")
+        "object | array | string | number | boolean | null",
+        ("object", "array", "string", "number", "boolean", "null"),
     ),
     "member": ('string space ":" space value', ("string", "space", "value")),
     "object": ('"{" space (member ("," space member)*)? space "}"', ("member", "space")),
     "array": ('"[" space (value ("," space value)*)? space "]"', ("value", "space")),
     "year": ('"000" [1-9] | "00" [1-9] [0-9] | "0" [1-9] [0-9]{2} | [1-9] [0-9]{3}', ()),
     "leap-year": (
-        '[0-9]{2} ("0" [48] | [2468] [048] | [13579] [26]) | ("0" [48] | [2468] [048] | [13579] [26]) "00"', ()
+        '[0-9]{2} ("0" [48] | [2468] [048] | [13579] [26]) | ("0" [48] | [2468] [048] | [13579] [26]) "00"',
+        (),
     ),
     "date": (
         'year "-" ("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01])'

@@ -37,16 +37,21 @@ def number_rule(rules: Rules, schema: dict[str, Any], path: Path, hint: str, *, 
     upper = _bound(schema, "maximum", "exclusiveMaximum", lower=False)
     if lower is None and upper is None:
         return rules.primitive("integer" if integer else "number")
-    if lower and upper and (
-        lower[0].value > upper[0].value
-        or (lower[0].value == upper[0].value and not (lower[0].inclusive and upper[0].inclusive))
+    if (
+        lower
+        and upper
+        and (
+            lower[0].value > upper[0].value
+            or (lower[0].value == upper[0].value and not (lower[0].inclusive and upper[0].inclusive))
+        )
     ):
         raise SchemaNotSupported(upper[1], path, f"is below '{lower[1]}': no number is in the range")
     body = number_range(lower and lower[0], upper and upper[0], integer=integer)
     if body is None:
         keyword = next(side[1] for side in (lower, upper) if side)
         what = (
-            f"integer of at most {MAX_INTEGER_DIGITS} digits" if integer
+            f"integer of at most {MAX_INTEGER_DIGITS} digits"
+            if integer
             else f"number of at most {SIGNIFICANT_DIGITS} significant digits"
         )
         raise SchemaNotSupported(keyword, path, f"leaves no {what} in the range")
@@ -98,7 +103,8 @@ class Objects:
             properties.setdefault(name, additional if isinstance(additional, dict) else True)
         members = [
             (self._member(name, sub, path), "required" if name in required else "optional")
-            for name, sub in properties.items() if sub is not False
+            for name, sub in properties.items()
+            if sub is not False
         ]
         if additional not in (None, False):
             members.append((self._additional(additional, list(properties), path, hint), "repeated"))
@@ -175,8 +181,7 @@ class Arrays:
             high = len(listed) if high is None else min(high, len(listed))
         listed = listed[:high] if high is not None else listed
         items = [
-            self.visit(sub, (*path, listed_keyword, str(index)), f"{hint}-{index}")
-            for index, sub in enumerate(listed)
+            self.visit(sub, (*path, listed_keyword, str(index)), f"{hint}-{index}") for index, sub in enumerate(listed)
         ]
         more = None
         if rest is not False and (high is None or high > len(listed)):
@@ -188,6 +193,7 @@ class Arrays:
 
     def _items(self, items: list[str], more: tuple[str, str] | None, low: int, high: int | None, path: Path) -> str:
         """The listed items (optional beyond `low`), then `more` (comma and item) to the counts."""
+
         def further(next_item: str, already: int) -> str:  # `more` after `already` items
             return _repeat(next_item, max(low - already, 0), None if high is None else high - already, "maxItems", path)
 
@@ -214,7 +220,8 @@ def _bound(schema: dict[str, Any], inclusive: str, exclusive: str, *, lower: boo
     """The tighter of a schema's inclusive and exclusive bound on one side, and its keyword."""
     candidates = [
         (Bound(_decimal(schema[keyword]), keyword == inclusive), keyword)
-        for keyword in (inclusive, exclusive) if keyword in schema
+        for keyword in (inclusive, exclusive)
+        if keyword in schema
     ]
     if not candidates:
         return None

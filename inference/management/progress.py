@@ -26,10 +26,12 @@ def duration(seconds: float | None) -> str:
 
 
 def describe(progress: PullProgress) -> str:
-    """"44.1 MB / 98.0 MB  12.3 MB/s  ETA 0:05" (sizes unknown to the server are left out)."""
+    """ "44.1 MB / 98.0 MB  12.3 MB/s  ETA 0:05" (sizes unknown to the server are left out)."""
     size = f" / {human_bytes(progress.total)}" if progress.total is not None else ""
-    return (f"{human_bytes(progress.received)}{size}  {human_bytes(progress.bytes_per_second)}/s  "
-            f"ETA {duration(progress.eta_seconds)}")
+    return (
+        f"{human_bytes(progress.received)}{size}  {human_bytes(progress.bytes_per_second)}/s  "
+        f"ETA {duration(progress.eta_seconds)}"
+    )
 
 
 class TerminalProgress:

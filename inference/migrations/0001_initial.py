@@ -4,52 +4,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='LoadEvent',
+            name="LoadEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('instance', models.CharField(max_length=200)),
-                ('model', models.CharField(db_index=True, max_length=255)),
-                ('kind', models.CharField(choices=[('load', 'Load'), ('load_failed', 'Load Failed'), ('unload', 'Unload')], max_length=20)),
-                ('reason', models.CharField(choices=[('first_request', 'First Request'), ('idle', 'Idle'), ('admin_api', 'Admin Api'), ('admin_ui', 'Admin Ui'), ('cli', 'Cli'), ('lru', 'Lru'), ('reload', 'Reload'), ('keep_alive', 'Keep Alive'), ('shutdown', 'Shutdown'), ('error', 'Error')], max_length=20)),
-                ('duration_ms', models.FloatField()),
-                ('settings', models.JSONField(blank=True, default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("instance", models.CharField(max_length=200)),
+                ("model", models.CharField(db_index=True, max_length=255)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("load", "Load"), ("load_failed", "Load Failed"), ("unload", "Unload")], max_length=20
+                    ),
+                ),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("first_request", "First Request"),
+                            ("idle", "Idle"),
+                            ("admin_api", "Admin Api"),
+                            ("admin_ui", "Admin Ui"),
+                            ("cli", "Cli"),
+                            ("lru", "Lru"),
+                            ("reload", "Reload"),
+                            ("keep_alive", "Keep Alive"),
+                            ("shutdown", "Shutdown"),
+                            ("error", "Error"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("duration_ms", models.FloatField()),
+                ("settings", models.JSONField(blank=True, default=dict)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='DiscoveredModel',
+            name="DiscoveredModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('instance', models.CharField(max_length=200)),
-                ('name', models.CharField(max_length=255)),
-                ('path', models.CharField(max_length=4096)),
-                ('size_bytes', models.BigIntegerField()),
-                ('file_modified_at', models.DateTimeField()),
-                ('architecture', models.CharField(blank=True, max_length=100)),
-                ('parameter_count', models.BigIntegerField(blank=True, null=True)),
-                ('quantization', models.CharField(blank=True, max_length=50)),
-                ('context_length', models.IntegerField(blank=True, help_text='Trained context length', null=True)),
-                ('header_error', models.TextField(blank=True, help_text='Why the GGUF header could not be read')),
-                ('present', models.BooleanField(default=True)),
-                ('first_seen_at', models.DateTimeField(auto_now_add=True)),
-                ('last_seen_at', models.DateTimeField()),
-                ('missing_since', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("instance", models.CharField(max_length=200)),
+                ("name", models.CharField(max_length=255)),
+                ("path", models.CharField(max_length=4096)),
+                ("size_bytes", models.BigIntegerField()),
+                ("file_modified_at", models.DateTimeField()),
+                ("architecture", models.CharField(blank=True, max_length=100)),
+                ("parameter_count", models.BigIntegerField(blank=True, null=True)),
+                ("quantization", models.CharField(blank=True, max_length=50)),
+                ("context_length", models.IntegerField(blank=True, help_text="Trained context length", null=True)),
+                ("header_error", models.TextField(blank=True, help_text="Why the GGUF header could not be read")),
+                ("present", models.BooleanField(default=True)),
+                ("first_seen_at", models.DateTimeField(auto_now_add=True)),
+                ("last_seen_at", models.DateTimeField()),
+                ("missing_since", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.UniqueConstraint(fields=('instance', 'name'), name='unique_model_per_instance')],
+                "ordering": ["name"],
+                "constraints": [models.UniqueConstraint(fields=("instance", "name"), name="unique_model_per_instance")],
             },
         ),
     ]

@@ -4,29 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0004_load_event_time_set_by_the_server'),
+        ("inference", "0004_load_event_time_set_by_the_server"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='StoredResponse',
+            name="StoredResponse",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('response_id', models.CharField(max_length=64, unique=True)),
-                ('instance', models.CharField(max_length=200)),
-                ('api_key', models.CharField(blank=True, help_text="The key's prefix; empty: no key", max_length=16)),
-                ('model', models.CharField(max_length=255)),
-                ('status', models.CharField(max_length=20)),
-                ('previous_response_id', models.CharField(blank=True, max_length=64)),
-                ('body', models.JSONField(help_text='The response object, as it was returned')),
-                ('input_items', models.JSONField(default=list, help_text="This request's input items")),
-                ('history', models.JSONField(default=list, help_text='The items before them (earlier turns)')),
-                ('created_at', models.DateTimeField(db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("response_id", models.CharField(max_length=64, unique=True)),
+                ("instance", models.CharField(max_length=200)),
+                ("api_key", models.CharField(blank=True, help_text="The key's prefix; empty: no key", max_length=16)),
+                ("model", models.CharField(max_length=255)),
+                ("status", models.CharField(max_length=20)),
+                ("previous_response_id", models.CharField(blank=True, max_length=64)),
+                ("body", models.JSONField(help_text="The response object, as it was returned")),
+                ("input_items", models.JSONField(default=list, help_text="This request's input items")),
+                ("history", models.JSONField(default=list, help_text="The items before them (earlier turns)")),
+                ("created_at", models.DateTimeField(db_index=True)),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
     ]

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0005_stored_responses'),
+        ("inference", "0005_stored_responses"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='requestrecord',
-            name='cache_tier',
-            field=models.CharField(blank=True, help_text='Where: slot, ram, disk', max_length=8),
+            model_name="requestrecord",
+            name="cache_tier",
+            field=models.CharField(blank=True, help_text="Where: slot, ram, disk", max_length=8),
         ),
         migrations.AddField(
-            model_name='requestrecord',
-            name='cached_tokens',
-            field=models.PositiveIntegerField(default=0, help_text='Of the prompt tokens, found in a cache'),
+            model_name="requestrecord",
+            name="cached_tokens",
+            field=models.PositiveIntegerField(default=0, help_text="Of the prompt tokens, found in a cache"),
         ),
     ]

@@ -4,20 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0006_prompt_cache_tiers'),
+        ("inference", "0006_prompt_cache_tiers"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='requestrecord',
-            name='draft_tokens_accepted',
-            field=models.PositiveIntegerField(default=0, help_text='Of those, the ones the model confirmed'),
+            model_name="requestrecord",
+            name="draft_tokens_accepted",
+            field=models.PositiveIntegerField(default=0, help_text="Of those, the ones the model confirmed"),
         ),
         migrations.AddField(
-            model_name='requestrecord',
-            name='draft_tokens_proposed',
-            field=models.PositiveIntegerField(default=0, help_text='Tokens guessed by speculative decoding (model_manager.speculative), all choices'),
+            model_name="requestrecord",
+            name="draft_tokens_proposed",
+            field=models.PositiveIntegerField(
+                default=0, help_text="Tokens guessed by speculative decoding (model_manager.speculative), all choices"
+            ),
         ),
     ]

@@ -4,20 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0007_speculative_counts'),
+        ("inference", "0007_speculative_counts"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='requestrecord',
-            name='console_user',
-            field=models.CharField(blank=True, help_text='The staff user signed in to that page', max_length=150),
+            model_name="requestrecord",
+            name="console_user",
+            field=models.CharField(blank=True, help_text="The staff user signed in to that page", max_length=150),
         ),
         migrations.AddField(
-            model_name='requestrecord',
-            name='source',
-            field=models.CharField(blank=True, help_text='The console page that sent it; empty: an API client', max_length=20),
+            model_name="requestrecord",
+            name="source",
+            field=models.CharField(
+                blank=True, help_text="The console page that sent it; empty: an API client", max_length=20
+            ),
         ),
     ]

@@ -4,15 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0008_console_requests'),
+        ("inference", "0008_console_requests"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='loadevent',
-            name='reason',
-            field=models.CharField(choices=[('first_request', 'First Request'), ('idle', 'Idle'), ('admin_api', 'Admin Api'), ('admin_ui', 'Admin Ui'), ('cli', 'Cli'), ('lru', 'Lru'), ('reload', 'Reload'), ('file_removed', 'File Removed'), ('keep_alive', 'Keep Alive'), ('preload', 'Preload'), ('shutdown', 'Shutdown'), ('error', 'Error')], max_length=20),
+            model_name="loadevent",
+            name="reason",
+            field=models.CharField(
+                choices=[
+                    ("first_request", "First Request"),
+                    ("idle", "Idle"),
+                    ("admin_api", "Admin Api"),
+                    ("admin_ui", "Admin Ui"),
+                    ("cli", "Cli"),
+                    ("lru", "Lru"),
+                    ("reload", "Reload"),
+                    ("file_removed", "File Removed"),
+                    ("keep_alive", "Keep Alive"),
+                    ("preload", "Preload"),
+                    ("shutdown", "Shutdown"),
+                    ("error", "Error"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

@@ -133,7 +133,9 @@ def _checked_block(block: Any, kinds: tuple[str, ...]) -> dict[str, Any]:
         raise serializers.ValidationError("Expected a content block: an object with a string 'type'.")
     kind = block["type"]
     if kind in _MEDIA:
-        raise serializers.ValidationError(f"{_MEDIA[kind].capitalize()} are not supported: this server's models read text only.")
+        raise serializers.ValidationError(
+            f"{_MEDIA[kind].capitalize()} are not supported: this server's models read text only."
+        )
     if kind not in kinds:
         raise serializers.ValidationError(f"A {kind!r} block is not supported here; expected {' or '.join(kinds)}.")
     for name, (expected, required) in _BLOCK_FIELDS[kind].items():
@@ -269,7 +271,9 @@ class AnthropicToolChoiceField(serializers.Field):
     "auto", "required", "none" or "function:<name>" (one call at most, in any case)."""
 
     default_error_messages = {
-        "invalid": 'Expected {{"type": "auto"}}, {{"type": "any"}}, {{"type": "none"}} or {{"type": "tool", "name": ...}}.',
+        "invalid": (
+            'Expected {{"type": "auto"}}, {{"type": "any"}}, {{"type": "none"}} or {{"type": "tool", "name": ...}}.'
+        ),
     }
 
     def to_internal_value(self, data: Any) -> str:
@@ -315,7 +319,11 @@ class OutputConfigField(serializers.Field):
         output = data.get("format")
         if output is None:
             return None
-        if not isinstance(output, dict) or output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict):
+        if (
+            not isinstance(output, dict)
+            or output.get("type") != "json_schema"
+            or not isinstance(output.get("schema"), dict)
+        ):
             raise serializers.ValidationError({"format": 'Expected {"type": "json_schema", "schema": {...}}.'})
         return {"type": "json_schema", "json_schema": {"schema": output["schema"]}}
 
@@ -343,7 +351,8 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
         check_tool_choice(
-            attrs, {tool.name for tool in attrs.get("tools") or () if tool is not None},
+            attrs,
+            {tool.name for tool in attrs.get("tools") or () if tool is not None},
             none_offered="'any' needs custom tools in 'tools' (deferred ones are not offered).",
             not_offered="It names no tool in 'tools' that is offered (server and deferred tools are not).",
         )

@@ -40,30 +40,6 @@ def anthropic_exception_handler(exc: Exception, context: Mapping[str, Any]) -> R
     return Response(error_body(status, message), status=status, headers=error_headers(exc, code))
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --- OpenAPI -------------------------------------------------------------------------------------
 
 _INTEGER = {"type": "integer"}
@@ -78,7 +54,10 @@ MESSAGE_SCHEMA = {
             "type": "array",
             "items": {"anyOf": [TEXT_BLOCK, TOOL_USE_BLOCK]},
         },
-        "stop_reason": {"type": ["string", "null"], "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", None]},
+        "stop_reason": {
+            "type": ["string", "null"],
+            "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", None],
+        },
         "stop_sequence": {"type": ["string", "null"]},
         "usage": {
             "type": "object",

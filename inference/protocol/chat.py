@@ -92,7 +92,7 @@ class ToolSerializer(serializers.Serializer):
     }
 )
 class ToolChoiceField(serializers.Field):
-    """"none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
+    """ "none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
 
     default_error_messages = {"invalid": 'Expected "none", "auto", "required" or a named function.'}
 
@@ -202,8 +202,10 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
         if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
             raise serializers.ValidationError({"top_logprobs": "'top_logprobs' needs 'logprobs': true."})
         check_tool_choice(
-            attrs, {tool["function"]["name"] for tool in attrs.get("tools") or ()},
-            none_offered="'required' needs 'tools'.", not_offered="It names a function that is not in 'tools'.",
+            attrs,
+            {tool["function"]["name"] for tool in attrs.get("tools") or ()},
+            none_offered="'required' needs 'tools'.",
+            not_offered="It names a function that is not in 'tools'.",
         )
         return attrs
 
@@ -281,21 +283,3 @@ def _history(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
 
 
 # --- responses ---------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

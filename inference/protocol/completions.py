@@ -86,13 +86,3 @@ class CompletionRequestSerializer(GenerationRequestSerializer):
             logprobs=values.get("logprobs") is not None,
             user=values.get("user", ""),
         )
-
-
-
-
-
-
-
-
-
-

@@ -87,5 +87,3 @@ class EmbeddingRequestSerializer(OpenAIRequestSerializer):
             encoding_format=values.get("encoding_format", "float"),
             user=values.get("user", ""),
         )
-
-

@@ -23,12 +23,15 @@ from inference.runtime import errors as runtime
 # model from any other 404 by it.
 ERROR_CODE_HEADER = "X-Llamasite-Error-Code"
 
+
 def _listed(names: list[str]) -> str:
     return ", ".join(names) or "none"
 
 
 def _not_found(exc: runtime.ModelNotFound) -> errors.ApiError:
-    what = f"'{exc.requested}'" if exc.alias_of is None else f"'{exc.requested}' (which the alias '{exc.alias_of}' names)"
+    what = (
+        f"'{exc.requested}'" if exc.alias_of is None else f"'{exc.requested}' (which the alias '{exc.alias_of}' names)"
+    )
     if exc.directory_missing:
         return errors.UnknownModel(
             f"The model {what} does not exist: the models directory {exc.directory} does not exist."
@@ -128,9 +131,7 @@ def error_type_for(status: int) -> str:
     return "server_error" if status >= 500 else _TYPE_BY_STATUS.get(status, "invalid_request_error")
 
 
-def error_body(
-    message: str, error_type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 

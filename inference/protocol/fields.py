@@ -180,7 +180,9 @@ def optional(field_class: Callable[..., serializers.Field], **kwargs: Any) -> se
 
 
 def sampling_from(values: dict[str, Any]) -> Sampling:
-    return Sampling(**{option.name: values[option.name] for option in dataclass_fields(Sampling) if option.name in values})
+    return Sampling(
+        **{option.name: values[option.name] for option in dataclass_fields(Sampling) if option.name in values}
+    )
 
 
 class OpenAIRequestSerializer(serializers.Serializer):

@@ -31,7 +31,9 @@ def go_duration(seconds: float) -> str:
 
 
 def _each(quotas: Quotas) -> list[tuple[str, Allowance]]:
-    return [(kind, allowance) for kind, allowance in (("requests", quotas.requests), ("tokens", quotas.tokens)) if allowance]
+    return [
+        (kind, allowance) for kind, allowance in (("requests", quotas.requests), ("tokens", quotas.tokens)) if allowance
+    ]
 
 
 def openai_rate_limit_headers(quotas: Quotas, now: datetime | None = None) -> dict[str, str]:

@@ -53,7 +53,10 @@ _INPUT_SCHEMA = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
+                    "type": {
+                        "type": "string",
+                        "enum": ["message", "function_call", "function_call_output", "reasoning"],
+                    },
                     "role": {"type": "string", "enum": list(_ROLES)},
                     "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
                     "call_id": {"type": "string"},
@@ -99,7 +102,13 @@ class InputField(serializers.Field):
 
 
 def _message_item(role: str, content: list[dict[str, Any]], given_id: str | None = None) -> dict[str, Any]:
-    return {"id": given_id or item_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
+    return {
+        "id": given_id or item_id("msg"),
+        "type": "message",
+        "role": role,
+        "content": content,
+        "status": "completed",
+    }
 
 
 def _text_of(parts: Any, what: str) -> list[dict[str, Any]]:
@@ -145,8 +154,12 @@ def _normalised_item(item: Any) -> dict[str, Any] | None:
         return _message_item(role, content, given_id)
     if kind == "function_call":
         call = {
-            "id": given_id or item_id("fc"), "type": "function_call", "call_id": _string(item, "call_id"),
-            "name": _string(item, "name"), "arguments": _string(item, "arguments", blank=True), "status": "completed",
+            "id": given_id or item_id("fc"),
+            "type": "function_call",
+            "call_id": _string(item, "call_id"),
+            "name": _string(item, "name"),
+            "arguments": _string(item, "arguments", blank=True),
+            "status": "completed",
         }
         if isinstance(item.get("namespace"), str):
             call["namespace"] = item["namespace"]
@@ -155,8 +168,11 @@ def _normalised_item(item: Any) -> dict[str, Any] | None:
         output = item.get("output")
         text = output if isinstance(output, str) else "\n".join(part["text"] for part in _text_of(output, "output"))
         return {
-            "id": given_id or item_id("fco"), "type": "function_call_output", "call_id": _string(item, "call_id"),
-            "output": text, "status": "completed",
+            "id": given_id or item_id("fco"),
+            "type": "function_call_output",
+            "call_id": _string(item, "call_id"),
+            "output": text,
+            "status": "completed",
         }
     if kind in _IGNORED_ITEMS:
         logger.debug("ignoring a %s input item", kind)
@@ -185,7 +201,9 @@ def conversation_messages(items: list[dict[str, Any]] | tuple[dict[str, Any], ..
 # --- tools -------------------------------------------------------------------------------------
 
 
-@extend_schema_field({"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string"}}, "required": ["type"]}})
+@extend_schema_field(
+    {"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string"}}, "required": ["type"]}}
+)
 class ToolsField(serializers.Field):
     """Function tools, and namespaces of them (offered by their own names); hosted tools this
     server cannot run (web_search, file_search, …) are kept for the echo but not offered."""
@@ -197,7 +215,9 @@ class ToolsField(serializers.Field):
     }
 
     def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
-        if not isinstance(data, list) or not all(isinstance(tool, dict) and isinstance(tool.get("type"), str) for tool in data):
+        if not isinstance(data, list) or not all(
+            isinstance(tool, dict) and isinstance(tool.get("type"), str) for tool in data
+        ):
             self.fail("invalid")
         for index, tool in enumerate(data):
             try:
@@ -243,7 +263,8 @@ def namespaces_of(tool_list: list[dict[str, Any]]) -> dict[str, str]:
     """The namespace of each function offered inside one (a call to it names its namespace)."""
     return {
         function.name: tool["name"]
-        for tool in tool_list if tool["type"] == "namespace" and isinstance(tool.get("name"), str)
+        for tool in tool_list
+        if tool["type"] == "namespace" and isinstance(tool.get("name"), str)
         for function in _functions_of(tool)
     }
 
@@ -252,12 +273,16 @@ def namespaces_of(tool_list: list[dict[str, Any]]) -> dict[str, str]:
     {
         "oneOf": [
             {"type": "string", "enum": ["none", "auto", "required"]},
-            {"type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}, "required": ["type"]},
+            {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "name": {"type": "string"}},
+                "required": ["type"],
+            },
         ]
     }
 )
 class ResponseToolChoiceField(serializers.Field):
-    """"none", "auto", "required" or {"type": "function", "name": ...}; a hosted tool's choice
+    """ "none", "auto", "required" or {"type": "function", "name": ...}; a hosted tool's choice
     (which this server cannot run) counts as "auto"."""
 
     default_error_messages = {"invalid": 'Expected "none", "auto", "required" or {{"type": "function", "name": ...}}.'}
@@ -286,7 +311,10 @@ class ResponseToolChoiceField(serializers.Field):
         "properties": {
             "format": {
                 "type": "object",
-                "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "schema": {"type": "object"}},
+                "properties": {
+                    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                    "schema": {"type": "object"},
+                },
                 "required": ["type"],
             },
             "verbosity": {"type": "string"},
@@ -335,7 +363,9 @@ class ResponseRequest:
 
     def continuing(self, history: list[dict[str, Any]]) -> ChatRequest:
         """The chat request with a stored conversation's items before this input."""
-        return replace(self.chat, job=replace(self.chat.job, messages=_messages(self.instructions, [*history, *self.input])))
+        return replace(
+            self.chat, job=replace(self.chat.job, messages=_messages(self.instructions, [*history, *self.input]))
+        )
 
 
 def _messages(instructions: str | None, items: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
@@ -384,8 +414,10 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
         if len(attrs.get("metadata") or {}) > 16:
             raise serializers.ValidationError({"metadata": "At most 16 keys."})
         check_tool_choice(
-            attrs, {function.name for function in offered_functions(attrs.get("tools") or [])},
-            none_offered="'required' needs function 'tools'.", not_offered="It names a function that is not in 'tools'.",
+            attrs,
+            {function.name for function in offered_functions(attrs.get("tools") or [])},
+            none_offered="'required' needs function 'tools'.",
+            not_offered="It names a function that is not in 'tools'.",
         )
         return attrs
 
@@ -397,8 +429,12 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
         text = values.get("text", {"format": {"type": "text"}})
         text_format = text["format"]
         response_format = (
-            {"type": "json_schema", "json_schema": {"name": text_format.get("name", ""), "schema": text_format["schema"]}}
-            if text_format["type"] == "json_schema" else {"type": text_format["type"]}
+            {
+                "type": "json_schema",
+                "json_schema": {"name": text_format.get("name", ""), "schema": text_format["schema"]},
+            }
+            if text_format["type"] == "json_schema"
+            else {"type": text_format["type"]}
         )
         chat = ChatRequest(
             model=values.get("model") or None,
@@ -441,30 +477,3 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
             echo=echo,
             namespaces=namespaces_of(tool_list),
         )
-
-
-
-class InputItemsQuerySerializer(serializers.Serializer):
-    """GET /v1/responses/{id}/input_items?limit=&order=&after=: a page of a response's input."""
-
-    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
-    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc")
-    after = serializers.CharField(required=False, max_length=64)
-
-    @classmethod
-    def page(cls, query: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """The page of `items` the query asks for, as OpenAI lists it."""
-        serializer = cls(data=query)
-        serializer.is_valid(raise_exception=True)
-        values = serializer.validated_data
-        ordered = items if values["order"] == "asc" else items[::-1]
-        ids = [item.get("id") for item in ordered]
-        start = ids.index(values["after"]) + 1 if values.get("after") in ids else 0
-        data = ordered[start : start + values["limit"]]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0].get("id") if data else None,
-            "last_id": data[-1].get("id") if data else None,
-            "has_more": start + len(data) < len(ordered),
-        }

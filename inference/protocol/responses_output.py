@@ -1,7 +1,12 @@
-"""The OpenAI Responses API answer's OpenAPI description: the response object, a deleted one,
-and a page of input items. (`inference.serving.responses` builds the answers.)"""
+"""The stored side of OpenAI's Responses API: the query of a page of a response's input items
+and the page itself; the OpenAPI description of the response object, a deleted one, and that
+page. (`inference.serving.responses` builds the answers.)"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
 
 _ITEM = {"type": "object", "properties": {"id": {"type": "string"}, "type": {"type": "string"}}, "required": ["type"]}
 RESPONSE_SCHEMA = {
@@ -46,3 +51,29 @@ INPUT_ITEMS_SCHEMA = {
     },
     "required": ["object", "data", "has_more"],
 }
+
+
+class InputItemsQuerySerializer(serializers.Serializer):
+    """GET /v1/responses/{id}/input_items?limit=&order=&after=: a page of a response's input."""
+
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc")
+    after = serializers.CharField(required=False, max_length=64)
+
+    @classmethod
+    def page(cls, query: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The page of `items` the query asks for, as OpenAI lists it."""
+        serializer = cls(data=query)
+        serializer.is_valid(raise_exception=True)
+        values = serializer.validated_data
+        ordered = items if values["order"] == "asc" else items[::-1]
+        ids = [item.get("id") for item in ordered]
+        start = ids.index(values["after"]) + 1 if values.get("after") in ids else 0
+        data = ordered[start : start + values["limit"]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0].get("id") if data else None,
+            "last_id": data[-1].get("id") if data else None,
+            "has_more": start + len(data) < len(ordered),
+        }

@@ -27,8 +27,6 @@ class ToolCall:
     arguments: str  # a JSON object, as text (OpenAI's shape)
 
 
-
-
 def call_text(name: str, arguments: str) -> str:
     """An earlier call, written as the model would have written it."""
     try:

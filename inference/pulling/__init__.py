@@ -13,6 +13,16 @@ from inference.pulling.progress import PullPhase, PullProgress, human_bytes
 from inference.pulling.remote import token_for
 
 __all__ = [
-    "PullCancelled", "PullError", "PullPhase", "PullPlan", "PullProgress", "PulledModel", "download_url",
-    "human_bytes", "model_name", "plan_pull", "pull", "token_for",
+    "PullCancelled",
+    "PullError",
+    "PullPhase",
+    "PullPlan",
+    "PullProgress",
+    "PulledModel",
+    "download_url",
+    "human_bytes",
+    "model_name",
+    "plan_pull",
+    "pull",
+    "token_for",
 ]

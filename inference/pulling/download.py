@@ -64,8 +64,9 @@ class PulledModel:
     resumed_from: int
 
 
-def pull(plan: PullPlan, *, on_progress: ProgressCallback | None = None,
-         cancel: threading.Event | None = None) -> PulledModel:
+def pull(
+    plan: PullPlan, *, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> PulledModel:
     """Download, verify and move the model into place; raises PullError (PullCancelled)."""
     plan.target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(plan) as part, httpx.Client(timeout=_TIMEOUT) as http:
@@ -95,8 +96,10 @@ def _pull_error(download: _Download, error: Exception) -> PullError:
         cause = _cause(error)
         if download.received == 0:
             return PullError(f"cannot download from {host} ({cause})")
-        return PullError(f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
-                         f"{plan.part.name} is kept: pull again to resume")
+        return PullError(
+            f"the download from {host} broke off at {human_bytes(download.received)} ({cause}); "
+            f"{plan.part.name} is kept: pull again to resume"
+        )
     return PullError(f"cannot write {plan.part}: {getattr(error, 'strerror', None) or error}")
 
 
@@ -149,14 +152,16 @@ class _Download:
         finally:
             response.close()
         if self.total is not None and self.received != self.total:
-            raise PullError(f"the server sent {human_bytes(self.received)} of {human_bytes(self.total)}; pull again "
-                            "to resume")
+            raise PullError(
+                f"the server sent {human_bytes(self.received)} of {human_bytes(self.total)}; pull again to resume"
+            )
         self._report(PullPhase.VERIFYING, force=True)
         return self._finish()
 
     def _report(self, phase: PullPhase, *, force: bool = False) -> None:
-        self.reporter.report(phase, received=self.received, total=self.total, resumed_from=self.resumed_from,
-                             force=force)
+        self.reporter.report(
+            phase, received=self.received, total=self.total, resumed_from=self.resumed_from, force=force
+        )
 
     def _stop_if_cancelled(self) -> None:
         if self.cancel.is_set():
@@ -217,8 +222,9 @@ class _Download:
         allowed = f"model_manager.max_pull_mb ({limit // _MIB} MiB)"
         if self.total is not None:
             raise _Rejected(f"{self.plan.name} is {human_bytes(size)}, more than {allowed} allows; nothing was kept")
-        raise _Rejected(f"{self.plan.name} grew past {allowed} as it arrived (the server gave no size); the "
-                        "download was removed")
+        raise _Rejected(
+            f"{self.plan.name} grew past {allowed} as it arrived (the server gave no size); the download was removed"
+        )
 
     def _check_space(self) -> None:
         """Stop before the disk has less than _FREE_SPACE_MARGIN free: with room for the rest of
@@ -233,9 +239,11 @@ class _Download:
             need = f"needs {human_bytes(needed)} more"
         else:
             need = f"is at {human_bytes(self.received)}, of a size the server did not give"
-        kept = (f"; {self.plan.part.name} is kept: make room and pull again to resume" if self.received else "")
-        raise PullError(f"not enough disk space in {self.plan.target.parent}: {self.plan.name} {need}, "
-                        f"{human_bytes(free)} are free and a pull leaves {human_bytes(_FREE_SPACE_MARGIN)}{kept}")
+        kept = f"; {self.plan.part.name} is kept: make room and pull again to resume" if self.received else ""
+        raise PullError(
+            f"not enough disk space in {self.plan.target.parent}: {self.plan.name} {need}, "
+            f"{human_bytes(free)} are free and a pull leaves {human_bytes(_FREE_SPACE_MARGIN)}{kept}"
+        )
 
     def _receive(self, response: httpx.Response) -> None:
         for chunk in response.iter_raw(_CHUNK_BYTES):
@@ -254,8 +262,9 @@ class _Download:
         if len(self.head) < len(GGUF_MAGIC):
             self.head += chunk[: len(GGUF_MAGIC) - len(self.head)]
             if len(self.head) == len(GGUF_MAGIC) and self.head != GGUF_MAGIC:
-                raise _Rejected(f"{self.sender} sent something that is not a GGUF file (no GGUF magic); nothing was "
-                                "kept")
+                raise _Rejected(
+                    f"{self.sender} sent something that is not a GGUF file (no GGUF magic); nothing was kept"
+                )
 
     def _finish(self) -> PulledModel:
         self.part.flush()
@@ -270,12 +279,19 @@ class _Download:
         if digest != self.plan.sha256:
             raise _Rejected(f"sha256 mismatch: expected {self.plan.sha256}, got {digest}; the download was removed")
         if self.plan.target.exists():  # appeared while downloading: never overwrite a model
-            raise PullError(f"a model named {self.plan.name} appeared in {self.plan.target.parent} meanwhile; "
-                            f"{self.plan.part.name} is kept")
+            raise PullError(
+                f"a model named {self.plan.name} appeared in {self.plan.target.parent} meanwhile; "
+                f"{self.plan.part.name} is kept"
+            )
         os.replace(self.plan.part, self.plan.target)
         _sync_directory(self.plan.target.parent)
-        return PulledModel(name=self.plan.name, path=self.plan.target, size_bytes=self.received, sha256=digest,
-                           resumed_from=self.resumed_from)
+        return PulledModel(
+            name=self.plan.name,
+            path=self.plan.target,
+            size_bytes=self.received,
+            sha256=digest,
+            resumed_from=self.resumed_from,
+        )
 
     def _short(self, short: GGUFIncomplete) -> PullError:
         """A file short of the tensor data its header describes: the server's whole file when it
@@ -284,8 +300,10 @@ class _Download:
         of = f"{human_bytes(short.size)} of the {human_bytes(short.expected)} its GGUF header describes"
         if self.total is not None:
             return _Rejected(f"{self.sender} sent a GGUF file short of its tensor data ({of}); nothing was kept")
-        return PullError(f"the download of {self.plan.name} ended at {of}, and the server gave no size: the "
-                         f"connection may have closed early; {self.plan.part.name} is kept: pull again to resume")
+        return PullError(
+            f"the download of {self.plan.name} ended at {of}, and the server gave no size: the "
+            f"connection may have closed early; {self.plan.part.name} is kept: pull again to resume"
+        )
 
 
 def _store_validator(part: BinaryIO, version: str | None) -> None:

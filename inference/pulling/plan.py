@@ -47,8 +47,9 @@ class PullPlan:
         return self.target.with_name(self.target.name + PART_SUFFIX)
 
 
-def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str | None = None,
-              max_mb: int = 0) -> PullPlan:
+def plan_pull(
+    *, url: str, directory: Path, name: str | None = None, sha256: str | None = None, max_mb: int = 0
+) -> PullPlan:
     """What a pull of `url` would do (with files up to `max_mb` MiB; 0: any size); raises
     PullError for what is wrong before downloading."""
     source = download_url(url)
@@ -57,8 +58,10 @@ def plan_pull(*, url: str, directory: Path, name: str | None = None, sha256: str
     if target.resolve().parent != directory.resolve():
         raise PullError(f"invalid model name {name!r}: the file must be inside {directory}")
     if target.exists():
-        raise PullError(f"a model named {name} already exists in {directory}: remove {target.name} first, or pull "
-                        "under another --name")
+        raise PullError(
+            f"a model named {name} already exists in {directory}: remove {target.name} first, or pull "
+            "under another --name"
+        )
     checksum = sha256.strip().lower() if sha256 else None
     if checksum is not None and not _SHA256.match(checksum):
         raise PullError("a sha256 checksum is 64 hexadecimal digits")
@@ -70,7 +73,7 @@ def download_url(url: str) -> str:
     resolve URL for that file (revision `main` unless given)."""
     url = url.strip()
     if url.startswith(HF_SCHEME):
-        owner, _, rest = url[len(HF_SCHEME):].partition("/")
+        owner, _, rest = url[len(HF_SCHEME) :].partition("/")
         repo, _, path = rest.partition("/")
         if not (owner and repo and path) or "" in path.split("/"):
             raise PullError(f"{redacted(url)}: an hf:// URL names owner/repo/file.gguf")

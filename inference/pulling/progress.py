@@ -52,8 +52,9 @@ class Reporter:
         self.last = 0.0
         self.samples: deque[tuple[float, int]] = deque()
 
-    def report(self, phase: PullPhase, *, received: int, total: int | None, resumed_from: int,
-               force: bool = False) -> None:
+    def report(
+        self, phase: PullPhase, *, received: int, total: int | None, resumed_from: int, force: bool = False
+    ) -> None:
         now = time.monotonic()
         self.samples.append((now, received))
         while now - self.samples[0][0] > _RATE_WINDOW:
@@ -64,5 +65,6 @@ class Reporter:
         started, received_then = self.samples[0]
         elapsed = now - started
         rate = max(0.0, received - received_then) / elapsed if elapsed > 0 else 0.0
-        self.callback(PullProgress(phase=phase, received=received, total=total, resumed_from=resumed_from,
-                                   bytes_per_second=rate))
+        self.callback(
+            PullProgress(phase=phase, received=received, total=total, resumed_from=resumed_from, bytes_per_second=rate)
+        )

@@ -17,44 +17,67 @@ from inference.runtime.pool import model_pool
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 REQUESTS = Counter(
-    "llamasite_requests", "Requests that reached an inference endpoint, by how they ended",
+    "llamasite_requests",
+    "Requests that reached an inference endpoint, by how they ended",
     ["model", "endpoint", "status", "http_status"],
 )
 TOKENS = Counter(
-    "llamasite_tokens", "Prompt and completion tokens of those requests", ["model", "status", "kind"],
+    "llamasite_tokens",
+    "Prompt and completion tokens of those requests",
+    ["model", "status", "kind"],
 )
 TIME_TO_FIRST_TOKEN = Histogram(
-    "llamasite_time_to_first_token_seconds", "From a request's arrival to its first token",
-    ["model"], buckets=_LATENCY_BUCKETS,
+    "llamasite_time_to_first_token_seconds",
+    "From a request's arrival to its first token",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
 )
 REQUEST_DURATION = Histogram(
-    "llamasite_request_duration_seconds", "From a request's arrival to its last byte",
-    ["model", "endpoint"], buckets=_LATENCY_BUCKETS,
+    "llamasite_request_duration_seconds",
+    "From a request's arrival to its last byte",
+    ["model", "endpoint"],
+    buckets=_LATENCY_BUCKETS,
 )
 DRAFT_TOKENS = Counter(
-    "llamasite_draft_tokens", "Tokens guessed by speculative decoding, and those the model accepted",
+    "llamasite_draft_tokens",
+    "Tokens guessed by speculative decoding, and those the model accepted",
     ["model", "kind"],
 )
 UNAUTHORIZED = Counter(
-    "llamasite_unauthorized_requests", "Requests refused with a 401 (they leave no request record)", ["endpoint"],
+    "llamasite_unauthorized_requests",
+    "Requests refused with a 401 (they leave no request record)",
+    ["endpoint"],
 )
 LOAD_DURATION = Histogram(
-    "llamasite_model_load_seconds", "Time to load a model", ["model"],
+    "llamasite_model_load_seconds",
+    "Time to load a model",
+    ["model"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 LOAD_FAILURES = Counter("llamasite_model_load_failures", "Loads that failed", ["model"])
 UNLOADS = Counter("llamasite_model_unloads", "Models unloaded, by reason", ["model", "reason"])
 PROMPT_CACHE = Counter(
     "llamasite_prompt_cache_tokens",
-    "Prompt tokens by where they came from: processed (none), a slot's cells (slot), the prompt cache in host RAM (ram) or on disk (disk)",
+    "Prompt tokens by where they came from: processed (none), a slot's cells (slot), "
+    "the prompt cache in host RAM (ram) or on disk (disk)",
     ["model", "tier"],
 )
 
 
 def request_count(
-    *, model: str, endpoint: str, status: str, http_status: int, prompt_tokens: int,
-    completion_tokens: int, ttft_ms: float | None, duration_ms: float, cached_tokens: int = 0, cache_tier: str = "",
-    draft_tokens_proposed: int = 0, draft_tokens_accepted: int = 0,
+    *,
+    model: str,
+    endpoint: str,
+    status: str,
+    http_status: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    ttft_ms: float | None,
+    duration_ms: float,
+    cached_tokens: int = 0,
+    cache_tier: str = "",
+    draft_tokens_proposed: int = 0,
+    draft_tokens_accepted: int = 0,
 ) -> None:
     """Count one finished request."""
     if model not in model_pool().catalog.available():
@@ -104,7 +127,9 @@ class ModelStateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         models = model_pool().status()
-        loaded = GaugeMetricFamily("llamasite_model_loaded", "1 for each model loaded (or loading, unloading)", labels=["model", "state"])
+        loaded = GaugeMetricFamily(
+            "llamasite_model_loaded", "1 for each model loaded (or loading, unloading)", labels=["model", "state"]
+        )
         in_flight = GaugeMetricFamily("llamasite_requests_in_flight", "Requests being generated", labels=["model"])
         queued = GaugeMetricFamily("llamasite_queue_depth", "Requests waiting for a model", labels=["model"])
         for name, status in models.items():
@@ -112,4 +137,3 @@ class ModelStateCollector(Collector):
             in_flight.add_metric([name], status.in_flight)
             queued.add_metric([name], status.queued)
         yield from (loaded, in_flight, queued)
-

@@ -3,11 +3,12 @@ row) per request that reached an inference endpoint, whatever ended it.
 
 A view opens a RequestRecording and hands it the Generation that serving started (model, load
 time, queue wait, prompt tokens, cache tier: `track`); the recording counts what the client is
-handed, alone decides the outcome (ok, error, cancelled) and saves it, once: when the request fails or its client leaves before the output starts (`until_output`), or
-when its events end (`events`): after the last one, at an error mid-stream, or when the client
-goes away. The row is committed by the records thread (inference.records.writer) before the last
-event is handed on, so before the response's last bytes; while the database cannot be reached it
-waits there instead, and the response does not wait for it.
+handed, alone decides the outcome (ok, error, cancelled) and saves it, once: when the request
+fails or its client leaves before the output starts (`until_output`), or when its events end
+(`events`): after the last one, at an error mid-stream, or when the client goes away. The row
+is committed by the records thread (inference.records.writer) before the last event is handed
+on, so before the response's last bytes; while the database cannot be reached it waits there
+instead, and the response does not wait for it.
 """
 
 from __future__ import annotations
@@ -76,10 +77,31 @@ class RequestDraft:
 
 # The draft's fields that are columns of RequestRecord (its timings on the monotonic clock are not).
 _RECORD_FIELDS = (
-    "completion_id", "model", "endpoint", "stream", "status", "http_status", "error_code",
-    "error_message", "prompt_tokens", "cached_tokens", "cache_tier", "completion_tokens", "finish_reason",
-    "queue_wait_ms", "load_ms", "ttft_ms", "tokens_per_second", "draft_tokens_proposed", "draft_tokens_accepted",
-    "client_address", "user_agent", "end_user", "api_key", "source", "console_user",
+    "completion_id",
+    "model",
+    "endpoint",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_tier",
+    "completion_tokens",
+    "finish_reason",
+    "queue_wait_ms",
+    "load_ms",
+    "ttft_ms",
+    "tokens_per_second",
+    "draft_tokens_proposed",
+    "draft_tokens_accepted",
+    "client_address",
+    "user_agent",
+    "end_user",
+    "api_key",
+    "source",
+    "console_user",
     "created_at",
 )
 
@@ -121,7 +143,11 @@ class RequestRecording:
         recording (see `events`)."""
         draft = self.draft
         draft.completion_id, draft.model, draft.stream = generation.id, generation.model, generation.stream
-        draft.end_user, draft.load_ms, draft.queue_wait_ms = generation.end_user, generation.load_ms, generation.queue_wait_ms
+        draft.end_user, draft.load_ms, draft.queue_wait_ms = (
+            generation.end_user,
+            generation.load_ms,
+            generation.queue_wait_ms,
+        )
         draft.prompt_tokens, draft.cached_tokens = generation.prompt_tokens, generation.cached_tokens
         draft.cache_tier = generation.cache_tier
         generation.events = self.events(generation.events, choices=generation.choices)
@@ -187,10 +213,18 @@ class RequestRecording:
         finished = time.monotonic()
         duration_ms = round((finished - draft.started) * 1000, 1)
         metrics.request_count(
-            model=draft.model, endpoint=draft.endpoint, status=draft.status, http_status=draft.http_status,
-            prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens, ttft_ms=draft.ttft_ms,
-            duration_ms=duration_ms, cached_tokens=draft.cached_tokens, cache_tier=draft.cache_tier,
-            draft_tokens_proposed=draft.draft_tokens_proposed, draft_tokens_accepted=draft.draft_tokens_accepted,
+            model=draft.model,
+            endpoint=draft.endpoint,
+            status=draft.status,
+            http_status=draft.http_status,
+            prompt_tokens=draft.prompt_tokens,
+            completion_tokens=draft.completion_tokens,
+            ttft_ms=draft.ttft_ms,
+            duration_ms=duration_ms,
+            cached_tokens=draft.cached_tokens,
+            cache_tier=draft.cache_tier,
+            draft_tokens_proposed=draft.draft_tokens_proposed,
+            draft_tokens_accepted=draft.draft_tokens_accepted,
         )
         config = get_config()
         if not config.records.request_records:

@@ -72,9 +72,7 @@ class RecordWriter:
         """Write what waits if the database answers now, say what is lost, stop the thread."""
         self._executor.submit(self._flush, None).result()
         if self._pending:
-            logger.error(
-                "stopping with %d records not written: the database cannot be reached", len(self._pending)
-            )
+            logger.error("stopping with %d records not written: the database cannot be reached", len(self._pending))
         self._executor.shutdown()
 
     # Everything below runs on the records thread.
@@ -93,7 +91,9 @@ class RecordWriter:
             logger.warning(
                 "database unreachable (%s): records wait in memory until it is back (%d records "
                 "waiting, at most %d: records.pending_limit)",
-                error_line(error), len(self._pending), self._pending_limit(),
+                error_line(error),
+                len(self._pending),
+                self._pending_limit(),
             )
             self._flush_later()
             future.set_result(None)
@@ -111,7 +111,8 @@ class RecordWriter:
                 logger.error(
                     "%d records wait for the database (records.pending_limit): dropping the oldest "
                     "unwritten ones (the first: %s)",
-                    limit, dropped.label,
+                    limit,
+                    dropped.label,
                 )
             self._dropped += 1
 

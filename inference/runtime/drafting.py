@@ -94,4 +94,7 @@ class NgramDrafter:
 
 def _copying(tokens: list[int], next_token: int, start: int) -> bool:
     """Whether the LONG_MATCH tokens up to `next_token` occurred before, just before `start`."""
-    return start >= LONG_MATCH and tokens[start - LONG_MATCH : start] == [*tokens[len(tokens) - LONG_MATCH + 1 :], next_token]
+    return start >= LONG_MATCH and tokens[start - LONG_MATCH : start] == [
+        *tokens[len(tokens) - LONG_MATCH + 1 :],
+        next_token,
+    ]

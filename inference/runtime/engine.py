@@ -85,7 +85,9 @@ class GenerationEngine(Generic[Key]):
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
         self._scheduler: Scheduler[Key] = Scheduler(
-            self._context, settings.parallel, cache=_prompt_cache(path, settings),
+            self._context,
+            settings.parallel,
+            cache=_prompt_cache(path, settings),
             drafting=settings.speculative == "ngram",
         )
 

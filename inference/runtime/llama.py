@@ -263,7 +263,11 @@ class LlamaModel:
             return self.tokenize(prompt, add_special=True)
         pre, suf, mid = (
             function(self.vocab)
-            for function in (llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_suf, llama_cpp.llama_vocab_fim_mid)
+            for function in (
+                llama_cpp.llama_vocab_fim_pre,
+                llama_cpp.llama_vocab_fim_suf,
+                llama_cpp.llama_vocab_fim_mid,
+            )
         )
         if min(pre, suf, mid) < 0:
             raise NoFillInMiddle(model=self.name)
@@ -427,7 +431,9 @@ class EmbeddingContext:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._n_embd = llama_cpp.llama_model_n_embd(model.pointer)
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
-        encoder_only = llama_cpp.llama_model_has_encoder(model.pointer) and not llama_cpp.llama_model_has_decoder(model.pointer)
+        encoder_only = llama_cpp.llama_model_has_encoder(model.pointer) and not llama_cpp.llama_model_has_decoder(
+            model.pointer
+        )
         self._encode = llama_cpp.llama_encode if encoder_only else llama_cpp.llama_decode
 
     def embed(self, tokens: list[int]) -> tuple[float, ...]:

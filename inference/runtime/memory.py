@@ -51,7 +51,9 @@ def memory_estimate(
     attention_scores = n_batch * n_ctx * info.head_count * _F32_BYTES
     logits = n_batch * info.vocab_size * _F32_BYTES
     return MemoryEstimate(
-        weights=file_bytes, kv_cache=kv_cache, compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES,
+        weights=file_bytes,
+        kv_cache=kv_cache,
+        compute=max(attention_scores, logits) + _FIXED_OVERHEAD_BYTES,
         prompt_cache=prompt_cache_bytes,
     )
 
@@ -64,8 +66,11 @@ def model_memory_estimate(model: ModelFile, settings: ModelSettings) -> MemoryEs
     except GGUFError:
         return None
     return memory_estimate(
-        info, file_bytes=model.size_bytes, n_ctx=context_length(settings.n_ctx, info.context_length),
-        n_batch=settings.n_batch, prompt_cache_bytes=settings.prompt_cache_mb * MIB,
+        info,
+        file_bytes=model.size_bytes,
+        n_ctx=context_length(settings.n_ctx, info.context_length),
+        n_batch=settings.n_batch,
+        prompt_cache_bytes=settings.prompt_cache_mb * MIB,
     )
 
 
@@ -78,7 +83,10 @@ def memory_needed(model: ModelFile, settings: ModelSettings, limit: int) -> int:
         return 0
     if estimate.total > limit:
         raise ModelTooLarge(
-            model=model.name, estimate=estimate.describe(), needed_mb=estimate.total // MIB,
-            limit_mb=limit // MIB, pinned_mb=0,
+            model=model.name,
+            estimate=estimate.describe(),
+            needed_mb=estimate.total // MIB,
+            limit_mb=limit // MIB,
+            pinned_mb=0,
         )
     return estimate.total

@@ -155,8 +155,11 @@ class ModelPool:
         pinned_bytes = sum(worker.memory_bytes for worker in pinned)
         if needed and pinned_bytes + needed > limit:
             raise ModelTooLarge(
-                model=name, estimate=f"about {needed // MIB} MB", needed_mb=needed // MIB,
-                limit_mb=limit // MIB, pinned_mb=pinned_bytes // MIB,
+                model=name,
+                estimate=f"about {needed // MIB} MB",
+                needed_mb=needed // MIB,
+                limit_mb=limit // MIB,
+                pinned_mb=pinned_bytes // MIB,
             )
         evicted: list[ModelWorker] = []
         while self._full(live, needed):
@@ -192,7 +195,8 @@ class ModelPool:
         pending: list[ModelWorker] = []
         with self._registry.lock:
             targets = [
-                worker for worker in self._registry.registered_locked()
+                worker
+                for worker in self._registry.registered_locked()
                 if name == ALL_MODELS or worker.model.name == name
             ]
             for worker in targets:
@@ -241,7 +245,9 @@ class ModelPool:
         """Whether one more model, of `needed` estimated bytes (0: not counted), would not fit
         beside `live` (by max_loaded_models, and by max_memory_mb)."""
         used = sum(worker.memory_bytes for worker in live)
-        return len(live) >= self.config.max_loaded_models or bool(needed and used + needed > self.config.max_memory_mb * MIB)
+        return len(live) >= self.config.max_loaded_models or bool(
+            needed and used + needed > self.config.max_memory_mb * MIB
+        )
 
     def busy(self) -> bool:
         """Whether any request is running or queued, on a loaded or an unloading model."""

@@ -57,14 +57,19 @@ def preload_plan(names: Sequence[str], pool: ModelPool, *, named: bool) -> list[
             except ModelTooLarge as too_large:
                 logger.warning(
                     "preload: %s skipped: it needs %s, more than max_memory_mb (%d MB)",
-                    model.name, too_large.estimate, too_large.limit_mb,
+                    model.name,
+                    too_large.estimate,
+                    too_large.limit_mb,
                 )
                 continue
             planned = sum(chosen.memory_bytes for chosen in plan)
             if planned + needed > limit:
                 logger.info(
                     "preload: %s skipped: its %d MB beside the %d MB already planned exceed max_memory_mb (%d MB)",
-                    model.name, needed // MIB, planned // MIB, config.max_memory_mb,
+                    model.name,
+                    needed // MIB,
+                    planned // MIB,
+                    config.max_memory_mb,
                 )
                 continue
         plan.append(Preload(model, needed))

@@ -94,7 +94,9 @@ class PromptCache:
         self._entries.append(CachedPrefix(tuple(tokens), state, self._clock()))
         self.size_bytes += len(state)
         while self.size_bytes > self.budget_bytes:
-            self._remove(min((entry for entry in self._entries if entry.state is not None), key=lambda entry: entry.last_used))
+            self._remove(
+                min((entry for entry in self._entries if entry.state is not None), key=lambda entry: entry.last_used)
+            )
 
     def longest(self, prompt: list[int]) -> tuple[CachedPrefix, int] | None:
         """The entry sharing the longest prefix with the prompt, and that length (None: none
@@ -125,7 +127,9 @@ class PromptCache:
         recently used first, as far as the disk budget goes (the model is unloading)."""
         if self.store is None:
             return
-        in_ram = sorted((entry for entry in self._entries if entry.state is not None), key=lambda entry: -entry.last_used)
+        in_ram = sorted(
+            (entry for entry in self._entries if entry.state is not None), key=lambda entry: -entry.last_used
+        )
         prefixes = [*sequences, *((entry.tokens, entry.state) for entry in in_ram if entry.state is not None)]
         written = self.store.write(prefixes)
         if written:

@@ -64,7 +64,9 @@ class PromptStore:
         for stale in self.directory.glob(f"{stem}-*"):
             if stale != self.folder and stale.is_dir() and stale.name.rsplit("-", 1)[0] == stem:
                 shutil.rmtree(stale, ignore_errors=True)
-                logger.info("removed the prompt cache of an earlier %s (file or settings changed): %s", stem, stale.name)
+                logger.info(
+                    "removed the prompt cache of an earlier %s (file or settings changed): %s", stem, stale.name
+                )
         found = []
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             tokens = self._tokens(path)

@@ -30,7 +30,8 @@ class Reaper:
         with self._registry.lock:
             removed = self._registry.retire_missing_locked(available, LoadReason.FILE_REMOVED)
             expired = [
-                worker for worker in self._registry.registered_locked()
+                worker
+                for worker in self._registry.registered_locked()
                 if (expiry := worker.idle_expiry()) is not None and now > expiry
             ]
             for worker in expired:

@@ -248,9 +248,7 @@ class Scheduler(Generic[Key]):
                 # where the choice's limit comes (the last draft token's logits give its last token).
                 free = self.n_ctx - self.memory.used() - (len(generating) - number)
                 most = min(spare, free, choice.request.limit - choice.generated - 1)
-                draft = choice.drafter.propose(
-                    choice.slot.tokens, next_token, most, beside_others=len(generating) > 1
-                )
+                draft = choice.drafter.propose(choice.slot.tokens, next_token, most, beside_others=len(generating) > 1)
                 choice.draft_proposed += len(draft)
                 spare -= len(draft)
             to_sample.append(ToSample(choice, len(batch), draft))
@@ -344,8 +342,13 @@ class Scheduler(Generic[Key]):
             if tail:
                 events.append(self._delta(choice, tail))
         finished = Finished(
-            reason, len(request.prepared.prompt), choice.generated, choice.index, stop_sequence=choice.stops.matched,
-            draft_proposed=choice.draft_proposed, draft_accepted=choice.draft_accepted,
+            reason,
+            len(request.prepared.prompt),
+            choice.generated,
+            choice.index,
+            stop_sequence=choice.stops.matched,
+            draft_proposed=choice.draft_proposed,
+            draft_accepted=choice.draft_accepted,
         )
         return [*events, (request.key, finished)]
 

@@ -85,7 +85,13 @@ class SlotMemory:
     cells promised to prompts still being processed (they count as used)."""
 
     def __init__(
-        self, context: SequenceStore, parallel: int, n_ctx: int, *, reserved: Callable[[], int], cache: PromptCache | None
+        self,
+        context: SequenceStore,
+        parallel: int,
+        n_ctx: int,
+        *,
+        reserved: Callable[[], int],
+        cache: PromptCache | None,
     ) -> None:
         self._context = context
         self._reserved = reserved
@@ -186,5 +192,9 @@ class SlotMemory:
             return
         idle = sorted((slot for slot in self.slots if slot.choice is None), key=lambda slot: -slot.last_used)
         self.cache.persist(
-            [(tuple(slot.tokens), self._context.save_sequence(slot.seq_id)) for slot in idle if len(slot.tokens) >= self.cache.min_tokens]
+            [
+                (tuple(slot.tokens), self._context.save_sequence(slot.seq_id))
+                for slot in idle
+                if len(slot.tokens) >= self.cache.min_tokens
+            ]
         )

@@ -77,7 +77,6 @@ class WorkerListener(Protocol):
         """Its requests running or queued, its load progress or its pin changed (often: be quick)."""
 
 
-
 @dataclass(frozen=True)
 class WorkerStatus:
     """A worker as one snapshot (`inference.selectors.models` words it for /health and the pages)."""
@@ -235,8 +234,13 @@ class ModelWorker:
         failure: Exception | None = None
         try:
             self._runner = JobRunner(
-                self.name, engine, self._jobs, self.counts, self._lock,
-                on_idle=lambda: self._listener.worker_idle(self), on_change=lambda: self._listener.worker_changed(self),
+                self.name,
+                engine,
+                self._jobs,
+                self.counts,
+                self._lock,
+                on_idle=lambda: self._listener.worker_idle(self),
+                on_change=lambda: self._listener.worker_changed(self),
             )
             self._runner.serve()
         except Exception as exc:  # a bug or a broken model: fail what is left, unload, the next load retries

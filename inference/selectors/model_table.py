@@ -50,7 +50,6 @@ class ModelRow:
     error: str  # why its load failed, when failed
 
 
-
 @dataclass(frozen=True)
 class ModelTable:
     rows: list[ModelRow]
@@ -89,8 +88,12 @@ def model_table() -> ModelTable:
 
 
 def _row(
-    name: str, model: ModelFile, settings: ModelSettings, worker: ModelWorker | None,
-    usage: dict[str, int], events: dict[str, LoadEvent],
+    name: str,
+    model: ModelFile,
+    settings: ModelSettings,
+    worker: ModelWorker | None,
+    usage: dict[str, int],
+    events: dict[str, LoadEvent],
 ) -> ModelRow:
     status = worker_status_body(worker.status()) if worker else {}
     last_event = events.get("last")
@@ -133,7 +136,9 @@ def usage_today_query(instance: str, models: list[str]) -> QuerySet[RequestRecor
         .order_by()
         .values("model")
         .annotate(
-            requests=Count("id"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
             cached_tokens=Sum("cached_tokens"),
         )
     )

@@ -96,5 +96,3 @@ def default_model_name() -> str | None:
         return model_pool().catalog.resolve(None).name
     except (ModelNotFound, NoModelGiven):
         return None
-
-

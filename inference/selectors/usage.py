@@ -19,8 +19,11 @@ def most_requested_models(*, since: datetime, instance: str) -> list[str]:
     """The models this instance served requests for since then, the most requested first (ties
     by name), for `model_manager.preload: "auto"`."""
     counts = (
-        RequestRecord.objects.filter(instance=instance, created_at__gte=since).exclude(model="")
-        .values("model").annotate(requests=Count("id")).order_by("-requests", "model")
+        RequestRecord.objects.filter(instance=instance, created_at__gte=since)
+        .exclude(model="")
+        .values("model")
+        .annotate(requests=Count("id"))
+        .order_by("-requests", "model")
     )
     return [row["model"] for row in counts]
 
@@ -81,7 +84,13 @@ def _rollups(since: datetime, until: datetime, model: str | None, api_key: str |
 def _record_values(since: datetime, until: datetime, model: str | None, api_key: str | None) -> Iterable[tuple]:
     records = records_in_range(since=since, until=until, model=model, api_key=api_key)
     return records.values_list(
-        "created_at", "model", "api_key", "status", "prompt_tokens", "completion_tokens", "ttft_ms",
+        "created_at",
+        "model",
+        "api_key",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
         "tokens_per_second",
     ).iterator(chunk_size=5000)
 
@@ -180,16 +189,19 @@ def api_keys_near_token_quota(*, day: date, share: float = QUOTA_WARNING_SHARE) 
     """The live keys with a daily token quota that have used more than `share` of it on that
     UTC day (from the daily totals), the fullest first."""
     limits = {
-        prefix: (name, limit) for prefix, name, limit in ApiKey.objects.filter(
+        prefix: (name, limit)
+        for prefix, name, limit in ApiKey.objects.filter(
             revoked_at__isnull=True, tokens_per_day__isnull=False
         ).values_list("prefix", "name", "tokens_per_day")
     }
     used = (
-        DailyUsage.objects.filter(day=day, api_key__in=list(limits)).values("api_key")
+        DailyUsage.objects.filter(day=day, api_key__in=list(limits))
+        .values("api_key")
         .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
     )
     near = [
         QuotaUse(limits[row["api_key"]][0], row["api_key"], row["tokens"], limits[row["api_key"]][1])
-        for row in used if row["tokens"] >= share * limits[row["api_key"]][1]
+        for row in used
+        if row["tokens"] >= share * limits[row["api_key"]][1]
     ]
     return sorted(near, key=lambda use: (-use.used / use.limit, use.name))

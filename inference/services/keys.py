@@ -13,7 +13,10 @@ logger = logging.getLogger(__name__)
 
 
 def api_key_create(
-    *, name: str, models: list[str] | None = None, requests_per_minute: int | None = None,
+    *,
+    name: str,
+    models: list[str] | None = None,
+    requests_per_minute: int | None = None,
     tokens_per_day: int | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key, and its secret: shown this once, stored only hashed."""

@@ -28,34 +28,6 @@ from inference.selectors.usage import most_requested_models
 logger = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 async def model_load(*, model: str, reason: LoadReason) -> str:
     """Load a model now (if it is not loaded yet); returns its name."""
     pool = model_pool()
@@ -89,7 +61,9 @@ async def models_preload() -> list[str]:
             return []
     plan = await asyncio.to_thread(preload_plan, names, pool, named=not auto)
     logger.info(
-        "preload (%s): %s", preload if auto else "list", ", ".join(chosen.model.name for chosen in plan) or "nothing to load"
+        "preload (%s): %s",
+        preload if auto else "list",
+        ", ".join(chosen.model.name for chosen in plan) or "nothing to load",
     )
     loaded = []
     for chosen in plan:
@@ -220,9 +194,9 @@ def discovered_models_sync(*, models: dict[str, ModelFile]) -> None:
             row.path, row.size_bytes, row.file_modified_at = str(model.path), model.size_bytes, modified
             row.present, row.missing_since, row.last_seen_at = True, None, now
             row.save()
-        DiscoveredModel.objects.filter(instance=instance, present=True).exclude(
-            name__in=list(models)
-        ).update(present=False, missing_since=now)
+        DiscoveredModel.objects.filter(instance=instance, present=True).exclude(name__in=list(models)).update(
+            present=False, missing_since=now
+        )
     except DatabaseError as exc:
         logger.error("could not record the discovered models: %s", exc)
 
@@ -238,7 +212,3 @@ def _describe_from_header(row: DiscoveredModel, model: ModelFile) -> None:
     row.parameter_count = info.parameter_count
     row.quantization = info.quantization
     row.context_length = info.context_length
-
-
-
-

@@ -69,9 +69,15 @@ class PullJob:
         """What the page shows of this pull (JSON)."""
         progress = self.progress
         return {
-            "id": self.id, "name": self.plan.name, "url": self.plan.shown_url, "started_by": self.started_by,
-            "state": self.state.value, "finished": self.state.finished, "message": self.message,
-            "received": progress.received if progress else 0, "total": progress.total if progress else None,
+            "id": self.id,
+            "name": self.plan.name,
+            "url": self.plan.shown_url,
+            "started_by": self.started_by,
+            "state": self.state.value,
+            "finished": self.state.finished,
+            "message": self.message,
+            "received": progress.received if progress else 0,
+            "total": progress.total if progress else None,
             "bytes_per_second": round(progress.bytes_per_second) if progress else 0,
             "eta_seconds": round(progress.eta_seconds) if progress and progress.eta_seconds is not None else None,
         }
@@ -91,8 +97,9 @@ class PullJobs:
         """Start a pull in the background (on the event loop); raises PullError for what is
         wrong before it starts, or if the same model is being pulled already."""
         config = get_config().model_manager
-        plan = plan_pull(url=url, directory=config.models_directory, name=name, sha256=sha256,
-                         max_mb=config.max_pull_mb)
+        plan = plan_pull(
+            url=url, directory=config.models_directory, name=name, sha256=sha256, max_mb=config.max_pull_mb
+        )
         if any(job.plan.name == plan.name and not job.state.finished for job in self._jobs.values()):
             raise PullError(f"{plan.name} is being pulled already")
         job = PullJob(plan=plan, started_by=started_by)
@@ -139,8 +146,11 @@ class PullJobs:
 
         def download() -> None:
             try:
-                pulled = pull(job.plan, cancel=job.cancel,
-                              on_progress=lambda progress: report(functools.partial(self._progressed, job, progress)))
+                pulled = pull(
+                    job.plan,
+                    cancel=job.cancel,
+                    on_progress=lambda progress: report(functools.partial(self._progressed, job, progress)),
+                )
             except BaseException as exc:  # handed over to the loop, where the job ends
                 report(functools.partial(_settle, done, error=exc))
             else:
@@ -184,8 +194,9 @@ class PullJobs:
             del self._jobs[job_id]
 
 
-def _settle(future: asyncio.Future[PulledModel], *, result: PulledModel | None = None,
-            error: BaseException | None = None) -> None:
+def _settle(
+    future: asyncio.Future[PulledModel], *, result: PulledModel | None = None, error: BaseException | None = None
+) -> None:
     if future.cancelled():
         return
     if error is not None:

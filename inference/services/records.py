@@ -29,9 +29,20 @@ def daily_usage_rebuild() -> int:
     if first is None:
         return 0
     rollups: dict[tuple[str, Any, str, str], DailyUsage] = {}
-    columns = ("instance", "created_at", "model", "api_key", "status", "prompt_tokens", "completion_tokens",
-               "ttft_ms", "tokens_per_second")
-    for instance, created, model, api_key, *values in RequestRecord.objects.values_list(*columns).iterator(chunk_size=20000):
+    columns = (
+        "instance",
+        "created_at",
+        "model",
+        "api_key",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "tokens_per_second",
+    )
+    for instance, created, model, api_key, *values in RequestRecord.objects.values_list(*columns).iterator(
+        chunk_size=20000
+    ):
         day = created.astimezone(UTC).date()
         usage = rollups.get((instance, day, model, api_key))
         if usage is None:

@@ -43,9 +43,16 @@ async def response_save(
     """Keep a finished response, written by the records thread in turn with the request records
     (while the database is away it waits there, and the response does not wait for it)."""
     columns = {
-        "response_id": body["id"], "instance": get_config().server.instance, "api_key": api_key,
-        "model": body["model"], "status": body["status"], "previous_response_id": request.previous_response_id or "",
-        "body": body, "input_items": list(request.input), "history": history, "created_at": datetime.now(UTC),
+        "response_id": body["id"],
+        "instance": get_config().server.instance,
+        "api_key": api_key,
+        "model": body["model"],
+        "status": body["status"],
+        "previous_response_id": request.previous_response_id or "",
+        "body": body,
+        "input_items": list(request.input),
+        "history": history,
+        "created_at": datetime.now(UTC),
     }
     written = writer.submit(lambda: StoredResponse.objects.create(**columns), label=f"response {body['id']}")
     try:

@@ -39,7 +39,11 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
         # not every tool described in full.
         logger.info(
             "the prompt with %d tools described in full is %d tokens, more than %s's context (%d): "
-            "offering them in short", len(request.tools), too_long.tokens, too_long.model, too_long.n_ctx,
+            "offering them in short",
+            len(request.tools),
+            too_long.tokens,
+            too_long.model,
+            too_long.n_ctx,
         )
         return await _started(request, caller, id_prefix, compact_tools=True)
 
@@ -47,7 +51,11 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
 async def _started(request: ChatRequest, caller: Caller, id_prefix: str, *, compact_tools: bool) -> Generation:
     job = await chat_job(request, compact_tools=compact_tools)
     return await generation_start(
-        model=request.model, jobs=[job], caller=caller, id_prefix=id_prefix, stream=request.stream,
+        model=request.model,
+        jobs=[job],
+        caller=caller,
+        id_prefix=id_prefix,
+        stream=request.stream,
         end_user=request.user,
     )
 
@@ -170,7 +178,9 @@ class _ChunkWriter:
 
     def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return sse_frame({**envelope(self.generation, "chat.completion.chunk"), "choices": [choice], **self.usage_field})
+        return sse_frame(
+            {**envelope(self.generation, "chat.completion.chunk"), "choices": [choice], **self.usage_field}
+        )
 
     def content(self, delta: TextDelta) -> bytes:
         if self.request.logprobs:

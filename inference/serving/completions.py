@@ -17,7 +17,11 @@ from inference.serving.streams import sse_stream
 async def completion_create(*, request: CompletionRequest, caller: Caller) -> Generation:
     """Start a text completion, one job per prompt (their choices numbered on)."""
     return await generation_start(
-        model=request.model, jobs=list(request.jobs), caller=caller, id_prefix="cmpl-", stream=request.stream,
+        model=request.model,
+        jobs=list(request.jobs),
+        caller=caller,
+        id_prefix="cmpl-",
+        stream=request.stream,
         end_user=request.user,
     )
 

@@ -64,7 +64,9 @@ def _usage(generation: Generation, output_tokens: int) -> dict[str, int]:
     }
 
 
-def _message(generation: Generation, content: list[dict[str, Any]], ended: Ended | None, request: MessagesRequest) -> dict[str, Any]:
+def _message(
+    generation: Generation, content: list[dict[str, Any]], ended: Ended | None, request: MessagesRequest
+) -> dict[str, Any]:
     reason, sequence = _stop(ended, request) if ended else (None, None)
     return {
         "id": generation.id,
@@ -123,7 +125,9 @@ async def _events(generation: Generation, request: MessagesRequest) -> AsyncIter
                 if not text_open:
                     text_open = True
                     yield _event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-                yield _event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": part.text}})
+                yield _event(
+                    "content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": part.text}}
+                )
             else:
                 if text_open:
                     yield _event("content_block_stop", {"index": index})
@@ -134,7 +138,10 @@ async def _events(generation: Generation, request: MessagesRequest) -> AsyncIter
                 reason, sequence = _stop(part, request)
                 yield _event(
                     "message_delta",
-                    {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": {"output_tokens": part.finished.completion_tokens}},
+                    {
+                        "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                        "usage": {"output_tokens": part.finished.completion_tokens},
+                    },
                 )
                 yield _event("message_stop", {})
 
@@ -143,7 +150,10 @@ def _tool_use_events(index: int, call: tools.ToolCall) -> list[bytes]:
     """A tool call as its own block: opened with an empty input, given whole in one delta."""
     return [
         _event("content_block_start", {"index": index, "content_block": _tool_use(call, {})}),
-        _event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}}),
+        _event(
+            "content_block_delta",
+            {"index": index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}},
+        ),
         _event("content_block_stop", {"index": index}),
     ]
 

@@ -26,14 +26,18 @@ async def response_create(*, request: ResponseRequest, caller: Caller) -> Starte
     history: list[dict[str, Any]] = []
     chat = request.chat
     if request.previous_response_id:
-        previous = await stored_response(request.previous_response_id, api_key=caller.api_key, param="previous_response_id")
+        previous = await stored_response(
+            request.previous_response_id, api_key=caller.api_key, param="previous_response_id"
+        )
         history = previous.conversation
         chat = request.continuing(history)
     generation = await chat_completion_create(request=chat, caller=caller, id_prefix="resp_")
     save = None
     if request.store:
+
         async def save(body: dict[str, Any]) -> None:
             await response_save(body=body, request=request, history=history, api_key=caller.api_key)
+
     return StartedResponse(generation, request, save)
 
 
@@ -101,7 +105,11 @@ def _message(message_id: str, text: str | None, status: str) -> dict[str, Any]:
 
 def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str, namespace: str | None) -> dict[str, Any]:
     item = {
-        "id": call_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
+        "id": call_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call.id,
+        "name": call.name,
         "arguments": arguments,
     }
     return item if namespace is None else {**item, "namespace": namespace}
@@ -137,7 +145,9 @@ class _Events:
     def _message_opened(self) -> list[bytes]:
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         return [
-            self.event("response.output_item.added", output_index=0, item=_message(self.message_id, None, "in_progress")),
+            self.event(
+                "response.output_item.added", output_index=0, item=_message(self.message_id, None, "in_progress")
+            ),
             self.event("response.content_part.added", **where, part=_text_part("")),
         ]
 
@@ -152,7 +162,10 @@ class _Events:
     def _call_made(self, call: tools.ToolCall, index: int) -> list[bytes]:
         where = {"item_id": self.call_id, "output_index": index}
         namespace = self.started.request.namespaces.get(call.name)
-        added, done = (_call(self.call_id, call, arguments, status, namespace) for arguments, status in (("", "in_progress"), (call.arguments, "completed")))
+        added, done = (
+            _call(self.call_id, call, arguments, status, namespace)
+            for arguments, status in (("", "in_progress"), (call.arguments, "completed"))
+        )
         return [
             self.event("response.output_item.added", output_index=index, item=added),
             self.event("response.function_call_arguments.delta", **where, delta=call.arguments),

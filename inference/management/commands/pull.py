@@ -15,8 +15,10 @@ from inference.pulling import PullError, human_bytes, plan_pull, pull
 
 
 class Command(BaseCommand):
-    help = ("Download a GGUF model (http(s):// or hf://owner/repo/file.gguf) into the models directory, "
-            "resumably, verify it, and have the running server discover it.")
+    help = (
+        "Download a GGUF model (http(s):// or hf://owner/repo/file.gguf) into the models directory, "
+        "resumably, verify it, and have the running server discover it."
+    )
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,8 +29,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, url: str, name: str | None, sha256: str | None, **options: Any) -> None:
         try:
             config = load_config().model_manager
-            plan = plan_pull(url=url, directory=config.models_directory, name=name, sha256=sha256,
-                             max_mb=config.max_pull_mb)
+            plan = plan_pull(
+                url=url, directory=config.models_directory, name=name, sha256=sha256, max_mb=config.max_pull_mb
+            )
         except (ConfigError, PullError) as exc:
             raise CommandError(str(exc)) from None
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would break the bar
@@ -43,7 +46,9 @@ class Command(BaseCommand):
             progress.close()
         resumed = f", resumed at {human_bytes(pulled.resumed_from)}" if pulled.resumed_from else ""
         checked = ", sha256 verified" if pulled.sha256 else ""
-        self.stdout.write(f"pulled {pulled.name} ({human_bytes(pulled.size_bytes)}{resumed}{checked}) into {pulled.path}")
+        self.stdout.write(
+            f"pulled {pulled.name} ({human_bytes(pulled.size_bytes)}{resumed}{checked}) into {pulled.path}"
+        )
         self._discover(pulled.name)
 
     def _discover(self, name: str) -> None:
@@ -55,5 +60,6 @@ class Command(BaseCommand):
         if name in changes["added"] + changes["changed"]:
             self.stdout.write(f"the running server now lists {name}")
         else:
-            self.stdout.write(f"the running server reloaded but does not list {name}: does it use another models "
-                              "directory?")
+            self.stdout.write(
+                f"the running server reloaded but does not list {name}: does it use another models directory?"
+            )

@@ -67,12 +67,14 @@ def warn_about_access(server: ServerConfig) -> None:
         logger.warning(
             "!!! server.require_api_key is false and the server listens on %s: ANYONE who can reach "
             "this address can use the API. Create keys with `manage.py apikey create NAME` and "
-            "remove require_api_key from config.json.", server.host,
+            "remove require_api_key from config.json.",
+            server.host,
         )
     elif not ApiKey.objects.filter(revoked_at__isnull=True).exists():
         logger.warning(
             "!!! the server listens on %s and requires API keys, but there are none: every /v1 request "
-            "will be refused with 401. Create one with `manage.py apikey create NAME`.", server.host,
+            "will be refused with 401. Create one with `manage.py apikey create NAME`.",
+            server.host,
         )
 
 
@@ -184,9 +186,7 @@ class Command(BaseCommand):
         pool = model_pool()
         models = pool.catalog.available()
         discovered_models_sync(models=models)
-        logger.info(
-            "models in %s: %s", config.model_manager.models_directory, ", ".join(models) or "none"
-        )
+        logger.info("models in %s: %s", config.model_manager.models_directory, ", ".join(models) or "none")
         logger.info("serving on http://%s:%d (config %s)", server.host, server.port, config.path)
         try:
             serve_with_graceful_shutdown(config, pool)

@@ -56,8 +56,17 @@ class Command(BaseCommand):
             "--rebuild-rollups", action="store_true", help="recompute the daily totals from the records"
         )
 
-    def handle(self, *args: Any, since: str, model: str | None, key: str | None, json: bool, prune: bool,
-               rebuild_rollups: bool, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        since: str,
+        model: str | None,
+        key: str | None,
+        json: bool,
+        prune: bool,
+        rebuild_rollups: bool,
+        **options: Any,
+    ) -> None:
         if prune:
             try:
                 days = load_config().records.usage_retention_days
@@ -94,8 +103,9 @@ class Command(BaseCommand):
 
     def _table(self, summary: usage_selectors.UsageSummary) -> None:
         self.stdout.write(f"usage {summary.since:%Y-%m-%d %H:%M} – {summary.until:%Y-%m-%d %H:%M} UTC")
-        self.stdout.write("".join(title.rjust(width) if key != "model" else title.ljust(width)
-                                  for key, title, width in COLUMNS))
+        self.stdout.write(
+            "".join(title.rjust(width) if key != "model" else title.ljust(width) for key, title, width in COLUMNS)
+        )
         for row in [*summary.models, {"model": "total", **summary.total}]:
             self._row(row)
         if any(row["api_key"] for row in summary.keys):
