@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(

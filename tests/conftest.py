@@ -25,9 +25,7 @@ from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
-from tests.file_server import FileServer, serving
-from tests.gguf_files import write_synthetic
-from tests.services import (
+from tests.database_servers import (
     PROJECT_DIR,
     DatabaseTemplate,
     create_template,
@@ -37,6 +35,8 @@ from tests.services import (
     redis_server,
     wait_until_started,
 )
+from tests.file_server import FileServer, serving
+from tests.gguf_files import write_synthetic
 
 T = TypeVar("T")
 
@@ -222,7 +222,7 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTempl
 
 @contextmanager
 def os_server_or_skip(server: AbstractContextManager[T]) -> Iterator[T]:
-    """A server started from an OS package (tests/services.py), or a skip saying which package
+    """A server started from an OS package (tests/database_servers.py), or a skip saying which package
     is missing."""
     try:
         with server as started:

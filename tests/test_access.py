@@ -36,8 +36,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate, redis_server
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate, redis_server
 
 HELLO = [{"role": "user", "content": "Hi"}]
 REQUIRED = {"require_api_key": True}

@@ -18,8 +18,8 @@ from dashboard.pages import CONSOLE_PAGES
 from inference.models import DiscoveredModel
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import DaphneServer
+from tests.database_servers import DatabaseTemplate
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate
 
 
 def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from bench import agent_clients
 from tests.conftest import SMOLLM2, DaphneServer, link_model, start_server, write_config
-from tests.services import DatabaseTemplate, free_port
+from tests.database_servers import DatabaseTemplate, free_port
 
 PROMPT = "Say hello in one short sentence."
 # Each prompt is ~5k tokens, and prompt processing on two cores runs at ~100 tokens/s.

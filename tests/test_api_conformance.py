@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 
 @pytest.fixture(scope="module")

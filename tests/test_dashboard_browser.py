@@ -11,7 +11,7 @@ import pytest
 
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 pytestmark = needs_chromium
 

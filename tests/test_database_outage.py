@@ -34,7 +34,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import PostgresServer, migrate, postgres_server, query_rows, with_database_name
+from tests.database_servers import PostgresServer, migrate, postgres_server, query_rows, with_database_name
 
 # --- the records queue, with a stand-in database -------------------------------------------
 

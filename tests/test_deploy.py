@@ -31,7 +31,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 TIMESTAMPED_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 UNSTAMPED_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")

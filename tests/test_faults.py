@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import HI, SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 
 def model_ids(server: DaphneServer) -> list[str]:

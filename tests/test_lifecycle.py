@@ -28,8 +28,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.gguf_files import write_random
-from tests.services import DatabaseTemplate
 
 
 def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:

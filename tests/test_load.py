@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 MODELS = (SMOLLM2, "smollm-twin")
 CONCURRENCY = 8

@@ -23,8 +23,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.gguf_files import write_random
-from tests.services import DatabaseTemplate
 
 CHAT = "/v1/chat/completions"
 

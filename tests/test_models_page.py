@@ -39,10 +39,10 @@ from tests.conftest import (
     server_env,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.fake_engine import FakeEngine, chat, drain, pool_config, until
 from tests.gguf_files import write_synthetic
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate
 
 ADMIN_TOKEN = "models-page-admin-token"
 

@@ -19,7 +19,7 @@ from inference.api import authentication
 from inference.models import RequestRecord
 from tests.browser import console_server, log_in, needs_chromium, screenshot
 from tests.conftest import SMOLLM2, DaphneServer, wait_for
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 REQUIRED = {"require_api_key": True}
 CONSOLE = {"X-Llamasite-Console": "playground"}

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import PROJECT_DIR
-from tests.services import is_postgres, with_database_name
+from tests.database_servers import is_postgres, with_database_name
 
 ON_BOTH_DATABASES = [
     "tests/test_records.py",

@@ -46,9 +46,9 @@ from tests.conftest import (
     sha256_of,
     wait_for,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.file_server import FileServer
 from tests.gguf_files import write_synthetic
-from tests.services import DatabaseTemplate
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import migrate, query_rows, with_database_name
+from tests.database_servers import migrate, query_rows, with_database_name
 
 PASSWORD = "scale-out-test-password"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import CONFIG_ENV_VAR, PROJECT_DIR, SMOLLM2, free_port, link_model, start_server
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 
 def run_serve(config: Path, *args: str) -> subprocess.CompletedProcess:
