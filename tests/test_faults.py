@@ -16,7 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HI, SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
+from tests.conftest import (
+    HI,
+    SMOLLM2,
+    DaphneServer,
+    ServerFactory,
+    free_port,
+    link_model,
+    start_server,
+    wait_for,
+    write_config,
+)
 from tests.database_servers import DatabaseTemplate
 
 
@@ -25,12 +35,9 @@ def model_ids(server: DaphneServer) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("faults")
-    config = write_config(root, n_ctx=512, idle_timeout=-1, check_interval=0.2)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with server_factory("faults", names=(), n_ctx=512, idle_timeout=-1, check_interval=0.2) as server:
+        yield server
 
 
 @pytest.fixture

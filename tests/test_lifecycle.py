@@ -21,6 +21,7 @@ from tests.conftest import (
     HI,
     PROJECT_DIR,
     DaphneServer,
+    ServerFactory,
     free_port,
     link_model,
     start_server,
@@ -31,29 +32,33 @@ from tests.conftest import (
 from tests.database_servers import DatabaseTemplate
 from tests.gguf_files import write_random
 
+LIFECYCLE_MODELS = ("m-a", "m-b", "m-c", "m-idle", "m-pinned")
 
-def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
+
+def lifecycle_settings(**extra: Any) -> dict[str, Any]:
     models = {
         "m-idle": {"idle_timeout": 2},
         "m-pinned": {"pinned": True},
         **extra.pop("models", {}),
     }
-    settings = {"n_ctx": 2048, "idle_timeout": -1, "check_interval": 0.2, "max_loaded_models": 3, **extra}
-    return write_config(root, server={"port": port}, models=models, **settings)
+    return {"n_ctx": 2048, "idle_timeout": -1, "check_interval": 0.2, "max_loaded_models": 3, "models": models, **extra}
+
+
+def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
+    return write_config(root, server={"port": port}, **lifecycle_settings(**extra))
 
 
 def start_lifecycle_server(root: Path, smollm2_file: Path, template: Path, **extra: Any) -> DaphneServer:
-    for name in ("m-a", "m-b", "m-c", "m-idle", "m-pinned"):
+    for name in LIFECYCLE_MODELS:
         link_model(smollm2_file, root / "models", name)
     config = lifecycle_config(root, free_port(), **extra)
     return start_server(config, root / "server.log", template)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    server = start_lifecycle_server(tmp_path_factory.mktemp("lifecycle"), smollm2_file, migrated_database)
-    yield server
-    server.stop()
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with server_factory("lifecycle", names=LIFECYCLE_MODELS, **lifecycle_settings()) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,7 @@ from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
+    ServerFactory,
     free_port,
     server_env,
     write_config,
@@ -227,12 +228,16 @@ def test_llama_reports_load_progress_to_the_worker(use_config) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("models-page")
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    settings = {"idle_timeout": 600, "max_memory_mb": 4096}
+    with console_server(server_factory, "models-page", prepare=with_token, **settings) as server:
+        yield server
+
+
+def with_token(root: Path) -> None:
+    """ADMIN_TOKEN in the server's token file, as its first start would write one."""
     (root / ".admin_token").write_text(ADMIN_TOKEN)
     (root / ".admin_token").chmod(0o600)
-    with console_server(root, smollm2_file, migrated_database, idle_timeout=600, max_memory_mb=4096) as server:
-        yield server
 
 
 def admin(server: DaphneServer, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -18,8 +18,7 @@ from django.test import AsyncClient
 from inference.api import authentication
 from inference.models import RequestRecord
 from tests.browser import console_server, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer, wait_for
-from tests.database_servers import DatabaseTemplate
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory, wait_for
 
 REQUIRED = {"require_api_key": True}
 CONSOLE = {"X-Llamasite-Console": "playground"}
@@ -103,9 +102,8 @@ SECOND = "smollm2-copy"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("playground")
-    with console_server(root, smollm2_file, migrated_database, names=(SMOLLM2, SECOND), server=REQUIRED) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "playground", names=(SMOLLM2, SECOND), server=REQUIRED) as server:
         yield server
 
 

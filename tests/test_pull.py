@@ -40,21 +40,20 @@ from tests.conftest import (
     SMOLLM2,
     SOURCE_NAME,
     DaphneServer,
+    ServerFactory,
     files_in,
     link_model,
     pull_command,
     sha256_of,
     wait_for,
 )
-from tests.database_servers import DatabaseTemplate
 from tests.file_server import FileServer
 from tests.gguf_files import write_synthetic
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path,
-           migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("pull"), smollm2_file, migrated_database) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "pull") as server:
         yield server
 
 
