@@ -1,5 +1,6 @@
 """Shared fixtures: the real bundled models, per-test configs, real daphne servers (one factory),
-the pulls' local file server and their `manage.py pull`."""
+the pulls' local file server and their `manage.py pull`; and the tiers (pytest.ini's markers) that a
+test's fixtures put it in."""
 
 from __future__ import annotations
 
@@ -43,6 +44,28 @@ T = TypeVar("T")
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
 HI = [{"role": "user", "content": "Hi"}]
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "openai" / "schemas.json").read_text())
+
+
+# What a test's fixtures start puts it in a tier (pytest.ini's markers), through any fixture built on
+# them too: a new test gets its marker by asking for the fixture. Tests that start such things
+# without these fixtures carry the marker themselves.
+TIER_OF_FIXTURE = {
+    "server_factory": "server",  # every server fixture is built on it
+    "browser": "browser",
+    "postgres_url": "postgres",
+    "redis_url": "postgres",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.browser import needs_chromium
+
+    for item in items:
+        tiers = {TIER_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in TIER_OF_FIXTURE}
+        if any(mark == needs_chromium.mark for mark in item.iter_markers("skipif")):
+            tiers.add("browser")  # drives a Chromium of its own
+        for tier in sorted(tiers - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(tier)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -267,7 +290,7 @@ def start_server(
 ) -> DaphneServer:
     """`manage.py serve` on a copy of a template database, or on the database at a URL (a
     restart, or servers sharing one database), with `env` added to its environment; waits until
-    it answers."""
+    it answers. A test that calls it rather than `server_factory` is marked `server` by hand."""
     database_url = database.copy(config.parent) if isinstance(database, DatabaseTemplate) else database
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", *extra_args],
@@ -337,7 +360,8 @@ class ServerFactory:
 def server_factory(
     tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> ServerFactory:
-    """`with server_factory("name", **settings) as server:` a real server (see ServerFactory)."""
+    """`with server_factory("name", **settings) as server:` a real server (see ServerFactory);
+    every test that uses it is marked `server`."""
     return ServerFactory(tmp_path_factory, smollm2_file, migrated_database)
 
 

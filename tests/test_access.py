@@ -277,6 +277,7 @@ def test_check_deploy_is_clean_behind_the_documented_proxy(tmp_path: Path) -> No
     assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.server
 def test_behind_the_proxy_the_client_it_names_is_recorded(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:

@@ -21,6 +21,8 @@ import pytest
 from bench import agent_clients
 from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
+pytestmark = pytest.mark.external
+
 PROMPT = "Say hello in one short sentence."
 # Each prompt is ~5k tokens, and prompt processing on two cores runs at ~100 tokens/s.
 CLIENT_TIMEOUT = 300

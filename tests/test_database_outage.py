@@ -239,6 +239,7 @@ def recorded(server: DaphneServer) -> set[str]:
     return {row[0] for row in server.rows("SELECT completion_id FROM inference_requestrecord")}
 
 
+@pytest.mark.postgres
 def test_a_postgresql_restart_and_outage_under_a_running_server(server: DaphneServer, postgres: PostgresServer) -> None:
     created = server.manage("apikey", "create", "outage")
     assert created.returncode == 0, created.stderr

@@ -101,6 +101,7 @@ def test_the_models_directory_removed_at_runtime(server: DaphneServer, models: P
     assert f"models directory {models} is back" in server.log()
 
 
+@pytest.mark.server
 def test_a_model_that_would_not_fit_is_refused_before_loading(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
@@ -120,6 +121,7 @@ def test_a_model_that_would_not_fit_is_refused_before_loading(
         server.stop()
 
 
+@pytest.mark.server
 def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     """Clients stream and wait for answers while the server is killed: every completion a
     client saw finish is in the database after a restart, once."""
@@ -168,6 +170,7 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
         restarted.stop()
 
 
+@pytest.mark.server
 def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     config = write_config(tmp_path, n_ctx=1024, parallel=1, max_queue=1)

@@ -294,6 +294,7 @@ def test_load_and_unload_cycles_leave_no_database_connection_open(server: Daphne
     assert open_database_files(server.process.pid) <= before, (before, open_database_files(server.process.pid))
 
 
+@pytest.mark.server
 def test_reload_applies_settings_and_rediscovers(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
@@ -333,6 +334,7 @@ def test_reload_applies_settings_and_rediscovers(
         server.stop()
 
 
+@pytest.mark.server
 def test_sigterm_lets_running_streams_finish_then_unloads(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:

@@ -130,6 +130,7 @@ def test_a_preload_never_unloads_a_model_to_make_room(fake_pool: list[str], life
     assert sorted(pool.loaded_models()) == ["beta", "gamma"]
 
 
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_listed_models_load_in_the_background_after_start(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
