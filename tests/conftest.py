@@ -21,6 +21,7 @@ import httpx
 import jsonschema
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
@@ -98,6 +99,15 @@ def validate_anthropic_error(body: Any) -> None:
     assert set(body) == {"type", "error"} and body["type"] == "error", body
     assert set(body["error"]) == {"type", "message"} and isinstance(body["error"]["message"], str), body
     assert body["error"]["type"] in ANTHROPIC_ERROR_TYPES, body
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing() -> Iterator[None]:
+    """Accounts made in this process hash their passwords with MD5: Django's PBKDF2 takes about
+    0.4 s a password on two cores, which every console test that makes a staff account paid.
+    The servers under test keep the default."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(scope="session")
