@@ -221,6 +221,7 @@ def test_commands_control_the_running_server(server: DaphneServer) -> None:
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_commands_say_so_when_no_server_runs(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"server": {"port": free_port()}}))

@@ -82,6 +82,7 @@ def gated_pool(use_config: Callable[..., Path], tmp_path: Path) -> Iterator[tupl
     gate.set()
 
 
+@pytest.mark.slow
 async def test_rows_follow_a_model_through_loading_serving_and_failing(gated_pool) -> None:
     pool, gate = gated_pool
     states_told: list[str] = []
@@ -188,6 +189,7 @@ def test_the_admins_pin_takes_effect_on_a_loaded_model(use_config, admin_client:
     assert not model_pool().worker(SMOLLM2).settings.pinned  # config.json's again: not pinned
 
 
+@pytest.mark.slow
 async def test_websocket_pushes_the_table_when_a_model_loads(use_config) -> None:
     staff = await sync_to_async(User.objects.create_user)("staff", password="pw", is_staff=True)
     page = WebsocketCommunicator(ModelTableConsumer.as_asgi(), "/ws/dashboard/models/")
@@ -271,6 +273,7 @@ def test_models_command_prints_the_table_and_json(server: DaphneServer) -> None:
         admin(server, "POST", "/admin/unload", json={"model": "all"})
 
 
+@pytest.mark.slow
 def test_models_command_without_a_server_says_so_in_one_line(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
     config = write_config(tmp_path, server={"port": free_port()})
     (tmp_path / ".admin_token").write_text(ADMIN_TOKEN)

@@ -72,6 +72,7 @@ async def test_console_requests_need_a_signed_in_staff_user_and_the_csrf_token(u
     assert not await RequestRecord.objects.aexists()
 
 
+@pytest.mark.slow
 async def test_a_console_request_while_the_database_is_away_is_a_503_then_recovers(
     use_config, admin_user: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
