@@ -11,17 +11,29 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-soak
+.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-soak
 
 serve: setup model migrate
 	$(PY) manage.py serve
 
-# ruff.toml holds the (small) rule set, mypy.ini the packages whose types are checked (runtime,
-# grammar); style and types are checked where the tests run.
+# ruff.toml holds the rule set and the formatter's style, mypy.ini the packages whose types are
+# checked (runtime, grammar); style and types are checked where the tests run. The slowest tests'
+# times end the output.
 test: setup-dev model system-packages agent-clients
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
+
+# The in-process tests alone (under a minute on two cores): no server process, browser, database
+# server or external program, nothing marked slow (the markers: pytest.ini).
+FAST_TESTS := not server and not browser and not postgres and not external and not slow
+
+test-fast: setup-dev model
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest -m "$(FAST_TESTS)"
 
 setup: $(VENV)/.requirements
 

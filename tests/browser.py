@@ -7,15 +7,13 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_DIR, SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.conftest import PROJECT_DIR, DaphneServer, ServerFactory
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -75,21 +73,12 @@ def screenshot(driver: Any, page: str) -> None:
 
 
 @contextmanager
-def console_server(
-    root: Path, smollm2_file: Path, database: DatabaseTemplate, *, names: tuple[str, ...] = (SMOLLM2,),
-    server: dict[str, Any] | None = None, **model_manager: Any,
-) -> Iterator[DaphneServer]:
-    """A real server in `root` serving SmolLM2 (under each of `names`), with the staff account
-    "admin" (password STAFF_PASSWORD); stopped afterwards."""
-    for name in names:
-        link_model(smollm2_file, root / "models", name)
-    config = write_config(root, server={"port": free_port(), **(server or {})}, **{"n_ctx": 2048, **model_manager})
-    running = start_server(config, root / "server.log", database)
-    running.create_superuser(STAFF_PASSWORD)
-    try:
+def console_server(server_factory: ServerFactory, name: str, **settings: Any) -> Iterator[DaphneServer]:
+    """A server of `server_factory(name, **settings)` (n_ctx 2048 unless they say otherwise) with
+    the staff account "admin" (password STAFF_PASSWORD)."""
+    with server_factory(name, **{"n_ctx": 2048, **settings}) as running:
+        running.create_superuser(STAFF_PASSWORD)
         yield running
-    finally:
-        running.stop()
 
 
 @contextmanager

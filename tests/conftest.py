@@ -1,5 +1,6 @@
-"""Shared fixtures: the real bundled models, per-test configs, a real daphne server, the pulls'
-local file server and their `manage.py pull`."""
+"""Shared fixtures: the real bundled models, per-test configs, real daphne servers (one factory),
+the pulls' local file server and their `manage.py pull`; and the tiers (pytest.ini's markers) that a
+test's fixtures put it in."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,14 +21,13 @@ import httpx
 import jsonschema
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
 from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
-from tests.file_server import FileServer, serving
-from tests.gguf_files import write_synthetic
-from tests.services import (
+from tests.database_servers import (
     PROJECT_DIR,
     DatabaseTemplate,
     create_template,
@@ -37,12 +37,48 @@ from tests.services import (
     redis_server,
     wait_until_started,
 )
+from tests.file_server import FileServer, serving
+from tests.gguf_files import write_synthetic
 
 T = TypeVar("T")
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
 HI = [{"role": "user", "content": "Hi"}]
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "openai" / "schemas.json").read_text())
+
+
+# What a test's fixtures start puts it in a tier (pytest.ini's markers), through any fixture built on
+# them too: a new test gets its marker by asking for the fixture. Tests that start such things
+# without these fixtures carry the marker themselves.
+TIER_OF_FIXTURE = {
+    "server_factory": "server",  # every server fixture is built on it
+    "browser": "browser",
+    "postgres_url": "postgres",
+    "redis_url": "postgres",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.browser import needs_chromium
+
+    for item in items:
+        tiers = {TIER_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in TIER_OF_FIXTURE}
+        if any(mark == needs_chromium.mark for mark in item.iter_markers("skipif")):
+            tiers.add("browser")  # drives a Chromium of its own
+        for tier in sorted(tiers - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(tier)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the last lines of each server it used."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            for server in value if isinstance(value, list) else [value]:
+                if isinstance(server, DaphneServer) and server.log_path.exists():
+                    report.sections.append((f"server log: {name} ({server.url})", server.log()[-5000:]))
+    return report
 
 
 def validate_openai(schema_name: str, body: Any) -> None:
@@ -63,6 +99,15 @@ def validate_anthropic_error(body: Any) -> None:
     assert set(body) == {"type", "error"} and body["type"] == "error", body
     assert set(body["error"]) == {"type", "message"} and isinstance(body["error"]["message"], str), body
     assert body["error"]["type"] in ANTHROPIC_ERROR_TYPES, body
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing() -> Iterator[None]:
+    """Accounts made in this process hash their passwords with MD5: Django's PBKDF2 takes about
+    0.4 s a password on two cores, which every console test that makes a staff account paid.
+    The servers under test keep the default."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +205,11 @@ class DaphneServer:
     process: subprocess.Popen
     database_url: str
     config: Path
+    env: dict[str, str] = field(default_factory=dict)  # set for the server and its `manage` commands
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -185,7 +235,7 @@ class DaphneServer:
         return subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=PROJECT_DIR,
-            env={**server_env(self.config, self.database_url), **environment},
+            env={**server_env(self.config, self.database_url, self.env), **environment},
             capture_output=True,
             text=True,
             timeout=120,
@@ -204,13 +254,14 @@ class DaphneServer:
         return query_rows(self.database_url, query, *parameters)
 
 
-def server_env(config: Path, database_url: str) -> dict[str, str]:
+def server_env(config: Path, database_url: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a server process (and its management commands) under test."""
     return {
         **os.environ,
         CONFIG_ENV_VAR: str(config),
         "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
 
 
@@ -222,7 +273,7 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTempl
 
 @contextmanager
 def os_server_or_skip(server: AbstractContextManager[T]) -> Iterator[T]:
-    """A server started from an OS package (tests/services.py), or a skip saying which package
+    """A server started from an OS package (tests/database_servers.py), or a skip saying which package
     is missing."""
     try:
         with server as started:
@@ -245,15 +296,16 @@ def redis_url() -> Iterator[str]:
 
 
 def start_server(
-    config: Path, log_path: Path, database: DatabaseTemplate | str, *extra_args: str
+    config: Path, log_path: Path, database: DatabaseTemplate | str, *extra_args: str, env: dict[str, str] | None = None
 ) -> DaphneServer:
     """`manage.py serve` on a copy of a template database, or on the database at a URL (a
-    restart, or servers sharing one database); waits until it answers."""
+    restart, or servers sharing one database), with `env` added to its environment; waits until
+    it answers. A test that calls it rather than `server_factory` is marked `server` by hand."""
     database_url = database.copy(config.parent) if isinstance(database, DatabaseTemplate) else database
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", *extra_args],
         cwd=PROJECT_DIR,
-        env=server_env(config, database_url),
+        env=server_env(config, database_url, env),
         stdout=log_path.open("a"),
         stderr=subprocess.STDOUT,
     )
@@ -269,22 +321,69 @@ def start_server(
             return False
 
     wait_until_started(answers, process, lambda: f"server did not start:\n{log_path.read_text()}", seconds=60)
-    return DaphneServer(url=url, log_path=log_path, process=process, database_url=database_url, config=config)
+    return DaphneServer(
+        url=url, log_path=log_path, process=process, database_url=database_url, config=config, env=env or {}
+    )
+
+
+@dataclass(frozen=True)
+class ServerFactory:
+    """Starts real `manage.py serve` (daphne) processes for the tests, each in a directory of its own."""
+
+    tmp_path_factory: pytest.TempPathFactory
+    smollm2_file: Path
+    migrated_database: DatabaseTemplate
+
+    @contextmanager
+    def __call__(
+        self,
+        name: str,
+        *,
+        names: Iterable[str] = (SMOLLM2,),
+        server: dict[str, Any] | None = None,
+        port: int | None = None,
+        database: str | None = None,
+        env: dict[str, str] | None = None,
+        prepare: Callable[[Path], object] | None = None,
+        **model_manager: Any,
+    ) -> Iterator[DaphneServer]:
+        """A server in a new directory named after `name`: SmolLM2 linked into its models/ under
+        each of `names`, then `prepare(directory)`, then a config.json of the `server` settings
+        (on `port`, a free one unless given) and of the `model_manager` ones (write_config's);
+        on a copy of the migrated database, or on the one at the URL `database`; with `env` in
+        its environment. Yields once it answers; stopped afterwards. A server that does not
+        start fails with its log."""
+        root = self.tmp_path_factory.mktemp(name)
+        for model in names:
+            link_model(self.smollm2_file, root / "models", model)
+        if prepare is not None:
+            prepare(root)
+        config = write_config(root, {"port": port or free_port(), **(server or {})}, **model_manager)
+        running = start_server(config, root / "server.log", database or self.migrated_database, env=env)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture(scope="session")
-def daphne_server(
+def server_factory(
     tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate
-) -> Iterator[DaphneServer]:
+) -> ServerFactory:
+    """`with server_factory("name", **settings) as server:` a real server (see ServerFactory);
+    every test that uses it is marked `server`."""
+    return ServerFactory(tmp_path_factory, smollm2_file, migrated_database)
+
+
+@pytest.fixture(scope="session")
+def daphne_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under three names; one
     of them, "smollm-serial", decodes one request at a time (parallel: 1)."""
-    root = tmp_path_factory.mktemp("daphne")
-    for name in (SMOLLM2, "smollm-copy", "smollm-serial"):
-        link_model(smollm2_file, root / "models", name)
-    config = write_config(root, n_ctx=4096, max_loaded_models=3, models={"smollm-serial": {"parallel": 1}})
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+    with server_factory(
+        "daphne", names=(SMOLLM2, "smollm-copy", "smollm-serial"),
+        n_ctx=4096, max_loaded_models=3, models={"smollm-serial": {"parallel": 1}},
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,8 @@ class FileServer:
                 files.answer(self, modes, *files.body(modes))
 
         self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # Polled often: stop() waits for the loop to notice, half a second per test at the default.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     def body(self, modes: set[str]) -> tuple[bytes, str]:

@@ -36,8 +36,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate, redis_server
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate, redis_server
 
 HELLO = [{"role": "user", "content": "Hi"}]
 REQUIRED = {"require_api_key": True}
@@ -77,6 +77,7 @@ def test_the_command_creates_lists_and_revokes_keys_storing_only_a_hash() -> Non
     assert access_keys.api_key_find(secret) is None
 
 
+@pytest.mark.slow
 def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
     database_url = migrated_database.copy(tmp_path)
     for args, fragment in ((["revoke", "sk-nothing"], "no API key has the prefix"), (["create", "x", "--rpm", "-5"], "not a positive")):
@@ -88,6 +89,7 @@ def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_datab
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 async def test_required_keys_turn_away_missing_unknown_and_revoked_ones(use_config) -> None:
     use_config(server=REQUIRED)
     key, secret = await _create(name="app")
@@ -112,6 +114,7 @@ async def test_an_api_key_is_not_an_admin_token(use_config) -> None:
     assert error_of(response, 401)["code"] == "invalid_api_key"
 
 
+@pytest.mark.slow
 async def test_on_loopback_keys_are_optional_but_attributed(use_config) -> None:
     assert not load_config().server.api_key_required  # 127.0.0.1 by default
     key, secret = await _create(name="notebook")
@@ -132,6 +135,7 @@ def test_require_api_key_defaults_by_the_listening_address(tmp_path: Path) -> No
     assert load_config(config).server.api_key_required is False
 
 
+@pytest.mark.slow
 async def test_a_key_sees_and_uses_only_its_models(use_config, models_dir: Path, smollm2_file: Path) -> None:
     link_model(smollm2_file, models_dir, "other")
     _, secret = await _create(name="limited", models=[SMOLLM2])
@@ -145,6 +149,7 @@ async def test_a_key_sees_and_uses_only_its_models(use_config, models_dir: Path,
     assert (await chat(secret, model=SMOLLM2)).status_code == 200
 
 
+@pytest.mark.slow
 async def test_requests_per_minute_over_the_limit_are_a_429_with_retry_after(use_config) -> None:
     _, secret = await _create(name="slow", requests_per_minute=2)
     assert [(await chat(secret)).status_code for _ in range(2)] == [200, 200]
@@ -173,6 +178,7 @@ def test_requests_per_minute_are_counted_by_this_process_while_redis_is_away(cap
     assert "hunter2" not in caplog.text
 
 
+@pytest.mark.slow
 async def test_tokens_per_day_over_the_limit_are_a_429_until_midnight(use_config) -> None:
     key, secret = await _create(name="thrifty", tokens_per_day=50)
     assert (await chat(secret)).status_code == 200
@@ -265,6 +271,7 @@ def test_unknown_host_names_are_refused(client: Client) -> None:
     assert client.get("/admin/login/", HTTP_HOST="attacker.example").status_code == 400
 
 
+@pytest.mark.slow
 def test_check_deploy_is_clean_behind_the_documented_proxy(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text('{"server": {"behind_https_proxy": true, "allowed_hosts": ["llm.example.com"]}}')
@@ -277,6 +284,7 @@ def test_check_deploy_is_clean_behind_the_documented_proxy(tmp_path: Path) -> No
     assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.server
 def test_behind_the_proxy_the_client_it_names_is_recorded(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,9 +16,8 @@ from django.utils import timezone
 from dashboard.pages import CONSOLE_PAGES
 from inference.models import DiscoveredModel
 from tests.browser import console_server, log_in, needs_chromium, screenshot
-from tests.conftest import DaphneServer
+from tests.conftest import DaphneServer, ServerFactory
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate
 
 
 def test_the_admin_is_branded_and_its_home_links_the_console(admin_client) -> None:
@@ -63,8 +61,8 @@ def test_the_request_list_filters_without_scanning_the_records(admin_client) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("admin-console"), smollm2_file, migrated_database) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "admin-console") as server:
         for stream in (False, True):
             chat(server, stream)
         yield server

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from bench import agent_clients
-from tests.conftest import SMOLLM2, DaphneServer, link_model, start_server, write_config
-from tests.services import DatabaseTemplate, free_port
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
+
+pytestmark = pytest.mark.external
 
 PROMPT = "Say hello in one short sentence."
 # Each prompt is ~5k tokens, and prompt processing on two cores runs at ~100 tokens/s.
@@ -45,18 +46,12 @@ def endpoint_rows(server: DaphneServer, endpoint: str) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def agent_server(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate
-) -> Iterator[DaphneServer]:
+def agent_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A server whose SmolLM2 has its whole trained context: the clients' prompts outgrow the
     session server's 4096. The clients send no temperature; sampled at llama.cpp's 0.8, SmolLM2
     sometimes rambles to the length limit and Codex exits 1 on `incomplete`: greedy here."""
-    root = tmp_path_factory.mktemp("agents")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, n_ctx=8192, n_threads=2, temperature=0)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+    with server_factory("agents", n_ctx=8192, n_threads=2, temperature=0) as server:
+        yield server
 
 
 def ran_in_time(run: Callable[..., agent_clients.Run], *args: object) -> agent_clients.Run:

@@ -89,6 +89,7 @@ def error_of(response: Any, status: int, error_type: str) -> str:
     return body["error"]["message"]
 
 
+@pytest.mark.slow
 async def test_a_message_in_anthropic_shape(use_config) -> None:
     response = await post(model=SMOLLM2, messages=HELLO, max_tokens=8)
     body = response.json()
@@ -103,6 +104,7 @@ async def test_a_message_in_anthropic_shape(use_config) -> None:
     assert (usage["output_tokens"] == 8) == (body["stop_reason"] == "max_tokens")
 
 
+@pytest.mark.slow
 async def test_the_stream_sends_anthropic_events_in_order(use_config) -> None:
     request = {"messages": COUNTING, "max_tokens": 12, "temperature": 0}
     plain = (await post(**request)).json()
@@ -124,6 +126,7 @@ async def test_the_stream_sends_anthropic_events_in_order(use_config) -> None:
     assert delta["usage"] == {"output_tokens": plain["usage"]["output_tokens"]}
 
 
+@pytest.mark.slow
 async def test_a_stop_sequence_of_the_request_is_reported(use_config) -> None:
     free = text_of((await post(messages=COUNTING, max_tokens=40, temperature=0)).json())
     assert "5" in free
@@ -148,6 +151,7 @@ async def test_the_templates_own_end_is_the_end_of_a_turn() -> None:
     assert (body["stop_reason"], body["stop_sequence"], body["content"]) == ("end_turn", None, [{"type": "text", "text": "Hi."}])
 
 
+@pytest.mark.slow
 async def test_max_tokens_beyond_the_context_generates_until_the_context_ends(use_config) -> None:
     use_config(n_ctx=256)
     response = await post(messages=COUNTING, max_tokens=32000)  # what Claude Code always asks for
@@ -158,6 +162,7 @@ async def test_max_tokens_beyond_the_context_generates_until_the_context_ends(us
     assert usage["input_tokens"] + usage["cache_read_input_tokens"] + usage["output_tokens"] <= 256
 
 
+@pytest.mark.slow
 async def test_a_forced_tool_is_a_tool_use_block(use_config) -> None:
     question = [{"role": "user", "content": "What is the weather in Paris?"}]
     body = (await post(messages=question, max_tokens=60, temperature=0, **FORCED)).json()
@@ -174,6 +179,7 @@ async def test_a_forced_tool_is_a_tool_use_block(use_config) -> None:
     assert dict(events)["message_delta"]["delta"]["stop_reason"] == "tool_use"
 
 
+@pytest.mark.slow
 async def test_an_output_format_is_followed(use_config) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     question = [{"role": "user", "content": "What is 2+2? Answer in JSON."}]
@@ -181,6 +187,7 @@ async def test_an_output_format_is_followed(use_config) -> None:
     assert isinstance(json.loads(text_of(body))["answer"], int), body
 
 
+@pytest.mark.slow
 async def test_a_tool_result_round_trip_is_answered(use_config) -> None:
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},
@@ -316,6 +323,7 @@ def test_errors_keep_our_statuses_in_anthropics_words(exc: Exception, status: in
     assert {name: value for name, value in response.items() if name.startswith(("Retry", "X-"))} == headers
 
 
+@pytest.mark.slow
 async def test_claude_codes_own_request_is_streamed(use_config) -> None:
     path, headers, body = claude_code_request()
     assert path == "/v1/messages?beta=true" and {"anthropic-version", "anthropic-beta", "x-api-key"} <= set(headers)
@@ -344,6 +352,7 @@ async def test_an_unknown_model_is_a_404_not_found_error(use_config, path: str) 
     assert response["X-Llamasite-Error-Code"] == "model_not_found"  # how a peer tells it from other 404s
 
 
+@pytest.mark.slow
 async def test_the_key_may_come_as_x_api_key(use_config) -> None:
     use_config(server={"require_api_key": True})
     _, secret = await sync_to_async(key_services.api_key_create)(name="claude")
@@ -353,6 +362,7 @@ async def test_the_key_may_come_as_x_api_key(use_config) -> None:
     error_of(await post("/v1/messages/count_tokens", {"x-api-key": "sk-unknown"}, messages=HELLO), 401, "authentication_error")
 
 
+@pytest.mark.slow
 async def test_a_key_over_its_quota_gets_a_429_with_retry_after(use_config) -> None:
     _, secret = await sync_to_async(key_services.api_key_create)(name="slow", requests_per_minute=1)
     assert (await post(headers={"x-api-key": secret}, messages=HELLO, max_tokens=1)).status_code == 200
@@ -372,6 +382,7 @@ async def requests_counted(endpoint: str, status: str) -> float:
     )
 
 
+@pytest.mark.slow
 async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None:
     counted_before = [await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")]
     plain = (await post(messages=HELLO, max_tokens=4)).json()
@@ -398,6 +409,7 @@ async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None
     assert [after - before for before, after in zip(counted_before, counted)] == [2, 1]  # in /metrics too
 
 
+@pytest.mark.slow
 async def test_count_tokens_is_the_input_of_the_same_request(use_config) -> None:
     request = {"system": "Be brief.", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER]}
     counted = (await post("/v1/messages/count_tokens", **request)).json()

@@ -4,7 +4,6 @@ never get a 5xx or an answer that breaks the description."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -13,19 +12,14 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
 
 @pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
+def small_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A server whose context is tiny (256 tokens), so that any generated request is quick."""
-    root = tmp_path_factory.mktemp("conformance")
-    link_model(smollm2_file, root / "models", SMOLLM2)
-    config = write_config(root, n_ctx=256, parallel=4)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+    with server_factory("conformance", n_ctx=256, parallel=4) as server:
+        yield server
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)

@@ -14,6 +14,9 @@ from inference.runtime.jobs import ChatJob, ChatMessage, Finished, PromptAccepte
 from inference.runtime.scheduler import PREFILL_CHUNK_WHILE_GENERATING
 from inference.runtime.settings import LoadSettings
 
+# Real-model batches of several requests, each test a few seconds.
+pytestmark = pytest.mark.slow
+
 GREEDY = Sampling(temperature=0)
 
 

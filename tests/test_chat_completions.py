@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from django.test import AsyncClient
 
 from inference.protocol import ChatRequest
@@ -35,6 +36,7 @@ def text_of(chunks: list[dict]) -> str:
     return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
 
 
+@pytest.mark.slow
 async def test_non_streaming_response_validates_and_counts_tokens(use_config) -> None:
     response = await post_chat(messages=HELLO, max_tokens=8, ignore_eos=True, temperature=0)
     assert response.status_code == 200
@@ -51,6 +53,7 @@ async def test_non_streaming_response_validates_and_counts_tokens(use_config) ->
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
 
 
+@pytest.mark.slow
 async def test_prompt_tokens_grow_with_the_prompt(use_config) -> None:
     short = (await post_chat(messages=HELLO, max_tokens=1)).json()["usage"]["prompt_tokens"]
     longer_messages = [{"role": "user", "content": "Say hello. " * 20}]
@@ -58,6 +61,7 @@ async def test_prompt_tokens_grow_with_the_prompt(use_config) -> None:
     assert longer > short + 20
 
 
+@pytest.mark.slow
 async def test_streaming_chunks_validate_and_match_the_non_streamed_text(use_config) -> None:
     request = {"messages": HELLO, "max_tokens": 12, "temperature": 0}
     response, chunks, _ = await stream_chunks(**request)
@@ -76,6 +80,7 @@ async def test_streaming_chunks_validate_and_match_the_non_streamed_text(use_con
     assert text_of(chunks) == plain
 
 
+@pytest.mark.slow
 async def test_stream_usage_on_request(use_config) -> None:
     _, chunks, _ = await stream_chunks(
         messages=HELLO, max_tokens=6, ignore_eos=True, stream_options={"include_usage": True}
@@ -88,6 +93,7 @@ async def test_stream_usage_on_request(use_config) -> None:
     assert chunks[-1]["usage"]["total_tokens"] == chunks[-1]["usage"]["prompt_tokens"] + 6
 
 
+@pytest.mark.slow
 async def test_temperature_zero_is_deterministic_and_seed_reproduces_sampling(use_config) -> None:
     greedy = [
         (await post_chat(messages=HELLO, max_tokens=10, temperature=0)).json()["choices"][0]["message"]["content"]
@@ -104,6 +110,7 @@ async def test_temperature_zero_is_deterministic_and_seed_reproduces_sampling(us
     assert texts[0] != texts[2]
 
 
+@pytest.mark.slow
 async def test_stop_sequence_ends_the_answer_before_it(use_config) -> None:
     counting = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
     free = (await post_chat(messages=counting, max_tokens=40, temperature=0)).json()
@@ -118,6 +125,7 @@ async def test_stop_sequence_ends_the_answer_before_it(use_config) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.slow
 async def test_model_name_extension_is_optional_and_default_is_used(use_config) -> None:
     for model in (SMOLLM2, f"{SMOLLM2}.gguf", None):
         body = {"messages": HELLO, "max_tokens": 1}
@@ -128,6 +136,7 @@ async def test_model_name_extension_is_optional_and_default_is_used(use_config) 
         assert response.json()["model"] == SMOLLM2
 
 
+@pytest.mark.slow
 async def test_text_parts_system_and_developer_roles_are_accepted(use_config) -> None:
     messages = [
         {"role": "developer", "content": "You are terse."},
@@ -141,6 +150,7 @@ async def test_text_parts_system_and_developer_roles_are_accepted(use_config) ->
     assert response.json()["usage"]["prompt_tokens"] > 20
 
 
+@pytest.mark.slow
 async def test_max_tokens_beyond_the_context_stops_at_the_context_end(use_config) -> None:
     use_config(n_ctx=256)
     response = await post_chat(messages=HELLO, max_completion_tokens=500, ignore_eos=True)
@@ -165,6 +175,7 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
     assert b"[DONE]" not in raw
 
 
+@pytest.mark.slow
 async def test_a_chat_format_lets_a_model_without_a_template_chat(
     use_config, models_dir, gemma_file
 ) -> None:
@@ -182,6 +193,7 @@ async def test_a_chat_format_lets_a_model_without_a_template_chat(
     assert "chatml" in odd.json()["error"]["message"]
 
 
+@pytest.mark.slow
 async def test_usage_reports_prompt_tokens_found_in_the_cache(use_config) -> None:
     first = (await post_chat(messages=HELLO, max_tokens=2)).json()["usage"]
     again = (await post_chat(messages=HELLO, max_tokens=2)).json()

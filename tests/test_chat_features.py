@@ -17,6 +17,9 @@ from inference.runtime.engine import GenerationEngine
 from inference.runtime.settings import LoadSettings
 from tests.conftest import validate_openai
 
+# Real-model generations (tools, n choices, JSON) of seconds each.
+pytestmark = pytest.mark.slow
+
 HELLO = [{"role": "user", "content": "Say hello."}]
 WEATHER_TOOL = {
     "type": "function",

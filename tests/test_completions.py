@@ -36,6 +36,7 @@ def gemma(use_config, models_dir: Path, gemma_file: Path) -> str:
     return "gemma-base"
 
 
+@pytest.mark.slow
 async def test_a_base_model_completes_text(gemma: str) -> None:
     response = await post(model=gemma, prompt=PROMPT, max_tokens=8, temperature=0)
     body = response.json()
@@ -49,11 +50,13 @@ async def test_a_base_model_completes_text(gemma: str) -> None:
     assert record.completion_tokens == body["usage"]["completion_tokens"]
 
 
+@pytest.mark.slow
 async def test_default_max_tokens_is_sixteen(gemma: str) -> None:
     body = (await post(model=gemma, prompt=PROMPT, ignore_eos=True)).json()
     assert body["usage"]["completion_tokens"] == 16
 
 
+@pytest.mark.slow
 async def test_prompt_lists_n_and_echo(gemma: str) -> None:
     body = (await post(model=gemma, prompt=["One, two,", "Red, green,"], n=2, max_tokens=4, ignore_eos=True, echo=True)).json()
     validate_openai("CreateCompletionResponse", body)
@@ -62,6 +65,7 @@ async def test_prompt_lists_n_and_echo(gemma: str) -> None:
     assert body["usage"]["completion_tokens"] == 16
 
 
+@pytest.mark.slow
 async def test_streaming_and_logprobs(gemma: str) -> None:
     response = await post(model=gemma, prompt=PROMPT, max_tokens=5, ignore_eos=True, temperature=0, stream=True,
                           logprobs=2, stream_options={"include_usage": True})

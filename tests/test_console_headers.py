@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from django.test import Client
 
 from dashboard.headers import CONTENT_SECURITY_POLICY
 from tests.browser import chromium, console_server, log_in, needs_chromium
-from tests.conftest import DaphneServer
+from tests.conftest import DaphneServer, ServerFactory
 
 CONSOLE_PAGES = ["/dashboard/", "/dashboard/?range=30d", "/dashboard/models/", "/dashboard/playground/", "/dashboard/pull/"]
 INLINE = {
@@ -48,8 +46,8 @@ def test_the_admin_pages_that_show_records_and_keys_are_not_stored_either(use_co
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Any) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("headers"), smollm2_file, migrated_database) as running:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "headers") as running:
         yield running
 
 

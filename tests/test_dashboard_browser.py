@@ -4,21 +4,19 @@ feed receiving a request as it finishes; a screenshot is kept in test-artifacts/
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.browser import console_server, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer
-from tests.services import DatabaseTemplate
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("browser"), smollm2_file, migrated_database) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "browser") as server:
         yield server
 
 

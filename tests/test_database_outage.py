@@ -8,7 +8,6 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -27,14 +26,11 @@ from tests.conftest import (
     HI,
     SMOLLM2,
     DaphneServer,
-    free_port,
-    link_model,
+    ServerFactory,
     os_server_or_skip,
-    start_server,
     wait_for,
-    write_config,
 )
-from tests.services import PostgresServer, migrate, postgres_server, query_rows, with_database_name
+from tests.database_servers import PostgresServer, migrate, postgres_server, query_rows, with_database_name
 
 # --- the records queue, with a stand-in database -------------------------------------------
 
@@ -208,18 +204,17 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, smollm2_file: Path, postgres: PostgresServer) -> Iterator[DaphneServer]:
+def server(server_factory: ServerFactory, postgres: PostgresServer) -> Iterator[DaphneServer]:
     """A server on `postgres` that requires API keys, with two models (the second is loaded
     while the database is away)."""
     query_rows(with_database_name(postgres.url, "postgres"), "CREATE DATABASE outage")
     database_url = with_database_name(postgres.url, "outage")
     migrate(database_url)
-    for name in (SMOLLM2, "loaded-meanwhile"):
-        link_model(smollm2_file, tmp_path / "models", name)
-    config = write_config(tmp_path, {"require_api_key": True}, n_ctx=512, idle_timeout=-1)
-    server = start_server(config, tmp_path / "server.log", database_url, "--port", str(free_port()))
-    yield server
-    server.stop()
+    with server_factory(
+        "outage", names=(SMOLLM2, "loaded-meanwhile"), database=database_url,
+        server={"require_api_key": True}, n_ctx=512, idle_timeout=-1,
+    ) as server:
+        yield server
 
 
 def chat(server: DaphneServer, secret: str, **body: Any) -> httpx.Response:
@@ -244,6 +239,7 @@ def recorded(server: DaphneServer) -> set[str]:
     return {row[0] for row in server.rows("SELECT completion_id FROM inference_requestrecord")}
 
 
+@pytest.mark.postgres
 def test_a_postgresql_restart_and_outage_under_a_running_server(server: DaphneServer, postgres: PostgresServer) -> None:
     created = server.manage("apikey", "create", "outage")
     assert created.returncode == 0, created.stderr

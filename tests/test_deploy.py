@@ -31,7 +31,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
 
 TIMESTAMPED_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 UNSTAMPED_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
@@ -137,6 +137,7 @@ def test_scripts_show_help_and_refuse_unknown_options_in_one_line(script: str) -
     assert refused.stderr == f"{script}: unknown option '--frobnicate' (see --help)\n"
 
 
+@pytest.mark.external
 def test_install_sets_up_the_venv_model_database_and_static_files(installation: Installation) -> None:
     project = installation.project
     assert (project / ".venv" / "bin" / "python").is_file()
@@ -150,6 +151,7 @@ def test_install_sets_up_the_venv_model_database_and_static_files(installation: 
     assert f"cd {project} && .venv/bin/python manage.py serve" in installation.first_output
 
 
+@pytest.mark.external
 def test_the_unit_is_written_with_the_install_path(installation: Installation) -> None:
     project = installation.project
     checked_in = (PROJECT_DIR / "deploy" / "llamasite.service").read_text()
@@ -160,6 +162,7 @@ def test_the_unit_is_written_with_the_install_path(installation: Installation) -
     assert f"Environment=LLAMA_SERVER_CONFIG={project}/config.json\n" in unit
 
 
+@pytest.mark.external
 @needs_systemd_analyze
 def test_the_written_unit_verifies(installation: Installation) -> None:
     assert unit_problems(installation.unit_file, installation.home) == ""
@@ -174,6 +177,7 @@ def test_the_written_unit_verifies(installation: Installation) -> None:
         ("/.venv/bin/python manage.py serve", "/.venv/bin/pyth0n manage.py serve"),
     ],
 )
+@pytest.mark.external
 def test_verification_catches_a_broken_unit(installation: Installation, tmp_path: Path, line: str, broken: str) -> None:
     unit = installation.unit_file.read_text()
     assert line in unit
@@ -182,6 +186,7 @@ def test_verification_catches_a_broken_unit(installation: Installation, tmp_path
     assert unit_problems(broken_unit, installation.home) != ""
 
 
+@pytest.mark.external
 def test_a_second_install_changes_nothing(installation: Installation) -> None:
     def written() -> dict[str, int]:
         return installation.mtimes((*INSTALLED_FILES, "config.json")) | {"unit": installation.unit_file.stat().st_mtime_ns}
@@ -199,6 +204,7 @@ def test_a_second_install_changes_nothing(installation: Installation) -> None:
     assert seconds < 30
 
 
+@pytest.mark.external
 def test_a_missing_config_is_written_with_the_defaults(installation: Installation) -> None:
     config = installation.project / "config.json"
     shipped = config.read_text()
@@ -248,6 +254,8 @@ def installed_server(installation: Installation, tmp_path: Path) -> Iterator[Dap
         server.stop()
 
 
+@pytest.mark.external
+@pytest.mark.server
 def test_the_installed_server_answers_and_logs_without_timestamps_to_the_journal(
     installed_server: DaphneServer,
 ) -> None:
@@ -260,6 +268,7 @@ def test_the_installed_server_answers_and_logs_without_timestamps_to_the_journal
     assert [line for line in lines if not UNSTAMPED_LINE.match(line)] == []
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("journal_stream", [None, "0:0"], ids=["unset", "another-stream"])
 def test_log_lines_carry_timestamps_outside_the_journal(
     tmp_path: Path, models_dir: Path, migrated_database: DatabaseTemplate, monkeypatch: pytest.MonkeyPatch, journal_stream: str | None
@@ -277,6 +286,7 @@ def test_log_lines_carry_timestamps_outside_the_journal(
     assert [line for line in lines if not TIMESTAMPED_LINE.match(line)] == []
 
 
+@pytest.mark.external
 def test_uninstall_removes_the_install_and_keeps_the_data(installation: Installation) -> None:
     project = installation.project
     kept = installation.mtimes(DATA_FILES)

@@ -22,6 +22,7 @@ def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 async def test_vectors_are_stable_and_tell_texts_apart(use_config) -> None:
     response = await embed(input=["The cat sat on the mat.", "The cat sat on the mat.", "Quarterly tax filing deadlines"])
     body = response.json()
@@ -38,6 +39,7 @@ async def test_vectors_are_stable_and_tell_texts_apart(use_config) -> None:
     assert f"{SMOLLM2} (embeddings)" in model_pool().loaded_models()
 
 
+@pytest.mark.slow
 async def test_token_arrays_and_base64(use_config) -> None:
     floats = (await embed(input=[[1, 2, 3, 4]])).json()["data"][0]["embedding"]
     encoded = (await embed(input=[1, 2, 3, 4], encoding_format="base64")).json()["data"][0]["embedding"]

@@ -116,6 +116,7 @@ async def test_unknown_model_is_a_404_listing_the_available_ones(use_config) -> 
         assert name in error["message"] and SMOLLM2 in error["message"]
 
 
+@pytest.mark.slow
 async def test_prompt_longer_than_the_context_is_a_400(use_config) -> None:
     long_prompt = [{"role": "user", "content": "hello " * 9000}]
     error = error_of(await post_chat(messages=long_prompt), 400)
@@ -127,6 +128,7 @@ async def test_prompt_longer_than_the_context_is_a_400(use_config) -> None:
 
 
 @pytest.mark.parametrize("damage", ["random", "header-cut", "synthetic", "empty"])
+@pytest.mark.slow
 async def test_a_broken_model_file_is_a_503_and_other_models_keep_working(
     use_config, models_dir: Path, smollm2_file: Path, damage: str
 ) -> None:
@@ -153,6 +155,7 @@ async def test_a_model_file_short_of_its_tensor_data_is_not_listed(use_config, m
     assert error["code"] == "model_not_found"
 
 
+@pytest.mark.slow
 async def test_a_model_cut_short_after_it_was_listed_fails_its_load_saying_why(
     use_config, models_dir: Path, smollm2_file: Path
 ) -> None:
@@ -164,6 +167,7 @@ async def test_a_model_cut_short_after_it_was_listed_fails_its_load_saying_why(
     assert "cut.gguf holds 50,000,000 of the 98,362,432 bytes its GGUF header describes" in error["message"]
 
 
+@pytest.mark.slow
 async def test_chat_on_a_model_without_a_chat_template_is_a_400(
     use_config, models_dir: Path, gemma_file: Path
 ) -> None:

@@ -16,8 +16,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HI, SMOLLM2, DaphneServer, free_port, link_model, start_server, wait_for, write_config
-from tests.services import DatabaseTemplate
+from tests.conftest import (
+    HI,
+    SMOLLM2,
+    DaphneServer,
+    ServerFactory,
+    free_port,
+    link_model,
+    start_server,
+    wait_for,
+    write_config,
+)
+from tests.database_servers import DatabaseTemplate
 
 
 def model_ids(server: DaphneServer) -> list[str]:
@@ -25,12 +35,9 @@ def model_ids(server: DaphneServer) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("faults")
-    config = write_config(root, n_ctx=512, idle_timeout=-1, check_interval=0.2)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with server_factory("faults", names=(), n_ctx=512, idle_timeout=-1, check_interval=0.2) as server:
+        yield server
 
 
 @pytest.fixture
@@ -94,6 +101,7 @@ def test_the_models_directory_removed_at_runtime(server: DaphneServer, models: P
     assert f"models directory {models} is back" in server.log()
 
 
+@pytest.mark.server
 def test_a_model_that_would_not_fit_is_refused_before_loading(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
@@ -113,6 +121,7 @@ def test_a_model_that_would_not_fit_is_refused_before_loading(
         server.stop()
 
 
+@pytest.mark.server
 def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     """Clients stream and wait for answers while the server is killed: every completion a
     client saw finish is in the database after a restart, once."""
@@ -161,6 +170,7 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
         restarted.stop()
 
 
+@pytest.mark.server
 def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     config = write_config(tmp_path, n_ctx=1024, parallel=1, max_queue=1)

@@ -210,6 +210,7 @@ def number_ranges(draw: st.DrawFn) -> tuple[Schema, list[str]]:
 @example(({"type": "number", "minimum": 1.25, "exclusiveMaximum": 2.5}, ["1.2", "1.25", "1.2500", "2.49999", "2.5"]))
 @example(({"type": "number", "exclusiveMinimum": -0.5, "maximum": 0}, ["-0.5", "-0.49", "-0.00001", "0", "0.0"]))
 @example(({"type": "number", "exclusiveMinimum": 0.1, "exclusiveMaximum": 0.3}, ["0.1", "0.10001", "0.29999", "0.3"]))
+@pytest.mark.slow
 def test_number_ranges_accept_exactly_the_numbers_in_them(
     matcher: GrammarMatcher, case: tuple[Schema, list[str]]
 ) -> None:
@@ -257,6 +258,7 @@ ALIKE = st.one_of(
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(ALIKE, min_size=1, max_size=40, unique_by=lambda value: json.dumps(value)), st.randoms(use_true_random=False))
+@pytest.mark.slow
 def test_an_enum_of_values_that_begin_alike_allows_exactly_them(
     matcher: GrammarMatcher, values: list[Any], rng: random.Random
 ) -> None:
@@ -570,6 +572,7 @@ def fuzzed_schemas(draw: st.DrawFn, depth: int = 0) -> Any:
 
 @settings(GENERATED, max_examples=300)
 @given(fuzzed_schemas())
+@pytest.mark.slow
 def test_any_schema_compiles_in_llama_cpp_or_is_refused(matcher: GrammarMatcher, schema: Any) -> None:
     assume(isinstance(schema, dict))
     try:
@@ -686,6 +689,7 @@ def refs_at_top(case: tuple[Schema, int]) -> tuple[Schema, int]:
 
 @settings(GENERATED, max_examples=30)
 @given((bounded_schemas() | object_schemas()).map(refs_at_top), st.randoms(use_true_random=False))
+@pytest.mark.slow
 def test_random_walks_through_a_grammar_write_valid_json(
     matcher: GrammarMatcher, case: tuple[Schema, int], rng: random.Random
 ) -> None:
@@ -719,6 +723,7 @@ def test_generated_answers_validate_for_every_schema_and_seed(
         assert validator(schema).is_valid(json.loads(choice["message"]["content"])), (schema, choice)
 
 
+@pytest.mark.slow
 async def test_json_schema_output_validates_every_time(use_config) -> None:
     schema = {
         "type": "object",

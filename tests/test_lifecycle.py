@@ -21,6 +21,7 @@ from tests.conftest import (
     HI,
     PROJECT_DIR,
     DaphneServer,
+    ServerFactory,
     free_port,
     link_model,
     start_server,
@@ -28,32 +29,36 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.gguf_files import write_random
-from tests.services import DatabaseTemplate
+
+LIFECYCLE_MODELS = ("m-a", "m-b", "m-c", "m-idle", "m-pinned")
 
 
-def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
+def lifecycle_settings(**extra: Any) -> dict[str, Any]:
     models = {
         "m-idle": {"idle_timeout": 2},
         "m-pinned": {"pinned": True},
         **extra.pop("models", {}),
     }
-    settings = {"n_ctx": 2048, "idle_timeout": -1, "check_interval": 0.2, "max_loaded_models": 3, **extra}
-    return write_config(root, server={"port": port}, models=models, **settings)
+    return {"n_ctx": 2048, "idle_timeout": -1, "check_interval": 0.2, "max_loaded_models": 3, "models": models, **extra}
+
+
+def lifecycle_config(root: Path, port: int, **extra: Any) -> Path:
+    return write_config(root, server={"port": port}, **lifecycle_settings(**extra))
 
 
 def start_lifecycle_server(root: Path, smollm2_file: Path, template: Path, **extra: Any) -> DaphneServer:
-    for name in ("m-a", "m-b", "m-c", "m-idle", "m-pinned"):
+    for name in LIFECYCLE_MODELS:
         link_model(smollm2_file, root / "models", name)
     config = lifecycle_config(root, free_port(), **extra)
     return start_server(config, root / "server.log", template)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    server = start_lifecycle_server(tmp_path_factory.mktemp("lifecycle"), smollm2_file, migrated_database)
-    yield server
-    server.stop()
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with server_factory("lifecycle", names=LIFECYCLE_MODELS, **lifecycle_settings()) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -216,6 +221,7 @@ def test_commands_control_the_running_server(server: DaphneServer) -> None:
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_commands_say_so_when_no_server_runs(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"server": {"port": free_port()}}))
@@ -289,6 +295,7 @@ def test_load_and_unload_cycles_leave_no_database_connection_open(server: Daphne
     assert open_database_files(server.process.pid) <= before, (before, open_database_files(server.process.pid))
 
 
+@pytest.mark.server
 def test_reload_applies_settings_and_rediscovers(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:
@@ -328,6 +335,7 @@ def test_reload_applies_settings_and_rediscovers(
         server.stop()
 
 
+@pytest.mark.server
 def test_sigterm_lets_running_streams_finish_then_unloads(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
 ) -> None:

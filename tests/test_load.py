@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SMOLLM2, DaphneServer, free_port, link_model, start_server, write_config
-from tests.services import DatabaseTemplate
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
 MODELS = (SMOLLM2, "smollm-twin")
 CONCURRENCY = 8
@@ -94,14 +93,9 @@ async def run_requests(url: str, indexes: range) -> list[Answer]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("load")
-    for name in MODELS:
-        link_model(smollm2_file, root / "models", name)
-    config = write_config(root, n_ctx=2048, parallel=4)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with server_factory("load", names=MODELS, n_ctx=2048, parallel=4) as server:
+        yield server
 
 
 def test_200_mixed_requests_are_all_answered_recorded_once_and_memory_stays_flat(server: DaphneServer) -> None:

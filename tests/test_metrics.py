@@ -17,28 +17,25 @@ from tests.conftest import (
     HI,
     SMOLLM2,
     DaphneServer,
-    free_port,
-    link_model,
-    start_server,
+    ServerFactory,
     wait_for,
-    write_config,
 )
 from tests.gguf_files import write_random
-from tests.services import DatabaseTemplate
 
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A server that requires API keys and decodes one request at a time, with a broken model."""
-    root = tmp_path_factory.mktemp("metrics")
-    link_model(smollm2_file, root / "models", SMOLLM2)
+    with server_factory(
+        "metrics", prepare=with_a_broken_model, server={"require_api_key": True}, n_ctx=1024, parallel=1
+    ) as server:
+        yield server
+
+
+def with_a_broken_model(root: Path) -> None:
     write_random(root / "models" / "broken.gguf")
-    config = write_config(root, server={"require_api_key": True}, n_ctx=1024, parallel=1)
-    server = start_server(config, root / "server.log", migrated_database, "--port", str(free_port()))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from django.test import AsyncClient
 
 from tests.conftest import SMOLLM2, link_model, validate_openai
@@ -77,6 +78,7 @@ async def test_unknown_url_and_wrong_method_answer_in_json(use_config) -> None:
     assert post_health.status_code == 405
 
 
+@pytest.mark.slow
 async def test_aliases_name_models_for_clients_that_ask_for_other_names(
     use_config, models_dir: Path, smollm2_file: Path
 ) -> None:

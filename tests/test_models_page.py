@@ -35,14 +35,15 @@ from tests.conftest import (
     PROJECT_DIR,
     SMOLLM2,
     DaphneServer,
+    ServerFactory,
     free_port,
     server_env,
     write_config,
 )
+from tests.database_servers import DatabaseTemplate
 from tests.fake_engine import FakeEngine, chat, drain, pool_config, until
 from tests.gguf_files import write_synthetic
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate
 
 ADMIN_TOKEN = "models-page-admin-token"
 
@@ -81,6 +82,7 @@ def gated_pool(use_config: Callable[..., Path], tmp_path: Path) -> Iterator[tupl
     gate.set()
 
 
+@pytest.mark.slow
 async def test_rows_follow_a_model_through_loading_serving_and_failing(gated_pool) -> None:
     pool, gate = gated_pool
     states_told: list[str] = []
@@ -187,6 +189,7 @@ def test_the_admins_pin_takes_effect_on_a_loaded_model(use_config, admin_client:
     assert not model_pool().worker(SMOLLM2).settings.pinned  # config.json's again: not pinned
 
 
+@pytest.mark.slow
 async def test_websocket_pushes_the_table_when_a_model_loads(use_config) -> None:
     staff = await sync_to_async(User.objects.create_user)("staff", password="pw", is_staff=True)
     page = WebsocketCommunicator(ModelTableConsumer.as_asgi(), "/ws/dashboard/models/")
@@ -227,12 +230,16 @@ def test_llama_reports_load_progress_to_the_worker(use_config) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("models-page")
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    settings = {"idle_timeout": 600, "max_memory_mb": 4096}
+    with console_server(server_factory, "models-page", prepare=with_token, **settings) as server:
+        yield server
+
+
+def with_token(root: Path) -> None:
+    """ADMIN_TOKEN in the server's token file, as its first start would write one."""
     (root / ".admin_token").write_text(ADMIN_TOKEN)
     (root / ".admin_token").chmod(0o600)
-    with console_server(root, smollm2_file, migrated_database, idle_timeout=600, max_memory_mb=4096) as server:
-        yield server
 
 
 def admin(server: DaphneServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -266,6 +273,7 @@ def test_models_command_prints_the_table_and_json(server: DaphneServer) -> None:
         admin(server, "POST", "/admin/unload", json={"model": "all"})
 
 
+@pytest.mark.slow
 def test_models_command_without_a_server_says_so_in_one_line(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
     config = write_config(tmp_path, server={"port": free_port()})
     (tmp_path / ".admin_token").write_text(ADMIN_TOKEN)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.browser import console_server, staff_client
-from tests.conftest import SMOLLM2, DaphneServer
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
 API_ROUTES = [
     "/health", "/metrics", "/v1/models", f"/v1/models/{SMOLLM2}", "/v1/chat/completions", "/v1/completions",
@@ -71,9 +69,8 @@ BODIES: list[bytes] = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Any) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("odd"), smollm2_file, migrated_database,
-                        server={"require_api_key": True}) as running:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "odd", server={"require_api_key": True}) as running:
         yield running
 
 

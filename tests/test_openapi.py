@@ -78,6 +78,7 @@ def test_requests_are_described_as_they_are_validated(document: dict[str, Any]) 
     assert not check.is_valid({"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], "temperature": 1.5})
 
 
+@pytest.mark.slow
 async def test_responses_match_their_description(use_config, document: dict[str, Any]) -> None:
     client = AsyncClient()
     cases = [

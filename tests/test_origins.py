@@ -5,7 +5,6 @@ the API alone; odd socket paths are refused, not a 500."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,17 +17,15 @@ from dashboard.consumers import RequestFeedConsumer
 from dashboard.socket_origins import SameOriginValidator
 from llamasite.asgi import application
 from tests.browser import console_server, staff_client
-from tests.conftest import DaphneServer
+from tests.conftest import DaphneServer, ServerFactory
 
 SOCKETS = ("/ws/dashboard/feed/", "/ws/dashboard/models/", "/ws/dashboard/pulls/")
 LISTED = "http://localhost:3000"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: Any) -> Iterator[DaphneServer]:
-    with console_server(
-        tmp_path_factory.mktemp("origins"), smollm2_file, migrated_database, server={"cors_origins": [LISTED]}
-    ) as running:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "origins", server={"cors_origins": [LISTED]}) as running:
         yield running
 
 

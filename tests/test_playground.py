@@ -18,8 +18,7 @@ from django.test import AsyncClient
 from inference.api import authentication
 from inference.models import RequestRecord
 from tests.browser import console_server, log_in, needs_chromium, screenshot
-from tests.conftest import SMOLLM2, DaphneServer, wait_for
-from tests.services import DatabaseTemplate
+from tests.conftest import SMOLLM2, DaphneServer, ServerFactory, wait_for
 
 REQUIRED = {"require_api_key": True}
 CONSOLE = {"X-Llamasite-Console": "playground"}
@@ -73,6 +72,7 @@ async def test_console_requests_need_a_signed_in_staff_user_and_the_csrf_token(u
     assert not await RequestRecord.objects.aexists()
 
 
+@pytest.mark.slow
 async def test_a_console_request_while_the_database_is_away_is_a_503_then_recovers(
     use_config, admin_user: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,9 +103,8 @@ SECOND = "smollm2-copy"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    root = tmp_path_factory.mktemp("playground")
-    with console_server(root, smollm2_file, migrated_database, names=(SMOLLM2, SECOND), server=REQUIRED) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "playground", names=(SMOLLM2, SECOND), server=REQUIRED) as server:
         yield server
 
 

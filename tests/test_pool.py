@@ -186,6 +186,7 @@ async def test_loading_happens_off_the_event_loop(synthetic_models: Path) -> Non
     pool.shutdown()
 
 
+@pytest.mark.slow
 async def test_a_new_model_waits_while_every_loaded_model_is_busy(synthetic_models: Path, lifecycle_events) -> None:
     log: list[str] = []
     pool = make_pool(synthetic_models, log, max_loaded_models=1)
@@ -277,6 +278,7 @@ async def test_the_reaper_thread_unloads_idle_models(synthetic_models: Path, lif
     pool.shutdown()
 
 
+@pytest.mark.slow
 async def test_a_busy_model_is_not_reaped_and_unloads_after_its_request(synthetic_models: Path, fake) -> None:
     pool, log = fake
     pool.catalog.config = pool_config(synthetic_models, idle_timeout=0.01)

@@ -10,7 +10,10 @@ import sys
 import pytest
 
 from tests.conftest import PROJECT_DIR
-from tests.services import is_postgres, with_database_name
+from tests.database_servers import is_postgres, with_database_name
+
+# The nested run starts servers and a browser too (postgres comes with postgres_url).
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 ON_BOTH_DATABASES = [
     "tests/test_records.py",

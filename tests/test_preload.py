@@ -23,10 +23,10 @@ from inference.runtime.preload import preload_plan
 from inference.selectors import usage as usage_selectors
 from inference.services import models as model_services
 from tests.conftest import SMOLLM2, link_model, start_server, wait_for, write_config
+from tests.database_servers import DatabaseTemplate, free_port
 from tests.fake_engine import make_pool
 from tests.gguf_files import write_synthetic
 from tests.record_factory import make_record
-from tests.services import DatabaseTemplate, free_port
 
 INSTANCE = "127.0.0.1:8080"  # a default config's, and make_record's
 
@@ -130,6 +130,7 @@ def test_a_preload_never_unloads_a_model_to_make_room(fake_pool: list[str], life
     assert sorted(pool.loaded_models()) == ["beta", "gamma"]
 
 
+@pytest.mark.server
 @pytest.mark.django_db(transaction=True)
 def test_listed_models_load_in_the_background_after_start(
     tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate

@@ -17,6 +17,9 @@ from inference.runtime.prompt_cache import PromptCache
 from inference.services import models as model_services
 from tests.conftest import SMOLLM2
 
+# Each test processes a long prompt on the real model several times.
+pytestmark = pytest.mark.slow
+
 RULES = "You are a careful assistant. " + " ".join(f"Rule {n}: answer in at most {n} words." for n in range(1, 40))
 QUESTION = [{"role": "system", "content": RULES}, {"role": "user", "content": "Name a colour."}]
 OTHER = [{"role": "user", "content": "Tell me about the sea. " * 30}]

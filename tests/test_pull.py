@@ -40,6 +40,7 @@ from tests.conftest import (
     SMOLLM2,
     SOURCE_NAME,
     DaphneServer,
+    ServerFactory,
     files_in,
     link_model,
     pull_command,
@@ -48,13 +49,11 @@ from tests.conftest import (
 )
 from tests.file_server import FileServer
 from tests.gguf_files import write_synthetic
-from tests.services import DatabaseTemplate
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path,
-           migrated_database: DatabaseTemplate) -> Iterator[DaphneServer]:
-    with console_server(tmp_path_factory.mktemp("pull"), smollm2_file, migrated_database) as server:
+def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+    with console_server(server_factory, "pull") as server:
         yield server
 
 
@@ -83,6 +82,7 @@ def test_without_a_running_server_the_model_is_listed_at_its_next_start(models: 
     assert f"{SMOLLM2} will be listed when the server starts" in output
 
 
+@pytest.mark.slow
 def test_a_pull_cut_half_way_resumes_with_a_range_request(models: Path, files: FileServer, source_sha256: str,
                                                           smollm2_file: Path) -> None:
     url = f"{files.url}/cut-once/{SOURCE_NAME}"
@@ -102,6 +102,7 @@ def test_a_pull_cut_half_way_resumes_with_a_range_request(models: Path, files: F
     assert files_in(models) == [f"{SMOLLM2}.gguf"]
 
 
+@pytest.mark.slow
 def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(models: Path, files: FileServer,
                                                                  source_sha256: str) -> None:
     url = f"{files.url}/cut-once/{SOURCE_NAME}"
@@ -116,6 +117,7 @@ def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(models: Path, f
     assert sha256_of(models / f"{SMOLLM2}.gguf") == source_sha256
 
 
+@pytest.mark.slow
 def test_a_server_that_ignores_range_starts_the_download_over(models: Path, files: FileServer, source_sha256: str,
                                                               smollm2_file: Path) -> None:
     models.mkdir()
@@ -128,6 +130,7 @@ def test_a_server_that_ignores_range_starts_the_download_over(models: Path, file
     assert files_in(models) == ["restarted.gguf"]
 
 
+@pytest.mark.slow
 def test_a_wrong_checksum_fails_in_one_line_and_keeps_nothing(models: Path, files: FileServer) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "pull", f"{files.url}/ok/{SOURCE_NAME}", "--sha256", "0" * 64],
@@ -147,6 +150,7 @@ def test_a_body_that_is_not_gguf_is_refused_and_removed(models: Path, files: Fil
     assert files_in(models) == []
 
 
+@pytest.mark.slow
 def test_a_second_pull_of_the_same_name_waits_its_turn_and_a_cancel_leaves_nothing(
     tmp_path: Path, files: FileServer
 ) -> None:
@@ -222,6 +226,7 @@ def test_hf_token_goes_to_hugging_face_over_https_only(monkeypatch: pytest.Monke
     assert token_for(httpx.URL("https://huggingface.co/o/r/f.gguf")) is None
 
 
+@pytest.mark.slow
 def test_a_redirect_elsewhere_does_not_carry_the_token(
     tmp_path: Path, smollm2_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -96,6 +96,7 @@ def test_a_refused_url_is_quoted_without_its_password(tmp_path: Path, url: str) 
 
 
 @pytest.mark.parametrize("same_origin", [True, False], ids=["redirect-same-origin", "redirect-elsewhere"])
+@pytest.mark.slow
 def test_url_credentials_go_as_basic_auth_to_their_own_origin_only_and_are_never_logged(
     tmp_path: Path, files: FileServer, other_files: FileServer, logged: pytest.LogCaptureFixture, same_origin: bool
 ) -> None:
@@ -112,6 +113,7 @@ def test_url_credentials_go_as_basic_auth_to_their_own_origin_only_and_are_never
     assert (tmp_path / f"{SMOLLM2}.gguf").is_file()
 
 
+@pytest.mark.slow
 def test_a_redirect_target_s_query_string_is_never_logged_or_shown(
     tmp_path: Path, files: FileServer, other_files: FileServer, logged: pytest.LogCaptureFixture
 ) -> None:
@@ -176,6 +178,7 @@ NO_ROOM_AFTER_64_MIB = (rf"^not enough disk space in .*: {SMOLLM2} is at 67\.1 M
                         r"room and pull again to resume$")
 
 
+@pytest.mark.slow
 def test_a_download_of_unknown_size_stops_before_the_disk_fills_and_resumes_once_there_is_room(
     models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch, source_sha256: str
 ) -> None:
@@ -236,6 +239,7 @@ def test_a_file_short_of_its_tensor_data_at_the_size_the_server_gave_is_refused_
     assert files_in(models) == []
 
 
+@pytest.mark.slow
 def test_a_body_of_unknown_size_that_ends_short_of_its_tensor_data_is_kept_and_resumed(
     models: Path, files: FileServer, source_sha256: str
 ) -> None:

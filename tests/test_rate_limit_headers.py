@@ -71,6 +71,7 @@ def until_midnight() -> float:
     return (datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC) - now).total_seconds()
 
 
+@pytest.mark.slow
 async def test_json_stream_and_429_answers_carry_the_headers_counting_down(use_config) -> None:
     _, secret = await _create(name="metered", requests_per_minute=3, tokens_per_day=100_000)
     first = await post(secret)
@@ -109,6 +110,7 @@ async def test_the_token_quota_s_429_says_none_are_left_until_midnight(use_confi
     assert not refused.has_header("x-ratelimit-limit-requests")  # the key has no requests quota
 
 
+@pytest.mark.slow
 async def test_no_headers_without_quotas_or_without_a_key(use_config) -> None:
     _, secret = await _create(name="unmetered")
     for answer in (await post(secret), await post(None)):
@@ -116,6 +118,7 @@ async def test_no_headers_without_quotas_or_without_a_key(use_config) -> None:
         assert not [name for name in OPENAI_NAMES if answer.has_header(name)]
 
 
+@pytest.mark.slow
 async def test_messages_carry_anthropic_s_headers_too(use_config) -> None:
     _, secret = await _create(name="claude", requests_per_minute=10, tokens_per_day=1000)
     answer = await post(secret, "/v1/messages", max_tokens=2)

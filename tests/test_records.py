@@ -29,6 +29,7 @@ async def records() -> list[RequestRecord]:
     return [record async for record in RequestRecord.objects.order_by("id")]
 
 
+@pytest.mark.slow
 async def test_a_completed_request_is_recorded_with_its_usage(use_config) -> None:
     body = (await post_chat(messages=HELLO, max_tokens=8, ignore_eos=True)).json()
     [record] = await records()
@@ -48,6 +49,7 @@ async def test_a_completed_request_is_recorded_with_its_usage(use_config) -> Non
     assert (await records())[-1].load_ms is None  # the model was already loaded
 
 
+@pytest.mark.slow
 async def test_a_streamed_request_is_recorded_with_its_usage(use_config) -> None:
     response = await post_chat(messages=HELLO, max_tokens=6, stream=True, stream_options={"include_usage": True})
     events = [json.loads(line[6:]) for line in (b"".join([part async for part in response.streaming_content])).decode().split("\n\n") if line.startswith("data: {")]
@@ -81,6 +83,7 @@ async def test_malformed_json_is_recorded_too(use_config) -> None:
     assert (record.status, record.http_status, record.error_code) == ("error", 400, "invalid_json")
 
 
+@pytest.mark.slow
 async def test_daily_rollup_follows_the_records(use_config) -> None:
     await post_chat(messages=HELLO, max_tokens=3, ignore_eos=True)
     await post_chat(messages=HELLO, max_tokens=4, ignore_eos=True)
@@ -91,6 +94,7 @@ async def test_daily_rollup_follows_the_records(use_config) -> None:
     assert (usage["nope"].requests, usage["nope"].errors) == (1, 1)
 
 
+@pytest.mark.slow
 async def test_a_database_failure_never_fails_the_request(use_config, caplog: pytest.LogCaptureFixture) -> None:
     with mock.patch.object(RequestRecord.objects, "create", side_effect=DatabaseError("disk I/O error")):
         with caplog.at_level(logging.ERROR):

@@ -88,6 +88,7 @@ async def test_the_stream_is_the_typed_events_in_order(use_config) -> None:
     assert final["usage"]["output_tokens"] > 0
 
 
+@pytest.mark.slow
 async def test_a_forced_function_call(use_config) -> None:
     body = await created(input="Weather in Paris?", tools=[WEATHER], tool_choice="required", max_output_tokens=40)
     call = body["output"][-1]
@@ -100,6 +101,7 @@ async def test_a_forced_function_call(use_config) -> None:
     assert json.loads(done["arguments"]) == json.loads(stream[-1]["response"]["output"][-1]["arguments"])
 
 
+@pytest.mark.slow
 async def test_a_call_to_a_namespaced_function_names_its_namespace(use_config) -> None:
     namespace = {"type": "namespace", "name": "weather_tools", "description": "Weather", "tools": [WEATHER]}
     body = await created(input="Weather in Paris?", tools=[namespace], tool_choice="required", max_output_tokens=40)
@@ -107,6 +109,7 @@ async def test_a_call_to_a_namespaced_function_names_its_namespace(use_config) -
     assert (call["type"], call["name"], call["namespace"]) == ("function_call", "get_weather", "weather_tools")
 
 
+@pytest.mark.slow
 async def test_function_call_output_round_trip(use_config) -> None:
     body = await created(
         input=[
@@ -119,6 +122,7 @@ async def test_function_call_output_round_trip(use_config) -> None:
     assert body["status"] in ("completed", "incomplete") and body["usage"]["input_tokens"] > 20
 
 
+@pytest.mark.slow
 async def test_json_schema_text_format(use_config) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"], "additionalProperties": False}
     body = await created(
@@ -128,6 +132,7 @@ async def test_json_schema_text_format(use_config) -> None:
     assert isinstance(json.loads(output_text(body))["answer"], int)
 
 
+@pytest.mark.slow
 async def test_hosted_tools_and_agent_fields_are_accepted(use_config) -> None:
     body = await created(
         tools=[{"type": "web_search", "external_web_access": False}, {"type": "namespace", "name": "files", "description": "Files", "tools": [WEATHER]}],
@@ -142,6 +147,7 @@ async def test_hosted_tools_and_agent_fields_are_accepted(use_config) -> None:
     assert record.end_user == "user-9" and record.endpoint == "/v1/responses"
 
 
+@pytest.mark.slow
 async def test_stored_responses_are_retrieved_listed_deleted_and_continued(use_config) -> None:
     client = AsyncClient()
     first = await created(input="My name is Ada. Say hi.")
@@ -164,12 +170,14 @@ async def test_stored_responses_are_retrieved_listed_deleted_and_continued(use_c
     assert gone.status_code == 404 and gone.json()["error"]["param"] == "previous_response_id"
 
 
+@pytest.mark.slow
 async def test_store_false_keeps_nothing(use_config) -> None:
     body = await created(store=False)
     assert body["store"] is False
     assert (await AsyncClient().get(f"/v1/responses/{body['id']}")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_a_response_is_invisible_to_another_key(use_config) -> None:
     alice, alice_secret = await _key("alice")
     _, bob_secret = await _key("bob")
@@ -188,6 +196,7 @@ async def _key(name: str) -> Any:
     return await sync_to_async(api_key_create)(name=name)
 
 
+@pytest.mark.slow
 async def test_input_items_pages(use_config) -> None:
     texts = [f"line {n}" for n in range(5)]
     body = await created(input=[{"role": "user", "content": text} for text in texts], max_output_tokens=1)
@@ -232,6 +241,7 @@ def test_what_codex_sends_is_understood() -> None:
     assert request.stream and not request.store and request.echo["prompt_cache_key"] == body["prompt_cache_key"]
 
 
+@pytest.mark.slow
 async def test_tools_that_do_not_fit_the_context_are_offered_in_short(use_config, caplog: pytest.LogCaptureFixture) -> None:
     use_config(n_ctx=512)
     long_tools = [
@@ -243,6 +253,7 @@ async def test_tools_that_do_not_fit_the_context_are_offered_in_short(use_config
     assert "offering them in short" in caplog.text
 
 
+@pytest.mark.slow
 async def test_one_record_per_request_with_the_usage_and_the_route_in_metrics(use_config, admin_client) -> None:
     streamed = (await events())[-1]["response"]
     plain = await created()
@@ -258,6 +269,7 @@ async def test_one_record_per_request_with_the_usage_and_the_route_in_metrics(us
     assert csv.count(b"/v1/responses") == 3
 
 
+@pytest.mark.slow
 async def test_stored_responses_need_the_database(use_config, monkeypatch: pytest.MonkeyPatch) -> None:
     body = await created()
 

@@ -63,6 +63,7 @@ async def ran_with(model: str, **body: object) -> tuple[float, float]:
     return response.json()["temperature"], response.json()["top_p"]
 
 
+@pytest.mark.slow
 async def test_a_request_without_settings_runs_with_the_model_s(use_config, models_dir: Path, smollm2_file: Path) -> None:
     link_model(smollm2_file, models_dir, "smollm-cool")
     use_config(temperature=0.0, top_p=0.5, models={"smollm-cool": {"temperature": 0.3}})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -19,47 +19,32 @@ from tests.conftest import (
     HI,
     SMOLLM2,
     DaphneServer,
+    ServerFactory,
     free_port,
-    link_model,
-    start_server,
     wait_for,
-    write_config,
 )
-from tests.services import migrate, query_rows, with_database_name
+from tests.database_servers import migrate, query_rows, with_database_name
 
 PASSWORD = "scale-out-test-password"
 
 
 @pytest.fixture(scope="module")
-def servers(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path, postgres_url: str, redis_url: str,
-    monkeypatch_module: pytest.MonkeyPatch,
-) -> Iterator[list[DaphneServer]]:
+def servers(server_factory: ServerFactory, postgres_url: str, redis_url: str) -> Iterator[list[DaphneServer]]:
     """Two servers ("gpu0" serving alpha, "gpu1" serving beta) on one database and one Redis."""
     query_rows(with_database_name(postgres_url, "postgres"), "CREATE DATABASE scaleout")
     database_url = with_database_name(postgres_url, "scaleout")
     migrate(database_url)
-    monkeypatch_module.setenv("REDIS_URL", redis_url)
-    started = []
     ports = [free_port(), free_port()]
     # gpu0 passes requests for the models it lacks to gpu1 (server.peers); gpu1 has no peers.
     peers = ([f"http://127.0.0.1:{ports[1]}"], [])
-    for instance, model, port, its_peers in zip(("gpu0", "gpu1"), ("alpha", "beta"), ports, peers):
-        root = tmp_path_factory.mktemp(instance)
-        link_model(smollm2_file, root / "models", model)
-        config = write_config(
-            root, server={"instance_name": instance, "peers": its_peers}, default_model=model, n_ctx=512
-        )
-        started.append(start_server(config, root / "server.log", database_url, "--port", str(port)))
-    yield started
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+    with ExitStack() as running:
+        yield [
+            running.enter_context(server_factory(
+                instance, names=(model,), port=port, database=database_url, env={"REDIS_URL": redis_url},
+                server={"instance_name": instance, "peers": its_peers}, default_model=model, n_ctx=512,
+            ))
+            for instance, model, port, its_peers in zip(("gpu0", "gpu1"), ("alpha", "beta"), ports, peers)
+        ]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -341,7 +342,7 @@ SchedulerMachine.TestCase.settings = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_scheduler = SchedulerMachine.TestCase
+test_scheduler = pytest.mark.slow(SchedulerMachine.TestCase)
 
 
 def run_to_the_end(scheduler: Scheduler, requests: dict[str, tuple[list[int], int]]) -> list[list]:

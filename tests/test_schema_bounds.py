@@ -118,6 +118,7 @@ def costly_schemas() -> st.SearchStrategy[dict[str, Any]]:
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(costly_schemas())
+@pytest.mark.slow
 def test_every_schema_is_built_within_the_bound_or_refused(schema: dict[str, Any]) -> None:
     """The bound is counted in steps, so this holds on any machine; the CPU time is a backstop
     for work the count misses (the bound is about half a second here: 10 s would mean a step

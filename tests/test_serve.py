@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import CONFIG_ENV_VAR, PROJECT_DIR, SMOLLM2, free_port, link_model, start_server
-from tests.services import DatabaseTemplate
+from tests.database_servers import DatabaseTemplate
+
+pytestmark = pytest.mark.server
 
 
 def run_serve(config: Path, *args: str) -> subprocess.CompletedProcess:

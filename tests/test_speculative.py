@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient, Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -93,6 +94,7 @@ async def draft_token_counts() -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config, admin_client: Client) -> None:
     before = await draft_token_counts()
     results = await answers_with_and_without_drafting(
@@ -114,6 +116,7 @@ async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config
     assert "Draft tokens proposed" in page and "Draft tokens accepted" in page
 
 
+@pytest.mark.slow
 async def test_a_seeded_sampled_request_gives_the_same_text(use_config) -> None:
     results = await answers_with_and_without_drafting(
         use_config,
@@ -140,6 +143,7 @@ async def test_the_record_sums_the_drafts_of_every_choice(use_config) -> None:
     assert (record.completion_tokens, record.draft_tokens_proposed, record.draft_tokens_accepted) == (13, 9, 4)
 
 
+@pytest.mark.slow
 async def test_a_json_schema_answer_is_still_valid(use_config) -> None:
     schema = {"type": "json_schema", "json_schema": {"name": "people", "schema": {"type": "array", "items": PERSON}}}
     people = "Ann, 31, from Oslo; Bob, 45, from Lima; Cleo, 27, from Rome; Dan, 52, from Kyiv"
@@ -155,6 +159,7 @@ async def test_a_json_schema_answer_is_still_valid(use_config) -> None:
     assert record.draft_tokens_accepted > 0  # drafts came true inside the grammar
 
 
+@pytest.mark.slow
 async def test_max_tokens_and_stop_sequences_end_it_as_without_drafting(use_config) -> None:
     """Both fall in the middle of a draft that goes on past them."""
     results = await answers_with_and_without_drafting(
@@ -201,6 +206,7 @@ def generate_together(model: Path, speculative: str, jobs: dict[str, ChatJob]) -
 NEAR_TIE = 0.5
 
 
+@pytest.mark.slow
 def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None:
     """Four requests decoded together, one of them with n = 2 (its choices decode side by side)."""
 

@@ -39,6 +39,7 @@ async def key_with(tokens_per_day: int) -> tuple[ApiKey, str]:
     return await sync_to_async(key_services.api_key_create)(name="thrifty", tokens_per_day=tokens_per_day)
 
 
+@pytest.mark.slow
 async def test_a_request_stops_where_its_keys_tokens_end(use_config) -> None:
     prompt = await prompt_tokens()
     key, secret = await key_with(prompt + 5)
@@ -53,6 +54,7 @@ async def test_a_request_stops_where_its_keys_tokens_end(use_config) -> None:
     assert sum(record.prompt_tokens + record.completion_tokens for record in records) == prompt + 5
 
 
+@pytest.mark.slow
 async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(use_config) -> None:
     prompt = await prompt_tokens()
     key, secret = await key_with(prompt - 3)
@@ -67,6 +69,7 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(use_c
     assert (record.http_status, record.prompt_tokens, record.completion_tokens) == (429, 0, 0)
 
 
+@pytest.mark.slow
 async def test_each_choice_gets_an_equal_share(use_config) -> None:
     prompt = await prompt_tokens()
     _, secret = await key_with(prompt + 9)
@@ -75,6 +78,7 @@ async def test_each_choice_gets_an_equal_share(use_config) -> None:
     assert {choice["finish_reason"] for choice in body["choices"]} == {"length"}
 
 
+@pytest.mark.slow
 async def test_count_tokens_claims_nothing(use_config) -> None:
     prompt = await prompt_tokens()
     key, secret = await key_with(prompt + 1)

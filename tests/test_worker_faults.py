@@ -90,6 +90,7 @@ async def test_a_failing_step_fails_running_and_queued_jobs_and_the_next_request
     pool.shutdown()
 
 
+@pytest.mark.slow
 async def test_other_models_never_notice(synthetic_models: Path) -> None:
     pool = faulty_pool(synthetic_models, [])
     beta = asyncio.ensure_future(outcome(pool, "beta", chat("long", max_tokens=60)))
