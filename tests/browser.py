@@ -32,9 +32,18 @@ def chromium() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,2200",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console's messages, CSP's among them
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -60,7 +69,9 @@ def log_in(driver: Any, base_url: str, next_path: str) -> None:
     # The path, not the end of the URL: the login page's own URL ends with `?next=<next_path>`.
     landed = urlsplit(f"{base_url}{next_path}")
     WebDriverWait(driver, 20).until(
-        lambda d: urlsplit(d.current_url)[2:4] == landed[2:4] and d.execute_script("return document.readyState") == "complete"
+        lambda d: (
+            urlsplit(d.current_url)[2:4] == landed[2:4] and d.execute_script("return document.readyState") == "complete"
+        )
     )
 
 
@@ -86,8 +97,10 @@ def staff_client(server: DaphneServer) -> Iterator[httpx.Client]:
     """An HTTP client logged in as the staff account."""
     with httpx.Client(base_url=server.url, timeout=30) as client:
         login = client.get("/admin/login/")
-        client.post("/admin/login/", data={"username": "admin", "password": STAFF_PASSWORD,
-                                           "csrfmiddlewaretoken": csrf_token(login.text)})
+        client.post(
+            "/admin/login/",
+            data={"username": "admin", "password": STAFF_PASSWORD, "csrfmiddlewaretoken": csrf_token(login.text)},
+        )
         yield client
 
 

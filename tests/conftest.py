@@ -89,8 +89,14 @@ def validate_openai(schema_name: str, body: Any) -> None:
 
 # Anthropic's error types; the SDK's ErrorResponse lacks the documented "request_too_large" (413).
 ANTHROPIC_ERROR_TYPES = {
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error", "request_too_large",
-    "rate_limit_error", "api_error", "overloaded_error",
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
 }
 
 
@@ -244,7 +250,12 @@ class DaphneServer:
     def create_superuser(self, password: str) -> None:
         """A staff account "admin" in this server's database."""
         created = self.manage(
-            "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "admin",
+            "--email",
+            "admin@example.com",
             DJANGO_SUPERUSER_PASSWORD=password,
         )
         assert created.returncode == 0, created.stderr
@@ -380,8 +391,11 @@ def daphne_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A real `manage.py serve` (daphne) on a free port, serving SmolLM2 under three names; one
     of them, "smollm-serial", decodes one request at a time (parallel: 1)."""
     with server_factory(
-        "daphne", names=(SMOLLM2, "smollm-copy", "smollm-serial"),
-        n_ctx=4096, max_loaded_models=3, models={"smollm-serial": {"parallel": 1}},
+        "daphne",
+        names=(SMOLLM2, "smollm-copy", "smollm-serial"),
+        n_ctx=4096,
+        max_loaded_models=3,
+        models={"smollm-serial": {"parallel": 1}},
     ) as server:
         yield server
 

@@ -128,8 +128,11 @@ class PostgresServer:
         if self._owner:
             shutil.chown(self.data, self._owner)
         subprocess.run(
-            _as_owner(self._owner, [self._initdb, "-D", str(self.data), "-U", "llamasite", "--auth=trust", "-E", "UTF8"]),
-            check=True, capture_output=True,
+            _as_owner(
+                self._owner, [self._initdb, "-D", str(self.data), "-U", "llamasite", "--auth=trust", "-E", "UTF8"]
+            ),
+            check=True,
+            capture_output=True,
         )
         self.port = free_port()
         self.url = f"postgresql://llamasite@127.0.0.1:{self.port}"  # without a database name
@@ -137,9 +140,26 @@ class PostgresServer:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            _as_owner(self._owner, [self._postgres, "-D", str(self.data), "-p", str(self.port), "-k", str(self.data),
-                                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]),
-            stdout=subprocess.DEVNULL, stderr=self.data.with_name(f"{self.data.name}.log").open("a"),
+            _as_owner(
+                self._owner,
+                [
+                    self._postgres,
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.data),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=self.data.with_name(f"{self.data.name}.log").open("a"),
         )
 
         def ready() -> bool:
@@ -158,7 +178,9 @@ class PostgresServer:
         if self._process is not None and self._process.poll() is None:
             subprocess.run(
                 _as_owner(self._owner, [self._pg_ctl, "stop", "-D", str(self.data), "-m", "fast", "-w"]),
-                check=True, capture_output=True, timeout=60,
+                check=True,
+                capture_output=True,
+                timeout=60,
             )
             self._process.wait(timeout=30)
 
@@ -188,7 +210,8 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     def ready() -> bool:

@@ -70,7 +70,9 @@ class FileServer:
                     self.end_headers()
                     return
                 if route == "bad-chunks":
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + METRICS.replace(b"\n", b"\r\n"))
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + METRICS.replace(b"\n", b"\r\n")
+                    )
                     return
                 modes = set(route.split("+"))
                 files.answer(self, modes, *files.body(modes))
@@ -109,13 +111,13 @@ class FileServer:
         handler.end_headers()
         if "cut-once" in modes and not self.cut_done:
             self.cut_done = True
-            handler.wfile.write(body[start: len(body) // 2])
+            handler.wfile.write(body[start : len(body) // 2])
             handler.wfile.flush()
             handler.close_connection = True
             return
         step = 256 * 1024
         for offset in range(start, len(body), step):
-            handler.wfile.write(body[offset: offset + step])
+            handler.wfile.write(body[offset : offset + step])
             if "slow" in modes:
                 time.sleep(0.2)
 

@@ -39,8 +39,9 @@ def _synthetic_writer(path: Path, context_length: int, chat_template: str | None
     return writer
 
 
-def write_tensors(path: Path, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType | None]],
-                  alignment: int | None = None) -> Path:
+def write_tensors(
+    path: Path, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType | None]], alignment: int | None = None
+) -> Path:
     """A GGUF file of these tensors (raw bytes of the given ggml type, or a plain array), its
     data section aligned to `alignment` (general.alignment) if given."""
     writer = gguf.GGUFWriter(str(path), "llama")

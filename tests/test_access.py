@@ -67,7 +67,12 @@ def test_the_command_creates_lists_and_revokes_keys_storing_only_a_hash() -> Non
     secret = secret.strip()
     assert secret.startswith("sk-") and len(secret) > 40 and "not shown again" in note
     key = ApiKey.objects.get()
-    assert (key.name, key.allowed_models, key.requests_per_minute, key.tokens_per_day) == ("ci-bot", ["a", "b"], 30, 1000)
+    assert (key.name, key.allowed_models, key.requests_per_minute, key.tokens_per_day) == (
+        "ci-bot",
+        ["a", "b"],
+        30,
+        1000,
+    )
     assert secret[:11] == key.prefix and secret not in key.hashed and key.hashed != secret
     listing, _ = run_apikey("list")
     assert key.prefix in listing and secret not in listing and "active" in listing and "a,b" in listing
@@ -80,9 +85,15 @@ def test_the_command_creates_lists_and_revokes_keys_storing_only_a_hash() -> Non
 @pytest.mark.slow
 def test_command_mistakes_are_one_line_and_exit_1(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
     database_url = migrated_database.copy(tmp_path)
-    for args, fragment in ((["revoke", "sk-nothing"], "no API key has the prefix"), (["create", "x", "--rpm", "-5"], "not a positive")):
+    for args, fragment in (
+        (["revoke", "sk-nothing"], "no API key has the prefix"),
+        (["create", "x", "--rpm", "-5"], "not a positive"),
+    ):
         result = subprocess.run(
-            [sys.executable, "manage.py", "apikey", *args], cwd=PROJECT_DIR, capture_output=True, text=True,
+            [sys.executable, "manage.py", "apikey", *args],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
             env={**os.environ, "DATABASE_URL": database_url},
         )
         assert result.returncode == 1 and fragment in result.stderr and "Traceback" not in result.stderr
@@ -109,7 +120,10 @@ async def test_an_api_key_is_not_an_admin_token(use_config) -> None:
     use_config(server=REQUIRED)
     _, secret = await _create(name="app")
     response = await AsyncClient().post(
-        "/admin/unload", {"model": "all"}, content_type="application/json", headers={"Authorization": f"Bearer {secret}"}
+        "/admin/unload",
+        {"model": "all"},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}"},
     )
     assert error_of(response, 401)["code"] == "invalid_api_key"
 
@@ -128,7 +142,13 @@ async def test_on_loopback_keys_are_optional_but_attributed(use_config) -> None:
 
 def test_require_api_key_defaults_by_the_listening_address(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    for host, required in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True), ("192.168.1.20", True)):
+    for host, required in (
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+        ("0.0.0.0", True),
+        ("192.168.1.20", True),
+    ):
         config.write_text(f'{{"server": {{"host": "{host}"}}}}')
         assert load_config(config).server.api_key_required is required, host
     config.write_text('{"server": {"host": "0.0.0.0", "require_api_key": false}}')
@@ -144,7 +164,11 @@ async def test_a_key_sees_and_uses_only_its_models(use_config, models_dir: Path,
     assert [model["id"] for model in listed["data"]] == [SMOLLM2]
     assert (await AsyncClient().get("/v1/models")).json()["data"].__len__() == 2  # no key: all
     error = error_of(await chat(secret, model="other"), 404)
-    assert error["code"] == "model_not_found" and "other" in error["message"] and "Available models: " + SMOLLM2 in error["message"]
+    assert (
+        error["code"] == "model_not_found"
+        and "other" in error["message"]
+        and "Available models: " + SMOLLM2 in error["message"]
+    )
     assert error_of(await AsyncClient().get("/v1/models/other", headers=headers), 404)["code"] == "model_not_found"
     assert (await chat(secret, model=SMOLLM2)).status_code == 200
 
@@ -279,7 +303,10 @@ def test_check_deploy_is_clean_behind_the_documented_proxy(tmp_path: Path) -> No
     env.pop("DJANGO_DEBUG", None)
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=PROJECT_DIR, capture_output=True, text=True, env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
 
@@ -294,7 +321,10 @@ def test_behind_the_proxy_the_client_it_names_is_recorded(
     try:
         forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
         answer = httpx.post(
-            f"{server.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 1}, headers=forwarded, timeout=60
+            f"{server.url}/v1/chat/completions",
+            json={"messages": HELLO, "max_tokens": 1},
+            headers=forwarded,
+            timeout=60,
         )
         assert answer.status_code == 200
         wait_for(lambda: server.rows("SELECT client_address FROM inference_requestrecord") == [("203.0.113.7",)])

@@ -34,10 +34,19 @@ def test_the_request_list_filters_without_scanning_the_records(admin_client) -> 
     from inference.api import urls
     from inference.api import views as api
 
-    routes = {f"/{pattern.pattern}" for pattern in urls.urlpatterns if issubclass(getattr(pattern.callback, "cls", object), api.GenerationView)}
+    routes = {
+        f"/{pattern.pattern}"
+        for pattern in urls.urlpatterns
+        if issubclass(getattr(pattern.callback, "cls", object), api.GenerationView)
+    }
     assert set(RECORDED_ENDPOINTS) == routes
     DiscoveredModel.objects.create(
-        instance="here:8080", name="m", path="/m.gguf", size_bytes=1, file_modified_at=timezone.now(), last_seen_at=timezone.now(),
+        instance="here:8080",
+        name="m",
+        path="/m.gguf",
+        size_bytes=1,
+        file_modified_at=timezone.now(),
+        last_seen_at=timezone.now(),
     )
     make_record(datetime.now(UTC), model="m", endpoint="/v1/completions")
     make_record(datetime.now(UTC), model="m", endpoint="/v1/chat/completions", source="playground")
@@ -70,7 +79,8 @@ def server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
 
 def chat(server: DaphneServer, stream: bool) -> None:
     response = httpx.post(
-        f"{server.url}/v1/chat/completions", timeout=60,
+        f"{server.url}/v1/chat/completions",
+        timeout=60,
         json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": stream},
     )
     assert response.status_code == 200
@@ -85,7 +95,12 @@ def test_admin_and_console_link_each_other_both_ways(server: DaphneServer, brows
     for page in CONSOLE_PAGES:
         browser.get(f"{server.url}/admin/")
         browser.find_element(By.CSS_SELECTOR, "#console-links").find_element(By.LINK_TEXT, page.title).click()
-        assert browser.find_element(By.CSS_SELECTOR, f"nav.console a[data-nav='{page.url_name}']").get_attribute("aria-current") == "page"
+        assert (
+            browser.find_element(By.CSS_SELECTOR, f"nav.console a[data-nav='{page.url_name}']").get_attribute(
+                "aria-current"
+            )
+            == "page"
+        )
         browser.find_element(By.CSS_SELECTOR, "nav.console a[data-nav='admin']").click()  # and back
         assert browser.current_url == f"{server.url}/admin/"
     browser.find_element(By.LINK_TEXT, "VIEW SITE").click()

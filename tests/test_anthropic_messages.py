@@ -62,7 +62,9 @@ def events_of(raw: bytes) -> list[tuple[str, dict]]:
     return events
 
 
-async def stream(path: str = "/v1/messages", headers: dict[str, str] | None = None, **body: Any) -> list[tuple[str, dict]]:
+async def stream(
+    path: str = "/v1/messages", headers: dict[str, str] | None = None, **body: Any
+) -> list[tuple[str, dict]]:
     response = await post(path, headers, **{**body, "stream": True})
     assert response.status_code == 200, response.content
     assert response["Content-Type"] == "text/event-stream"
@@ -74,7 +76,11 @@ async def stream(path: str = "/v1/messages", headers: dict[str, str] | None = No
 
 
 def streamed_text(events: list[tuple[str, dict]]) -> str:
-    return "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta" and data["delta"]["type"] == "text_delta")
+    return "".join(
+        data["delta"]["text"]
+        for name, data in events
+        if name == "content_block_delta" and data["delta"]["type"] == "text_delta"
+    )
 
 
 def text_of(message: dict) -> str:
@@ -95,7 +101,11 @@ async def test_a_message_in_anthropic_shape(use_config) -> None:
     body = response.json()
     assert response.status_code == 200, body
     anthropic.types.Message.model_validate(body)
-    assert body["id"].startswith("msg_") and (body["type"], body["role"], body["model"]) == ("message", "assistant", SMOLLM2)
+    assert body["id"].startswith("msg_") and (body["type"], body["role"], body["model"]) == (
+        "message",
+        "assistant",
+        SMOLLM2,
+    )
     assert [block["type"] for block in body["content"]] == ["text"] and body["content"][0]["text"]
     assert body["stop_reason"] in ("end_turn", "max_tokens") and body["stop_sequence"] is None
     usage = body["usage"]
@@ -113,7 +123,13 @@ async def test_the_stream_sends_anthropic_events_in_order(use_config) -> None:
     assert names[:2] == ["message_start", "ping"]
     content = [name for name in names[2:] if name != "ping"]  # a ping may fall in any silence
     deltas = len(content) - 4
-    assert content == ["content_block_start", *["content_block_delta"] * deltas, "content_block_stop", "message_delta", "message_stop"]
+    assert content == [
+        "content_block_start",
+        *["content_block_delta"] * deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     start = events[0][1]["message"]
     assert start["id"].startswith("msg_") and start["content"] == [] and start["stop_reason"] is None
     assert start["usage"]["output_tokens"] == 0
@@ -148,7 +164,11 @@ async def test_the_templates_own_end_is_the_end_of_a_turn() -> None:
 
     request = MessagesRequestSerializer.parse({"max_tokens": 5, "messages": HELLO, "stop_sequences": ["x"]})
     body = await message_body(Generation(model="m", prompt_tokens=3, events=events()), request)
-    assert (body["stop_reason"], body["stop_sequence"], body["content"]) == ("end_turn", None, [{"type": "text", "text": "Hi."}])
+    assert (body["stop_reason"], body["stop_sequence"], body["content"]) == (
+        "end_turn",
+        None,
+        [{"type": "text", "text": "Hi."}],
+    )
 
 
 @pytest.mark.slow
@@ -183,7 +203,14 @@ async def test_a_forced_tool_is_a_tool_use_block(use_config) -> None:
 async def test_an_output_format_is_followed(use_config) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     question = [{"role": "user", "content": "What is 2+2? Answer in JSON."}]
-    body = (await post(messages=question, max_tokens=60, temperature=0, output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})).json()
+    body = (
+        await post(
+            messages=question,
+            max_tokens=60,
+            temperature=0,
+            output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}},
+        )
+    ).json()
     assert isinstance(json.loads(text_of(body))["answer"], int), body
 
 
@@ -191,7 +218,10 @@ async def test_an_output_format_is_followed(use_config) -> None:
 async def test_a_tool_result_round_trip_is_answered(use_config) -> None:
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "21 C, sunny"}]},
     ]
     response = await post(messages=messages, tools=[WEATHER], max_tokens=8)
@@ -207,7 +237,10 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
             "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
             "messages": [
                 {"role": "user", "content": "Weather in Paris?"},
-                {"role": "user", "content": [{"type": "text", "text": "Quickly.", "cache_control": {"type": "ephemeral"}}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Quickly.", "cache_control": {"type": "ephemeral"}}],
+                },
                 {
                     "role": "assistant",
                     "content": [
@@ -218,7 +251,11 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "21 C"}]},
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [{"type": "text", "text": "21 C"}],
+                        },
                         {"type": "tool_result", "tool_use_id": "toolu_2", "content": "no such call", "is_error": True},
                         {"type": "text", "text": "And tomorrow?"},
                     ],
@@ -248,12 +285,19 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
         ChatMessage("assistant", tools.call_text("get_weather", '{"city": "Paris"}')),
         ChatMessage(
             "user",
-            "Result of the function get_weather: 21 C\n\nResult of the function toolu_2: Error: no such call\n\nAnd tomorrow?",
+            "Result of the function get_weather: 21 C\n\n"
+            "Result of the function toolu_2: Error: no such call\n\nAnd tomorrow?",
         ),
     )
     # Neither the deferred tool nor the server tool is offered.
     assert chat.tools == (tools.Tool("get_weather", "The weather in a city", WEATHER["input_schema"]),)
-    assert (chat.model, chat.tool_choice, chat.user, chat.stream, chat.response_format) == (SMOLLM2, "required", "user-1", False, None)
+    assert (chat.model, chat.tool_choice, chat.user, chat.stream, chat.response_format) == (
+        SMOLLM2,
+        "required",
+        "user-1",
+        False,
+        None,
+    )
     assert (chat.job.max_tokens, chat.job.stop, request.stop_sequences) == (5, ("END",), ("END",))
     assert chat.job.sampling == Sampling(temperature=0.5, top_k=7)
 
@@ -261,19 +305,70 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
 @pytest.mark.parametrize(
     ("change", "param", "fragment"),
     [
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image", "source": {}}]}]}, "messages[0].content[1]", "Images are not supported"),
-        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}]}]}, "messages[0].content[0].content[0]", "Images are not supported"),
-        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "messages[0].content[0]", "Documents are not supported"),
-        ({"messages": [{"role": "user", "content": [{"type": "server_tool_use"}]}]}, "messages[0].content[0]", "'server_tool_use' block is not supported"),
-        ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}, "messages[0].content[0]", "cannot be in a user message"),
-        ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]}]}, "messages[0].content[0].input", "Expected an object"),
-        ({"messages": [{"role": "system", "content": [{"type": "thinking"}]}]}, "messages[0].content[0]", "cannot be in a system message"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image", "source": {}}]}
+                ]
+            },
+            "messages[0].content[1]",
+            "Images are not supported",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}],
+                    }
+                ]
+            },
+            "messages[0].content[0].content[0]",
+            "Images are not supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            "messages[0].content[0]",
+            "Documents are not supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "server_tool_use"}]}]},
+            "messages[0].content[0]",
+            "'server_tool_use' block is not supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]},
+            "messages[0].content[0]",
+            "cannot be in a user message",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]}
+                ]
+            },
+            "messages[0].content[0].input",
+            "Expected an object",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "thinking"}]}]},
+            "messages[0].content[0]",
+            "cannot be in a system message",
+        ),
         ({"tools": [{"name": "has space", "input_schema": {}}]}, "tools[0].name", "Use 1 to 128"),
         ({"tools": [{"name": "f"}]}, "tools[0].input_schema", "JSON schema"),
         ({"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "other"}}, "tool_choice", "names no tool"),
-        ({"tools": [{**WEATHER, "defer_loading": True}], "tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice", "names no tool"),
+        (
+            {"tools": [{**WEATHER, "defer_loading": True}], "tool_choice": {"type": "tool", "name": "get_weather"}},
+            "tool_choice",
+            "names no tool",
+        ),
         ({"tools": [{**WEATHER, "defer_loading": "yes"}]}, "tools[0].defer_loading", "Expected a boolean"),
-        ({"tools": [{"type": "bash_20250124", "name": "bash"}], "tool_choice": {"type": "any"}}, "tool_choice", "needs custom tools"),
+        (
+            {"tools": [{"type": "bash_20250124", "name": "bash"}], "tool_choice": {"type": "any"}},
+            "tool_choice",
+            "needs custom tools",
+        ),
         ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format", "json_schema"),
         ({"max_tokens": None}, "max_tokens", "may not be null"),
         ({"temperature": 1.5}, "temperature", "less than or equal to 1"),
@@ -290,7 +385,11 @@ def test_what_cannot_be_served_is_refused_naming_the_parameter(change: dict, par
 def claude_code_request() -> tuple[str, dict[str, str], dict[str, Any]]:
     """What `claude -p` sent (tests/data/agents): its path, its Anthropic headers, its body."""
     captured = json.loads((AGENTS / "claude_code_request_headers.json").read_text())
-    headers = {name: value for name, value in captured["headers"].items() if name.lower().startswith(("anthropic-", "x-api-key"))}
+    headers = {
+        name: value
+        for name, value in captured["headers"].items()
+        if name.lower().startswith(("anthropic-", "x-api-key"))
+    }
     return captured["path"], headers, json.loads((AGENTS / "claude_code_request.json").read_text())
 
 
@@ -301,7 +400,9 @@ def test_claude_codes_own_request_is_understood() -> None:
     assert chat.job.messages[0].content.startswith("x-anthropic-billing-header")
     assert "# Environment" in chat.job.messages[0].content  # its mid-conversation system message
     assert chat.job.messages[1].content.endswith("say hi")
-    assert [tool.name for tool in chat.tools] == [tool["name"] for tool in body["tools"] if not tool.get("defer_loading")]
+    assert [tool.name for tool in chat.tools] == [
+        tool["name"] for tool in body["tools"] if not tool.get("defer_loading")
+    ]
     assert "DeferredToolPlaceholder" not in [tool.name for tool in chat.tools]
     assert (chat.stream, chat.job.max_tokens, chat.tool_choice) == (True, body["max_tokens"], "auto")
     assert chat.user == body["metadata"]["user_id"]
@@ -310,14 +411,26 @@ def test_claude_codes_own_request_is_understood() -> None:
 @pytest.mark.parametrize(
     ("exc", "status", "error_type", "headers"),
     [
-        (errors.QueueFull("busy", retry_after=3), 503, "overloaded_error", {"Retry-After": "3", "X-Llamasite-Error-Code": "queue_full"}),
-        (QuotaExceeded("over", retry_after=9), 429, "rate_limit_error", {"Retry-After": "9", "X-Llamasite-Error-Code": "quota_exceeded"}),
+        (
+            errors.QueueFull("busy", retry_after=3),
+            503,
+            "overloaded_error",
+            {"Retry-After": "3", "X-Llamasite-Error-Code": "queue_full"},
+        ),
+        (
+            QuotaExceeded("over", retry_after=9),
+            429,
+            "rate_limit_error",
+            {"Retry-After": "9", "X-Llamasite-Error-Code": "quota_exceeded"},
+        ),
         (errors.InvalidApiKey("who?"), 401, "authentication_error", {"X-Llamasite-Error-Code": "invalid_api_key"}),
         (errors.GenerationFailed("broken"), 500, "api_error", {}),
         (RequestDataTooBig("big"), 413, "request_too_large", {"X-Llamasite-Error-Code": "request_too_large"}),
     ],
 )
-def test_errors_keep_our_statuses_in_anthropics_words(exc: Exception, status: int, error_type: str, headers: dict) -> None:
+def test_errors_keep_our_statuses_in_anthropics_words(
+    exc: Exception, status: int, error_type: str, headers: dict
+) -> None:
     response = anthropic_output.anthropic_exception_handler(exc, {})
     assert (response.status_code, response.data["error"]["type"]) == (status, error_type)
     assert {name: value for name, value in response.items() if name.startswith(("Retry", "X-"))} == headers
@@ -340,7 +453,9 @@ async def test_claude_codes_own_request_is_streamed(use_config) -> None:
 
 async def test_an_image_is_a_400_in_anthropics_shape(use_config) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
-    response = await post(messages=[{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}], max_tokens=5)
+    response = await post(
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}], max_tokens=5
+    )
     message = error_of(response, 400, "invalid_request_error")
     assert message.startswith("Invalid 'messages[0].content[0]': Images are not supported")
 
@@ -359,7 +474,11 @@ async def test_the_key_may_come_as_x_api_key(use_config) -> None:
     assert (await post(headers={"x-api-key": secret}, messages=HELLO, max_tokens=1)).status_code == 200
     assert (await post(headers={"Authorization": f"Bearer {secret}"}, messages=HELLO, max_tokens=1)).status_code == 200
     assert "x-api-key" in error_of(await post(messages=HELLO, max_tokens=1), 401, "authentication_error")
-    error_of(await post("/v1/messages/count_tokens", {"x-api-key": "sk-unknown"}, messages=HELLO), 401, "authentication_error")
+    error_of(
+        await post("/v1/messages/count_tokens", {"x-api-key": "sk-unknown"}, messages=HELLO),
+        401,
+        "authentication_error",
+    )
 
 
 @pytest.mark.slow
@@ -378,32 +497,39 @@ async def requests_counted(endpoint: str, status: str) -> float:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "llamasite_requests_total" and (sample.labels["endpoint"], sample.labels["status"]) == (endpoint, status)
+        if sample.name == "llamasite_requests_total"
+        and (sample.labels["endpoint"], sample.labels["status"]) == (endpoint, status)
     )
 
 
 @pytest.mark.slow
 async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None:
-    counted_before = [await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")]
+    counted_before = [
+        await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")
+    ]
     plain = (await post(messages=HELLO, max_tokens=4)).json()
     counted = (await post("/v1/messages/count_tokens", messages=HELLO)).json()
     events = await stream(messages=HELLO, max_tokens=3)
     await post(model="no-such-model", messages=HELLO, max_tokens=1)
     records = [record async for record in RequestRecord.objects.order_by("id")]
     assert [(record.endpoint, record.status, record.http_status) for record in records] == [
-        ("/v1/messages", "ok", 200), ("/v1/messages/count_tokens", "ok", 200), ("/v1/messages", "ok", 200),
+        ("/v1/messages", "ok", 200),
+        ("/v1/messages/count_tokens", "ok", 200),
+        ("/v1/messages", "ok", 200),
         ("/v1/messages", "error", 404),
     ]
     usage = plain["usage"]
     assert records[0].completion_id == plain["id"]
     assert (records[0].prompt_tokens, records[0].completion_tokens) == (
-        usage["input_tokens"] + usage["cache_read_input_tokens"], usage["output_tokens"],
+        usage["input_tokens"] + usage["cache_read_input_tokens"],
+        usage["output_tokens"],
     )
     assert (records[1].prompt_tokens, records[1].completion_tokens) == (counted["input_tokens"], 0)
     started, delta = dict(events)["message_start"]["message"], dict(events)["message_delta"]
     assert records[2].stream and records[2].completion_id == started["id"]
     assert (records[2].prompt_tokens, records[2].completion_tokens) == (
-        started["usage"]["input_tokens"] + started["usage"]["cache_read_input_tokens"], delta["usage"]["output_tokens"],
+        started["usage"]["input_tokens"] + started["usage"]["cache_read_input_tokens"],
+        delta["usage"]["output_tokens"],
     )
     counted = [await requests_counted(endpoint, "ok") for endpoint in ("/v1/messages", "/v1/messages/count_tokens")]
     assert [after - before for before, after in zip(counted_before, counted)] == [2, 1]  # in /metrics too
@@ -411,13 +537,20 @@ async def test_each_request_leaves_one_record_with_its_usage(use_config) -> None
 
 @pytest.mark.slow
 async def test_count_tokens_is_the_input_of_the_same_request(use_config) -> None:
-    request = {"system": "Be brief.", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER]}
+    request = {
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER],
+    }
     counted = (await post("/v1/messages/count_tokens", **request)).json()
     assert counted["input_tokens"] > 50  # the tools instruction is part of it
     cold = (await post(max_tokens=2, **request)).json()["usage"]
     assert (cold["input_tokens"], cold["cache_read_input_tokens"]) == (counted["input_tokens"], 0)
     warm = (await post(max_tokens=2, **request)).json()["usage"]
-    assert warm["cache_read_input_tokens"] > 0 and warm["input_tokens"] + warm["cache_read_input_tokens"] == counted["input_tokens"]
+    assert (
+        warm["cache_read_input_tokens"] > 0
+        and warm["input_tokens"] + warm["cache_read_input_tokens"] == counted["input_tokens"]
+    )
     forced = (await post("/v1/messages/count_tokens", **request, tool_choice={"type": "any"})).json()
     assert forced["input_tokens"] != counted["input_tokens"]  # the forced call's instruction differs
 
@@ -436,7 +569,9 @@ async def test_a_ping_fills_every_silence_and_a_failure_is_an_error_event(monkey
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[1:].count("ping") >= 3
     assert names[names.index("content_block_start") - 1] == "ping" and names[-2:] == ["content_block_delta", "error"]
-    assert events[-1][1]["error"]["type"] == "overloaded_error" and "model m failed" in events[-1][1]["error"]["message"]
+    assert (
+        events[-1][1]["error"]["type"] == "overloaded_error" and "model m failed" in events[-1][1]["error"]["message"]
+    )
 
 
 async def test_with_heartbeat_fills_silences_with_none_and_closes_its_source() -> None:
@@ -491,7 +626,12 @@ async def test_closing_a_stream_between_pings_closes_the_generation(monkeypatch:
 
 
 async def test_a_client_that_hangs_up_stops_its_generation(daphne_server: DaphneServer) -> None:
-    body = {"model": SMOLLM2, "max_tokens": 2000, "stream": True, "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
+    body = {
+        "model": SMOLLM2,
+        "max_tokens": 2000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000."}],
+    }
     async with httpx.AsyncClient(base_url=daphne_server.url, timeout=60) as client:
         async with client.stream("POST", "/v1/messages", json=body) as response:
             assert response.status_code == 200

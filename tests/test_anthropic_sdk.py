@@ -28,11 +28,19 @@ def test_messages_create(sdk: anthropic.Anthropic) -> None:
     assert message.id.startswith("msg_") and message.model == SMOLLM2 and message.role == "assistant"
     assert message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason in ("end_turn", "max_tokens")
-    assert 0 < message.usage.output_tokens <= 16 and message.usage.input_tokens + message.usage.cache_read_input_tokens > 10
+    assert (
+        0 < message.usage.output_tokens <= 16
+        and message.usage.input_tokens + message.usage.cache_read_input_tokens > 10
+    )
 
 
 def test_messages_stream(sdk: anthropic.Anthropic) -> None:
-    request = {"model": SMOLLM2, "max_tokens": 16, "messages": [{"role": "user", "content": "Name three colours."}], **GREEDY}
+    request = {
+        "model": SMOLLM2,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        **GREEDY,
+    }
     with sdk.messages.stream(**request) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -42,7 +50,11 @@ def test_messages_stream(sdk: anthropic.Anthropic) -> None:
 
 
 def test_messages_count_tokens(sdk: anthropic.Anthropic) -> None:
-    request = {"model": SMOLLM2, "system": "Count me.", "messages": [{"role": "user", "content": "A question nobody asked before?"}]}
+    request = {
+        "model": SMOLLM2,
+        "system": "Count me.",
+        "messages": [{"role": "user", "content": "A question nobody asked before?"}],
+    }
     counted = sdk.messages.count_tokens(**request, tools=[WEATHER])
     usage = sdk.messages.create(**request, tools=[WEATHER], max_tokens=1).usage
     assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens
@@ -74,4 +86,6 @@ def test_errors_arrive_as_sdk_exceptions(sdk: anthropic.Anthropic) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
     with pytest.raises(anthropic.BadRequestError) as bad:
         sdk.messages.create(model=SMOLLM2, max_tokens=5, messages=[{"role": "user", "content": [image]}])
-    assert bad.value.body["error"]["type"] == "invalid_request_error" and "Images are not supported" in bad.value.message
+    assert (
+        bad.value.body["error"]["type"] == "invalid_request_error" and "Images are not supported" in bad.value.message
+    )

@@ -33,7 +33,9 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
     tested: set[str] = set()
     for operation in operations:
 
-        @settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def conforms(case: schemathesis.Case) -> None:
             case.call_and_validate(base_url=small_server.url, excluded_checks=[positive_data_acceptance], timeout=120)
@@ -42,11 +44,19 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         try:
             conforms()
         except Unsatisfiable:  # no body, and any string is a valid path parameter: nothing to negate
-            assert mode == GenerationMode.NEGATIVE and not operation.get_request_payload_content_types() and not operation.query, operation.label
+            assert (
+                mode == GenerationMode.NEGATIVE
+                and not operation.get_request_payload_content_types()
+                and not operation.query
+            ), operation.label
     with_body = {operation.label for operation in operations if operation.get_request_payload_content_types()}
     assert {
-        "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/messages",
-        "POST /v1/messages/count_tokens", "POST /v1/responses",
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "POST /v1/embeddings",
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+        "POST /v1/responses",
     } <= with_body
     # Negative data needs something to make wrong: a body or query parameters.
     with_input = with_body | {operation.label for operation in operations if operation.query}
@@ -59,7 +69,12 @@ STREAMED = {
     "POST /v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
     "POST /v1/completions": {"prompt": "Hi", "max_tokens": 2, "stream": True},
     "POST /v1/responses": {"input": "Hi", "max_output_tokens": 16, "stream": True},
-    "POST /v1/messages": {"model": SMOLLM2, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
+    "POST /v1/messages": {
+        "model": SMOLLM2,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "stream": True,
+    },
 }
 
 
@@ -69,4 +84,6 @@ def test_streamed_answers_conform(small_server: DaphneServer) -> None:
     for label, body in STREAMED.items():
         case = operations[label].Case(body=body, media_type="application/json")
         response = case.call_and_validate(base_url=small_server.url, timeout=120)
-        assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream"), label
+        assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream"), (
+            label
+        )

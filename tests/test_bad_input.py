@@ -109,26 +109,68 @@ ANTHROPIC_MISTAKES: list[dict[str, Any]] = [
 
 # (path, body, content type): the classic ways to get a request wrong.
 HAND_PICKED: list[tuple[str, bytes, str]] = [
-    *((path, raw, JSON_TYPE) for path in VALID for raw in (
-        b"", b" ", b"{", b"}", b"[]", b"null", b"42", b'"text"', b"{'single': 'quotes'}",
-        b'{"model": "x",}', b"\xff\xfe\x00", b"\xef\xbb\xbf{}", '{"a": "é"}'.encode("utf-16"),
-        b'{"max_tokens": NaN}', b'{"temperature": Infinity}', b'{"n": -Infinity}',
-        b'{"messages": "\\ud800"}', b'{"prompt": "\\udfff"}', b'{"input": "\\ud83d"}',
-        b'{"n": 1' + b"0" * 5000 + b"}", b"\x00" * 100, deep(100), deep(100_000),
-        b'{"model": "' + b"a" * 100_000 + b'"}',
-    )),
+    *(
+        (path, raw, JSON_TYPE)
+        for path in VALID
+        for raw in (
+            b"",
+            b" ",
+            b"{",
+            b"}",
+            b"[]",
+            b"null",
+            b"42",
+            b'"text"',
+            b"{'single': 'quotes'}",
+            b'{"model": "x",}',
+            b"\xff\xfe\x00",
+            b"\xef\xbb\xbf{}",
+            '{"a": "é"}'.encode("utf-16"),
+            b'{"max_tokens": NaN}',
+            b'{"temperature": Infinity}',
+            b'{"n": -Infinity}',
+            b'{"messages": "\\ud800"}',
+            b'{"prompt": "\\udfff"}',
+            b'{"input": "\\ud83d"}',
+            b'{"n": 1' + b"0" * 5000 + b"}",
+            b"\x00" * 100,
+            deep(100),
+            deep(100_000),
+            b'{"model": "' + b"a" * 100_000 + b'"}',
+        )
+    ),
     *((path, body(path), "application/json; charset=utf-32") for path in VALID),
-    *((path, body(path, model=model), JSON_TYPE) for path in VALID for model in (
-        "../" + SMOLLM2, "/etc/passwd", f"models/{SMOLLM2}", SMOLLM2 + "\x00", "..", ".", "", " ",
-        SMOLLM2.upper(), 7, [SMOLLM2], {"id": SMOLLM2}, True,
-    ) if model != ""),
+    *(
+        (path, body(path, model=model), JSON_TYPE)
+        for path in VALID
+        for model in (
+            "../" + SMOLLM2,
+            "/etc/passwd",
+            f"models/{SMOLLM2}",
+            SMOLLM2 + "\x00",
+            "..",
+            ".",
+            "",
+            " ",
+            SMOLLM2.upper(),
+            7,
+            [SMOLLM2],
+            {"id": SMOLLM2},
+            True,
+        )
+        if model != ""
+    ),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": "a"}] * 2049), JSON_TYPE),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": [{"type": "text"}]}]), JSON_TYPE),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": "Hi" * 10_000}] * 4), JSON_TYPE),
     (CHAT, body(CHAT, tools=[{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]), JSON_TYPE),
     (CHAT, body(CHAT, logit_bias={str(2**40): 1}), JSON_TYPE),
     (CHAT, body(CHAT, logit_bias={"49152": 1}), JSON_TYPE),  # one past SmolLM2's vocabulary
-    (CHAT, body(CHAT, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nope"}}}), JSON_TYPE),
+    (
+        CHAT,
+        body(CHAT, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nope"}}}),
+        JSON_TYPE,
+    ),
     (CHAT, body(CHAT, n=4, max_tokens=2**31), JSON_TYPE),
     (CHAT, body(CHAT, stream=True, stream_options={"include_usage": "yes"}), JSON_TYPE),
     (COMPLETIONS, body(COMPLETIONS, prompt=["a"] * 65), JSON_TYPE),  # more prompts than max_queue
@@ -143,7 +185,11 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
     (EMBEDDINGS, body(EMBEDDINGS, encoding_format="hex"), JSON_TYPE),
     (CHAT, b"x" * (9 * 1024 * 1024), JSON_TYPE),  # over max_body_bytes: a 413
     (RESPONSES, body(RESPONSES, input=[{"role": "user", "content": "a"}] * 2049), JSON_TYPE),
-    (RESPONSES, body(RESPONSES, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]), JSON_TYPE),
+    (
+        RESPONSES,
+        body(RESPONSES, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]),
+        JSON_TYPE,
+    ),
     (RESPONSES, body(RESPONSES, input=[{"type": "function_call_output", "output": "no call id"}]), JSON_TYPE),
     (RESPONSES, body(RESPONSES, input=[{"type": "item_reference", "id": "msg_1"}]), JSON_TYPE),
     (RESPONSES, body(RESPONSES, input="Hi " * 20_000), JSON_TYPE),
@@ -151,11 +197,23 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
     (RESPONSES, body(RESPONSES, background=True), JSON_TYPE),
     (RESPONSES, body(RESPONSES, tools=[{"type": "function", "name": f"f{i}"} for i in range(129)]), JSON_TYPE),
     (RESPONSES, body(RESPONSES, tools=[{"type": "namespace", "name": "n", "tools": "x"}]), JSON_TYPE),
-    (RESPONSES, body(RESPONSES, text={"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/nope"}}}), JSON_TYPE),
-    (RESPONSES, body(RESPONSES, tool_choice={"type": "function", "name": "missing"}, tools=[{"type": "function", "name": "f"}]), JSON_TYPE),
+    (
+        RESPONSES,
+        body(RESPONSES, text={"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/nope"}}}),
+        JSON_TYPE,
+    ),
+    (
+        RESPONSES,
+        body(RESPONSES, tool_choice={"type": "function", "name": "missing"}, tools=[{"type": "function", "name": "f"}]),
+        JSON_TYPE,
+    ),
     (RESPONSES, body(RESPONSES, metadata={str(n): "v" for n in range(17)}), JSON_TYPE),
     *((MESSAGES, body(MESSAGES, **changes), JSON_TYPE) for changes in ANTHROPIC_MISTAKES),
-    (MESSAGES, json.dumps({key: value for key, value in VALID[MESSAGES].items() if key != "max_tokens"}).encode(), JSON_TYPE),
+    (
+        MESSAGES,
+        json.dumps({key: value for key, value in VALID[MESSAGES].items() if key != "max_tokens"}).encode(),
+        JSON_TYPE,
+    ),
     (MESSAGES, b"x" * (9 * 1024 * 1024), JSON_TYPE),
     (COUNT_TOKENS, json.dumps({"model": SMOLLM2}).encode(), JSON_TYPE),
     (COUNT_TOKENS, json.dumps({"model": "nope", "messages": HELLO}).encode(), JSON_TYPE),
@@ -182,18 +240,39 @@ def assert_still_serving(server: DaphneServer) -> None:
 
 
 @pytest.mark.parametrize(("path", "raw", "content_type"), HAND_PICKED, ids=range(len(HAND_PICKED)))
-def test_hand_picked_bad_requests_are_4xx(daphne_server: DaphneServer, path: str, raw: bytes, content_type: str) -> None:
+def test_hand_picked_bad_requests_are_4xx(
+    daphne_server: DaphneServer, path: str, raw: bytes, content_type: str
+) -> None:
     assert_refused(daphne_server, path, raw, content_type)
 
 
 # --- generated ---------------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-not_numbers = st.text(max_size=10) | st.booleans() | st.lists(json_scalars, max_size=3) | st.dictionaries(st.text(max_size=5), json_scalars, max_size=3)
-not_strings = st.integers() | st.floats(allow_nan=False) | st.booleans() | st.lists(json_scalars, min_size=1, max_size=3) | st.dictionaries(st.text(max_size=5), json_scalars, min_size=1, max_size=3)
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+not_numbers = (
+    st.text(max_size=10)
+    | st.booleans()
+    | st.lists(json_scalars, max_size=3)
+    | st.dictionaries(st.text(max_size=5), json_scalars, max_size=3)
+)
+not_strings = (
+    st.integers()
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.lists(json_scalars, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=5), json_scalars, min_size=1, max_size=3)
+)
 not_booleans = st.integers() | st.text(max_size=10) | st.lists(json_scalars, max_size=3) | st.floats(allow_nan=False)
-not_integers = not_numbers | st.floats(allow_nan=False, allow_infinity=False).filter(lambda value: not value.is_integer())
+not_integers = not_numbers | st.floats(allow_nan=False, allow_infinity=False).filter(
+    lambda value: not value.is_integer()
+)
 
 
 BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
@@ -201,7 +280,9 @@ BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking
 
 def outside(low: float, high: float, integer: bool = False) -> st.SearchStrategy:
     numbers = st.integers if integer else lambda **bounds: st.floats(allow_nan=False, allow_infinity=False, **bounds)
-    return numbers(max_value=low - 1 if integer else low - 1e-6) | numbers(min_value=high + 1 if integer else high + 1e-6)
+    return numbers(max_value=low - 1 if integer else low - 1e-6) | numbers(
+        min_value=high + 1 if integer else high + 1e-6
+    )
 
 
 # Each field shared by chat and text completions, with values that are always wrong for it.
@@ -217,12 +298,20 @@ SAMPLING_MISTAKES: dict[str, st.SearchStrategy] = {
     "seed": not_integers | outside(-(2**63), 2**64 - 1, integer=True),
     "n": not_integers | outside(1, 128, integer=True),
     "stream": not_booleans,
-    "stop": st.integers() | st.booleans() | st.lists(st.integers(), min_size=1) | st.lists(st.text(min_size=1), min_size=5, max_size=8) | st.just([""]),
+    "stop": st.integers()
+    | st.booleans()
+    | st.lists(st.integers(), min_size=1)
+    | st.lists(st.text(min_size=1), min_size=5, max_size=8)
+    | st.just([""]),
     "logit_bias": not_strings.filter(lambda value: not isinstance(value, dict))
-    | st.dictionaries(st.text(min_size=1).filter(lambda key: not key.isdigit()), st.integers(-100, 100), min_size=1, max_size=3)
+    | st.dictionaries(
+        st.text(min_size=1).filter(lambda key: not key.isdigit()), st.integers(-100, 100), min_size=1, max_size=3
+    )
     | st.dictionaries(st.integers(0, 100).map(str), outside(-100, 100, integer=True), min_size=1, max_size=3),
     "user": not_strings | st.text(min_size=257, max_size=300),
-    "keep_alive": st.booleans() | st.lists(json_scalars, min_size=1, max_size=2) | st.text(alphabet="xyz!", min_size=1, max_size=5),
+    "keep_alive": st.booleans()
+    | st.lists(json_scalars, min_size=1, max_size=2)
+    | st.text(alphabet="xyz!", min_size=1, max_size=5),
 }
 MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
     CHAT: {
@@ -230,17 +319,51 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
         "messages": not_strings.filter(lambda value: not isinstance(value, list))
         | st.just([])
         | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.text(max_size=10).filter(lambda role: role not in ("system", "user", "assistant", "tool", "developer", "function")), "content": st.text(max_size=10)}), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2)}), min_size=1, max_size=3),
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.text(max_size=10).filter(
+                        lambda role: role not in ("system", "user", "assistant", "tool", "developer", "function")
+                    ),
+                    "content": st.text(max_size=10),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.just("user"),
+                    "content": st.integers()
+                    | st.booleans()
+                    | st.floats(allow_nan=False)
+                    | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        ),
         "logprobs": not_booleans,
         "top_logprobs": not_integers | outside(0, 20, integer=True),
-        "response_format": not_strings.filter(lambda value: not isinstance(value, dict)) | st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in ("text", "json_object", "json_schema"))}),
-        "tools": not_strings.filter(lambda value: not isinstance(value, list)) | st.lists(not_strings | st.text(), min_size=1, max_size=3),
-        "tool_choice": st.integers() | st.booleans() | st.text(max_size=10).filter(lambda choice: choice not in ("none", "auto")),
+        "response_format": not_strings.filter(lambda value: not isinstance(value, dict))
+        | st.fixed_dictionaries(
+            {"type": st.text(max_size=12).filter(lambda kind: kind not in ("text", "json_object", "json_schema"))}
+        ),
+        "tools": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.lists(not_strings | st.text(), min_size=1, max_size=3),
+        "tool_choice": st.integers()
+        | st.booleans()
+        | st.text(max_size=10).filter(lambda choice: choice not in ("none", "auto")),
     },
     COMPLETIONS: {
         **SAMPLING_MISTAKES,
-        "prompt": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.just([]) | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2) | st.lists(st.integers() | st.booleans() | st.none(), min_size=1, max_size=3),
+        "prompt": st.integers()
+        | st.booleans()
+        | st.floats(allow_nan=False)
+        | st.just([])
+        | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+        | st.lists(st.integers() | st.booleans() | st.none(), min_size=1, max_size=3),
         "echo": not_booleans,
         "logprobs": not_integers | outside(0, 5, integer=True),
         "suffix": not_strings,
@@ -252,41 +375,135 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
         "top_p": not_numbers | outside(0, 1),
         "top_k": not_integers | st.integers(max_value=-1),
         "stream": not_booleans,
-        "stop_sequences": not_strings.filter(lambda value: not isinstance(value, list)) | st.text(max_size=5)
-        | st.lists(not_strings, min_size=1, max_size=3) | st.just([""]) | st.lists(st.text(min_size=1), min_size=17, max_size=20),
+        "stop_sequences": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.text(max_size=5)
+        | st.lists(not_strings, min_size=1, max_size=3)
+        | st.just([""])
+        | st.lists(st.text(min_size=1), min_size=17, max_size=20),
         "messages": not_strings.filter(lambda value: not isinstance(value, list))
         | st.just([])
         | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.text(max_size=10).filter(lambda role: role not in ("user", "assistant", "system")), "content": st.text(max_size=10)}), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2)}), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.lists(st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in BLOCK_TYPES)}), min_size=1, max_size=3)}), min_size=1, max_size=2),
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.text(max_size=10).filter(lambda role: role not in ("user", "assistant", "system")),
+                    "content": st.text(max_size=10),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.just("user"),
+                    "content": st.integers()
+                    | st.booleans()
+                    | st.floats(allow_nan=False)
+                    | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.just("user"),
+                    "content": st.lists(
+                        st.fixed_dictionaries(
+                            {"type": st.text(max_size=12).filter(lambda kind: kind not in BLOCK_TYPES)}
+                        ),
+                        min_size=1,
+                        max_size=3,
+                    ),
+                }
+            ),
+            min_size=1,
+            max_size=2,
+        ),
         "system": not_strings.filter(lambda value: not isinstance(value, list))
         | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
         "tools": not_strings.filter(lambda value: not isinstance(value, list))
         | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
-        "tool_choice": st.text(max_size=10) | st.integers() | st.booleans()
-        | st.fixed_dictionaries({"type": st.text(max_size=8).filter(lambda kind: kind not in ("auto", "any", "none", "tool"))}),
-        "metadata": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5)
+        "tool_choice": st.text(max_size=10)
+        | st.integers()
+        | st.booleans()
+        | st.fixed_dictionaries(
+            {"type": st.text(max_size=8).filter(lambda kind: kind not in ("auto", "any", "none", "tool"))}
+        ),
+        "metadata": not_strings.filter(lambda value: not isinstance(value, dict))
+        | st.text(max_size=5)
         | st.fixed_dictionaries({"user_id": not_strings}),
         "thinking": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5),
-        "output_config": not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(max_size=5)
+        "output_config": not_strings.filter(lambda value: not isinstance(value, dict))
+        | st.text(max_size=5)
         | st.fixed_dictionaries({"format": not_strings}),
     },
     EMBEDDINGS: {
         "model": not_strings,
-        "input": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.just([]) | st.just("") | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
-        | st.lists(st.floats(allow_nan=False, allow_infinity=False).filter(lambda value: not value.is_integer()) | st.booleans() | st.none(), min_size=1, max_size=3)
+        "input": st.integers()
+        | st.booleans()
+        | st.floats(allow_nan=False)
+        | st.just([])
+        | st.just("")
+        | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+        | st.lists(
+            st.floats(allow_nan=False, allow_infinity=False).filter(lambda value: not value.is_integer())
+            | st.booleans()
+            | st.none(),
+            min_size=1,
+            max_size=3,
+        )
         | st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
         "encoding_format": not_strings | st.text(max_size=8).filter(lambda kind: kind not in ("float", "base64")),
         "user": not_strings | st.text(min_size=257, max_size=300),
     },
     RESPONSES: {
         "model": not_strings,
-        "input": st.integers() | st.booleans() | st.floats(allow_nan=False) | st.just([]) | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+        "input": st.integers()
+        | st.booleans()
+        | st.floats(allow_nan=False)
+        | st.just([])
+        | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
         | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.text(max_size=10).filter(lambda role: role not in ("system", "user", "assistant", "developer")), "content": st.text(max_size=10)}), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in ("message", "function_call", "function_call_output", "reasoning")), "role": st.just("user"), "content": st.just("Hi")}), min_size=1, max_size=3)
-        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.integers() | st.booleans() | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2)}), min_size=1, max_size=3),
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.text(max_size=10).filter(
+                        lambda role: role not in ("system", "user", "assistant", "developer")
+                    ),
+                    "content": st.text(max_size=10),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.text(max_size=12).filter(
+                        lambda kind: kind not in ("message", "function_call", "function_call_output", "reasoning")
+                    ),
+                    "role": st.just("user"),
+                    "content": st.just("Hi"),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.just("user"),
+                    "content": st.integers()
+                    | st.booleans()
+                    | st.dictionaries(st.text(max_size=3), json_scalars, min_size=1, max_size=2),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        ),
         "instructions": not_strings,
         "max_output_tokens": not_integers | outside(1, 2**31 - 1, integer=True),
         "temperature": not_numbers | outside(0, 2),
@@ -294,11 +511,29 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
         "stream": not_booleans,
         "store": not_booleans,
         "previous_response_id": not_strings | st.text(min_size=1, max_size=20),  # any id: none is stored
-        "tools": not_strings.filter(lambda value: not isinstance(value, list)) | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
-        "tool_choice": st.integers() | st.booleans() | st.text(max_size=10).filter(lambda choice: choice not in ("none", "auto")),
-        "text": not_strings.filter(lambda value: not isinstance(value, dict)) | st.fixed_dictionaries({"format": st.fixed_dictionaries({"type": st.text(max_size=12).filter(lambda kind: kind not in ("text", "json_object", "json_schema"))})}),
-        "metadata": not_strings.filter(lambda value: not isinstance(value, dict)) | st.dictionaries(st.text(max_size=5), st.integers() | st.booleans(), min_size=1, max_size=3),
-        "include": st.integers() | st.booleans() | st.text(min_size=1, max_size=5) | st.lists(st.integers(), min_size=1, max_size=2),
+        "tools": not_strings.filter(lambda value: not isinstance(value, list))
+        | st.lists(not_strings.filter(lambda value: not isinstance(value, dict)) | st.text(), min_size=1, max_size=3),
+        "tool_choice": st.integers()
+        | st.booleans()
+        | st.text(max_size=10).filter(lambda choice: choice not in ("none", "auto")),
+        "text": not_strings.filter(lambda value: not isinstance(value, dict))
+        | st.fixed_dictionaries(
+            {
+                "format": st.fixed_dictionaries(
+                    {
+                        "type": st.text(max_size=12).filter(
+                            lambda kind: kind not in ("text", "json_object", "json_schema")
+                        )
+                    }
+                )
+            }
+        ),
+        "metadata": not_strings.filter(lambda value: not isinstance(value, dict))
+        | st.dictionaries(st.text(max_size=5), st.integers() | st.booleans(), min_size=1, max_size=3),
+        "include": st.integers()
+        | st.booleans()
+        | st.text(min_size=1, max_size=5)
+        | st.lists(st.integers(), min_size=1, max_size=2),
         "truncation": not_strings | st.text(max_size=8).filter(lambda kind: kind not in ("auto", "disabled")),
         "user": not_strings | st.text(min_size=257, max_size=300),
     },
@@ -313,7 +548,13 @@ def bad_bodies(draw: st.DrawFn, path: str) -> bytes:
         field = draw(st.sampled_from(sorted(MISTAKES[path])))
         return json.dumps({**VALID[path], field: draw(MISTAKES[path][field])}).encode()
     if kind == "missing":
-        required = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", RESPONSES: "input", MESSAGES: "messages"}[path]
+        required = {
+            CHAT: "messages",
+            COMPLETIONS: "prompt",
+            EMBEDDINGS: "input",
+            RESPONSES: "input",
+            MESSAGES: "messages",
+        }[path]
         return json.dumps({key: value for key, value in VALID[path].items() if key != required}).encode()
     if kind == "not an object":
         return json.dumps(draw(json_values.filter(lambda value: not isinstance(value, dict)))).encode()

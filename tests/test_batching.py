@@ -144,7 +144,9 @@ def test_a_request_waits_for_room_in_the_shared_cache(make_engine) -> None:
 
 def test_when_running_requests_fill_the_cache_the_newest_ends(make_engine) -> None:
     engine = make_engine(parallel=2, n_ctx=512)
-    results = run_all(engine, {"older": chat("Tell me a story.", max_tokens=400), "newer": chat("Another story.", max_tokens=400)})
+    results = run_all(
+        engine, {"older": chat("Tell me a story.", max_tokens=400), "newer": chat("Another story.", max_tokens=400)}
+    )
     reasons = {key: result[1] for key, result in results.items()}
     assert reasons["newer"].finish_reason == "length" and reasons["newer"].completion_tokens < 400
     assert reasons["older"].completion_tokens > reasons["newer"].completion_tokens

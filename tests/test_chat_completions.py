@@ -176,9 +176,7 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
 
 
 @pytest.mark.slow
-async def test_a_chat_format_lets_a_model_without_a_template_chat(
-    use_config, models_dir, gemma_file
-) -> None:
+async def test_a_chat_format_lets_a_model_without_a_template_chat(use_config, models_dir, gemma_file) -> None:
     from tests.conftest import link_model
 
     link_model(gemma_file, models_dir, "gemma-base")

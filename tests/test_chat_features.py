@@ -75,7 +75,9 @@ async def test_n_choices_stream_with_their_indexes(use_config) -> None:
 
 
 async def test_logprobs_in_openai_chat_shape(use_config) -> None:
-    body = (await post_chat(messages=HELLO, max_tokens=5, ignore_eos=True, logprobs=True, top_logprobs=3, temperature=0)).json()
+    body = (
+        await post_chat(messages=HELLO, max_tokens=5, ignore_eos=True, logprobs=True, top_logprobs=3, temperature=0)
+    ).json()
     validate_openai("CreateChatCompletionResponse", body)
     entries = body["choices"][0]["logprobs"]["content"]
     assert len(entries) == 5
@@ -93,7 +95,9 @@ async def test_logprobs_in_openai_chat_shape(use_config) -> None:
 
 async def test_json_object_output_parses(use_config) -> None:
     messages = [{"role": "user", "content": "Describe a cat as a JSON object with a name and an age."}]
-    body = (await post_chat(messages=messages, response_format={"type": "json_object"}, max_tokens=200, temperature=0)).json()
+    body = (
+        await post_chat(messages=messages, response_format={"type": "json_object"}, max_tokens=200, temperature=0)
+    ).json()
     choice = body["choices"][0]
     if choice["finish_reason"] == "stop":
         assert isinstance(json.loads(choice["message"]["content"]), dict)
@@ -122,9 +126,17 @@ async def test_a_required_tool_call_is_returned_as_tool_calls(use_config) -> Non
 async def test_tool_results_in_the_history_are_accepted(use_config) -> None:
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'}}
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"},
     ]
     body = (await post_chat(messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=30)).json()
@@ -135,7 +147,9 @@ async def test_tool_results_in_the_history_are_accepted(use_config) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_file: Path) -> Iterator[GenerationEngine]:
-    engine = GenerationEngine("tokenizer", smollm2_file, LoadSettings(n_ctx=256, n_gpu_layers=0, n_threads=1, n_threads_batch=1))
+    engine = GenerationEngine(
+        "tokenizer", smollm2_file, LoadSettings(n_ctx=256, n_gpu_layers=0, n_threads=1, n_threads_batch=1)
+    )
     yield engine
     engine.close()
 
@@ -155,8 +169,13 @@ async def test_logit_bias_bans_and_forces_tokens(use_config, tokenizer: Generati
     assert top[0]["token"] in alternatives
     ids = [tokenizer.tokenize(text, add_special=False) for text in alternatives]
     banned = (
-        await post_chat(messages=HELLO, max_tokens=1, temperature=0, logprobs=True,
-                        logit_bias={str(tokens[0]): -100 for tokens in ids})
+        await post_chat(
+            messages=HELLO,
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            logit_bias={str(tokens[0]): -100 for tokens in ids},
+        )
     ).json()
     assert banned["choices"][0]["logprobs"]["content"][0]["token"] not in alternatives
     forced_id = tokenizer.tokenize(" banana", add_special=False)[0]

@@ -58,7 +58,9 @@ async def test_default_max_tokens_is_sixteen(gemma: str) -> None:
 
 @pytest.mark.slow
 async def test_prompt_lists_n_and_echo(gemma: str) -> None:
-    body = (await post(model=gemma, prompt=["One, two,", "Red, green,"], n=2, max_tokens=4, ignore_eos=True, echo=True)).json()
+    body = (
+        await post(model=gemma, prompt=["One, two,", "Red, green,"], n=2, max_tokens=4, ignore_eos=True, echo=True)
+    ).json()
     validate_openai("CreateCompletionResponse", body)
     assert [choice["index"] for choice in body["choices"]] == [0, 1, 2, 3]
     assert [choice["text"].split(",")[0] for choice in body["choices"]] == ["One", "One", "Red", "Red"]
@@ -67,8 +69,16 @@ async def test_prompt_lists_n_and_echo(gemma: str) -> None:
 
 @pytest.mark.slow
 async def test_streaming_and_logprobs(gemma: str) -> None:
-    response = await post(model=gemma, prompt=PROMPT, max_tokens=5, ignore_eos=True, temperature=0, stream=True,
-                          logprobs=2, stream_options={"include_usage": True})
+    response = await post(
+        model=gemma,
+        prompt=PROMPT,
+        max_tokens=5,
+        ignore_eos=True,
+        temperature=0,
+        stream=True,
+        logprobs=2,
+        stream_options={"include_usage": True},
+    )
     raw = b"".join([part async for part in response.streaming_content]).decode()
     events = [event for event in raw.split("\n\n") if event]
     assert events[-1] == "data: [DONE]"

@@ -117,9 +117,7 @@ async def test_a_client_that_hangs_up_stops_its_generation(daphne_server: Daphne
             for _ in range(3):
                 await anext(chunks)
         await wait_until_idle(client, SMOLLM2)
-        follow_up = await client.post(
-            "/v1/chat/completions", json={"model": SMOLLM2, "max_tokens": 4, **LONG}
-        )
+        follow_up = await client.post("/v1/chat/completions", json={"model": SMOLLM2, "max_tokens": 4, **LONG})
         assert follow_up.status_code == 200
     cancelled = re.findall(rf"chat on {re.escape(SMOLLM2)}: cancelled after (\d+) tokens", daphne_server.log())
     assert cancelled, daphne_server.log()[-2000:]
@@ -171,8 +169,12 @@ async def test_every_generated_token_reaches_the_client_in_order(daphne_server: 
     Each answer comes from a freshly loaded model: llama.cpp's numerics, hence greedy text,
     depend on what else its KV cache holds (see docs/performance.md, Batching).
     """
-    request = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 300,
-               "ignore_eos": True, "temperature": 0}
+    request = {
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 300,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
     models = (SMOLLM2, "smollm-copy")
 
     async def streamed(model: str) -> tuple[str, int, int]:

@@ -50,7 +50,13 @@ def test_per_model_settings_override_the_defaults(tmp_path: Path) -> None:
                 "n_ctx": 2048,
                 "idle_timeout": 60,
                 "models": {
-                    "big": {"n_ctx": 4096, "n_gpu_layers": 0, "pinned": True, "chat_format": "chatml", "speculative": "off"}
+                    "big": {
+                        "n_ctx": 4096,
+                        "n_gpu_layers": 0,
+                        "pinned": True,
+                        "chat_format": "chatml",
+                        "speculative": "off",
+                    }
                 },
             }
         },
@@ -138,9 +144,7 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"server": {"peers": "http://127.0.0.1:8081"}}, "server.peers", "list of URLs"),
     ],
 )
-def test_bad_values_name_the_key_and_the_problem(
-    tmp_path: Path, document: dict, key: str, problem: str
-) -> None:
+def test_bad_values_name_the_key_and_the_problem(tmp_path: Path, document: dict, key: str, problem: str) -> None:
     path = write(tmp_path, document)
     with pytest.raises(ConfigError) as error:
         load_config(path)

@@ -14,7 +14,13 @@ from dashboard.headers import CONTENT_SECURITY_POLICY
 from tests.browser import chromium, console_server, log_in, needs_chromium
 from tests.conftest import DaphneServer, ServerFactory
 
-CONSOLE_PAGES = ["/dashboard/", "/dashboard/?range=30d", "/dashboard/models/", "/dashboard/playground/", "/dashboard/pull/"]
+CONSOLE_PAGES = [
+    "/dashboard/",
+    "/dashboard/?range=30d",
+    "/dashboard/models/",
+    "/dashboard/playground/",
+    "/dashboard/pull/",
+]
 INLINE = {
     # (a json_script's data block is not run, so the policy lets it be)
     "script without src": re.compile(r"<script(?![^>]*\b(?:src=|type=\"application/json\"))[^>]*>", re.IGNORECASE),
@@ -41,7 +47,9 @@ def test_console_pages_have_nothing_inline_the_policy_would_block(use_config, ad
 
 
 @pytest.mark.parametrize("path", ["/admin/", "/admin/inference/requestrecord/", "/admin/inference/apikey/"])
-def test_the_admin_pages_that_show_records_and_keys_are_not_stored_either(use_config, admin_client: Client, path: str) -> None:
+def test_the_admin_pages_that_show_records_and_keys_are_not_stored_either(
+    use_config, admin_client: Client, path: str
+) -> None:
     assert "no-store" in admin_client.get(path)["Cache-Control"]
 
 
@@ -57,6 +65,10 @@ def test_chromium_shows_every_console_page_without_a_policy_violation(server: Da
         log_in(browser, server.url, CONSOLE_PAGES[0])
         for path in CONSOLE_PAGES:
             log_in(browser, server.url, path)
-            violations = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+            violations = [
+                entry["message"]
+                for entry in browser.get_log("browser")
+                if "Content Security Policy" in entry["message"]
+            ]
             assert not violations, (path, violations)
             assert browser.execute_script("return document.querySelectorAll('script[src]').length") > 0

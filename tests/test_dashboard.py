@@ -33,10 +33,18 @@ def history() -> datetime:
             moment = now - timedelta(days=days_ago, hours=hour)
             make_record(moment, model="model-a", ttft_ms=40.0 + days_ago, tokens_per_second=120.0)
             make_record(moment, model="model-b", completion_tokens=50, ttft_ms=400.0, tokens_per_second=60.0)
-    make_record(now - timedelta(minutes=10), model="model-b", status="error", completion_tokens=0, ttft_ms=None,
-                tokens_per_second=None, http_status=404)
-    make_record(now - timedelta(minutes=20), model="model-a", status="cancelled", completion_tokens=3,
-                duration_ms=9000.0)
+    make_record(
+        now - timedelta(minutes=10),
+        model="model-b",
+        status="error",
+        completion_tokens=0,
+        ttft_ms=None,
+        tokens_per_second=None,
+        http_status=404,
+    )
+    make_record(
+        now - timedelta(minutes=20), model="model-a", status="cancelled", completion_tokens=3, duration_ms=9000.0
+    )
     return now
 
 
@@ -127,7 +135,13 @@ def test_usage_command_prints_the_summary(history: datetime) -> None:
     report = json.loads(run_usage("--since", "30d", "--json"))
     assert set(report) == {"since", "until", "models", "keys", "total"}
     assert set(report["models"][0]) == {
-        "model", "requests", "errors", "cancelled", "prompt_tokens", "completion_tokens", "ttft_ms_p50",
+        "model",
+        "requests",
+        "errors",
+        "cancelled",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms_p50",
         "tokens_per_s_p50",
     }
     assert report["total"]["requests"] == 82

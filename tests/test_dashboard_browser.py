@@ -48,9 +48,7 @@ def test_dashboard_charts_and_live_feed_in_chromium(server: DaphneServer, browse
     assert points["requests"] > 0 and points["tokens"] > 0 and points["ttft"] > 0, points
     assert points["model-requests"] >= 2, points
     assert browser.find_element(By.CSS_SELECTOR, "#totals .card b").text == "3"
-    stylesheet_loaded = browser.execute_script(
-        "return getComputedStyle(document.querySelector('.card')).borderRadius"
-    )
+    stylesheet_loaded = browser.execute_script("return getComputedStyle(document.querySelector('.card')).borderRadius")
     assert stylesheet_loaded == "8px"  # the dashboard's own CSS was served
 
     wait.until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-feed") == "open")

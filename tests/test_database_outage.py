@@ -45,7 +45,9 @@ class StandInDatabase:
     def write(self, name: str) -> Callable[[], str]:
         def write() -> str:
             if not self.up:
-                raise OperationalError('connection to server at "127.0.0.1" failed: Connection refused\n\tIs the server running?')
+                raise OperationalError(
+                    'connection to server at "127.0.0.1" failed: Connection refused\n\tIs the server running?'
+                )
             self.written.append(name)
             return name
 
@@ -211,16 +213,22 @@ def server(server_factory: ServerFactory, postgres: PostgresServer) -> Iterator[
     database_url = with_database_name(postgres.url, "outage")
     migrate(database_url)
     with server_factory(
-        "outage", names=(SMOLLM2, "loaded-meanwhile"), database=database_url,
-        server={"require_api_key": True}, n_ctx=512, idle_timeout=-1,
+        "outage",
+        names=(SMOLLM2, "loaded-meanwhile"),
+        database=database_url,
+        server={"require_api_key": True},
+        n_ctx=512,
+        idle_timeout=-1,
     ) as server:
         yield server
 
 
 def chat(server: DaphneServer, secret: str, **body: Any) -> httpx.Response:
     return httpx.post(
-        f"{server.url}/v1/chat/completions", json={"model": SMOLLM2, "messages": HI, "max_tokens": 2, **body},
-        headers={"Authorization": f"Bearer {secret}"}, timeout=60,
+        f"{server.url}/v1/chat/completions",
+        json={"model": SMOLLM2, "messages": HI, "max_tokens": 2, **body},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
     )
 
 
@@ -228,7 +236,11 @@ def stream(server: DaphneServer, secret: str) -> tuple[int, str]:
     """A streamed chat: its status and completion id; asserts it ended with [DONE]."""
     body = {"model": SMOLLM2, "messages": HI, "max_tokens": 3, "stream": True}
     with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=60
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
     ) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
@@ -257,8 +269,10 @@ def test_a_postgresql_restart_and_outage_under_a_running_server(server: DaphneSe
     during = [chat(server, secret), chat(server, secret, model="loaded-meanwhile")]
     status, streamed = stream(server, secret)
     completion = httpx.post(
-        f"{server.url}/v1/completions", json={"model": SMOLLM2, "prompt": "Once", "max_tokens": 2},
-        headers={"Authorization": f"Bearer {secret}"}, timeout=60,
+        f"{server.url}/v1/completions",
+        json={"model": SMOLLM2, "prompt": "Once", "max_tokens": 2},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
     )
     assert [response.status_code for response in [*during, completion]] == [200, 200, 200] and status == 200
     unknown = chat(server, "sk-unknownunknownunknown")

@@ -36,7 +36,13 @@ from tests.database_servers import DatabaseTemplate
 TIMESTAMPED_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 UNSTAMPED_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 # What install.sh may leave behind in a rerun; a stamp or file whose mtime moves was rebuilt.
-INSTALLED_FILES = (".venv/.requirements", ".venv/.model", f"models/{SMOLLM2}.gguf", "db.sqlite3", "staticfiles/admin/css/base.css")
+INSTALLED_FILES = (
+    ".venv/.requirements",
+    ".venv/.model",
+    f"models/{SMOLLM2}.gguf",
+    "db.sqlite3",
+    "staticfiles/admin/css/base.css",
+)
 # What uninstall.sh must keep.
 DATA_FILES = (f"models/{SMOLLM2}.gguf", "db.sqlite3", "config.json", ".secret_key", ".admin_token")
 needs_systemd_analyze = pytest.mark.skipif(
@@ -46,16 +52,22 @@ needs_systemd_analyze = pytest.mark.skipif(
 
 def real_pip_cache() -> str:
     """The pip cache of the real HOME, where llama-cpp-python's compiled wheel lies."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=True)
     return result.stdout.strip()
 
 
 def user_environment(home: Path) -> dict[str, str]:
     """A user's shell in `home`, without this test run's project settings (a DATABASE_URL would
     send the migrations elsewhere) and with the real pip cache (or llama.cpp compiles again)."""
-    project_settings = ("LLAMA_SERVER_", "DJANGO_", "XDG_", "DATABASE_URL", "REDIS_URL", "JOURNAL_STREAM", "VIRTUAL_ENV")
+    project_settings = (
+        "LLAMA_SERVER_",
+        "DJANGO_",
+        "XDG_",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "JOURNAL_STREAM",
+        "VIRTUAL_ENV",
+    )
     environment = {name: value for name, value in os.environ.items() if not name.startswith(project_settings)}
     return {**environment, "HOME": str(home), "PIP_CACHE_DIR": real_pip_cache()}
 
@@ -65,7 +77,9 @@ def copy_checkout(destination: Path) -> None:
     models/ or database)."""
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_DIR, capture_output=True, check=True,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        check=True,
     ).stdout.decode()
     for name in filter(None, listing.split("\0")):
         source = PROJECT_DIR / name
@@ -88,7 +102,11 @@ class Installation:
         """deploy/<script> --no-systemd, started from another directory, as users may."""
         result = subprocess.run(
             [self.project / "deploy" / script, "--no-systemd", *args],
-            cwd=self.home, env=user_environment(self.home), capture_output=True, text=True, timeout=900,
+            cwd=self.home,
+            env=user_environment(self.home),
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result
@@ -119,9 +137,13 @@ def unit_problems(unit: Path, home: Path) -> str:
     result = subprocess.run(
         ["systemd-analyze", "--user", "verify", str(unit)],
         env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else f"exit code {result.returncode}")
+    return (result.stdout + result.stderr).strip() or (
+        "" if result.returncode == 0 else f"exit code {result.returncode}"
+    )
 
 
 @pytest.mark.parametrize("script", ["install.sh", "uninstall.sh"])
@@ -189,7 +211,9 @@ def test_verification_catches_a_broken_unit(installation: Installation, tmp_path
 @pytest.mark.external
 def test_a_second_install_changes_nothing(installation: Installation) -> None:
     def written() -> dict[str, int]:
-        return installation.mtimes((*INSTALLED_FILES, "config.json")) | {"unit": installation.unit_file.stat().st_mtime_ns}
+        return installation.mtimes((*INSTALLED_FILES, "config.json")) | {
+            "unit": installation.unit_file.stat().st_mtime_ns
+        }
 
     before = written()
     started = time.monotonic()
@@ -271,7 +295,11 @@ def test_the_installed_server_answers_and_logs_without_timestamps_to_the_journal
 @pytest.mark.server
 @pytest.mark.parametrize("journal_stream", [None, "0:0"], ids=["unset", "another-stream"])
 def test_log_lines_carry_timestamps_outside_the_journal(
-    tmp_path: Path, models_dir: Path, migrated_database: DatabaseTemplate, monkeypatch: pytest.MonkeyPatch, journal_stream: str | None
+    tmp_path: Path,
+    models_dir: Path,
+    migrated_database: DatabaseTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+    journal_stream: str | None,
 ) -> None:
     """Without JOURNAL_STREAM, or with one inherited from a service whose stream is not this
     process's stderr, every line starts with its time."""
@@ -279,7 +307,9 @@ def test_log_lines_carry_timestamps_outside_the_journal(
         monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     else:
         monkeypatch.setenv("JOURNAL_STREAM", journal_stream)
-    server = start_server(write_config(tmp_path), tmp_path / "server.log", migrated_database, "--port", str(free_port()))
+    server = start_server(
+        write_config(tmp_path), tmp_path / "server.log", migrated_database, "--port", str(free_port())
+    )
     server.stop()
     lines = server.log().splitlines()
     assert any("serving on http://127.0.0.1:" in line for line in lines)

@@ -101,10 +101,14 @@ def test_broken_headers_raise_with_a_reason(tmp_path: Path, smollm2_file: Path, 
         read_gguf_info(make(tmp_path, smollm2_file))
 
 
-@pytest.mark.parametrize("make", [
-    lambda path: write_without_tensor_data(path),
-    lambda path: write_truncated(write_synthetic(path.with_suffix(".whole")), path, 256 - 10),
-], ids=["header-only", "ten-bytes-short"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda path: write_without_tensor_data(path),
+        lambda path: write_truncated(write_synthetic(path.with_suffix(".whole")), path, 256 - 10),
+    ],
+    ids=["header-only", "ten-bytes-short"],
+)
 def test_a_file_short_of_its_tensor_data_is_not_listed_and_the_log_says_how_short(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, make
 ) -> None:
@@ -131,7 +135,7 @@ def test_a_file_still_being_copied_is_listed_once_complete(tmp_path: Path) -> No
     assert models_catalog.available() == {}
 
     with copy.open("ab") as stream:  # growing in place does not change the directory
-        stream.write(whole[len(whole) // 2 + 40:])
+        stream.write(whole[len(whole) // 2 + 40 :])
 
     assert list(models_catalog.available()) == ["copied"]
     assert models_catalog.reload(pool_config(models)).added == ["copied"]
@@ -142,13 +146,18 @@ def test_the_tensor_sizes_are_those_of_the_gguf_package() -> None:
 
 
 @pytest.mark.parametrize("kind", list(gguf.GGML_QUANT_SIZES), ids=lambda kind: kind.name)
-def test_where_the_tensor_data_ends_agrees_with_the_gguf_reader(tmp_path: Path, kind: gguf.GGMLQuantizationType) -> None:
+def test_where_the_tensor_data_ends_agrees_with_the_gguf_reader(
+    tmp_path: Path, kind: gguf.GGMLQuantizationType
+) -> None:
     block_elements, block_bytes = gguf.GGML_QUANT_SIZES[kind]
-    path = write_tensors(tmp_path / "tensors.gguf", {
-        "a": (np.ones((3, 5), dtype=np.float32), None),
-        f"b.{kind.name}": (np.zeros((2, 3 * block_bytes), dtype=np.uint8), kind),  # 3 blocks per row
-        "c": (np.ones(7, dtype=np.float16), None),
-    })
+    path = write_tensors(
+        tmp_path / "tensors.gguf",
+        {
+            "a": (np.ones((3, 5), dtype=np.float32), None),
+            f"b.{kind.name}": (np.zeros((2, 3 * block_bytes), dtype=np.uint8), kind),  # 3 blocks per row
+            "c": (np.ones(7, dtype=np.float16), None),
+        },
+    )
     tensors = gguf.GGUFReader(path).tensors
     assert read_gguf_info(path).data_end == max(tensor.data_offset + int(tensor.n_bytes) for tensor in tensors)
     assert [int(tensor.n_elements) for tensor in tensors if tensor.name.startswith("b.")] == [6 * block_elements]

@@ -24,7 +24,9 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 @pytest.mark.slow
 async def test_vectors_are_stable_and_tell_texts_apart(use_config) -> None:
-    response = await embed(input=["The cat sat on the mat.", "The cat sat on the mat.", "Quarterly tax filing deadlines"])
+    response = await embed(
+        input=["The cat sat on the mat.", "The cat sat on the mat.", "Quarterly tax filing deadlines"]
+    )
     body = response.json()
     assert response.status_code == 200, body
     validate_openai("CreateEmbeddingResponse", body)

@@ -78,11 +78,37 @@ async def test_body_must_be_an_object(use_config) -> None:
         ({"messages": HELLO, "top_logprobs": 3}, "top_logprobs"),
         ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"messages": HELLO, "tool_choice": "required"}, "tool_choice"),
-        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
-        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}],
-          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        (
+            {"messages": HELLO, "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            "tools[0].function.name",
+        ),
+        (
+            {
+                "messages": HELLO,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
         ({"messages": HELLO, "response_format": {"type": "xml"}}, "response_format"),
-        ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "format": "hostname-ish", "x-nope": {"$ref": "#/nowhere"}}}}}}}, "response_format"),
+        (
+            {
+                "messages": HELLO,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "a": {"type": "string", "format": "hostname-ish", "x-nope": {"$ref": "#/nowhere"}}
+                            },
+                        },
+                    },
+                },
+            },
+            "response_format",
+        ),
         ({"messages": HELLO, "logit_bias": {"abc": 5}}, "logit_bias"),
         ({"messages": HELLO, "logit_bias": {"12": 500}}, "logit_bias"),
         ({"messages": HELLO, "audio": {"voice": "alloy"}}, "audio"),
@@ -148,8 +174,9 @@ async def test_a_broken_model_file_is_a_503_and_other_models_keep_working(
     assert (await post_chat(model="broken", messages=HELLO, max_tokens=1)).status_code == 200
 
 
-async def test_a_model_file_short_of_its_tensor_data_is_not_listed(use_config, models_dir: Path,
-                                                                   smollm2_file: Path) -> None:
+async def test_a_model_file_short_of_its_tensor_data_is_not_listed(
+    use_config, models_dir: Path, smollm2_file: Path
+) -> None:
     write_truncated(smollm2_file, models_dir / "cut.gguf", 50_000_000)
     error = error_of(await post_chat(model="cut", messages=HELLO), 404)
     assert error["code"] == "model_not_found"
@@ -168,9 +195,7 @@ async def test_a_model_cut_short_after_it_was_listed_fails_its_load_saying_why(
 
 
 @pytest.mark.slow
-async def test_chat_on_a_model_without_a_chat_template_is_a_400(
-    use_config, models_dir: Path, gemma_file: Path
-) -> None:
+async def test_chat_on_a_model_without_a_chat_template_is_a_400(use_config, models_dir: Path, gemma_file: Path) -> None:
     link_model(gemma_file, models_dir, "gemma-base")
     error = error_of(await post_chat(model="gemma-base", messages=HELLO), 400)
     assert "chat template" in error["message"] and "/v1/completions" in error["message"]

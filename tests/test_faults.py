@@ -122,7 +122,9 @@ def test_a_model_that_would_not_fit_is_refused_before_loading(
 
 
 @pytest.mark.server
-def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
+def test_kill_9_loses_no_finished_request(
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
+) -> None:
     """Clients stream and wait for answers while the server is killed: every completion a
     client saw finish is in the database after a restart, once."""
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
@@ -171,7 +173,9 @@ def test_kill_9_loses_no_finished_request(tmp_path: Path, smollm2_file: Path, mi
 
 
 @pytest.mark.server
-def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate) -> None:
+def test_a_full_queue_is_a_503_with_retry_after(
+    tmp_path: Path, smollm2_file: Path, migrated_database: DatabaseTemplate
+) -> None:
     link_model(smollm2_file, tmp_path / "models", SMOLLM2)
     config = write_config(tmp_path, n_ctx=1024, parallel=1, max_queue=1)
     server = start_server(config, tmp_path / "server.log", migrated_database, "--port", str(free_port()))

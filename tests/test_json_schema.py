@@ -162,11 +162,22 @@ def as_json(*values: Any) -> list[str]:
 # Ranges.
 
 INTEGER_BOUNDS = [
-    {"minimum": 7}, {"maximum": 7}, {"minimum": 0}, {"maximum": 0}, {"minimum": -13, "maximum": 42},
-    {"minimum": -120, "maximum": -7}, {"exclusiveMinimum": 7}, {"exclusiveMaximum": -7},
-    {"exclusiveMinimum": -3, "exclusiveMaximum": 100}, {"minimum": 99, "maximum": 1001}, {"minimum": 5, "maximum": 5},
-    {"minimum": 2.5, "maximum": 97.5}, {"exclusiveMinimum": -2.5}, {"exclusiveMaximum": 1e3},
-    {"minimum": 5, "exclusiveMinimum": 5}, {"maximum": 10, "exclusiveMaximum": 11},
+    {"minimum": 7},
+    {"maximum": 7},
+    {"minimum": 0},
+    {"maximum": 0},
+    {"minimum": -13, "maximum": 42},
+    {"minimum": -120, "maximum": -7},
+    {"exclusiveMinimum": 7},
+    {"exclusiveMaximum": -7},
+    {"exclusiveMinimum": -3, "exclusiveMaximum": 100},
+    {"minimum": 99, "maximum": 1001},
+    {"minimum": 5, "maximum": 5},
+    {"minimum": 2.5, "maximum": 97.5},
+    {"exclusiveMinimum": -2.5},
+    {"exclusiveMaximum": 1e3},
+    {"minimum": 5, "exclusiveMinimum": 5},
+    {"maximum": 10, "exclusiveMaximum": 11},
     {"minimum": 123456789012, "maximum": 123456790000},
 ]
 
@@ -250,14 +261,17 @@ def test_enum_and_const_allow_their_values_only(matcher: GrammarMatcher) -> None
 
 # Values that begin alike (the enum's tree shares their beginnings) and numbers that begin others.
 ALIKE = st.one_of(
-    st.text("ab\"é", max_size=6).map(lambda tail: f"value {tail}"),
+    st.text('ab"é', max_size=6).map(lambda tail: f"value {tail}"),
     st.integers(0, 2000),
     st.sampled_from([True, False, None, 1.5, 15, 150]),
 )
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(ALIKE, min_size=1, max_size=40, unique_by=lambda value: json.dumps(value)), st.randoms(use_true_random=False))
+@given(
+    st.lists(ALIKE, min_size=1, max_size=40, unique_by=lambda value: json.dumps(value)),
+    st.randoms(use_true_random=False),
+)
 @pytest.mark.slow
 def test_an_enum_of_values_that_begin_alike_allows_exactly_them(
     matcher: GrammarMatcher, values: list[Any], rng: random.Random
@@ -309,8 +323,29 @@ def test_where_ecma_262_and_python_differ_patterns_allow_what_both_accept(matche
 @pytest.mark.parametrize(
     "pattern",
     [
-        r"(?=a)", r"(?<!a)b", r"(a)\1", r"\bfoo", r"\p{L}", r"a{,3}", r"[]", r"[^]", r"^a^", r"a$b", r"(^a)", r"a{2",
-        r"(a", r"a)", r"*a", r"a**", r"(a|)+", r"[\d-z]", r"[z-a]", "😀", r"\ud83d", r"\cA", r"\k<x>",
+        r"(?=a)",
+        r"(?<!a)b",
+        r"(a)\1",
+        r"\bfoo",
+        r"\p{L}",
+        r"a{,3}",
+        r"[]",
+        r"[^]",
+        r"^a^",
+        r"a$b",
+        r"(^a)",
+        r"a{2",
+        r"(a",
+        r"a)",
+        r"*a",
+        r"a**",
+        r"(a|)+",
+        r"[\d-z]",
+        r"[z-a]",
+        "😀",
+        r"\ud83d",
+        r"\cA",
+        r"\k<x>",
     ],
 )
 def test_patterns_that_cannot_be_translated_faithfully_are_refused(pattern: str) -> None:
@@ -438,7 +473,9 @@ def test_refs_recursion_and_all_of(matcher: GrammarMatcher) -> None:
     base = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}}, "required": ["a"]}
     more = {"properties": {"a": {"maximum": 5}, "b": {"type": "string"}}, "required": ["b"]}
     merged = {"allOf": [{"$ref": "#/$defs/base"}, more], "$defs": {"base": base}}
-    assert_exactly_the_valid(matcher, merged, ['{"a": 1, "b": "x"}', '{"a": 0, "b": "x"}', '{"a": 6, "b": ""}', '{"a": 3}'])
+    assert_exactly_the_valid(
+        matcher, merged, ['{"a": 1, "b": "x"}', '{"a": 0, "b": "x"}', '{"a": 6, "b": ""}', '{"a": 3}']
+    )
     beside_ref = {"$defs": {"n": {"type": "integer"}}, "$ref": "#/$defs/n", "maximum": 3, "description": "3 at most"}
     assert_exactly_the_valid(matcher, beside_ref, ["3", "4", '"3"'])
 
@@ -517,9 +554,17 @@ def test_invalid_or_impossible_schemas_are_refused(schema: Schema, keyword: str)
 
 def test_annotations_constrain_nothing() -> None:
     annotations = {
-        "title": "T", "description": "D", "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://example.com/s", "$comment": "c", "examples": [1], "default": 2, "deprecated": False,
-        "readOnly": True, "writeOnly": False, "x-vendor": {"$ref": "#/nowhere"},
+        "title": "T",
+        "description": "D",
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://example.com/s",
+        "$comment": "c",
+        "examples": [1],
+        "default": 2,
+        "deprecated": False,
+        "readOnly": True,
+        "writeOnly": False,
+        "x-vendor": {"$ref": "#/nowhere"},
     }
     plain = {"type": "integer", "minimum": 1}
     assert json_schema_grammar({**plain, **annotations}) == json_schema_grammar(plain)
@@ -536,7 +581,10 @@ GENERATED = settings(
 
 TYPES = ["string", "integer", "number", "null", "boolean", "object", "array"]
 JSON_SCALARS = (
-    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6)
 )
 
@@ -588,8 +636,13 @@ NAMES = st.sampled_from(["name", "age", "tags", "id", "note", "ok", "score", "wh
 # Assigned characters: SmolLM2's vocabulary cannot spell planes 4-11 (no token has their bytes).
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cn"], exclude_characters="\x00"), max_size=5)
 PATTERN_LENGTHS = {
-    r"^[a-z]{1,8}$": 8, r"^\d{3}-\d{4}$": 8, r"^(cat|dog|bird)s?$": 5, r"^[A-Z][a-z]{0,6}( [A-Z][a-z]{0,6})?$": 15,
-    r"^#[0-9a-fA-F]{6}$": 7, r'^[^"\\]{0,5}$': 5, r"^x{1,4}y?$|^z$": 5,
+    r"^[a-z]{1,8}$": 8,
+    r"^\d{3}-\d{4}$": 8,
+    r"^(cat|dog|bird)s?$": 5,
+    r"^[A-Z][a-z]{0,6}( [A-Z][a-z]{0,6})?$": 15,
+    r"^#[0-9a-fA-F]{6}$": 7,
+    r'^[^"\\]{0,5}$': 5,
+    r"^x{1,4}y?$|^z$": 5,
 }
 FORMAT_LENGTHS = {"date": 10, "time": 18, "date-time": 29, "uuid": 36}
 LEAVES = ["integer", "number", "string", "enum", "const", "pattern", "format", "boolean", "nullable"]

@@ -38,7 +38,9 @@ def layer_of(module: str) -> tuple[int, str] | None:
     found = None
     for rank, (_, packages) in enumerate(LAYERS):
         for package in packages:
-            if (module == package or module.startswith(package + ".")) and (found is None or len(package) > len(found[1])):
+            if (module == package or module.startswith(package + ".")) and (
+                found is None or len(package) > len(found[1])
+            ):
                 found = (rank, package)
     return found
 

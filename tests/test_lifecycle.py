@@ -135,8 +135,14 @@ def test_unloading_a_busy_model_lets_its_request_finish(server: DaphneServer) ->
     with httpx.stream(
         "POST",
         f"{server.url}/v1/chat/completions",
-        json={"model": "m-a", "messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True,
-              "stream_options": {"include_usage": True}},
+        json={
+            "model": "m-a",
+            "messages": HI,
+            "max_tokens": 200,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
         timeout=60,
     ) as response:
         lines = response.iter_lines()
@@ -325,9 +331,7 @@ def test_reload_applies_settings_and_rediscovers(
         assert json.loads(settings)["n_ctx"] == 512
 
         server.config.write_text('{"model_manager": {"n_ctx": "huge"}}')
-        refused = httpx.post(
-            f"{server.url}/admin/reload", headers={"Authorization": f"Bearer {token(server)}"}
-        )
+        refused = httpx.post(f"{server.url}/admin/reload", headers={"Authorization": f"Bearer {token(server)}"})
         assert refused.status_code == 400
         assert "model_manager.n_ctx" in refused.json()["error"]["message"]
         assert server.chat("m-idle").status_code == 200  # the old config is still in force

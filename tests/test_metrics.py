@@ -68,9 +68,19 @@ def post(server: DaphneServer, key: dict[str, str], **body: object) -> httpx.Res
 def test_requests_tokens_and_latencies_are_counted(server: DaphneServer, key: dict[str, str]) -> None:
     before = scrape(server)
     answers = [post(server, key, model=SMOLLM2).json(), post(server, key, model=SMOLLM2, temperature=0).json()]
-    with httpx.stream("POST", f"{server.url}{CHAT}", headers=key, timeout=60, json={
-        "model": SMOLLM2, "messages": HI, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True},
-    }) as streamed:
+    with httpx.stream(
+        "POST",
+        f"{server.url}{CHAT}",
+        headers=key,
+        timeout=60,
+        json={
+            "model": SMOLLM2,
+            "messages": HI,
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as streamed:
         chunks = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: {")]
     usages = [answer["usage"] for answer in answers] + [chunks[-1]["usage"]]
     after = scrape(server)
@@ -84,13 +94,18 @@ def test_requests_tokens_and_latencies_are_counted(server: DaphneServer, key: di
     ttft = "llamasite_time_to_first_token_seconds_count"
     assert value(after, ttft, model=SMOLLM2) - value(before, ttft, model=SMOLLM2) == 3
     duration = "llamasite_request_duration_seconds_count"
-    assert value(after, duration, model=SMOLLM2, endpoint=CHAT) - value(before, duration, model=SMOLLM2, endpoint=CHAT) == 3
+    assert (
+        value(after, duration, model=SMOLLM2, endpoint=CHAT) - value(before, duration, model=SMOLLM2, endpoint=CHAT)
+        == 3
+    )
     # Every request of the test loaded the model at most once.
     assert value(after, "llamasite_model_load_seconds_count", model=SMOLLM2) == 1
     assert value(after, "llamasite_model_loaded", model=SMOLLM2, state="loaded") == 1
 
 
-def test_refused_requests_are_counted_without_their_made_up_model_names(server: DaphneServer, key: dict[str, str]) -> None:
+def test_refused_requests_are_counted_without_their_made_up_model_names(
+    server: DaphneServer, key: dict[str, str]
+) -> None:
     assert post(server, key, model="no-such-model-4711").status_code == 404
     assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401  # no key
     samples = scrape(server)
@@ -119,7 +134,9 @@ def test_failed_loads_and_unloads_are_counted(server: DaphneServer, key: dict[st
 
     assert post(server, key, model=SMOLLM2).status_code == 200
     token = (server.config.parent / ".admin_token").read_text().strip()
-    unloaded = httpx.post(f"{server.url}/admin/unload", json={"model": SMOLLM2}, headers={"Authorization": f"Bearer {token}"})
+    unloaded = httpx.post(
+        f"{server.url}/admin/unload", json={"model": SMOLLM2}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert unloaded.json()["unloaded"] == [SMOLLM2]
     samples = scrape(server)
     assert value(samples, "llamasite_model_unloads_total", model=SMOLLM2, reason="admin_api") == 1

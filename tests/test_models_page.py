@@ -99,7 +99,13 @@ async def test_rows_follow_a_model_through_loading_serving_and_failing(gated_poo
     second = await pool.submit(pool.catalog.resolve("alpha"), chat("waits"))
     await until(lambda: pool.worker("alpha").counts.in_flight == 1)
     alpha = (await rows_now())["alpha"]
-    assert (alpha.state, alpha.load_percent, alpha.slots_busy, alpha.parallel, alpha.queued) == ("loaded", None, 1, 1, 1)
+    assert (alpha.state, alpha.load_percent, alpha.slots_busy, alpha.parallel, alpha.queued) == (
+        "loaded",
+        None,
+        1,
+        1,
+        1,
+    )
     assert alpha.last_load_reason == "admin_ui" and alpha.memory_mb and alpha.expires_at is None  # busy
     await drain(first)
     await drain(second)
@@ -126,8 +132,14 @@ def test_today_counts_and_cache_hit_rate_come_from_this_servers_records_of_today
     here, now = get_config().server.instance, datetime.now(UTC)
     midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
     for cached in (0, 60, 90):
-        make_record(max(midnight, now - timedelta(minutes=5)), model=SMOLLM2, prompt_tokens=100, cached_tokens=cached,
-                    completion_tokens=7, instance=here)
+        make_record(
+            max(midnight, now - timedelta(minutes=5)),
+            model=SMOLLM2,
+            prompt_tokens=100,
+            cached_tokens=cached,
+            completion_tokens=7,
+            instance=here,
+        )
     make_record(midnight - timedelta(minutes=1), model=SMOLLM2, prompt_tokens=5000, instance=here)  # yesterday
     make_record(now, model=SMOLLM2, prompt_tokens=5000, instance="another-server:8080")
     row = rows()[SMOLLM2]
@@ -274,11 +286,17 @@ def test_models_command_prints_the_table_and_json(server: DaphneServer) -> None:
 
 
 @pytest.mark.slow
-def test_models_command_without_a_server_says_so_in_one_line(tmp_path: Path, migrated_database: DatabaseTemplate) -> None:
+def test_models_command_without_a_server_says_so_in_one_line(
+    tmp_path: Path, migrated_database: DatabaseTemplate
+) -> None:
     config = write_config(tmp_path, server={"port": free_port()})
     (tmp_path / ".admin_token").write_text(ADMIN_TOKEN)
     done = subprocess.run(
-        [sys.executable, "manage.py", "models"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", "models"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=server_env(config, migrated_database.copy(tmp_path)),
     )
     assert done.returncode == 1 and done.stdout == ""
@@ -299,7 +317,7 @@ def test_load_and_unload_turn_the_row_live_in_chromium(server: DaphneServer, bro
 
     # Through the page's own script: a push may redraw the row between finding it and using it.
     def state(driver: Any) -> str | None:
-        return driver.execute_script(f"return document.querySelector(\"{row}\")?.dataset.state")
+        return driver.execute_script(f'return document.querySelector("{row}")?.dataset.state')
 
     def click(action: str) -> None:
         browser.execute_script(f"document.querySelector(\"{row} button[data-action='{action}']\").click()")
@@ -310,7 +328,7 @@ def test_load_and_unload_turn_the_row_live_in_chromium(server: DaphneServer, bro
 
     click("load")
     wait.until(lambda driver: state(driver) == "loaded")
-    cells = browser.execute_script(f"return document.querySelector(\"{row}\").innerText")
+    cells = browser.execute_script(f'return document.querySelector("{row}").innerText')
     assert "admin_ui" in cells and "MB" in cells
     screenshot(browser, "models")
 

@@ -16,28 +16,70 @@ from tests.browser import console_server, staff_client
 from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
 
 API_ROUTES = [
-    "/health", "/metrics", "/v1/models", f"/v1/models/{SMOLLM2}", "/v1/chat/completions", "/v1/completions",
-    "/v1/embeddings", "/v1/responses", "/v1/responses/resp_nope", "/v1/responses/resp_nope/input_items",
-    "/v1/messages", "/v1/messages/count_tokens", "/admin/models", "/admin/load", "/admin/unload",
-    "/admin/reload", "/admin/reap",
+    "/health",
+    "/metrics",
+    "/v1/models",
+    f"/v1/models/{SMOLLM2}",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/responses/resp_nope",
+    "/v1/responses/resp_nope/input_items",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/admin/models",
+    "/admin/load",
+    "/admin/unload",
+    "/admin/reload",
+    "/admin/reap",
 ]
 PAGE_ROUTES = [
-    "/openapi.json", "/admin/", "/admin/login/", "/admin/inference/requestrecord/", "/dashboard/",
-    "/dashboard/models/", "/dashboard/playground/", "/dashboard/pull/", "/static/dashboard/feed.js",
+    "/openapi.json",
+    "/admin/",
+    "/admin/login/",
+    "/admin/inference/requestrecord/",
+    "/dashboard/",
+    "/dashboard/models/",
+    "/dashboard/playground/",
+    "/dashboard/pull/",
+    "/static/dashboard/feed.js",
 ]
 ODD_PATHS = [
-    "/v1/models/%00", "/v1/models/..%2f..%2fetc%2fpasswd", "/v1/models/" + "x" * 4000, "/v1/models/%ff%fe",
-    "/v1/responses/%ff", "/v1/responses/" + "r" * 2000 + "/input_items", "/dashboard/%ff", "/admin/%2e%2e/",
-    "/%2e%2e/%2e%2e/etc/passwd", "//v1//models", "/v1/chat/completions/", "/static/../manage.py",
-    "/static/%2e%2e/db.sqlite3", "/v1/responses/resp_x/input_items?limit=-1&order=sideways&after=%ff",
-    "/v1/responses/resp_x/input_items?limit=99999999999999999999", "/health?" + "a=1&" * 2000,
+    "/v1/models/%00",
+    "/v1/models/..%2f..%2fetc%2fpasswd",
+    "/v1/models/" + "x" * 4000,
+    "/v1/models/%ff%fe",
+    "/v1/responses/%ff",
+    "/v1/responses/" + "r" * 2000 + "/input_items",
+    "/dashboard/%ff",
+    "/admin/%2e%2e/",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "//v1//models",
+    "/v1/chat/completions/",
+    "/static/../manage.py",
+    "/static/%2e%2e/db.sqlite3",
+    "/v1/responses/resp_x/input_items?limit=-1&order=sideways&after=%ff",
+    "/v1/responses/resp_x/input_items?limit=99999999999999999999",
+    "/health?" + "a=1&" * 2000,
 ]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 # Credentials as an attacker might shape them (bytes: as they go on the wire).
 TOKENS: list[bytes] = [
-    b"", b"Bearer", b"Bearer ", b"Bearer caf\xc3\xa9", b"Bearer caf\xe9", b"Bearer sk-caf\xc3\xa9", b"Basic YTpi",
-    b"bearer sk-" + b"A" * 10_000, b"Bearer sk-", b"Bearer sk-\xf0\x9f\x94\x91", b"Bearer \xff\xfe", b"sk-x",
-    b"Bearer  sk-two  spaces", b"Bearer sk-\t",
+    b"",
+    b"Bearer",
+    b"Bearer ",
+    b"Bearer caf\xc3\xa9",
+    b"Bearer caf\xe9",
+    b"Bearer sk-caf\xc3\xa9",
+    b"Basic YTpi",
+    b"bearer sk-" + b"A" * 10_000,
+    b"Bearer sk-",
+    b"Bearer sk-\xf0\x9f\x94\x91",
+    b"Bearer \xff\xfe",
+    b"sk-x",
+    b"Bearer  sk-two  spaces",
+    b"Bearer sk-\t",
 ]
 ODD_HEADERS: list[dict[str, bytes]] = [
     {"content-type": b"application/json; charset=utf-999"},
@@ -62,8 +104,15 @@ ODD_HEADERS: list[dict[str, bytes]] = [
     {"if-none-match": b"\xff"},
 ]
 BODIES: list[bytes] = [
-    b"", b"{", b"null", b"[]", b"\xff\xfe{}", b'{"model": "\xff"}', b'{"model": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-    b'{"model": "' + SMOLLM2.encode() + b'", "messages": "\xc3\xa9"}', b'{"model": 1e999}',
+    b"",
+    b"{",
+    b"null",
+    b"[]",
+    b"\xff\xfe{}",
+    b'{"model": "\xff"}',
+    b'{"model": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"model": "' + SMOLLM2.encode() + b'", "messages": "\xc3\xa9"}',
+    b'{"model": 1e999}',
     b'{"model": "../../etc/passwd", "messages": [{"role": "user", "content": "x"}]}',
 ]
 
@@ -103,26 +152,39 @@ def assert_no_server_error(server: DaphneServer, requests: list[tuple[str, str, 
 
 
 def test_every_route_and_method(server: DaphneServer) -> None:
-    assert_no_server_error(server, [
-        (method, route, {}, b"{}" if method in ("POST", "PUT", "PATCH") else b"")
-        for route in API_ROUTES + PAGE_ROUTES + ODD_PATHS for method in METHODS
-    ])
+    assert_no_server_error(
+        server,
+        [
+            (method, route, {}, b"{}" if method in ("POST", "PUT", "PATCH") else b"")
+            for route in API_ROUTES + PAGE_ROUTES + ODD_PATHS
+            for method in METHODS
+        ],
+    )
 
 
 def test_every_token_shape_on_every_api_route(server: DaphneServer) -> None:
-    assert_no_server_error(server, [
-        (method, route, {header: token}, b"{}" if method == "POST" else b"")
-        for route in API_ROUTES for token in TOKENS for header in ("authorization", "x-api-key")
-        for method in ("GET", "POST")
-    ])
+    assert_no_server_error(
+        server,
+        [
+            (method, route, {header: token}, b"{}" if method == "POST" else b"")
+            for route in API_ROUTES
+            for token in TOKENS
+            for header in ("authorization", "x-api-key")
+            for method in ("GET", "POST")
+        ],
+    )
 
 
 def test_every_odd_header_and_body(server: DaphneServer) -> None:
     requests = [
         (method, route, headers, body)
-        for route in API_ROUTES + PAGE_ROUTES for headers in ODD_HEADERS for method, body in (("GET", b""), ("POST", b"{}"))
+        for route in API_ROUTES + PAGE_ROUTES
+        for headers in ODD_HEADERS
+        for method, body in (("GET", b""), ("POST", b"{}"))
     ]
-    requests += [("POST", route, {"content-type": b"application/json"}, body) for route in API_ROUTES for body in BODIES]
+    requests += [
+        ("POST", route, {"content-type": b"application/json"}, body) for route in API_ROUTES for body in BODIES
+    ]
     assert_no_server_error(server, requests)
 
 
@@ -131,7 +193,9 @@ def test_odd_hosts_are_refused(server: DaphneServer) -> None:
     for host in (b"", b"evil.example", b"\xff\xfe", b"a" * 300, b"127.0.0.1:notaport", b"[::1", b"caf\xc3\xa9.example"):
         for route in API_ROUTES + PAGE_ROUTES:
             with socket.create_connection((address.hostname, address.port), timeout=60) as connection:
-                connection.sendall(b"GET " + route.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+                connection.sendall(
+                    b"GET " + route.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+                )
                 status_line = connection.recv(4096).split(b"\r\n", 1)[0]
             assert status_line.startswith(b"HTTP/1.1 4"), (host, route, status_line)
     assert "Traceback" not in server.log()

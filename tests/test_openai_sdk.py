@@ -69,12 +69,19 @@ WEATHER = {
 
 def test_tool_call_loop(sdk: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = sdk.chat.completions.create(model=SMOLLM2, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=40)
+    first = sdk.chat.completions.create(
+        model=SMOLLM2, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=40
+    )
     assert first.choices[0].finish_reason == "tool_calls"
     call = first.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
-    messages += [first.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "21 C, sunny"}]
-    second = sdk.chat.completions.create(model=SMOLLM2, messages=messages, tools=[WEATHER], max_tokens=30, temperature=0)
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "21 C, sunny"},
+    ]
+    second = sdk.chat.completions.create(
+        model=SMOLLM2, messages=messages, tools=[WEATHER], max_tokens=30, temperature=0
+    )
     assert second.choices[0].message.content or second.choices[0].message.tool_calls
 
 
@@ -84,7 +91,10 @@ def test_structured_output_parse(sdk: openai.OpenAI) -> None:
         age: int
 
     parsed = sdk.beta.chat.completions.parse(
-        model=SMOLLM2, messages=[{"role": "user", "content": "Describe a cat."}], response_format=Cat, max_tokens=200,
+        model=SMOLLM2,
+        messages=[{"role": "user", "content": "Describe a cat."}],
+        response_format=Cat,
+        max_tokens=200,
         temperature=0,  # sampled, a small model may ramble past any max_tokens inside a string
     )
     cat = parsed.choices[0].message.parsed
@@ -141,13 +151,20 @@ def test_responses_stream(sdk: openai.OpenAI) -> None:
 
 def test_responses_function_call_round_trip(sdk: openai.OpenAI) -> None:
     first = sdk.responses.create(
-        model=SMOLLM2, input="What is the weather in Paris?", tools=[RESPONSES_WEATHER], tool_choice="required",
+        model=SMOLLM2,
+        input="What is the weather in Paris?",
+        tools=[RESPONSES_WEATHER],
+        tool_choice="required",
         max_output_tokens=40,
     )
     call = next(item for item in first.output if item.type == "function_call")
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
     second = sdk.responses.create(
-        model=SMOLLM2, previous_response_id=first.id, tools=[RESPONSES_WEATHER], max_output_tokens=20, temperature=0,
+        model=SMOLLM2,
+        previous_response_id=first.id,
+        tools=[RESPONSES_WEATHER],
+        max_output_tokens=20,
+        temperature=0,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "21 C, sunny"}],
     )
     assert second.status in ("completed", "incomplete") and second.output

@@ -30,10 +30,21 @@ def operation(document: dict[str, Any], path: str, method: str = "post") -> dict
 def test_every_endpoint_is_described(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.1")
     expected = {
-        "/health": "get", "/v1/models": "get", "/v1/models/{model_id}": "get", "/v1/chat/completions": "post",
-        "/v1/completions": "post", "/v1/embeddings": "post", "/admin/load": "post", "/admin/unload": "post",
-        "/admin/reload": "post", "/admin/reap": "post", "/v1/messages": "post", "/v1/messages/count_tokens": "post",
-        "/v1/responses": "post", "/v1/responses/{response_id}": "delete", "/v1/responses/{response_id}/input_items": "get",
+        "/health": "get",
+        "/v1/models": "get",
+        "/v1/models/{model_id}": "get",
+        "/v1/chat/completions": "post",
+        "/v1/completions": "post",
+        "/v1/embeddings": "post",
+        "/admin/load": "post",
+        "/admin/unload": "post",
+        "/admin/reload": "post",
+        "/admin/reap": "post",
+        "/v1/messages": "post",
+        "/v1/messages/count_tokens": "post",
+        "/v1/responses": "post",
+        "/v1/responses/{response_id}": "delete",
+        "/v1/responses/{response_id}/input_items": "get",
     }
     for path, method in expected.items():
         assert method in document["paths"][path], path
@@ -67,10 +78,17 @@ def test_requests_are_described_as_they_are_validated(document: dict[str, Any]) 
     tool_use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
     check.validate(
         {
-            "model": SMOLLM2, "max_tokens": 5, "system": [{"type": "text", "text": "Be brief."}],
+            "model": SMOLLM2,
+            "max_tokens": 5,
+            "system": [{"type": "text", "text": "Be brief."}],
             "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [tool_use]}],
-            "tools": [{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search_20250305", "name": "web_search"}],
-            "tool_choice": {"type": "tool", "name": "f"}, "stop_sequences": ["END"], "metadata": {"user_id": "u"},
+            "tools": [
+                {"name": "f", "input_schema": {"type": "object"}},
+                {"type": "web_search_20250305", "name": "web_search"},
+            ],
+            "tool_choice": {"type": "tool", "name": "f"},
+            "stop_sequences": ["END"],
+            "metadata": {"user_id": "u"},
         }
     )
     assert not check.is_valid({"messages": [{"role": "user", "content": "Hi"}]})  # no max_tokens
@@ -99,10 +117,14 @@ async def test_responses_match_their_description(use_config, document: dict[str,
         ("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "Hi"}]}),
     ]:
         response = await client.post(path, body, content_type="application/json")
-        validator(document, operation(document, path)["responses"]["200"]["content"]["application/json"]["schema"]).validate(response.json())
+        validator(
+            document, operation(document, path)["responses"]["200"]["content"]["application/json"]["schema"]
+        ).validate(response.json())
         error = await client.post(path, {**body, "model": "nope"}, content_type="application/json")
         schema = operation(document, path)["responses"]["404"]["content"]["application/json"]["schema"]
         validator(document, schema).validate(error.json())
         assert error.json()["error"]["type"] == "not_found_error"
     health = (await client.get("/health")).json()
-    validator(document, operation(document, "/health", "get")["responses"]["200"]["content"]["application/json"]["schema"]).validate(health)
+    validator(
+        document, operation(document, "/health", "get")["responses"]["200"]["content"]["application/json"]["schema"]
+    ).validate(health)

@@ -43,8 +43,14 @@ def test_the_console_sockets_open_only_from_the_servers_own_origin_or_a_listed_o
                 with open_socket(server, path, cookie, Origin=origin) as socket:
                     if path != "/ws/dashboard/feed/":  # the others open with what they show
                         assert socket.recv(timeout=30)
-            for origin in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}", f"https://127.0.0.1:{port}",
-                           "http://127.0.0.1", "null", "http://evil.example"):
+            for origin in (
+                f"http://127.0.0.1:{port + 1}",
+                f"http://localhost:{port}",
+                f"https://127.0.0.1:{port}",
+                "http://127.0.0.1",
+                "null",
+                "http://evil.example",
+            ):
                 with pytest.raises(InvalidStatus) as refused:
                     open_socket(server, path, cookie, Origin=origin)
                 assert refused.value.response.status_code == 403, (path, origin)

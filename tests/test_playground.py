@@ -128,7 +128,9 @@ def set_field(browser: Any, field_id: str, value: str) -> None:
 
 
 @needs_chromium
-def test_playground_streams_stops_and_switches_models_in_chromium(server: DaphneServer, browser: Any, tmp_path: Path) -> None:
+def test_playground_streams_stops_and_switches_models_in_chromium(
+    server: DaphneServer, browser: Any, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -162,7 +164,8 @@ def test_playground_streams_stops_and_switches_models_in_chromium(server: Daphne
     def record_of_the_stopped_answer() -> list[tuple]:
         return server.rows(
             "SELECT status, source, console_user, api_key, completion_tokens FROM inference_requestrecord "
-            "WHERE model = ? ORDER BY id", SMOLLM2,
+            "WHERE model = ? ORDER BY id",
+            SMOLLM2,
         )
 
     wait_for(lambda: len(record_of_the_stopped_answer()) == 2, 20)
@@ -178,7 +181,10 @@ def test_playground_streams_stops_and_switches_models_in_chromium(server: Daphne
     assert SECOND in third.find_element(By.CSS_SELECTOR, ".stats").text
     picker = Select(browser.find_element(By.ID, "model"))
     wait_for(lambda: f"{SECOND} · loaded" in [option.text for option in picker.options], 20)  # live, no reload
-    wait_for(lambda: server.rows("SELECT source FROM inference_requestrecord WHERE model = ?", SECOND) == [("playground",)], 20)
+    wait_for(
+        lambda: server.rows("SELECT source FROM inference_requestrecord WHERE model = ?", SECOND) == [("playground",)],
+        20,
+    )
 
     # JSON mode: the answer is held to JSON by the server's grammar.
     browser.find_element(By.ID, "json-mode").click()

@@ -27,7 +27,17 @@ ON_BOTH_DATABASES = [
 @pytest.mark.skipif(is_postgres(os.environ.get("DATABASE_URL", "")), reason="this whole run is on PostgreSQL")
 def test_records_admin_and_dashboard_tests_pass_on_postgresql(postgres_url: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestWarning", *ON_BOTH_DATABASES],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::pytest.PytestWarning",
+            *ON_BOTH_DATABASES,
+        ],
         cwd=PROJECT_DIR,
         env={**os.environ, "DATABASE_URL": with_database_name(postgres_url, "llamasite")},
         capture_output=True,

@@ -38,7 +38,7 @@ def test_a_bad_preload_is_refused_in_one_line(tmp_path: Path, value: object) -> 
     with pytest.raises(ConfigError) as error:
         load_config(path)
     message = str(error.value)
-    assert message.startswith(f"{path}: model_manager.preload: must be a list of model names or \"auto\"")
+    assert message.startswith(f'{path}: model_manager.preload: must be a list of model names or "auto"')
     assert "\n" not in message
 
 

@@ -27,7 +27,8 @@ OTHER = [{"role": "user", "content": "Tell me about the sea. " * 30}]
 
 async def chat(messages: list[dict[str, str]], **body: Any) -> dict[str, Any]:
     response = await AsyncClient().post(
-        "/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0, **body},
+        "/v1/chat/completions",
+        {"messages": messages, "max_tokens": 8, "temperature": 0, **body},
         content_type="application/json",
     )
     assert response.status_code == 200, response.content
@@ -54,8 +55,7 @@ async def test_a_prefix_that_lost_its_slot_is_restored_from_ram(use_config) -> N
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
     from_slot = await chat(QUESTION)  # still in the slot this time
     tiers = {
-        record.completion_id: (record.cache_tier, record.cached_tokens)
-        async for record in RequestRecord.objects.all()
+        record.completion_id: (record.cache_tier, record.cached_tokens) async for record in RequestRecord.objects.all()
     }
     assert tiers[first["id"]] == ("", 0)
     assert tiers[again["id"]] == ("ram", cached(again))

@@ -83,8 +83,9 @@ def test_without_a_running_server_the_model_is_listed_at_its_next_start(models: 
 
 
 @pytest.mark.slow
-def test_a_pull_cut_half_way_resumes_with_a_range_request(models: Path, files: FileServer, source_sha256: str,
-                                                          smollm2_file: Path) -> None:
+def test_a_pull_cut_half_way_resumes_with_a_range_request(
+    models: Path, files: FileServer, source_sha256: str, smollm2_file: Path
+) -> None:
     url = f"{files.url}/cut-once/{SOURCE_NAME}"
     with pytest.raises(CommandError, match="broke off.*pull again to resume"):
         pull_command(url)
@@ -103,8 +104,9 @@ def test_a_pull_cut_half_way_resumes_with_a_range_request(models: Path, files: F
 
 
 @pytest.mark.slow
-def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(models: Path, files: FileServer,
-                                                                 source_sha256: str) -> None:
+def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(
+    models: Path, files: FileServer, source_sha256: str
+) -> None:
     url = f"{files.url}/cut-once/{SOURCE_NAME}"
     with pytest.raises(CommandError, match="broke off"):
         pull_command(url)
@@ -118,10 +120,11 @@ def test_a_file_replaced_since_the_cut_is_downloaded_again_whole(models: Path, f
 
 
 @pytest.mark.slow
-def test_a_server_that_ignores_range_starts_the_download_over(models: Path, files: FileServer, source_sha256: str,
-                                                              smollm2_file: Path) -> None:
+def test_a_server_that_ignores_range_starts_the_download_over(
+    models: Path, files: FileServer, source_sha256: str, smollm2_file: Path
+) -> None:
     models.mkdir()
-    (models / "restarted.gguf.part").write_bytes(smollm2_file.read_bytes()[: 10_000_000])
+    (models / "restarted.gguf.part").write_bytes(smollm2_file.read_bytes()[:10_000_000])
 
     pull_command(f"{files.url}/no-range/{SOURCE_NAME}", "--name", "restarted", "--sha256", source_sha256)
 
@@ -134,7 +137,10 @@ def test_a_server_that_ignores_range_starts_the_download_over(models: Path, file
 def test_a_wrong_checksum_fails_in_one_line_and_keeps_nothing(models: Path, files: FileServer) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "pull", f"{files.url}/ok/{SOURCE_NAME}", "--sha256", "0" * 64],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert result.returncode == 1
@@ -182,8 +188,9 @@ class Terminal(StringIO):
 
 
 def test_the_terminal_shows_a_bar_with_bytes_rate_and_eta_and_a_log_gets_plain_lines() -> None:
-    halfway = PullProgress(phase=PullPhase.DOWNLOADING, received=49_000_000, total=98_000_000, resumed_from=0,
-                           bytes_per_second=12_250_000)
+    halfway = PullProgress(
+        phase=PullPhase.DOWNLOADING, received=49_000_000, total=98_000_000, resumed_from=0, bytes_per_second=12_250_000
+    )
     terminal = Terminal()
     TerminalProgress(OutputWrapper(terminal), "smol")(halfway)
     assert terminal.getvalue() == (
@@ -197,12 +204,15 @@ def test_the_terminal_shows_a_bar_with_bytes_rate_and_eta_and_a_log_gets_plain_l
     assert log.getvalue() == "smol: downloading 49.0 MB / 98.0 MB  12.2 MB/s  ETA 0:04\n"  # one per 5 s
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("hf://owner/repo/model.Q4_K_M.gguf", "https://huggingface.co/owner/repo/resolve/main/model.Q4_K_M.gguf"),
-    ("hf://owner/repo/path/to/file.gguf", "https://huggingface.co/owner/repo/resolve/main/path/to/file.gguf"),
-    ("hf://owner/repo@v1.0/file.gguf", "https://huggingface.co/owner/repo/resolve/v1.0/file.gguf"),
-    ("https://example.com/m.gguf", "https://example.com/m.gguf"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("hf://owner/repo/model.Q4_K_M.gguf", "https://huggingface.co/owner/repo/resolve/main/model.Q4_K_M.gguf"),
+        ("hf://owner/repo/path/to/file.gguf", "https://huggingface.co/owner/repo/resolve/main/path/to/file.gguf"),
+        ("hf://owner/repo@v1.0/file.gguf", "https://huggingface.co/owner/repo/resolve/v1.0/file.gguf"),
+        ("https://example.com/m.gguf", "https://example.com/m.gguf"),
+    ],
+)
 def test_hf_urls_are_hugging_face_resolve_urls(url: str, expected: str) -> None:
     assert download_url(url) == expected
     assert model_name(download_url(url)) == Path(expected).stem
@@ -216,11 +226,18 @@ def test_urls_that_name_no_file_are_refused(url: str) -> None:
 
 def test_hf_token_goes_to_hugging_face_over_https_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    for url in ("https://huggingface.co/o/r/resolve/main/f.gguf", "https://cdn-lfs.huggingface.co/x",
-                "https://hf.co/o/r/resolve/main/f.gguf"):
+    for url in (
+        "https://huggingface.co/o/r/resolve/main/f.gguf",
+        "https://cdn-lfs.huggingface.co/x",
+        "https://hf.co/o/r/resolve/main/f.gguf",
+    ):
         assert token_for(httpx.URL(url)) == "hf_secret", url
-    for url in ("http://huggingface.co/o/r/f.gguf", "https://huggingface.co.evil.example/f.gguf",
-                "https://nothuggingface.co/f.gguf", "https://example.com/f.gguf"):
+    for url in (
+        "http://huggingface.co/o/r/f.gguf",
+        "https://huggingface.co.evil.example/f.gguf",
+        "https://nothuggingface.co/f.gguf",
+        "https://example.com/f.gguf",
+    ):
         assert token_for(httpx.URL(url)) is None, url
     monkeypatch.delenv("HF_TOKEN")
     assert token_for(httpx.URL("https://huggingface.co/o/r/f.gguf")) is None
@@ -246,8 +263,9 @@ def test_a_redirect_elsewhere_does_not_carry_the_token(
     assert (tmp_path / f"{SMOLLM2}.gguf").is_file()
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", ".hidden", "mmproj-vision", "big-00001-of-00002",
-                                  " ", "tab\tname", "x" * 201])
+@pytest.mark.parametrize(
+    "name", ["../evil", "a/b", "a\\b", ".hidden", "mmproj-vision", "big-00001-of-00002", " ", "tab\tname", "x" * 201]
+)
 def test_names_that_would_not_be_listed_as_themselves_are_refused(name: str, tmp_path: Path) -> None:
     with pytest.raises(PullError, match="name"):
         plan_pull(url="https://example.com/m.gguf", directory=tmp_path, name=name)
@@ -274,8 +292,9 @@ def test_the_pull_page_is_for_staff_and_its_form_needs_the_csrf_token(server: Da
         page = client.get("/dashboard/pull/")
         assert page.status_code == 200 and 'aria-current="page">Pull models' in page.text
         assert client.post("/dashboard/pull/", data={"url": "https://example.com/m.gguf"}).status_code == 403
-        refused = client.post("/dashboard/pull/", data={"url": "ftp://example.com/m.gguf",
-                                                         "csrfmiddlewaretoken": csrf_token(page.text)})
+        refused = client.post(
+            "/dashboard/pull/", data={"url": "ftp://example.com/m.gguf", "csrfmiddlewaretoken": csrf_token(page.text)}
+        )
         assert refused.status_code == 200 and "give an http://, https:// or hf:// URL" in refused.text
 
 
@@ -283,9 +302,12 @@ def test_the_pull_progress_socket_is_for_staff_and_opens_with_every_pull(server:
     url = f"ws://127.0.0.1:{httpx.URL(server.url).port}/ws/dashboard/pulls/"
     with pytest.raises(InvalidStatus):
         connect(url, additional_headers={"Origin": server.url}).close()
-    with staff_client(server) as client, connect(
-        url, additional_headers={"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url}
-    ) as socket:
+    with (
+        staff_client(server) as client,
+        connect(
+            url, additional_headers={"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url}
+        ) as socket,
+    ):
         assert isinstance(json.loads(socket.recv(timeout=30))["pulls"], list)
 
 
@@ -316,8 +338,12 @@ def test_the_console_pulls_with_live_progress_cancels_and_lists_the_model(
         assert "pulled-page" in listed(server)
 
         submit(f"{files.url}/slow/{SOURCE_NAME}", "cancelled-page")
-        wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "downloading"
-                   and row("cancelled-page").find_element(By.TAG_NAME, "progress").get_property("value") > 0)
+        wait.until(
+            lambda driver: (
+                row("cancelled-page").get_attribute("data-state") == "downloading"
+                and row("cancelled-page").find_element(By.TAG_NAME, "progress").get_property("value") > 0
+            )
+        )
         screenshot(browser, "pull")
         row("cancelled-page").find_element(By.CSS_SELECTOR, "button.cancel").click()
         wait.until(lambda driver: row("cancelled-page").get_attribute("data-state") == "cancelled")

@@ -76,13 +76,16 @@ async def console_pull(url: str, **options: str | None) -> tuple[PullJob, list[d
     return job, sent
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://user:s3cret@host/m.gguf", "http://user:***@host/m.gguf"),
-    ("https://ghp_t0ken@host/m.gguf", "https://***@host/m.gguf"),  # a lone user name is often a token
-    ("https://host/m.gguf?X-Amz-Signature=abc&download", "https://host/m.gguf?X-Amz-Signature=***&***"),
-    ("https://host/m.gguf#access_token=abc", "https://host/m.gguf"),
-    ("ftp://user:s3cret@host/m.gguf?t=1", "ftp://user:***@host/m.gguf?t=***"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@host/m.gguf", "http://user:***@host/m.gguf"),
+        ("https://ghp_t0ken@host/m.gguf", "https://***@host/m.gguf"),  # a lone user name is often a token
+        ("https://host/m.gguf?X-Amz-Signature=abc&download", "https://host/m.gguf?X-Amz-Signature=***&***"),
+        ("https://host/m.gguf#access_token=abc", "https://host/m.gguf"),
+        ("ftp://user:s3cret@host/m.gguf?t=1", "ftp://user:***@host/m.gguf?t=***"),
+    ],
+)
 def test_urls_are_shown_without_passwords_or_query_values(url: str, shown: str) -> None:
     assert redacted(url) == shown
     assert redacted(httpx.URL(url)) == shown
@@ -140,14 +143,22 @@ async def test_a_console_pull_shows_its_url_redacted_in_its_row_its_messages_and
     assert "started by staff" in logged.text and "token=***" in logged.text
 
 
-@pytest.mark.parametrize(("path", "error"), [
-    ("/redirect/{port}/metrics", r"^127\.0\.0\.1/metrics \(HTTP 200, text/plain\) sent something that is not a GGUF "
-                                 r"file \(no GGUF magic\); nothing was kept$"),
-    ("/bad-chunks/model.gguf", r"^cannot download from 127\.0\.0\.1 \(illegal chunk header\)$"),
-    ("/redirect/oops/model.gguf", r"^cannot download from 127\.0\.0\.1 \(Invalid URL in location header\)$"),
-], ids=["redirected-to-metrics", "broken-chunked-encoding", "redirected-to-an-invalid-url"])
-def test_errors_describe_what_answered_and_never_quote_it(models: Path, files: FileServer, path: str,
-                                                        error: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        (
+            "/redirect/{port}/metrics",
+            r"^127\.0\.0\.1/metrics \(HTTP 200, text/plain\) sent something that is not a GGUF "
+            r"file \(no GGUF magic\); nothing was kept$",
+        ),
+        ("/bad-chunks/model.gguf", r"^cannot download from 127\.0\.0\.1 \(illegal chunk header\)$"),
+        ("/redirect/oops/model.gguf", r"^cannot download from 127\.0\.0\.1 \(Invalid URL in location header\)$"),
+    ],
+    ids=["redirected-to-metrics", "broken-chunked-encoding", "redirected-to-an-invalid-url"],
+)
+def test_errors_describe_what_answered_and_never_quote_it(
+    models: Path, files: FileServer, path: str, error: str
+) -> None:
     with pytest.raises(CommandError, match=error) as refused:
         pull_command(files.url + path.format(port=port_of(files)), "--name", "model")
     assert "HE" not in str(refused.value) and "secret" not in str(refused.value)
@@ -159,23 +170,29 @@ def test_a_pull_that_would_not_fit_on_the_disk_does_not_start(
     models: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch, free: int
 ) -> None:
     monkeypatch.setattr(pulling.download.shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
-    with pytest.raises(CommandError, match=rf"^not enough disk space in {re.escape(str(models))}: {SMOLLM2} needs "
-                                           rf"98\.4 MB more, {human_bytes(free)} are free and a pull leaves 1\.0 GB$"):
+    with pytest.raises(
+        CommandError,
+        match=rf"^not enough disk space in {re.escape(str(models))}: {SMOLLM2} needs "
+        rf"98\.4 MB more, {human_bytes(free)} are free and a pull leaves 1\.0 GB$",
+    ):
         pull_command(f"{files.url}/ok/{SOURCE_NAME}")
     assert files_in(models) == []
 
 
 def disk_filling_up(monkeypatch: pytest.MonkeyPatch, part: Path, room: int) -> None:
     """The models' disk: 1 GB (what a pull leaves free) and `room` bytes free, less what `part` holds."""
+
     def disk_usage(path: Path) -> SimpleNamespace:
         return SimpleNamespace(free=1_000_000_000 + room - (part.stat().st_size if part.exists() else 0))
 
     monkeypatch.setattr(pulling.download.shutil, "disk_usage", disk_usage)
 
 
-NO_ROOM_AFTER_64_MIB = (rf"^not enough disk space in .*: {SMOLLM2} is at 67\.1 MB, of a size the server did not "
-                        rf"give, 1\.0\d* GB are free and a pull leaves 1\.0 GB; {SMOLLM2}\.gguf\.part is kept: make "
-                        r"room and pull again to resume$")
+NO_ROOM_AFTER_64_MIB = (
+    rf"^not enough disk space in .*: {SMOLLM2} is at 67\.1 MB, of a size the server did not "
+    rf"give, 1\.0\d* GB are free and a pull leaves 1\.0 GB; {SMOLLM2}\.gguf\.part is kept: make "
+    r"room and pull again to resume$"
+)
 
 
 @pytest.mark.slow
@@ -199,11 +216,17 @@ def with_max_pull_mb(models: Path, max_pull_mb: int) -> None:
     set_config(None)
 
 
-@pytest.mark.parametrize(("route", "error"), [
-    ("ok", rf"^{SMOLLM2} is 98\.4 MB, more than model_manager\.max_pull_mb \(50 MiB\) allows; nothing was kept$"),
-    ("no-length", rf"^{SMOLLM2} grew past model_manager\.max_pull_mb \(50 MiB\) as it arrived \(the server gave no "
-                  r"size\); the download was removed$"),
-])
+@pytest.mark.parametrize(
+    ("route", "error"),
+    [
+        ("ok", rf"^{SMOLLM2} is 98\.4 MB, more than model_manager\.max_pull_mb \(50 MiB\) allows; nothing was kept$"),
+        (
+            "no-length",
+            rf"^{SMOLLM2} grew past model_manager\.max_pull_mb \(50 MiB\) as it arrived \(the server gave no "
+            r"size\); the download was removed$",
+        ),
+    ],
+)
 def test_a_file_over_max_pull_mb_is_refused_by_its_size_or_as_it_arrives(
     models: Path, files: FileServer, route: str, error: str
 ) -> None:
@@ -224,17 +247,22 @@ async def test_the_console_row_shows_the_same_one_line_errors(
     with_max_pull_mb(models, 50)
     disk_filling_up(monkeypatch, models / "limited.gguf.part", room=10**12)
     job, sent = await console_pull(f"{files.url}/no-length/{SOURCE_NAME}", name="limited")
-    assert sent[-1]["message"] == ("limited grew past model_manager.max_pull_mb (50 MiB) as it arrived (the server "
-                                   "gave no size); the download was removed")
+    assert sent[-1]["message"] == (
+        "limited grew past model_manager.max_pull_mb (50 MiB) as it arrived (the server "
+        "gave no size); the download was removed"
+    )
     assert files_in(models) == [f"{SMOLLM2}.gguf.part"]  # the first pull's, kept to be resumed
 
 
 def test_a_file_short_of_its_tensor_data_at_the_size_the_server_gave_is_refused_and_removed(
     models: Path, files: FileServer
 ) -> None:
-    with pytest.raises(CommandError, match=r"^127\.0\.0\.1/half/.* \(HTTP 200, application/octet-stream\) sent a GGUF "
-                                           r"file short of its tensor data \(49\.2 MB of the 98\.4 MB its GGUF header "
-                                           r"describes\); nothing was kept$"):
+    with pytest.raises(
+        CommandError,
+        match=r"^127\.0\.0\.1/half/.* \(HTTP 200, application/octet-stream\) sent a GGUF "
+        r"file short of its tensor data \(49\.2 MB of the 98\.4 MB its GGUF header "
+        r"describes\); nothing was kept$",
+    ):
         pull_command(f"{files.url}/half/{SOURCE_NAME}")
     assert files_in(models) == []
 
@@ -244,8 +272,11 @@ def test_a_body_of_unknown_size_that_ends_short_of_its_tensor_data_is_kept_and_r
     models: Path, files: FileServer, source_sha256: str
 ) -> None:
     url = f"{files.url}/no-length+cut-once/{SOURCE_NAME}"
-    with pytest.raises(CommandError, match=rf"^the download of {SMOLLM2} ended at 49\.2 MB of the 98\.4 MB its GGUF "
-                                           r"header describes, and the server gave no size: .* is kept: pull again"):
+    with pytest.raises(
+        CommandError,
+        match=rf"^the download of {SMOLLM2} ended at 49\.2 MB of the 98\.4 MB its GGUF "
+        r"header describes, and the server gave no size: .* is kept: pull again",
+    ):
         pull_command(url)
     assert files_in(models) == [f"{SMOLLM2}.gguf.part"]
 

@@ -46,7 +46,8 @@ def keys() -> dict[str, ApiKey]:
 def test_the_selector_lists_the_live_keys_past_80_percent_today(keys: dict[str, ApiKey]) -> None:
     near = usage_selectors.api_keys_near_token_quota(day=datetime.now(UTC).date())
     assert [(use.name, use.used, use.limit, use.percent) for use in near] == [
-        ("spent", 1200, 1000, 120), ("near", 850, 1000, 85),
+        ("spent", 1200, 1000, 120),
+        ("near", 850, 1000, 85),
     ]
 
 

@@ -19,13 +19,23 @@ from inference.protocol.rate_limits import anthropic_rate_limit_headers, go_dura
 from inference.services import keys as key_services
 from tests.conftest import HI, SMOLLM2, DaphneServer
 
-OPENAI_NAMES = [f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")]
+OPENAI_NAMES = [
+    f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")
+]
 
 
 @pytest.mark.parametrize(
     ("seconds", "printed"),
-    [(0, "0s"), (0.012, "12ms"), (1, "1s"), (59.9996, "1m0s"), (360, "6m0s"), (61.5, "1m1.5s"),
-     (3600, "1h0m0s"), (61392.5, "17h3m12.5s")],
+    [
+        (0, "0s"),
+        (0.012, "12ms"),
+        (1, "1s"),
+        (59.9996, "1m0s"),
+        (360, "6m0s"),
+        (61.5, "1m1.5s"),
+        (3600, "1h0m0s"),
+        (61392.5, "17h3m12.5s"),
+    ],
 )
 def test_resets_are_go_durations_as_openai_sends_them(seconds: float, printed: str) -> None:
     assert go_duration(seconds) == printed
@@ -35,13 +45,18 @@ def test_only_the_quotas_a_key_has_get_headers() -> None:
     now = datetime(2026, 12, 2, 7, 0, 0, 250000, tzinfo=UTC)
     requests = Allowance(limit=5, remaining=4, resets_at=now + timedelta(seconds=59.5))
     assert openai_rate_limit_headers(Quotas(requests=requests), now) == {
-        "x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "4", "x-ratelimit-reset-requests": "59.5s",
+        "x-ratelimit-limit-requests": "5",
+        "x-ratelimit-remaining-requests": "4",
+        "x-ratelimit-reset-requests": "59.5s",
     }
     tokens = Allowance(limit=1000, remaining=0, resets_at=datetime(2026, 12, 3, tzinfo=UTC))
     anthropic = anthropic_rate_limit_headers(Quotas(tokens=tokens), now)
     assert anthropic == {
-        "x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "16h59m59.75s",
-        "anthropic-ratelimit-tokens-limit": "1000", "anthropic-ratelimit-tokens-remaining": "0",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "16h59m59.75s",
+        "anthropic-ratelimit-tokens-limit": "1000",
+        "anthropic-ratelimit-tokens-remaining": "0",
         "anthropic-ratelimit-tokens-reset": "2026-12-03T00:00:00Z",
     }
 
@@ -123,7 +138,10 @@ async def test_messages_carry_anthropic_s_headers_too(use_config) -> None:
     _, secret = await _create(name="claude", requests_per_minute=10, tokens_per_day=1000)
     answer = await post(secret, "/v1/messages", max_tokens=2)
     assert answer.status_code == 200, answer.content
-    assert (answer["anthropic-ratelimit-requests-limit"], answer["anthropic-ratelimit-requests-remaining"]) == ("10", "9")
+    assert (answer["anthropic-ratelimit-requests-limit"], answer["anthropic-ratelimit-requests-remaining"]) == (
+        "10",
+        "9",
+    )
     reset = datetime.fromisoformat(answer["anthropic-ratelimit-requests-reset"])
     assert answer["anthropic-ratelimit-requests-reset"].endswith("Z")
     assert timedelta(0) < reset - datetime.now(UTC) <= timedelta(seconds=61)

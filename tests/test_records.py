@@ -52,7 +52,11 @@ async def test_a_completed_request_is_recorded_with_its_usage(use_config) -> Non
 @pytest.mark.slow
 async def test_a_streamed_request_is_recorded_with_its_usage(use_config) -> None:
     response = await post_chat(messages=HELLO, max_tokens=6, stream=True, stream_options={"include_usage": True})
-    events = [json.loads(line[6:]) for line in (b"".join([part async for part in response.streaming_content])).decode().split("\n\n") if line.startswith("data: {")]
+    events = [
+        json.loads(line[6:])
+        for line in (b"".join([part async for part in response.streaming_content])).decode().split("\n\n")
+        if line.startswith("data: {")
+    ]
     usage = events[-1]["usage"]
     [record] = await records()
     assert record.stream and record.completion_id == events[0]["id"]
@@ -64,7 +68,12 @@ async def test_a_streamed_request_is_recorded_with_its_usage(use_config) -> None
     [
         ({"messages": []}, 400, "", ""),
         ({"model": "nope", "messages": HELLO}, 404, "model_not_found", "nope"),
-        ({"model": SMOLLM2, "messages": [{"role": "user", "content": "hello " * 9000}]}, 400, "context_length_exceeded", SMOLLM2),
+        (
+            {"model": SMOLLM2, "messages": [{"role": "user", "content": "hello " * 9000}]},
+            400,
+            "context_length_exceeded",
+            SMOLLM2,
+        ),
     ],
 )
 async def test_failed_requests_are_recorded(use_config, body: dict, status: int, code: str, model: str) -> None:

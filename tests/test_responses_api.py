@@ -78,8 +78,18 @@ async def test_cut_by_max_output_tokens_is_incomplete(use_config) -> None:
 async def test_the_stream_is_the_typed_events_in_order(use_config) -> None:
     stream = await events()
     kinds = [event["type"] for event in stream]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", kinds[-1]]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        kinds[-1],
+    ]
     assert kinds[-1] in ("response.completed", "response.incomplete")
     deltas = [event["delta"] for event in stream if event["type"] == "response.output_text.delta"]
     final = stream[-1]["response"]
@@ -94,7 +104,12 @@ async def test_a_forced_function_call(use_config) -> None:
     call = body["output"][-1]
     assert call["type"] == "function_call" and call["name"] == "get_weather" and call["call_id"].startswith("call_")
     assert isinstance(json.loads(call["arguments"])["city"], str)
-    stream = await events(input="Weather in Paris?", tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=40)
+    stream = await events(
+        input="Weather in Paris?",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=40,
+    )
     kinds = [event["type"] for event in stream]
     assert "response.function_call_arguments.delta" in kinds and "response.output_text.delta" not in kinds
     done = next(event for event in stream if event["type"] == "response.function_call_arguments.done")
@@ -124,9 +139,15 @@ async def test_function_call_output_round_trip(use_config) -> None:
 
 @pytest.mark.slow
 async def test_json_schema_text_format(use_config) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     body = await created(
-        input="What is 2+2? Answer in JSON.", max_output_tokens=20,
+        input="What is 2+2? Answer in JSON.",
+        max_output_tokens=20,
         text={"format": {"type": "json_schema", "name": "sum", "schema": schema, "strict": True}},
     )
     assert isinstance(json.loads(output_text(body))["answer"], int)
@@ -135,12 +156,22 @@ async def test_json_schema_text_format(use_config) -> None:
 @pytest.mark.slow
 async def test_hosted_tools_and_agent_fields_are_accepted(use_config) -> None:
     body = await created(
-        tools=[{"type": "web_search", "external_web_access": False}, {"type": "namespace", "name": "files", "description": "Files", "tools": [WEATHER]}],
-        reasoning={"effort": "high", "summary": "auto"}, include=["reasoning.encrypted_content"], prompt_cache_key="abc",
-        client_metadata={"x": "y"}, parallel_tool_calls=True, store=False, safety_identifier="user-9",
-        input=[{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
-               {"type": "reasoning", "summary": [], "encrypted_content": "opaque"},
-               {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
+        tools=[
+            {"type": "web_search", "external_web_access": False},
+            {"type": "namespace", "name": "files", "description": "Files", "tools": [WEATHER]},
+        ],
+        reasoning={"effort": "high", "summary": "auto"},
+        include=["reasoning.encrypted_content"],
+        prompt_cache_key="abc",
+        client_metadata={"x": "y"},
+        parallel_tool_calls=True,
+        store=False,
+        safety_identifier="user-9",
+        input=[
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+            {"type": "reasoning", "summary": [], "encrypted_content": "opaque"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        ],
     )
     assert all(item["type"] != "reasoning" for item in body["output"])
     record = await RequestRecord.objects.aget(completion_id=body["id"])
@@ -181,15 +212,21 @@ async def test_store_false_keeps_nothing(use_config) -> None:
 async def test_a_response_is_invisible_to_another_key(use_config) -> None:
     alice, alice_secret = await _key("alice")
     _, bob_secret = await _key("bob")
-    body = (await AsyncClient().post(
-        "/v1/responses", {"input": "Hi", "max_output_tokens": 2}, content_type="application/json",
-        headers={"Authorization": f"Bearer {alice_secret}"},
-    )).json()
+    body = (
+        await AsyncClient().post(
+            "/v1/responses",
+            {"input": "Hi", "max_output_tokens": 2},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {alice_secret}"},
+        )
+    ).json()
     assert (await StoredResponse.objects.aget(response_id=body["id"])).api_key == alice.prefix
     as_bob = {"Authorization": f"Bearer {bob_secret}"}
     assert (await AsyncClient().get(f"/v1/responses/{body['id']}", headers=as_bob)).status_code == 404
     assert (await AsyncClient().get(f"/v1/responses/{body['id']}")).status_code == 404  # no key at all
-    assert (await AsyncClient().get(f"/v1/responses/{body['id']}", headers={"Authorization": f"Bearer {alice_secret}"})).status_code == 200
+    assert (
+        await AsyncClient().get(f"/v1/responses/{body['id']}", headers={"Authorization": f"Bearer {alice_secret}"})
+    ).status_code == 200
 
 
 async def _key(name: str) -> Any:
@@ -242,7 +279,9 @@ def test_what_codex_sends_is_understood() -> None:
 
 
 @pytest.mark.slow
-async def test_tools_that_do_not_fit_the_context_are_offered_in_short(use_config, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tools_that_do_not_fit_the_context_are_offered_in_short(
+    use_config, caplog: pytest.LogCaptureFixture
+) -> None:
     use_config(n_ctx=512)
     long_tools = [
         {**WEATHER, "name": f"tool_{n}", "description": f"Tool number {n}. " + "It does many useful things. " * 12}
@@ -260,7 +299,10 @@ async def test_one_record_per_request_with_the_usage_and_the_route_in_metrics(us
     for body in (streamed, plain):
         record = await RequestRecord.objects.aget(completion_id=body["id"])
         assert (record.endpoint, record.status, record.http_status) == ("/v1/responses", "ok", 200)
-        assert (record.prompt_tokens, record.completion_tokens) == (body["usage"]["input_tokens"], body["usage"]["output_tokens"])
+        assert (record.prompt_tokens, record.completion_tokens) == (
+            body["usage"]["input_tokens"],
+            body["usage"]["output_tokens"],
+        )
     assert (await post(input="Hi", model="no-such-model")).status_code == 404
     assert await RequestRecord.objects.filter(endpoint="/v1/responses").acount() == 3
     exposition = (await AsyncClient().get("/metrics")).content.decode()

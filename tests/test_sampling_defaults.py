@@ -26,12 +26,20 @@ def test_a_request_s_values_win_over_the_defaults() -> None:
 def test_the_defaults_are_llama_cpp_server_s_and_per_model(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     assert load_config(path).model_manager.defaults.sampling_defaults() == {
-        "temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "seed": None,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "top_k": 40,
+        "min_p": 0.05,
+        "seed": None,
     }
     path.write_text(json.dumps({"model_manager": {"temperature": 0, "seed": 7, "models": {"m": {"top_k": 1}}}}))
     manager = load_config(path).model_manager
     assert manager.settings_for("m").sampling_defaults() == {
-        "temperature": 0, "top_p": 0.95, "top_k": 1, "min_p": 0.05, "seed": 7,
+        "temperature": 0,
+        "top_p": 0.95,
+        "top_k": 1,
+        "min_p": 0.05,
+        "seed": 7,
     }
 
 
@@ -57,14 +65,18 @@ def test_bad_sampling_defaults_are_refused(tmp_path: Path, settings: dict, key: 
 async def ran_with(model: str, **body: object) -> tuple[float, float]:
     """The temperature and top_p a Responses API answer says it ran with."""
     response = await AsyncClient().post(
-        "/v1/responses", {"model": model, "input": "Hi", "max_output_tokens": 2, **body}, content_type="application/json"
+        "/v1/responses",
+        {"model": model, "input": "Hi", "max_output_tokens": 2, **body},
+        content_type="application/json",
     )
     assert response.status_code == 200, response.content
     return response.json()["temperature"], response.json()["top_p"]
 
 
 @pytest.mark.slow
-async def test_a_request_without_settings_runs_with_the_model_s(use_config, models_dir: Path, smollm2_file: Path) -> None:
+async def test_a_request_without_settings_runs_with_the_model_s(
+    use_config, models_dir: Path, smollm2_file: Path
+) -> None:
     link_model(smollm2_file, models_dir, "smollm-cool")
     use_config(temperature=0.0, top_p=0.5, models={"smollm-cool": {"temperature": 0.3}})
     assert await ran_with(SMOLLM2) == (0.0, 0.5)

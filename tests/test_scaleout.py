@@ -39,10 +39,18 @@ def servers(server_factory: ServerFactory, postgres_url: str, redis_url: str) ->
     peers = ([f"http://127.0.0.1:{ports[1]}"], [])
     with ExitStack() as running:
         yield [
-            running.enter_context(server_factory(
-                instance, names=(model,), port=port, database=database_url, env={"REDIS_URL": redis_url},
-                server={"instance_name": instance, "peers": its_peers}, default_model=model, n_ctx=512,
-            ))
+            running.enter_context(
+                server_factory(
+                    instance,
+                    names=(model,),
+                    port=port,
+                    database=database_url,
+                    env={"REDIS_URL": redis_url},
+                    server={"instance_name": instance, "peers": its_peers},
+                    default_model=model,
+                    n_ctx=512,
+                )
+            )
             for instance, model, port, its_peers in zip(("gpu0", "gpu1"), ("alpha", "beta"), ports, peers)
         ]
 
@@ -157,7 +165,9 @@ def test_a_peer_answers_anthropic_messages_for_the_models_a_server_lacks(servers
     answer = httpx.post(f"{gpu0.url}/v1/messages?beta=true", json=body, headers=headers, timeout=60)
     assert answer.status_code == 200 and answer.json()["model"] == "beta"
     row = "SELECT instance, endpoint, api_key FROM inference_requestrecord WHERE completion_id = ?"
-    wait_for(lambda: gpu0.rows(row, answer.json()["id"]) == [("gpu1", "/v1/messages", secret[:11])])  # the key went along
+    wait_for(
+        lambda: gpu0.rows(row, answer.json()["id"]) == [("gpu1", "/v1/messages", secret[:11])]
+    )  # the key went along
 
     unknown = httpx.post(f"{gpu0.url}/v1/messages", json={**body, "model": "gamma"}, headers=headers, timeout=60)
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
@@ -173,10 +183,14 @@ def test_a_client_hanging_up_on_a_relayed_stream_stops_the_peer(servers: list[Da
         lines = streamed.iter_lines()
         completion_id = json.loads(next(line for line in lines if line.startswith("data: "))[6:])["id"]
     wait_for(lambda: instances_of(gpu1, completion_id) == [("gpu1", "cancelled")])
-    wait_for(lambda: gpu1.loaded() == ["beta"] and httpx.get(f"{gpu1.url}/health").json()["models"]["beta"]["in_flight"] == 0)
+    wait_for(
+        lambda: gpu1.loaded() == ["beta"] and httpx.get(f"{gpu1.url}/health").json()["models"]["beta"]["in_flight"] == 0
+    )
 
 
-async def test_a_peer_that_does_not_answer_leaves_this_server_serving(use_config, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_peer_that_does_not_answer_leaves_this_server_serving(
+    use_config, caplog: pytest.LogCaptureFixture
+) -> None:
     use_config(server={"peers": [f"http://127.0.0.1:{free_port()}"]})  # nothing listens there
     client = AsyncClient()
     listed = await client.get("/v1/models")

@@ -149,7 +149,12 @@ class Run:
     """A scheduler over its own fake context, and the requests it admitted."""
 
     def __init__(
-        self, context: FakeContext, parallel: int, drafting: bool, clock: Callable[[], float], cache_bytes: int | None = None
+        self,
+        context: FakeContext,
+        parallel: int,
+        drafting: bool,
+        clock: Callable[[], float],
+        cache_bytes: int | None = None,
     ) -> None:
         self.context = context
         cache = None if cache_bytes is None else PromptCache(cache_bytes, min_tokens=4, clock=clock)
@@ -166,7 +171,11 @@ class Run:
             assert isinstance(accepted, PromptAccepted) and accepted.prompt_tokens == len(prompt)
             assert accepted.cached_tokens < len(prompt)
             assert accepted.cache_tier in (("slot", "ram") if accepted.cached_tokens else ("",))
-            first = next(slot for slot in self.scheduler.slots if slot.choice and slot.choice.request.key == key and slot.choice.index == 0)
+            first = next(
+                slot
+                for slot in self.scheduler.slots
+                if slot.choice and slot.choice.request.key == key and slot.choice.index == 0
+            )
             assert first.tokens == prompt[: accepted.cached_tokens], "a cached prefix is the prompt's own"
             self.requests[key] = tracked
 
@@ -269,13 +278,16 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: not self.runs)
     @rule(
-        parallel=st.integers(1, 4), n_ctx=st.integers(24, 96), capacity=st.integers(1, 12),
+        parallel=st.integers(1, 4),
+        n_ctx=st.integers(24, 96),
+        capacity=st.integers(1, 12),
         cache_bytes=st.none() | st.integers(0, 600),
     )
     def start(self, parallel: int, n_ctx: int, capacity: int, cache_bytes: int | None) -> None:
         capacity = max(capacity, parallel)  # as LoadSettings.batch_capacity
         self.runs = [
-            Run(FakeContext(n_ctx, capacity), parallel, drafting, self._clock, cache_bytes) for drafting in (True, False)
+            Run(FakeContext(n_ctx, capacity), parallel, drafting, self._clock, cache_bytes)
+            for drafting in (True, False)
         ]
 
     def _clock(self) -> float:
@@ -303,7 +315,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             return  # prepare refuses it
         key, self.attempts = self.attempts, self.attempts + 1
         job = ChatJob(
-            messages=(), n=n, max_tokens=max_tokens, sampling=Sampling(temperature=1.0, seed=seed(key)),
+            messages=(),
+            n=n,
+            max_tokens=max_tokens,
+            sampling=Sampling(temperature=1.0, seed=seed(key)),
             logprobs=0 if logprobs else None,
         )
         for run in self.runs:
@@ -378,7 +393,9 @@ def test_drafts_never_delay_a_joining_prompt() -> None:
     for drafting in (False, True):
         scheduler = Scheduler(FakeContext(n_ctx=200, batch_capacity=6, surprise=0.0), 2, drafting=drafting)
         steps = run_to_the_end(scheduler, requests)
-        first_token_of_b[drafting] = next(number for number, events in enumerate(steps) if any(k == "b" for k, _ in events))
+        first_token_of_b[drafting] = next(
+            number for number, events in enumerate(steps) if any(k == "b" for k, _ in events)
+        )
         finished = {key: event for events in steps for key, event in events if isinstance(event, Finished)}
     assert first_token_of_b[True] == first_token_of_b[False] > 3
     assert finished["a"].draft_accepted > 0

@@ -49,9 +49,11 @@ def any_of_chain(depth: int, leaf: str = "a") -> dict[str, Any]:
 
 def one_of_objects(width: int) -> dict[str, Any]:
     """A oneOf whose alternatives must each be checked against each other: width² checks."""
-    return {"oneOf": [
-        {"type": "object", "properties": {"kind": {"const": index}}, "required": ["kind"]} for index in range(width)
-    ]}
+    return {
+        "oneOf": [
+            {"type": "object", "properties": {"kind": {"const": index}}, "required": ["kind"]} for index in range(width)
+        ]
+    }
 
 
 def spent(schema: dict[str, Any]) -> int:
@@ -63,7 +65,9 @@ def spent(schema: dict[str, Any]) -> int:
 def test_a_ref_used_twice_in_an_all_of_is_expanded_once() -> None:
     # Linear in the depth: 2^40 expansions would never end.
     assert spent(all_of_chain(40)) < 2 * spent(all_of_chain(20)) < 20_000
-    assert json_schema_grammar(all_of_chain(40)) == json_schema_grammar({"$defs": {"d0": {"type": "string"}}, "$ref": "#/$defs/d0"})
+    assert json_schema_grammar(all_of_chain(40)) == json_schema_grammar(
+        {"$defs": {"d0": {"type": "string"}}, "$ref": "#/$defs/d0"}
+    )
 
 
 def test_a_one_of_of_many_constants_is_told_apart_in_one_pass() -> None:
@@ -99,9 +103,12 @@ def costly_schemas() -> st.SearchStrategy[dict[str, Any]]:
         st.integers(1, 30_000).map(lambda width: {"enum": [f"v{index}" for index in range(width)]}),
         st.integers(1, 20_000).map(lambda width: {"oneOf": [{"const": index} for index in range(width)]}),
         st.text("ab|()?*+", min_size=1, max_size=3000).map(lambda pattern: {"type": "string", "pattern": pattern}),
-        st.integers(1, 3000).map(lambda width: {
-            "type": "object", "properties": {f"p{index}": {"type": "integer", "minimum": index} for index in range(width)},
-        }),
+        st.integers(1, 3000).map(
+            lambda width: {
+                "type": "object",
+                "properties": {f"p{index}": {"type": "integer", "minimum": index} for index in range(width)},
+            }
+        ),
     )
     return st.recursive(
         leaves,
@@ -182,16 +189,37 @@ async def post(path: str, body: dict[str, Any], **headers: str) -> Any:
 @pytest.mark.parametrize(
     ("path", "body", "param"),
     [
-        ("/v1/chat/completions", {"messages": HELLO, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "x", "schema": TOO_COMPLEX}}}, "response_format"),
-        ("/v1/chat/completions", {
-            "messages": HELLO, "tool_choice": "required",
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": TOO_COMPLEX}}],
-        }, "tools"),
-        ("/v1/responses", {"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": TOO_COMPLEX}}},
-         "text.format"),
-        ("/v1/messages", {"messages": HELLO, "max_tokens": 5, "output_config": {
-            "format": {"type": "json_schema", "schema": TOO_COMPLEX}}}, "output_config.format"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": HELLO,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": TOO_COMPLEX}},
+            },
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": HELLO,
+                "tool_choice": "required",
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": TOO_COMPLEX}}],
+            },
+            "tools",
+        ),
+        (
+            "/v1/responses",
+            {"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": TOO_COMPLEX}}},
+            "text.format",
+        ),
+        (
+            "/v1/messages",
+            {
+                "messages": HELLO,
+                "max_tokens": 5,
+                "output_config": {"format": {"type": "json_schema", "schema": TOO_COMPLEX}},
+            },
+            "output_config.format",
+        ),
     ],
     ids=["chat", "forced tool", "responses", "messages"],
 )
@@ -213,7 +241,11 @@ async def test_counting_tokens_builds_no_grammar(use_config, monkeypatch: pytest
         raise AssertionError("a grammar was built to count tokens")
 
     monkeypatch.setattr(compiler, "cached_schema_grammar", never)
-    body = {"model": SMOLLM2, "messages": HELLO, "output_config": {"format": {"type": "json_schema", "schema": TOO_COMPLEX}}}
+    body = {
+        "model": SMOLLM2,
+        "messages": HELLO,
+        "output_config": {"format": {"type": "json_schema", "schema": TOO_COMPLEX}},
+    }
     response = await post("/v1/messages/count_tokens", body)
     assert response.status_code == 200, response.content
     assert response.json()["input_tokens"] > 0
@@ -231,8 +263,12 @@ async def test_health_answers_while_costly_schemas_are_built(daphne_server: Daph
     schemas = [any_of_chain(24, leaf=f"leaf{index}") for index in range(8)]
 
     async def chat(client: httpx.AsyncClient, schema: dict[str, Any]) -> httpx.Response:
-        body = {"model": SMOLLM2, "messages": HELLO, "max_tokens": 1, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+        body = {
+            "model": SMOLLM2,
+            "messages": HELLO,
+            "max_tokens": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        }
         return await client.post("/v1/chat/completions", json=body)
 
     async with httpx.AsyncClient(base_url=daphne_server.url, timeout=120) as client:

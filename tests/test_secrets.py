@@ -24,7 +24,9 @@ async def test_an_empty_admin_token_file_never_opens_the_admin_endpoints(
     token_file = tmp_path / ".admin_token"
     token_file.write_text(content)
     client = AsyncClient()
-    refused = await client.post("/admin/unload", {"model": "all"}, content_type="application/json", headers={"Authorization": header})
+    refused = await client.post(
+        "/admin/unload", {"model": "all"}, content_type="application/json", headers={"Authorization": header}
+    )
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     token = token_file.read_text()
     assert len(token) > 40 and token == token.strip()  # a new one, in place of nothing
@@ -43,13 +45,17 @@ def test_a_secret_is_written_whole_and_readable_only_by_its_owner(tmp_path: Path
     assert read_or_create_secret(path) == secret
 
 
-def test_an_empty_secret_file_gets_a_new_secret_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_empty_secret_file_gets_a_new_secret_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / ".admin_token"
     path.touch(mode=0o644)
     with caplog.at_level(logging.WARNING, logger="inference.secret_files"):
         secret = read_or_create_secret(path)
     assert secret and path.read_text() == secret and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [record.getMessage() for record in caplog.records] == [f"{path} held no secret (it was empty): a new one was written to it"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path} held no secret (it was empty): a new one was written to it"
+    ]
 
 
 def test_processes_starting_together_keep_one_secret(tmp_path: Path) -> None:
@@ -69,7 +75,9 @@ def test_processes_starting_together_keep_one_secret(tmp_path: Path) -> None:
     assert [entry.name for entry in tmp_path.iterdir()] == [".secret_key"]
 
 
-def test_a_blank_admin_token_in_the_environment_is_no_token(use_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_blank_admin_token_in_the_environment_is_no_token(
+    use_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ADMIN_TOKEN_ENV_VAR, "   ")
     assert admin_token(create=False) is None
     token = admin_token(create=True)

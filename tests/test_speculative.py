@@ -112,7 +112,9 @@ async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config
     after = await draft_token_counts()
     for kind, column in (("proposed", "draft_tokens_proposed"), ("accepted", "draft_tokens_accepted")):
         assert after[kind] - before.get(kind, 0) == sum(getattr(record, column) for record in records)
-    page = (await sync_to_async(admin_client.get)(f"/admin/inference/requestrecord/{copied.pk}/change/")).content.decode()
+    page = (
+        await sync_to_async(admin_client.get)(f"/admin/inference/requestrecord/{copied.pk}/change/")
+    ).content.decode()
     assert "Draft tokens proposed" in page and "Draft tokens accepted" in page
 
 
@@ -183,7 +185,9 @@ Choices = dict[tuple[str, int], tuple[list[TokenLogprob], Finished]]
 def generate_together(model: Path, speculative: str, jobs: dict[str, ChatJob]) -> Choices:
     """Start every job before the first step (so both runs batch them alike) and step until all
     are done: each choice's tokens with their top logprobs, and its Finished."""
-    settings = LoadSettings(n_ctx=4096, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=5, speculative=speculative)
+    settings = LoadSettings(
+        n_ctx=4096, n_gpu_layers=0, n_threads=1, n_threads_batch=2, parallel=5, speculative=speculative
+    )
     engine = GenerationEngine("smollm2", model, settings)
     tokens: dict[tuple[str, int], list[TokenLogprob]] = {}
     finished: dict[tuple[str, int], Finished] = {}
@@ -214,7 +218,12 @@ def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None
         chat = tuple(ChatMessage(message["role"], message["content"]) for message in messages)
         return ChatJob(messages=chat, max_tokens=100, sampling=Sampling(temperature=0), logprobs=2, n=n)
 
-    jobs = {"list": job(REPEAT_LIST, n=2), "code": job(EDIT_CODE), "story": job(STORY), "hello": job([{"role": "user", "content": "Hi!"}])}
+    jobs = {
+        "list": job(REPEAT_LIST, n=2),
+        "code": job(EDIT_CODE),
+        "story": job(STORY),
+        "hello": job([{"role": "user", "content": "Hi!"}]),
+    }
     plain = generate_together(smollm2_file, "off", jobs)
     drafted = generate_together(smollm2_file, "ngram", jobs)
     assert drafted.keys() == plain.keys() and len(drafted) == 5

@@ -37,9 +37,18 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def served(path: str, happened: list[str], answering: list[int] | None = None) -> int:
     scope = {
-        "type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-        "scheme": "http", "http_version": "1.1", "root_path": "", "asgi": {"version": "3.0"},
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+        "asgi": {"version": "3.0"},
     }
     messages = [{"type": "http.request", "body": b"", "more_body": False}]
     status = []

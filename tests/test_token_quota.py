@@ -83,7 +83,9 @@ async def test_count_tokens_claims_nothing(use_config) -> None:
     prompt = await prompt_tokens()
     key, secret = await key_with(prompt + 1)
     counted = await AsyncClient().post(
-        "/v1/messages/count_tokens", {"model": SMOLLM2, "messages": HELLO}, content_type="application/json",
+        "/v1/messages/count_tokens",
+        {"model": SMOLLM2, "messages": HELLO},
+        content_type="application/json",
         headers={"x-api-key": secret},
     )
     assert counted.status_code == 200

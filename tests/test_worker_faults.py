@@ -29,7 +29,9 @@ class FaultyEngine(FakeEngine):
     """A fake engine that breaks where a job's text says: "fail at prepare", "fail at start",
     "fail at step"; and at load or close when its model is in `broken`."""
 
-    def __init__(self, broken: dict[str, set[str]], log: list[str], name: str, path: Path, settings: LoadSettings) -> None:
+    def __init__(
+        self, broken: dict[str, set[str]], log: list[str], name: str, path: Path, settings: LoadSettings
+    ) -> None:
         self.broken = broken.setdefault(name, set())
         if "load" in self.broken:
             self.broken.discard("load")  # once: the next load works
@@ -118,7 +120,9 @@ async def test_a_failing_close_still_forgets_the_worker(synthetic_models: Path) 
     pool.shutdown()
 
 
-async def test_a_failing_load_fails_its_request_and_the_next_one_loads(synthetic_models: Path, lifecycle_events) -> None:
+async def test_a_failing_load_fails_its_request_and_the_next_one_loads(
+    synthetic_models: Path, lifecycle_events
+) -> None:
     pool = faulty_pool(synthetic_models, [], broken={"alpha": {"load"}})
     failure = await outcome(pool, "alpha", chat("first"))
     assert isinstance(failure, LoadFailed) and failure.cause == "out of memory while loading"
@@ -127,7 +131,9 @@ async def test_a_failing_load_fails_its_request_and_the_next_one_loads(synthetic
     pool.shutdown()
 
 
-@pytest.mark.parametrize(("text", "failure"), [("fail at prepare", PrepareFailed), ("fail at start", GrammarNotCompiled)])
+@pytest.mark.parametrize(
+    ("text", "failure"), [("fail at prepare", PrepareFailed), ("fail at start", GrammarNotCompiled)]
+)
 async def test_a_job_that_cannot_run_fails_alone(synthetic_models: Path, text: str, failure: type) -> None:
     log: list[str] = []
     pool = faulty_pool(synthetic_models, log, parallel=1)
