@@ -18,7 +18,7 @@ from django.db import IntegrityError, OperationalError
 from django.test import AsyncClient
 
 from inference.access import keys as access_keys
-from inference.access import limits
+from inference.access import quotas
 from inference.errors import DatabaseUnavailable, InvalidApiKey
 from inference.records.writer import RecordWriter
 from inference.services import keys as key_services
@@ -189,9 +189,9 @@ async def test_tokens_per_day_are_not_checked_while_the_database_is_away(
 ) -> None:
     key, _ = await sync_to_async(key_services.api_key_create)(name="k", tokens_per_day=1)
     refused = OperationalError("connection refused")
-    with mock.patch.object(limits, "_tokens_today", side_effect=refused), caplog.at_level(logging.WARNING):
-        await limits.quota_check(key)
-        await limits.quota_check(key)
+    with mock.patch.object(quotas, "_tokens_today", side_effect=refused), caplog.at_level(logging.WARNING):
+        await quotas.quota_check(key)
+        await quotas.quota_check(key)
     assert caplog.text.count("tokens per day are not checked") == 1
 
 

@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from inference.access import limits
+from inference.access import quotas
 from inference.models import ApiKey
 from inference.selectors import usage as usage_selectors
 from inference.services import keys as key_services
@@ -68,12 +68,12 @@ def test_no_warning_when_every_key_is_below(admin_client: Client) -> None:
 async def test_a_key_past_80_percent_is_logged_once_a_day(caplog: pytest.LogCaptureFixture) -> None:
     near = await sync_to_async(key_using)("near", 850)
     below = await sync_to_async(key_using)("below", 790)
-    with caplog.at_level(logging.WARNING, logger="inference.access.limits"):
+    with caplog.at_level(logging.WARNING, logger="inference.access.quotas"):
         for _ in range(3):
-            await limits.quota_check(near)
-            await limits.quota_check(below)
+            await quotas.quota_check(near)
+            await quotas.quota_check(below)
     line = f"API key {near.prefix}… (near) has used 850 of its 1000 tokens for today (UTC), 85%"
     assert caplog.text.count(line) == 1
     assert below.prefix not in caplog.text
-    limits._quota_warnings.note(near, 900, datetime.now(UTC).date() + timedelta(days=1))  # a new UTC day
+    quotas._quota_warnings.note(near, 900, datetime.now(UTC).date() + timedelta(days=1))  # a new UTC day
     assert caplog.text.count(f"API key {near.prefix}… (near) has used") == 2

@@ -13,7 +13,7 @@ from django.test import AsyncClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.access import limits
+from inference.access import quotas
 from inference.access.quotas import TokenLedger
 from inference.models import ApiKey, RequestRecord
 from inference.services import keys as key_services
@@ -89,7 +89,7 @@ async def test_count_tokens_claims_nothing(use_config) -> None:
         headers={"x-api-key": secret},
     )
     assert counted.status_code == 200
-    assert limits.token_ledger.held(key.prefix) == 0
+    assert quotas.token_ledger.held(key.prefix) == 0
 
 
 # The ledger under any interleaving: requests check (a snapshot, then the records, then their

@@ -12,8 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import protocol
-from inference.access.limits import quota_check
-from inference.access.quotas import QuotaExceeded, Quotas
+from inference.access.quotas import QuotaExceeded, Quotas, quota_check
 from inference.api import peers
 from inference.api.authentication import Credentials, Identity
 from inference.api.handler import APIView, endpoint_of
