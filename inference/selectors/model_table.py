@@ -23,7 +23,7 @@ from inference.runtime.lifecycle import LifecycleKind
 from inference.runtime.memory import MIB, model_memory_estimate
 from inference.runtime.pool import model_pool
 from inference.runtime.worker import ModelWorker, WorkerState
-from inference.selectors.models import PROCESS_STARTED, worker_status_body
+from inference.selectors.models import PROCESS_STARTED, expires_at
 
 UNLOADED = "unloaded"
 FAILED = "failed"  # its last load since the server started failed, and it is not loaded
@@ -95,9 +95,9 @@ def _row(
     usage: dict[str, int],
     events: dict[str, LoadEvent],
 ) -> ModelRow:
-    status = worker_status_body(worker.status()) if worker else {}
+    status = worker.status() if worker else None
     last_event = events.get("last")
-    state = status.get("state", UNLOADED)
+    state = str(status.state) if status else UNLOADED
     if state == UNLOADED and last_event is not None and last_event.kind == LifecycleKind.LOAD_FAILED:
         state = FAILED
     estimate = model_memory_estimate(model, settings)
@@ -107,13 +107,13 @@ def _row(
     loaded = events.get("load")
     return ModelRow(
         name=name,
-        state=str(state),
-        load_percent=status.get("load_percent"),
+        state=state,
+        load_percent=status.load_percent if status else None,
         memory_mb=None if memory_bytes is None else round(memory_bytes / MIB),
-        slots_busy=status.get("slots_busy", 0),
+        slots_busy=status.slots_busy if status else 0,
         parallel=1 if worker and worker.embedding else settings.parallel,
-        queued=status.get("queued", 0),
-        expires_at=status.get("expires_at"),
+        queued=status.queued if status else 0,
+        expires_at=expires_at(status) if status else None,
         pinned=settings.pinned,
         requests_today=usage.get("requests") or 0,
         prompt_tokens_today=prompt_tokens,

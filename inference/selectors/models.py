@@ -56,18 +56,24 @@ def health() -> dict[str, Any]:
 
 
 def worker_status_body(status: WorkerStatus) -> dict[str, Any]:
-    """A worker's status as /health and the admin API show it (expiry as a UTC time)."""
-    expires_at = None if status.expires_in is None else datetime.now(UTC) + timedelta(seconds=status.expires_in)
+    """A worker's status as /health shows it."""
     return {
         "state": str(status.state),
         "in_flight": status.in_flight,
         "slots_busy": status.slots_busy,
         "queued": status.queued,
         "idle_seconds": round(status.idle_seconds, 1),
-        "expires_at": expires_at.isoformat() if expires_at else None,
+        "expires_at": expires_at(status),
         "pinned": status.pinned,
         "load_percent": status.load_percent,
     }
+
+
+def expires_at(status: WorkerStatus) -> str | None:
+    """When the idle check will unload the worker, as an ISO UTC time (None: it will not)."""
+    if status.expires_in is None:
+        return None
+    return (datetime.now(UTC) + timedelta(seconds=status.expires_in)).isoformat()
 
 
 def models_with_state() -> list[dict[str, Any]]:
