@@ -4,6 +4,7 @@ authenticated once (`APIView.credentials`), calls one serving function or select
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from operator import attrgetter
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -130,6 +131,9 @@ class GenerationView(APIView):
     start: Any
     body: Any
     chunks: Any = None
+    # The Generation in what `start` returns, for the record to track (itself, but for a Responses
+    # API start: a StartedResponse that carries one).
+    generation_of: Any = staticmethod(lambda started: started)
     rate_limit_headers: Any = staticmethod(openai_rate_limit_headers)
     quotas: Quotas | None = None  # this request's, once checked
 
@@ -153,7 +157,7 @@ class GenerationView(APIView):
                 token_allowance=recording.token_window.claim if recording.token_window else None,
             )
             started = await self.start(request=parsed, caller=caller)
-            recording.track(getattr(started, "generation", started))  # a StartedResponse carries one
+            recording.track(self.generation_of(started))
         if getattr(parsed, "stream", False):
             return sse_response(self.chunks(started, parsed))
         return Response(await self.body(started, parsed))
@@ -234,6 +238,7 @@ class ResponsesView(GenerationView):
     start = staticmethod(response_create)
     body = staticmethod(response_body)
     chunks = staticmethod(response_events)
+    generation_of = staticmethod(attrgetter("generation"))
 
 
 class ResponseDetailView(APIView):
