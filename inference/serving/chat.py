@@ -21,7 +21,6 @@ from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, T
 from inference.serving import tools
 from inference.serving.generate import Caller, generation_start
 from inference.serving.streams import sse_stream
-from inference.serving.tools import parse_call
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ async def chat_completion_body(generation: Generation, request: ChatRequest) -> 
 
 def _choice_body(index: int, choice: _Choice, request: ChatRequest) -> dict[str, Any]:
     text = "".join(choice.texts)
-    call = parse_call(text, request.tools) if request.tool_calls_possible else None
+    call = tools.parse_call(text, request.tools) if request.tool_calls_possible else None
     message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
     if call:
         message["tool_calls"] = [_tool_call_body(call)]
@@ -191,7 +190,7 @@ class _ChunkWriter:
     def ended(self, event: Finished, held: list[TextDelta]) -> list[bytes]:
         """A choice's last chunks: its held text as a tool call if it is one (else as text), then
         its finish reason."""
-        call = parse_call("".join(delta.text for delta in held), self.request.tools) if held else None
+        call = tools.parse_call("".join(delta.text for delta in held), self.request.tools) if held else None
         if call:
             frames = [self.chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})]
         else:
