@@ -163,6 +163,9 @@ class DailyUsage(models.Model):
             models.UniqueConstraint(fields=["instance", "day", "model", "api_key"], name="unique_daily_usage")
         ]
 
+    # The RequestRecord columns that count_request takes, in its order.
+    COUNTED_COLUMNS = ("status", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_second")
+
     def count_request(
         self,
         status: str,

@@ -83,16 +83,7 @@ def _rollups(since: datetime, until: datetime, model: str | None, api_key: str |
 
 def _record_values(since: datetime, until: datetime, model: str | None, api_key: str | None) -> Iterable[tuple]:
     records = records_in_range(since=since, until=until, model=model, api_key=api_key)
-    return records.values_list(
-        "created_at",
-        "model",
-        "api_key",
-        "status",
-        "prompt_tokens",
-        "completion_tokens",
-        "ttft_ms",
-        "tokens_per_second",
-    ).iterator(chunk_size=5000)
+    return records.values_list("created_at", "model", "api_key", *DailyUsage.COUNTED_COLUMNS).iterator(chunk_size=5000)
 
 
 def records_in_range(

@@ -29,17 +29,7 @@ def daily_usage_rebuild() -> int:
     if first is None:
         return 0
     rollups: dict[tuple[str, Any, str, str], DailyUsage] = {}
-    columns = (
-        "instance",
-        "created_at",
-        "model",
-        "api_key",
-        "status",
-        "prompt_tokens",
-        "completion_tokens",
-        "ttft_ms",
-        "tokens_per_second",
-    )
+    columns = ("instance", "created_at", "model", "api_key", *DailyUsage.COUNTED_COLUMNS)
     for instance, created, model, api_key, *values in RequestRecord.objects.values_list(*columns).iterator(
         chunk_size=20000
     ):
