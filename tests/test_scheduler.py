@@ -63,6 +63,9 @@ class FakeSampler:
         self.drawn.append(token)
         return token
 
+    def accept(self, token: int) -> None:
+        raise AssertionError("no job of this machine forces a token")
+
     def close(self) -> None:
         self._open = False
         self._context.samplers_open -= 1
@@ -103,7 +106,7 @@ class FakeContext:
     def is_end_of_generation(self, token: int) -> bool:
         return token == END
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
         return "xyz..é"[token % 6].encode()
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob:

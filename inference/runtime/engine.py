@@ -110,17 +110,33 @@ class GenerationEngine(Generic[Key]):
             raise TooManyChoices(model=self.name, n=job.n, parallel=self.parallel)
         if any(not 0 <= token < self.model.n_vocab for token, _ in job.logit_bias):
             raise TokenOutOfRange(param="logit_bias", vocabulary_size=self.model.n_vocab)
-        if isinstance(job, ChatJob):
-            prompt, stops = self.model.chat_prompt(job.messages)
-            param = "messages"
-        else:
-            assert isinstance(job, CompletionJob)
-            prompt, stops, param = self.model.completion_prompt(job.prompt, job.suffix), (), "prompt"
+        prompt, stops, param = self._prompt(job)
         if len(prompt) >= self.n_ctx:
             raise PromptTooLong(model=self.name, tokens=len(prompt), n_ctx=self.n_ctx, param=param)
         if not prompt:
             raise PromptEmpty(param=param)
-        return Prepared(job, prompt, job.stop + stops)
+        if job.count_only:
+            return Prepared(job, prompt)
+        thinking = job.thinking
+        markup = job.markup + ((thinking.start, thinking.end) if thinking else ())
+        return Prepared(
+            job,
+            prompt,
+            job.stop + stops,
+            thinking_end=tuple(self.model.tokenize(thinking.end, add_special=False)) if thinking else (),
+            shown=self.model.control_tokens(markup),
+        )
+
+    def _prompt(self, job: GenerationJob) -> tuple[list[int], tuple[str, ...], str]:
+        """The job's prompt as tokens, the stops its chat format adds, and the request's field
+        that held it. A chat rendered by serving (its template's BOS text stripped) gets the BOS
+        the vocabulary wants, and no stops of a format: serving puts those it needs in `stop`."""
+        if isinstance(job, ChatJob):
+            if job.prompt_text is not None:
+                return self.model.tokenize(job.prompt_text, add_special=True), (), "messages"
+            return (*self.model.chat_prompt(job.messages), "messages")
+        assert isinstance(job, CompletionJob)
+        return self.model.completion_prompt(job.prompt, job.suffix), (), "prompt"
 
     def start(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
         """Put a prepared job into free slots; None if there is no room until a request ends."""

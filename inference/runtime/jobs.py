@@ -41,6 +41,18 @@ class ChatMessage:
     content: str
 
 
+@dataclass(frozen=True)
+class Thinking:
+    """How a model thinks, for the runtime to count and bound it: its template's markers (text,
+    "<think>"/"</think>"), whether the prompt ends inside thinking, and the most tokens of
+    thinking per choice (None: no limit) before the end marker is forced (runtime.thinking)."""
+
+    start: str
+    end: str
+    open: bool = False
+    budget: int | None = None
+
+
 # Claims tokens of a key's daily allowance: (tokens wanted, the fewest that will do) → the
 # tokens granted, from the fewest to those wanted, or 0 (nothing claimed) if fewer are left.
 TokenClaim = Callable[[int, int], int]
@@ -71,11 +83,19 @@ class GenerationJob(ModelJob):
     grammar: str | None = None  # GBNF that the output must match
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias); -100 bans a token
     count_only: bool = False  # prepare the prompt and report its size; generate nothing
+    thinking: Thinking | None = None  # counted per choice and bounded by its budget
+    # The template's markup ("<think>", "[TOOL_CALLS]", …): control tokens these texts are made of
+    # are printed in the output (others stay hidden), for serving to find the markup it parses.
+    markup: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChatJob(GenerationJob):
     messages: tuple[ChatMessage, ...]
+    # The messages rendered by serving with the model's template (a leading BOS text stripped):
+    # tokenized as it is, special tokens parsed. None: rendered by the model's named
+    # `chat_format` (llama-cpp-python's), if it has one.
+    prompt_text: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +145,7 @@ class Finished:
     stop_sequence: str | None = None  # the one that stopped it (a request's or the template's)
     draft_proposed: int = 0  # tokens guessed by drafting (runtime.drafting)
     draft_accepted: int = 0  # of those, the ones that came true
+    reasoning_tokens: int = 0  # of completion_tokens, those inside thinking (not its markers)
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,8 @@ class Prepared:
     prompt: list[int]
     stops: tuple[str, ...] = ()
     inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens
+    thinking_end: tuple[int, ...] = ()  # the tokens of the job's thinking end marker (forced)
+    shown: frozenset[int] = frozenset()  # control tokens of the job's markup, printed as text
 
     def within_allowance(self, n_ctx: int) -> Prepared:
         """This job as its token allowance lets it run: the most it could use claimed (its

@@ -1,7 +1,8 @@
 """The only module that calls llama_cpp: models, contexts, batches, samplers, chat templates.
 
-`LlamaModel` is a loaded model and its vocabulary: tokenizing, rendering prompts with the model's
-own chat template. `GenerationContext` is a context of it with `parallel` sequences sharing one
+`LlamaModel` is a loaded model and its vocabulary: tokenizing, token texts, rendering prompts
+with the model's own chat template.
+`GenerationContext` is a context of it with `parallel` sequences sharing one
 unified KV cache; it implements the scheduler's `DecodeContext` (decode a batch, sample with a
 per-choice sampler chain, logprobs, KV cells). `EmbeddingContext` embeds token lists.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import threading
 import types
 from collections import deque
@@ -176,7 +178,8 @@ class LlamaModel:
             raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not load it")
         self.vocab = llama_cpp.llama_model_get_vocab(self.pointer)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self._pieces: dict[int, bytes] = {}  # token -> its text, as bytes (a token may end mid-UTF-8)
+        # (token, special) -> its text, as bytes (a token may end mid-UTF-8)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
         try:
             self._chat_formatter = self._make_chat_formatter(settings.chat_format)
         except BaseException:
@@ -220,6 +223,8 @@ class LlamaModel:
         return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """The text's tokens, special tokens' texts ("<|im_start|>") parsed as those tokens;
+        `add_special`: with BOS (and EOS) where the vocabulary wants them."""
         data = text.encode("utf-8")
         capacity = len(data) + 16
         while True:
@@ -229,16 +234,26 @@ class LlamaModel:
                 return list(tokens[:count])
             capacity = -count
 
-    def piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's text; a control token's is empty unless `special`."""
+        piece = self._pieces.get((token, special))
         if piece is None:
             buffer = ctypes.create_string_buffer(64)
-            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
             if length < 0:
                 buffer = ctypes.create_string_buffer(-length)
-                length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -length, 0, False)
-            piece = self._pieces[token] = buffer.raw[:length]
+                length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -length, 0, special)
+            piece = self._pieces[token, special] = buffer.raw[:length]
         return piece
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The tokens' text, control tokens' included (as llama.cpp server's /detokenize)."""
+        return b"".join(self.piece(token, special=True) for token in tokens).decode("utf-8", errors="replace")
+
+    def control_tokens(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The control tokens that these texts are made of (llama.cpp server's preserved tokens)."""
+        tokens = (token for text in texts if text for token in self.tokenize(text, add_special=False))
+        return frozenset(token for token in tokens if llama_cpp.llama_vocab_is_control(self.vocab, token))
 
     def is_end_of_generation(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
@@ -289,13 +304,14 @@ class LlamaSampler:
     def __init__(self, model: LlamaModel, ctx: Any, job: GenerationJob, seed_offset: int) -> None:
         self._ctx = ctx
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._grammar = None
         parts = []
         if job.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, job.grammar.encode(), b"root")
-            if not grammar:
+            self._grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, job.grammar.encode(), b"root")
+            if not self._grammar:
                 self.close()
                 raise GrammarNotCompiled()
-            parts.append(grammar)
+            parts.append(self._grammar)
         if job.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(job.logit_bias))(
                 *(llama_cpp.llama_logit_bias(token, bias) for token, bias in job.logit_bias)
@@ -306,7 +322,22 @@ class LlamaSampler:
             llama_cpp.llama_sampler_chain_add(self._chain, part)
 
     def sample(self, index: int) -> int:
-        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, index)
+        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, index)  # accepts the token too
+
+    def accept(self, token: int) -> None:
+        """Take a forced token as sampled. A token the grammar does not allow passes it by: llama.cpp
+        aborts the process on a grammar that accepts a token it cannot match."""
+        if self._grammar is None or self._grammar_allows(token):
+            llama_cpp.llama_sampler_accept(self._chain, token)
+            return
+        for index in range(1, llama_cpp.llama_sampler_chain_n(self._chain)):  # the grammar is first
+            llama_cpp.llama_sampler_accept(llama_cpp.llama_sampler_chain_get(self._chain, index), token)
+
+    def _grammar_allows(self, token: int) -> bool:
+        candidate = llama_cpp.llama_token_data(token, 0.0, 0.0)
+        candidates = llama_cpp.llama_token_data_array(ctypes.pointer(candidate), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        return math.isfinite(candidate.logit)
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self._chain)
@@ -370,8 +401,8 @@ class GenerationContext:
     def is_end_of_generation(self, token: int) -> bool:
         return self._model.is_end_of_generation(token)
 
-    def piece(self, token: int) -> bytes:
-        return self._model.piece(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        return self._model.piece(token, special)
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The token's log-probability under the model (before sampling), and the `top` likeliest."""

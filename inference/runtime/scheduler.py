@@ -34,6 +34,7 @@ from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, 
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.slots import SequenceStore, Slot, SlotMemory
 from inference.runtime.stops import StopMatcher
+from inference.runtime.thinking import ThinkingWatch
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class Sampler(Protocol):
     def sample(self, index: int) -> int:
         """The next token, from the logits of the last decode's `index`th batch token."""
 
+    def accept(self, token: int) -> None:
+        """Take `token` as the next one without sampling it (forced): the grammar and the
+        penalties go on from it as if it had been sampled."""
+
     def close(self) -> None: ...
 
 
@@ -79,8 +84,9 @@ class DecodeContext(SequenceStore, Protocol):
 
     def is_end_of_generation(self, token: int) -> bool: ...
 
-    def piece(self, token: int) -> bytes:
-        """The token's text (a token may end in the middle of a UTF-8 character)."""
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's text (a token may end in the middle of a UTF-8 character); a control
+        token's is empty unless `special`."""
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob: ...
 
@@ -108,6 +114,29 @@ class Choice(Generic[Key]):
     drafter: NgramDrafter = field(default_factory=NgramDrafter)
     draft_proposed: int = 0
     draft_accepted: int = 0
+    thinking: ThinkingWatch | None = None  # the job's thinking, counted and bounded
+
+    def next_at(self, index: int) -> tuple[int, bool]:
+        """The choice's next token and whether it was forced: the end of thinking when its budget
+        is spent (the sampler accepts it), or else sampled at the batch's `index`."""
+        forced = self.thinking.forced() if self.thinking is not None else None
+        if forced is None:
+            return self.sampler.sample(index), False
+        self.sampler.accept(forced)
+        return forced, True
+
+    def finished(self, reason: str) -> Finished:
+        request = self.request
+        return Finished(
+            reason,
+            len(request.prepared.prompt),
+            self.generated,
+            self.index,
+            stop_sequence=self.stops.matched,
+            draft_proposed=self.draft_proposed,
+            draft_accepted=self.draft_accepted,
+            reasoning_tokens=self.thinking.reasoning_tokens if self.thinking is not None else 0,
+        )
 
 
 @dataclass(eq=False)
@@ -176,6 +205,8 @@ class Scheduler(Generic[Key]):
         for index, (slot, sampler) in enumerate(zip(slots, samplers)):
             state = ChoiceState.PROMPT if index == 0 else ChoiceState.WAITING
             choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
+            if job.thinking is not None:
+                choice.thinking = ThinkingWatch(job.thinking, prepared.thinking_end)
             slot.choice = choice
             request.choices.append(choice)
         request.choices[0].pending = prompt[reuse:]
@@ -243,7 +274,7 @@ class Scheduler(Generic[Key]):
             next_token = choice.next_token
             assert next_token is not None, "a generating choice has sampled its next token"
             draft: list[int] = []
-            if self._drafting:
+            if self._drafting and not (choice.thinking and choice.thinking.forcing):  # forced: nothing to guess
                 # Drafts take no cell that the next tokens still need and evict no cache, and stop
                 # where the choice's limit comes (the last draft token's logits give its last token).
                 free = self.n_ctx - self.memory.used() - (len(generating) - number)
@@ -282,29 +313,33 @@ class Scheduler(Generic[Key]):
     def _verify(self, choice: Choice[Key], index: int, draft: list[int]) -> Events[Key]:
         """Sample the choice's next token at `index` and, while it matches the draft token after it,
         the next one at that token's (runtime.drafting); forget the cells of the rest of the draft."""
-        token = choice.sampler.sample(index)
-        events = self._accept(choice, token, index)
+        token, forced = choice.next_at(index)
+        events = self._accept(choice, token, index, forced)
         accepted = 0
         for guess in draft:
             if choice.state is not ChoiceState.GENERATING or token != guess:
                 break
             accepted += 1
             choice.draft_accepted += 1
-            token = choice.sampler.sample(index + accepted)
-            events += self._accept(choice, token, index + accepted)
+            token, forced = choice.next_at(index + accepted)
+            events += self._accept(choice, token, index + accepted, forced)
         if draft:
             choice.drafter.verified(len(draft), accepted)
             self.memory.forget(choice.slot, len(choice.slot.tokens) - len(draft) + accepted)
         return events
 
-    def _accept(self, choice: Choice[Key], token: int, index: int) -> Events[Key]:
-        job = choice.request.job
+    def _accept(self, choice: Choice[Key], token: int, index: int, forced: bool = False) -> Events[Key]:
+        request = choice.request
+        job = request.job
         if not job.ignore_eos and self._context.is_end_of_generation(token):
             return self._finish(choice, "stop")
         choice.generated += 1
         if job.logprobs is not None:
             choice.logprobs.append(self._context.logprob(index, token, job.logprobs))
-        text, stopped = choice.stops.feed(choice.decoder.decode(self._context.piece(token)))
+        text = choice.decoder.decode(self._context.piece(token, special=token in request.prepared.shown))
+        if choice.thinking is not None:
+            choice.thinking.feed(text, forced=forced)
+        text, stopped = choice.stops.feed(text)
         events: Events[Key] = [self._delta(choice, text)] if text else []
         if stopped:
             events += self._finish(choice, "stop")
@@ -341,16 +376,7 @@ class Scheduler(Generic[Key]):
             tail = choice.stops.flush() + choice.decoder.decode(b"", final=True)
             if tail:
                 events.append(self._delta(choice, tail))
-        finished = Finished(
-            reason,
-            len(request.prepared.prompt),
-            choice.generated,
-            choice.index,
-            stop_sequence=choice.stops.matched,
-            draft_proposed=choice.draft_proposed,
-            draft_accepted=choice.draft_accepted,
-        )
-        return [*events, (request.key, finished)]
+        return [*events, (request.key, choice.finished(reason))]
 
     def close(self) -> None:
         """Free the samplers of every running choice and the prompt cache's states (the model
