@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from inference.runtime.engine import GenerationEngine
+from inference.runtime.errors import NoChatTemplate
 from inference.runtime.jobs import (
     ChatJob,
     ChatMessage,
@@ -261,6 +262,22 @@ def test_a_rendered_prompt_is_tokenized_as_the_template_path_did(engine: Generat
     assert prompt.startswith("<|im_start|>system")
     prepared = engine.prepare(ChatJob(messages=tuple(messages), prompt_text=prompt))
     assert prepared.prompt == tokens and prepared.stops == ()
+
+
+def test_without_a_rendered_prompt_only_a_named_chat_format_renders(
+    engine: GenerationEngine, smollm2_file: Path
+) -> None:
+    with pytest.raises(NoChatTemplate):
+        engine.prepare(ChatJob(messages=tuple(CHAT)))
+    settings = LoadSettings(n_ctx=256, n_gpu_layers=0, n_threads=1, n_threads_batch=1, chat_format="chatml")
+    chatml: GenerationEngine = GenerationEngine("chatml", smollm2_file, settings)
+    try:
+        prepared = chatml.prepare(ChatJob(messages=tuple(CHAT)))
+    finally:
+        chatml.close()
+    text = engine.model.detokenize(prepared.prompt)
+    assert f"<|im_start|>user\n{CHAT[0].content}<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert prepared.stops == ("<|im_end|>",)
 
 
 def test_a_spent_budget_forces_the_end_of_thinking(engine: GenerationEngine) -> None:

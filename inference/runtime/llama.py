@@ -1,7 +1,7 @@
-"""The only module that calls llama_cpp: models, contexts, batches, samplers, chat templates.
+"""The only module that calls llama_cpp: models, contexts, batches, samplers, named chat formats.
 
-`LlamaModel` is a loaded model and its vocabulary: tokenizing, token texts, rendering prompts
-with the model's own chat template.
+`LlamaModel` is a loaded model and its vocabulary: tokenizing, token texts, rendering messages
+with a named chat format of llama-cpp-python's (serving renders the models' own templates).
 `GenerationContext` is a context of it with `parallel` sequences sharing one
 unified KV cache; it implements the scheduler's `DecodeContext` (decode a batch, sample with a
 per-choice sampler chain, logprobs, KV cells). `EmbeddingContext` embeds token lists.
@@ -30,7 +30,6 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import (
     ChatFormatter,
-    Jinja2ChatFormatter,
     LlamaChatCompletionHandlerNotFoundException,
     LlamaChatCompletionHandlerRegistry,
 )
@@ -181,7 +180,7 @@ class LlamaModel:
         # (token, special) -> its text, as bytes (a token may end mid-UTF-8)
         self._pieces: dict[tuple[int, bool], bytes] = {}
         try:
-            self._chat_formatter = self._make_chat_formatter(settings.chat_format)
+            self._chat_formatter = _named_chat_formatter(settings.chat_format) if settings.chat_format else None
         except BaseException:
             self.close()
             raise
@@ -204,23 +203,6 @@ class LlamaModel:
         if not ctx:
             raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not create a context")
         return ctx
-
-    def _make_chat_formatter(self, chat_format: str) -> ChatFormatter | None:
-        if chat_format:
-            return _named_chat_formatter(chat_format)
-        template = llama_cpp.llama_model_chat_template(self.pointer, None)
-        if not template:
-            return None
-        return Jinja2ChatFormatter(
-            template=template.decode("utf-8", errors="replace"),
-            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
-            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
-        )
-
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         """The text's tokens, special tokens' texts ("<|im_start|>") parsed as those tokens;
@@ -259,7 +241,8 @@ class LlamaModel:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
     def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> tuple[list[int], tuple[str, ...]]:
-        """The messages rendered by the model's chat template, as tokens, and the template's stops."""
+        """The messages rendered by the model's named chat format (config's `chat_format`), as
+        tokens, and the format's stops. Without one, serving renders the model's own template."""
         if self._chat_formatter is None:
             raise NoChatTemplate(model=self.name)
         plain = [{"role": m.role, "content": m.content} for m in messages]
