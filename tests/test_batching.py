@@ -13,6 +13,7 @@ from inference.runtime.engine import GenerationEngine
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
 from inference.runtime.scheduler import PREFILL_CHUNK_WHILE_GENERATING
 from inference.runtime.settings import LoadSettings
+from tests.chat_prompts import smollm2_chat
 
 # Real-model batches of several requests, each test a few seconds.
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ GREEDY = Sampling(temperature=0)
 
 
 def chat(text: str, max_tokens: int = 16, ignore_eos: bool = True) -> ChatJob:
-    return ChatJob(messages=(ChatMessage("user", text),), max_tokens=max_tokens, sampling=GREEDY, ignore_eos=ignore_eos)
+    return smollm2_chat([ChatMessage("user", text)], max_tokens=max_tokens, sampling=GREEDY, ignore_eos=ignore_eos)
 
 
 @pytest.fixture
@@ -115,9 +116,9 @@ def test_a_joining_prompt_is_processed_in_chunks_while_others_generate(make_engi
 def test_a_follow_up_turn_skips_the_cached_history(make_engine) -> None:
     engine = make_engine(parallel=2)
     history = "Here are my notes about the harbour renovation. " * 40
-    first = ChatJob(messages=(ChatMessage("user", history),), max_tokens=8, sampling=GREEDY)
-    follow_up = ChatJob(
-        messages=(ChatMessage("user", history), ChatMessage("assistant", "Noted."), ChatMessage("user", "Dates?")),
+    first = smollm2_chat([ChatMessage("user", history)], max_tokens=8, sampling=GREEDY)
+    follow_up = smollm2_chat(
+        [ChatMessage("user", history), ChatMessage("assistant", "Noted."), ChatMessage("user", "Dates?")],
         max_tokens=8,
         sampling=GREEDY,
     )

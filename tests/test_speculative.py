@@ -28,6 +28,7 @@ from inference.runtime.drafting import NgramDrafter
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta, TokenLogprob
 from inference.runtime.settings import LoadSettings
+from tests.chat_prompts import smollm2_chat
 from tests.conftest import SMOLLM2
 
 FRUIT = "apples, pears, plums, cherries, grapes, lemons, limes, oranges, peaches, apricots, figs, dates, melons"
@@ -216,7 +217,7 @@ def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None
 
     def job(messages: list[dict[str, Any]], n: int = 1) -> ChatJob:
         chat = tuple(ChatMessage(message["role"], message["content"]) for message in messages)
-        return ChatJob(messages=chat, max_tokens=100, sampling=Sampling(temperature=0), logprobs=2, n=n)
+        return smollm2_chat(chat, max_tokens=100, sampling=Sampling(temperature=0), logprobs=2, n=n)
 
     jobs = {
         "list": job(REPEAT_LIST, n=2),
