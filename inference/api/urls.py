@@ -1,5 +1,5 @@
-"""The API's URLs: OpenAI's and Anthropic's, the server's own (/health, /metrics) and the admin
-endpoints."""
+"""The API's URLs: OpenAI's and Anthropic's, llama.cpp server's (/tokenize, /detokenize), the
+server's own (/health, /metrics) and the admin endpoints."""
 
 from django.urls import path
 
@@ -18,6 +18,8 @@ urlpatterns = [
     path("v1/responses/<str:response_id>/input_items", views.ResponseInputItemsView.as_view()),
     path("v1/messages", views.MessagesView.as_view()),
     path("v1/messages/count_tokens", views.MessageTokensView.as_view()),
+    path("tokenize", views.TokenizeView.as_view()),
+    path("detokenize", views.DetokenizeView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/models", admin_views.AdminModelsView.as_view()),
     path("admin/load", admin_views.AdminLoadView.as_view()),

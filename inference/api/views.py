@@ -33,6 +33,12 @@ from inference.protocol.responses_output import (
     InputItemsQuerySerializer,
 )
 from inference.protocol.sse import sse_event_schema
+from inference.protocol.tokens import (
+    DETOKENIZE_SCHEMA,
+    TOKENIZE_SCHEMA,
+    DetokenizeRequestSerializer,
+    TokenizeRequestSerializer,
+)
 from inference.records import metrics
 from inference.records.recording import RequestRecording
 from inference.runtime.errors import ModelNotFound
@@ -50,6 +56,7 @@ from inference.serving.messages import (
     token_count_body,
 )
 from inference.serving.responses import response_body, response_create, response_events
+from inference.serving.tokens import tokens_body, tokens_convert
 
 _STREAM = sse_event_schema("Server-sent events: `data: {chunk}` lines, then `data: [DONE]`.")
 
@@ -135,6 +142,7 @@ class GenerationView(APIView):
     # API start: a StartedResponse that carries one).
     generation_of: Any = staticmethod(lambda started: started)
     rate_limit_headers: Any = staticmethod(openai_rate_limit_headers)
+    quota_checked = True  # False: the request spends none of a key's quotas, and is not refused by them
     quotas: Quotas | None = None  # this request's, once checked
 
     async def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -149,7 +157,7 @@ class GenerationView(APIView):
             ):
                 if (answer := await peers.forward(request)) is not None:
                     return answer  # the peer records it
-            self.quotas = await quota_check(identity.key)
+            self.quotas = await quota_check(identity.key) if self.quota_checked else None
             recording.token_window = self.quotas.window if self.quotas else None
             caller = Caller(
                 api_key=identity.api_key,
@@ -239,6 +247,29 @@ class ResponsesView(GenerationView):
     body = staticmethod(response_body)
     chunks = staticmethod(response_events)
     generation_of = staticmethod(attrgetter("generation"))
+
+
+_TOKENS_ERRORS = error_responses(400, 401, 404, 413, 500, 503)
+
+
+@_generation_schema(
+    "tokenize", "Text into a model's tokens (llama.cpp server's)", TOKENIZE_SCHEMA, errors=_TOKENS_ERRORS
+)
+class TokenizeView(GenerationView):
+    """Counted as a request (its record), but free: no quota is checked or spent."""
+
+    credentials = Credentials.KEY
+    quota_checked = False
+    serializer = TokenizeRequestSerializer
+    start = staticmethod(tokens_convert)
+    body = staticmethod(tokens_body)
+
+
+@_generation_schema(
+    "detokenize", "A model's tokens into text (llama.cpp server's)", DETOKENIZE_SCHEMA, errors=_TOKENS_ERRORS
+)
+class DetokenizeView(TokenizeView):
+    serializer = DetokenizeRequestSerializer
 
 
 class ResponseDetailView(APIView):

@@ -71,7 +71,7 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
         param="n",
     ),
     runtime.TokenOutOfRange: lambda exc: errors.InvalidRequest(
-        f"{exc.param} token ids must be between 0 and {exc.vocabulary_size - 1}", param=exc.param
+        f"the token ids in '{exc.param}' must be between 0 and {exc.vocabulary_size - 1}", param=exc.param
     ),
     runtime.PromptTooLong: _too_long,
     runtime.AllowanceExceeded: lambda exc: QuotaExceeded(

@@ -17,6 +17,8 @@ from inference.runtime.errors import PromptEmpty, PromptTooLong, TokenOutOfRange
 from inference.runtime.jobs import (
     ChatJob,
     CompletionJob,
+    Detokenized,
+    DetokenizeJob,
     Embedded,
     EmbeddingJob,
     Finished,
@@ -24,6 +26,8 @@ from inference.runtime.jobs import (
     ModelJob,
     Prepared,
     PromptAccepted,
+    Tokenized,
+    TokenizeJob,
 )
 from inference.runtime.llama import (
     EmbeddingContext,
@@ -104,6 +108,8 @@ class GenerationEngine(Generic[Key]):
 
     def prepare(self, job: ModelJob) -> Prepared:
         """Render and tokenize the job's prompt; raises if it cannot run (too long, empty, …)."""
+        if (answered := vocabulary_answer(self.model, job)) is not None:
+            return answered
         if not isinstance(job, GenerationJob):
             raise TypeError(f"a generating model cannot run {type(job).__name__}")
         if job.n > self.parallel:
@@ -156,6 +162,27 @@ class GenerationEngine(Generic[Key]):
         return_free_memory()
 
 
+def vocabulary_answer(model: LlamaModel, job: ModelJob) -> Prepared | None:
+    """A job about the model's vocabulary (tokenize, detokenize), answered as it is prepared;
+    None for any other job. Any engine answers these: they need the model, not a context."""
+    if isinstance(job, TokenizeJob):
+        tokens = model.tokenize(job.content, add_special=job.add_special)
+        pieces = tuple(_text_or_bytes(model.piece(token, special=True)) for token in tokens) if job.with_pieces else ()
+        return Prepared(job, [], answer=Tokenized(tuple(tokens), pieces))
+    if isinstance(job, DetokenizeJob):
+        if any(not 0 <= token < model.n_vocab for token in job.tokens):
+            raise TokenOutOfRange(param="tokens", vocabulary_size=model.n_vocab)
+        return Prepared(job, [], answer=Detokenized(model.detokenize(list(job.tokens))))
+    return None
+
+
+def _text_or_bytes(piece: bytes) -> str | tuple[int, ...]:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return tuple(piece)
+
+
 def _prompt_cache(path: Path, settings: LoadSettings) -> PromptCache | None:
     store = None
     if settings.prompt_cache_disk_mb and settings.prompt_cache_directory:
@@ -186,6 +213,8 @@ class EmbeddingEngine(Generic[Key]):
         return 0 if self._started else 1
 
     def prepare(self, job: ModelJob) -> Prepared:
+        if (answered := vocabulary_answer(self.model, job)) is not None:
+            return answered
         if not isinstance(job, EmbeddingJob):
             raise TypeError(f"an embedding context cannot run {type(job).__name__}")
         inputs = []

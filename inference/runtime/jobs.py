@@ -109,6 +109,22 @@ class EmbeddingJob(ModelJob):
     inputs: tuple[str | tuple[int, ...], ...]  # texts, or token ids
 
 
+@dataclass(frozen=True, kw_only=True)
+class TokenizeJob(ModelJob):
+    """Text into the model's tokens (llama.cpp server's /tokenize): answered without a slot."""
+
+    content: str
+    add_special: bool = False  # BOS (and EOS) where the vocabulary wants them
+    with_pieces: bool = False  # each token's text too
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetokenizeJob(ModelJob):
+    """The model's tokens into text (llama.cpp server's /detokenize): answered without a slot."""
+
+    tokens: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
@@ -154,7 +170,19 @@ class Embedded:
     prompt_tokens: int
 
 
-JobEvent = PromptAccepted | TextDelta | Finished | Embedded
+@dataclass(frozen=True)
+class Tokenized:
+    tokens: tuple[int, ...]
+    # with_pieces: each token's text, or its bytes where they are no UTF-8 text alone (as llama.cpp)
+    pieces: tuple[str | tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Detokenized:
+    text: str
+
+
+JobEvent = PromptAccepted | TextDelta | Finished | Embedded | Tokenized | Detokenized
 
 
 @dataclass(frozen=True)
@@ -167,6 +195,7 @@ class Prepared:
     inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens
     thinking_end: tuple[int, ...] = ()  # the tokens of the job's thinking end marker (forced)
     shown: frozenset[int] = frozenset()  # control tokens of the job's markup, printed as text
+    answer: Tokenized | Detokenized | None = None  # a job about the vocabulary, answered already
 
     def within_allowance(self, n_ctx: int) -> Prepared:
         """This job as its token allowance lets it run: the most it could use claimed (its
@@ -174,7 +203,7 @@ class Prepared:
         to what was granted; raises AllowanceExceeded if not even the prompt and a token per
         choice are left. Counting a prompt claims nothing."""
         job, claim = self.job, self.job.token_allowance
-        if claim is None or getattr(job, "count_only", False):
+        if claim is None or getattr(job, "count_only", False) or self.answer is not None:
             return self
         if not isinstance(job, GenerationJob):
             tokens = sum(len(tokens) for tokens in self.inputs)

@@ -101,17 +101,19 @@ class JobRunner:
                 exc = PrepareFailed(model=self._name, cause=f"{type(exc).__name__}: {exc}")
             job.emit(exc)
             return
-        if getattr(job.spec, "count_only", False):
+        if getattr(job.spec, "count_only", False) or prepared.answer is not None:
             self._counted(job, prepared)
         else:
             self._waiting.append((job, prepared))
 
     def _counted(self, job: Job, prepared: Prepared) -> None:
-        """A job that only asked how long its prompt is: answered without a slot."""
+        """A job that only asked how long its prompt is, or about the vocabulary (its answer
+        prepared): answered without a slot."""
         job.started_at = time.monotonic()
         self._dropped()
         tokens = len(prepared.prompt)
-        for event in (PromptAccepted(prompt_tokens=tokens), Finished("stop", tokens, 0)):
+        answer = () if prepared.answer is None else (prepared.answer,)
+        for event in (PromptAccepted(prompt_tokens=tokens), *answer, Finished("stop", tokens, 0)):
             job.emit(event)
 
     def _admit(self) -> None:
