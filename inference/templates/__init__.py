@@ -5,6 +5,7 @@ reasoning and calls (`parser`), and force a call in the model's own format (`gra
 Pure: stdlib, jinja2 and `inference.grammar`; no Django, no llama_cpp."""
 
 from inference.templates.events import AnswerEvent, CallArguments, CallEnded, CallStarted, Content, Reasoning
+from inference.templates.grammar import forced_call_grammar
 from inference.templates.markup import GENERIC_MARKUP, CallMarkup, CallStyle, Markup, ThinkingMarkup
 from inference.templates.parser import AnswerParser
 from inference.templates.render import ChatTemplate, TemplateFailed
@@ -24,4 +25,5 @@ __all__ = [
     "Markup",
     "TemplateFailed",
     "ThinkingMarkup",
+    "forced_call_grammar",
 ]

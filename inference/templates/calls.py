@@ -22,7 +22,12 @@ from inference.templates.markup import CallMarkup, CallStyle
 from inference.templates.scan import PARTIAL, JsonScan, close_json, match
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-:/]{1,128}")
-_NAME_SEARCH = 160  # a name's delimiter must come within this many characters
+_NAME_SEARCH = 160
+_PYTHON_LITERALS: dict[str, Any] = {
+    "True": True,
+    "False": False,
+    "None": None,
+}  # a name's delimiter must come within this many characters
 
 
 class Status(enum.Enum):
@@ -62,7 +67,7 @@ class CallReader:
             return self._json(text)
         if not self.started:
             found = self._name(text)
-            if found is None or found == PARTIAL:
+            if not isinstance(found, tuple):
                 return Outcome(Status.MORE if found == PARTIAL else Status.REFUSED)
             name, self._cursor = found
             if self.markup.style is CallStyle.TAGGED:
@@ -227,7 +232,7 @@ class CallReader:
             if found == PARTIAL:
                 return Outcome(Status.MORE, events)
             argument = self._argument(text, found) if found is not None else None
-            if argument == PARTIAL:
+            if isinstance(argument, int):
                 return Outcome(Status.MORE, events)
             if argument is None:
                 self._closed = True
@@ -269,6 +274,8 @@ class CallReader:
         kind = schema.get("type") if isinstance(schema, dict) else None
         if kind == "string" or (isinstance(kind, list) and kind == ["string"]):
             return raw
+        if raw in _PYTHON_LITERALS:  # `{{ value }}` of a Python bool or None
+            return _PYTHON_LITERALS[raw]
         try:
             return json.loads(raw)
         except ValueError:

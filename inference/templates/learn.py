@@ -193,7 +193,9 @@ def _find_call(section: str, index: int, start: int) -> tuple[int, int, dict[str
         if isinstance(value, dict) and begin < at < end:
             keys = {k for k, v in value.items() if v == name}, {k for k, v in value.items() if v == args}
             if keys[0] and keys[1]:
-                return begin, end, {"style": CallStyle.JSON, "name_key": min(keys[0]), "arguments_key": min(keys[1])}
+                ids = [k for k, v in value.items() if v == probe_call(index)["id"]]
+                fields = {"name_key": min(keys[0]), "arguments_key": min(keys[1]), "id_key": ids[0] if ids else ""}
+                return begin, end, {"style": CallStyle.JSON, **fields}
     for begin, end, value in _json_objects(section, at):
         if value == args:
             return at, end, {"style": CallStyle.NAME_ARGS, **_name_end(section[at + len(name) : begin])}

@@ -36,6 +36,7 @@ class CallMarkup:
     multiple: bool = False
     name_key: str = "name"  # JSON
     arguments_key: str = "arguments"  # JSON
+    id_key: str = ""  # JSON: the key of a call id the template writes after the arguments (Mistral Nemo)
     name_end: str = ""  # NAME_ARGS, TAGGED
     id_marker: str = ""  # NAME_ARGS: written before a call id that comes between the name and name_end
     key_start: str = ""  # TAGGED
