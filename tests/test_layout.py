@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ("base", ["inference.config", "inference.errors", "inference.histograms", "inference.secret_files"]),
     ("connections", ["inference.connections"]),
-    ("engine", ["inference.runtime", "inference.grammar", "inference.pulling"]),
+    ("engine", ["inference.runtime", "inference.grammar", "inference.templates", "inference.pulling"]),
     ("database", ["inference.models"]),
     ("access", ["inference.access"]),
     ("protocol", ["inference.protocol"]),
