@@ -121,6 +121,10 @@ class ModelSettings:
     use_mmap: bool
     use_mlock: bool
     chat_format: str
+    chat_template: str  # Jinja text in place of the GGUF's own ("": the GGUF's); a .jinja path is read at load
+    chat_template_kwargs: dict[str, Any]  # passed to the template (e.g. enable_thinking), under the request's
+    reasoning_format: str  # "auto": thinking apart from the answer; "none": all of it as the answer
+    reasoning_budget: int  # most tokens a request may think; -1: no limit
     parallel: int
     idle_timeout: float
     pinned: bool
@@ -280,6 +284,10 @@ def _preload(value: Any) -> str | None:
     return f'must be a list of model names or "{AUTO_PRELOAD}"'
 
 
+def _object(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "must be a JSON object"
+
+
 def _table(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
         return "must be an object of {model name: {setting: value}}"
@@ -297,6 +305,10 @@ MODEL_KEYS: dict[str, _Key] = {
     "use_mmap": _Key(True, _boolean),
     "use_mlock": _Key(False, _boolean),
     "chat_format": _Key("", _string(allow_empty=True)),
+    "chat_template": _Key("", _string(allow_empty=True)),
+    "chat_template_kwargs": _Key({}, _object),
+    "reasoning_format": _Key("auto", _one_of("auto", "none")),
+    "reasoning_budget": _Key(-1, _integer(-1)),
     "parallel": _Key(4, _integer(1, 256)),
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
@@ -400,6 +412,22 @@ def _section(path: Path, document: dict[str, Any], name: str) -> dict[str, Any]:
     return {key: values.get(key, spec.default) for key, spec in keys.items()}
 
 
+def _template_text(path: Path, where: str, value: str) -> str:
+    """A chat_template setting's Jinja: the value itself, or (a value with no Jinja tags in it)
+    the file it names, absolute or relative to config.json's folder."""
+    if "{%" in value or "{{" in value:
+        return value
+    file = path.parent / value
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{path}: {where}.chat_template: cannot read {file}: {reason}") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: {where}.chat_template: {file} is empty")
+    return text
+
+
 def _refuse_impossible(path: Path, where: str, settings: ModelSettings) -> None:
     """ConfigError for settings that are each valid but cannot work together."""
     if settings.parallel > settings.n_batch:
@@ -430,9 +458,11 @@ def load_config(path: Path | None = None) -> Config:
         name: _validated(path, f"model_manager.models.{name}", settings, MODEL_KEYS)
         for name, settings in manager.pop("models").items()
     }
-    for settings in (manager, *models.values()):
+    for where, settings in (("model_manager", manager), *((f"model_manager.models.{n}", s) for n, s in models.items())):
         if "prompt_cache_directory" in settings:
             settings["prompt_cache_directory"] = str((path.parent / settings["prompt_cache_directory"]).resolve())
+        if settings.get("chat_template"):
+            settings["chat_template"] = _template_text(path, where, settings["chat_template"])
     defaults = ModelSettings(**{key: manager.pop(key) for key in MODEL_KEYS})
     _refuse_impossible(path, "model_manager", defaults)
     for name, settings in models.items():

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from inference import histograms
 from inference.runtime.lifecycle import LifecycleKind, LoadReason
+
+
+def _json_object(value: Any) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise ValidationError("Enter a JSON object, e.g. {}.")
 
 
 class DiscoveredModel(models.Model):
@@ -46,8 +52,38 @@ class DiscoveredModel(models.Model):
         help_text="Seconds; 0 = unload after each request, -1 = never",
     )
     pinned = models.BooleanField(null=True, blank=True, help_text="Never unloaded for idleness or room")
+    chat_template = models.TextField(
+        null=True, blank=True, help_text="Jinja chat template used in place of the GGUF's own"
+    )
+    chat_template_kwargs = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[_json_object],
+        help_text='Passed to the template, e.g. {"enable_thinking": false}',
+    )
+    reasoning_format = models.CharField(
+        max_length=8,
+        null=True,
+        blank=True,
+        choices=[("auto", "auto: thinking apart"), ("none", "none: thinking in the answer")],
+    )
+    reasoning_budget = models.IntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-1)],
+        help_text="Most tokens a request may think; -1 = no limit",
+    )
 
-    SETTING_FIELDS = ("n_ctx", "n_gpu_layers", "idle_timeout", "pinned")
+    SETTING_FIELDS = (
+        "n_ctx",
+        "n_gpu_layers",
+        "idle_timeout",
+        "pinned",
+        "chat_template",
+        "chat_template_kwargs",
+        "reasoning_format",
+        "reasoning_budget",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -58,7 +94,7 @@ class DiscoveredModel(models.Model):
 
     def setting_overrides(self) -> dict[str, Any]:
         """The settings saved for it in the admin (those left empty are not overrides)."""
-        return {key: value for key in self.SETTING_FIELDS if (value := getattr(self, key)) is not None}
+        return {key: value for key in self.SETTING_FIELDS if (value := getattr(self, key)) not in (None, "")}
 
 
 class LoadEvent(models.Model):
@@ -105,6 +141,7 @@ class RequestRecord(models.Model):
     cached_tokens = models.PositiveIntegerField(default=0, help_text="Of the prompt tokens, found in a cache")
     cache_tier = models.CharField(max_length=8, blank=True, help_text="Where: slot, ram, disk")
     completion_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0, help_text="Of the completion tokens, spent thinking")
     finish_reason = models.CharField(max_length=20, blank=True)
     queue_wait_ms = models.FloatField(null=True, blank=True)
     load_ms = models.FloatField(null=True, blank=True, help_text="Set if this request loaded the model")

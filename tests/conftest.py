@@ -25,8 +25,11 @@ from django.test import override_settings
 
 from inference.config import CONFIG_ENV_VAR, set_config
 from inference.management.commands.install_default_model import bundled_default_model
+from inference.runtime.jobs import Generation
 from inference.runtime.lifecycle import LifecycleEvent, model_lifecycle
 from inference.runtime.pool import replace_model_pool
+from inference.serving.chat import StartedChat
+from inference.serving.prompts import PLAIN_READING
 from tests.database_servers import (
     PROJECT_DIR,
     DatabaseTemplate,
@@ -98,6 +101,11 @@ ANTHROPIC_ERROR_TYPES = {
     "api_error",
     "overloaded_error",
 }
+
+
+def plain_answer(generation: Generation) -> StartedChat:
+    """A generation made by hand, read as a model with no tools or thinking would be."""
+    return StartedChat(generation, PLAIN_READING)
 
 
 def validate_anthropic_error(body: Any) -> None:

@@ -15,6 +15,11 @@ from inference.runtime.pool import ModelPool
 from inference.runtime.settings import LoadSettings
 
 
+def job_text(job: ChatJob) -> str:
+    """What a chat job says: its rendered prompt (from the API), or its last message."""
+    return job.prompt_text if job.prompt_text is not None else job.messages[-1].content
+
+
 class FakeEngine:
     """Loads slowly; runs up to `parallel` jobs, each generating one numbered piece per 10 ms step;
     records what it ran."""
@@ -38,7 +43,7 @@ class FakeEngine:
         return Prepared(job, [1, 2, 3], ())
 
     def start(self, key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
-        self.log.append(f"run {prepared.job.messages[0].content}")
+        self.log.append(f"run {job_text(prepared.job)}")
         self.sequences[key] = [prepared.job, 0, cancelled]
         return PromptAccepted(prompt_tokens=3)
 

@@ -26,12 +26,12 @@ from inference.models import RequestRecord
 from inference.protocol import MessagesRequestSerializer, anthropic_output
 from inference.protocol import tool_calls as tools
 from inference.runtime.errors import WorkerFailed
-from inference.runtime.jobs import ChatMessage, Finished, Generation, JobEvent, Sampling, TextDelta
+from inference.runtime.jobs import Finished, Generation, JobEvent, Sampling, TextDelta
 from inference.services import keys as key_services
 from inference.serving import messages
 from inference.serving.answers import with_heartbeat
 from inference.serving.messages import message_body, message_events
-from tests.conftest import SMOLLM2, DaphneServer, validate_anthropic_error
+from tests.conftest import SMOLLM2, DaphneServer, plain_answer, validate_anthropic_error
 from tests.test_concurrency import wait_until_idle
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -163,7 +163,7 @@ async def test_the_templates_own_end_is_the_end_of_a_turn() -> None:
         yield Finished("stop", 3, 2, stop_sequence="<|im_end|>")
 
     request = MessagesRequestSerializer.parse({"max_tokens": 5, "messages": HELLO, "stop_sequences": ["x"]})
-    body = await message_body(Generation(model="m", prompt_tokens=3, events=events()), request)
+    body = await message_body(plain_answer(Generation(model="m", prompt_tokens=3, events=events())), request)
     assert (body["stop_reason"], body["stop_sequence"], body["content"]) == (
         "end_turn",
         None,
@@ -194,7 +194,7 @@ async def test_a_forced_tool_is_a_tool_use_block(use_config) -> None:
     events = await stream(messages=question, max_tokens=60, temperature=0, **FORCED)
     starts = [data["content_block"] for name, data in events if name == "content_block_start"]
     assert starts == [{"type": "tool_use", "id": starts[0]["id"], "name": "get_weather", "input": {}}]
-    [partial] = [data["delta"]["partial_json"] for name, data in events if name == "content_block_delta"]
+    partial = "".join(data["delta"]["partial_json"] for name, data in events if name == "content_block_delta")
     assert json.loads(partial) == call["input"]
     assert dict(events)["message_delta"]["delta"]["stop_reason"] == "tool_use"
 
@@ -279,16 +279,19 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
         }
     )
     chat = request.chat
-    assert chat.job.messages == (
-        ChatMessage("system", "Be brief.\nAnswer in French."),
-        ChatMessage("user", "Weather in Paris?\n\nQuickly."),
-        ChatMessage("assistant", tools.call_text("get_weather", '{"city": "Paris"}')),
-        ChatMessage(
-            "user",
-            "Result of the function get_weather: 21 C\n\n"
-            "Result of the function toolu_2: Error: no such call\n\nAnd tomorrow?",
+    assert chat.conversation == (
+        tools.Turn("system", "Be brief.\nAnswer in French."),
+        tools.Turn("user", "Weather in Paris?\n\nQuickly."),
+        tools.Turn(
+            "assistant",
+            calls=(tools.ToolCall("toolu_1", "get_weather", '{"city": "Paris"}'),),
+            reasoning="They want weather.",
         ),
+        tools.Turn("tool", "21 C", call_id="toolu_1", name="get_weather"),
+        tools.Turn("tool", "Error: no such call", call_id="toolu_2", name="toolu_2"),
+        tools.Turn("user", "And tomorrow?"),
     )
+    assert not chat.parallel_tool_calls  # disable_parallel_tool_use
     # Neither the deferred tool nor the server tool is offered.
     assert chat.tools == (tools.Tool("get_weather", "The weather in a city", WEATHER["input_schema"]),)
     assert (chat.model, chat.tool_choice, chat.user, chat.stream, chat.response_format) == (
@@ -396,10 +399,10 @@ def claude_code_request() -> tuple[str, dict[str, str], dict[str, Any]]:
 def test_claude_codes_own_request_is_understood() -> None:
     _, _, body = claude_code_request()
     chat = MessagesRequestSerializer.parse(body).chat
-    assert [message.role for message in chat.job.messages] == ["system", "user"]
-    assert chat.job.messages[0].content.startswith("x-anthropic-billing-header")
-    assert "# Environment" in chat.job.messages[0].content  # its mid-conversation system message
-    assert chat.job.messages[1].content.endswith("say hi")
+    assert [turn.role for turn in chat.conversation] == ["system", "user"]
+    assert chat.conversation[0].content.startswith("x-anthropic-billing-header")
+    assert "# Environment" in chat.conversation[0].content  # its mid-conversation system message
+    assert chat.conversation[1].content.endswith("say hi")
     assert [tool.name for tool in chat.tools] == [
         tool["name"] for tool in body["tools"] if not tool.get("defer_loading")
     ]
@@ -565,7 +568,7 @@ async def test_a_ping_fills_every_silence_and_a_failure_is_an_error_event(monkey
 
     request = MessagesRequestSerializer.parse({"max_tokens": 5, "messages": HELLO})
     generation = Generation(model="m", prompt_tokens=3, events=slow_then_failing())
-    events = events_of(b"".join([part async for part in message_events(generation, request)]))
+    events = events_of(b"".join([part async for part in message_events(plain_answer(generation), request)]))
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[1:].count("ping") >= 3
     assert names[names.index("content_block_start") - 1] == "ping" and names[-2:] == ["content_block_delta", "error"]
@@ -618,7 +621,7 @@ async def test_closing_a_stream_between_pings_closes_the_generation(monkeypatch:
             closed.set()
 
     request = MessagesRequestSerializer.parse({"max_tokens": 5, "messages": HELLO, "stream": True})
-    frames = message_events(Generation(model="m", prompt_tokens=3, events=waiting()), request)
+    frames = message_events(plain_answer(Generation(model="m", prompt_tokens=3, events=waiting())), request)
     firsts = [(await anext(frames)).split(b"\n")[0] for _ in range(3)]
     assert firsts == [b"event: message_start", b"event: ping", b"event: ping"]
     await frames.aclose()  # type: ignore[attr-defined]  # an async generator, typed AsyncIterator (no aclose)

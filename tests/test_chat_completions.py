@@ -13,7 +13,7 @@ from inference.protocol import ChatRequest
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import ChatJob, Generation, JobEvent, TextDelta
 from inference.serving.chat import chat_completion_chunks
-from tests.conftest import SMOLLM2, validate_openai
+from tests.conftest import SMOLLM2, plain_answer, validate_openai
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -167,7 +167,7 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_the_end
 
     generation = Generation(model="m", prompt_tokens=3, events=failing_events())
     request = ChatRequest(model="m", job=ChatJob(messages=()))
-    raw = b"".join([part async for part in chat_completion_chunks(generation, request)])
+    raw = b"".join([part async for part in chat_completion_chunks(plain_answer(generation), request)])
     events = [json.loads(event[6:]) for event in raw.split(b"\n\n") if event]
     assert [chunk["choices"][0]["delta"].get("content") for chunk in events[:2]] == ["", "partial"]
     validate_openai("ErrorResponse", events[-1])

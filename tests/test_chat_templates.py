@@ -303,6 +303,11 @@ def test_unknown_tools_stay_content_and_cut_off_calls_close() -> None:
     assert parse(markup, unknown, tools=TOOLS) == [Content(unknown)]
     cut = parse(markup, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par', tools=TOOLS)
     assert cut[-1] == CallEnded(0, '{"city": "Par"}')
+    tagged = template("Qwen3-Coder").markup  # cut before its first argument's value ends
+    cut = parse(tagged, "<tool_call>\n<function=get_weather>\n<parameter=city>\nPar", tools=TOOLS)
+    assert cut[-1] == CallEnded(0, "{}")
+    whole = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</func"
+    assert parse(tagged, whole, tools=TOOLS)[-1] == CallEnded(0, '{"city": "Paris"}')  # cut after its arguments
     generic = parse(GENERIC_MARKUP, ' {"name": "get_weather", "arguments": {"city": "Rome"}} ', tools=TOOLS)
     assert calls_of(generic) == [("get_weather", {"city": "Rome"})]
     assert parse(GENERIC_MARKUP, "Sure {not a call}", tools=TOOLS) == [Content("Sure {not a call}")]
@@ -317,12 +322,24 @@ def test_forced_call_grammar_loads_and_accepts_the_templates_own_call(name: str,
         grammar = forced_call_grammar(markup, TOOLS, parallel=parallel, thinking_open=False)
         assert llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
     calls = [call(1, "get_weather", {"city": "Paris", "days": 3})]
-    text, thinking_open = answer(chat, calls, TOOLS)
-    events = parse(markup, text, tools=TOOLS, thinking_open=thinking_open)
-    ended = next(index for index, event in enumerate(events) if isinstance(event, CallEnded))
-    own = text[: len(text) - len(events[ended + 1].text) if ended + 1 < len(events) else len(text)]
+    own, thinking_open = own_calls(chat, calls)
     grammar = forced_call_grammar(markup, TOOLS, parallel=False, thinking_open=thinking_open)
     assert matcher.accepts(grammar, own), own
+    if markup.calls.multiple:  # two calls, as the template writes them, and never a doubled opener
+        two, _ = own_calls(chat, [*calls, call(2, "get_weather", {"city": "Rome", "days": 1})])
+        parallel = forced_call_grammar(markup, TOOLS, parallel=True, thinking_open=thinking_open)
+        assert matcher.accepts(parallel, two), two
+        doubled = own.replace(markup.calls.call_start, markup.calls.call_start * 2, 1)
+        assert doubled == own or not matcher.accepts(parallel, doubled)
+
+
+def own_calls(chat: ChatTemplate, calls: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The template's own writing of these calls (what follows them cut off), and whether
+    thinking is open before them."""
+    text, thinking_open = answer(chat, calls, TOOLS)
+    events = parse(chat.markup, text, tools=TOOLS, thinking_open=thinking_open)
+    ended = max(index for index, event in enumerate(events) if isinstance(event, CallEnded))
+    return text[: len(text) - len(events[ended + 1].text) if ended + 1 < len(events) else len(text)], thinking_open
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,7 @@ def test_what_codex_sends_is_understood() -> None:
     request = ResponseRequestSerializer.parse(body)
     names = [tool.name for tool in request.chat.tools]
     assert "exec_command" in names and "spawn_agent" in names and len(names) == 12
-    assert [message.role for message in request.chat.job.messages] == ["system", "user"]
+    assert [turn.role for turn in request.chat.conversation] == ["system", "user"]
     assert request.stream and not request.store and request.echo["prompt_cache_key"] == body["prompt_cache_key"]
 
 

@@ -18,7 +18,7 @@ from inference.runtime.lifecycle import LoadReason
 from inference.runtime.pool import ModelPool, replace_model_pool
 from inference.runtime.settings import LoadSettings
 from tests.conftest import SMOLLM2
-from tests.fake_engine import FakeEngine, chat, collect, drain, make_pool, until
+from tests.fake_engine import FakeEngine, chat, collect, drain, job_text, make_pool, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,17 +39,17 @@ class FaultyEngine(FakeEngine):
         super().__init__(log, name, path, settings)
 
     def prepare(self, job: ChatJob) -> Prepared:
-        if job.messages[-1].content == "fail at prepare":
+        if job_text(job).endswith("fail at prepare"):
             raise ValueError("the template engine tripped")
         return super().prepare(job)
 
     def start(self, key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted:
-        if prepared.job.messages[-1].content == "fail at start":
+        if job_text(prepared.job).endswith("fail at start"):
             raise GrammarNotCompiled()
         return super().start(key, prepared, cancelled)
 
     def step(self) -> list:
-        if any(job.messages[-1].content == "fail at step" for job, _, _ in self.sequences.values()):
+        if any("fail at step" in job_text(job) for job, _, _ in self.sequences.values()):
             raise RuntimeError(DECODE_ERROR)
         return super().step()
 

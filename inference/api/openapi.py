@@ -54,6 +54,12 @@ HEALTH_SCHEMA = {
     "required": ["status", "loaded_models", "uptime", "models"],
 }
 
+APPLY_TEMPLATE_SCHEMA = {
+    "type": "object",
+    "properties": {"prompt": {"type": "string", "description": "The rendered prompt, generation prompt included"}},
+    "required": ["prompt"],
+}
+
 EMBEDDINGS_SCHEMA = {
     "type": "object",
     "properties": {

@@ -20,6 +20,7 @@ urlpatterns = [
     path("v1/messages/count_tokens", views.MessageTokensView.as_view()),
     path("tokenize", views.TokenizeView.as_view()),
     path("detokenize", views.DetokenizeView.as_view()),
+    path("apply-template", views.ApplyTemplateView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/models", admin_views.AdminModelsView.as_view()),
     path("admin/load", admin_views.AdminLoadView.as_view()),

@@ -18,6 +18,7 @@ from inference.api import peers
 from inference.api.authentication import Credentials, Identity
 from inference.api.handler import APIView, endpoint_of
 from inference.api.openapi import (
+    APPLY_TEMPLATE_SCHEMA,
     EMBEDDINGS_SCHEMA,
     HEALTH_SCHEMA,
     error_responses,
@@ -44,7 +45,13 @@ from inference.records.recording import RequestRecording
 from inference.runtime.errors import ModelNotFound
 from inference.selectors import models as model_selectors
 from inference.services import responses as stored_responses
-from inference.serving.chat import chat_completion_body, chat_completion_chunks, chat_completion_create
+from inference.serving.chat import (
+    applied_template_body,
+    chat_completion_body,
+    chat_completion_chunks,
+    chat_completion_create,
+    template_apply,
+)
 from inference.serving.completions import completion_body, completion_chunks, completion_create
 from inference.serving.embeddings import embedding_body, embedding_create
 from inference.serving.generate import Caller
@@ -138,8 +145,8 @@ class GenerationView(APIView):
     start: Any
     body: Any
     chunks: Any = None
-    # The Generation in what `start` returns, for the record to track (itself, but for a Responses
-    # API start: a StartedResponse that carries one).
+    # The Generation in what `start` returns, for the record to track (itself, or the one a chat's
+    # StartedChat or a Responses API's StartedResponse carries).
     generation_of: Any = staticmethod(lambda started: started)
     rate_limit_headers: Any = staticmethod(openai_rate_limit_headers)
     quota_checked = True  # False: the request spends none of a key's quotas, and is not refused by them
@@ -223,6 +230,19 @@ class ChatCompletionsView(GenerationView):
     start = staticmethod(chat_completion_create)
     body = staticmethod(chat_completion_body)
     chunks = staticmethod(chat_completion_chunks)
+    generation_of = staticmethod(attrgetter("generation"))
+
+
+@_generation_schema(
+    "applyTemplate",
+    "The prompt a conversation becomes with its model's chat template (llama.cpp server's)",
+    APPLY_TEMPLATE_SCHEMA,
+)
+class ApplyTemplateView(GenerationView):
+    serializer = protocol.ApplyTemplateRequestSerializer
+    start = staticmethod(template_apply)
+    body = staticmethod(applied_template_body)
+    generation_of = staticmethod(attrgetter("generation"))
 
 
 @_generation_schema("createCompletion", "Create a text completion", openai_schema("CreateCompletionResponse"))
@@ -328,6 +348,7 @@ class MessagesView(AnthropicView):
     start = staticmethod(message_create)
     body = staticmethod(message_body)
     chunks = staticmethod(message_events)
+    generation_of = staticmethod(attrgetter("generation"))
 
 
 @_generation_schema(
@@ -340,6 +361,7 @@ class MessageTokensView(AnthropicView):
     serializer = protocol.MessageTokensRequestSerializer
     start = staticmethod(message_tokens_count)
     body = staticmethod(token_count_body)
+    generation_of = staticmethod(attrgetter("generation"))
 
 
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:

@@ -4,7 +4,7 @@ answers themselves are built by `inference.serving`."""
 
 from inference.protocol.anthropic import MessagesRequest, MessagesRequestSerializer, MessageTokensRequestSerializer
 from inference.protocol.anthropic_output import anthropic_exception_handler
-from inference.protocol.chat import ChatCompletionRequestSerializer, ChatRequest
+from inference.protocol.chat import ApplyTemplateRequestSerializer, ChatCompletionRequestSerializer, ChatRequest
 from inference.protocol.common import (
     AdminModelSerializer,
     FirstRendererNegotiation,
@@ -18,6 +18,7 @@ from inference.protocol.errors import api_error, error_details, error_json_respo
 
 __all__ = [
     "AdminModelSerializer",
+    "ApplyTemplateRequestSerializer",
     "ChatCompletionRequestSerializer",
     "ChatRequest",
     "CompletionRequest",

@@ -1,16 +1,17 @@
 """Anthropic's Messages API, the request side: a /v1/messages (or /v1/messages/count_tokens) body,
 validated and turned into the ChatRequest that chat completions run.
 
-Content blocks become what every chat template renders: text as it is, an assistant's `tool_use`
-as the call the model would have written (`tools.call_text`), a user's `tool_result` as
-`tools.result_message`; thinking blocks are dropped (no model here thinks in Anthropic's format);
-images and documents are refused. Consecutive turns of one role are merged, as Anthropic does
-(several chat templates insist on alternation); system messages join the system prompt. Custom
+Content blocks become a conversation's turns: text as it is, an assistant's `tool_use` as its
+call, a user's `tool_result` as a tool's result, a `thinking` block as the assistant's earlier
+thinking (serving renders them in the model's own template); images and documents are refused.
+Consecutive turns of one role are merged, as Anthropic does (several chat templates insist on
+alternation); system messages join the system prompt. Custom
 tools are offered to the model, except those with `defer_loading` (Anthropic shows them only once
 its tool search finds them, which no model here runs); Anthropic's server tools (web search,
 bash, text editor, …) are not offered either. What only steers Anthropic's service or its
-thinking models (`cache_control`, `service_tier`, `context_management`, `thinking`,
-`output_config.effort`) is accepted and has no effect.
+thinking models (`cache_control`, `service_tier`, `context_management`, `output_config.effort`)
+is accepted and has no effect; `thinking` bounds (`budget_tokens`) or turns off (`disabled`) the
+thinking of a model that thinks.
 """
 
 from __future__ import annotations
@@ -25,19 +26,18 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
-from inference.protocol.chat import MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
+from inference.protocol.chat import MAX_TOOLS, ChatRequest, ThinkingAsk, check_tool_choice
 from inference.protocol.fields import (
     OpenAIRequestSerializer,
     StopField,
     StrictBooleanField,
     StrictCharField,
-    StrictDictField,
     StrictFloatField,
     StrictIntegerField,
     optional,
     sampling_from,
 )
-from inference.runtime.jobs import ChatJob, ChatMessage
+from inference.runtime.jobs import ChatJob
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ _BLOCK_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     "text": {"text": (str, True)},
     "tool_use": {"id": (str, True), "name": (str, True), "input": (dict, True)},
     "tool_result": {"tool_use_id": (str, True), "is_error": (bool, False)},
-    "thinking": {},
+    "thinking": {"thinking": (str, False)},
     "redacted_thinking": {},
 }
 _TYPE_WORDS = {str: "a string", dict: "an object", bool: "a boolean"}
@@ -268,7 +268,8 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none", "tool": "fun
 )
 class AnthropicToolChoiceField(serializers.Field):
     """{"type": "auto" | "any" | "none"} or {"type": "tool", "name": ...}, as ChatRequest's
-    "auto", "required", "none" or "function:<name>" (one call at most, in any case)."""
+    "auto", "required", "none" or "function:<name>" (`disable_parallel_tool_use`: read by the request's
+    parse)."""
 
     default_error_messages = {
         "invalid": (
@@ -331,6 +332,38 @@ class OutputConfigField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["enabled", "disabled", "adaptive"]},
+            "budget_tokens": {"type": "integer", "minimum": 0},
+        },
+        "required": ["type"],
+    }
+)
+class ThinkingField(serializers.Field):
+    """`thinking`: "enabled" with a `budget_tokens` bound, "disabled" (no thinking), or
+    "adaptive" (the model's own way)."""
+
+    default_error_messages = {
+        "invalid": 'Expected {{"type": "enabled", "budget_tokens": N}}, or "disabled" or "adaptive".'
+    }
+
+    def to_internal_value(self, data: Any) -> ThinkingAsk:
+        if not isinstance(data, dict) or data.get("type") not in ("enabled", "disabled", "adaptive"):
+            self.fail("invalid")
+        budget = data.get("budget_tokens")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise serializers.ValidationError({"budget_tokens": "Expected a whole number of tokens, 0 or more."})
+        if data["type"] == "disabled":
+            return ThinkingAsk(effort="none")
+        return ThinkingAsk(budget_tokens=budget if data["type"] == "enabled" else None)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class AnthropicMetadataSerializer(serializers.Serializer):
     user_id = optional(StrictCharField, max_length=256)
 
@@ -345,7 +378,7 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
     system = optional(SystemField)
     tools = serializers.ListField(child=ToolField(), required=False, allow_null=True, max_length=MAX_TOOLS)
     tool_choice = optional(AnthropicToolChoiceField)
-    thinking = optional(StrictDictField)  # no model here thinks in Anthropic's format
+    thinking = optional(ThinkingField)
     output_config = optional(OutputConfigField)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -366,17 +399,20 @@ class MessageTokensRequestSerializer(OpenAIRequestSerializer):
         chat = ChatRequest(
             model=values.get("model") or None,
             job=ChatJob(
-                messages=_history(values.get("system", ""), values["messages"]),
+                messages=(),
                 max_tokens=values.get("max_tokens"),
                 stop=stops,
                 sampling=sampling_from(values),
             ),
+            conversation=_conversation(values.get("system", ""), values["messages"]),
             stream=values.get("stream", False),
             tools=tuple(tool for tool in values.get("tools") or () if tool is not None),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=values.get("output_config"),
             format_param="output_config.format",
             user=values.get("metadata", {}).get("user_id") or "",
+            thinking=values.get("thinking") or ThinkingAsk(),
+            parallel_tool_calls=not (data.get("tool_choice") or {}).get("disable_parallel_tool_use", False),
         )
         return MessagesRequest(chat=chat, stop_sequences=stops)
 
@@ -396,33 +432,36 @@ class MessagesRequestSerializer(MessageTokensRequestSerializer):
     metadata = AnthropicMetadataSerializer(required=False, allow_null=True)
 
 
-def _history(system: str, messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
-    """The conversation for the chat template: the system prompt first (with the conversation's
-    system messages: several templates accept a system message only first), then each block as
-    text, consecutive turns of one role merged."""
+def _conversation(system: str, messages: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
+    """The conversation: the system prompt first (with the conversation's system messages:
+    several templates accept a system message only first), then each block as a turn,
+    consecutive turns of one role merged."""
     call_names: dict[str, str] = {}
     instructions = [system] if system else []
-    history: list[ChatMessage] = []
+    turns: list[tools.Turn] = []
     for message in messages:
         if message["role"] == "system":
             instructions.extend(block["text"] for block in message["content"])
             continue
-        turns = (_turn(message["role"], block, call_names) for block in message["content"])
-        history.extend(turn for turn in turns if turn is not None)
+        blocks = (_turn(message["role"], block, call_names) for block in message["content"])
+        turns.extend(turn for turn in blocks if turn is not None)
     if instructions:
-        history.insert(0, ChatMessage("system", "\n".join(instructions)))
-    return tuple(merged_turns(history))
+        turns.insert(0, tools.Turn("system", "\n".join(instructions)))
+    return tools.merged_turns(turns)
 
 
-def _turn(role: str, block: dict[str, Any], call_names: dict[str, str]) -> ChatMessage | None:
-    """One block as a chat message (None: thinking, which is not shown to the model)."""
+def _turn(role: str, block: dict[str, Any], call_names: dict[str, str]) -> tools.Turn | None:
+    """One block as a turn (None: redacted thinking, which no model here can read)."""
     kind = block["type"]
     if kind == "text":
-        return ChatMessage(role, block["text"])
+        return tools.Turn(role, block["text"])
+    if kind == "thinking":
+        return tools.Turn(role, reasoning=block.get("thinking", "")) if role == "assistant" else None
     if kind == "tool_use":
         call_names[block["id"]] = block["name"]
-        return ChatMessage(role, tools.call_text(block["name"], json.dumps(block["input"])))
+        return tools.Turn(role, calls=(tools.ToolCall(block["id"], block["name"], json.dumps(block["input"])),))
     if kind == "tool_result":
         text = f"Error: {block['text']}" if block.get("is_error") else block["text"]
-        return tools.result_message(call_names.get(block["tool_use_id"], block["tool_use_id"]), text)
+        name = call_names.get(block["tool_use_id"], block["tool_use_id"])
+        return tools.Turn("tool", text, call_id=block["tool_use_id"], name=name)
     return None

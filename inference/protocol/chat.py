@@ -4,7 +4,7 @@ responses (one chat.completion object, or chat.completion.chunk SSE events)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -14,6 +14,7 @@ from inference.protocol import tool_calls as tools
 from inference.protocol.fields import (
     ContentField,
     GenerationRequestSerializer,
+    OpenAIRequestSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictDictField,
@@ -22,7 +23,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
-from inference.runtime.jobs import ChatJob, ChatMessage
+from inference.runtime.jobs import ChatJob
 
 # --- request ---------------------------------------------------------------------------------
 
@@ -44,6 +45,7 @@ class MessageSerializer(serializers.Serializer):
     name = StrictCharField(required=False)
     tool_calls = serializers.ListField(child=ToolCallSerializer(), required=False)
     tool_call_id = StrictCharField(required=False)
+    reasoning_content = optional(StrictCharField, allow_blank=True)  # an assistant's earlier thinking
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         role = attrs["role"]
@@ -139,10 +141,34 @@ class ResponseFormatField(serializers.Field):
         return value
 
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class ThinkingAsk:
+    """What a request asks of a model that thinks, in any API's words."""
+
+    effort: str | None = None  # one of REASONING_EFFORTS ("none": no thinking); None: the model's way
+    budget_tokens: int | None = None  # the most tokens of thinking (Messages' thinking.budget_tokens)
+    raw: bool | None = None  # reasoning_format: True ("none") leaves the thinking in the answer's text
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat_template_kwargs
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> ThinkingAsk:
+        """The chat completion fields (llama.cpp server's extensions too)."""
+        form = values.get("reasoning_format")
+        return cls(
+            effort=values.get("reasoning_effort"),
+            raw=None if form is None else form == "none",
+            template_kwargs=values.get("chat_template_kwargs") or {},
+        )
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     model: str | None
-    job: ChatJob  # messages as the client sent them; tools and formats are applied by services
+    job: ChatJob  # the generation's options; serving renders the conversation into it
+    conversation: tuple[tools.Turn, ...] = ()
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False
@@ -151,6 +177,8 @@ class ChatRequest:
     response_format: dict[str, Any] | None = None
     format_param: str = "response_format"  # where the request's API puts its response format
     user: str = ""
+    parallel_tool_calls: bool = True  # False: at most one call per answer
+    thinking: ThinkingAsk = ThinkingAsk()
 
     @property
     def tool_calls_possible(self) -> bool:
@@ -159,16 +187,6 @@ class ChatRequest:
     @property
     def tool_call_forced(self) -> bool:
         return bool(self.tools) and (self.tool_choice == "required" or self.tool_choice.startswith("function:"))
-
-    def may_be_call(self, text_so_far: str) -> bool:
-        """Whether an answer that begins with this text may still be a tool call (a JSON object):
-        such text is held back until the answer shows which it is."""
-        if not self.tool_calls_possible:
-            return False
-        if self.tool_call_forced:
-            return True
-        begun = text_so_far.lstrip()
-        return not begun or begun.startswith("{")
 
 
 # OpenAI's own caps: a conversation longer than this is a client bug, not a prompt.
@@ -187,6 +205,9 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
     tools = serializers.ListField(child=ToolSerializer(), required=False, allow_null=True, max_length=MAX_TOOLS)
     tool_choice = optional(ToolChoiceField)
     parallel_tool_calls = optional(StrictBooleanField)
+    reasoning_effort = optional(serializers.ChoiceField, choices=REASONING_EFFORTS)
+    reasoning_format = optional(serializers.ChoiceField, choices=["auto", "none", "deepseek", "deepseek-legacy"])
+    chat_template_kwargs = optional(StrictDictField)
 
     unsupported = {
         "audio": (None,),
@@ -217,26 +238,29 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
         logprobs = values.get("logprobs", False)
         return ChatRequest(
             model=values.get("model") or None,
-            job=ChatJob(
-                messages=_history(values["messages"]),
-                logprobs=values.get("top_logprobs", 0) if logprobs else None,
-                **options,
-            ),
+            job=ChatJob(messages=(), logprobs=values.get("top_logprobs", 0) if logprobs else None, **options),
+            conversation=_conversation(values["messages"]),
             stream=values.get("stream", False),
             include_usage=include_usage(values),
             logprobs=logprobs,
-            tools=tuple(
-                tools.Tool(
-                    name=tool["function"]["name"],
-                    description=tool["function"].get("description", ""),
-                    parameters=tool["function"].get("parameters") or {"type": "object", "properties": {}},
-                )
-                for tool in values.get("tools") or ()
-            ),
+            tools=_tools(values),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=values.get("response_format"),
             user=values.get("user", ""),
+            parallel_tool_calls=values.get("parallel_tool_calls", True),
+            thinking=ThinkingAsk.of(values),
         )
+
+
+def _tools(values: dict[str, Any]) -> tuple[tools.Tool, ...]:
+    return tuple(
+        tools.Tool(
+            name=tool["function"]["name"],
+            description=tool["function"].get("description", ""),
+            parameters=tool["function"].get("parameters") or {"type": "object", "properties": {}},
+        )
+        for tool in values.get("tools") or ()
+    )
 
 
 def check_tool_choice(attrs: dict[str, Any], offered: set[str], *, none_offered: str, not_offered: str) -> None:
@@ -249,37 +273,50 @@ def check_tool_choice(attrs: dict[str, Any], offered: set[str], *, none_offered:
         raise serializers.ValidationError({"tool_choice": not_offered})
 
 
-def merged_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """Consecutive messages of one role as one message (the agent APIs' blocks and items become
-    a message each): several chat templates insist that roles alternate, and accept one system
-    message only."""
-    merged: list[ChatMessage] = []
-    for message in messages:
-        if merged and merged[-1].role == message.role:
-            merged[-1] = ChatMessage(message.role, f"{merged[-1].content}\n\n{message.content}")
-        else:
-            merged.append(message)
-    return merged
-
-
-def _history(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
-    """Messages for the chat template: developer as system; earlier tool calls and their
-    results written as text (few templates know tools)."""
+def _conversation(messages: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
+    """The messages as turns: developer as system, consecutive turns of one role merged."""
     call_names: dict[str, str] = {}
-    history = []
+    turns = []
     for message in messages:
         role, content = message["role"], message.get("content") or ""
         if role == "tool":
             name = call_names.get(message["tool_call_id"], message["tool_call_id"])
-            history.append(tools.result_message(name, content))
+            turns.append(tools.Turn("tool", content, call_id=message["tool_call_id"], name=name))
             continue
-        calls = message.get("tool_calls") or ()
-        for call in calls:
-            call_names[call["id"]] = call["function"]["name"]
-        written_calls = [tools.call_text(call["function"]["name"], call["function"]["arguments"]) for call in calls]
-        text = "\n".join(part for part in (content, *written_calls) if part)
-        history.append(ChatMessage(role="system" if role == "developer" else role, content=text))
-    return tuple(history)
+        calls = tuple(
+            tools.ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"])
+            for call in message.get("tool_calls") or ()
+        )
+        call_names.update((call.id, call.name) for call in calls)
+        reasoning = message.get("reasoning_content") or ""
+        turns.append(tools.Turn("system" if role == "developer" else role, content, calls, reasoning))
+    return tools.merged_turns(turns)
 
 
 # --- responses ---------------------------------------------------------------------------------
+
+
+class ApplyTemplateRequestSerializer(OpenAIRequestSerializer):
+    """The body of /apply-template (llama.cpp server's): a chat request's conversation and tools,
+    to see the prompt its model would get."""
+
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    messages = serializers.ListField(
+        child=MessageSerializer(), allow_empty=False, min_length=1, max_length=MAX_MESSAGES
+    )
+    tools = serializers.ListField(child=ToolSerializer(), required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_choice = optional(ToolChoiceField)
+    reasoning_effort = optional(serializers.ChoiceField, choices=REASONING_EFFORTS)
+    chat_template_kwargs = optional(StrictDictField)
+
+    @classmethod
+    def parse(cls, data: Any) -> ChatRequest:
+        values = cls.values(data)
+        return ChatRequest(
+            model=values.get("model") or None,
+            job=ChatJob(messages=(), count_only=True),
+            conversation=_conversation(values["messages"]),
+            tools=_tools(values),
+            tool_choice=values.get("tool_choice", "auto"),
+            thinking=ThinkingAsk.of(values),
+        )

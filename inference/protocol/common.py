@@ -79,6 +79,7 @@ def usage_body(generation: Generation, finished: list[Finished]) -> dict[str, An
         "total_tokens": generation.prompt_tokens + completion,
         # Prompt tokens found in the model's cache and not processed again (OpenAI's field).
         "prompt_tokens_details": {"cached_tokens": generation.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": sum(event.reasoning_tokens for event in finished)},
     }
 
 

@@ -81,11 +81,11 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
     runtime.PromptEmpty: lambda exc: errors.InvalidRequest(f"'{exc.param}' is empty", param=exc.param),
     runtime.NoChatTemplate: lambda exc: errors.InvalidRequest(
         f"model {exc.model} has no chat template; use /v1/completions for it, "
-        "or set a chat_format for it in config.json",
+        "or set a chat_template (or chat_format) for it in config.json",
         param="model",
     ),
     runtime.TemplateRejected: lambda exc: errors.InvalidRequest(
-        f"the chat template of {exc.model} rejected the messages: {exc.detail}", param="messages"
+        f"the chat template of {exc.model} failed: {exc.detail}", param="messages"
     ),
     runtime.NoFillInMiddle: lambda exc: errors.InvalidRequest(
         f"model {exc.model} cannot fill in the middle (it has no FIM tokens): 'suffix' is not supported for it",

@@ -1,15 +1,12 @@
 """The OpenAI Responses API request (/v1/responses): input items, instructions, tools, text format.
 
-Input is normalised into items in OpenAI's own shape (what `input_items` lists and what a stored
-response keeps), and items become chat messages the same way whether they arrive now or come
-from a stored conversation (`previous_response_id`).
+Input items are normalised and read as turns by `responses_input`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +14,13 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
-from inference.protocol.chat import MAX_MESSAGES, MAX_TOOLS, ChatRequest, check_tool_choice, merged_turns
+from inference.protocol.chat import (
+    MAX_TOOLS,
+    REASONING_EFFORTS,
+    ChatRequest,
+    ThinkingAsk,
+    check_tool_choice,
+)
 from inference.protocol.fields import (
     KeepAliveField,
     OpenAIRequestSerializer,
@@ -29,173 +32,12 @@ from inference.protocol.fields import (
     optional,
     sampling_from,
 )
-from inference.runtime.jobs import ChatJob, ChatMessage
+from inference.protocol.responses_input import InputField, conversation_turns
+from inference.runtime.jobs import ChatJob
 
 logger = logging.getLogger(__name__)
 
-_ROLES = ("user", "assistant", "system", "developer")
-_TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
-_NOT_TEXT_PARTS = {"input_image", "input_file", "input_audio"}
-# Items a model that does not think never produced and never needs back: dropped from the prompt.
-_IGNORED_ITEMS = {"reasoning"}
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-def item_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-_INPUT_SCHEMA = {
-    "oneOf": [
-        {"type": "string"},
-        {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "type": {
-                        "type": "string",
-                        "enum": ["message", "function_call", "function_call_output", "reasoning"],
-                    },
-                    "role": {"type": "string", "enum": list(_ROLES)},
-                    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-                    "call_id": {"type": "string"},
-                    "name": {"type": "string"},
-                    "arguments": {"type": "string"},
-                    "output": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-                },
-            },
-        },
-    ]
-}
-
-
-@extend_schema_field(_INPUT_SCHEMA)
-class InputField(serializers.Field):
-    """A string (one user message) or a list of input items, normalised with ids."""
-
-    default_error_messages = {
-        "invalid": "Expected a string or a list of input items.",
-        "item": "Item {index}: {problem}",
-        "too_many": f"At most {MAX_MESSAGES} input items.",
-    }
-
-    def to_internal_value(self, data: Any) -> tuple[dict[str, Any], ...]:
-        if isinstance(data, str):
-            return (_message_item("user", [{"type": "input_text", "text": data}]),)
-        if not isinstance(data, list) or not data:
-            self.fail("invalid")
-        if len(data) > MAX_MESSAGES:
-            self.fail("too_many")
-        items = []
-        for index, item in enumerate(data):
-            try:
-                normalised = _normalised_item(item)
-            except ValueError as problem:
-                self.fail("item", index=index, problem=problem)
-            if normalised is not None:
-                items.append(normalised)
-        return tuple(items)
-
-    def to_representation(self, value: Any) -> Any:
-        return value
-
-
-def _message_item(role: str, content: list[dict[str, Any]], given_id: str | None = None) -> dict[str, Any]:
-    return {
-        "id": given_id or item_id("msg"),
-        "type": "message",
-        "role": role,
-        "content": content,
-        "status": "completed",
-    }
-
-
-def _text_of(parts: Any, what: str) -> list[dict[str, Any]]:
-    """Text content parts ({"type": "input_text", "text": ...}) of a message or an output."""
-    if isinstance(parts, str):
-        return [{"type": "input_text", "text": parts}]
-    if not isinstance(parts, list):
-        raise ValueError(f"'{what}' must be a string or a list of content parts.")
-    texts = []
-    for part in parts:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in _NOT_TEXT_PARTS:
-            raise ValueError(f"content part type '{kind}' is not supported: this server handles text only.")
-        if kind not in _TEXT_PARTS:
-            raise ValueError(f"each content part needs a 'type' among {sorted(_TEXT_PARTS)}.")
-        text = part.get("text", part.get("refusal"))
-        if not isinstance(text, str):
-            raise ValueError(f"a '{kind}' content part needs a string 'text'.")
-        texts.append({"type": kind, "text": text})
-    return texts
-
-
-def _string(item: dict[str, Any], key: str, *, blank: bool = False) -> str:
-    value = item.get(key)
-    if not isinstance(value, str) or (not value and not blank):
-        raise ValueError(f"'{key}' must be a {'' if blank else 'non-empty '}string.")
-    return value
-
-
-def _normalised_item(item: Any) -> dict[str, Any] | None:
-    """An input item in OpenAI's shape with an id; None for items that do not reach the model."""
-    if not isinstance(item, dict):
-        raise ValueError("each input item must be an object.")
-    kind = item.get("type", "message")
-    given_id = item.get("id") if isinstance(item.get("id"), str) else None
-    if kind == "message":
-        role = item.get("role")
-        if role not in _ROLES:
-            raise ValueError(f"'role' must be one of {', '.join(_ROLES)}.")
-        content = _text_of(item.get("content"), "content")
-        if role == "assistant":
-            content = [{**part, "type": "output_text", "annotations": []} for part in content]
-        return _message_item(role, content, given_id)
-    if kind == "function_call":
-        call = {
-            "id": given_id or item_id("fc"),
-            "type": "function_call",
-            "call_id": _string(item, "call_id"),
-            "name": _string(item, "name"),
-            "arguments": _string(item, "arguments", blank=True),
-            "status": "completed",
-        }
-        if isinstance(item.get("namespace"), str):
-            call["namespace"] = item["namespace"]
-        return call
-    if kind == "function_call_output":
-        output = item.get("output")
-        text = output if isinstance(output, str) else "\n".join(part["text"] for part in _text_of(output, "output"))
-        return {
-            "id": given_id or item_id("fco"),
-            "type": "function_call_output",
-            "call_id": _string(item, "call_id"),
-            "output": text,
-            "status": "completed",
-        }
-    if kind in _IGNORED_ITEMS:
-        logger.debug("ignoring a %s input item", kind)
-        return None
-    raise ValueError(f"input items of type '{kind}' are not supported (message, function_call, function_call_output).")
-
-
-def conversation_messages(items: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[ChatMessage]:
-    """Normalised items as chat messages: developer as system, calls and their outputs written
-    as text every chat template renders (see inference.serving.tools)."""
-    call_names: dict[str, str] = {}
-    messages: list[ChatMessage] = []
-    for item in items:
-        if item["type"] == "message":
-            role = "system" if item["role"] == "developer" else item["role"]
-            messages.append(ChatMessage(role, "\n".join(part["text"] for part in item["content"])))
-        elif item["type"] == "function_call":
-            call_names[item["call_id"]] = item["name"]
-            messages.append(ChatMessage("assistant", tools.call_text(item["name"], item["arguments"])))
-        else:
-            name = call_names.get(item["call_id"], item["call_id"])
-            messages.append(tools.result_message(name, item["output"]))
-    return merged_turns(messages)
 
 
 # --- tools -------------------------------------------------------------------------------------
@@ -363,14 +205,12 @@ class ResponseRequest:
 
     def continuing(self, history: list[dict[str, Any]]) -> ChatRequest:
         """The chat request with a stored conversation's items before this input."""
-        return replace(
-            self.chat, job=replace(self.chat.job, messages=_messages(self.instructions, [*history, *self.input]))
-        )
+        return replace(self.chat, conversation=_conversation(self.instructions, [*history, *self.input]))
 
 
-def _messages(instructions: str | None, items: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
-    system = [ChatMessage("system", instructions)] if instructions else []
-    return tuple(merged_turns([*system, *conversation_messages(items)]))
+def _conversation(instructions: str | None, items: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
+    system = [tools.Turn("system", instructions)] if instructions else []
+    return tools.merged_turns([*system, *conversation_turns(items)])
 
 
 class ResponseRequestSerializer(OpenAIRequestSerializer):
@@ -413,6 +253,9 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
         attrs = super().validate(attrs)
         if len(attrs.get("metadata") or {}) > 16:
             raise serializers.ValidationError({"metadata": "At most 16 keys."})
+        effort = (attrs.get("reasoning") or {}).get("effort")
+        if effort is not None and effort not in REASONING_EFFORTS:
+            raise serializers.ValidationError({"reasoning": f"'effort' must be one of {', '.join(REASONING_EFFORTS)}."})
         check_tool_choice(
             attrs,
             {function.name for function in offered_functions(attrs.get("tools") or [])},
@@ -439,17 +282,20 @@ class ResponseRequestSerializer(OpenAIRequestSerializer):
         chat = ChatRequest(
             model=values.get("model") or None,
             job=ChatJob(
-                messages=_messages(values.get("instructions"), list(values["input"])),
+                messages=(),
                 max_tokens=values.get("max_output_tokens"),
                 sampling=sampling_from(values),
                 keep_alive=values.get("keep_alive"),
             ),
+            conversation=_conversation(values.get("instructions"), list(values["input"])),
             stream=values.get("stream", False),
             tools=offered_functions(tool_list),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=response_format,
             format_param="text.format",
             user=values.get("safety_identifier") or values.get("user", ""),
+            parallel_tool_calls=values.get("parallel_tool_calls", True),
+            thinking=ThinkingAsk(effort=values.get("reasoning", {}).get("effort")),
         )
         echo = {
             "instructions": values.get("instructions"),

@@ -1,16 +1,13 @@
-"""The tools a request offers, the calls a model makes, and how calls and their results are written as text.
+"""A conversation as every API's history says it, whatever its wire shape: turns with their text,
+an assistant's tool calls and earlier thinking, and tools' results; the tools a request offers.
 
-A call is a JSON object `{"name": ..., "arguments": {...}}` and nothing else (what
-`inference.serving.tools` tells the model); earlier calls and their results in the history are
-written back as text every chat template can render."""
+Serving renders it with the model's own chat template (calls and results in the template's own
+markup), or writes calls and results as text for a template that knows no tools."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-
-from inference.runtime.jobs import ChatMessage
 
 
 @dataclass(frozen=True)
@@ -27,15 +24,34 @@ class ToolCall:
     arguments: str  # a JSON object, as text (OpenAI's shape)
 
 
-def call_text(name: str, arguments: str) -> str:
-    """An earlier call, written as the model would have written it."""
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        parsed = arguments
-    return json.dumps({"name": name, "arguments": parsed})
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "system", "user", "assistant" or "tool"
+    content: str = ""
+    calls: tuple[ToolCall, ...] = ()  # an assistant's
+    reasoning: str = ""  # an assistant's thinking before its answer
+    call_id: str = ""  # a tool result: the call it answers
+    name: str = ""  # a tool result: the function called
 
 
-def result_message(name: str, content: str) -> ChatMessage:
-    """A tool's result, as a message every chat template accepts."""
-    return ChatMessage(role="user", content=f"Result of the function {name}: {content}")
+def merged_turns(turns: list[Turn]) -> tuple[Turn, ...]:
+    """Consecutive turns of one role as one (the agent APIs' blocks and items become a turn each):
+    several chat templates insist that roles alternate, and accept one system message only.
+    Tool results stay one turn each, as templates expect them."""
+    merged: list[Turn] = []
+    for turn in turns:
+        if merged and merged[-1].role == turn.role and turn.role != "tool":
+            last = merged[-1]
+            merged[-1] = replace(
+                last,
+                content=_joined(last.content, turn.content),
+                calls=last.calls + turn.calls,
+                reasoning=_joined(last.reasoning, turn.reasoning),
+            )
+        else:
+            merged.append(turn)
+    return tuple(merged)
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first}\n\n{second}" if first and second else first or second

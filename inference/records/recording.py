@@ -61,6 +61,7 @@ class RequestDraft:
     cached_tokens: int = 0  # of the prompt tokens, found in a cache (not processed again)
     cache_tier: str = ""  # which: "slot", "ram", "disk" (see runtime.prompt_cache)
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens, spent thinking
     finish_reason: str = ""
     queue_wait_ms: float | None = None
     load_ms: float | None = None
@@ -89,6 +90,7 @@ _RECORD_FIELDS = (
     "cached_tokens",
     "cache_tier",
     "completion_tokens",
+    "reasoning_tokens",
     "finish_reason",
     "queue_wait_ms",
     "load_ms",
@@ -171,6 +173,7 @@ class RequestRecording:
                     tokens[event.index] = event.completion_tokens
                     draft.draft_tokens_proposed += event.draft_proposed
                     draft.draft_tokens_accepted += event.draft_accepted
+                    draft.reasoning_tokens += event.reasoning_tokens
                     finished += 1
                     draft.finish_reason = event.finish_reason
                     if finished == choices:

@@ -76,13 +76,16 @@ class GGUFInfo:
     key_length: int = 0
     value_length: int = 0
     vocab_size: int = 0
+    bos_token: str = ""  # the BOS token's text ("": none), and the EOS's: chat templates write them
+    eos_token: str = ""
     data_end: int | None = None  # the bytes the file must hold; None: a tensor type we do not know
 
 
 class _Array(NamedTuple):
-    """A metadata array, of which only the length is kept."""
+    """A metadata array: its length, and its items if they are strings (the vocabulary's texts)."""
 
     length: int
+    items: tuple[str, ...] = ()
 
 
 # llama_ftype values (general.file_type) and their usual names.
@@ -288,6 +291,12 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
     chat_template = metadata.get("tokenizer.chat_template")
     file_type = metadata.get("general.file_type")
     tokens = metadata.get("tokenizer.ggml.tokens")
+    vocabulary = tokens.items if isinstance(tokens, _Array) else ()
+
+    def token_text(key: str) -> str:  # a special token's text
+        token = metadata.get(key)
+        return vocabulary[token] if isinstance(token, int) and 0 <= token < len(vocabulary) else ""
+
     return GGUFInfo(
         architecture=architecture,
         context_length=number("context_length") or None,
@@ -301,6 +310,8 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
         key_length=number("attention.key_length") or head_dimension,
         value_length=number("attention.value_length") or head_dimension,
         vocab_size=number("vocab_size") or (tokens.length if isinstance(tokens, _Array) else 0),
+        bos_token=token_text("tokenizer.ggml.bos_token_id"),
+        eos_token=token_text("tokenizer.ggml.eos_token_id"),
         data_end=_data_end(header_end, tensor_count, data_bytes, metadata.get("general.alignment", _DEFAULT_ALIGNMENT)),
     )
 
@@ -361,10 +372,9 @@ def _read_value(stream: BinaryIO, value_type: int) -> object:
         item_type, count = _unpack(stream, "<I"), _unpack(stream, "<Q")
         if item_type in _SCALAR_FORMATS:  # skip without decoding: only the length is kept
             stream.seek(struct.calcsize(_SCALAR_FORMATS[item_type]) * count, 1)
-        else:
-            for _ in range(count):
-                _read_value(stream, item_type)
-        return _Array(count)
+            return _Array(count)
+        items = [_read_value(stream, item_type) for _ in range(count)]
+        return _Array(count, tuple(map(str, items)) if item_type == _STRING else ())
     raise GGUFError(f"corrupt GGUF header (unknown value type {value_type})")
 
 

@@ -135,11 +135,11 @@ class GenerationEngine(Generic[Key]):
 
     def _prompt(self, job: GenerationJob) -> tuple[list[int], tuple[str, ...], str]:
         """The job's prompt as tokens, the stops its chat format adds, and the request's field
-        that held it. A chat rendered by serving (its template's BOS text stripped) gets the BOS
-        the vocabulary wants, and no stops of a format: serving puts those it needs in `stop`."""
+        that held it. A chat rendered by serving gets the BOS the vocabulary wants (once), and no
+        stops of a format: serving puts those it needs in `stop`."""
         if isinstance(job, ChatJob):
             if job.prompt_text is not None:
-                return self.model.tokenize(job.prompt_text, add_special=True), (), "messages"
+                return self.model.rendered_chat(job.prompt_text), (), "messages"
             return (*self.model.chat_prompt(job.messages), "messages")
         assert isinstance(job, CompletionJob)
         return self.model.completion_prompt(job.prompt, job.suffix), (), "prompt"

@@ -92,8 +92,8 @@ class GenerationJob(ModelJob):
 @dataclass(frozen=True, kw_only=True)
 class ChatJob(GenerationJob):
     messages: tuple[ChatMessage, ...]
-    # The messages rendered by serving with the model's template (a leading BOS text stripped):
-    # tokenized as it is, special tokens parsed. None: rendered by the model's named
+    # The messages rendered by serving with the model's template: tokenized as it is, special
+    # tokens parsed, one BOS where the vocabulary wants it. None: rendered by the model's named
     # `chat_format` (llama-cpp-python's), if it has one.
     prompt_text: str | None = None
 

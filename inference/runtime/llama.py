@@ -204,6 +204,13 @@ class LlamaModel:
             raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not create a context")
         return ctx
 
+    def rendered_chat(self, text: str) -> list[int]:
+        """A chat rendered by its template, as tokens, with the BOS the vocabulary wants once: a
+        template that writes the BOS text itself would otherwise give two."""
+        tokens = self.tokenize(text, add_special=True)
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        return tokens[1:] if len(tokens) > 1 and tokens[0] == tokens[1] == bos else tokens
+
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         """The text's tokens, special tokens' texts ("<|im_start|>") parsed as those tokens;
         `add_special`: with BOS (and EOS) where the vocabulary wants them."""

@@ -1,9 +1,10 @@
-"""Chat completions, for any API that speaks in messages: the request's job with its tools offered
-and its output constrained, started on its model; its events as OpenAI's chat completion (JSON)
-or chunks (SSE)."""
+"""Chat completions, for any API that speaks in messages: the request's prompt for its model with
+its output constrained, started; its answer (thinking, text, tool calls) as OpenAI's chat
+completion (JSON) or chunks (SSE)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,26 +12,38 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference.errors import InvalidRequest
-from inference.grammar import JSON_OBJECT_GRAMMAR, SchemaRefused, schema_grammar
+from inference.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, SchemaRefused, SchemaTooComplex, schema_grammar
 from inference.protocol import ChatRequest
 from inference.protocol.common import envelope, usage_body
 from inference.protocol.sse import sse_frame
 from inference.protocol.tool_calls import ToolCall
 from inference.runtime.errors import PromptTooLong
-from inference.runtime.jobs import ChatJob, ChatMessage, Finished, Generation, TextDelta, TokenLogprob
+from inference.runtime.jobs import Finished, Generation, TokenLogprob
 from inference.serving import tools
+from inference.serving.answers import Part, answer_parts
 from inference.serving.generate import Caller, generation_start
+from inference.serving.prompts import AnswerReading, ChatPrompt, ModelFormat, chat_prompt, model_format
 from inference.serving.streams import sse_stream
+from inference.templates import CallArguments, CallStarted, Content, Reasoning, forced_call_grammar
 
 logger = logging.getLogger(__name__)
 
 
-async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_prefix: str = "chatcmpl-") -> Generation:
-    """Start a chat completion (its tools and response format applied); its id begins with
-    `id_prefix`. A prompt too long with every tool described in full is tried again with the
-    tools in short."""
+@dataclass(frozen=True)
+class StartedChat:
+    """A chat completion whose prompt was accepted, and how its answer is read."""
+
+    generation: Generation
+    reading: AnswerReading
+
+
+async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_prefix: str = "chatcmpl-") -> StartedChat:
+    """Start a chat completion (its conversation rendered for its model, its tools and response
+    format applied); its id begins with `id_prefix`. A prompt too long with every tool described
+    in full is tried again with the tools in short."""
+    form = await model_format(request.model, caller.allowed_models)
     try:
-        return await _started(request, caller, id_prefix, compact_tools=False)
+        return await _started(request, form, caller, id_prefix, compact_tools=False)
     except PromptTooLong as too_long:
         if not request.tool_calls_possible:
             raise
@@ -44,59 +57,58 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
             too_long.model,
             too_long.n_ctx,
         )
-        return await _started(request, caller, id_prefix, compact_tools=True)
+        return await _started(request, form, caller, id_prefix, compact_tools=True)
 
 
-async def _started(request: ChatRequest, caller: Caller, id_prefix: str, *, compact_tools: bool) -> Generation:
-    job = await chat_job(request, compact_tools=compact_tools)
-    return await generation_start(
-        model=request.model,
-        jobs=[job],
+async def _started(
+    request: ChatRequest, form: ModelFormat, caller: Caller, id_prefix: str, *, compact_tools: bool
+) -> StartedChat:
+    prompt = await chat_job(request, form, compact_tools=compact_tools)
+    generation = await generation_start(
+        model=form.model,
+        jobs=[prompt.job],
         caller=caller,
         id_prefix=id_prefix,
         stream=request.stream,
         end_user=request.user,
     )
+    return StartedChat(generation, prompt.reading)
 
 
-async def chat_job(request: ChatRequest, *, compact_tools: bool = False) -> ChatJob:
-    """The request's job with its tools offered in the prompt (`compact_tools`: in short) and
-    its output constrained: a forced tool call or a JSON response format becomes a grammar
-    (built off the event loop, within a bound); a schema the grammar cannot enforce, or too
-    complex to build, is a 400 naming where it was. Counting a prompt builds no grammar."""
-    job, grammar = request.job, None
-    schema, param = None, request.format_param
-    messages = job.messages
-    if request.tool_calls_possible:
-        offered = request.tools
-        if request.tool_choice.startswith("function:"):
-            offered = tuple(tool for tool in offered if tool.name == request.tool_choice.removeprefix("function:"))
-        offer = tools.instruction(offered, required=request.tool_call_forced, compact=compact_tools)
-        messages = _with_system(messages, offer.content)
-        if request.tool_call_forced:
-            schema, param = tools.call_schema(offered), "tools"
-    if job.count_only:
-        return replace(job, messages=messages)
+async def chat_job(request: ChatRequest, form: ModelFormat, *, compact_tools: bool = False) -> ChatPrompt:
+    """The request's prompt for its model (`compact_tools`: the tools in short) with its output
+    constrained: a forced tool call (in the template's own markup where it has one) or a JSON
+    response format becomes a grammar (built off the event loop, within a bound); a schema the
+    grammar cannot enforce, or too complex to build, is a 400 naming where it was. Counting a
+    prompt builds no grammar."""
+    prompt = await chat_prompt(request, form, compact_tools=compact_tools)
+    if prompt.job.count_only:
+        return prompt
+    grammar, schema, param = None, None, request.format_param
     response_format = request.response_format or {"type": "text"}
-    if schema is None and response_format["type"] == "json_object":
-        grammar = JSON_OBJECT_GRAMMAR
-    elif schema is None and response_format["type"] == "json_schema":
-        schema = response_format["json_schema"].get("schema") or {}
-    if schema is not None:
-        try:
+    try:
+        if request.tool_call_forced and prompt.native_calls:
+            grammar = await asyncio.to_thread(
+                forced_call_grammar,
+                prompt.reading.markup,
+                prompt.reading.tools,
+                parallel=request.parallel_tool_calls,
+                thinking_open=prompt.reading.thinking_open,
+            )
+        elif request.tool_call_forced:
+            schema, param = tools.call_schema(prompt.offered), "tools"
+        elif response_format["type"] == "json_object":
+            grammar = JSON_OBJECT_GRAMMAR
+        elif response_format["type"] == "json_schema":
+            schema = response_format["json_schema"].get("schema") or {}
+        if schema is not None:
             grammar = await schema_grammar(schema)
-        except SchemaRefused as refused:
-            what = "too complex to enforce" if refused.too_complex else "this server cannot enforce"
-            raise InvalidRequest(f"'{param}' has a JSON schema {what}: {refused.reason}", param=param) from None
-    return replace(job, messages=messages, grammar=grammar)
-
-
-def _with_system(messages: tuple[ChatMessage, ...], text: str) -> tuple[ChatMessage, ...]:
-    """Messages with `text` at the start of the system message (a new one if there is none):
-    several templates accept a system message only first."""
-    if messages and messages[0].role == "system":
-        return (ChatMessage("system", f"{text}\n\n{messages[0].content}"), *messages[1:])
-    return (ChatMessage("system", text), *messages)
+    except (SchemaRefused, SchemaNotSupported, SchemaTooComplex) as refused:
+        too_complex = isinstance(refused, SchemaTooComplex) or getattr(refused, "too_complex", False)
+        what = "too complex to enforce" if too_complex else "this server cannot enforce"
+        param = "tools" if request.tool_call_forced else param
+        raise InvalidRequest(f"'{param}' has a JSON schema {what}: {refused}", param=param) from None
+    return replace(prompt, job=replace(prompt.job, grammar=grammar))
 
 
 def logprob_entry(entry: TokenLogprob, with_top: bool = True) -> dict[str, Any]:
@@ -110,28 +122,32 @@ def _logprobs_body(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> di
     return {"content": [logprob_entry(entry) for entry in entries], "refusal": None}
 
 
-def _tool_call_body(call: ToolCall, index: int | None = None) -> dict[str, Any]:
-    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-    return body if index is None else {"index": index, **body}
+def _tool_call_body(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 @dataclass
 class _Choice:
     texts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finished: Finished | None = None
+    calls: tuple[ToolCall, ...] = ()
 
 
-async def chat_completion_body(generation: Generation, request: ChatRequest) -> dict[str, Any]:
-    """Collect a generation's events into an OpenAI chat.completion object."""
+async def chat_completion_body(started: StartedChat, request: ChatRequest) -> dict[str, Any]:
+    """Collect a generation's answers into an OpenAI chat.completion object."""
+    generation = started.generation
     choices = [_Choice() for _ in range(generation.choices)]
-    async for event in generation.events:
-        choice = choices[getattr(event, "index", 0)]
-        if isinstance(event, TextDelta):
+    async for part in answer_parts(generation, started.reading):
+        choice, event = choices[part.index], part.event
+        choice.logprobs.extend(part.logprobs)
+        if isinstance(event, Content):
             choice.texts.append(event.text)
-            choice.logprobs.extend(event.logprobs)
+        elif isinstance(event, Reasoning):
+            choice.thoughts.append(event.text)
         elif isinstance(event, Finished):
-            choice.finished = event
+            choice.finished, choice.calls = event, part.calls
     return {
         **envelope(generation, "chat.completion"),
         "choices": [_choice_body(index, choice, request) for index, choice in enumerate(choices)],
@@ -141,25 +157,25 @@ async def chat_completion_body(generation: Generation, request: ChatRequest) -> 
 
 def _choice_body(index: int, choice: _Choice, request: ChatRequest) -> dict[str, Any]:
     text = "".join(choice.texts)
-    call = tools.parse_call(text, request.tools) if request.tool_calls_possible else None
-    message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
-    if call:
-        message["tool_calls"] = [_tool_call_body(call)]
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if choice.calls else ""), "refusal": None}
+    if choice.thoughts:
+        message["reasoning_content"] = "".join(choice.thoughts)
+    if choice.calls:
+        message["tool_calls"] = [_tool_call_body(call) for call in choice.calls]
+    assert choice.finished is not None
     return {
         "index": index,
         "message": message,
         "logprobs": _logprobs_body(choice.logprobs) if request.logprobs else None,
-        "finish_reason": "tool_calls" if call else choice.finished.finish_reason,
+        "finish_reason": "tool_calls" if choice.calls else choice.finished.finish_reason,
     }
 
 
-def chat_completion_chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
-    """The generation as OpenAI chat.completion.chunk SSE events, ending with [DONE].
-
-    With tools, a choice whose answer begins as a JSON object is held back and sent whole, as a
-    tool call if it is one.
-    """
-    return sse_stream(generation, _chunks(generation, request))
+def chat_completion_chunks(started: StartedChat, request: ChatRequest) -> AsyncIterator[bytes]:
+    """The generation as OpenAI chat.completion.chunk SSE events, ending with [DONE]: thinking as
+    `reasoning_content`, the answer as `content`, each tool call opened with its id and name and
+    its arguments as they come."""
+    return sse_stream(started.generation, _chunks(started, request))
 
 
 class _ChunkWriter:
@@ -181,52 +197,71 @@ class _ChunkWriter:
             {**envelope(self.generation, "chat.completion.chunk"), "choices": [choice], **self.usage_field}
         )
 
-    def content(self, delta: TextDelta) -> bytes:
+    def content(self, index: int, text: str, logprobs: tuple[TokenLogprob, ...]) -> bytes:
         if self.request.logprobs:
-            return self.chunk(delta.index, {"content": delta.text}, logprobs=_logprobs_body(delta.logprobs))
-        before, after = self.templates[delta.index]
-        return f"{before}{json.dumps(delta.text, ensure_ascii=False)}{after}".encode()
+            return self.chunk(index, {"content": text}, logprobs=_logprobs_body(logprobs))
+        before, after = self.templates[index]
+        return f"{before}{json.dumps(text, ensure_ascii=False)}{after}".encode()
 
-    def ended(self, event: Finished, held: list[TextDelta]) -> list[bytes]:
-        """A choice's last chunks: its held text as a tool call if it is one (else as text), then
-        its finish reason."""
-        call = tools.parse_call("".join(delta.text for delta in held), self.request.tools) if held else None
-        if call:
-            frames = [self.chunk(event.index, {"tool_calls": [_tool_call_body(call, 0)]})]
-        else:
-            frames = [self.content(delta) for delta in held]
-        return [*frames, self.chunk(event.index, {}, finish_reason="tool_calls" if call else event.finish_reason)]
+    def part(self, part: Part) -> bytes | None:
+        """The chunk of one part of a choice's answer (None: nothing to send)."""
+        event = part.event
+        if isinstance(event, Content):
+            return self.content(part.index, event.text, part.logprobs) if event.text else None
+        if isinstance(event, Reasoning):
+            return self.chunk(part.index, {"reasoning_content": event.text}) if event.text else None
+        if isinstance(event, CallStarted):
+            call = {"id": part.call_id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+            return self.chunk(part.index, {"tool_calls": [{"index": event.index, **call}]})
+        if isinstance(event, CallArguments):
+            call = {"index": event.index, "function": {"arguments": event.text}}
+            return self.chunk(part.index, {"tool_calls": [call]}) if event.text else None
+        if isinstance(event, Finished):
+            return self.chunk(part.index, {}, finish_reason="tool_calls" if part.calls else event.finish_reason)
+        return None  # CallEnded: its arguments went out as they came
 
     def usage(self, finished: list[Finished]) -> bytes:
         envelope_fields = envelope(self.generation, "chat.completion.chunk")
         return sse_frame({**envelope_fields, "choices": [], "usage": usage_body(self.generation, finished)})
 
 
-async def _chunks(generation: Generation, request: ChatRequest) -> AsyncIterator[bytes]:
-    writer = _ChunkWriter(generation, request)
-    held: dict[int, list[TextDelta]] = {}  # choices whose text might be a tool call
-    sent: set[int] = set()
+async def _chunks(started: StartedChat, request: ChatRequest) -> AsyncIterator[bytes]:
+    writer = _ChunkWriter(started.generation, request)
     finished: list[Finished] = []
-    for index in range(generation.choices):
+    for index in range(started.generation.choices):
         yield writer.chunk(index, {"role": "assistant", "content": ""})
-    async for event in generation.events:
-        if isinstance(event, TextDelta):
-            if _holding(request, held, sent, event):
-                held.setdefault(event.index, []).append(event)
-                continue
-            sent.add(event.index)
-            for delta in [*held.pop(event.index, []), event]:
-                yield writer.content(delta)
-        elif isinstance(event, Finished):
-            finished.append(event)
-            for frame in writer.ended(event, held.pop(event.index, [])):
-                yield frame
+    async for part in answer_parts(started.generation, started.reading):
+        if isinstance(part.event, Finished):
+            finished.append(part.event)
+        frame = writer.part(part)
+        if frame is not None:
+            yield frame
     if request.include_usage:
         yield writer.usage(finished)
 
 
-def _holding(request: ChatRequest, held: dict[int, list[TextDelta]], sent: set[int], event: TextDelta) -> bool:
-    """Whether a choice's text is held back: it may be a tool call (a JSON object)."""
-    if event.index in sent:
-        return False
-    return request.may_be_call("".join(delta.text for delta in held.get(event.index, [])) + event.text)
+@dataclass(frozen=True)
+class AppliedTemplate:
+    """A conversation rendered for its model (counted on the model, for the record)."""
+
+    generation: Generation
+    prompt: str
+
+
+async def template_apply(*, request: ChatRequest, caller: Caller) -> AppliedTemplate:
+    """The prompt the model would get for this conversation (/apply-template), generation
+    prompt included and without the BOS text its tokenizer adds."""
+    form = await model_format(request.model, caller.allowed_models)
+    if form.template is None:
+        raise InvalidRequest(
+            f"model {form.model} is rendered by llama-cpp-python's chat_format, not a template", param="model"
+        )
+    prompt = await chat_prompt(request, form)
+    generation = await generation_start(model=form.model, jobs=[prompt.job], caller=caller, id_prefix="tmpl-")
+    return AppliedTemplate(generation, prompt.job.prompt_text or "")
+
+
+async def applied_template_body(applied: AppliedTemplate, request: ChatRequest) -> dict[str, str]:
+    async for _ in applied.generation.events:  # read to its end, so that its record is written
+        pass
+    return {"prompt": applied.prompt}

@@ -9,6 +9,7 @@ Usage speaks Anthropic's language: `input_tokens` are the prompt tokens not read
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -16,24 +17,33 @@ from typing import Any
 
 from inference.errors import ApiError
 from inference.protocol import MessagesRequest
-from inference.protocol import tool_calls as tools
 from inference.protocol.anthropic_output import error_body
 from inference.protocol.sse import sse_frame
 from inference.runtime.jobs import Generation
-from inference.serving.answers import Ended, Text, answer_collected, answer_parts, with_heartbeat
-from inference.serving.chat import chat_completion_create
+from inference.serving.answers import (
+    Block,
+    BlockEvent,
+    Closed,
+    Ended,
+    Opened,
+    Said,
+    answer_blocks,
+    answer_collected,
+    with_heartbeat,
+)
+from inference.serving.chat import StartedChat, chat_completion_create
 from inference.serving.generate import Caller
 from inference.serving.streams import sse_stream
 
 
-async def message_create(*, request: MessagesRequest, caller: Caller) -> Generation:
+async def message_create(*, request: MessagesRequest, caller: Caller) -> StartedChat:
     """Start an Anthropic message: the chat completion it is, its ids beginning with msg_."""
     return await chat_completion_create(request=request.chat, caller=caller, id_prefix="msg_")
 
 
-async def message_tokens_count(*, request: MessagesRequest, caller: Caller) -> Generation:
+async def message_tokens_count(*, request: MessagesRequest, caller: Caller) -> StartedChat:
     """Count the prompt of an Anthropic message: prepared exactly as message_create would (tools
-    instruction included), on the model's worker, without generating; a recorded request too."""
+    included), on the model's worker, without generating; a recorded request too."""
     chat = replace(request.chat, job=replace(request.chat.job, count_only=True), stream=False)
     return await chat_completion_create(request=chat, caller=caller, id_prefix="msg_")
 
@@ -83,7 +93,7 @@ def _message(
 def _stop(ended: Ended, request: MessagesRequest) -> tuple[str, str | None]:
     """stop_reason and stop_sequence: a stop string counts only if the request asked for it (the
     chat template's own end marker is the end of a turn)."""
-    if ended.call is not None:
+    if ended.calls:
         return "tool_use", None
     if ended.finished.finish_reason == "length":
         return "max_tokens", None
@@ -92,75 +102,92 @@ def _stop(ended: Ended, request: MessagesRequest) -> tuple[str, str | None]:
     return "end_turn", None
 
 
-def _tool_use(call: tools.ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "tool_use", "id": f"toolu_{call.id.removeprefix('call_')}", "name": call.name, "input": arguments}
+def _signature(thinking: str) -> str:
+    """A thinking block's `signature`: Anthropic's proves the thinking unaltered; ours is its
+    digest (clients send it back, and no model here reads it)."""
+    return hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-async def message_body(generation: Generation, request: MessagesRequest) -> dict[str, Any]:
+def _content_block(block: Block, *, whole: bool) -> dict[str, Any]:
+    """A block as Anthropic's content block: whole, or (`whole` False) as a stream opens it."""
+    if block.kind == "thinking":
+        return {
+            "type": "thinking",
+            "thinking": block.text if whole else "",
+            "signature": _signature(block.text) if whole else "",
+        }
+    if block.kind == "call":
+        assert block.call is not None
+        arguments = json.loads(block.text or "{}") if whole else {}
+        return {
+            "type": "tool_use",
+            "id": f"toolu_{block.call.id.removeprefix('call_')}",
+            "name": block.call.name,
+            "input": arguments,
+        }
+    return {"type": "text", "text": block.text if whole else ""}
+
+
+_DELTAS = {
+    "thinking": ("thinking_delta", "thinking"),
+    "text": ("text_delta", "text"),
+    "call": ("input_json_delta", "partial_json"),
+}
+
+
+async def message_body(started: StartedChat, request: MessagesRequest) -> dict[str, Any]:
     """Collect a generation into an Anthropic message (content [] when the answer is empty)."""
-    text, ended = await answer_collected(generation, request.chat)
-    content = [{"type": "text", "text": text}] if text else []
-    if ended.call is not None:
-        content.append(_tool_use(ended.call, json.loads(ended.call.arguments)))
-    return _message(generation, content, ended, request)
+    blocks, ended = await answer_collected(started.generation, started.reading)
+    content = [_content_block(block, whole=True) for block in blocks if block.text or block.kind == "call"]
+    return _message(started.generation, content, ended, request)
 
 
-def message_events(generation: Generation, request: MessagesRequest) -> AsyncIterator[bytes]:
-    """The generation as Anthropic's SSE events: message_start, a ping, the content blocks (text
-    as it comes, a tool call whole), message_delta, message_stop; a ping in every silence of
-    PING_SECONDS; an `error` event (and the end) if it fails."""
-    return sse_stream(generation, _events(generation, request), error_event=_error_event, done=b"")
+def message_events(started: StartedChat, request: MessagesRequest) -> AsyncIterator[bytes]:
+    """The generation as Anthropic's SSE events: message_start, a ping, the content blocks
+    (thinking, text and tool calls as they come), message_delta, message_stop; a ping in every
+    silence of PING_SECONDS; an `error` event (and the end) if it fails."""
+    return sse_stream(started.generation, _events(started, request), error_event=_error_event, done=b"")
 
 
-async def _events(generation: Generation, request: MessagesRequest) -> AsyncIterator[bytes]:
+async def _events(started: StartedChat, request: MessagesRequest) -> AsyncIterator[bytes]:
+    generation = started.generation
     yield _event("message_start", {"message": _message(generation, [], None, request)})
     yield _PING
-    index, text_open = 0, False
-    parts = with_heartbeat(answer_parts(generation, request.chat), PING_SECONDS)
-    async with contextlib.aclosing(parts):
-        async for part in parts:
-            if part is None:
-                yield _PING
-            elif isinstance(part, Text):
-                if not text_open:
-                    text_open = True
-                    yield _event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-                yield _event(
-                    "content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": part.text}}
-                )
-            else:
-                if text_open:
-                    yield _event("content_block_stop", {"index": index})
-                    index += 1
-                if part.call is not None:
-                    for event in _tool_use_events(index, part.call):
-                        yield event
-                reason, sequence = _stop(part, request)
-                yield _event(
-                    "message_delta",
-                    {
-                        "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                        "usage": {"output_tokens": part.finished.completion_tokens},
-                    },
-                )
-                yield _event("message_stop", {})
+    events = with_heartbeat(answer_blocks(generation, started.reading), PING_SECONDS)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            for frame in _frames(event, request):
+                yield frame
 
 
-def _tool_use_events(index: int, call: tools.ToolCall) -> list[bytes]:
-    """A tool call as its own block: opened with an empty input, given whole in one delta."""
-    return [
-        _event("content_block_start", {"index": index, "content_block": _tool_use(call, {})}),
-        _event(
-            "content_block_delta",
-            {"index": index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}},
-        ),
-        _event("content_block_stop", {"index": index}),
-    ]
+def _frames(event: BlockEvent | None, request: MessagesRequest) -> list[bytes]:
+    if event is None:
+        return [_PING]
+    if isinstance(event, Opened):
+        block = event.block
+        return [
+            _event("content_block_start", {"index": block.number, "content_block": _content_block(block, whole=False)})
+        ]
+    if isinstance(event, Said):
+        kind, key = _DELTAS[event.block.kind]
+        return [_event("content_block_delta", {"index": event.block.number, "delta": {"type": kind, key: event.text}})]
+    if isinstance(event, Closed):
+        frames = []
+        if event.block.kind == "thinking":
+            signature = {"type": "signature_delta", "signature": _signature(event.block.text)}
+            frames.append(_event("content_block_delta", {"index": event.block.number, "delta": signature}))
+        return [*frames, _event("content_block_stop", {"index": event.block.number})]
+    reason, sequence = _stop(event, request)
+    delta = {
+        "delta": {"stop_reason": reason, "stop_sequence": sequence},
+        "usage": {"output_tokens": event.finished.completion_tokens},
+    }
+    return [_event("message_delta", delta), _event("message_stop", {})]
 
 
-async def token_count_body(generation: Generation, request: MessagesRequest) -> dict[str, int]:
+async def token_count_body(started: StartedChat, request: MessagesRequest) -> dict[str, int]:
     """{"input_tokens"}: the prompt's size (a count-only generation, read to its end so that its
     record is written)."""
-    async for _ in generation.events:
+    async for _ in started.generation.events:
         pass
-    return {"input_tokens": generation.prompt_tokens}
+    return {"input_tokens": started.generation.prompt_tokens}

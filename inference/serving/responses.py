@@ -10,13 +10,15 @@ from typing import Any
 
 from inference.errors import ApiError
 from inference.protocol import tool_calls as tools
-from inference.protocol.responses import ResponseRequest, item_id
+from inference.protocol.responses import ResponseRequest
+from inference.protocol.responses_input import item_id
 from inference.protocol.sse import sse_frame
 from inference.runtime.jobs import Generation
 from inference.services.responses import response_save, stored_response
-from inference.serving.answers import Ended, Text, answer_collected, answer_parts
+from inference.serving.answers import Block, Closed, Ended, Opened, Said, answer_blocks, answer_collected
 from inference.serving.chat import chat_completion_create
 from inference.serving.generate import Caller
+from inference.serving.prompts import AnswerReading
 from inference.serving.streams import sse_stream
 
 
@@ -31,14 +33,14 @@ async def response_create(*, request: ResponseRequest, caller: Caller) -> Starte
         )
         history = previous.conversation
         chat = request.continuing(history)
-    generation = await chat_completion_create(request=chat, caller=caller, id_prefix="resp_")
+    started = await chat_completion_create(request=chat, caller=caller, id_prefix="resp_")
     save = None
     if request.store:
 
         async def save(body: dict[str, Any]) -> None:
             await response_save(body=body, request=request, history=history, api_key=caller.api_key)
 
-    return StartedResponse(generation, request, save)
+    return StartedResponse(started.generation, started.reading, request, save)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class StartedResponse:
     """A response whose prompt was accepted; `save` keeps the finished object (store: true)."""
 
     generation: Generation
+    reading: AnswerReading
     request: ResponseRequest
     save: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
@@ -69,14 +72,13 @@ class StartedResponse:
             **fields,
         }
 
-    async def finished(self, text: str, ended: Ended, message_id: str, call_id: str) -> dict[str, Any]:
-        """The final object (kept, if stored), from the answer and how it ended."""
+    async def finished(self, blocks: list[Block], ended: Ended, ids: dict[int, str]) -> dict[str, Any]:
+        """The final object (kept, if stored), from the answer's blocks and how it ended."""
         generation, finished = self.generation, ended.finished
-        output = [_message(message_id, text, "completed")] if text or ended.call is None else []
-        if ended.call is not None:
-            namespace = self.request.namespaces.get(ended.call.name)
-            output.append(_call(call_id, ended.call, ended.call.arguments, "completed", namespace))
-        incomplete = finished.finish_reason == "length" and ended.call is None
+        output = [self.item(block, ids.get(block.number) or _new_id(block), "completed") for block in blocks]
+        if not any(block.kind == "text" for block in blocks) and not ended.calls:
+            output.append(_message(item_id("msg"), "", "completed"))
+        incomplete = finished.finish_reason == "length" and not ended.calls
         body = self.envelope(
             "incomplete" if incomplete else "completed",
             output,
@@ -85,7 +87,7 @@ class StartedResponse:
                 "input_tokens": generation.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": generation.cached_tokens},
                 "output_tokens": finished.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": finished.reasoning_tokens},
                 "total_tokens": generation.prompt_tokens + finished.completion_tokens,
             },
         )
@@ -93,14 +95,39 @@ class StartedResponse:
             await self.save(body)
         return body
 
+    def item(self, block: Block, item_id_: str, status: str, *, whole: bool = True) -> dict[str, Any]:
+        """A block as its output item: whole, or (`whole` False) as a stream opens it."""
+        text = block.text if whole else ""
+        if block.kind == "thinking":
+            return _reasoning(item_id_, text if whole else None, status)
+        if block.kind == "call":
+            assert block.call is not None
+            namespace = self.request.namespaces.get(block.call.name)
+            return _call(item_id_, block.call, text, status, namespace)
+        return _message(item_id_, text if whole else None, status)
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+_ID_PREFIXES = {"thinking": "rs", "text": "msg", "call": "fc"}
+
+
+def _new_id(block: Block) -> str:
+    return item_id(_ID_PREFIXES[block.kind])
+
+
+def _text_part(text: str, kind: str = "output_text") -> dict[str, Any]:
+    if kind == "reasoning_text":
+        return {"type": kind, "text": text}
+    return {"type": kind, "text": text, "annotations": [], "logprobs": []}
 
 
 def _message(message_id: str, text: str | None, status: str) -> dict[str, Any]:
     content = [] if text is None else [_text_part(text)]
     return {"id": message_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _reasoning(reasoning_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text, "reasoning_text")]
+    return {"id": reasoning_id, "type": "reasoning", "status": status, "summary": [], "content": content}
 
 
 def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str, namespace: str | None) -> dict[str, Any]:
@@ -116,22 +143,32 @@ def _call(call_id: str, call: tools.ToolCall, arguments: str, status: str, names
 
 
 async def response_body(started: StartedResponse, request: ResponseRequest) -> dict[str, Any]:
-    text, ended = await answer_collected(started.generation, request.chat)
-    return await started.finished(text, ended, item_id("msg"), item_id("fc"))
+    blocks, ended = await answer_collected(started.generation, started.reading)
+    return await started.finished(blocks, ended, {})
 
 
 def response_events(started: StartedResponse, request: ResponseRequest) -> AsyncIterator[bytes]:
-    """The response as typed SSE events: created, in_progress, the output items as they form,
-    then completed (or incomplete); a failure mid-way is a `response.failed` event."""
+    """The response as typed SSE events: created, in_progress, the output items as they form
+    (thinking, text, calls), then completed (or incomplete); a failure mid-way is a
+    `response.failed` event."""
     events = _Events(started)
-    return sse_stream(started.generation, events.stream(request), error_event=events.failed, done=b"")
+    return sse_stream(started.generation, events.stream(), error_event=events.failed, done=b"")
+
+
+# Each kind of block's events while it streams: (part type or None, delta event, done event, done field)
+_STREAMED = {
+    "thinking": ("reasoning_text", "response.reasoning_text.delta", "response.reasoning_text.done", "text"),
+    "text": ("output_text", "response.output_text.delta", "response.output_text.done", "text"),
+    "call": (None, "response.function_call_arguments.delta", "response.function_call_arguments.done", "arguments"),
+}
 
 
 class _Events:
     def __init__(self, started: StartedResponse) -> None:
         self.started = started
         self.sequence = 0
-        self.message_id, self.call_id = item_id("msg"), item_id("fc")
+        self.ids: dict[int, str] = {}  # block number -> its item's id
+        self.blocks: list[Block] = []
 
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -142,58 +179,52 @@ class _Events:
         failure = {"code": error.code or error.type, "message": error.message}
         return self.event("response.failed", response=self.started.envelope("failed", [], error=failure))
 
-    def _message_opened(self) -> list[bytes]:
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        return [
-            self.event(
-                "response.output_item.added", output_index=0, item=_message(self.message_id, None, "in_progress")
-            ),
-            self.event("response.content_part.added", **where, part=_text_part("")),
-        ]
+    def _where(self, block: Block) -> dict[str, Any]:
+        where = {"item_id": self.ids[block.number], "output_index": block.number}
+        return where if block.kind == "call" else {**where, "content_index": 0}
 
-    def _message_done(self, text: str) -> list[bytes]:
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        return [
-            self.event("response.output_text.done", **where, text=text, logprobs=[]),
-            self.event("response.content_part.done", **where, part=_text_part(text)),
-            self.event("response.output_item.done", output_index=0, item=_message(self.message_id, text, "completed")),
-        ]
+    def opened(self, block: Block) -> list[bytes]:
+        self.ids[block.number] = _new_id(block)
+        item = self.started.item(block, self.ids[block.number], "in_progress", whole=False)
+        frames = [self.event("response.output_item.added", output_index=block.number, item=item)]
+        part_type = _STREAMED[block.kind][0]
+        if part_type is not None:
+            frames.append(
+                self.event("response.content_part.added", **self._where(block), part=_text_part("", part_type))
+            )
+        return frames
 
-    def _call_made(self, call: tools.ToolCall, index: int) -> list[bytes]:
-        where = {"item_id": self.call_id, "output_index": index}
-        namespace = self.started.request.namespaces.get(call.name)
-        added, done = (
-            _call(self.call_id, call, arguments, status, namespace)
-            for arguments, status in (("", "in_progress"), (call.arguments, "completed"))
-        )
-        return [
-            self.event("response.output_item.added", output_index=index, item=added),
-            self.event("response.function_call_arguments.delta", **where, delta=call.arguments),
-            self.event("response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments),
-            self.event("response.output_item.done", output_index=index, item=done),
-        ]
+    def said(self, block: Block, text: str) -> list[bytes]:
+        extra = {"logprobs": []} if block.kind == "text" else {}
+        return [self.event(_STREAMED[block.kind][1], **self._where(block), delta=text, **extra)]
 
-    async def stream(self, request: ResponseRequest) -> AsyncIterator[bytes]:
+    def closed(self, block: Block) -> list[bytes]:
+        self.blocks.append(block)
+        part_type, _, done, key = _STREAMED[block.kind]
+        where = self._where(block)
+        extra = {"logprobs": []} if block.kind == "text" else {}
+        if block.kind == "call":
+            assert block.call is not None
+            extra = {"name": block.call.name}
+        frames = [self.event(done, **where, **{key: block.text}, **extra)]
+        if part_type is not None:
+            frames.append(self.event("response.content_part.done", **where, part=_text_part(block.text, part_type)))
+        item = self.started.item(block, self.ids[block.number], "completed")
+        return [*frames, self.event("response.output_item.done", output_index=block.number, item=item)]
+
+    async def stream(self) -> AsyncIterator[bytes]:
         skeleton = self.started.envelope("in_progress", [])
         yield self.event("response.created", response=skeleton)
         yield self.event("response.in_progress", response=skeleton)
-        texts: list[str] = []
-        async for part in answer_parts(self.started.generation, request.chat):
-            if isinstance(part, Text):
-                if not texts:
-                    for frame in self._message_opened():
-                        yield frame
-                texts.append(part.text)
-                where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-                yield self.event("response.output_text.delta", **where, delta=part.text, logprobs=[])
-                continue
-            text = "".join(texts)
-            frames = []
-            if text or part.call is None:
-                frames += ([] if texts else self._message_opened()) + self._message_done(text)
-            if part.call is not None:
-                frames += self._call_made(part.call, index=1 if text else 0)
+        async for event in answer_blocks(self.started.generation, self.started.reading):
+            if isinstance(event, Opened):
+                frames = self.opened(event.block)
+            elif isinstance(event, Said):
+                frames = self.said(event.block, event.text)
+            elif isinstance(event, Closed):
+                frames = self.closed(event.block)
+            else:
+                body = await self.started.finished(self.blocks, event, self.ids)
+                frames = [self.event(f"response.{body['status']}", response=body)]
             for frame in frames:
                 yield frame
-            body = await self.started.finished(text, part, self.message_id, self.call_id)
-            yield self.event(f"response.{body['status']}", response=body)

@@ -1,20 +1,53 @@
-"""Function calling for any chat model: tools described in the prompt, calls read from the answer.
+"""Function calling for a model whose chat template renders no tools: tools described in the
+prompt, calls and their results written as text.
 
 Models are told, in a system message, which functions they may call and that a call is a JSON
-object `{"name": ..., "arguments": {...}}` and nothing else. `tool_choice` "required" or a named
-function makes the call certain with a grammar built from `call_schema`; "auto" leaves the model
-free, and an answer that is such an object is read as a call. Earlier calls and their results in
-the history are written back as text every chat template can render.
+object `{"name": ..., "arguments": {...}}` and nothing else (`templates.GENERIC_MARKUP` reads it
+back). `tool_choice` "required" or a named function makes the call certain with a grammar built
+from `call_schema`. Earlier calls and their results are written back as text every chat template
+can render.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+from dataclasses import replace
 from typing import Any
 
-from inference.protocol.tool_calls import Tool, ToolCall
+from inference.protocol.tool_calls import Tool, Turn, merged_turns
 from inference.runtime.jobs import ChatMessage
+
+
+def flat_messages(
+    conversation: tuple[Turn, ...], offered: tuple[Tool, ...], required: bool, compact: bool
+) -> tuple[ChatMessage, ...]:
+    """The conversation as role and text only: each call written as the model would have
+    written it, each result as a user's message, consecutive turns of one role merged; the
+    tools offered (if any) at the start of the system message."""
+    turns = []
+    for turn in conversation:
+        if turn.role == "tool":
+            turns.append(Turn("user", f"Result of the function {turn.name}: {turn.content}"))
+        else:
+            written = [_call_text(call.name, call.arguments) for call in turn.calls]
+            turns.append(Turn(turn.role, "\n".join(part for part in (turn.content, *written) if part)))
+    messages = [ChatMessage(turn.role, turn.content) for turn in merged_turns(turns)]
+    if offered:
+        offer = instruction(offered, required, compact=compact).content
+        if messages and messages[0].role == "system":
+            messages[0] = replace(messages[0], content=f"{offer}\n\n{messages[0].content}")
+        else:
+            messages.insert(0, ChatMessage("system", offer))
+    return tuple(messages)
+
+
+def _call_text(name: str, arguments: str) -> str:
+    """An earlier call, written as the model would have written it."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = arguments
+    return json.dumps({"name": name, "arguments": parsed})
 
 
 def instruction(tools: tuple[Tool, ...], required: bool, *, compact: bool = False) -> ChatMessage:
@@ -104,17 +137,3 @@ def _refs_under(schema: Any, root: str) -> Any:
         else:
             moved[key] = _refs_under(value, root)
     return moved
-
-
-def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
-    """The call an answer makes, if it is one: a JSON object naming one of the tools."""
-    try:
-        value = json.loads(text.strip())
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
-        return None
-    arguments = value.get("arguments", {})
-    if not isinstance(arguments, dict):
-        return None
-    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=value["name"], arguments=json.dumps(arguments))

@@ -110,7 +110,7 @@ class CallReader:
         """The call's end at the answer's end: its arguments closed into valid JSON if possible."""
         events = outcome.events
         if self.markup.style is CallStyle.TAGGED:
-            self._fragment(events, "}" if self._count else "{}")
+            self._fragment(events, "" if self._closed else "}" if self.arguments else "{}")
         else:
             self._fragment(events, close_json(self.arguments) or "" if self.arguments else "{}")
         events.append(CallEnded(self.index, self.arguments))

@@ -33,7 +33,7 @@ def forced_call_grammar(
     bodies = [_call(calls, index, function) for index, function in enumerate(functions)]
     rules.append("call ::= " + " | ".join(f"call-{index}" for index in range(len(bodies))))
     rules += [f"call-{index} ::= {body}" for index, body in enumerate(bodies)]
-    more = f" ({_literal(calls.separator + calls.call_start)} call)*" if parallel and calls.multiple else ""
+    more = f" ({_literal(calls.separator)} call)*" if parallel and calls.multiple else ""  # a call has its call_start
     section = f"{_literal(calls.section_start)} call{more} {_literal(calls.section_end)}"
     thinking, think_rules = _thinking(markup.thinking, thinking_open)
     rules += think_rules
