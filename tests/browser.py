@@ -108,3 +108,43 @@ def csrf_token(html: str) -> str:
     found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
     assert found, "no CSRF token in the page"
     return found[1]
+
+
+# Replaces the page's fetch for one path: each request's JSON body is kept in
+# window.stubbedRequests, and it is answered with the next of the given streams (text/event-stream),
+# piece by piece; a null piece holds the stream until window.resumeStub() is called. Other paths
+# go to the real fetch. (Scripts run by the driver are not subject to the page's CSP.)
+_STUB_FETCH = """
+const [path, streams] = arguments;
+const realFetch = window.fetch.bind(window);
+let resume = null;
+window.stubbedRequests = [];
+window.resumeStub = () => { if (resume) resume(); };
+window.fetch = async (url, init) => {
+  if (new URL(url, location.href).pathname !== path) return realFetch(url, init);
+  window.stubbedRequests.push(JSON.parse(init.body));
+  const pieces = streams.shift();
+  const encoder = new TextEncoder();
+  const body = new ReadableStream({
+    async pull(controller) {
+      while (pieces.length && pieces[0] === null) {
+        pieces.shift();
+        await new Promise((resolve) => { resume = resolve; });
+      }
+      if (pieces.length) controller.enqueue(encoder.encode(pieces.shift()));
+      else controller.close();
+    },
+  });
+  return new Response(body, { headers: { "Content-Type": "text/event-stream" } });
+};
+"""
+
+
+def stub_fetch(driver: Any, path: str, streams: list[list[str | None]]) -> None:
+    """Answer the page's fetches of `path` with `streams`, one a request (see _STUB_FETCH)."""
+    driver.execute_script(_STUB_FETCH, path, streams)
+
+
+def stubbed_requests(driver: Any) -> list[Any]:
+    """The JSON bodies the page has sent to the stubbed path, in order."""
+    return driver.execute_script("return window.stubbedRequests")

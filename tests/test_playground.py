@@ -1,7 +1,8 @@
 """The playground: staff chat with any model through the server's own API, signed in instead of
 holding a key; their requests are recorded as the playground's, under their name. In Chromium:
 an answer streams with its figures, Stop cancels the generation, another model can be chosen,
-conversations export as JSON."""
+conversations export as JSON; a thinking model's thoughts fold above its answer and its tool
+calls show as calls, and both go back with the next turn."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from django.test import AsyncClient
 
 from inference.api import authentication
 from inference.models import RequestRecord
-from tests.browser import console_server, log_in, needs_chromium, screenshot
+from tests.browser import console_server, log_in, needs_chromium, screenshot, stub_fetch, stubbed_requests
 from tests.conftest import SMOLLM2, DaphneServer, ServerFactory, wait_for
 
 REQUIRED = {"require_api_key": True}
@@ -207,3 +208,108 @@ def test_playground_streams_stops_and_switches_models_in_chromium(
     exported = downloads / "llamasite-playground.json"
     wait_for(exported.exists, 20)
     assert json.loads(exported.read_text()) == saved
+
+
+THOUGHT = ["The user wants the weather. ", "I should call <b>get_weather</b>."]
+ARGUMENTS = ['{"city": "Par', 'is", "unit": "celsius"}']
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "".join(ARGUMENTS)}}
+
+
+def sse(*deltas: dict[str, Any], finish_reason: str, reasoning_tokens: int) -> list[str]:
+    """A chat completion's stream, one event a delta, then its finish and its usage."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    usage = {
+        "prompt_tokens": 30,
+        "completion_tokens": 40,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
+    ends = [chunk({}, finish_reason), f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n", "data: [DONE]\n\n"]
+    return [chunk({"role": "assistant", "content": ""}), *map(chunk, deltas), *ends]
+
+
+def parts(box: Any) -> list[str]:
+    """The classes of a message box's children, in order."""
+    return box.parent.execute_script("return [...arguments[0].children].map((child) => child.className)", box)
+
+
+def text_of(box: Any, selector: str) -> str:
+    """The text of `selector` in `box`, shown or folded away."""
+    from selenium.webdriver.common.by import By
+
+    return box.find_element(By.CSS_SELECTOR, selector).get_attribute("textContent")
+
+
+@needs_chromium
+def test_thinking_folds_above_the_answer_and_tool_calls_show_as_calls_in_chromium(
+    server: DaphneServer, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server.url, "/dashboard/playground/")
+    wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes", 20)
+    browser.find_element(By.ID, "new-conversation").click()
+    thinking = [{"reasoning_content": part} for part in THOUGHT]
+    call_opens = {"tool_calls": [{"index": 0, **CALL, "function": {"name": "get_weather", "arguments": ""}}]}
+    call_goes_on = [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in ARGUMENTS]
+    stream = sse(*thinking, call_opens, *call_goes_on, finish_reason="tool_calls", reasoning_tokens=17)
+    # The second thought cut in two by the network; the stream held before the call, while it thinks.
+    calls = [*stream[:2], stream[2][:20], stream[2][20:], None, *stream[3:]]
+    answers = sse(
+        {"reasoning_content": "Sunny, say so."},
+        {"content": "It is sunny in Paris."},
+        finish_reason="stop",
+        reasoning_tokens=6,
+    )
+    stub_fetch(browser, "/v1/chat/completions", [calls, answers])
+
+    first = ask(browser, "Weather in Paris?")
+    thought = "".join(THOUGHT)
+    wait_for(lambda: first.find_elements(By.CSS_SELECTOR, ".thought") and text_of(first, ".thought") == thought, 20)
+    summary = first.find_element(By.CSS_SELECTOR, ".thinking summary")
+    assert summary.text == "Thinking…"
+    assert first.find_element(By.CSS_SELECTOR, ".thinking").get_attribute("open") is not None  # shown as it comes
+    browser.execute_script("window.resumeStub()")
+    wait_for(lambda: first.find_elements(By.CSS_SELECTOR, ".stats"), 20)
+
+    assert parts(first) == ["thinking", "text", "tool-calls", "stats"]  # thoughts above the answer, calls after
+    assert first.find_element(By.CSS_SELECTOR, ".thinking").get_attribute("open") is None
+    assert summary.text == "Thought for 17 tokens"
+    assert text_of(first, ".thinking .thought") == thought  # as text: the markup is not the page's
+    assert not first.find_elements(By.CSS_SELECTOR, "b")
+    assert text_of(first, ".text") == ""  # nothing of the call in the answer
+    assert text_of(first, ".tool-call .name") == "get_weather"
+    arguments = text_of(first, ".tool-call .arguments")
+    assert json.loads(arguments) == {"city": "Paris", "unit": "celsius"} and "\n  " in arguments  # pretty-printed
+    stats = first.find_element(By.CSS_SELECTOR, ".stats")
+    assert stats.get_attribute("data-finish-reason") == "tool_calls" and "(17 thinking)" in stats.text
+
+    second = ask(browser, "So?")
+    wait_for(lambda: second.find_elements(By.CSS_SELECTOR, ".stats"), 20)
+    assert parts(second) == ["thinking", "text", "stats"]
+    assert text_of(second, ".text") == "It is sunny in Paris."
+    assert second.find_element(By.CSS_SELECTOR, ".thinking").get_attribute("open") is None
+    assert text_of(second, ".thinking summary") == "Thought for 6 tokens"
+
+    sent = stubbed_requests(browser)
+    assert sent[0]["stream_options"] == {"include_usage": True}
+    assert sent[1]["messages"][-3:] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL], "reasoning_content": thought},
+        {"role": "user", "content": "So?"},
+    ]
+
+    browser.refresh()  # the conversation as it was kept: the thinking folded, the call a call
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant")) == 2, 20)
+    kept = browser.find_elements(By.CSS_SELECTOR, ".message.assistant")[0]
+    assert parts(kept) == ["thinking", "text", "tool-calls", "stats"]
+    assert kept.find_element(By.CSS_SELECTOR, ".thinking").get_attribute("open") is None
+    assert text_of(kept, ".thinking .thought") == thought
+    assert text_of(kept, ".tool-call .name") == "get_weather"
+    violations = [
+        entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]
+    ]
+    assert not violations, violations

@@ -80,10 +80,68 @@
     box.className = "message " + message.role + (message.error ? " error" : "");
     const text = document.createElement("div");
     text.className = "text";
-    text.textContent = message.content;
     box.appendChild(text);
+    fill(box, message, false);
     if (message.stats) box.appendChild(statsLine(message.stats));
     return box;
+  }
+
+  // Brings a message's box up to date: its thinking folded above the text (open only while the
+  // model is still thinking), the text, then the tool calls, set apart from the text.
+  function fill(box, message, thinking) {
+    const text = box.querySelector(".text");
+    text.textContent = message.content || "";
+    if (message.reasoning_content) {
+      let details = box.querySelector(".thinking");
+      if (!details) {
+        details = document.createElement("details");
+        details.className = "thinking";
+        const thought = document.createElement("div");
+        thought.className = "thought";
+        details.append(document.createElement("summary"), thought);
+        details.open = thinking;
+        box.insertBefore(details, text);
+      } else if (!thinking && details.classList.contains("streaming")) details.open = false;
+      details.classList.toggle("streaming", thinking);
+      details.querySelector("summary").textContent = thinking ? "Thinking…" : thoughtFor(message.stats || {});
+      details.querySelector(".thought").textContent = message.reasoning_content;
+    }
+    if (message.tool_calls) {
+      let calls = box.querySelector(".tool-calls");
+      if (!calls) {
+        calls = document.createElement("div");
+        calls.className = "tool-calls";
+        text.after(calls);
+      }
+      calls.replaceChildren(...message.tool_calls.filter(Boolean).map(toolCall));
+    }
+  }
+
+  function thoughtFor(stats) {
+    if (stats.reasoning_tokens !== null && stats.reasoning_tokens !== undefined) return "Thought for " + stats.reasoning_tokens + " tokens";
+    if (stats.thinking_ms) return "Thought for " + (stats.thinking_ms / 1000).toFixed(1) + " s";
+    return "Thought";
+  }
+
+  function toolCall(call) {
+    const box = document.createElement("div");
+    box.className = "tool-call";
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = "Tool call";
+    const name = document.createElement("code");
+    name.className = "name";
+    name.textContent = call.function.name;
+    const args = document.createElement("pre");
+    args.className = "arguments";
+    args.textContent = pretty(call.function.arguments);
+    box.append(kind, name, args);
+    return box;
+  }
+
+  // Arguments as indented JSON once they parse (complete); as they came until then.
+  function pretty(args) {
+    try { return JSON.stringify(JSON.parse(args), null, 2); } catch { return args; }
   }
 
   function statsLine(stats) {
@@ -94,7 +152,7 @@
       stats.ttft_ms !== null ? "TTFT " + stats.ttft_ms + " ms" : null,
       stats.tokens_per_s !== null ? stats.tokens_per_s + " tokens/s" : null,
       stats.prompt_tokens !== null ? stats.prompt_tokens + " prompt tokens (" + stats.cached_tokens + " cached)" : null,
-      stats.completion_tokens !== null ? stats.completion_tokens + " completion tokens" : null,
+      stats.completion_tokens !== null ? stats.completion_tokens + " completion tokens" + (stats.reasoning_tokens ? " (" + stats.reasoning_tokens + " thinking)" : "") : null,
       stats.finish_reason,
     ];
     line.textContent = shown.filter((part) => part !== null && part !== undefined).join(" · ");
@@ -107,8 +165,21 @@
     return value === "" ? undefined : Number(value);
   }
 
+  // A message as the chat request takes it: an assistant turn's tool calls go back as
+  // `tool_calls` (with content null when it said nothing else), its thinking as `reasoning_content`.
+  function wireMessage({ role, content, reasoning_content, tool_calls }) {
+    const message = { role, content };
+    const calls = (tool_calls || []).filter(Boolean);
+    if (calls.length) {
+      message.tool_calls = calls;
+      if (!content) message.content = null;
+    }
+    if (reasoning_content) message.reasoning_content = reasoning_content;
+    return message;
+  }
+
   function requestBody() {
-    const messages = current.messages.filter((message) => !message.error).map(({ role, content }) => ({ role, content }));
+    const messages = current.messages.filter((message) => !message.error).map(wireMessage);
     if (current.system.trim()) messages.unshift({ role: "system", content: current.system });
     const body = {
       model: current.model, messages, stream: true, stream_options: { include_usage: true },
@@ -147,12 +218,18 @@
     save();
     show();
     const box = $("messages").lastElementChild;
-    const shown = box.querySelector(".text");
-    const stats = { model: current.model, ttft_ms: null, tokens_per_s: null, prompt_tokens: null, cached_tokens: 0, completion_tokens: null, finish_reason: null };
+    const stats = {
+      model: current.model, ttft_ms: null, tokens_per_s: null, prompt_tokens: null, cached_tokens: 0, completion_tokens: null,
+      reasoning_tokens: null, thinking_ms: null, finish_reason: null,
+    };
+    answer.stats = stats;
     running = new AbortController();
     setRunning(true);
     const started = performance.now();
     let firstToken = null;
+    let thinkingSince = null;
+    const thinking = () => thinkingSince !== null && stats.thinking_ms === null;
+    const thoughtEnds = () => { if (thinking()) stats.thinking_ms = Math.round(performance.now() - thinkingSince); };
     try {
       const response = await fetch("/v1/chat/completions", {
         method: "POST", body: JSON.stringify(body), signal: running.signal, credentials: "same-origin",
@@ -164,31 +241,52 @@
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message);
         for (const choice of chunk.choices || []) {
-          if (choice.delta && choice.delta.content) {
+          const delta = choice.delta || {};
+          if (delta.reasoning_content || delta.content || delta.tool_calls) {
             if (firstToken === null) { firstToken = performance.now(); stats.ttft_ms = Math.round(firstToken - started); }
-            answer.content += choice.delta.content;
-            shown.textContent = answer.content;
           }
+          if (delta.reasoning_content) {
+            if (thinkingSince === null) thinkingSince = performance.now();
+            answer.reasoning_content = (answer.reasoning_content || "") + delta.reasoning_content;
+          }
+          if (delta.content || delta.tool_calls) thoughtEnds();
+          if (delta.content) answer.content += delta.content;
+          for (const part of delta.tool_calls || []) addToolCallPart(answer, part);
           if (choice.finish_reason) stats.finish_reason = choice.finish_reason;
+          fill(box, answer, thinking());
         }
         if (chunk.usage) {
           stats.prompt_tokens = chunk.usage.prompt_tokens;
           stats.completion_tokens = chunk.usage.completion_tokens;
           stats.cached_tokens = (chunk.usage.prompt_tokens_details || {}).cached_tokens || 0;
+          const reasoning = (chunk.usage.completion_tokens_details || {}).reasoning_tokens;
+          if (reasoning !== undefined) stats.reasoning_tokens = reasoning;
         }
       }
       const seconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
       if (seconds > 0 && stats.completion_tokens > 1) stats.tokens_per_s = Math.round((stats.completion_tokens - 1) / seconds * 10) / 10;
     } catch (error) {
       if (error.name === "AbortError") stats.finish_reason = "stopped";
-      else { answer.error = true; answer.content = answer.content || error.message; box.classList.add("error"); shown.textContent = answer.content; }
+      else { answer.error = true; answer.content = answer.content || error.message; box.classList.add("error"); }
     } finally {
-      answer.stats = stats;
+      thoughtEnds();
+      fill(box, answer, false);
       box.appendChild(statsLine(stats));
       running = null;
       setRunning(false);
       save();
     }
+  }
+
+  // A streamed tool call comes in parts: the first with its id and name, the rest with pieces of
+  // its arguments, each to be appended (as OpenAI's SDKs accumulate them).
+  function addToolCallPart(answer, part) {
+    answer.tool_calls = answer.tool_calls || [];
+    const call = answer.tool_calls[part.index] = answer.tool_calls[part.index] || { id: "", type: "function", function: { name: "", arguments: "" } };
+    if (part.id) call.id = part.id;
+    const fn = part.function || {};
+    if (fn.name) call.function.name += fn.name;
+    if (fn.arguments) call.function.arguments += fn.arguments;
   }
 
   function setRunning(on) {
