@@ -211,6 +211,9 @@ RECORDED_ENDPOINTS = (
     "/v1/responses",
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/apply-template",
+    "/tokenize",
+    "/detokenize",
 )
 
 

@@ -7,7 +7,9 @@ failure shows at once).
 
 Each runs with its own instructions and tools. Described in full, they outgrow SmolLM2's
 8,192-token context (Codex ~8.6k tokens, Claude Code ~12.8k); the server then offers the tools in
-short (inference.serving.tools), and the prompt fits.
+short (inference.serving.tools), and the prompt fits. Each runs twice: against SmolLM2's own
+template (which renders no tools: the generic way), and against Qwen3's (tools, calls and
+results in Qwen3's own markup), as a Qwen3 model would be served.
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ def endpoint_rows(server: DaphneServer, endpoint: str) -> list[tuple]:
     )
 
 
-@pytest.fixture(scope="module")
-def agent_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
+QWEN3_TEMPLATE = Path(__file__).parent / "data" / "templates" / "Qwen-Qwen3-0.6B.jinja"
+
+
+@pytest.fixture(scope="module", params=["own-template", "qwen3-template"])
+def agent_server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> Iterator[DaphneServer]:
     """A server whose SmolLM2 has its whole trained context: the clients' prompts outgrow the
     session server's 4096. The clients send no temperature; sampled at llama.cpp's 0.8, SmolLM2
     sometimes rambles to the length limit and Codex exits 1 on `incomplete`: greedy here."""
-    with server_factory("agents", n_ctx=8192, n_threads=2, temperature=0) as server:
+    models = {SMOLLM2: {"chat_template": str(QWEN3_TEMPLATE)}} if request.param == "qwen3-template" else {}
+    with server_factory(f"agents-{request.param}", n_ctx=8192, n_threads=2, temperature=0, models=models) as server:
         yield server
 
 

@@ -133,8 +133,7 @@ def _chat_prompt(request: ChatRequest, form: ModelFormat, compact_tools: bool) -
         return ChatPrompt(replace(request.job, messages=messages), reading, False, offered)
     template, markup = form.template, form.template.markup
     kwargs, budget = _thinking_settings(request, form, markup)
-    # Tools in short (a prompt too long with them in full) are offered the generic way.
-    native = markup.renders_tools and markup.calls is not None and not compact_tools
+    native = markup.renders_tools and markup.calls is not None
     try:
         prompt = _rendered(template, request, kwargs, native, compact_tools)
     except TemplateFailed as failed:
@@ -183,7 +182,8 @@ def _rendered(
     offered = _offered(request)
     if native:
         messages = [_message(turn) for turn in request.conversation]
-        tools = list(_tool_dicts(offered)) or None
+        shown = tuple(generic.in_short(tool) for tool in offered) if compact_tools else offered
+        tools = list(_tool_dicts(shown)) or None
     else:
         flat = generic.flat_messages(request.conversation, offered, request.tool_call_forced, compact_tools)
         messages, tools = [{"role": message.role, "content": message.content} for message in flat], None

@@ -85,6 +85,21 @@ def _compact(tool: Tool) -> str:
     return f"- {tool.name}({parameters}): {_first_sentence(tool.description) or 'no description'}"
 
 
+def in_short(tool: Tool) -> Tool:
+    """The tool as `compact` describes it, for a template that renders tools itself: the first
+    sentence of its description, its parameters' names and types only."""
+    properties = tool.parameters.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = tool.parameters.get("required")
+    shape: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: {"type": _type_of(schema)} for name, schema in properties.items()},
+    }
+    if isinstance(required, list):
+        shape["required"] = required
+    return Tool(tool.name, _first_sentence(tool.description), shape)
+
+
 def _type_of(schema: Any) -> str:
     kind = schema.get("type", "any") if isinstance(schema, dict) else "any"
     return "|".join(map(str, kind)) if isinstance(kind, list) else str(kind)
