@@ -25,7 +25,7 @@ TOKENIZE_SCHEMA = {
     "type": "object",
     "properties": {
         "tokens": {
-            "oneOf": [
+            "anyOf": [  # not oneOf: no tokens at all is both
                 {"type": "array", "items": {"type": "integer"}},
                 {
                     "type": "array",

@@ -23,7 +23,7 @@ from inference.config import ModelSettings
 from inference.protocol import ChatRequest
 from inference.protocol.tool_calls import Tool, Turn
 from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
-from inference.runtime.errors import NoChatTemplate, TemplateRejected
+from inference.runtime.errors import TemplateRejected
 from inference.runtime.jobs import ChatJob, Thinking
 from inference.runtime.pool import model_pool
 from inference.serving import tools as generic
@@ -35,8 +35,8 @@ EFFORT_BUDGETS: dict[str, int | None] = {"none": 0, "minimal": 256, "low": 1024,
 
 @dataclass(frozen=True)
 class ModelFormat:
-    """How one model's conversations are written: its template (None: its named chat_format,
-    rendered by the runtime) and its settings."""
+    """How one model's conversations are written: its template (None: rendered by the runtime
+    with its named chat_format, or refused there: it has no template) and its settings."""
 
     model: str
     template: ChatTemplate | None
@@ -45,7 +45,7 @@ class ModelFormat:
 
 
 async def model_format(requested: str | None, allowed: list[str] | None) -> ModelFormat:
-    """The requested model's format (raises ModelNotFound, NoChatTemplate, TemplateRejected); its
+    """The requested model's format (raises ModelNotFound, TemplateRejected); its
     header, saved settings and template's markup are read off the event loop."""
     pool = model_pool()
     model_file = pool.catalog.resolve(requested, allowed=allowed)
@@ -64,8 +64,8 @@ def _format_of(model_file: ModelFile, loaded: ModelSettings | None) -> ModelForm
     except GGUFError:  # its load fails and says why
         return ModelFormat(name, None, settings)
     source = settings.chat_template or info.chat_template
-    if not source:
-        raise NoChatTemplate(model=name)
+    if not source:  # the runtime says so once the model loads (a file that cannot load says that)
+        return ModelFormat(name, None, settings)
     try:
         template = _compiled(source, info.bos_token, info.eos_token)
         template.markup  # noqa: B018  # learned once per template, here off the event loop
