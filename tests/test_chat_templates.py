@@ -77,7 +77,7 @@ EXPECTED: dict[str, tuple[str | None, str, str, bool, tuple[str, str] | None, di
         "to=functions.",
         "",
         False,
-        ("<|channel|>analysis<|message|>", "<|end|><|start|>assistant<|channel|>final<|message|>"),
+        ("<|channel|>analysis<|message|>", "<|end|><|start|>assistant"),
         None,
     ),
     "unsloth-mistral-Devstral-Small-2507": ("name_args", "[TOOL_CALLS]", "", True, None, None),
@@ -356,3 +356,25 @@ def test_failures_are_one_line_template_failed(source: str, message: str) -> Non
     with pytest.raises(TemplateFailed) as failed:
         ChatTemplate(source).render([{"role": "user", "content": "hi"}])
     assert str(failed.value) == message
+
+
+def test_the_header_a_template_writes_before_an_answer_is_no_answer() -> None:
+    """gpt-oss's answer begins with its final channel's header when it does not think first."""
+    markup = template("openai-gpt-oss-120b").markup
+    assert markup.content_start == "<|channel|>final<|message|>" and markup.content_start in markup.texts()
+    text = "<|channel|>final<|message|>Hello <there>"
+    assert parse(markup, text) == [Content("Hello <there>")]
+    for cut in range(len(text)):  # however the text arrives
+        assert parse(markup, text, [cut]) == [Content("Hello <there>")]
+    assert parse(markup, text, split_thinking=False) == [Content(text)]  # raw: as written
+    assert all(not template(name).markup.content_start for name in CALLING if "gpt-oss" not in name)
+    # Its thinking ends the same way before an answer and before a call.
+    thought = "<|channel|>analysis<|message|>Paris, then.<|end|><|start|>assistant"
+    answered = parse(markup, thought + "<|channel|>final<|message|>Sunny.")
+    assert answered == [Reasoning("Paris, then."), Content("Sunny.")]
+    called = parse(
+        markup,
+        thought + ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>',
+        tools=TOOLS,
+    )
+    assert called[0] == Reasoning("Paris, then.") and calls_of(called) == [("get_weather", {"city": "Paris"})]

@@ -89,7 +89,10 @@ def learn_markup(template: ChatTemplate) -> Markup:
     probe = _Probe(template)
     renders_tools = _renders_tools(template)
     calls = _learn_calls(probe)
-    return Markup(renders_tools=renders_tools, calls=calls, thinking=_learn_thinking(probe, calls))
+    thinking = _learn_thinking(probe, calls)
+    return Markup(
+        renders_tools=renders_tools, calls=calls, thinking=thinking, content_start=_content_start(probe, thinking)
+    )
 
 
 def _renders_tools(template: ChatTemplate) -> bool:
@@ -271,27 +274,54 @@ def _learn_thinking(probe: _Probe, calls: CallMarkup | None) -> ThinkingMarkup |
 
 
 def _rendered_thinking(probe: _Probe, calls: CallMarkup | None) -> tuple[str, str] | None:
+    """The markers around rendered reasoning. Its end is what closes it before an answer and
+    before a call alike (gpt-oss: `<|end|><|start|>assistant`, then a channel or a recipient),
+    so that the thinking ends, and a budget's forced end leaves the model its choice, either way."""
     blocks = [{"type": "thinking", "thinking": _REASON}, {"type": "text", "text": _CONTENT}]
+    before_call: dict[str, Any] = {"content": "", "reasoning_content": _REASON, "tool_calls": [probe_call(0)]}
     variants: list[dict[str, Any]] = [
         {"content": _CONTENT, "reasoning_content": _REASON},
         {"content": _CONTENT, "thinking": _REASON},
         {"content": blocks},
-        {"content": "", "reasoning_content": _REASON, "tool_calls": [probe_call(0)]},
+        before_call,
     ]
-    for assistant in variants:
-        rendered = probe.render(assistant)
-        if rendered is None or _REASON not in rendered or "'thinking'" in rendered:
-            continue
-        reason_at = rendered.index(_REASON)
-        after = reason_at + len(_REASON)
-        stop = rendered.find(_CONTENT, after)
-        if stop < 0 and calls is not None:
-            stop = rendered.find(calls.opener or _NAMES[0], after)
-        start = rendered[probe.answer_start(rendered) : reason_at].strip()
-        end = rendered[after:stop].strip() if stop >= 0 else ""
-        if start and end:
-            return start, end
-    return None
+    found = [markers for markers in (_reasoning_markers(probe, calls, assistant) for assistant in variants) if markers]
+    if not found:
+        return None
+    start, end = found[0]
+    call_end = _reasoning_markers(probe, calls, before_call)
+    if call_end is not None and (common := end[: _common_prefix(end, call_end[1])].strip()):
+        end = common
+    return start, end
+
+
+def _reasoning_markers(probe: _Probe, calls: CallMarkup | None, assistant: dict[str, Any]) -> tuple[str, str] | None:
+    """The text before and after the probe's reasoning in `assistant`'s rendering (up to its
+    content or call), if the template renders it."""
+    rendered = probe.render(assistant)
+    if rendered is None or _REASON not in rendered or "'thinking'" in rendered:
+        return None
+    reason_at = rendered.index(_REASON)
+    after = reason_at + len(_REASON)
+    stop = rendered.find(_CONTENT, after)
+    if stop < 0 and calls is not None:
+        stop = rendered.find(calls.opener or _NAMES[0], after)
+    start = rendered[probe.answer_start(rendered) : reason_at].strip()
+    end = rendered[after:stop].strip() if stop >= 0 else ""
+    return (start, end) if start and end else None
+
+
+def _content_start(probe: _Probe, thinking: ThinkingMarkup | None) -> str:
+    """What the template writes before an answer's own text (gpt-oss: its final channel's
+    header), which the model writes too; "" where that is an empty thinking block (read as
+    thinking) or nothing."""
+    rendered = probe.render({"content": _CONTENT})
+    if rendered is None or _CONTENT not in rendered:
+        return ""
+    start = rendered[probe.answer_start(rendered) : rendered.index(_CONTENT)].strip()
+    if thinking is not None and (thinking.start in start or thinking.end in start):
+        return ""
+    return start
 
 
 def _known_thinking(source: str) -> tuple[str, str] | None:

@@ -81,6 +81,7 @@ class Markup:
     renders_tools: bool
     calls: CallMarkup | None
     thinking: ThinkingMarkup | None
+    content_start: str = ""  # written before an answer's text (gpt-oss's final channel header)
 
     def thinking_open(self, prompt: str) -> bool:
         """Whether `prompt` (generation prompt included) leaves the model inside thinking: its
@@ -94,7 +95,7 @@ class Markup:
         """Every literal marker (whitespace stripped), so special tokens spelling them print."""
         thinking = (self.thinking.start, self.thinking.end) if self.thinking else ()
         calls = self.calls.texts() if self.calls else ()
-        return tuple(dict.fromkeys(text for text in (*calls, *thinking) if text))
+        return tuple(dict.fromkeys(text for text in (*calls, *thinking, self.content_start) if text))
 
 
 # The server's own instruction asks for an answer that is only {"name": ..., "arguments": {...}}.

@@ -49,6 +49,9 @@ class AnswerParser:
         self._newline = True  # thinking: drop the one newline after its start
         self._at_start = True  # a call without an opener may only begin the answer (or follow thinking)
         self._lstrip = False  # content after thinking: drop the whitespace that follows its end
+        # Dropped where the answer begins with it: at the start, and after thinking.
+        self._answer_header = markup.content_start if split_thinking else ""
+        self._content_start = self._answer_header
         self._reader: CallReader | None = None
         self._pending = ""  # an opener read but not yet a call: content if no call follows
         self._index = 0
@@ -93,6 +96,14 @@ class AnswerParser:
         return markers
 
     def _content(self, events: list[AnswerEvent]) -> bool:
+        if self._content_start:
+            stripped = self._text.lstrip()
+            if stripped.startswith(self._content_start):
+                self._text, self._content_start = stripped[len(self._content_start) :], ""
+            elif self._content_start.startswith(stripped) and not self._finishing:
+                return False
+            else:
+                self._content_start = ""
         if self._lstrip:
             self._text = self._text.lstrip()
             if not self._text and not self._finishing:
@@ -155,6 +166,7 @@ class AnswerParser:
                 self._emit(events, self._text[at:end])
             self._text = self._text[end:]
             self._mode, self._lstrip, self._at_start = _Mode.CONTENT, self.split, True
+            self._content_start = self._answer_header
             return True
         keep = 0 if self._finishing else held_back(self._text, [end_marker])
         if not self._finishing and self.split and self._text[: len(self._text) - keep].endswith("\n"):
