@@ -11,7 +11,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from inference.management.commands.install_default_model import bundled_default_model
-from inference.runtime.catalog import read_gguf_info
+from inference.runtime.gguf_header import read_gguf_info
 from inference.runtime.jobs import ChatJob, ChatMessage
 
 

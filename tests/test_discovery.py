@@ -12,16 +12,9 @@ import gguf
 import numpy as np
 import pytest
 
-from inference.runtime import catalog
-from inference.runtime.catalog import (
-    Catalog,
-    GGUFError,
-    GGUFIncomplete,
-    ModelsDirectoryMissing,
-    read_gguf_info,
-    scan,
-    strip_suffix,
-)
+from inference.runtime import catalog, gguf_header
+from inference.runtime.catalog import Catalog, ModelsDirectoryMissing, scan, strip_suffix
+from inference.runtime.gguf_header import GGUFError, GGUFIncomplete, read_gguf_info
 from tests.fake_engine import pool_config
 from tests.gguf_files import write_random, write_synthetic, write_tensors, write_truncated, write_without_tensor_data
 
@@ -142,7 +135,7 @@ def test_a_file_still_being_copied_is_listed_once_complete(tmp_path: Path) -> No
 
 
 def test_the_tensor_sizes_are_those_of_the_gguf_package() -> None:
-    assert catalog._GGML_BLOCKS == {int(kind): sizes for kind, sizes in gguf.GGML_QUANT_SIZES.items()}
+    assert gguf_header._GGML_BLOCKS == {int(kind): sizes for kind, sizes in gguf.GGML_QUANT_SIZES.items()}
 
 
 @pytest.mark.parametrize("kind", list(gguf.GGML_QUANT_SIZES), ids=lambda kind: kind.name)
@@ -179,7 +172,7 @@ def test_general_alignment_places_the_data_section(tmp_path: Path) -> None:
 
 def test_an_unknown_tensor_type_leaves_the_size_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_synthetic(tmp_path / "future.gguf")
-    monkeypatch.setattr(catalog, "_GGML_BLOCKS", {})
+    monkeypatch.setattr(gguf_header, "_GGML_BLOCKS", {})
     write_truncated(path, tmp_path / "cut.gguf", path.stat().st_size - 10)
     assert read_gguf_info(tmp_path / "cut.gguf").data_end is None
     assert list(scan(tmp_path).models) == ["cut", "future"]

@@ -40,7 +40,7 @@ import httpx
 from inference.pulling.plan import PullCancelled, PullError, PullPlan
 from inference.pulling.progress import ProgressCallback, PullPhase, Reporter, human_bytes
 from inference.pulling.remote import content_length, content_range, described, get_from, http_error, validator
-from inference.runtime.catalog import GGUFError, GGUFIncomplete, read_gguf_info
+from inference.runtime.gguf_header import GGUFError, GGUFIncomplete, read_gguf_info
 
 GGUF_MAGIC = b"GGUF"
 _TIMEOUT = httpx.Timeout(30.0, connect=15.0)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference.config import ModelSettings
-from inference.runtime.catalog import GGUFError, GGUFInfo, ModelFile, read_gguf_info
+from inference.runtime.catalog import ModelFile
 from inference.runtime.errors import ModelTooLarge
+from inference.runtime.gguf_header import GGUFError, GGUFInfo, read_gguf_info
 from inference.runtime.settings import context_length
 
 MIB = 1024 * 1024

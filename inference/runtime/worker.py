@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Protocol
 
 from inference.config import ModelSettings
-from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
+from inference.runtime.catalog import ModelFile
 from inference.runtime.channel import Job
 from inference.runtime.engine import Engine
 from inference.runtime.errors import LoadFailed, QueueFull, WorkerFailed
+from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.jobs import ModelJob
 from inference.runtime.lifecycle import LifecycleEvent, LifecycleKind, LoadReason, announce
 from inference.runtime.llama import LlamaLoadError, LoadProgress

@@ -6,8 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info, strip_suffix
+from inference.runtime.catalog import ModelFile, strip_suffix
 from inference.runtime.errors import ModelNotFound, NoModelGiven
+from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.pool import model_pool
 from inference.runtime.worker import WorkerStatus
 

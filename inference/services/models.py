@@ -17,8 +17,9 @@ from inference.connections import database_call, error_line, on_passing_connecti
 from inference.errors import DatabaseUnavailable, InvalidRequest
 from inference.models import DiscoveredModel, LoadEvent
 from inference.records.writer import writer
-from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
+from inference.runtime.catalog import ModelFile
 from inference.runtime.errors import ShuttingDown
+from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.lifecycle import LifecycleEvent, LoadReason
 from inference.runtime.pool import model_pool
 from inference.runtime.preload import preload_plan

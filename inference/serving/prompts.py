@@ -22,8 +22,9 @@ from typing import Any
 from inference.config import ModelSettings
 from inference.protocol import ChatRequest
 from inference.protocol.tool_calls import Tool, Turn
-from inference.runtime.catalog import GGUFError, ModelFile, read_gguf_info
+from inference.runtime.catalog import ModelFile
 from inference.runtime.errors import TemplateRejected
+from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.jobs import ChatJob, Thinking
 from inference.runtime.pool import model_pool
 from inference.serving import tools as generic
