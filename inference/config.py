@@ -123,6 +123,7 @@ class ModelSettings:
     chat_format: str
     chat_template: str  # Jinja text in place of the GGUF's own ("": the GGUF's); a .jinja path is read at load
     chat_template_kwargs: dict[str, Any]  # passed to the template (e.g. enable_thinking), under the request's
+    mmproj: str  # its multimodal projector file, absolute ("": one found beside the model, or none)
     reasoning_format: str  # "auto": thinking apart from the answer; "none": all of it as the answer
     reasoning_budget: int  # most tokens a request may think; -1: no limit
     parallel: int
@@ -248,22 +249,16 @@ def _log_level(value: Any) -> str | None:
     return None
 
 
-def _origins(value: Any) -> str | None:
-    if not isinstance(value, list) or not all(isinstance(origin, str) for origin in value):
-        return "must be a list of strings"
-    for origin in value:
-        if origin != "*" and not _ORIGIN_PATTERN.match(origin):
-            return f"{origin!r} is not '*' or an origin such as 'http://localhost:3000'"
-    return None
+def _urls(listing: str, example: str, *, star: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
+            return f"must be a list of {listing}"
+        for url in value:
+            if not (star and url == "*") and not _ORIGIN_PATTERN.match(url):
+                return f"{url!r} is not {example}"
+        return None
 
-
-def _peers(value: Any) -> str | None:
-    if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
-        return "must be a list of URLs"
-    for url in value:
-        if not _ORIGIN_PATTERN.match(url):
-            return f"{url!r} is not a server's base URL such as 'http://127.0.0.1:8081'"
-    return None
+    return check
 
 
 def _strings(value: Any) -> str | None:
@@ -307,6 +302,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "chat_format": _Key("", _string(allow_empty=True)),
     "chat_template": _Key("", _string(allow_empty=True)),
     "chat_template_kwargs": _Key({}, _object),
+    "mmproj": _Key("", _string(allow_empty=True)),  # per model only: a path, checked at reading
     "reasoning_format": _Key("auto", _one_of("auto", "none")),
     "reasoning_budget": _Key(-1, _integer(-1)),
     "parallel": _Key(4, _integer(1, 256)),
@@ -329,14 +325,14 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "server": {
         "host": _Key("127.0.0.1", _string(allow_empty=False)),
         "port": _Key(8080, _integer(1, 65535)),
-        "cors_origins": _Key(["*"], _origins),
+        "cors_origins": _Key(["*"], _urls("strings", "'*' or an origin such as 'http://localhost:3000'", star=True)),
         "log_level": _Key("INFO", _log_level),
         "instance_name": _Key("", _string(allow_empty=True)),
         "require_api_key": _Key(None, _boolean),
         "allowed_hosts": _Key([], _strings),
         "max_body_bytes": _Key(8 * 1024 * 1024, _integer(1024)),
         "behind_https_proxy": _Key(False, _boolean),
-        "peers": _Key([], _peers),
+        "peers": _Key([], _urls("URLs", "a server's base URL such as 'http://127.0.0.1:8081'")),
         "api_key_cache_seconds": _Key(60, _number(0)),
     },
     "model_manager": {
@@ -428,8 +424,18 @@ def _template_text(path: Path, where: str, value: str) -> str:
     return text
 
 
+def _projector_file(path: Path, where: str, value: str) -> str:
+    """An mmproj setting's file, absolute (relative ones from config.json's folder): it must exist."""
+    file = (path.parent / value).resolve()
+    if not file.is_file():
+        raise ConfigError(f"{path}: {where}.mmproj: no projector file {file}")
+    return str(file)
+
+
 def _refuse_impossible(path: Path, where: str, settings: ModelSettings) -> None:
     """ConfigError for settings that are each valid but cannot work together."""
+    if where == "model_manager" and settings.mmproj:
+        raise ConfigError(f"{path}: {where}.mmproj: a projector is one model's: set model_manager.models.NAME.mmproj")
     if settings.parallel > settings.n_batch:
         raise ConfigError(
             f"{path}: {where}: parallel ({settings.parallel}) is more than n_batch ({settings.n_batch}): each "
@@ -445,9 +451,8 @@ def load_config(path: Path | None = None) -> Config:
     for unknown in sorted(set(document) - set(SCHEMA)):
         logger.warning("%s: unknown section %s is ignored", path, unknown)
     server, manager, records = (_section(path, document, name) for name in SCHEMA)
-    server["cors_origins"] = tuple(server["cors_origins"])
-    server["allowed_hosts"] = tuple(server["allowed_hosts"])
-    server["peers"] = tuple(server["peers"])
+    for key in ("cors_origins", "allowed_hosts", "peers"):
+        server[key] = tuple(server[key])
     server["log_level"] = server["log_level"].upper()
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or generation_threads()
@@ -463,6 +468,8 @@ def load_config(path: Path | None = None) -> Config:
             settings["prompt_cache_directory"] = str((path.parent / settings["prompt_cache_directory"]).resolve())
         if settings.get("chat_template"):
             settings["chat_template"] = _template_text(path, where, settings["chat_template"])
+        if settings.get("mmproj"):
+            settings["mmproj"] = _projector_file(path, where, settings["mmproj"])
     defaults = ModelSettings(**{key: manager.pop(key) for key in MODEL_KEYS})
     _refuse_impossible(path, "model_manager", defaults)
     for name, settings in models.items():

@@ -1,4 +1,4 @@
-"""Small synthetic and broken GGUF files for error-path tests."""
+"""Small synthetic and broken GGUF files for error-path tests, and a tiny working projector."""
 
 from __future__ import annotations
 
@@ -64,4 +64,79 @@ def write_truncated(source: Path, path: Path, keep_bytes: int) -> Path:
 
 def write_random(path: Path, size: int = 4096) -> Path:
     path.write_bytes(os.urandom(size))
+    return path
+
+
+def write_projector(path: Path, *, projection_dim: int = 576, seed: int = 0) -> Path:
+    """A tiny multimodal projector (mmproj) with random weights that llama.cpp's multimodal
+    library loads and runs: LLaVA-1.5's kind (`mlp`: a CLIP vision encoder of two blocks, then
+    two linear layers), 32×32 images in 8×8 patches, so one image is 16 tokens of width
+    `projection_dim` (it must be the text model's embedding size: SmolLM2's is 576). ~0.9 MB.
+
+    What llama.cpp requires of it (its tools/mtmd/clip.cpp, tried): integers as UINT32; a
+    feed-forward width unlike the embedding width (equal reads as swapped layers); every
+    block present, though the last is never run; q, k, v and `mm.2` present (without them the
+    process crashes, not errors); weights of std ~0.07, so that different images give different
+    embeddings.
+    """
+    image_size, patch_size, width, feed_forward, blocks = 32, 8, 64, 128, 2
+    patches = (image_size // patch_size) ** 2
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int) -> np.ndarray:  # numpy's shape is ggml's reversed
+        return (rng.standard_normal(shape) * 0.07).astype(np.float16)
+
+    def bias(size: int) -> np.ndarray:
+        return (rng.standard_normal(size) * 0.02).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_string("clip.projector_type", "mlp")
+    for key in ("clip.has_vision_encoder", "clip.has_llava_projector", "clip.use_gelu"):
+        writer.add_bool(key, True)
+    for key, value in {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "embedding_length": width,
+        "feed_forward_length": feed_forward,
+        "projection_dim": projection_dim,
+        "block_count": blocks,
+        "attention.head_count": 2,
+    }.items():
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    tensors = {
+        "v.patch_embd.weight": weight(width, 3, patch_size, patch_size),
+        "v.patch_embd.bias": bias(width),
+        "v.position_embd.weight": weight(patches, width),
+        "v.pre_ln.weight": np.ones(width, dtype=np.float32),
+        "v.pre_ln.bias": np.zeros(width, dtype=np.float32),
+    }
+    for block in range(blocks):
+        for layer, (rows, columns) in {
+            "attn_q": (width, width),
+            "attn_k": (width, width),
+            "attn_v": (width, width),
+            "attn_out": (width, width),
+            "ffn_up": (feed_forward, width),
+            "ffn_down": (width, feed_forward),
+        }.items():
+            tensors[f"v.blk.{block}.{layer}.weight"] = weight(rows, columns)
+            tensors[f"v.blk.{block}.{layer}.bias"] = bias(rows)
+        for norm in ("ln1", "ln2"):
+            tensors[f"v.blk.{block}.{norm}.weight"] = np.ones(width, dtype=np.float32)
+            tensors[f"v.blk.{block}.{norm}.bias"] = np.zeros(width, dtype=np.float32)
+    tensors |= {
+        "mm.0.weight": weight(projection_dim, width),
+        "mm.0.bias": bias(projection_dim),
+        "mm.2.weight": weight(projection_dim, projection_dim),
+        "mm.2.bias": bias(projection_dim),
+    }
+    for name, data in tensors.items():
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return path

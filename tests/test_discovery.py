@@ -26,8 +26,10 @@ def touch(directory: Path, *names: str) -> None:
 
 def test_every_gguf_file_is_a_model_named_by_its_stem(tmp_path: Path) -> None:
     touch(tmp_path, "b-model.gguf", "A-Model.gguf", "notes.txt", "weights.bin", ".hidden.gguf")
-    (tmp_path / "nested").mkdir()
-    touch(tmp_path / "nested", "deep.gguf")
+    (tmp_path / "shared").mkdir()  # several models: not a model's own folder, not looked into
+    touch(tmp_path / "shared", "deep.gguf", "deeper.gguf")
+    (tmp_path / "own" / "deeper").mkdir(parents=True)  # one level down, no deeper
+    touch(tmp_path / "own" / "deeper", "deepest.gguf")
     models = scan(tmp_path).models
     assert list(models) == ["A-Model", "b-model"]
     assert models["A-Model"].path == tmp_path / "A-Model.gguf"

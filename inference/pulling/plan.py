@@ -101,7 +101,7 @@ def model_name(url: str, name: str | None = None) -> str:
         raise PullError(f"invalid model name: longer than {_MAX_NAME_BYTES} bytes")
     if listed_name(Path(chosen + GGUF_SUFFIX)) != chosen:
         raise PullError(
-            f"invalid model name {chosen!r}: names beginning with a dot or 'mmproj', and split parts "
-            "(NAME-00001-of-00003), are not listed as models; choose another with --name"
+            f"invalid model name {chosen!r}: names beginning with a dot or 'mmproj' or ending in '.mmproj', "
+            "and split parts (NAME-00001-of-00003), are not listed as models; choose another with --name"
         )
     return chosen

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+PROJECTOR_ARCHITECTURE = "clip"  # llama.cpp's multimodal projectors (mmproj files)
+
 
 class GGUFError(Exception):
     """A file is not a readable GGUF model; the message says why."""
@@ -47,6 +49,11 @@ class GGUFInfo:
     bos_token: str = ""  # the BOS token's text ("": none), and the EOS's: chat templates write them
     eos_token: str = ""
     data_end: int | None = None  # the bytes the file must hold; None: a tensor type we do not know
+
+    @property
+    def projector(self) -> bool:
+        """Whether this is a multimodal projector (an mmproj file), not a model."""
+        return self.architecture == PROJECTOR_ARCHITECTURE
 
 
 class _Array(NamedTuple):
