@@ -44,7 +44,7 @@ def _served_here(row: DiscoveredModel) -> bool:
 @admin.register(DiscoveredModel)
 class DiscoveredModelAdmin(admin.ModelAdmin):
     # What fits at 1,280 px; the instance, parameters and the rest are on the model's page.
-    list_display = ("name", "size", "quantization", "loaded", "last_used", "requests", "tokens")
+    list_display = ("name", "size", "quantization", "inputs", "loaded", "last_used", "requests", "tokens")
     list_filter = ("present", "quantization", "architecture", "instance")
     search_fields = ("name",)
     actions = ("load_now", "unload_now")
@@ -59,6 +59,7 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
         "quantization",
         "context_length",
         "header_error",
+        "projector",
         "present",
         "first_seen_at",
         "last_seen_at",
@@ -105,6 +106,10 @@ class DiscoveredModelAdmin(admin.ModelAdmin):
     @admin.display(description="parameters", ordering="parameter_count")
     def parameters(self, row: DiscoveredModel) -> str:
         return f"{row.parameter_count / 1e6:,.0f} M" if row.parameter_count else "–"
+
+    @admin.display(description="inputs", ordering="projector")
+    def inputs(self, row: DiscoveredModel) -> str:
+        return "text+image" if row.projector else "text"
 
     @admin.display(description="loaded", boolean=True)
     def loaded(self, row: DiscoveredModel) -> bool | None:

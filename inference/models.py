@@ -35,6 +35,9 @@ class DiscoveredModel(models.Model):
     quantization = models.CharField(max_length=50, blank=True)
     context_length = models.IntegerField(null=True, blank=True, help_text="Trained context length")
     header_error = models.TextField(blank=True, help_text="Why the GGUF header could not be read")
+    projector = models.CharField(
+        max_length=4096, blank=True, help_text="Its multimodal projector (mmproj file); empty: it takes text only"
+    )
     present = models.BooleanField(default=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField()

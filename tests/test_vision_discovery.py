@@ -1,22 +1,35 @@
 """Projectors (mmproj files) belong to their models and are not models: found by name beside a
 model, in a model's own folder, by their GGUF header, or named by a model's `mmproj` setting;
-and the tiny projector the tests use, loaded by llama.cpp's multimodal library."""
+what each model takes (`input_modalities`) in /v1/models, the models table, `manage.py models`
+and the admin; and the tiny projector the tests use, loaded by llama.cpp's multimodal library."""
 
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
+from asgiref.sync import async_to_sync
+from django.core.management import call_command
+from django.test import AsyncClient, Client
 
 from inference.config import ConfigError, load_config
+from inference.management.commands import models as models_command
+from inference.models import DiscoveredModel
 from inference.runtime import catalog
 from inference.runtime.catalog import Catalog, scan
 from inference.runtime.gguf_header import read_gguf_info
+from inference.runtime.pool import model_pool
+from inference.services import models as model_services
+from tests.conftest import SMOLLM2, link_model
 from tests.fake_engine import pool_config
 from tests.gguf_files import write_projector, write_synthetic
+
+ADMIN_TOKEN = "vision-discovery-admin-token"
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +215,85 @@ def test_a_wrong_mmproj_setting_is_a_config_error(tmp_path: Path, manager: dict,
     assert str(config_file) in str(raised.value)
     if "absent" in json.dumps(manager):
         assert str(tmp_path / "absent.gguf") in str(raised.value)
+
+
+# --- what each model takes, where it is shown ------------------------------------------------------
+
+
+@pytest.fixture
+def seeing_models(use_config, models_dir: Path, smollm2_file: Path, projector_file: Path) -> Path:
+    """SmolLM2 with the tiny projector beside it, and the same model under another name without."""
+    place(projector_file, models_dir / f"mmproj-{SMOLLM2}.gguf")
+    link_model(smollm2_file, models_dir, "text-only")
+    use_config(aliases={"vision": SMOLLM2})
+    return models_dir
+
+
+async def test_v1_models_says_what_each_model_takes(seeing_models: Path) -> None:
+    client = AsyncClient()
+    listed = (await client.get("/v1/models")).json()["data"]
+    assert {model["id"]: model["input_modalities"] for model in listed} == {
+        SMOLLM2: ["text", "image"],
+        "text-only": ["text"],
+        "vision": ["text", "image"],
+    }
+    for model_id, modalities in ((SMOLLM2, ["text", "image"]), ("text-only", ["text"]), ("vision", ["text", "image"])):
+        one = (await client.get(f"/v1/models/{model_id}")).json()
+        assert (one["id"], one["input_modalities"]) == (model_id, modalities)
+
+
+async def test_the_openapi_description_says_it(seeing_models: Path) -> None:
+    client = AsyncClient()
+    document = (await client.get("/openapi.json")).json()
+
+    def validator(path: str) -> jsonschema.Draft202012Validator:
+        schema = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+    validator("/v1/models").validate((await client.get("/v1/models")).json())
+    one = (await client.get(f"/v1/models/{SMOLLM2}")).json()
+    check = validator("/v1/models/{model_id}")
+    check.validate(one)
+    assert not check.is_valid({**one, "input_modalities": ["smell"]})
+    assert not check.is_valid({key: value for key, value in one.items() if key != "input_modalities"})
+
+
+def test_the_models_table_command_and_admin_show_it(
+    seeing_models: Path, monkeypatch: pytest.MonkeyPatch, admin_client: Client
+) -> None:
+    monkeypatch.setenv("LLAMA_SERVER_ADMIN_TOKEN", ADMIN_TOKEN)
+    get = async_to_sync(AsyncClient().get)  # the running server's admin API, in-process
+    monkeypatch.setattr(
+        models_command, "admin_get", lambda path: get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    )
+    out = io.StringIO()
+    call_command("models", "--json", stdout=out)
+    rows = {row["name"]: row["input_modalities"] for row in json.loads(out.getvalue())["models"]}
+    assert rows == {SMOLLM2: ["text", "image"], "text-only": ["text"]}
+
+    out = io.StringIO()
+    call_command("models", stdout=out)
+    header, *lines, _memory = out.getvalue().splitlines()
+    inputs = header.index("INPUTS")
+    assert {line.split()[0]: line[inputs:].split()[0] for line in lines} == {
+        SMOLLM2: "text+image",
+        "text-only": "text",
+    }
+
+    model_services.discovered_models_sync(models=model_pool().catalog.available())
+    rows_saved = dict(DiscoveredModel.objects.values_list("name", "projector"))
+    assert rows_saved == {SMOLLM2: str(seeing_models / f"mmproj-{SMOLLM2}.gguf"), "text-only": ""}
+    listing = admin_client.get("/admin/inference/discoveredmodel/").content.decode()
+    assert "text+image" in listing and '<td class="field-inputs">text</td>' in listing
+
+
+def test_the_models_page_draws_an_inputs_column() -> None:
+    root = Path(__file__).resolve().parent.parent / "dashboard"
+    page = (root / "templates" / "dashboard" / "models.html").read_text()
+    script = (root / "static" / "dashboard" / "models.js").read_text()
+    headings = page.count("<th>")
+    assert "<th>inputs</th>" in page and f'colspan="{headings}"' in page and f'colspan="{headings}"' in script
+    assert 'row.input_modalities.join("+")' in script
 
 
 # --- the fixture is a working projector -------------------------------------------------------------

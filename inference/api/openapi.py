@@ -43,6 +43,30 @@ def names_schema(*keys: str) -> dict[str, Any]:
     return {"type": "object", "properties": {key: {"type": "array", "items": {"type": "string"}} for key in keys}}
 
 
+# OpenAI's model object, with what a request to the model may hold (our addition).
+MODEL_SCHEMA = {
+    "allOf": [
+        openai_schema("Model"),
+        {
+            "type": "object",
+            "properties": {
+                "input_modalities": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["text", "image"]},
+                    "description": 'What its requests may hold: ["text"], or ["text", "image"] for a model with '
+                    "a multimodal projector (mmproj)",
+                }
+            },
+            "required": ["input_modalities"],
+        },
+    ]
+}
+MODEL_LIST_SCHEMA = {
+    "type": "object",
+    "properties": {"object": {"type": "string", "enum": ["list"]}, "data": {"type": "array", "items": MODEL_SCHEMA}},
+    "required": ["object", "data"],
+}
+
 HEALTH_SCHEMA = {
     "type": "object",
     "properties": {

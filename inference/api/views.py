@@ -21,6 +21,8 @@ from inference.api.openapi import (
     APPLY_TEMPLATE_SCHEMA,
     EMBEDDINGS_SCHEMA,
     HEALTH_SCHEMA,
+    MODEL_LIST_SCHEMA,
+    MODEL_SCHEMA,
     error_responses,
     openai_schema,
 )
@@ -80,7 +82,7 @@ class ModelListView(APIView):
     @extend_schema(
         operation_id="listModels",
         summary="The models in the models directory (that the key may use)",
-        responses={200: openai_schema("ListModelsResponse"), **error_responses(401)},
+        responses={200: MODEL_LIST_SCHEMA, **error_responses(401)},
     )
     async def get(self, request: Request) -> Response:
         body = protocol.model_list_body(model_selectors.model_list(allowed=self.identity.allowed_models))
@@ -93,7 +95,7 @@ class ModelDetailView(APIView):
     @extend_schema(
         operation_id="retrieveModel",
         summary="One model",
-        responses={200: openai_schema("Model"), **error_responses(401, 404)},
+        responses={200: MODEL_SCHEMA, **error_responses(401, 404)},
     )
     async def get(self, request: Request, model_id: str) -> Response | StreamingHttpResponse:
         try:

@@ -84,8 +84,15 @@ def usage_body(generation: Generation, finished: list[Finished]) -> dict[str, An
 
 
 def model_object(model: ModelFile, model_id: str | None = None) -> dict[str, Any]:
-    """The model, under its own name or an alias's."""
-    return {"id": model_id or model.name, "object": "model", "created": int(model.modified), "owned_by": "local"}
+    """The model, under its own name or an alias's, and what a request to it may hold (text, and
+    images where it has a projector)."""
+    return {
+        "id": model_id or model.name,
+        "object": "model",
+        "created": int(model.modified),
+        "owned_by": "local",
+        "input_modalities": model.input_modalities,
+    }
 
 
 def model_list_body(models: Mapping[str, ModelFile]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class ModelRow:
     state: str  # loading, loaded, unloading, unloaded, failed
     load_percent: int | None  # while loading
     memory_mb: int | None  # the estimate (runtime.memory); None: the header cannot be read
+    input_modalities: list[str]  # ["text"], or ["text", "image"] with a projector
     slots_busy: int  # taken by the running requests (one per choice: n)
     parallel: int
     queued: int
@@ -110,6 +111,7 @@ def _row(
         state=state,
         load_percent=status.load_percent if status else None,
         memory_mb=None if memory_bytes is None else round(memory_bytes / MIB),
+        input_modalities=model.input_modalities,
         slots_busy=status.slots_busy if status else 0,
         parallel=1 if worker and worker.embedding else settings.parallel,
         queued=status.queued if status else 0,

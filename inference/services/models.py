@@ -193,6 +193,7 @@ def discovered_models_sync(*, models: dict[str, ModelFile]) -> None:
             if row.pk is None or (row.size_bytes, row.file_modified_at) != (model.size_bytes, modified):
                 _describe_from_header(row, model)
             row.path, row.size_bytes, row.file_modified_at = str(model.path), model.size_bytes, modified
+            row.projector = str(model.projector or "")
             row.present, row.missing_since, row.last_seen_at = True, None, now
             row.save()
         DiscoveredModel.objects.filter(instance=instance, present=True).exclude(name__in=list(models)).update(
