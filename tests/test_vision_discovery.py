@@ -87,6 +87,7 @@ def test_beside_a_model_the_dotted_name_wins_and_others_belong_to_no_model(
     place(projector_file, tmp_path / "mmproj-gemma.gguf")
     dotted = place(projector_file, tmp_path / "gemma.mmproj.gguf")
     place(projector_file, tmp_path / "mmproj-F16.gguf")  # in the shared directory: names no model
+    place(projector_file, tmp_path / ".mmproj.gguf")  # hidden: not even that
     found = scan(tmp_path)
     assert list(found.models) == ["gemma"] and found.models["gemma"].projector == dotted
     assert len(found.notes) == 2 and all("is a projector (mmproj) of no model" in note for note in found.notes)
@@ -122,12 +123,26 @@ def test_several_projectors_in_a_folder_the_first_by_name_is_used_and_logged(
 ) -> None:
     model(tmp_path / "gemma" / "gemma-Q4_K_M.gguf")
     first = place(projector_file, tmp_path / "gemma" / "mmproj-BF16.gguf")
+    place(projector_file, tmp_path / "gemma" / "mmproj-F16.gguf")
     place(projector_file, tmp_path / "gemma" / "mmproj-F32.gguf")
     found = scan(tmp_path)
     assert found.models["gemma-Q4_K_M"].projector == first
     [note] = found.notes
-    assert "holds several projectors (mmproj-BF16.gguf, mmproj-F32.gguf): using mmproj-BF16.gguf" in note
+    assert (
+        "holds several projectors (mmproj-BF16.gguf, mmproj-F16.gguf, mmproj-F32.gguf): using mmproj-BF16.gguf" in note
+    )
     assert "model_manager.models.gemma-Q4_K_M.mmproj" in note
+
+
+def test_in_a_models_folder_projectors_named_for_it_win_the_dotted_name_first(
+    tmp_path: Path, projector_file: Path
+) -> None:
+    model(tmp_path / "gemma" / "gemma.gguf")
+    place(projector_file, tmp_path / "gemma" / "mmproj-F16.gguf")
+    place(projector_file, tmp_path / "gemma" / "mmproj-gemma.gguf")
+    dotted = place(projector_file, tmp_path / "gemma" / "gemma.mmproj.gguf")
+    found = scan(tmp_path)
+    assert (found.models["gemma"].projector, found.notes) == (dotted, ())
 
 
 def test_a_model_in_the_directory_wins_over_one_of_the_same_name_in_a_folder(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _scan_folder(folder: Path, root: Path, incomplete: dict[Path, tuple[int, int
     """The models and projectors directly in `folder` (files short of their data go to `incomplete`)."""
     found = _Found()
     for path in folder.iterdir():
-        projector = projectors.named_as_projector(path) and path.suffix == GGUF_SUFFIX
+        projector = projectors.named_as_projector(path) and path.suffix == GGUF_SUFFIX and path.name[0] != "."
         name = None if projector else listed_name(path)
         if name is None and not projector:
             continue

@@ -40,7 +40,7 @@ def beside(models: Iterable[str], projectors: Iterable[Path]) -> tuple[dict[str,
     names = set(models)
     owned: dict[str, Path] = {}
     unowned: list[Path] = []
-    for projector in sorted(projectors, key=lambda path: (not path.name.endswith(SUFFIX), path.name)):
+    for projector in sorted(projectors, key=_preference):
         owner = owner_by_name(projector)
         if owner in names and owner not in owned:
             owned[owner] = projector
@@ -55,7 +55,7 @@ def in_folder(model: str, projectors: list[Path]) -> tuple[Path | None, str | No
     if not projectors:
         return None, None
     named = [path for path in projectors if owner_by_name(path) == model]
-    chosen = sorted(named or projectors, key=lambda path: path.name)
+    chosen = sorted(named or projectors, key=_preference)
     if len(chosen) == 1 or named:
         return chosen[0], None
     listed = ", ".join(path.name for path in chosen)
@@ -64,6 +64,11 @@ def in_folder(model: str, projectors: list[Path]) -> tuple[Path | None, str | No
         f"set model_manager.models.{model}.mmproj to choose another"
     )
     return chosen[0], note
+
+
+def _preference(path: Path) -> tuple[bool, str]:
+    """NAME.mmproj.gguf before mmproj-NAME.gguf, then by name."""
+    return not path.name.endswith(SUFFIX), path.name
 
 
 def configured(config: ModelManagerConfig) -> dict[str, Path]:
