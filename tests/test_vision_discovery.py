@@ -20,7 +20,7 @@ from django.test import AsyncClient, Client
 from inference.config import ConfigError, load_config
 from inference.management.commands import models as models_command
 from inference.models import DiscoveredModel
-from inference.runtime import catalog
+from inference.runtime import catalog, projectors
 from inference.runtime.catalog import Catalog, scan
 from inference.runtime.gguf_header import read_gguf_info
 from inference.runtime.pool import model_pool
@@ -90,7 +90,9 @@ def test_beside_a_model_the_dotted_name_wins_and_others_belong_to_no_model(
     place(projector_file, tmp_path / ".mmproj.gguf")  # hidden: not even that
     found = scan(tmp_path)
     assert list(found.models) == ["gemma"] and found.models["gemma"].projector == dotted
-    assert len(found.notes) == 2 and all("is a projector (mmproj) of no model" in note for note in found.notes)
+    unowned = projectors.unowned_note(tmp_path / "mmproj-F16.gguf")
+    assert set(found.notes) == {f"not using {tmp_path / 'mmproj-gemma.gguf'}: gemma has gemma.mmproj.gguf", unowned}
+    assert "is a projector (mmproj) of no model here" in unowned
 
 
 def test_a_clip_file_alone_is_not_a_model_and_is_logged_once(

@@ -79,9 +79,8 @@ def scan(directory: Path) -> Scan:
     root = directory.resolve()
     incomplete: dict[Path, tuple[int, int]] = {}
     top = _scan_folder(directory, root, incomplete)
-    owned, unowned = projectors.beside(top.models, top.projectors)
+    owned, notes = projectors.beside(top.models, top.projectors)
     found = {name: replace(model, projector=owned.get(name)) for name, model in top.models.items()}
-    notes = [projectors.unowned_note(path) for path in unowned]
     folders: dict[Path, int] = {}
     for folder in sorted(directory.iterdir()):
         try:

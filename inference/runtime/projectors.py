@@ -34,19 +34,21 @@ def owner_by_name(path: Path) -> str | None:
     return None
 
 
-def beside(models: Iterable[str], projectors: Iterable[Path]) -> tuple[dict[str, Path], list[Path]]:
-    """The projectors of the models directory itself, by the model they name; and those that
-    name no model there (belonging to none). Where one model has both, `NAME.mmproj.gguf` wins."""
+def beside(models: Iterable[str], projectors: Iterable[Path]) -> tuple[dict[str, Path], list[str]]:
+    """The projectors of the models directory itself, by the model they name (where one model
+    has both, `NAME.mmproj.gguf`); and notes to log once on those left unused."""
     names = set(models)
     owned: dict[str, Path] = {}
-    unowned: list[Path] = []
+    notes: list[str] = []
     for projector in sorted(projectors, key=_preference):
         owner = owner_by_name(projector)
-        if owner in names and owner not in owned:
-            owned[owner] = projector
+        if owner not in names:
+            notes.append(unowned_note(projector))
+        elif owner in owned:
+            notes.append(f"not using {projector}: {owner} has {owned[owner].name}")
         else:
-            unowned.append(projector)
-    return owned, unowned
+            owned[owner] = projector
+    return owned, notes
 
 
 def in_folder(model: str, projectors: list[Path]) -> tuple[Path | None, str | None]:
