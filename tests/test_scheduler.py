@@ -412,3 +412,21 @@ def test_a_draft_never_takes_the_cell_of_another_choice_s_next_token() -> None:
         run.admit(key, Prepared(ChatJob(messages=(), max_tokens=15, sampling=Sampling(seed=seed(key))), prompt))
     run.drain()
     assert run.requests[0].finished[0].draft_accepted > 0
+
+
+class HalfCharacters(FakeContext):
+    """Every token is half of an "é": the first byte, then the second."""
+
+    pieces = 0
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        self.pieces += 1
+        return b"\xc3" if self.pieces % 2 else b"\xa9"
+
+
+def test_a_character_cut_by_the_length_limit_is_not_sent() -> None:
+    context = HalfCharacters(n_ctx=64, batch_capacity=8, surprise=0.0)  # never the end token
+    steps = run_to_the_end(Scheduler(context, 1), {"cut": ([1, 2, 3], 5)})
+    deltas = [event for events in steps for _, event in events if isinstance(event, TextDelta)]
+    [finished] = [event for events in steps for _, event in events if isinstance(event, Finished)]
+    assert "".join(delta.text for delta in deltas) == "éé" and finished.completion_tokens == 5

@@ -373,7 +373,9 @@ class Scheduler(Generic[Key]):
             self._requests.remove(request)
         events: Events[Key] = []
         if reason != "cancelled":
-            tail = choice.stops.flush() + choice.decoder.decode(b"", final=True)
+            # A character cut by the end (its last bytes never generated) is not sent: it would
+            # be a replacement character, and one piece more than tokens.
+            tail = choice.stops.flush()
             if tail:
                 events.append(self._delta(choice, tail))
         return [*events, (request.key, choice.finished(reason))]
