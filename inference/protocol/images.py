@@ -78,6 +78,18 @@ def image_from_url(url: object) -> Image:
     raise ImageRefused(f"An image URL must be a data URL ('data:image/png;base64,...'), not {scheme or 'no'} scheme.")
 
 
+def image_from_source(source: dict[str, object]) -> Image:
+    """Anthropic's image source: {"type": "base64", "media_type", "data"} or {"type": "url", "url"}."""
+    if source.get("type") == "base64":
+        media_type = source.get("media_type")
+        if not isinstance(media_type, str):
+            raise ImageRefused("A base64 image source needs a string 'media_type'.")
+        return image_from_base64(source.get("data"), media_type)
+    if source.get("type") == "url":
+        return image_from_url(source.get("url"))
+    raise ImageRefused("An image source's 'type' must be 'base64' or 'url'.")
+
+
 def image_from_base64(data: object, media_type: str | None = None) -> Image:
     """Base64 image data decoded and checked; `media_type`, where the API declares one, must be
     what the bytes are."""
