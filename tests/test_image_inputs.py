@@ -169,7 +169,7 @@ REFUSALS = [
     ("unknown", data_url(b"hello, world"), png_source(b"hello, world"), "not PNG, JPEG, GIF, WebP or BMP"),
     ("corrupt", data_url(PICTURE[:20]), png_source(PICTURE[:20]), "corrupt"),
     ("http", "http://example.com/cat.png", {"type": "url", "url": "https://example.com/cat.png"}, FETCH_OFF),
-    ("file", "file:///etc/passwd", {"type": "url", "url": "file:///etc/passwd"}, "not file scheme"),
+    ("file", "file:///etc/passwd", {"type": "url", "url": "file:///etc/passwd"}, "not a file: URL"),
     ("not-an-image", "data:text/plain;base64,aGk=", png_source(media_type="image/gif"), "image"),
 ]
 

@@ -252,7 +252,7 @@ async def test_input_items_pages(use_config) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input"),
         ({"input": "Hi", "background": True}, "background"),
         ({"input": "Hi", "tool_choice": "required"}, "tool_choice"),

@@ -75,7 +75,8 @@ def image_from_url(url: object) -> Image:
         if get_config().server.fetch_image_urls:
             raise ImageRefused("Images by http(s) URL are not supported yet by this server; send a data URL.")
         raise ImageRefused("Images by http(s) URL are not fetched: server.fetch_image_urls is off; send a data URL.")
-    raise ImageRefused(f"An image URL must be a data URL ('data:image/png;base64,...'), not {scheme or 'no'} scheme.")
+    what = f"a {scheme}: URL" if scheme else "a URL without a scheme"
+    raise ImageRefused(f"An image URL must be a data URL ('data:image/png;base64,...'), not {what}.")
 
 
 def image_from_source(source: dict[str, object]) -> Image:
