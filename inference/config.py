@@ -84,6 +84,8 @@ class ServerConfig:
     behind_https_proxy: bool
     peers: tuple[str, ...]  # other llamasite servers' base URLs, for the models this one lacks
     api_key_cache_seconds: float  # how long a verified key is accepted while the database is away
+    fetch_image_urls: bool  # an image given by an http(s) URL may be fetched (not yet: refused either way)
+    max_image_bytes: int  # the largest image a request may carry, decoded
 
     @property
     def instance(self) -> str:
@@ -231,9 +233,8 @@ def _flash_attn(value: Any) -> str | None:
 
 
 def _fraction(value: Any) -> str | None:
-    if (problem := _number(0)(value)) is not None:
-        return problem
-    return "must be ≤ 1" if value > 1 else None
+    problem = _number(0)(value)
+    return problem or ("must be ≤ 1" if value > 1 else None)
 
 
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
@@ -244,9 +245,8 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
 
 
 def _log_level(value: Any) -> str | None:
-    if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-        return f"must be one of {', '.join(LOG_LEVELS)}"
-    return None
+    ok = isinstance(value, str) and value.upper() in LOG_LEVELS
+    return None if ok else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
 def _urls(listing: str, example: str, *, star: bool = False) -> Callable[[Any], str | None]:
@@ -262,9 +262,8 @@ def _urls(listing: str, example: str, *, star: bool = False) -> Callable[[Any], 
 
 
 def _strings(value: Any) -> str | None:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        return "must be a list of non-empty strings"
-    return None
+    ok = isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+    return None if ok else "must be a list of non-empty strings"
 
 
 def _aliases(value: Any) -> str | None:
@@ -334,6 +333,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "behind_https_proxy": _Key(False, _boolean),
         "peers": _Key([], _urls("URLs", "a server's base URL such as 'http://127.0.0.1:8081'")),
         "api_key_cache_seconds": _Key(60, _number(0)),
+        "fetch_image_urls": _Key(False, _boolean),
+        "max_image_bytes": _Key(20 * 1024 * 1024, _integer(1)),
     },
     "model_manager": {
         "models_directory": _Key("./models", _string(allow_empty=False)),

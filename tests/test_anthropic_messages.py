@@ -315,7 +315,7 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
                 ]
             },
             "messages[0].content[1]",
-            "Images are not supported",
+            "An image source's 'type' must be 'base64' or 'url'",
         ),
         (
             {
@@ -327,7 +327,7 @@ def test_blocks_become_the_chat_the_template_renders() -> None:
                 ]
             },
             "messages[0].content[0].content[0]",
-            "Images are not supported",
+            "A 'image' block is not supported here",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
@@ -454,13 +454,13 @@ async def test_claude_codes_own_request_is_streamed(use_config) -> None:
     assert dict(events)["message_start"]["message"]["usage"]["input_tokens"] > 500
 
 
-async def test_an_image_is_a_400_in_anthropics_shape(use_config) -> None:
+async def test_a_corrupt_image_is_a_400_in_anthropics_shape(use_config) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
     response = await post(
         messages=[{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}], max_tokens=5
     )
     message = error_of(response, 400, "invalid_request_error")
-    assert message.startswith("Invalid 'messages[0].content[0]': Images are not supported")
+    assert message.startswith("Invalid 'messages[0].content[0]': The image is corrupt")
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])

@@ -86,6 +86,4 @@ def test_errors_arrive_as_sdk_exceptions(sdk: anthropic.Anthropic) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
     with pytest.raises(anthropic.BadRequestError) as bad:
         sdk.messages.create(model=SMOLLM2, max_tokens=5, messages=[{"role": "user", "content": [image]}])
-    assert (
-        bad.value.body["error"]["type"] == "invalid_request_error" and "Images are not supported" in bad.value.message
-    )
+    assert bad.value.body["error"]["type"] == "invalid_request_error" and "The image is corrupt" in bad.value.message

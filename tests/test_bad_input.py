@@ -45,7 +45,7 @@ def body(path: str, **changes: Any) -> bytes:
 
 
 # Changes that make a valid /v1/messages body wrong: what Anthropic's API refuses, and what this
-# server cannot serve (images, documents).
+# server cannot serve (corrupt images, documents).
 ANTHROPIC_MISTAKES: list[dict[str, Any]] = [
     {"messages": blocks({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}})},
     {"messages": blocks({"type": "document", "source": {"type": "text", "data": "x"}})},

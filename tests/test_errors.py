@@ -56,7 +56,10 @@ async def test_body_must_be_an_object(use_config) -> None:
         ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0]",
+        ),
         ({"messages": HELLO + [{"role": "user", "content": None}]}, "messages[1].content"),
         ({"messages": HELLO, "model": 7}, "model"),
         ({"messages": HELLO, "temperature": "hot"}, "temperature"),

@@ -3,7 +3,8 @@ validated and turned into the ChatRequest that chat completions run.
 
 Content blocks become a conversation's turns: text as it is, an assistant's `tool_use` as its
 call, a user's `tool_result` as a tool's result, a `thinking` block as the assistant's earlier
-thinking (serving renders them in the model's own template); images and documents are refused.
+thinking (serving renders them in the model's own template), a user's `image` (base64, or a
+data URL) as an image at its place in the text; documents are refused.
 Consecutive turns of one role are merged, as Anthropic does (several chat templates insist on
 alternation); system messages join the system prompt. Custom
 tools are offered to the model, except those with `defer_loading` (Anthropic shows them only once
@@ -19,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
-from inference.protocol.chat import MAX_TOOLS, ChatRequest, ThinkingAsk, check_tool_choice
+from inference.protocol.chat import MAX_TOOLS, ChatRequest, ThinkingAsk, check_tool_choice, counted
 from inference.protocol.fields import (
     OpenAIRequestSerializer,
     StopField,
@@ -37,6 +38,7 @@ from inference.protocol.fields import (
     optional,
     sampling_from,
 )
+from inference.protocol.images import MEDIA_MARKER, Image, ImageRefused, image_from_source
 from inference.runtime.jobs import ChatJob
 
 logger = logging.getLogger(__name__)
@@ -80,9 +82,17 @@ TOOL_USE_BLOCK = {
     },
     "required": ["type", "id", "name", "input"],
 }
+_SOURCE = {"type": {"type": "string", "enum": ["base64", "url"]}, "media_type": {"type": "string"}}
+_SOURCE |= {"data": {"type": "string"}, "url": {"type": "string"}}
+_IMAGE_BLOCK = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["image"]}, "source": {"type": "object", "properties": _SOURCE}},
+    "required": ["type", "source"],
+}
 _MESSAGE_BLOCKS = [
     TEXT_BLOCK,
     TOOL_USE_BLOCK,
+    _IMAGE_BLOCK,
     {
         "type": "object",
         "properties": {
@@ -107,9 +117,10 @@ _BLOCK_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     "tool_result": {"tool_use_id": (str, True), "is_error": (bool, False)},
     "thinking": {"thinking": (str, False)},
     "redacted_thinking": {},
+    "image": {"source": (dict, True)},
 }
 _TYPE_WORDS = {str: "a string", dict: "an object", bool: "a boolean"}
-_MEDIA = {"image": "images", "document": "documents"}
+_MEDIA = {"document": "documents"}
 
 
 def _checked_blocks(data: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -141,6 +152,8 @@ def _checked_block(block: Any, kinds: tuple[str, ...]) -> dict[str, Any]:
     for name, (expected, required) in _BLOCK_FIELDS[kind].items():
         if (name in block or required) and not isinstance(block.get(name), expected):
             raise serializers.ValidationError({name: f"Expected {_TYPE_WORDS[expected]}."})
+    if kind == "image":
+        return {**block, "image": _image(block["source"])}
     if kind != "tool_result":
         return block
     try:
@@ -148,6 +161,13 @@ def _checked_block(block: Any, kinds: tuple[str, ...]) -> dict[str, Any]:
     except serializers.ValidationError as error:
         raise serializers.ValidationError({"content": error.detail}) from None
     return {**block, "text": "\n".join(part["text"] for part in content)}
+
+
+def _image(source: dict[str, Any]) -> Image:
+    try:
+        return image_from_source(source)
+    except ImageRefused as refused:
+        raise serializers.ValidationError(str(refused)) from None
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": _MESSAGE_BLOCKS}}]})
@@ -175,7 +195,7 @@ class SystemField(serializers.Field):
 # The blocks each role's messages may hold: calls come from the assistant, their results from the
 # user, and system messages (Claude Code sends them mid-conversation) are text.
 _ROLE_BLOCKS = {
-    "user": {"text", "tool_result", "thinking", "redacted_thinking"},
+    "user": {"text", "image", "tool_result", "thinking", "redacted_thinking"},
     "assistant": {"text", "tool_use", "thinking", "redacted_thinking"},
     "system": {"text"},
 }
@@ -439,15 +459,19 @@ def _conversation(system: str, messages: list[dict[str, Any]]) -> tuple[tools.Tu
     call_names: dict[str, str] = {}
     instructions = [system] if system else []
     turns: list[tools.Turn] = []
-    for message in messages:
+    for number, message in enumerate(messages):
         if message["role"] == "system":
             instructions.extend(block["text"] for block in message["content"])
             continue
-        blocks = (_turn(message["role"], block, call_names) for block in message["content"])
-        turns.extend(turn for turn in blocks if turn is not None)
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "image":
+                image = replace(block["image"], at=("messages", number, "content", index))
+                turns.append(tools.Turn(message["role"], MEDIA_MARKER, images=(image,)))
+            elif (turn := _turn(message["role"], block, call_names)) is not None:
+                turns.append(turn)
     if instructions:
         turns.insert(0, tools.Turn("system", "\n".join(instructions)))
-    return tools.merged_turns(turns)
+    return counted(tools.merged_turns(turns))
 
 
 def _turn(role: str, block: dict[str, Any], call_names: dict[str, str]) -> tools.Turn | None:

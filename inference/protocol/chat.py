@@ -4,7 +4,7 @@ responses (one chat.completion object, or chat.completion.chunk SSE events)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -14,6 +14,7 @@ from inference.protocol import tool_calls as tools
 from inference.protocol.fields import (
     ContentField,
     GenerationRequestSerializer,
+    Illustrated,
     OpenAIRequestSerializer,
     StrictBooleanField,
     StrictCharField,
@@ -23,6 +24,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
+from inference.protocol.images import ImageRefused, images_counted
 from inference.runtime.jobs import ChatJob
 
 # --- request ---------------------------------------------------------------------------------
@@ -53,6 +55,8 @@ class MessageSerializer(serializers.Serializer):
             raise serializers.ValidationError({"content": "This field is required."})
         if role == "tool" and not attrs.get("tool_call_id"):
             raise serializers.ValidationError({"tool_call_id": "A tool message needs the id of the call it answers."})
+        if isinstance(attrs.get("content"), Illustrated) and role != "user":
+            raise serializers.ValidationError({"content": "Only user messages may hold images."})
         if attrs.get("tool_calls") and role != "assistant":
             raise serializers.ValidationError({"tool_calls": "Only assistant messages carry tool calls."})
         return attrs
@@ -277,8 +281,13 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
     """The messages as turns: developer as system, consecutive turns of one role merged."""
     call_names: dict[str, str] = {}
     turns = []
-    for message in messages:
+    for number, message in enumerate(messages):
         role, content = message["role"], message.get("content") or ""
+        if isinstance(content, Illustrated):
+            at = ("messages", number, "content")
+            images = tuple(replace(image, at=(*at, image.at[0])) for image in content.images)
+            turns.append(tools.Turn("user", content.text, images=images))
+            continue
         if role == "tool":
             name = call_names.get(message["tool_call_id"], message["tool_call_id"])
             turns.append(tools.Turn("tool", content, call_id=message["tool_call_id"], name=name))
@@ -290,7 +299,16 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
         call_names.update((call.id, call.name) for call in calls)
         reasoning = message.get("reasoning_content") or ""
         turns.append(tools.Turn("system" if role == "developer" else role, content, calls, reasoning))
-    return tools.merged_turns(turns)
+    return counted(tools.merged_turns(turns))
+
+
+def counted(turns: tuple[tools.Turn, ...]) -> tuple[tools.Turn, ...]:
+    """The turns, unless their images are more than a request may carry (a 400 naming the first too many)."""
+    try:
+        images_counted(image for turn in turns for image in turn.images)
+    except ImageRefused as refused:
+        raise refused.validation_error() from None
+    return turns
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from inference.protocol.images import DETAILS, MEDIA_MARKER, Image, ImageRefused, image_from_url
 from inference.runtime.jobs import Sampling
 
 logger = logging.getLogger(__name__)
@@ -61,45 +63,80 @@ class StrictDictField(serializers.DictField):
         return super().to_internal_value(data)
 
 
-TEXT_PARTS = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
-        "required": ["type", "text"],
+TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+TEXT_PARTS = {"type": "array", "items": TEXT_PART}
+IMAGE_PART = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["image_url"]},
+        "image_url": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "detail": {"type": "string", "enum": list(DETAILS)}},
+            "required": ["url"],
+        },
     },
+    "required": ["type", "image_url"],
 }
 
 
-@extend_schema_field({"oneOf": [{"type": "string"}, TEXT_PARTS]})
+@dataclass(frozen=True)
+class Illustrated:
+    """Content with images: its text holds a MEDIA_MARKER where each image was."""
+
+    text: str
+    images: tuple[Image, ...]
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [TEXT_PART, IMAGE_PART]}}]})
 class ContentField(serializers.Field):
-    """Message content: a string or a list of text parts (joined by newlines)."""
+    """Message content: a string, or a list of text and image_url parts (joined by newlines; an
+    image as a MEDIA_MARKER, the content then Illustrated)."""
 
     default_error_messages = {
         "invalid": "Expected a string or a list of content parts.",
         "part": "Expected a content part object with a 'type'.",
-        "part_type": "Content part type {part_type!r} is not supported: this server handles text only.",
+        "part_type": "Content part type {part_type!r} is not supported: expected 'text' or 'image_url'.",
         "text": "A text content part needs a string 'text'.",
     }
 
-    def to_internal_value(self, data: Any) -> str:
+    def to_internal_value(self, data: Any) -> str | Illustrated:
         if isinstance(data, str):
             return data
         if not isinstance(data, list):
             self.fail("invalid")
-        texts = []
-        for part in data:
+        texts, images = [], []
+        for index, part in enumerate(data):
             if not isinstance(part, dict) or "type" not in part:
                 self.fail("part")
+            if part["type"] == "image_url":
+                try:
+                    images.append(replace(_image_part(part), at=(index,)))
+                except ImageRefused as refused:
+                    raise refused.validation_error((index,)) from None
+                texts.append(MEDIA_MARKER)
+                continue
             if part["type"] != "text":
                 self.fail("part_type", part_type=part["type"])
             if not isinstance(part.get("text"), str):
                 self.fail("text")
             texts.append(part["text"])
-        return "\n".join(texts)
+        return Illustrated("\n".join(texts), tuple(images)) if images else "\n".join(texts)
 
-    def to_representation(self, value: str) -> str:
+    def to_representation(self, value: Any) -> Any:
         return value
+
+
+def _image_part(part: dict[str, Any]) -> Image:
+    spec = part.get("image_url")
+    if not isinstance(spec, dict):
+        raise ImageRefused("An image_url part needs an object 'image_url' with a 'url'.")
+    if spec.get("detail", "auto") not in DETAILS:
+        raise ImageRefused(f"'detail' must be one of {', '.join(DETAILS)}.")
+    return image_from_url(spec.get("url"))
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]})

@@ -20,6 +20,7 @@ from inference.protocol.chat import (
     ChatRequest,
     ThinkingAsk,
     check_tool_choice,
+    counted,
 )
 from inference.protocol.fields import (
     KeepAliveField,
@@ -210,7 +211,7 @@ class ResponseRequest:
 
 def _conversation(instructions: str | None, items: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
     system = [tools.Turn("system", instructions)] if instructions else []
-    return tools.merged_turns([*system, *conversation_turns(items)])
+    return counted(tools.merged_turns([*system, *conversation_turns(items)]))
 
 
 class ResponseRequestSerializer(OpenAIRequestSerializer):

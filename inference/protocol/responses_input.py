@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -13,6 +14,7 @@ from rest_framework import serializers
 
 from inference.protocol import tool_calls as tools
 from inference.protocol.chat import MAX_MESSAGES
+from inference.protocol.images import DETAILS, MEDIA_MARKER, ImageRefused, image_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ _ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
 
 
-_NOT_TEXT_PARTS = {"input_image", "input_file", "input_audio"}
+_NOT_TEXT_PARTS = {"input_file", "input_audio"}
 
 
 def item_id(prefix: str) -> str:
@@ -75,6 +77,8 @@ class InputField(serializers.Field):
         for index, item in enumerate(data):
             try:
                 normalised = _normalised_item(item)
+            except ImageRefused as refused:
+                raise refused.validation_error((index, "content", *refused.at)) from None
             except ValueError as problem:
                 self.fail("item", index=index, problem=problem)
             if normalised is not None:
@@ -95,15 +99,19 @@ def _message_item(role: str, content: list[dict[str, Any]], given_id: str | None
     }
 
 
-def _text_of(parts: Any, what: str) -> list[dict[str, Any]]:
-    """Text content parts ({"type": "input_text", "text": ...}) of a message or an output."""
+def _text_of(parts: Any, what: str, *, images: bool = False) -> list[dict[str, Any]]:
+    """Text content parts ({"type": "input_text", "text": ...}) of a message or an output, and
+    (`images`: a user's message) input_image parts, checked (ImageRefused at the part)."""
     if isinstance(parts, str):
         return [{"type": "input_text", "text": parts}]
     if not isinstance(parts, list):
         raise ValueError(f"'{what}' must be a string or a list of content parts.")
     texts = []
-    for part in parts:
+    for index, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_image":
+            texts.append(_image_part(part, index, images))
+            continue
         if kind in _NOT_TEXT_PARTS:
             raise ValueError(f"content part type '{kind}' is not supported: this server handles text only.")
         if kind not in _TEXT_PARTS:
@@ -113,6 +121,21 @@ def _text_of(parts: Any, what: str) -> list[dict[str, Any]]:
             raise ValueError(f"a '{kind}' content part needs a string 'text'.")
         texts.append({"type": kind, "text": text})
     return texts
+
+
+def _image_part(part: dict[str, Any], index: int, allowed: bool) -> dict[str, Any]:
+    if not allowed:
+        raise ImageRefused("Only user messages may hold images.", (index,))
+    detail = part.get("detail", "auto")
+    if detail not in DETAILS:
+        raise ImageRefused(f"'detail' must be one of {', '.join(DETAILS)}.", (index,))
+    if "file_id" in part and "image_url" not in part:
+        raise ImageRefused("Images by file_id are not supported: send 'image_url' as a data URL.", (index,))
+    try:
+        image_from_url(part.get("image_url"))
+    except ImageRefused as refused:
+        raise ImageRefused(str(refused), (index,)) from None
+    return {"type": "input_image", "image_url": part["image_url"], "detail": detail}
 
 
 def _string(item: dict[str, Any], key: str, *, blank: bool = False) -> str:
@@ -132,7 +155,7 @@ def _normalised_item(item: Any) -> dict[str, Any] | None:
         role = item.get("role")
         if role not in _ROLES:
             raise ValueError(f"'role' must be one of {', '.join(_ROLES)}.")
-        content = _text_of(item.get("content"), "content")
+        content = _text_of(item.get("content"), "content", images=role == "user")
         if role == "assistant":
             content = [{**part, "type": "output_text", "annotations": []} for part in content]
         return _message_item(role, content, given_id)
@@ -185,10 +208,10 @@ def conversation_turns(items: list[dict[str, Any]] | tuple[dict[str, Any], ...])
     assistant's and the tools' turns."""
     call_names: dict[str, str] = {}
     turns: list[tools.Turn] = []
-    for item in items:
+    for number, item in enumerate(items):
         if item["type"] == "message":
             role = "system" if item["role"] == "developer" else item["role"]
-            turns.append(tools.Turn(role, "\n".join(part["text"] for part in item["content"])))
+            turns.append(_message_turn(role, item["content"], ("input", number, "content")))
         elif item["type"] == "reasoning":
             turns.append(tools.Turn("assistant", reasoning=item["content"][0]["text"]))
         elif item["type"] == "function_call":
@@ -199,3 +222,16 @@ def conversation_turns(items: list[dict[str, Any]] | tuple[dict[str, Any], ...])
             name = call_names.get(item["call_id"], item["call_id"])
             turns.append(tools.Turn("tool", item["output"], call_id=item["call_id"], name=name))
     return turns
+
+
+def _message_turn(role: str, parts: list[dict[str, Any]], at: tuple[str | int, ...]) -> tools.Turn:
+    """A message's parts as a turn: its text, each image at a MEDIA_MARKER (decoded again: a stored
+    conversation keeps the data URL)."""
+    texts, images = [], []
+    for index, part in enumerate(parts):
+        if part["type"] == "input_image":
+            images.append(replace(image_from_url(part["image_url"]), at=(*at, index)))
+            texts.append(MEDIA_MARKER)
+        else:
+            texts.append(part["text"])
+    return tools.Turn(role, "\n".join(texts), images=tuple(images))

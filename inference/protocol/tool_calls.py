@@ -2,12 +2,15 @@
 an assistant's tool calls and earlier thinking, and tools' results; the tools a request offers.
 
 Serving renders it with the model's own chat template (calls and results in the template's own
-markup), or writes calls and results as text for a template that knows no tools."""
+markup), or writes calls and results as text for a template that knows no tools. A turn's images
+sit at the MEDIA_MARKERs in its text, in order."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from inference.protocol.images import Image
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Turn:
     reasoning: str = ""  # an assistant's thinking before its answer
     call_id: str = ""  # a tool result: the call it answers
     name: str = ""  # a tool result: the function called
+    images: tuple[Image, ...] = ()  # a user's, each at a MEDIA_MARKER in `content`, in order
 
 
 def merged_turns(turns: list[Turn]) -> tuple[Turn, ...]:
@@ -47,6 +51,7 @@ def merged_turns(turns: list[Turn]) -> tuple[Turn, ...]:
                 content=_joined(last.content, turn.content),
                 calls=last.calls + turn.calls,
                 reasoning=_joined(last.reasoning, turn.reasoning),
+                images=last.images + turn.images,
             )
         else:
             merged.append(turn)

@@ -41,7 +41,7 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
     """Start a chat completion (its conversation rendered for its model, its tools and response
     format applied); its id begins with `id_prefix`. A prompt too long with every tool described
     in full is tried again with the tools in short."""
-    form = await model_format(request.model, caller.allowed_models)
+    form = await model_format(request.model, caller.allowed_models, request.conversation)
     try:
         return await _started(request, form, caller, id_prefix, compact_tools=False)
     except PromptTooLong as too_long:
@@ -251,7 +251,7 @@ class AppliedTemplate:
 async def template_apply(*, request: ChatRequest, caller: Caller) -> AppliedTemplate:
     """The prompt the model would get for this conversation (/apply-template), generation
     prompt included and without the BOS text its tokenizer adds."""
-    form = await model_format(request.model, caller.allowed_models)
+    form = await model_format(request.model, caller.allowed_models, request.conversation)
     if form.template is None:
         raise InvalidRequest(
             f"model {form.model} is rendered by llama-cpp-python's chat_format, not a template", param="model"

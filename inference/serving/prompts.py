@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from inference.config import ModelSettings
+from inference.errors import InvalidRequest
 from inference.protocol import ChatRequest
 from inference.protocol.tool_calls import Tool, Turn
 from inference.runtime.catalog import ModelFile
@@ -45,13 +46,30 @@ class ModelFormat:
     reads_effort: bool = False  # the template reads a `reasoning_effort` (gpt-oss: "Reasoning: low")
 
 
-async def model_format(requested: str | None, allowed: list[str] | None) -> ModelFormat:
-    """The requested model's format (raises ModelNotFound, TemplateRejected); its
-    header, saved settings and template's markup are read off the event loop."""
+async def model_format(
+    requested: str | None, allowed: list[str] | None, conversation: tuple[Turn, ...] = ()
+) -> ModelFormat:
+    """The requested model's format (raises ModelNotFound, TemplateRejected, and InvalidRequest
+    for a conversation's images it cannot see); its header, saved settings and template's
+    markup are read off the event loop."""
     pool = model_pool()
     model_file = pool.catalog.resolve(requested, allowed=allowed)
+    _images_check(model_file, conversation)
     worker = pool.worker(model_file.name)
     return await asyncio.to_thread(_format_of, model_file, worker.settings if worker is not None else None)
+
+
+def _images_check(model_file: ModelFile, conversation: tuple[Turn, ...]) -> None:
+    """Refuse images before the model loads: for a model without a projector, and (until the
+    runtime encodes them) for every model."""
+    image = next((image for turn in conversation for image in turn.images), None)
+    if image is None:
+        return
+    if not model_file.projector:
+        raise InvalidRequest(
+            f"model {model_file.name} takes text only (no multimodal projector): {image.part}", param=image.part
+        )
+    raise InvalidRequest(f"images are not served yet by this server: {image.part}", param=image.part)
 
 
 def _format_of(model_file: ModelFile, loaded: ModelSettings | None) -> ModelFormat:
