@@ -208,6 +208,7 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
         JSON_TYPE,
     ),
     (RESPONSES, body(RESPONSES, metadata={str(n): "v" for n in range(17)}), JSON_TYPE),
+    (CHAT, body(CHAT, tool_choice={"type": "function", "function": "get_weather"}), JSON_TYPE),  # found by schemathesis
     *((MESSAGES, body(MESSAGES, **changes), JSON_TYPE) for changes in ANTHROPIC_MISTAKES),
     (
         MESSAGES,

@@ -423,6 +423,9 @@ class HalfCharacters(FakeContext):
         self.pieces += 1
         return b"\xc3" if self.pieces % 2 else b"\xa9"
 
+    def logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        return TokenLogprob("", -1.0, ())
+
 
 def test_a_character_cut_by_the_length_limit_is_not_sent() -> None:
     context = HalfCharacters(n_ctx=64, batch_capacity=8, surprise=0.0)  # never the end token
@@ -430,3 +433,14 @@ def test_a_character_cut_by_the_length_limit_is_not_sent() -> None:
     deltas = [event for events in steps for _, event in events if isinstance(event, TextDelta)]
     [finished] = [event for events in steps for _, event in events if isinstance(event, Finished)]
     assert "".join(delta.text for delta in deltas) == "éé" and finished.completion_tokens == 5
+
+
+def test_the_logprobs_of_tokens_that_gave_no_text_still_go_out() -> None:
+    """A one-token answer that is half a character says nothing, but its logprob is sent."""
+    context = HalfCharacters(n_ctx=64, batch_capacity=8, surprise=0.0)
+    scheduler: Scheduler[str] = Scheduler(context, 1)
+    job = ChatJob(messages=(), max_tokens=1, logprobs=0, sampling=Sampling(seed=seed(0)))
+    assert scheduler.admit("half", Prepared(job, [1, 2, 3]), lambda: False)
+    events = [event for _ in range(3) for _, event in scheduler.step()]
+    [delta] = [event for event in events if isinstance(event, TextDelta)]
+    assert delta.text == "" and len(delta.logprobs) == 1

@@ -1,9 +1,11 @@
 """How much a request may think, and how thinking is turned off: the model's `reasoning_budget`
 bounds every request, a request's effort or token budget asks for less (serving.prompts), and
-"none" uses the template's own switch where it has one. In-process, no model loaded."""
+"none" uses the template's own switch where it has one; and how a thinking model's answer is
+read (serving.answers). In-process, no model loaded."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ from inference.config import load_config
 from inference.protocol import ChatRequest
 from inference.protocol.chat import ThinkingAsk
 from inference.protocol.tool_calls import Turn
-from inference.runtime.jobs import ChatJob
+from inference.runtime.jobs import ChatJob, Finished, Generation, JobEvent, TextDelta, TokenLogprob
+from inference.serving.answers import answer_parts
 from inference.serving.prompts import EFFORT_BUDGETS, ModelFormat, chat_prompt
-from inference.templates import ChatTemplate
+from inference.templates import ChatTemplate, Content
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 
@@ -81,3 +84,21 @@ async def test_raw_reasoning_keeps_the_markup_in_the_answer() -> None:
     assert raw.reading.parser() is None  # no tools, nothing split: the text is the answer
     split = await chat_prompt(request(), model("Qwen3.5-4B", reasoning_format="auto"))
     assert split.reading.parser() is not None
+
+
+async def test_logprobs_of_text_held_back_go_out_with_the_text() -> None:
+    """Text that might begin a marker is held back by the answer's parser; its tokens' logprobs
+    wait for it, and those of tokens that said nothing go out at the end."""
+    prompt = await chat_prompt(request(), model("Qwen3.5-4B", reasoning_format="auto"))
+    reading = replace(prompt.reading, thinking_open=False)
+    held, said = TokenLogprob("<th", -0.5, tuple(b"<th")), TokenLogprob("e", -0.1, tuple(b"e"))
+
+    async def events() -> AsyncIterator[JobEvent]:
+        yield TextDelta("<th", 1, logprobs=(held,))
+        yield TextDelta("e", 2, logprobs=(said,))
+        yield Finished("length", 3, 2)
+
+    parts = [part async for part in answer_parts(Generation(model="m", prompt_tokens=3, events=events()), reading)]
+    contents = [part for part in parts if isinstance(part.event, Content)]
+    assert "".join(part.event.text for part in contents) == "<the"
+    assert [entry for part in contents for entry in part.logprobs] == [held, said]

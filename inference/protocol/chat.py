@@ -105,7 +105,8 @@ class ToolChoiceField(serializers.Field):
     def to_internal_value(self, data: Any) -> str:
         if data in ("none", "auto", "required"):
             return data
-        name = data.get("function", {}).get("name") if isinstance(data, dict) else None
+        function = data.get("function") if isinstance(data, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(data, dict) or data.get("type") != "function" or not isinstance(name, str):
             self.fail("invalid")
         return f"function:{name}"

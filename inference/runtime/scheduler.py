@@ -376,7 +376,7 @@ class Scheduler(Generic[Key]):
             # A character cut by the end (its last bytes never generated) is not sent: it would
             # be a replacement character, and one piece more than tokens.
             tail = choice.stops.flush()
-            if tail:
+            if tail or choice.logprobs:  # the logprobs of tokens that gave no text go out too
                 events.append(self._delta(choice, tail))
         return [*events, (request.key, choice.finished(reason))]
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from inference.protocol.tool_calls import ToolCall
@@ -45,6 +45,7 @@ class _ChoiceReader:
     # Whitespace before anything else was said: templates put newlines before a call or thinking,
     # which are no answer; it goes out only if text follows.
     leading: str | None = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is held back
 
     def __post_init__(self) -> None:
         self.parser = self.reading.parser()
@@ -52,16 +53,25 @@ class _ChoiceReader:
     def read(self, delta: TextDelta) -> list[Part]:
         if self.parser is None:
             return [Part(self.index, Content(delta.text), delta.logprobs)]
-        parts = self._parts(self.parser.feed(delta.text))
-        if parts and delta.logprobs:
-            parts[0] = Part(parts[0].index, parts[0].event, delta.logprobs, parts[0].call_id)
-        return parts
+        self.logprobs += delta.logprobs
+        return self._with_logprobs(self._parts(self.parser.feed(delta.text)))
 
     def end(self, finished: Finished) -> list[Part]:
         parts = self._parts(self.parser.finish()) if self.parser is not None else []
         if self.leading and not self.calls:
             parts.append(Part(self.index, Content(self.leading)))
+        parts = self._with_logprobs(parts)
+        if self.logprobs:  # of tokens that said nothing: they go out all the same
+            parts.append(Part(self.index, Content(""), tuple(self.logprobs)))
         return [*parts, Part(self.index, finished, calls=tuple(self.calls))]
+
+    def _with_logprobs(self, parts: list[Part]) -> list[Part]:
+        """The parts, the logprobs held so far on the first content among them."""
+        for number, part in enumerate(parts):
+            if self.logprobs and isinstance(part.event, Content):
+                parts[number] = replace(part, logprobs=tuple(self.logprobs))
+                self.logprobs = []
+        return parts
 
     def _parts(self, events: list[AnswerEvent]) -> list[Part]:
         parts = []

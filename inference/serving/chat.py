@@ -207,7 +207,7 @@ class _ChunkWriter:
         """The chunk of one part of a choice's answer (None: nothing to send)."""
         event = part.event
         if isinstance(event, Content):
-            return self.content(part.index, event.text, part.logprobs) if event.text else None
+            return self.content(part.index, event.text, part.logprobs) if event.text or part.logprobs else None
         if isinstance(event, Reasoning):
             return self.chunk(part.index, {"reasoning_content": event.text}) if event.text else None
         if isinstance(event, CallStarted):
