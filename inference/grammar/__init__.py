@@ -6,6 +6,7 @@ off the event loop and cached (`compiler`)."""
 from inference.grammar.budget import SchemaTooComplex
 from inference.grammar.compiler import SchemaRefused, schema_grammar
 from inference.grammar.keywords import SchemaNotSupported
+from inference.grammar.refs import refs_under
 from inference.grammar.schema import JSON_OBJECT_GRAMMAR, json_schema_grammar
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "SchemaRefused",
     "SchemaTooComplex",
     "json_schema_grammar",
+    "refs_under",
     "schema_grammar",
 ]

@@ -14,6 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from inference.grammar import refs_under
 from inference.protocol.tool_calls import Tool, Turn, merged_turns
 from inference.runtime.jobs import ChatMessage
 
@@ -126,29 +127,8 @@ def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
         for index, tool in enumerate(tools)
     ]
     definitions = {
-        f"tool-{index}": _refs_under(tool.parameters or {"type": "object"}, f"#/$defs/tool-{index}")
+        f"tool-{index}": refs_under(tool.parameters or {"type": "object"}, f"#/$defs/tool-{index}")
         for index, tool in enumerate(tools)
     }
     call = variants[0] if len(variants) == 1 else {"anyOf": variants}
     return {**call, "$defs": definitions}
-
-
-# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
-
-
-def _refs_under(schema: Any, root: str) -> Any:
-    """`schema` with its local `$ref`s ("#..."): pointing into it as if it were at `root`."""
-    if isinstance(schema, list):
-        return [_refs_under(item, root) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    moved: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
-            moved[key] = root + value[1:]
-        elif key in _DATA_KEYWORDS:
-            moved[key] = value
-        else:
-            moved[key] = _refs_under(value, root)
-    return moved

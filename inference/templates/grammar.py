@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from inference.grammar import SchemaNotSupported, SchemaRefused, SchemaTooComplex, json_schema_grammar
+from inference.grammar import SchemaNotSupported, SchemaRefused, SchemaTooComplex, json_schema_grammar, refs_under
 from inference.templates.markup import CallMarkup, CallStyle, Markup, ThinkingMarkup
 
 
@@ -93,11 +93,11 @@ def _schema_rules(calls: CallMarkup, functions: list[Mapping[str, Any]]) -> list
     for index, function in enumerate(functions):
         root = f"#/$defs/call-tool-{index}"
         parameters = function.get("parameters") or {"type": "object"}
-        definitions[f"call-tool-{index}"] = _refs_under(parameters, root)
+        definitions[f"call-tool-{index}"] = refs_under(parameters, root)
         if calls.style is CallStyle.TAGGED:
             for number, (_, schema) in enumerate(_properties(function)[0]):
                 if not _is_string(schema):
-                    definitions[f"call-arg-{index}-{number}"] = _refs_under(schema, root)
+                    definitions[f"call-arg-{index}-{number}"] = refs_under(schema, root)
     schema = {"$defs": definitions, "anyOf": [{"$ref": f"#/$defs/{name}"} for name in definitions]}
     try:
         text = json_schema_grammar(schema)
@@ -112,25 +112,6 @@ def _schema_rules(calls: CallMarkup, functions: list[Mapping[str, Any]]) -> list
     if calls.style is CallStyle.TAGGED:
         lines += _free_text("call-free-value", calls.value_end.strip() or calls.value_end)
     return lines
-
-
-# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
-
-
-def _refs_under(schema: Any, root: str) -> Any:
-    """`schema` with its local `$ref`s pointing into it as if it were at `root`."""
-    if isinstance(schema, list):
-        return [_refs_under(item, root) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    moved: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
-            moved[key] = root + value[1:]
-        else:
-            moved[key] = value if key in _DATA_KEYWORDS else _refs_under(value, root)
-    return moved
 
 
 def _thinking(thinking: ThinkingMarkup | None, thinking_open: bool) -> tuple[str, list[str]]:
