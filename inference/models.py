@@ -145,6 +145,9 @@ class RequestRecord(models.Model):
     cache_tier = models.CharField(max_length=8, blank=True, help_text="Where: slot, ram, disk")
     completion_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0, help_text="Of the completion tokens, spent thinking")
+    images = models.PositiveIntegerField(
+        default=0, help_text="Images in the prompt (their tokens count as prompt tokens)"
+    )
     finish_reason = models.CharField(max_length=20, blank=True)
     queue_wait_ms = models.FloatField(null=True, blank=True)
     load_ms = models.FloatField(null=True, blank=True, help_text="Set if this request loaded the model")

@@ -1,8 +1,8 @@
 """Images in each API's own shape: chat `image_url` parts, Messages `image` blocks, Responses
 `input_image` parts are decoded and checked (format by magic bytes, size from the header, the
 limits) and carried in the conversation's turns; every refusal is a 400 in the API's shape that
-names the part, and a conversation with images is refused before its model loads (text only
-without a projector; not served yet with one)."""
+names the part, and a conversation with images for a model without a projector is refused before
+the model loads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import base64
 import hashlib
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from inference.protocol.images import MAX_IMAGES, MEDIA_MARKER, ImageRefused, im
 from inference.protocol.responses import ResponseRequestSerializer
 from inference.runtime.pool import model_pool
 from tests.conftest import SMOLLM2
-from tests.gguf_files import write_projector
 
 
 def png(width: int, height: int) -> bytes:
@@ -245,15 +243,3 @@ async def test_a_model_without_a_projector_takes_text_only_and_the_server_serves
     assert model_pool().worker(SMOLLM2) is None
     answer = await post("/v1/chat/completions", {"max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]})
     assert answer.status_code == 200, answer.content
-
-
-async def test_a_model_with_a_projector_is_told_images_are_not_served_yet(use_config, models_dir: Path) -> None:
-    write_projector(models_dir / f"mmproj-{SMOLLM2}.gguf")
-    use_config()
-    problem = "images are not served yet by this server"
-    openai_error(await post("/v1/chat/completions", chat_image(data_url(PICTURE))), "messages[0].content[1]", problem)
-    anthropic_error(await post("/v1/messages", messages_image(png_source())), "messages[0].content[1]", problem)
-    counted = await post("/v1/messages/count_tokens", messages_image(png_source()))
-    anthropic_error(counted, "messages[0].content[1]", problem)
-    openai_error(await post("/v1/responses", responses_image(data_url(PICTURE))), "input[0].content[1]", problem)
-    assert model_pool().worker(SMOLLM2) is None

@@ -79,6 +79,9 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
         retry_after=seconds_to_midnight(),
     ),
     runtime.PromptEmpty: lambda exc: errors.InvalidRequest(f"'{exc.param}' is empty", param=exc.param),
+    runtime.ImageRejected: lambda exc: errors.InvalidRequest(
+        f"model {exc.model} cannot take image {exc.index + 1} of the request: {exc.detail}", param="messages"
+    ),
     runtime.NoChatTemplate: lambda exc: errors.InvalidRequest(
         f"model {exc.model} has no chat template; use /v1/completions for it, "
         "or set a chat_template (or chat_format) for it in config.json",

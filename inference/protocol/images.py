@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from rest_framework import serializers
 
 from inference.config import get_config
+from inference.runtime.jobs import IMAGE_MARKER
 
-MEDIA_MARKER = "<__media__>"  # mtmd's default marker
+MEDIA_MARKER = IMAGE_MARKER  # the runtime's (not mtmd's default: a text holding that is text)
 MAX_IMAGES = 16  # per request, over the whole conversation
 MAX_PIXELS = 50_000_000  # width × height of one image: beyond any camera's, below a decompression bomb
 DETAILS = ("auto", "low", "high")

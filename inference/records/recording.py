@@ -62,6 +62,7 @@ class RequestDraft:
     cache_tier: str = ""  # which: "slot", "ram", "disk" (see runtime.prompt_cache)
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # of the completion tokens, spent thinking
+    images: int = 0  # in the prompt (their positions count as prompt tokens)
     finish_reason: str = ""
     queue_wait_ms: float | None = None
     load_ms: float | None = None
@@ -91,6 +92,7 @@ _RECORD_FIELDS = (
     "cache_tier",
     "completion_tokens",
     "reasoning_tokens",
+    "images",
     "finish_reason",
     "queue_wait_ms",
     "load_ms",
@@ -151,7 +153,7 @@ class RequestRecording:
             generation.queue_wait_ms,
         )
         draft.prompt_tokens, draft.cached_tokens = generation.prompt_tokens, generation.cached_tokens
-        draft.cache_tier = generation.cache_tier
+        draft.cache_tier, draft.images = generation.cache_tier, generation.images
         generation.events = self.events(generation.events, choices=generation.choices)
         return generation
 

@@ -27,6 +27,8 @@ choice; used by the scheduler's thread only.
 
 from __future__ import annotations
 
+import itertools
+
 # Tokens matched. Replayed on recorded SmolLM2 outputs (chat and copying, greedy and sampled),
 # 3 proposed fewer wrong drafts than 2 (or 2 after 3, or 4 after 3 after 2) for the same gain.
 NGRAM = 3
@@ -70,9 +72,10 @@ class NgramDrafter:
             return []
         if beside_others and self._length <= FIRST_DRAFT and not _copying(tokens, next_token, start):
             return []
-        draft = tokens[start : start + length]
-        # The match ran into the end of the sequence, where next_token follows.
-        return draft + [next_token] if len(draft) < length else draft
+        draft = list(itertools.takewhile(_is_token, tokens[start : start + length]))
+        if start + len(draft) == len(tokens) and len(draft) < length:
+            draft.append(next_token)  # the match ran into the end of the sequence, where next_token follows
+        return draft
 
     def verified(self, proposed: int, accepted: int) -> None:
         """Adapt to how the last draft fared: `accepted` of its `proposed` tokens came true."""
@@ -90,6 +93,12 @@ class NgramDrafter:
         for position in range(max(self._indexed, NGRAM), len(tokens)):
             self._followers[tuple(tokens[position - NGRAM : position])] = position
         self._indexed = len(tokens)
+
+
+def _is_token(value: int) -> bool:
+    """Whether a sequence's value is a token: an image's positions hold negative placeholders,
+    which no draft may propose."""
+    return value >= 0
 
 
 def _copying(tokens: list[int], next_token: int, start: int) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from inference.runtime.channel import Job
-from inference.runtime.errors import PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
+from inference.runtime.errors import ImageRejected, PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
 from inference.runtime.jobs import (
     ChatJob,
     CompletionJob,
@@ -26,6 +26,7 @@ from inference.runtime.jobs import (
     ModelJob,
     Prepared,
     PromptAccepted,
+    PromptImage,
     Tokenized,
     TokenizeJob,
 )
@@ -36,6 +37,7 @@ from inference.runtime.llama import (
     LoadProgress,
     return_free_memory,
 )
+from inference.runtime.llama.vision import load_projector
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.prompt_store import PromptStore, identity
 from inference.runtime.scheduler import Events, Key, Scheduler
@@ -68,15 +70,30 @@ Context = TypeVar("Context", GenerationContext, EmbeddingContext)
 
 
 def _opened(
-    context_class: type[Context], name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None
+    make_context: Callable[[LlamaModel], Context],
+    name: str,
+    path: Path,
+    settings: LoadSettings,
+    progress: LoadProgress | None,
 ) -> tuple[LlamaModel, Context]:
     """The model loaded (its progress told to `progress`) and a context of it; the model is
     freed again if the context fails."""
     model = LlamaModel(name, path, settings, progress)
     try:
-        return model, context_class(model, settings)
+        return model, make_context(model)
     except BaseException:
         model.close()
+        raise
+
+
+def _generation_context(model: LlamaModel, settings: LoadSettings, path: Path) -> GenerationContext:
+    """A generating context of the model, with its projector if it has one."""
+    projector = load_projector(model, settings, path)
+    try:
+        return GenerationContext(model, settings, projector)
+    except BaseException:
+        if projector is not None:
+            projector.close()
         raise
 
 
@@ -85,7 +102,9 @@ class GenerationEngine(Generic[Key]):
 
     def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
         self.name = name
-        self.model, self._context = _opened(GenerationContext, name, path, settings, progress)
+        self.model, self._context = _opened(
+            lambda model: _generation_context(model, settings, path), name, path, settings, progress
+        )
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
         self._scheduler: Scheduler[Key] = Scheduler(
@@ -116,13 +135,13 @@ class GenerationEngine(Generic[Key]):
             raise TooManyChoices(model=self.name, n=job.n, parallel=self.parallel)
         if any(not 0 <= token < self.model.n_vocab for token, _ in job.logit_bias):
             raise TokenOutOfRange(param="logit_bias", vocabulary_size=self.model.n_vocab)
-        prompt, stops, param = self._prompt(job)
+        prompt, stops, param, images = self._prompt(job)
         if len(prompt) >= self.n_ctx:
             raise PromptTooLong(model=self.name, tokens=len(prompt), n_ctx=self.n_ctx, param=param)
         if not prompt:
             raise PromptEmpty(param=param)
         if job.count_only:
-            return Prepared(job, prompt)
+            return Prepared(job, prompt, images=images)
         thinking = job.thinking
         markup = job.markup + ((thinking.start, thinking.end) if thinking else ())
         return Prepared(
@@ -131,18 +150,34 @@ class GenerationEngine(Generic[Key]):
             job.stop + stops,
             thinking_end=tuple(self.model.tokenize(thinking.end, add_special=False)) if thinking else (),
             shown=self.model.control_tokens(markup),
+            images=images,
         )
 
-    def _prompt(self, job: GenerationJob) -> tuple[list[int], tuple[str, ...], str]:
-        """The job's prompt as tokens, the stops its chat format adds, and the request's field
-        that held it. A chat rendered by serving gets the BOS the vocabulary wants (once), and no
-        stops of a format: serving puts those it needs in `stop`."""
+    def _prompt(self, job: GenerationJob) -> tuple[list[int], tuple[str, ...], str, tuple[PromptImage, ...]]:
+        """The job's prompt as tokens, the stops its chat format adds, the request's field that
+        held it, and where its images are. A chat rendered by serving gets the BOS the vocabulary
+        wants (once), and no stops of a format: serving puts those it needs in `stop`."""
         if isinstance(job, ChatJob):
+            if job.images:
+                prompt, images = self._seeing(job)
+                return prompt, (), "messages", images
             if job.prompt_text is not None:
-                return self.model.rendered_chat(job.prompt_text), (), "messages"
-            return (*self.model.chat_prompt(job.messages), "messages")
+                return self.model.rendered_chat(job.prompt_text), (), "messages", ()
+            return (*self.model.chat_prompt(job.messages), "messages", ())
         assert isinstance(job, CompletionJob)
-        return self.model.completion_prompt(job.prompt, job.suffix), (), "prompt"
+        return self.model.completion_prompt(job.prompt, job.suffix), (), "prompt", ()
+
+    def _seeing(self, job: ChatJob) -> tuple[list[int], tuple[PromptImage, ...]]:
+        """A chat with images: its tokens and where each image is; raises ImageRejected if the
+        model cannot see them, or the prompt ends with one (its last token's logits give the
+        first token)."""
+        projector = self._context.projector
+        if projector is None or job.prompt_text is None:
+            raise ImageRejected(model=self.name, index=0, detail="it takes text only (no projector)")
+        prompt, images = projector.prompt(job.prompt_text, job.images)
+        if images and images[-1].end == len(prompt):
+            raise ImageRejected(model=self.name, index=len(images) - 1, detail="text must follow the last image")
+        return prompt, images
 
     def start(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
         """Put a prepared job into free slots; None if there is no room until a request ends."""
@@ -200,7 +235,9 @@ class EmbeddingEngine(Generic[Key]):
 
     def __init__(self, name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> None:
         self.name = name
-        self.model, self._context = _opened(EmbeddingContext, name, path, settings, progress)
+        self.model, self._context = _opened(
+            lambda model: EmbeddingContext(model, settings), name, path, settings, progress
+        )
         self.n_ctx = self._context.n_ctx
         self._started: list[tuple[Key, Prepared]] = []
 

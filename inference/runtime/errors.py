@@ -80,6 +80,16 @@ class PromptEmpty(RuntimeFailure):
 
 
 @fact
+class ImageRejected(RuntimeFailure):
+    """An image the model cannot take: it has no projector, its projector cannot read the file,
+    or the image does not fit a batch (`index`: the request's image, counted from 0)."""
+
+    model: str
+    index: int
+    detail: str
+
+
+@fact
 class NoChatTemplate(RuntimeFailure):
     model: str
 

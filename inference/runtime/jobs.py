@@ -58,6 +58,12 @@ class Thinking:
 TokenClaim = Callable[[int, int], int]
 
 
+# Where each of a chat's images goes in its rendered prompt (runtime.llama.vision gives it to
+# llama.cpp's multimodal library). Not mtmd's default "<__media__>": a text that happens to hold
+# that is text.
+IMAGE_MARKER = "<__llamasite_image__>"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelJob:
     """What any job for a model asks for."""
@@ -96,6 +102,9 @@ class ChatJob(GenerationJob):
     # tokens parsed, one BOS where the vocabulary wants it. None: rendered by the model's named
     # `chat_format` (llama-cpp-python's), if it has one.
     prompt_text: str | None = None
+    # Encoded image files, one per IMAGE_MARKER in prompt_text, in order (the model's projector
+    # reads them).
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +195,21 @@ JobEvent = PromptAccepted | TextDelta | Finished | Embedded | Tokenized | Detoke
 
 
 @dataclass(frozen=True)
+class PromptImage:
+    """An image's place in a prepared prompt: `length` positions from `start`, held by a
+    placeholder that stands for this image's content (a negative number: no token is one), so
+    that prefix matching and the prompt cache treat the same picture as the same tokens."""
+
+    start: int
+    length: int
+    data: bytes = field(repr=False)  # the encoded file (the projector encodes it when its turn comes)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A job whose prompt is tokenized and fits the context."""
 
@@ -196,6 +220,11 @@ class Prepared:
     thinking_end: tuple[int, ...] = ()  # the tokens of the job's thinking end marker (forced)
     shown: frozenset[int] = frozenset()  # control tokens of the job's markup, printed as text
     answer: Tokenized | Detokenized | None = None  # a job about the vocabulary, answered already
+    images: tuple[PromptImage, ...] = ()  # in the prompt, in order
+
+    def image_at(self, position: int) -> PromptImage | None:
+        """The image whose positions hold `position`, if any."""
+        return next((image for image in self.images if image.start <= position < image.end), None)
 
     def within_allowance(self, n_ctx: int) -> Prepared:
         """This job as its token allowance lets it run: the most it could use claimed (its
@@ -237,5 +266,6 @@ class Generation:
     queue_wait_ms: float | None = None  # from submitted to started
     stream: bool = False  # whether its events are streamed to the client as they come
     end_user: str = ""  # who the client says it is for (OpenAI's `user`)
+    images: int = 0  # in its prompts
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))

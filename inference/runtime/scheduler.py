@@ -10,6 +10,12 @@ accepted in the same step. New requests join between steps (continuous batching)
 n choices processes its prompt once, in its first slot, then shares those KV cells with its
 other slots.
 
+A prompt's images (runtime.llama.vision) are steps of their own: a llama.cpp batch holds tokens or
+embeddings, not both. When a prompt reaches an image, one step encodes it and a later one decodes
+it into the request's sequence; steps of the other requests' tokens come between, so a picture
+delays them by one image step at a time. An image's positions hold a placeholder standing for its
+content, so a slot or the prompt cache holding the same picture is a prefix like any other.
+
 A Request owns its slots: it is admitted into all of them at once, and each of its choices is
 finished exactly once — by its end of generation, a stop, its limit, a full context or
 cancellation — which frees its slot at once.
@@ -30,7 +36,16 @@ from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from inference.runtime.drafting import NgramDrafter
-from inference.runtime.jobs import Finished, GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta, TokenLogprob
+from inference.runtime.jobs import (
+    Finished,
+    GenerationJob,
+    JobEvent,
+    Prepared,
+    PromptAccepted,
+    PromptImage,
+    TextDelta,
+    TokenLogprob,
+)
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.slots import SequenceStore, Slot, SlotMemory
 from inference.runtime.stops import StopMatcher
@@ -71,6 +86,15 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
+class EncodedImage(Protocol):
+    """An image through its projector's encoder, waiting to be decoded; `close` frees it."""
+
+    def decode(self, seq_id: int, position: int) -> None:
+        """Decode it into the sequence from `position` (raises if llama.cpp fails)."""
+
+    def close(self) -> None: ...
+
+
 class DecodeContext(SequenceStore, Protocol):
     """What the scheduler needs of a model context."""
 
@@ -89,6 +113,9 @@ class DecodeContext(SequenceStore, Protocol):
         token's is empty unless `special`."""
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob: ...
+
+    def encode_image(self, image: PromptImage) -> EncodedImage:
+        """The image through the model's projector (only a context with one gets images)."""
 
 
 class ChoiceState(enum.Enum):
@@ -147,9 +174,27 @@ class Request(Generic[Key]):
     cancelled: Callable[[], bool]
     limit: int  # tokens each choice may generate
     choices: list[Choice[Key]] = field(default_factory=list)
+    encoded: EncodedImage | None = None  # its next image, encoded and waiting for its decode step
 
     def unfinished(self) -> list[Choice[Key]]:
         return [choice for choice in self.choices if choice.state is not ChoiceState.FINISHED]
+
+    def image_reached(self) -> PromptImage | None:
+        """The image its prompt has reached (an image step's to process), if any."""
+        first = self.choices[0]
+        return self.prepared.image_at(len(first.slot.tokens)) if first.state is ChoiceState.PROMPT else None
+
+    def text_ahead(self) -> int:
+        """How many of its prompt tokens still to process come before its next image."""
+        position = len(self.choices[0].slot.tokens)
+        ahead = [image.start for image in self.prepared.images if image.start >= position]
+        return min(ahead, default=len(self.prepared.prompt)) - position
+
+    def release(self) -> None:
+        """Free its encoded image, if it ended between its image's encode and decode steps."""
+        if self.encoded is not None:
+            self.encoded.close()
+            self.encoded = None
 
 
 class Scheduler(Generic[Key]):
@@ -169,6 +214,7 @@ class Scheduler(Generic[Key]):
         self._clock = clock
         self.n_ctx = context.n_ctx
         self._requests: list[Request[Key]] = []  # running, in the order they were admitted
+        self._image_last = False  # whether the last step was an image's (the next is the others')
         self.memory = SlotMemory(context, parallel, context.n_ctx, reserved=self._reserved, cache=cache)
         self.slots = self.memory.slots
 
@@ -209,9 +255,13 @@ class Scheduler(Generic[Key]):
                 choice.thinking = ThinkingWatch(job.thinking, prepared.thinking_end)
             slot.choice = choice
             request.choices.append(choice)
+        cut = prepared.image_at(reuse)
+        if cut is not None and cut.start < reuse:  # an image is decoded whole or not at all
+            self.memory.forget(slots[0], cut.start)
+            reuse = cut.start
         request.choices[0].pending = prompt[reuse:]
         self._requests.append(request)
-        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier)
+        return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier if reuse else "")
 
     def _samplers(self, job: GenerationJob) -> list[Sampler]:
         samplers: list[Sampler] = []
@@ -236,6 +286,12 @@ class Scheduler(Generic[Key]):
         for request in list(self._requests):
             if request.cancelled():
                 events += self._end(request, "cancelled")
+        due = self._image_due()
+        if due is not None and (not self._image_last or not self._tokens_due()):
+            self._image_last = True
+            self._image_step(*due)
+            return events
+        self._image_last = False
         batch, to_sample = self._fill_batch()
         if not batch:
             if self._requests:  # every generating choice waits for a cell: the context is full
@@ -248,6 +304,32 @@ class Scheduler(Generic[Key]):
             for each in ready:
                 events += self._verify(each, index, draft)
         return events
+
+    def _image_due(self) -> tuple[Request[Key], PromptImage] | None:
+        """The first request whose prompt has reached an image, and that image."""
+        return next(((request, image) for request in self._requests if (image := request.image_reached())), None)
+
+    def _tokens_due(self) -> bool:
+        """Whether a step of tokens has anything to do: a generating choice, or a prompt's text."""
+        return any(
+            choice.state is ChoiceState.GENERATING
+            or (choice.state is ChoiceState.PROMPT and request.image_reached() is None)
+            for request in self._requests
+            for choice in request.choices
+        )
+
+    def _image_step(self, request: Request[Key], image: PromptImage) -> None:
+        """Encode the image the request's prompt has reached, or decode it once encoded."""
+        if request.encoded is None:
+            request.encoded = self._context.encode_image(image)
+            return
+        first = request.choices[0]
+        request.encoded.decode(first.slot.seq_id, image.start)
+        request.encoded.close()
+        request.encoded = None
+        for token in first.pending[: image.length]:
+            self.memory.cells.append(first.slot, token)
+        del first.pending[: image.length]
 
     def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample[Key]]]:
         """The next tokens of generating choices (each followed by its draft, if any), then prompt
@@ -292,7 +374,9 @@ class Scheduler(Generic[Key]):
             first = request.choices[0]
             if first.state is not ChoiceState.PROMPT or budget <= 0:
                 continue
-            chunk = first.pending[:budget]
+            chunk = first.pending[: min(budget, request.text_ahead())]
+            if not chunk:  # its prompt has reached an image: an image step's
+                continue
             del first.pending[: len(chunk)]
             budget -= len(chunk)
             for token in chunk[:-1]:
@@ -371,6 +455,7 @@ class Scheduler(Generic[Key]):
         request = choice.request
         if not request.unfinished():
             self._requests.remove(request)
+            request.release()
         events: Events[Key] = []
         if reason != "cancelled":
             # A character cut by the end (its last bytes never generated) is not sent: it would
@@ -388,5 +473,6 @@ class Scheduler(Generic[Key]):
                 choice.state = ChoiceState.FINISHED
                 choice.sampler.close()
                 choice.slot.choice = None
+            request.release()
         self._requests.clear()
         self.memory.close()

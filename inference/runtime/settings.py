@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,13 +27,22 @@ class LoadSettings:
     prompt_cache_disk_mb: int = 0  # disk for prefixes across unloads and restarts (runtime.prompt_store)
     prompt_cache_directory: str = ""
     speculative: str = "ngram"  # "ngram": draft from each sequence's own tokens (runtime.drafting); "off"
+    projector: str = ""  # the model's multimodal projector file (runtime.llama.vision); "": text only
 
     @classmethod
-    def of(cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool) -> LoadSettings:
-        """What the engine needs of a model's settings; n_ctx capped to the trained context."""
+    def of(
+        cls, settings: ModelSettings, *, trained_context: int | None, embedding: bool, projector: Path | None = None
+    ) -> LoadSettings:
+        """What the engine needs of a model's settings; n_ctx capped to the trained context; the
+        projector for a generating context only (embeddings read text)."""
         engine_keys = {option.name for option in fields(cls)}
         given = {key: value for key, value in asdict(settings).items() if key in engine_keys}
-        return cls(**given | {"n_ctx": context_length(settings.n_ctx, trained_context), "embedding": embedding})
+        computed = {
+            "n_ctx": context_length(settings.n_ctx, trained_context),
+            "embedding": embedding,
+            "projector": str(projector) if projector and not embedding else "",
+        }
+        return cls(**given | computed)
 
     @property
     def batch_capacity(self) -> int:
@@ -45,6 +55,7 @@ class LoadSettings:
             f"n_ctx={self.n_ctx}, n_gpu_layers={self.n_gpu_layers}, "
             f"n_threads={self.n_threads}/{self.n_threads_batch}, "
             + ("embeddings" if self.embedding else f"parallel={self.parallel}, speculative={self.speculative}")
+            + (f", projector {Path(self.projector).name}" if self.projector else "")
         )
 
     def as_dict(self) -> dict[str, Any]:

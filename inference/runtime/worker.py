@@ -253,7 +253,9 @@ class ModelWorker:
         self.settings = self._settings_source()  # may read the database: not on the event loop
         model = self.model
         trained = read_gguf_info(model.path).context_length
-        self.load_settings = LoadSettings.of(self.settings, trained_context=trained, embedding=self.embedding)
+        self.load_settings = LoadSettings.of(
+            self.settings, trained_context=trained, embedding=self.embedding, projector=model.projector
+        )
         logger.info("loading %s (%.0f MB, %s)", self.name, model.size_bytes / 1e6, self.load_settings.describe())
         started = time.monotonic()
         engine = self._engine_factory(self.name, model.path, self.load_settings, self._load_progressed)

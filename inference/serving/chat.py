@@ -17,7 +17,7 @@ from inference.protocol import ChatRequest
 from inference.protocol.common import envelope, usage_body
 from inference.protocol.sse import sse_frame
 from inference.protocol.tool_calls import ToolCall
-from inference.runtime.errors import PromptTooLong
+from inference.runtime.errors import ImageRejected, PromptTooLong
 from inference.runtime.jobs import Finished, Generation, TokenLogprob
 from inference.serving import tools
 from inference.serving.answers import Part, answer_parts
@@ -44,6 +44,8 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
     form = await model_format(request.model, caller.allowed_models, request.conversation)
     try:
         return await _started(request, form, caller, id_prefix, compact_tools=False)
+    except ImageRejected as rejected:
+        raise _image_refusal(rejected, request) from None
     except PromptTooLong as too_long:
         if not request.tool_calls_possible:
             raise
@@ -58,6 +60,13 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
             too_long.n_ctx,
         )
         return await _started(request, form, caller, id_prefix, compact_tools=True)
+
+
+def _image_refusal(rejected: ImageRejected, request: ChatRequest) -> InvalidRequest:
+    """The runtime's refusal of an image as a 400 naming the request's part that held it."""
+    images = [image for turn in request.conversation for image in turn.images]
+    part = images[rejected.index].part if rejected.index < len(images) else "messages"
+    return InvalidRequest(f"model {rejected.model} cannot take the image at {part}: {rejected.detail}", param=part)
 
 
 async def _started(

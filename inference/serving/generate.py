@@ -15,6 +15,7 @@ from typing import Any
 from inference.errors import InvalidRequest
 from inference.runtime.channel import Job as QueuedJob
 from inference.runtime.jobs import (
+    ChatJob,
     Finished,
     Generation,
     GenerationJob,
@@ -76,6 +77,7 @@ async def generation_start(
         queue_wait_ms=round((first.started_at - first.submitted_at) * 1000, 1),
         stream=stream,
         end_user=end_user,
+        images=sum(len(job.images) for job in jobs if isinstance(job, ChatJob)),
     )
     generation.id = f"{id_prefix}{generation.id}"
     return generation

@@ -60,16 +60,12 @@ async def model_format(
 
 
 def _images_check(model_file: ModelFile, conversation: tuple[Turn, ...]) -> None:
-    """Refuse images before the model loads: for a model without a projector, and (until the
-    runtime encodes them) for every model."""
+    """Refuse images before the model loads, for a model without a projector."""
     image = next((image for turn in conversation for image in turn.images), None)
-    if image is None:
-        return
-    if not model_file.projector:
+    if image is not None and not model_file.projector:
         raise InvalidRequest(
             f"model {model_file.name} takes text only (no multimodal projector): {image.part}", param=image.part
         )
-    raise InvalidRequest(f"images are not served yet by this server: {image.part}", param=image.part)
 
 
 def _format_of(model_file: ModelFile, loaded: ModelSettings | None) -> ModelFormat:
@@ -179,7 +175,8 @@ def _chat_prompt(request: ChatRequest, form: ModelFormat, compact_tools: bool) -
     thinking = None
     if markup.thinking is not None:
         thinking = Thinking(markup.thinking.start, markup.thinking.end, open=thinking_open, budget=budget)
-    job = replace(request.job, prompt_text=prompt, thinking=thinking, markup=markup.texts())
+    images = tuple(image.data for turn in request.conversation for image in turn.images)
+    job = replace(request.job, prompt_text=prompt, thinking=thinking, markup=markup.texts(), images=images)
     return ChatPrompt(job, reading, native, offered)
 
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import llama_cpp
@@ -40,9 +40,12 @@ from inference.runtime.errors import (
     NoFillInMiddle,
     TemplateRejected,
 )
-from inference.runtime.jobs import ChatMessage, GenerationJob, TokenLogprob
+from inference.runtime.jobs import ChatMessage, GenerationJob, PromptImage, TokenLogprob
 from inference.runtime.scheduler import BatchToken
 from inference.runtime.settings import LoadSettings
+
+if TYPE_CHECKING:  # runtime.llama.vision builds on this module
+    from inference.runtime.llama.vision import EncodedImage, Projector
 
 logger = logging.getLogger(__name__)
 llama_cpp_logger = logging.getLogger("llama_cpp")
@@ -177,6 +180,7 @@ class LlamaModel:
             raise LlamaLoadError(_recent_llama_problems() or "llama.cpp could not load it")
         self.vocab = llama_cpp.llama_model_get_vocab(self.pointer)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd_input = llama_cpp.llama_model_n_embd_inp(self.pointer)  # an image's embeddings' width
         # (token, special) -> its text, as bytes (a token may end mid-UTF-8)
         self._pieces: dict[tuple[int, bool], bytes] = {}
         try:
@@ -207,7 +211,10 @@ class LlamaModel:
     def rendered_chat(self, text: str) -> list[int]:
         """A chat rendered by its template, as tokens, with the BOS the vocabulary wants once: a
         template that writes the BOS text itself would otherwise give two."""
-        tokens = self.tokenize(text, add_special=True)
+        return self.single_bos(self.tokenize(text, add_special=True))
+
+    def single_bos(self, tokens: list[int]) -> list[int]:
+        """The tokens without a second BOS where a template writes its text and the vocabulary adds one."""
         bos = llama_cpp.llama_vocab_bos(self.vocab)
         return tokens[1:] if len(tokens) > 1 and tokens[0] == tokens[1] == bos else tokens
 
@@ -360,10 +367,12 @@ def _sampling_parts(n_vocab: int, job: GenerationJob, seed_offset: int) -> list[
 
 
 class GenerationContext:
-    """A generating context of a model: the scheduler's DecodeContext over llama.cpp."""
+    """A generating context of a model: the scheduler's DecodeContext over llama.cpp; with the
+    model's projector, if it has one (it frees it when closed)."""
 
-    def __init__(self, model: LlamaModel, settings: LoadSettings) -> None:
+    def __init__(self, model: LlamaModel, settings: LoadSettings, projector: Projector | None = None) -> None:
         self._model = model
+        self.projector = projector
         self._ctx = model.context(settings)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -413,6 +422,10 @@ class GenerationContext:
         piece = self._model.piece(token)
         return TokenLogprob(piece.decode("utf-8", errors="replace"), logprob, tuple(piece), top)
 
+    def encode_image(self, image: PromptImage) -> EncodedImage:
+        assert self.projector is not None, "only a model with a projector is given images (engine checks)"
+        return self.projector.encode(image.data, self._ctx, self.batch_capacity)
+
     def forget(self, seq_id: int, keep: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1)
 
@@ -435,6 +448,8 @@ class GenerationContext:
     def close(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
+        if self.projector is not None:
+            self.projector.close()
 
 
 class EmbeddingContext:
