@@ -210,12 +210,6 @@ async def test_a_bigger_image_than_max_image_bytes_is_refused(use_config) -> Non
     openai_error(await post("/v1/responses", responses_image(data_url(big))), "input[0].content[1]", "1024 bytes")
 
 
-async def test_with_fetch_image_urls_on_an_http_image_is_still_refused_as_not_supported_yet(use_config) -> None:
-    use_config({"fetch_image_urls": True})
-    response = await post("/v1/chat/completions", chat_image("https://example.com/cat.png"))
-    openai_error(response, "messages[0].content[1]", "not supported yet")
-
-
 async def test_more_images_than_a_request_may_carry_are_refused_at_the_first_too_many(use_config) -> None:
     part = {"type": "image_url", "image_url": {"url": data_url(PICTURE)}}
     messages = [{"role": "user", "content": [part, part]} for _ in range(MAX_IMAGES // 2)]
