@@ -334,13 +334,15 @@ async def test_the_first_failure_ends_the_fetching_of_the_others(fetching: Fetch
 
 @pytest.fixture
 def resolving(monkeypatch: pytest.MonkeyPatch) -> Resolving:
-    """Answer the event loop's name lookups with the given addresses (a fake DNS); returns the
-    names looked up."""
+    """Answer the event loop's name lookups with the given addresses (a fake DNS; none: the name
+    does not resolve); returns the names looked up."""
     asked: list[str] = []
 
     def install(*addresses: str) -> list[str]:
         async def getaddrinfo(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
             asked.append(host)
+            if not addresses:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
             return [
                 (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
                 for a in addresses
@@ -386,3 +388,11 @@ async def test_more_redirects_than_allowed_are_refused(
     assert turn.images[0].data == PICTURE
     with pytest.raises(InvalidRequest, match=f"redirected more than {MAX_REDIRECTS} times"):
         await images_fetched(conversation(pictures.url(to(chain))))
+
+
+async def test_a_redirect_to_a_name_that_does_not_resolve_is_refused(
+    fetching: Fetching, pictures: Pictures, resolving: Resolving
+) -> None:
+    resolving()
+    with pytest.raises(InvalidRequest, match="redirected to nowhere.test, which does not resolve"):
+        await images_fetched(conversation(pictures.url(to("http://nowhere.test/cat.png"))))
