@@ -80,12 +80,13 @@ class ServerConfig:
     instance_name: str
     require_api_key: bool | None  # None: only when listening beyond this machine
     allowed_hosts: tuple[str, ...]
-    max_body_bytes: int
+    max_body_bytes: int  # given, or (null) 8 MiB for the text plus one max_image_bytes image in base64
     behind_https_proxy: bool
     peers: tuple[str, ...]  # other llamasite servers' base URLs, for the models this one lacks
     api_key_cache_seconds: float  # how long a verified key is accepted while the database is away
-    fetch_image_urls: bool  # an image given by an http(s) URL may be fetched (not yet: refused either way)
-    max_image_bytes: int  # the largest image a request may carry, decoded
+    fetch_image_urls: bool  # an image given by an http(s) URL is fetched (serving.image_urls), else refused
+    max_image_bytes: int  # the largest image a request may carry, decoded or fetched
+    image_fetch_timeout: float  # seconds one image by URL may take to fetch, redirects included
 
     @property
     def instance(self) -> str:
@@ -267,9 +268,8 @@ def _strings(value: Any) -> str | None:
 
 
 def _aliases(value: Any) -> str | None:
-    if not isinstance(value, dict) or not all(isinstance(name, str) and name for name in value.values()):
-        return "must be an object of {alias: model name}"
-    return None
+    ok = isinstance(value, dict) and all(isinstance(name, str) and name for name in value.values())
+    return None if ok else "must be an object of {alias: model name}"
 
 
 def _preload(value: Any) -> str | None:
@@ -283,9 +283,8 @@ def _object(value: Any) -> str | None:
 
 
 def _table(value: Any) -> str | None:
-    if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
-        return "must be an object of {model name: {setting: value}}"
-    return None
+    ok = isinstance(value, dict) and all(isinstance(entry, dict) for entry in value.values())
+    return None if ok else "must be an object of {model name: {setting: value}}"
 
 
 # Settings of a model: model_manager holds their defaults, model_manager.models.<name> overrides.
@@ -310,8 +309,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "prompt_cache_mb": _Key(1024, _integer(0)),
     "prompt_cache_disk_mb": _Key(4096, _integer(0)),
     "prompt_cache_directory": _Key("prompt-cache", _string(allow_empty=False)),
-    # Speculative decoding by prompt lookup (runtime.drafting), or "off".
-    "speculative": _Key("ngram", _one_of("ngram", "off")),
+    "speculative": _Key("ngram", _one_of("ngram", "off")),  # by prompt lookup (runtime.drafting), or "off"
     # Sampling defaults for requests that leave them out (llama.cpp server's values).
     "temperature": _Key(0.8, _number(0)),
     "top_p": _Key(0.95, _fraction),
@@ -329,12 +327,13 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "instance_name": _Key("", _string(allow_empty=True)),
         "require_api_key": _Key(None, _boolean),
         "allowed_hosts": _Key([], _strings),
-        "max_body_bytes": _Key(8 * 1024 * 1024, _integer(1024)),
+        "max_body_bytes": _Key(None, _integer(1024)),
         "behind_https_proxy": _Key(False, _boolean),
         "peers": _Key([], _urls("URLs", "a server's base URL such as 'http://127.0.0.1:8081'")),
         "api_key_cache_seconds": _Key(60, _number(0)),
         "fetch_image_urls": _Key(False, _boolean),
         "max_image_bytes": _Key(20 * 1024 * 1024, _integer(1)),
+        "image_fetch_timeout": _Key(10, _number(0, exclusive=True)),
     },
     "model_manager": {
         "models_directory": _Key("./models", _string(allow_empty=False)),
@@ -348,9 +347,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "models": _Key({}, _table),
         "aliases": _Key({}, _aliases),
         "preload": _Key([], _preload),
-        # The largest file a pull downloads (MiB; 0: no limit), checked against the size the
-        # server gives and again as bytes arrive. 100 GiB: above any one file on Hugging Face
-        # (which holds at most 50 GB per file), below what an endless body should be let write.
+        # The largest file a pull downloads (MiB; 0: no limit). 100 GiB: above any one file on
+        # Hugging Face (at most 50 GB), below what an endless body should be let write.
         "max_pull_mb": _Key(100 * 1024, _integer(0)),
     },
     "records": {
@@ -455,6 +453,8 @@ def load_config(path: Path | None = None) -> Config:
     for key in ("cors_origins", "allowed_hosts", "peers"):
         server[key] = tuple(server[key])
     server["log_level"] = server["log_level"].upper()
+    if server["max_body_bytes"] is None:  # a body that can carry one image of max_image_bytes in base64
+        server["max_body_bytes"] = 8 * 1024 * 1024 + (server["max_image_bytes"] + 2) // 3 * 4
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
     manager["n_threads"] = manager["n_threads"] or generation_threads()
     manager["n_threads_batch"] = manager["n_threads_batch"] or physical_cores()

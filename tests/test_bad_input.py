@@ -34,6 +34,8 @@ def blocks(*content: Any, role: str = "user") -> list[dict[str, Any]]:
 
 
 JSON_TYPE = "application/json"
+# Over max_body_bytes' default: 8 MiB of text and one 20 MiB image in base64 (26.7 MiB).
+OVER_THE_BODY_LIMIT = b"x" * (35 * 1024 * 1024)
 
 
 def deep(depth: int) -> bytes:
@@ -183,7 +185,7 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
     (EMBEDDINGS, body(EMBEDDINGS, input="Hi " * 20_000), JSON_TYPE),
     (EMBEDDINGS, body(EMBEDDINGS, dimensions=8), JSON_TYPE),
     (EMBEDDINGS, body(EMBEDDINGS, encoding_format="hex"), JSON_TYPE),
-    (CHAT, b"x" * (9 * 1024 * 1024), JSON_TYPE),  # over max_body_bytes: a 413
+    (CHAT, OVER_THE_BODY_LIMIT, JSON_TYPE),  # a 413
     (RESPONSES, body(RESPONSES, input=[{"role": "user", "content": "a"}] * 2049), JSON_TYPE),
     (
         RESPONSES,
@@ -215,7 +217,7 @@ HAND_PICKED: list[tuple[str, bytes, str]] = [
         json.dumps({key: value for key, value in VALID[MESSAGES].items() if key != "max_tokens"}).encode(),
         JSON_TYPE,
     ),
-    (MESSAGES, b"x" * (9 * 1024 * 1024), JSON_TYPE),
+    (MESSAGES, OVER_THE_BODY_LIMIT, JSON_TYPE),
     (COUNT_TOKENS, json.dumps({"model": SMOLLM2}).encode(), JSON_TYPE),
     (COUNT_TOKENS, json.dumps({"model": "nope", "messages": HELLO}).encode(), JSON_TYPE),
     (COUNT_TOKENS, json.dumps({"messages": blocks({"type": "image", "source": {}})}).encode(), JSON_TYPE),

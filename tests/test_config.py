@@ -111,6 +111,23 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("server", "body_bytes"),
+    [
+        ({}, 8 * 1024 * 1024 + 27_962_028),  # 20 MiB of image is 27,962,028 bytes of base64
+        ({"max_body_bytes": None}, 8 * 1024 * 1024 + 27_962_028),
+        ({"max_image_bytes": 3 * 1024 * 1024}, 12 * 1024 * 1024),
+        ({"max_body_bytes": 4096}, 4096),  # given: as given, whatever the images
+    ],
+)
+def test_the_body_limit_holds_the_text_and_one_largest_image_in_base64_unless_given(
+    tmp_path: Path, server: dict, body_bytes: int
+) -> None:
+    config = load_config(write(tmp_path, {"server": server}))
+    assert config.server.max_body_bytes == body_bytes
+    assert (config.server.fetch_image_urls, config.server.image_fetch_timeout) == (False, 10)
+
+
+@pytest.mark.parametrize(
     ("document", "key", "problem"),
     [
         ({"server": {"port": "8080"}}, "server.port", "must be an integer"),
@@ -142,6 +159,9 @@ def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"model_manager": {"aliases": ["gpt-4o"]}}, "model_manager.aliases", "{alias: model name}"),
         ({"server": {"peers": ["127.0.0.1:8081"]}}, "server.peers", "base URL"),
         ({"server": {"peers": "http://127.0.0.1:8081"}}, "server.peers", "list of URLs"),
+        ({"server": {"max_body_bytes": 100}}, "server.max_body_bytes", "≥ 1024"),
+        ({"server": {"image_fetch_timeout": 0}}, "server.image_fetch_timeout", "> 0"),
+        ({"server": {"fetch_image_urls": "yes"}}, "server.fetch_image_urls", "true or false"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(tmp_path: Path, document: dict, key: str, problem: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
+from inference.config import get_config
 from inference.protocol import ChatCompletionRequestSerializer, MessagesRequestSerializer
 from inference.protocol.images import MAX_IMAGES, MEDIA_MARKER, ImageRefused, image_from_bytes
 from inference.protocol.responses import ResponseRequestSerializer
@@ -208,10 +209,18 @@ async def test_a_bigger_image_than_max_image_bytes_is_refused(use_config) -> Non
     openai_error(await post("/v1/responses", responses_image(data_url(big))), "input[0].content[1]", "1024 bytes")
 
 
-async def test_with_fetch_image_urls_on_an_http_image_is_still_refused_as_not_supported_yet(use_config) -> None:
-    use_config({"fetch_image_urls": True})
-    response = await post("/v1/chat/completions", chat_image("https://example.com/cat.png"))
-    openai_error(response, "messages[0].content[1]", "not supported yet")
+@pytest.mark.slow  # a 20 MiB image, 27 MB of JSON
+async def test_an_image_of_max_image_bytes_fits_the_default_body_limit_with_text_beside_it(
+    use_config, settings
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = get_config().server.max_body_bytes  # as llamasite.settings sets it
+    largest = PICTURE + bytes(get_config().server.max_image_bytes - len(PICTURE))
+    body = chat_image(data_url(largest))
+    body["messages"].insert(0, {"role": "system", "content": "x" * (7 * 1024 * 1024)})
+    response = await post("/v1/chat/completions", body)
+    openai_error(response, "messages[1].content[1]", "takes text only")  # read, decoded and checked: not a 413
+    body["messages"][0]["content"] += "x" * (1024 * 1024)
+    assert (await post("/v1/chat/completions", body)).status_code == 413
 
 
 async def test_more_images_than_a_request_may_carry_are_refused_at_the_first_too_many(use_config) -> None:

@@ -1,7 +1,10 @@
 """Images as requests carry them, whatever the API: a data URL or base64 data decoded, its
 format known by its magic bytes (PNG, JPEG, GIF, WebP, BMP), its size read from its header
 (stdlib only), and the limits applied (`server.max_image_bytes`, MAX_PIXELS, MAX_IMAGES). An
-http(s) URL is refused (fetching is not implemented), any other scheme always.
+http(s) URL is refused while `server.fetch_image_urls` is off; with it on, it becomes an Image
+not fetched yet (`url` set, no data: `pending`), which serving fetches before the conversation
+is used (`inference.serving.image_urls`) and checks as these are. Any other scheme is always
+refused. Nothing here does I/O.
 
 A turn's text holds MEDIA_MARKER where each of its images was, in order: llama.cpp's multimodal
 library (mtmd) places each image at that marker in the prompt."""
@@ -14,6 +17,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
@@ -49,6 +53,12 @@ class Image:
     height: int
     sha256: str  # of `data`: the runtime's cache key
     at: tuple[str | int, ...] = ()  # where the request had it: ("messages", 0, "content", 1)
+    url: str = ""  # an http(s) URL it was given by (no `data` yet: `pending` until serving fetches it)
+
+    @property
+    def pending(self) -> bool:
+        """Given by an http(s) URL and not fetched yet."""
+        return bool(self.url) and not self.data
 
     @property
     def part(self) -> str:
@@ -60,8 +70,9 @@ class Image:
 
 
 def image_from_url(url: object) -> Image:
-    """An image given by URL (OpenAI's image_url, Anthropic's url source): a data URL decoded;
-    any other raises ImageRefused."""
+    """An image given by URL (OpenAI's image_url, Anthropic's url source): a data URL decoded; an
+    http(s) URL, with server.fetch_image_urls on, as an Image to fetch (`pending`); any other
+    raises ImageRefused."""
     if not isinstance(url, str) or not url:
         raise ImageRefused("Expected an image URL: a data URL such as 'data:image/png;base64,...'.")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -73,9 +84,17 @@ def image_from_url(url: object) -> Image:
             raise ImageRefused(f"A data URL image needs an image media type, not {header[:-7] or 'none'!r}.")
         return image_from_base64(payload)
     if scheme in ("http", "https"):
-        if get_config().server.fetch_image_urls:
-            raise ImageRefused("Images by http(s) URL are not supported yet by this server; send a data URL.")
-        raise ImageRefused("Images by http(s) URL are not fetched: server.fetch_image_urls is off; send a data URL.")
+        if not get_config().server.fetch_image_urls:
+            raise ImageRefused(
+                "Images by http(s) URL are not fetched: server.fetch_image_urls is off; send a data URL."
+            )
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed port or IPv6 address
+            host = None
+        if not host:
+            raise ImageRefused("An http(s) image URL needs a valid host: 'https://example.com/cat.png'.")
+        return Image(b"", "", 0, 0, "", url=url)
     what = f"a {scheme}: URL" if scheme else "a URL without a scheme"
     raise ImageRefused(f"An image URL must be a data URL ('data:image/png;base64,...'), not {what}.")
 

@@ -22,6 +22,7 @@ from inference.runtime.jobs import Finished, Generation, TokenLogprob
 from inference.serving import tools
 from inference.serving.answers import Part, answer_parts
 from inference.serving.generate import Caller, generation_start
+from inference.serving.image_urls import images_fetched
 from inference.serving.prompts import AnswerReading, ChatPrompt, ModelFormat, chat_prompt, model_format
 from inference.serving.streams import sse_stream
 from inference.templates import CallArguments, CallStarted, Content, Reasoning, forced_call_grammar
@@ -41,7 +42,7 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
     """Start a chat completion (its conversation rendered for its model, its tools and response
     format applied); its id begins with `id_prefix`. A prompt too long with every tool described
     in full is tried again with the tools in short."""
-    form = await model_format(request.model, caller.allowed_models, request.conversation)
+    request, form = await _formatted(request, caller)
     try:
         return await _started(request, form, caller, id_prefix, compact_tools=False)
     except ImageRejected as rejected:
@@ -67,6 +68,13 @@ def _image_refusal(rejected: ImageRejected, request: ChatRequest) -> InvalidRequ
     images = [image for turn in request.conversation for image in turn.images]
     part = images[rejected.index].part if rejected.index < len(images) else "messages"
     return InvalidRequest(f"model {rejected.model} cannot take the image at {part}: {rejected.detail}", param=part)
+
+
+async def _formatted(request: ChatRequest, caller: Caller) -> tuple[ChatRequest, ModelFormat]:
+    """The request with its images given by URL fetched (every API's chat comes this way), and
+    its model's format, which refuses the images the model cannot see."""
+    request = replace(request, conversation=await images_fetched(request.conversation))
+    return request, await model_format(request.model, caller.allowed_models, request.conversation)
 
 
 async def _started(
@@ -260,7 +268,7 @@ class AppliedTemplate:
 async def template_apply(*, request: ChatRequest, caller: Caller) -> AppliedTemplate:
     """The prompt the model would get for this conversation (/apply-template), generation
     prompt included and without the BOS text its tokenizer adds."""
-    form = await model_format(request.model, caller.allowed_models, request.conversation)
+    request, form = await _formatted(request, caller)
     if form.template is None:
         raise InvalidRequest(
             f"model {form.model} is rendered by llama-cpp-python's chat_format, not a template", param="model"
