@@ -112,8 +112,9 @@ def csrf_token(html: str) -> str:
 
 # Replaces the page's fetch for one path: each request's JSON body is kept in
 # window.stubbedRequests, and it is answered with the next of the given streams (text/event-stream),
-# piece by piece; a null piece holds the stream until window.resumeStub() is called. Other paths
-# go to the real fetch. (Scripts run by the driver are not subject to the page's CSP.)
+# piece by piece; a null piece holds the stream until window.resumeStub() is called. Without
+# streams (null), the requests go on to the server. Other paths go to the real fetch. (Scripts
+# run by the driver are not subject to the page's CSP.)
 _STUB_FETCH = """
 const [path, streams] = arguments;
 const realFetch = window.fetch.bind(window);
@@ -123,6 +124,7 @@ window.resumeStub = () => { if (resume) resume(); };
 window.fetch = async (url, init) => {
   if (new URL(url, location.href).pathname !== path) return realFetch(url, init);
   window.stubbedRequests.push(JSON.parse(init.body));
+  if (streams === null) return realFetch(url, init);
   const pieces = streams.shift();
   const encoder = new TextEncoder();
   const body = new ReadableStream({
@@ -143,6 +145,12 @@ window.fetch = async (url, init) => {
 def stub_fetch(driver: Any, path: str, streams: list[list[str | None]]) -> None:
     """Answer the page's fetches of `path` with `streams`, one a request (see _STUB_FETCH)."""
     driver.execute_script(_STUB_FETCH, path, streams)
+
+
+def spy_fetch(driver: Any, path: str) -> None:
+    """Keep the JSON bodies of the page's fetches of `path` (see stubbed_requests); the server
+    answers them."""
+    driver.execute_script(_STUB_FETCH, path, None)
 
 
 def stubbed_requests(driver: Any) -> list[Any]:

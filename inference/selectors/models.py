@@ -78,12 +78,18 @@ def expires_at(status: WorkerStatus) -> str | None:
 
 
 def models_with_state() -> list[dict[str, Any]]:
-    """Every model on disk, by name: its state in the pool ("unloaded" if it has none) and
-    whether it has a chat template (the GGUF header's; a `chat_format` setting also counts)."""
+    """Every model on disk, by name: its state in the pool ("unloaded" if it has none), whether
+    it has a chat template (the GGUF header's; a `chat_format` setting also counts) and what its
+    requests may hold (`input_modalities`, as in /v1/models)."""
     pool = model_pool()
     states = pool.status()
     return [
-        {"name": name, "state": str(states[name].state) if name in states else "unloaded", "chat": _can_chat(model)}
+        {
+            "name": name,
+            "state": str(states[name].state) if name in states else "unloaded",
+            "chat": _can_chat(model),
+            "input_modalities": model.input_modalities,
+        }
         for name, model in sorted(pool.catalog.available().items())
     ]
 

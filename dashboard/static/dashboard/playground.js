@@ -1,6 +1,7 @@
 // The playground: a chat with any model through the server's own /v1/chat/completions, as the
 // signed-in staff user (the X-Llamasite-Console header and the page's CSRF token stand in for an
-// API key). Conversations live in this browser's localStorage.
+// API key). Conversations live in this browser's localStorage. A model that takes images (its
+// input_modalities) gets them attached or pasted, sent as the chat API's image_url parts.
 (function () {
   const STORE = "llamasite.playground.conversations";
   const $ = (id) => document.getElementById(id);
@@ -8,11 +9,27 @@
   let conversations = JSON.parse(localStorage.getItem(STORE) || "[]");
   let current = null;
   let running = null; // the AbortController of the answer being streamed
+  let pending = []; // the images attached to the next message: {name, data_url}
+
+  const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"];
+  const limits = $("composer").dataset; // the server's: maxImageBytes, maxBodyBytes, maxImages
 
   const SETTINGS = "llamasite.playground.settings";
   const SETTING_FIELDS = ["temperature", "max-tokens", "top-p", "seed", "json-mode"];
 
-  function save() { localStorage.setItem(STORE, JSON.stringify(conversations)); }
+  // Images soon fill the browser's storage (a few MiB an origin): then the conversations are
+  // kept without them, and the page says so.
+  function save() {
+    let full = false;
+    try {
+      localStorage.setItem(STORE, JSON.stringify(conversations));
+    } catch (error) {
+      if (error.name !== "QuotaExceededError") throw error;
+      full = true;
+      localStorage.setItem(STORE, JSON.stringify(conversations, (key, value) => (key === "data_url" ? undefined : value)));
+    }
+    $("storage-note").hidden = !full;
+  }
 
   function saveSettings() {
     const values = Object.fromEntries(SETTING_FIELDS.map((id) => [id, $(id).type === "checkbox" ? $(id).checked : $(id).value]));
@@ -35,8 +52,10 @@
       if (!option) continue;
       const state = row.state === "loading" && row.load_percent !== null ? "loading " + row.load_percent + "%" : row.state;
       option.dataset.state = row.state;
+      option.dataset.inputs = row.input_modalities.join(" ");
       option.textContent = option.textContent.replace(/ · [^·]+/, " · " + state);
     }
+    offerImages();
   }
 
   function watchStates() {
@@ -73,17 +92,38 @@
     }));
     $("system").value = current.system;
     $("messages").replaceChildren(...current.messages.map(bubble));
+    offerImages();
   }
 
   function bubble(message) {
     const box = document.createElement("div");
     box.className = "message " + message.role + (message.error ? " error" : "");
+    if (message.images && message.images.length) {
+      const images = document.createElement("div");
+      images.className = "images";
+      images.append(...message.images.map((image) => (image.data_url ? picture(image) : notKept(image))));
+      box.appendChild(images);
+    }
     const text = document.createElement("div");
     text.className = "text";
     box.appendChild(text);
     fill(box, message, false);
     if (message.stats) box.appendChild(statsLine(message.stats));
     return box;
+  }
+
+  function picture(image) {
+    const img = document.createElement("img");
+    img.src = image.data_url;
+    img.alt = img.title = image.name;
+    return img;
+  }
+
+  function notKept(image) {
+    const note = document.createElement("span");
+    note.className = "image-gone";
+    note.textContent = "(" + image.name + ": not kept in this browser)";
+    return note;
   }
 
   // Brings a message's box up to date: its thinking folded above the text (open only while the
@@ -165,10 +205,18 @@
     return value === "" ? undefined : Number(value);
   }
 
-  // A message as the chat request takes it: an assistant turn's tool calls go back as
-  // `tool_calls` (with content null when it said nothing else), its thinking as `reasoning_content`.
-  function wireMessage({ role, content, reasoning_content, tool_calls }) {
+  // A message as the chat request takes it: a user turn's images as content parts after its text
+  // (`image_url` with a data URL); an assistant turn's tool calls go back as `tool_calls` (with
+  // content null when it said nothing else), its thinking as `reasoning_content`.
+  function wireMessage({ role, content, images, reasoning_content, tool_calls }) {
     const message = { role, content };
+    const kept = (images || []).filter((image) => image.data_url);
+    if (kept.length) {
+      message.content = [
+        ...(content ? [{ type: "text", text: content }] : []),
+        ...kept.map((image) => ({ type: "image_url", image_url: { url: image.data_url } })),
+      ];
+    }
     const calls = (tool_calls || []).filter(Boolean);
     if (calls.length) {
       message.tool_calls = calls;
@@ -178,8 +226,14 @@
     return message;
   }
 
+  // The turns the next request carries: a turn that failed goes no further, neither its error nor
+  // the message it answered (a refused image would be refused again with every later turn).
+  function answered() {
+    return current.messages.filter((message, index, all) => !message.error && !(all[index + 1] || {}).error);
+  }
+
   function requestBody() {
-    const messages = current.messages.filter((message) => !message.error).map(wireMessage);
+    const messages = answered().map(wireMessage);
     if (current.system.trim()) messages.unshift({ role: "system", content: current.system });
     const body = {
       model: current.model, messages, stream: true, stream_options: { include_usage: true },
@@ -207,11 +261,11 @@
     }
   }
 
-  async function send(text) {
+  async function send(text, images) {
     current.model = $("model").value;
     current.system = $("system").value;
-    if (current.title === "New conversation") current.title = text.slice(0, 40);
-    current.messages.push({ role: "user", content: text });
+    if (current.title === "New conversation") current.title = (text || images.map((image) => image.name).join(", ")).slice(0, 40);
+    current.messages.push(images.length ? { role: "user", content: text, images } : { role: "user", content: text });
     const answer = { role: "assistant", content: "" };
     const body = requestBody();
     current.messages.push(answer);
@@ -295,6 +349,81 @@
     document.body.dataset.generating = on ? "yes" : "no";
   }
 
+  // Attaching is offered only where the chosen model takes images.
+  function takesImages() {
+    const option = $("model").selectedOptions[0];
+    return Boolean(option) && (option.dataset.inputs || "").split(" ").includes("image");
+  }
+
+  function offerImages() {
+    const on = takesImages();
+    $("attach").disabled = $("attach-file").disabled = !on;
+    if (on) $("attach").title = "Attach an image (PNG, JPEG, GIF, WebP or BMP), or paste one into the message";
+    else $("attach").title = $("model").value ? $("model").value + " takes text only" : "No model to send images to";
+  }
+
+  // Files chosen or pasted become pending images, each checked against the server's limits first.
+  async function attach(files) {
+    const problems = [];
+    for (const file of files) {
+      const problem = attachProblem(file);
+      if (problem) { problems.push(problem); continue; }
+      pending.push({ name: file.name || "pasted image", data_url: await dataUrlOf(file) });
+    }
+    $("attach-error").textContent = problems.join(" ");
+    $("attach-error").hidden = !problems.length;
+    showPending();
+  }
+
+  function attachProblem(file) {
+    const name = file.name || "The pasted image";
+    if (!takesImages()) return $("model").value + " takes text only: " + name + " was not attached.";
+    if (!IMAGE_TYPES.includes(file.type)) return name + " is not PNG, JPEG, GIF, WebP or BMP.";
+    if (file.size > Number(limits.maxImageBytes)) {
+      return name + " is " + size(file.size) + ", larger than the server takes (server.max_image_bytes: " + size(Number(limits.maxImageBytes)) + ").";
+    }
+    if (Math.ceil(file.size / 3) * 4 > Number(limits.maxBodyBytes)) {
+      return name + " is " + size(file.size) + ": as base64 it is larger than a request may be (server.max_body_bytes: " + size(Number(limits.maxBodyBytes)) + ").";
+    }
+    const sent = answered().flatMap((message) => message.images || []).filter((image) => image.data_url);
+    if (sent.length + pending.length >= Number(limits.maxImages)) {
+      return name + " was not attached: a request holds at most " + limits.maxImages + " images, the conversation's before it included.";
+    }
+    return null;
+  }
+
+  function size(bytes) {
+    if (bytes >= 1024 * 1024) return (bytes / 1024 / 1024).toFixed(1) + " MiB";
+    return bytes >= 1024 ? (bytes / 1024).toFixed(1) + " KiB" : bytes + " bytes";
+  }
+
+  function dataUrlOf(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  // The pending images as thumbnails, each with its remove button; with one, the text may be empty.
+  function showPending() {
+    $("attachments").replaceChildren(...pending.map((image) => {
+      const item = document.createElement("figure");
+      item.className = "attachment";
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "×";
+      remove.title = "Remove " + image.name;
+      remove.setAttribute("aria-label", remove.title);
+      remove.onclick = () => { pending = pending.filter((other) => other !== image); showPending(); };
+      item.append(picture(image), remove);
+      return item;
+    }));
+    $("prompt").required = !pending.length;
+  }
+
   function exportJson() {
     const blob = new Blob([JSON.stringify(conversations, null, 2)], { type: "application/json" });
     const link = document.createElement("a");
@@ -307,18 +436,31 @@
   $("composer").onsubmit = (event) => {
     event.preventDefault();
     const text = $("prompt").value.trim();
-    if (!text || running || !$("model").value) return;
+    if ((!text && !pending.length) || running || !$("model").value) return;
+    const images = pending;
+    pending = [];
+    showPending();
+    $("attach-error").hidden = true;
     $("prompt").value = "";
-    send(text);
+    send(text, images);
   };
   $("prompt").onkeydown = (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
   };
+  // An image pasted into the message is attached (text pasted with it still goes into the box).
+  $("prompt").onpaste = (event) => {
+    const images = [...event.clipboardData.files].filter((file) => file.type.startsWith("image/"));
+    if (!images.length) return;
+    if (!event.clipboardData.types.includes("text/plain")) event.preventDefault();
+    attach(images);
+  };
+  $("attach").onclick = () => $("attach-file").click();
+  $("attach-file").onchange = () => { attach([...$("attach-file").files]); $("attach-file").value = ""; };
   $("stop").onclick = () => running && running.abort();
   $("new-conversation").onclick = () => { if (!running) newConversation(); };
   $("export").onclick = exportJson;
   $("system").onchange = () => { current.system = $("system").value; save(); };
-  $("model").onchange = () => { current.model = $("model").value; save(); };
+  $("model").onchange = () => { current.model = $("model").value; save(); offerImages(); };
 
   for (const id of SETTING_FIELDS) $(id).onchange = saveSettings;
   restoreSettings();
