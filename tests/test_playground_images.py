@@ -1,8 +1,8 @@
 """Images in the playground, in Chromium: offered only for a model that takes them (its
 `input_modalities`), attached from a file or pasted into the message, shown as thumbnails to
 remove before sending, refused on the page beyond the server's limits; sent as the chat API's
-`image_url` parts after the text, shown in the conversation and kept with it. The server refuses
-images until the runtime encodes them: the page shows its 400, and that turn is not sent again."""
+`image_url` parts after the text, shown in the conversation and kept with it. A model without a
+projector refuses them: the page shows the server's 400, and that turn is not sent again."""
 
 from __future__ import annotations
 
@@ -179,52 +179,43 @@ def test_images_are_attached_shown_removed_and_sent_as_image_parts_in_chromium(
     paste(browser, OTHER, "pasted.png")
     wait_for(lambda: len(thumbnails(browser)) == 2, 10)
     assert thumbnails(browser) == [data_url(SMALL), data_url(OTHER)]
-
-    # The server refuses images for now: its 400 is the answer, and the request held them.
-    spy_fetch(browser, "/v1/chat/completions")
-    answer = ask(browser, "What is in these pictures?")
-    wait_for(lambda: answer.find_elements(By.CSS_SELECTOR, ".stats"), 30)
-    assert "error" in answer.get_attribute("class").split()
-    assert answer.find_element(By.CSS_SELECTOR, ".text").text == (
-        "images are not served yet by this server: messages[0].content[1]"
-    )
-    [sent] = stubbed_requests(browser)
-    assert sent["model"] == VISION
-    assert sent["messages"] == [
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "What is in these pictures?"},
-                {"type": "image_url", "image_url": {"url": data_url(SMALL)}},
-                {"type": "image_url", "image_url": {"url": data_url(OTHER)}},
-            ],
-        }
+    image_parts = [
+        {"type": "image_url", "image_url": {"url": data_url(SMALL)}},
+        {"type": "image_url", "image_url": {"url": data_url(OTHER)}},
     ]
-    question = browser.find_elements(By.CSS_SELECTOR, ".message.user")[-1]
-    assert images_in(question) == [data_url(SMALL), data_url(OTHER)]
-    assert question.find_element(By.CSS_SELECTOR, ".text").text == "What is in these pictures?"
-    assert thumbnails(browser) == []  # sent: the composer is empty again
 
-    # An image alone, to a model without a projector (attached before switching): the server's
-    # other refusal. The refused turn before it is not sent again.
-    attach_file(browser, files["small.png"])
-    wait_for(lambda: len(thumbnails(browser)) == 1, 10)
-    screenshot(browser, "playground-images")
+    # To a model without a projector (attached before switching): the server's 400 is the answer.
+    spy_fetch(browser, "/v1/chat/completions")
     choose_model(browser, SMOLLM2)
     assert not attach.is_enabled()
     answer = ask(browser, "")
     wait_for(lambda: answer.find_elements(By.CSS_SELECTOR, ".stats"), 30)
+    assert "error" in answer.get_attribute("class").split()
     assert answer.find_element(By.CSS_SELECTOR, ".text").text == (
         f"model {SMOLLM2} takes text only (no multimodal projector): messages[0].content[0]"
     )
-    assert stubbed_requests(browser)[1]["messages"] == [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(SMALL)}}]}
-    ]
-    set_field(browser, "max-tokens", "2")
-    answer = ask(browser, "Hi")
+    assert stubbed_requests(browser)[0]["messages"] == [{"role": "user", "content": image_parts}]
+    assert thumbnails(browser) == []  # sent: the composer is empty again
+
+    # To the model that sees: a real answer; the refused turn before it is not sent again.
+    choose_model(browser, VISION)
+    attach_file(browser, files["small.png"])
+    paste(browser, OTHER, "pasted.png")
+    wait_for(lambda: len(thumbnails(browser)) == 2, 10)
+    screenshot(browser, "playground-images")
+    set_field(browser, "max-tokens", "4")
+    answer = ask(browser, "What is in these pictures?")
     wait_for(lambda: answer.find_elements(By.CSS_SELECTOR, ".stats"), 60)
     assert "error" not in answer.get_attribute("class").split()
-    assert stubbed_requests(browser)[2]["messages"] == [{"role": "user", "content": "Hi"}]
+    assert answer.find_element(By.CSS_SELECTOR, ".text").text
+    sent = stubbed_requests(browser)[1]
+    assert sent["model"] == VISION
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "What is in these pictures?"}, *image_parts]}
+    ]
+    question = browser.find_elements(By.CSS_SELECTOR, ".message.user")[-1]
+    assert images_in(question) == [data_url(SMALL), data_url(OTHER)]
+    assert question.find_element(By.CSS_SELECTOR, ".text").text == "What is in these pictures?"
     no_csp_violations(browser)
 
 
