@@ -28,7 +28,9 @@ from inference.runtime.pool import model_pool
 from inference.serving import image_urls
 from inference.serving.image_urls import MAX_REDIRECTS, address_public, images_fetched
 from tests.conftest import SMOLLM2, write_config
+from tests.gguf_files import write_projector
 from tests.test_image_inputs import (
+    FETCH_OFF,
     PICTURE,
     anthropic_error,
     chat_image,
@@ -396,3 +398,15 @@ async def test_a_redirect_to_a_name_that_does_not_resolve_is_refused(
     resolving()
     with pytest.raises(InvalidRequest, match="redirected to nowhere.test, which does not resolve"):
         await images_fetched(conversation(pictures.url(to("http://nowhere.test/cat.png"))))
+
+
+async def test_a_stored_response_with_a_fetched_image_continued_after_fetching_is_off_is_a_400(
+    use_config: Callable[..., Path], models_dir: Path, pictures: Pictures
+) -> None:
+    write_projector(models_dir / f"mmproj-{SMOLLM2}.gguf")
+    use_config({"fetch_image_urls": True, "max_image_bytes": LIMIT, "image_fetch_timeout": TIMEOUT})
+    stored = await post("/v1/responses", responses_image(pictures.url("/cat.png")) | {"store": True})
+    assert stored.status_code == 200, stored.content
+    use_config()  # fetching turned off: the stored conversation's URL can no longer be fetched
+    continued = await post("/v1/responses", {"previous_response_id": stored.json()["id"], "input": "And?"})
+    openai_error(continued, "input[0].content[1]", FETCH_OFF)

@@ -153,3 +153,17 @@ async def test_an_image_request_and_a_text_request_on_one_model_are_served_toget
     assert model_pool().worker(SMOLLM2).status().in_flight == 1  # the text request generates on
     rest = b"".join([part async for part in chunks]).decode()
     assert '"finish_reason":"length"' in rest.replace(" ", "")
+
+
+async def test_a_stored_response_with_an_image_is_continued_with_the_picture_cached(seeing: Path) -> None:
+    content = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": url_of(png(8))}]
+    body = {"max_output_tokens": 16, "temperature": 0, "store": True, "input": [{"role": "user", "content": content}]}
+    first = (await post("/v1/responses", body)).json()
+    follow_up = {"max_output_tokens": 16, "previous_response_id": first["id"], "input": "And its colour?"}
+    second = await post("/v1/responses", follow_up)
+    assert second.status_code == 200, second.content
+    usage = second.json()["usage"]
+    assert usage["input_tokens_details"]["cached_tokens"] >= first["usage"]["input_tokens"]
+    many = [{"type": "input_image", "image_url": url_of(png(9))}] * 16  # 17 with the stored one
+    too_many = await post("/v1/responses", follow_up | {"input": [{"role": "user", "content": many}]})
+    assert too_many.status_code == 400 and "At most 16 images" in too_many.json()["error"]["message"]

@@ -230,7 +230,10 @@ def _message_turn(role: str, parts: list[dict[str, Any]], at: tuple[str | int, .
     texts, images = [], []
     for index, part in enumerate(parts):
         if part["type"] == "input_image":
-            images.append(replace(image_from_url(part["image_url"]), at=(*at, index)))
+            try:  # a stored URL, continued after server.fetch_image_urls was turned off: a 400 too
+                images.append(replace(image_from_url(part["image_url"]), at=(*at, index)))
+            except ImageRefused as refused:
+                raise refused.validation_error((*at, index)) from None
             texts.append(MEDIA_MARKER)
         else:
             texts.append(part["text"])
