@@ -5,6 +5,7 @@ cancelling between encode and decode frees it, and a projector that does not fit
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import zlib
@@ -19,6 +20,7 @@ from inference.runtime.engine import GenerationEngine
 from inference.runtime.errors import ImageRejected
 from inference.runtime.jobs import IMAGE_MARKER, ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
 from inference.runtime.llama import LlamaLoadError
+from inference.runtime.prompt_store import identity
 from inference.runtime.settings import LoadSettings
 from tests.chat_prompts import smollm2_prompt
 from tests.gguf_files import write_projector
@@ -227,3 +229,18 @@ def test_drafts_never_propose_an_images_positions() -> None:
     tokens = [1, 2, 3, *image, 9, 1, 2]
     assert drafter.propose(tokens, 3, most=8) == []  # the continuation of "1 2 3" is an image
     assert drafter.propose([1, 2, 3, 7, *image, 1, 2], 3, most=8) == [7]
+
+
+def test_the_disk_prompt_cache_is_kept_apart_per_projector_file(smollm2_file: Path, tmp_path: Path) -> None:
+    """Cached image positions are the projector's embeddings: another projector file, or the same
+    file changed, must not find them."""
+    first = write_projector(tmp_path / "one.gguf")
+    text_only = identity(smollm2_file, {})
+    with_first = identity(smollm2_file, {"projector": str(first)})
+    assert (
+        len({text_only, with_first, identity(smollm2_file, {"projector": str(write_projector(tmp_path / "two.gguf"))})})
+        == 3
+    )
+    write_projector(first, seed=1)
+    os.utime(first, ns=(1, 1))
+    assert identity(smollm2_file, {"projector": str(first)}) != with_first

@@ -37,8 +37,16 @@ KV_SETTINGS = ("n_ctx", "n_gpu_layers", "flash_attn", "parallel")
 def identity(model_path: Path, settings: dict[str, Any]) -> str:
     """The folder name of a model file as it is loaded now."""
     stat = model_path.stat()
-    shaping = {key: settings.get(key) for key in KV_SETTINGS}
-    digest = hashlib.sha256(json.dumps([model_path.name, stat.st_size, stat.st_mtime_ns, shaping]).encode())
+    shaping: list[Any] = [
+        model_path.name,
+        stat.st_size,
+        stat.st_mtime_ns,
+        {key: settings.get(key) for key in KV_SETTINGS},
+    ]
+    if settings.get("projector"):  # a cached image's cells are its projector's embeddings
+        projector = Path(settings["projector"])
+        shaping += [projector.name, projector.stat().st_size, projector.stat().st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(shaping).encode())
     return f"{model_path.stem}-{digest.hexdigest()[:16]}"
 
 
