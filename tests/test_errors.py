@@ -205,7 +205,8 @@ async def test_chat_on_a_model_without_a_chat_template_is_a_400(use_config, mode
 
 
 async def test_oversize_body_is_a_413(use_config) -> None:
-    giant = '{"messages": [{"role": "user", "content": "' + "a" * (9 * 1024 * 1024) + '"}]}'
+    use_config({"max_body_bytes": 1024 * 1024})
+    giant = '{"messages": [{"role": "user", "content": "' + "a" * (2 * 1024 * 1024) + '"}]}'
     error = error_of(await post_raw(giant), 413)
     assert error["type"] == "invalid_request_error"
 

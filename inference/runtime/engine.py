@@ -188,7 +188,7 @@ class GenerationEngine(Generic[Key]):
 
     def keep_prompt_cache(self) -> None:
         """Store the hottest prompt prefixes on disk before an unload (not after a failure)."""
-        self._scheduler.persist_prompt_cache()
+        self._scheduler.memory.persist()
 
     def close(self) -> None:
         self._scheduler.close()

@@ -47,7 +47,7 @@ from inference.runtime.jobs import (
     TokenLogprob,
 )
 from inference.runtime.prompt_cache import PromptCache
-from inference.runtime.slots import SequenceStore, Slot, SlotMemory
+from inference.runtime.slots import KvCells, SequenceStore, Slot, SlotMemory
 from inference.runtime.stops import StopMatcher
 from inference.runtime.thinking import ThinkingWatch
 
@@ -184,6 +184,26 @@ class Request(Generic[Key]):
         first = self.choices[0]
         return self.prepared.image_at(len(first.slot.tokens)) if first.state is ChoiceState.PROMPT else None
 
+    def tokens_due(self) -> bool:
+        """Whether a step of tokens has anything of it: a generating choice, or its prompt's text."""
+        return any(choice.state is ChoiceState.GENERATING for choice in self.choices) or (
+            self.choices[0].state is ChoiceState.PROMPT and self.image_reached() is None
+        )
+
+    def image_step(self, context: DecodeContext, cells: KvCells) -> None:
+        """Encode the image its prompt has reached, or decode it once encoded (its cells taken)."""
+        image = self.image_reached()
+        assert image is not None, "an image step is taken for a request whose prompt reached an image"
+        if self.encoded is None:
+            self.encoded = context.encode_image(image)
+            return
+        first = self.choices[0]
+        self.encoded.decode(first.slot.seq_id, image.start)
+        self.release()
+        for token in first.pending[: image.length]:
+            cells.append(first.slot, token)
+        del first.pending[: image.length]
+
     def text_ahead(self) -> int:
         """How many of its prompt tokens still to process come before its next image."""
         position = len(self.choices[0].slot.tokens)
@@ -245,7 +265,7 @@ class Scheduler(Generic[Key]):
         if claimed is None:
             return None
         slots, reuse, tier = claimed
-        samplers = self._samplers(job)
+        samplers = _samplers(self._context, job)
         limit = min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt))
         request = Request(key, prepared, job, cancelled, limit=limit)
         for index, (slot, sampler) in enumerate(zip(slots, samplers)):
@@ -263,21 +283,6 @@ class Scheduler(Generic[Key]):
         self._requests.append(request)
         return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier if reuse else "")
 
-    def _samplers(self, job: GenerationJob) -> list[Sampler]:
-        samplers: list[Sampler] = []
-        try:
-            for index in range(job.n):
-                samplers.append(self._context.sampler(job, seed_offset=index))
-        except BaseException:
-            for sampler in samplers:
-                sampler.close()
-            raise
-        return samplers
-
-    def persist_prompt_cache(self) -> None:
-        """Store the slots' sequences and the RAM cache on disk (the model is unloading)."""
-        self.memory.persist()
-
     # --- steps ----------------------------------------------------------------------------------
 
     def step(self) -> Events[Key]:
@@ -286,10 +291,10 @@ class Scheduler(Generic[Key]):
         for request in list(self._requests):
             if request.cancelled():
                 events += self._end(request, "cancelled")
-        due = self._image_due()
-        if due is not None and (not self._image_last or not self._tokens_due()):
+        due = next((request for request in self._requests if request.image_reached()), None)
+        if due is not None and (not self._image_last or not any(r.tokens_due() for r in self._requests)):
             self._image_last = True
-            self._image_step(*due)
+            due.image_step(self._context, self.memory.cells)
             return events
         self._image_last = False
         batch, to_sample = self._fill_batch()
@@ -304,32 +309,6 @@ class Scheduler(Generic[Key]):
             for each in ready:
                 events += self._verify(each, index, draft)
         return events
-
-    def _image_due(self) -> tuple[Request[Key], PromptImage] | None:
-        """The first request whose prompt has reached an image, and that image."""
-        return next(((request, image) for request in self._requests if (image := request.image_reached())), None)
-
-    def _tokens_due(self) -> bool:
-        """Whether a step of tokens has anything to do: a generating choice, or a prompt's text."""
-        return any(
-            choice.state is ChoiceState.GENERATING
-            or (choice.state is ChoiceState.PROMPT and request.image_reached() is None)
-            for request in self._requests
-            for choice in request.choices
-        )
-
-    def _image_step(self, request: Request[Key], image: PromptImage) -> None:
-        """Encode the image the request's prompt has reached, or decode it once encoded."""
-        if request.encoded is None:
-            request.encoded = self._context.encode_image(image)
-            return
-        first = request.choices[0]
-        request.encoded.decode(first.slot.seq_id, image.start)
-        request.encoded.close()
-        request.encoded = None
-        for token in first.pending[: image.length]:
-            self.memory.cells.append(first.slot, token)
-        del first.pending[: image.length]
 
     def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample[Key]]]:
         """The next tokens of generating choices (each followed by its draft, if any), then prompt
@@ -476,3 +455,16 @@ class Scheduler(Generic[Key]):
             request.release()
         self._requests.clear()
         self.memory.close()
+
+
+def _samplers(context: DecodeContext, job: GenerationJob) -> list[Sampler]:
+    """A sampler per choice of the job; none left behind if one fails."""
+    samplers: list[Sampler] = []
+    try:
+        for index in range(job.n):
+            samplers.append(context.sampler(job, seed_offset=index))
+    except BaseException:
+        for sampler in samplers:
+            sampler.close()
+        raise
+    return samplers
