@@ -204,8 +204,8 @@ async def test_chat_on_a_model_without_a_chat_template_is_a_400(use_config, mode
     assert "chat template" in error["message"] and "/v1/completions" in error["message"]
 
 
-async def test_oversize_body_is_a_413(use_config) -> None:
-    use_config({"max_body_bytes": 1024 * 1024})
+async def test_oversize_body_is_a_413(use_config, settings) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # server.max_body_bytes, as llamasite.settings sets it
     giant = '{"messages": [{"role": "user", "content": "' + "a" * (2 * 1024 * 1024) + '"}]}'
     error = error_of(await post_raw(giant), 413)
     assert error["type"] == "invalid_request_error"
