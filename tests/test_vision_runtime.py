@@ -18,12 +18,13 @@ import pytest
 from inference.runtime.drafting import NgramDrafter
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.errors import ImageRejected
-from inference.runtime.jobs import IMAGE_MARKER, ChatJob, ChatMessage, Finished, PromptAccepted, Sampling, TextDelta
+from inference.runtime.jobs import IMAGE_MARKER, ChatJob, ChatMessage, Finished, Sampling
 from inference.runtime.llama import LlamaLoadError
 from inference.runtime.prompt_store import identity
 from inference.runtime.settings import LoadSettings
 from tests.chat_prompts import smollm2_prompt
 from tests.gguf_files import write_projector
+from tests.test_batching import run_all
 
 pytestmark = pytest.mark.slow
 
@@ -102,19 +103,6 @@ class Counted:
         context.encode_image = counted  # type: ignore[method-assign]
 
 
-def run(engine: GenerationEngine, jobs: dict[str, ChatJob]) -> dict[str, tuple[str, Finished, PromptAccepted]]:
-    texts = {key: "" for key in jobs}
-    accepted = {key: engine.start(key, engine.prepare(job), lambda: False) for key, job in jobs.items()}
-    results: dict[str, Any] = {}
-    while engine.running:
-        for key, event in engine.step():
-            if isinstance(event, TextDelta):
-                texts[key] += event.text
-            elif isinstance(event, Finished):
-                results[key] = (texts[key], event, accepted[key])
-    return results
-
-
 def test_the_prompt_grows_by_each_images_positions_and_generation_runs(make_engine) -> None:
     engine = make_engine()
     text_only = engine.prepare(seeing("Look: \nWhat is it?"))
@@ -126,7 +114,7 @@ def test_the_prompt_grows_by_each_images_positions_and_generation_runs(make_engi
     assert (first.length, second.start) == (IMAGE_TOKENS, first.end)
     assert all(token < 0 for token in two.prompt[first.start : second.end])  # placeholders, no tokens
     assert all(token >= 0 for token in two.prompt[: first.start] + two.prompt[second.end :])
-    text, finished, accepted = run(
+    text, finished, accepted = run_all(
         engine, {"a": seeing(f"Look: {IMAGE_MARKER}{IMAGE_MARKER}\nWhat is it?", png(1), png(2))}
     )["a"]
     assert finished.completion_tokens == 8 and text
@@ -136,8 +124,8 @@ def test_the_prompt_grows_by_each_images_positions_and_generation_runs(make_engi
 def test_different_pictures_give_different_answers_and_the_same_picture_the_same(make_engine) -> None:
     engine = make_engine()
     jobs = {str(seed): seeing(f"{IMAGE_MARKER}\nDescribe it.", png(seed), max_tokens=12) for seed in (1, 2)}
-    first = run(engine, jobs)
-    again = run(engine, {"1": seeing(f"{IMAGE_MARKER}\nDescribe it.", png(1), max_tokens=12)})
+    first = run_all(engine, jobs)
+    again = run_all(engine, {"1": seeing(f"{IMAGE_MARKER}\nDescribe it.", png(1), max_tokens=12)})
     assert first["1"][0] == again["1"][0]
     assert first["1"][0] != first["2"][0]
 
@@ -165,16 +153,16 @@ def test_a_follow_up_about_the_same_picture_reuses_it_without_encoding_it_again(
     engine = make_engine(prompt_cache_mb=64)
     counted = Counted(engine)
     question = f"{IMAGE_MARKER}\nWhat is this?"
-    answer, _, first = run(engine, {"a": seeing(question, png(5))})["a"]
+    answer, _, first = run_all(engine, {"a": seeing(question, png(5))})["a"]
     assert (first.cached_tokens, counted.encoded) == (0, 1)
     messages = (ChatMessage("user", question), ChatMessage("assistant", answer), ChatMessage("user", "And the colour?"))
     follow_up = ChatJob(
         messages=messages, prompt_text=smollm2_prompt(messages), images=(png(5),), max_tokens=4, sampling=GREEDY
     )
-    _, _, second = run(engine, {"b": follow_up})["b"]
+    _, _, second = run_all(engine, {"b": follow_up})["b"]
     assert second.cached_tokens >= first.prompt_tokens and second.cache_tier == "slot"
     assert counted.encoded == 1
-    other = run(engine, {"c": seeing(question, png(6))})["c"][2]  # another picture: reused up to it
+    other = run_all(engine, {"c": seeing(question, png(6))})["c"][2]  # another picture: reused up to it
     image = engine.prepare(seeing(question, png(6))).images[0]
     assert other.cached_tokens == image.start and counted.encoded == 2
 
@@ -192,7 +180,7 @@ def test_cancelling_between_encode_and_decode_frees_the_encoded_image(make_engin
     events = engine.step()
     assert [event.finish_reason for _, event in events if isinstance(event, Finished)] == ["cancelled"]
     assert counted.closed == 1 and engine.running == 0
-    assert run(engine, {"b": seeing(f"{IMAGE_MARKER} hello", png(8), max_tokens=2)})["b"][1].completion_tokens == 2
+    assert run_all(engine, {"b": seeing(f"{IMAGE_MARKER} hello", png(8), max_tokens=2)})["b"][1].completion_tokens == 2
 
 
 def test_an_image_llama_cpp_cannot_decode_is_refused_by_its_index(make_engine) -> None:
@@ -202,7 +190,7 @@ def test_an_image_llama_cpp_cannot_decode_is_refused_by_its_index(make_engine) -
     with pytest.raises(ImageRejected) as refused:
         engine.prepare(seeing(f"{IMAGE_MARKER}{IMAGE_MARKER}?", good, broken))
     assert refused.value.index == 1 and "could not decode" in refused.value.detail
-    assert run(engine, {"a": seeing(f"{IMAGE_MARKER}?", good, max_tokens=2)})["a"][1].completion_tokens == 2
+    assert run_all(engine, {"a": seeing(f"{IMAGE_MARKER}?", good, max_tokens=2)})["a"][1].completion_tokens == 2
 
 
 def test_a_model_without_a_projector_refuses_images(make_engine) -> None:
