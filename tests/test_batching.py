@@ -128,6 +128,32 @@ def test_a_follow_up_turn_skips_the_cached_history(make_engine) -> None:
     assert warm.cached_tokens >= cold.prompt_tokens - 2
 
 
+def test_requests_admitted_together_process_their_shared_prefix_once(make_engine) -> None:
+    """Four agents with one long system prompt, started together: the first processes it, the
+    others take its cells and process only their own question."""
+    engine = make_engine(parallel=4)
+    decoded: list[int] = []
+    decode = engine._context.decode
+    engine._context.decode = lambda batch: (decoded.append(len(batch)), decode(batch))[1]  # type: ignore[method-assign]
+    system = ChatMessage("system", "You are a careful assistant for the harbour office. " * 30)
+    jobs = {
+        key: smollm2_chat(
+            [system, ChatMessage("user", f"Question {key}: what is open on day {key}?")], max_tokens=4, sampling=GREEDY
+        )
+        for key in range(4)
+    }
+    prompts = {key: engine.prepare(job).prompt for key, job in jobs.items()}
+    results = run_all(engine, jobs)
+    shared = min(next(i for i, (a, b) in enumerate(zip(prompts[0], prompts[key])) if a != b) for key in range(1, 4))
+    assert shared > 300
+    assert results[0][2].cached_tokens == 0
+    unshared = sum(len(prompt) - shared for prompt in prompts.values())
+    generated = sum(finished.completion_tokens for _, finished, _ in results.values())
+    # Prefix once, each question's own tokens, and the generated tokens (the last not decoded).
+    assert sum(decoded) <= shared + unshared + generated
+    assert all(text for text, _, _ in results.values())
+
+
 def test_a_request_waits_for_room_in_the_shared_cache(make_engine) -> None:
     engine = make_engine(parallel=2, n_ctx=512)
     text = "Tell me about the harbour. " * 45

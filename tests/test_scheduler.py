@@ -9,8 +9,9 @@ the next step.
 
 The fake model is a function of the sequence so far and one draw of the choice's own random
 generator per sampled token, and it likes to repeat itself, so drafts often come true. Every
-operation runs on two schedulers, one drafting and one not: each choice's tokens come out the
-same (one a prefix of the other where cancellation or a full context cut one short)."""
+operation runs on two schedulers, one drafting and taking prefixes from running requests, and
+one doing neither: each choice's tokens come out the same (one a prefix of the other where
+cancellation or a full context cut one short)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from inference.runtime.choices import ChoiceState
+from inference.runtime.decoding import BatchToken
 from inference.runtime.jobs import ChatJob, Finished, Prepared, PromptAccepted, Sampling, TextDelta, TokenLogprob
 from inference.runtime.prompt_cache import PromptCache
-from inference.runtime.scheduler import BatchToken, ChoiceState, Scheduler
+from inference.runtime.scheduler import Scheduler
 
 END = 0
 VOCABULARY = 12
@@ -115,10 +118,13 @@ class FakeContext:
     def forget(self, seq_id: int, keep: int) -> None:
         del self.sequences[seq_id][keep:], self.tokens[seq_id][keep:]
 
-    def share(self, source: int, target: int) -> None:
-        assert not self.sequences[target], "sharing into a sequence that holds cells"
-        self.sequences[target] = list(self.sequences[source])
-        self.tokens[target] = list(self.tokens[source])
+    def share(self, source: int, target: int, start: int = 0, end: int = -1) -> None:
+        assert len(self.sequences[target]) == start, "sharing into a sequence that holds other cells"
+        assert self.tokens[target] == self.tokens[source][:start], "sharing after a different beginning"
+        end = len(self.sequences[source]) if end < 0 else end
+        assert start <= end <= len(self.sequences[source]), "sharing cells the source does not hold"
+        self.sequences[target] += self.sequences[source][start:end]
+        self.tokens[target] += self.tokens[source][start:end]
 
     def save_sequence(self, seq_id: int) -> bytes:
         return json.dumps(self.tokens[seq_id]).encode()
@@ -161,7 +167,10 @@ class Run:
     ) -> None:
         self.context = context
         cache = None if cache_bytes is None else PromptCache(cache_bytes, min_tokens=4, clock=clock)
-        self.scheduler = Scheduler(context, parallel, drafting=drafting, clock=clock, cache=cache)
+        # The drafting run also shares prefixes between running requests; the plain run does neither.
+        self.scheduler = Scheduler(
+            context, parallel, drafting=drafting, clock=clock, cache=cache, share_prefixes=drafting
+        )
         self.drafting = drafting
         self.requests: dict[Hashable, Tracked] = {}
 

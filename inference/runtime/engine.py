@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from inference.runtime.channel import Job
+from inference.runtime.choices import Events, Key
 from inference.runtime.errors import ImageRejected, PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
 from inference.runtime.jobs import (
     ChatJob,
@@ -40,7 +41,7 @@ from inference.runtime.llama import (
 from inference.runtime.llama.vision import load_projector
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.prompt_store import PromptStore, identity
-from inference.runtime.scheduler import Events, Key, Scheduler
+from inference.runtime.scheduler import Scheduler
 from inference.runtime.settings import LoadSettings
 
 

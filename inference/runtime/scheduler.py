@@ -10,6 +10,8 @@ accepted in the same step. New requests join between steps (continuous batching)
 n choices processes its prompt once, in its first slot, then shares those KV cells with its
 other slots.
 
+Requests whose prompts share a prefix compute it once (runtime.prefixes).
+
 A prompt's images (runtime.llama.vision) are steps of their own: a llama.cpp batch holds tokens or
 embeddings, not both. When a prompt reaches an image, one step encodes it and a later one decodes
 it into the request's sequence; steps of the other requests' tokens come between, so a picture
@@ -27,27 +29,17 @@ thread calls it.
 
 from __future__ import annotations
 
-import codecs
-import enum
 import logging
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Generic, NamedTuple
 
-from inference.runtime.drafting import NgramDrafter
-from inference.runtime.jobs import (
-    Finished,
-    GenerationJob,
-    JobEvent,
-    Prepared,
-    PromptAccepted,
-    PromptImage,
-    TextDelta,
-    TokenLogprob,
-)
+from inference.runtime.choices import Choice, ChoiceState, Events, Key, Request
+from inference.runtime.decoding import BatchToken, DecodeContext, Sampler
+from inference.runtime.jobs import GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta
+from inference.runtime.prefixes import follow, take_prefixes
 from inference.runtime.prompt_cache import PromptCache
-from inference.runtime.slots import KvCells, SequenceStore, Slot, SlotMemory
+from inference.runtime.slots import SlotMemory
 from inference.runtime.stops import StopMatcher
 from inference.runtime.thinking import ThinkingWatch
 
@@ -57,164 +49,11 @@ logger = logging.getLogger(__name__)
 # it delays their next tokens by one short step at a time, not by its whole length.
 PREFILL_CHUNK_WHILE_GENERATING = 64
 
-# What the caller knows each request by (a worker: the request's Job); its events come back under it.
-Key = TypeVar("Key", bound=Hashable)
-Events = list[tuple[Key, JobEvent]]
-
-
-class BatchToken(NamedTuple):
-    token: int
-    position: int
-    seq_id: int
-    logits: bool  # whether this token's logits are wanted (to sample the next one)
-
 
 class ToSample(NamedTuple, Generic[Key]):
     choice: Choice[Key]
     batch_index: int  # the token whose logits give the choice's next token
     draft: list[int]  # guesses at the tokens after that one, in the batch right after it
-
-
-class Sampler(Protocol):
-    def sample(self, index: int) -> int:
-        """The next token, from the logits of the last decode's `index`th batch token."""
-
-    def accept(self, token: int) -> None:
-        """Take `token` as the next one without sampling it (forced): the grammar and the
-        penalties go on from it as if it had been sampled."""
-
-    def close(self) -> None: ...
-
-
-class EncodedImage(Protocol):
-    """An image through its projector's encoder, waiting to be decoded; `close` frees it."""
-
-    def decode(self, seq_id: int, position: int) -> None:
-        """Decode it into the sequence from `position` (raises if llama.cpp fails)."""
-
-    def close(self) -> None: ...
-
-
-class DecodeContext(SequenceStore, Protocol):
-    """What the scheduler needs of a model context."""
-
-    n_ctx: int
-    batch_capacity: int  # tokens one decode takes; at least the number of slots
-
-    def decode(self, batch: list[BatchToken]) -> None:
-        """Process the batch (raises if llama.cpp fails)."""
-
-    def sampler(self, job: GenerationJob, seed_offset: int) -> Sampler: ...
-
-    def is_end_of_generation(self, token: int) -> bool: ...
-
-    def piece(self, token: int, special: bool = False) -> bytes:
-        """The token's text (a token may end in the middle of a UTF-8 character); a control
-        token's is empty unless `special`."""
-
-    def logprob(self, index: int, token: int, top: int) -> TokenLogprob: ...
-
-    def encode_image(self, image: PromptImage) -> EncodedImage:
-        """The image through the model's projector (only a context with one gets images)."""
-
-
-class ChoiceState(enum.Enum):
-    WAITING = "waiting"  # for its request's prompt (a second or later choice)
-    PROMPT = "prompt"  # processing its request's prompt (the first choice)
-    GENERATING = "generating"
-    FINISHED = "finished"
-
-
-@dataclass(eq=False)
-class Choice(Generic[Key]):
-    request: Request[Key]
-    index: int
-    slot: Slot
-    sampler: Sampler
-    state: ChoiceState
-    stops: StopMatcher
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to process
-    next_token: int | None = None  # sampled, to be decoded in the next step
-    generated: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    drafter: NgramDrafter = field(default_factory=NgramDrafter)
-    draft_proposed: int = 0
-    draft_accepted: int = 0
-    thinking: ThinkingWatch | None = None  # the job's thinking, counted and bounded
-
-    def next_at(self, index: int) -> tuple[int, bool]:
-        """The choice's next token and whether it was forced: the end of thinking when its budget
-        is spent (the sampler accepts it), or else sampled at the batch's `index`."""
-        forced = self.thinking.forced() if self.thinking is not None else None
-        if forced is None:
-            return self.sampler.sample(index), False
-        self.sampler.accept(forced)
-        return forced, True
-
-    def finished(self, reason: str) -> Finished:
-        request = self.request
-        return Finished(
-            reason,
-            len(request.prepared.prompt),
-            self.generated,
-            self.index,
-            stop_sequence=self.stops.matched,
-            draft_proposed=self.draft_proposed,
-            draft_accepted=self.draft_accepted,
-            reasoning_tokens=self.thinking.reasoning_tokens if self.thinking is not None else 0,
-        )
-
-
-@dataclass(eq=False)
-class Request(Generic[Key]):
-    key: Key
-    prepared: Prepared
-    job: GenerationJob  # the prepared job
-    cancelled: Callable[[], bool]
-    limit: int  # tokens each choice may generate
-    choices: list[Choice[Key]] = field(default_factory=list)
-    encoded: EncodedImage | None = None  # its next image, encoded and waiting for its decode step
-
-    def unfinished(self) -> list[Choice[Key]]:
-        return [choice for choice in self.choices if choice.state is not ChoiceState.FINISHED]
-
-    def image_reached(self) -> PromptImage | None:
-        """The image its prompt has reached (an image step's to process), if any."""
-        first = self.choices[0]
-        return self.prepared.image_at(len(first.slot.tokens)) if first.state is ChoiceState.PROMPT else None
-
-    def tokens_due(self) -> bool:
-        """Whether a step of tokens has anything of it: a generating choice, or its prompt's text."""
-        return any(choice.state is ChoiceState.GENERATING for choice in self.choices) or (
-            self.choices[0].state is ChoiceState.PROMPT and self.image_reached() is None
-        )
-
-    def image_step(self, context: DecodeContext, cells: KvCells) -> None:
-        """Encode the image its prompt has reached, or decode it once encoded (its cells taken)."""
-        image = self.image_reached()
-        assert image is not None, "an image step is taken for a request whose prompt reached an image"
-        if self.encoded is None:
-            self.encoded = context.encode_image(image)
-            return
-        first = self.choices[0]
-        self.encoded.decode(first.slot.seq_id, image.start)
-        self.release()
-        for token in first.pending[: image.length]:
-            cells.append(first.slot, token)
-        del first.pending[: image.length]
-
-    def text_ahead(self) -> int:
-        """How many of its prompt tokens still to process come before its next image."""
-        position = len(self.choices[0].slot.tokens)
-        ahead = [image.start for image in self.prepared.images if image.start >= position]
-        return min(ahead, default=len(self.prepared.prompt)) - position
-
-    def release(self) -> None:
-        """Free its encoded image, if it ended between its image's encode and decode steps."""
-        if self.encoded is not None:
-            self.encoded.close()
-            self.encoded = None
 
 
 class Scheduler(Generic[Key]):
@@ -228,9 +67,11 @@ class Scheduler(Generic[Key]):
         drafting: bool = False,
         clock: Callable[[], float] = time.monotonic,
         cache: PromptCache | None = None,
+        share_prefixes: bool = True,
     ) -> None:
         self._context = context
         self._drafting = drafting
+        self._share_prefixes = share_prefixes
         self._clock = clock
         self.n_ctx = context.n_ctx
         self._requests: list[Request[Key]] = []  # running, in the order they were admitted
@@ -249,7 +90,7 @@ class Scheduler(Generic[Key]):
 
     def _reserved(self) -> int:
         """KV cells promised to the prompts still to be processed."""
-        return sum(len(request.choices[0].pending) for request in self._requests)
+        return sum(len(request.choices[0].pending) - request.awaited() for request in self._requests)
 
     # --- admission ------------------------------------------------------------------------------
 
@@ -280,6 +121,8 @@ class Scheduler(Generic[Key]):
             self.memory.forget(slots[0], cut.start)
             reuse = cut.start
         request.choices[0].pending = prompt[reuse:]
+        if self._share_prefixes:
+            reuse, tier = follow(request, self._requests, self.memory, reuse, tier)
         self._requests.append(request)
         return PromptAccepted(prompt_tokens=len(prompt), cached_tokens=reuse, cache_tier=tier if reuse else "")
 
@@ -291,6 +134,7 @@ class Scheduler(Generic[Key]):
         for request in list(self._requests):
             if request.cancelled():
                 events += self._end(request, "cancelled")
+        take_prefixes(self._requests, self.memory)
         due = next((request for request in self._requests if request.image_reached()), None)
         if due is not None and (not self._image_last or not any(r.tokens_due() for r in self._requests)):
             self._image_last = True
@@ -305,7 +149,7 @@ class Scheduler(Generic[Key]):
             return events
         self._context.decode(batch)
         for choice, index, draft in to_sample:
-            ready = [choice, *self._fork(choice.request)] if choice.state is ChoiceState.PROMPT else [choice]
+            ready = [choice, *choice.request.fork(self.memory)] if choice.state is ChoiceState.PROMPT else [choice]
             for each in ready:
                 events += self._verify(each, index, draft)
         return events
@@ -325,7 +169,7 @@ class Scheduler(Generic[Key]):
             choice for request in self._requests for choice in request.choices if choice.state is ChoiceState.GENERATING
         ]
         # Drafts use only the batch room that the next tokens and this step's prompt chunks leave.
-        prompt_tokens = sum(len(request.choices[0].pending) for request in self._requests)
+        prompt_tokens = sum(len(request.choices[0].pending) for request in self._requests if request.processing())
         spare = self._context.batch_capacity - len(generating) - min(prompt_tokens, PREFILL_CHUNK_WHILE_GENERATING)
         # A choice that finds no cell waits a step (others finish and free cells); its own
         # context never overflows: its limit is what is left of n_ctx after its prompt.
@@ -350,9 +194,9 @@ class Scheduler(Generic[Key]):
         if generating:
             budget = min(budget, PREFILL_CHUNK_WHILE_GENERATING)
         for request in self._requests:
-            first = request.choices[0]
-            if first.state is not ChoiceState.PROMPT or budget <= 0:
+            if not request.processing() or budget <= 0:
                 continue
+            first = request.choices[0]
             chunk = first.pending[: min(budget, request.text_ahead())]
             if not chunk:  # its prompt has reached an image: an image step's
                 continue
@@ -364,14 +208,6 @@ class Scheduler(Generic[Key]):
                 to_sample.append(ToSample(first, len(batch), []))
             add(first, chunk[-1], logits=not first.pending)
         return batch, to_sample
-
-    def _fork(self, request: Request[Key]) -> list[Choice[Key]]:
-        """The other choices of a request whose prompt was just processed: they share its cells."""
-        first = request.choices[0]
-        waiting = [choice for choice in request.choices[1:] if choice.state is ChoiceState.WAITING]
-        for choice in waiting:
-            self.memory.share(first.slot, choice.slot)
-        return waiting
 
     def _verify(self, choice: Choice[Key], index: int, draft: list[int]) -> Events[Key]:
         """Sample the choice's next token at `index` and, while it matches the draft token after it,

@@ -29,8 +29,9 @@ class SequenceStore(Protocol):
     def forget(self, seq_id: int, keep: int) -> None:
         """Drop the sequence's cells from position `keep` on."""
 
-    def share(self, source: int, target: int) -> None:
-        """Give `target` (an empty sequence) every cell of `source`."""
+    def share(self, source: int, target: int, start: int = 0, end: int = -1) -> None:
+        """Give `target`, which holds positions up to `start` as `source` does (none: 0), the cells
+        of `source` from `start` to `end` (-1: all of them)."""
 
     def save_sequence(self, seq_id: int) -> bytes:
         """The sequence's KV state (for the prompt cache)."""
@@ -65,11 +66,13 @@ class KvCells:
         slot.tokens.append(token)
         slot.cells.append(cell)
 
-    def share(self, source: Slot, target: Slot) -> None:
-        """`target` (an empty slot) holds every cell of `source` too."""
-        for cell in source.cells:
+    def share(self, source: Slot, target: Slot, end: int | None = None) -> None:
+        """`target`, which holds the first tokens of `source`, holds its cells up to `end` too."""
+        start = len(target.tokens)
+        for cell in source.cells[start:end]:
             self._holders[cell] += 1
-        target.tokens, target.cells = list(source.tokens), list(source.cells)
+        target.tokens += source.tokens[start:end]
+        target.cells += source.cells[start:end]
 
     def drop(self, slot: Slot, keep: int) -> None:
         for cell in slot.cells[keep:]:
@@ -176,10 +179,11 @@ class SlotMemory:
         self._context.forget(slot.seq_id, keep)
         self.cells.drop(slot, keep)
 
-    def share(self, source: Slot, target: Slot) -> None:
-        """`target` (an empty slot) gets every cell of `source` (a request's other choices)."""
-        self._context.share(source.seq_id, target.seq_id)
-        self.cells.share(source, target)
+    def share(self, source: Slot, target: Slot, end: int | None = None) -> None:
+        """`target`, which holds the first tokens of `source` (or none), gets its cells up to `end`
+        (None: all): a request's other choices, or a prompt's prefix that another is processing."""
+        self._context.share(source.seq_id, target.seq_id, len(target.tokens), -1 if end is None else end)
+        self.cells.share(source, target, end)
 
     def close(self) -> None:
         """The model is unloading: let go of its prompt cache's states."""

@@ -34,6 +34,7 @@ from llama_cpp.llama_chat_format import (
     LlamaChatCompletionHandlerRegistry,
 )
 
+from inference.runtime.decoding import BatchToken
 from inference.runtime.errors import (
     GrammarNotCompiled,
     NoChatTemplate,
@@ -41,7 +42,6 @@ from inference.runtime.errors import (
     TemplateRejected,
 )
 from inference.runtime.jobs import ChatMessage, GenerationJob, PromptImage, TokenLogprob
-from inference.runtime.scheduler import BatchToken
 from inference.runtime.settings import LoadSettings
 
 if TYPE_CHECKING:  # runtime.llama.vision builds on this module
@@ -429,8 +429,8 @@ class GenerationContext:
     def forget(self, seq_id: int, keep: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1)
 
-    def share(self, source: int, target: int) -> None:
-        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+    def share(self, source: int, target: int, start: int = 0, end: int = -1) -> None:
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, start, end)
 
     def save_sequence(self, seq_id: int) -> bytes:
         size = llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
