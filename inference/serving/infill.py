@@ -30,19 +30,20 @@ class _Timings:
     def body(self, generation: Generation, predicted: int) -> dict[str, float]:
         ended = time.monotonic()
         first = self.first or ended
-        prompt_n = generation.prompt_tokens - generation.cached_tokens
-        prompt_ms, predicted_ms = (first - self.started) * 1000, (ended - first) * 1000
         return {
             "cache_n": generation.cached_tokens,
-            "prompt_n": prompt_n,
-            "prompt_ms": round(prompt_ms, 3),
-            "prompt_per_token_ms": round(prompt_ms / prompt_n, 3) if prompt_n else 0.0,
-            "prompt_per_second": round(prompt_n / prompt_ms * 1000, 2) if prompt_ms else 0.0,
-            "predicted_n": predicted,
-            "predicted_ms": round(predicted_ms, 3),
-            "predicted_per_token_ms": round(predicted_ms / predicted, 3) if predicted else 0.0,
-            "predicted_per_second": round(predicted / predicted_ms * 1000, 2) if predicted_ms else 0.0,
+            **_rates("prompt", generation.prompt_tokens - generation.cached_tokens, (first - self.started) * 1000),
+            **_rates("predicted", predicted, (ended - first) * 1000),
         }
+
+
+def _rates(kind: str, tokens: int, ms: float) -> dict[str, float]:
+    return {
+        f"{kind}_n": tokens,
+        f"{kind}_ms": round(ms, 3),
+        f"{kind}_per_token_ms": round(ms / tokens, 3) if tokens else 0.0,
+        f"{kind}_per_second": round(tokens / ms * 1000, 2) if ms else 0.0,
+    }
 
 
 def _final(
