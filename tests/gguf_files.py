@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import struct
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+from inference.runtime import gguf_header
 
 
 def write_synthetic(path: Path, *, context_length: int = 512, chat_template: str | None = None) -> Path:
@@ -140,3 +144,49 @@ def write_projector(path: Path, *, projection_dim: int = 576, seed: int = 0) -> 
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_with_metadata(source: Path, path: Path, added: dict[str, int]) -> Path:
+    """A copy of a GGUF model with UINT32 metadata keys added: its header spliced (the new keys after
+    the old ones, the tensor infos as they were, the data section realigned) and its tensor data
+    copied as bytes. The same file as a GGUFReader/GGUFWriter round trip makes, in a tenth of a
+    second rather than four (the reader materialises every vocabulary string)."""
+    with source.open("rb") as original:
+        metadata, tensor_count = gguf_header._read_metadata(original)
+        keys_end = original.tell()
+        gguf_header._read_tensor_infos(original, tensor_count)
+        infos_end = original.tell()
+        alignment = metadata.get("general.alignment", 32)
+        assert isinstance(alignment, int)
+        original.seek(0)
+        head = bytearray(original.read(infos_end))
+        struct.pack_into("<Q", head, 16, struct.unpack_from("<Q", head, 16)[0] + len(added))  # the key count
+        new_keys = b"".join(
+            struct.pack("<Q", len(key)) + key.encode() + struct.pack("<II", gguf.GGUFValueType.UINT32, value)
+            for key, value in added.items()
+        )
+        header = head[:keys_end] + new_keys + head[keys_end:]
+        with path.open("wb") as copy:
+            copy.write(header + bytes(-len(header) % alignment))
+            original.seek(-(-infos_end // alignment) * alignment)
+            shutil.copyfileobj(original, copy, 16 * 1024 * 1024)
+    return path
+
+
+# SmolLM2's control tokens that a copy marks as fill-in-the-middle tokens (write_fim_copy).
+FIM_TOKENS = {
+    "pre": 8,  # <issue_start>
+    "suf": 9,  # <issue_comment>
+    "mid": 10,  # <issue_closed>
+    "pad": 16,  # <empty_output>
+    "rep": 3,  # <repo_name>
+    "sep": 5,  # <file_sep>
+}
+
+
+def write_fim_copy(smollm2: Path, path: Path) -> Path:
+    """SmolLM2 as a code model: its GGUF metadata names six of its own control tokens as the FIM
+    tokens (FIM_TOKENS), so that llama.cpp lays out and ends fill-in-the-middle with them."""
+    return write_with_metadata(
+        smollm2, path, {f"tokenizer.ggml.fim_{name}_token_id": id_ for name, id_ in FIM_TOKENS.items()}
+    )

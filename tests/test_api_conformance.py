@@ -4,6 +4,7 @@ never get a 5xx or an answer that breaks the description."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -13,12 +14,20 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import SMOLLM2, DaphneServer, ServerFactory
+from tests.gguf_files import write_fim_copy
+
+FIM = "SmolLM2-FIM"  # SmolLM2 with FIM tokens
 
 
 @pytest.fixture(scope="module")
-def small_server(server_factory: ServerFactory) -> Iterator[DaphneServer]:
-    """A server whose context is tiny (256 tokens), so that any generated request is quick."""
-    with server_factory("conformance", n_ctx=256, parallel=4) as server:
+def small_server(server_factory: ServerFactory, smollm2_file: Path) -> Iterator[DaphneServer]:
+    """A server whose context is tiny (256 tokens), so that any generated request is quick; with
+    a copy of SmolLM2 that has FIM tokens, for /infill."""
+
+    def with_fim(root: Path) -> None:
+        write_fim_copy(smollm2_file, root / "models" / f"{FIM}.gguf")
+
+    with server_factory("conformance", n_ctx=256, parallel=4, prepare=with_fim) as server:
         yield server
 
 
@@ -61,6 +70,7 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         "POST /v1/messages",
         "POST /v1/messages/count_tokens",
         "POST /v1/responses",
+        "POST /infill",
     } <= with_body
     # Negative data needs something to make wrong: a body or query parameters.
     with_input = with_body | {operation.label for operation in operations if operation.query}
@@ -73,6 +83,7 @@ STREAMED = {
     "POST /v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
     "POST /v1/completions": {"prompt": "Hi", "max_tokens": 2, "stream": True},
     "POST /v1/responses": {"input": "Hi", "max_output_tokens": 16, "stream": True},
+    "POST /infill": {"model": FIM, "input_prefix": "def f(", "input_suffix": ")", "n_predict": 2, "stream": True},
     "POST /v1/messages": {
         "model": SMOLLM2,
         "messages": [{"role": "user", "content": "Hi"}],

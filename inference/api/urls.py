@@ -1,4 +1,4 @@
-"""The API's URLs: OpenAI's and Anthropic's, llama.cpp server's (/tokenize, /detokenize), the
+"""The API's URLs: OpenAI's and Anthropic's, llama.cpp server's (/tokenize, /detokenize, /infill), the
 server's own (/health, /metrics) and the admin endpoints."""
 
 from django.urls import path
@@ -21,6 +21,7 @@ urlpatterns = [
     path("tokenize", views.TokenizeView.as_view()),
     path("detokenize", views.DetokenizeView.as_view()),
     path("apply-template", views.ApplyTemplateView.as_view()),
+    path("infill", views.InfillView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/models", admin_views.AdminModelsView.as_view()),
     path("admin/load", admin_views.AdminLoadView.as_view()),

@@ -27,6 +27,7 @@ from inference.api.openapi import (
     openai_schema,
 )
 from inference.protocol import anthropic_output
+from inference.protocol.infill import INFILL_SCHEMA, InfillRequestSerializer
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
 from inference.protocol.responses import ResponseRequestSerializer
 from inference.protocol.responses_output import (
@@ -57,6 +58,7 @@ from inference.serving.chat import (
 from inference.serving.completions import completion_body, completion_chunks, completion_create
 from inference.serving.embeddings import embedding_body, embedding_create
 from inference.serving.generate import Caller
+from inference.serving.infill import infill_body, infill_chunks
 from inference.serving.messages import (
     message_body,
     message_create,
@@ -253,6 +255,19 @@ class CompletionsView(GenerationView):
     start = staticmethod(completion_create)
     body = staticmethod(completion_body)
     chunks = staticmethod(completion_chunks)
+
+
+@_generation_schema(
+    "infill",
+    "Fill in the middle of code, for editors (llama.cpp server's /infill)",
+    INFILL_SCHEMA,
+    stream=sse_event_schema("Server-sent events: `data: {content, stop: false}` lines, then one with `stop: true`."),
+)
+class InfillView(GenerationView):
+    serializer = InfillRequestSerializer
+    start = staticmethod(completion_create)
+    body = staticmethod(infill_body)
+    chunks = staticmethod(infill_chunks)
 
 
 @_generation_schema("createEmbedding", "Create embeddings", EMBEDDINGS_SCHEMA)

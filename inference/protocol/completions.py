@@ -17,7 +17,7 @@ from inference.protocol.fields import (
     include_usage,
     optional,
 )
-from inference.runtime.jobs import CompletionJob
+from inference.runtime.jobs import CompletionJob, FillInMiddle
 
 # OpenAI's default for max_tokens on this endpoint.
 DEFAULT_MAX_TOKENS = 16
@@ -77,7 +77,12 @@ class CompletionRequestSerializer(GenerationRequestSerializer):
         return CompletionRequest(
             model=values.get("model") or None,
             jobs=tuple(
-                CompletionJob(prompt=prompt, suffix=values.get("suffix"), logprobs=values.get("logprobs"), **options)
+                CompletionJob(
+                    prompt=prompt,
+                    fill=FillInMiddle(prefix=prompt, suffix=values["suffix"]) if "suffix" in values else None,
+                    logprobs=values.get("logprobs"),
+                    **options,
+                )
                 for prompt in values["prompt"]
             ),
             stream=values.get("stream", False),

@@ -91,8 +91,9 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
         f"the chat template of {exc.model} failed: {exc.detail}", param="messages"
     ),
     runtime.NoFillInMiddle: lambda exc: errors.InvalidRequest(
-        f"model {exc.model} cannot fill in the middle (it has no FIM tokens): 'suffix' is not supported for it",
-        param="suffix",
+        f"model {exc.model} cannot fill in the middle: its vocabulary has no FIM {' or '.join(exc.missing)} token "
+        "(use a code model with FIM tokens, such as Qwen2.5-Coder, for /infill and 'suffix')",
+        param=exc.param,
     ),
     runtime.GrammarNotCompiled: lambda exc: errors.InvalidRequest(
         "the output grammar could not be compiled", param="response_format"

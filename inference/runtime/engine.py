@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 from inference.runtime.channel import Job
 from inference.runtime.choices import Events, Key
 from inference.runtime.errors import ImageRejected, PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
+from inference.runtime.infill import infill_tokens
 from inference.runtime.jobs import (
     ChatJob,
     CompletionJob,
@@ -108,6 +109,7 @@ class GenerationEngine(Generic[Key]):
         )
         self.n_ctx = self._context.n_ctx
         self.parallel = settings.parallel
+        self._n_batch = settings.n_batch  # what /infill fits its prefix and suffix into, as llama.cpp
         self._scheduler: Scheduler[Key] = Scheduler(
             self._context,
             settings.parallel,
@@ -166,7 +168,19 @@ class GenerationEngine(Generic[Key]):
                 return self.model.rendered_chat(job.prompt_text), (), "messages", ()
             return (*self.model.chat_prompt(job.messages), "messages", ())
         assert isinstance(job, CompletionJob)
-        return self.model.completion_prompt(job.prompt, job.suffix), (), "prompt", ()
+        if job.fill is None:
+            return self.model.tokenize(job.prompt, add_special=True), (), "prompt", ()
+        fim = self.model.fim_tokens(job.fill.param)
+        tokenize = self.model.tokenize
+        prompt = infill_tokens(
+            job.fill,
+            fim,
+            lambda text, special: tokenize(text, add_special=False, special=special),
+            n_ctx=self.n_ctx,
+            n_batch=self._n_batch,
+            n_predict=job.max_tokens,
+        )
+        return prompt, (), "prompt", ()
 
     def _seeing(self, job: ChatJob) -> tuple[list[int], tuple[PromptImage, ...]]:
         """A chat with images: its tokens and where each image is; raises ImageRejected if the

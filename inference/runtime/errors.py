@@ -104,9 +104,11 @@ class TemplateRejected(RuntimeFailure):
 
 @fact
 class NoFillInMiddle(RuntimeFailure):
-    """A `suffix` for a model without fill-in-the-middle tokens."""
+    """Fill in the middle asked of a model whose vocabulary lacks FIM tokens."""
 
     model: str
+    missing: tuple[str, ...]  # of "prefix", "suffix", "middle"
+    param: str  # the request's field that asked for it
 
 
 @fact

@@ -49,6 +49,7 @@ class GGUFInfo:
     bos_token: str = ""  # the BOS token's text ("": none), and the EOS's: chat templates write them
     eos_token: str = ""
     data_end: int | None = None  # the bytes the file must hold; None: a tensor type we do not know
+    fill_in_middle: bool = False  # FIM prefix, suffix and middle tokens, found as llama.cpp finds them
 
     @property
     def projector(self) -> bool:
@@ -207,7 +208,39 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
         bos_token=token_text("tokenizer.ggml.bos_token_id"),
         eos_token=token_text("tokenizer.ggml.eos_token_id"),
         data_end=_data_end(header_end, tensor_count, data_bytes, metadata.get("general.alignment", _DEFAULT_ALIGNMENT)),
+        fill_in_middle=_fill_in_middle(metadata, vocabulary),
     )
+
+
+# llama.cpp's fill-in-the-middle tokens (src/llama-vocab.cpp): each by its metadata key (or the
+# deprecated one) where that names a token of the vocabulary, else by its text in the vocabulary.
+_FIM_TOKENS = (
+    (
+        ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+        "<|fim_prefix|> <fim-prefix> <fim_prefix> <｜fim▁begin｜> <PRE> ▁<PRE> <|code_prefix|> <|prefix|>".split(),
+    ),
+    (
+        ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+        "<|fim_suffix|> <fim-suffix> <fim_suffix> <｜fim▁hole｜> <SUF> ▁<SUF> <|code_suffix|> <|suffix|>".split(),
+    ),
+    (
+        ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+        "<|fim_middle|> <fim-middle> <fim_middle> <｜fim▁end｜> <MID> ▁<MID> <|code_middle|> <|middle|>".split(),
+    ),
+)
+
+
+def _fill_in_middle(metadata: dict[str, object], vocabulary: tuple[str, ...]) -> bool:
+    """Whether llama.cpp finds the vocabulary's FIM prefix, suffix and middle tokens."""
+    texts: set[str] | None = None
+    for keys, known_texts in _FIM_TOKENS:
+        ids = (metadata.get(key) for key in keys)
+        if any(isinstance(id_, int) and not isinstance(id_, bool) and 0 <= id_ < len(vocabulary) for id_ in ids):
+            continue
+        texts = set(vocabulary) if texts is None else texts
+        if texts.isdisjoint(known_texts):
+            return False
+    return True
 
 
 def _read_metadata(stream: BinaryIO) -> tuple[dict[str, object], int]:

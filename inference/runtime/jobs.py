@@ -80,8 +80,11 @@ class ModelJob:
 class GenerationJob(ModelJob):
     """What every text generation asks for."""
 
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # None: to the end of sequence or context; 0: the prompt only (into the cache)
     stop: tuple[str, ...] = ()
+    # Lines after the first one indented by fewer spaces or tabs end the text before their first
+    # other character (llama.cpp's n_indent, for code); 0: no such limit.
+    indent: int = 0
     sampling: Sampling = Sampling()
     ignore_eos: bool = False
     n: int = 1  # choices, sharing the prompt
@@ -107,10 +110,33 @@ class ChatJob(GenerationJob):
     images: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True)
+class ProjectFile:
+    """Another file of the project, shown to a fill-in-the-middle model before the gap's file."""
+
+    text: str
+    filename: str = "tmp"  # llama.cpp's name for a file that came without one
+
+
+@dataclass(frozen=True)
+class FillInMiddle:
+    """A gap to fill (runtime.infill lays it out with the model's FIM tokens): the text before it
+    and after it, other files of the project, and text that follows the prefix (llama.cpp's
+    /infill `prompt`: its special tokens' texts are those tokens; the others' are text)."""
+
+    prefix: str
+    suffix: str
+    extra: tuple[ProjectFile, ...] = ()
+    prompt: str = ""
+    # Trimmed to fit the context, as llama.cpp's /infill does; False: a prompt over it is refused.
+    trim: bool = False
+    param: str = "suffix"  # the request's field that asked for it, for errors
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompletionJob(GenerationJob):
     prompt: str
-    suffix: str | None = None  # fill in the middle, between prompt and suffix
+    fill: FillInMiddle | None = None  # fill in the middle (then `prompt` is only echoed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,8 +266,8 @@ class Prepared:
                 raise AllowanceExceeded(tokens=tokens)
             return self
         prompt, choices = len(self.prompt), job.n
-        output = min(job.max_tokens or n_ctx, n_ctx - prompt)
-        granted = claim(prompt + choices * output, prompt + choices)
+        output = min(n_ctx if job.max_tokens is None else job.max_tokens, n_ctx - prompt)
+        granted = claim(prompt + choices * output, prompt + choices * min(output, 1))
         if not granted:
             raise AllowanceExceeded(tokens=prompt)
         return replace(self, job=replace(job, max_tokens=(granted - prompt) // choices))

@@ -107,11 +107,11 @@ class Scheduler(Generic[Key]):
             return None
         slots, reuse, tier = claimed
         samplers = _samplers(self._context, job)
-        limit = min(job.max_tokens or self.n_ctx, self.n_ctx - len(prompt))
+        limit = min(self.n_ctx if job.max_tokens is None else job.max_tokens, self.n_ctx - len(prompt))
         request = Request(key, prepared, job, cancelled, limit=limit)
         for index, (slot, sampler) in enumerate(zip(slots, samplers)):
             state = ChoiceState.PROMPT if index == 0 else ChoiceState.WAITING
-            choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops))
+            choice = Choice(request, index, slot, sampler, state, StopMatcher(prepared.stops, job.indent))
             if job.thinking is not None:
                 choice.thinking = ThinkingWatch(job.thinking, prepared.thinking_end)
             slot.choice = choice
@@ -150,8 +150,8 @@ class Scheduler(Generic[Key]):
         self._context.decode(batch)
         for choice, index, draft in to_sample:
             ready = [choice, *choice.request.fork(self.memory)] if choice.state is ChoiceState.PROMPT else [choice]
-            for each in ready:
-                events += self._verify(each, index, draft)
+            for each in ready:  # a limit of 0 only puts the prompt into the cache (llama.cpp's n_predict 0)
+                events += self._verify(each, index, draft) if each.request.limit else self._finish(each, "length")
         return events
 
     def _fill_batch(self) -> tuple[list[BatchToken], list[ToSample[Key]]]:
@@ -240,8 +240,8 @@ class Scheduler(Generic[Key]):
             choice.thinking.feed(text, forced=forced)
         text, stopped = choice.stops.feed(text)
         events: Events[Key] = [self._delta(choice, text)] if text else []
-        if stopped:
-            events += self._finish(choice, "stop")
+        if stopped:  # a line indented too little ends code as llama.cpp's limits do
+            events += self._finish(choice, "length" if choice.stops.underindented else "stop")
         elif choice.generated >= choice.request.limit:
             events += self._finish(choice, "length")
         else:

@@ -41,8 +41,15 @@ from inference.runtime.errors import (
     NoFillInMiddle,
     TemplateRejected,
 )
+from inference.runtime.infill import FIM_NAMES, FimTokens
 from inference.runtime.jobs import ChatMessage, GenerationJob, PromptImage, TokenLogprob
 from inference.runtime.settings import LoadSettings
+
+# llama.cpp's fill-in-the-middle tokens, in FimTokens' order (LLAMA_TOKEN_NULL, -1: none).
+_FIM_TOKENS = (
+    *(llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_suf, llama_cpp.llama_vocab_fim_mid),
+    *(llama_cpp.llama_vocab_fim_rep, llama_cpp.llama_vocab_fim_sep),
+)
 
 if TYPE_CHECKING:  # runtime.llama.vision builds on this module
     from inference.runtime.llama.vision import EncodedImage, Projector
@@ -218,14 +225,14 @@ class LlamaModel:
         bos = llama_cpp.llama_vocab_bos(self.vocab)
         return tokens[1:] if len(tokens) > 1 and tokens[0] == tokens[1] == bos else tokens
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        """The text's tokens, special tokens' texts ("<|im_start|>") parsed as those tokens;
-        `add_special`: with BOS (and EOS) where the vocabulary wants them."""
+    def tokenize(self, text: str, *, add_special: bool, special: bool = True) -> list[int]:
+        """The text's tokens; `special`: special tokens' texts ("<|im_start|>") parsed as those
+        tokens; `add_special`: with BOS (and EOS) where the vocabulary wants them."""
         data = text.encode("utf-8")
         capacity = len(data) + 16
         while True:
             tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, special)
             if count >= 0:
                 return list(tokens[:count])
             capacity = -count
@@ -269,21 +276,15 @@ class LlamaModel:
         format_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
         return prompt, tuple(stop for stop in format_stops if stop)
 
-    def completion_prompt(self, prompt: str, suffix: str | None) -> list[int]:
-        """The prompt's tokens; with a suffix, fill in the middle: <pre> prompt <suf> suffix <mid>."""
-        if suffix is None:
-            return self.tokenize(prompt, add_special=True)
-        pre, suf, mid = (
-            function(self.vocab)
-            for function in (
-                llama_cpp.llama_vocab_fim_pre,
-                llama_cpp.llama_vocab_fim_suf,
-                llama_cpp.llama_vocab_fim_mid,
-            )
-        )
-        if min(pre, suf, mid) < 0:
-            raise NoFillInMiddle(model=self.name)
-        return [pre, *self.tokenize(prompt, add_special=False), suf, *self.tokenize(suffix, add_special=False), mid]
+    def fim_tokens(self, param: str) -> FimTokens:
+        """The vocabulary's fill-in-the-middle tokens; raises NoFillInMiddle (naming the request's
+        field that asked, `param`) if it lacks the prefix, suffix or middle token."""
+        prefix, suffix, middle, repository, separator = (function(self.vocab) for function in _FIM_TOKENS)
+        if missing := tuple(name for name, token in zip(FIM_NAMES, (prefix, suffix, middle)) if token < 0):
+            raise NoFillInMiddle(model=self.name, missing=missing, param=param)
+        bos = llama_cpp.llama_vocab_bos(self.vocab) if llama_cpp.llama_vocab_get_add_bos(self.vocab) else None
+        repository, separator = (token if token >= 0 else None for token in (repository, separator))
+        return FimTokens(prefix, suffix, middle, repository, separator, bos)
 
     def close(self) -> None:
         if self.pointer:
