@@ -47,9 +47,9 @@ OURS, RECORDS_OFF, IN_PROCESS = "llamasite", "llamasite, records off", "in-proce
 def thread_counts() -> tuple[int, int]:
     """(n_threads, n_threads_batch) as this server chooses them by default; every server gets them."""
     sys.path.insert(0, str(PROJECT_DIR))
-    from inference.config import generation_threads, physical_cores
+    from inference.cpus import generation_threads, usable_cores
 
-    return generation_threads(), physical_cores()
+    return generation_threads(), usable_cores()
 
 
 Starter = Callable[[], AbstractContextManager[Running]]

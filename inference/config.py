@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from inference import cpus
+
 logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -33,24 +35,6 @@ class ConfigError(Exception):
     """config.json cannot be used; the message is one line for the user."""
 
 
-def physical_cores() -> int:
-    """Physical CPU cores (llama.cpp runs slower on hyper-threads), falling back to logical."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    physical_id = ""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "physical id":
-            physical_id = value.strip()
-        elif key == "core id":
-            cores.add((physical_id, value.strip()))
-    return len(cores) or os.cpu_count() or 1
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -58,17 +42,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def generation_threads() -> int:
-    """Threads for token generation: every physical core but one, which is left to the server.
-
-    Generating one token is a short burst of work on all its threads; on a machine with few
-    cores, a thread on every core starves the event loop (measured on 2 cores: /health p50
-    10 ms vs 4 ms, TTFT +4 ms) for no gain in tokens/s, since a small model's decode is bound
-    by memory, not arithmetic. Prompt processing (n_threads_batch) still uses every core.
-    """
-    return max(1, physical_cores() - 1)
 
 
 @dataclass(frozen=True)
@@ -456,8 +429,8 @@ def load_config(path: Path | None = None) -> Config:
     if server["max_body_bytes"] is None:  # a body that can carry one image of max_image_bytes in base64
         server["max_body_bytes"] = 8 * 1024 * 1024 + (server["max_image_bytes"] + 2) // 3 * 4
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
-    manager["n_threads"] = manager["n_threads"] or generation_threads()
-    manager["n_threads_batch"] = manager["n_threads_batch"] or physical_cores()
+    manager["n_threads"] = manager["n_threads"] or cpus.generation_threads()
+    manager["n_threads_batch"] = manager["n_threads_batch"] or cpus.usable_cores()
     if manager["preload"] != AUTO_PRELOAD:
         manager["preload"] = tuple(dict.fromkeys(manager["preload"]))
     models = {

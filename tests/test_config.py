@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import CONFIG_ENV_VAR, ConfigError, config_path, load_config, physical_cores
+from inference.config import CONFIG_ENV_VAR, ConfigError, config_path, load_config
+from inference.cpus import usable_cores
 from inference.runtime.settings import LoadSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -34,8 +35,8 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert manager.max_pull_mb == 102400  # 100 GiB
     defaults = manager.defaults
     assert (defaults.n_ctx, defaults.n_gpu_layers, defaults.n_batch) == (16384, -1, 512)
-    assert defaults.n_threads == max(1, physical_cores() - 1)  # a core left to the server
-    assert defaults.n_threads_batch == physical_cores()
+    assert defaults.n_threads == max(1, usable_cores() - 1)  # a core left to the server
+    assert defaults.n_threads_batch == usable_cores()
     assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
     assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == ("auto", True, False)
     assert (defaults.parallel, defaults.speculative) == (4, "ngram")

@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # From the bottom up: a module may import from its own layer and the ones below, never above.
 LAYERS = [
-    ("base", ["inference.config", "inference.errors", "inference.histograms", "inference.secret_files"]),
+    (
+        "base",
+        ["inference.cpus", "inference.config", "inference.errors", "inference.histograms", "inference.secret_files"],
+    ),
     ("connections", ["inference.connections"]),
     ("engine", ["inference.runtime", "inference.grammar", "inference.templates", "inference.pulling"]),
     ("database", ["inference.models"]),
