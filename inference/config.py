@@ -29,6 +29,7 @@ _ORIGIN_PATTERN = re.compile(r"^https?://[^/\s]+$")
 # model_manager.preload: the models that served the most requests in the last 24 hours.
 AUTO_PRELOAD = "auto"
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
 class ConfigError(Exception):
@@ -94,6 +95,8 @@ class ModelSettings:
     n_threads_batch: int
     n_batch: int
     flash_attn: bool | str
+    type_k: str  # the KV cache's keys: "f16", "q8_0" or "q4_0" (llama.cpp's --cache-type-k)
+    type_v: str  # its values; quantized only with flash attention
     use_mmap: bool
     use_mlock: bool
     chat_format: str
@@ -268,6 +271,8 @@ MODEL_KEYS: dict[str, _Key] = {
     "n_threads_batch": _Key(None, _integer(1)),
     "n_batch": _Key(512, _integer(1)),
     "flash_attn": _Key("auto", _flash_attn),
+    "type_k": _Key("f16", _one_of(*KV_CACHE_TYPES)),
+    "type_v": _Key("f16", _one_of(*KV_CACHE_TYPES)),
     "use_mmap": _Key(True, _boolean),
     "use_mlock": _Key(False, _boolean),
     "chat_format": _Key("", _string(allow_empty=True)),
@@ -414,6 +419,8 @@ def _refuse_impossible(path: Path, where: str, settings: ModelSettings) -> None:
             "step's batch of n_batch tokens holds one token of every generating request; raise n_batch or "
             "lower parallel"
         )
+    if settings.type_v != "f16" and settings.flash_attn is False:
+        raise ConfigError(f"{path}: {where}: type_v {settings.type_v} needs flash attention: set flash_attn to auto")
 
 
 def load_config(path: Path | None = None) -> Config:

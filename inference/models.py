@@ -14,12 +14,17 @@ from django.db import models
 from django.utils import timezone
 
 from inference import histograms
+from inference.config import KV_CACHE_TYPES
 from inference.runtime.lifecycle import LifecycleKind, LoadReason
 
 
 def _json_object(value: Any) -> None:
     if value is not None and not isinstance(value, dict):
         raise ValidationError("Enter a JSON object, e.g. {}.")
+
+
+# The KV cache's element types (llama.cpp's --cache-type-k/-v): less memory per cell for a little quality.
+KV_CACHE_CHOICES = [(name, name) for name in KV_CACHE_TYPES]
 
 
 class DiscoveredModel(models.Model):
@@ -77,6 +82,17 @@ class DiscoveredModel(models.Model):
         help_text="Most tokens a request may think; -1 = no limit",
     )
 
+    type_k = models.CharField(
+        max_length=8, null=True, blank=True, choices=KV_CACHE_CHOICES, help_text="The KV cache's keys"
+    )
+    type_v = models.CharField(
+        max_length=8,
+        null=True,
+        blank=True,
+        choices=KV_CACHE_CHOICES,
+        help_text="The KV cache's values (quantized: flash attention must not be off)",
+    )
+
     SETTING_FIELDS = (
         "n_ctx",
         "n_gpu_layers",
@@ -86,6 +102,8 @@ class DiscoveredModel(models.Model):
         "chat_template_kwargs",
         "reasoning_format",
         "reasoning_budget",
+        "type_k",
+        "type_v",
     )
 
     class Meta:

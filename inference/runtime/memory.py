@@ -2,12 +2,13 @@
 
 `model_manager.max_memory_mb` refuses or makes room for a load by this estimate, so that a
 model too big for the machine gets a clear error instead of the kernel's OOM killer. The
-estimate errs high: weights (the file), the KV cache (f16), the compute buffers and the whole
+estimate errs high: weights (the file), the KV cache (in its `type_k`/`type_v`), the compute buffers and the whole
 budget of its host-RAM prompt cache (`prompt_cache_mb`, which fills as prefixes leave slots).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from inference.config import ModelSettings
@@ -17,7 +18,8 @@ from inference.runtime.gguf_header import GGUFError, GGUFInfo, read_gguf_info
 from inference.runtime.settings import context_length
 
 MIB = 1024 * 1024
-_F16_BYTES = 2
+# Bytes per KV cache element: f16, and llama.cpp's q8_0 and q4_0 blocks (32 values with an f16 scale).
+_KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _F32_BYTES = 4
 # Buffers llama.cpp allocates whatever the model (threads' scratch, output, graph).
 _FIXED_OVERHEAD_BYTES = 32 * MIB
@@ -43,12 +45,21 @@ class MemoryEstimate:
 
 
 def memory_estimate(
-    info: GGUFInfo, *, file_bytes: int, n_ctx: int, n_batch: int, prompt_cache_bytes: int = 0
+    info: GGUFInfo,
+    *,
+    file_bytes: int,
+    n_ctx: int,
+    n_batch: int,
+    prompt_cache_bytes: int = 0,
+    type_k: str = "f16",
+    type_v: str = "f16",
 ) -> MemoryEstimate:
-    """Weights, KV cache for `n_ctx` cells (all slots share one unified cache), the compute
-    buffers of one `n_batch` step, the larger of its logits and (without flash attention) its
-    attention scores (the graph allocator reuses one for the other), and the prompt cache."""
-    kv_cache = n_ctx * info.block_count * info.head_count_kv * (info.key_length + info.value_length) * _F16_BYTES
+    """Weights, KV cache for `n_ctx` cells (all slots share one unified cache) in its element
+    types, the compute buffers of one `n_batch` step, the larger of its logits and (without flash
+    attention) its attention scores (the graph allocator reuses one for the other), and the
+    prompt cache."""
+    per_cell = info.key_length * _KV_BYTES[type_k] + info.value_length * _KV_BYTES[type_v]
+    kv_cache = math.ceil(n_ctx * info.block_count * info.head_count_kv * per_cell)
     attention_scores = n_batch * n_ctx * info.head_count * _F32_BYTES
     logits = n_batch * info.vocab_size * _F32_BYTES
     return MemoryEstimate(
@@ -72,6 +83,8 @@ def model_memory_estimate(model: ModelFile, settings: ModelSettings) -> MemoryEs
         n_ctx=context_length(settings.n_ctx, info.context_length),
         n_batch=settings.n_batch,
         prompt_cache_bytes=settings.prompt_cache_mb * MIB,
+        type_k=settings.type_k,
+        type_v=settings.type_v,
     )
 
 

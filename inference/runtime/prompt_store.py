@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"llamasite-prompt-cache 1\n"
 SUFFIX = ".prefix"
 # LoadSettings that change what a sequence's KV state is, or whether llama.cpp accepts it back.
-KV_SETTINGS = ("n_ctx", "n_gpu_layers", "flash_attn", "parallel")
+KV_SETTINGS = ("n_ctx", "n_gpu_layers", "flash_attn", "parallel", "type_k", "type_v")
 
 
 def identity(model_path: Path, settings: dict[str, Any]) -> str:

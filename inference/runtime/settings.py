@@ -18,6 +18,8 @@ class LoadSettings:
     n_threads_batch: int
     n_batch: int = 512
     flash_attn: bool | str = "auto"  # "auto": llama.cpp uses it where the backend supports it
+    type_k: str = "f16"  # the KV cache's element types: "f16", "q8_0", "q4_0"
+    type_v: str = "f16"
     use_mmap: bool = True
     use_mlock: bool = False
     chat_format: str = ""  # a llama-cpp-python chat format name; "" = the model's own template

@@ -170,6 +170,13 @@ _FLASH_ATTENTION = {
 }
 
 
+_KV_CACHE_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
+
+
 class LlamaModel:
     """A loaded model and its vocabulary: contexts, tokens, prompts; freed by `close`."""
 
@@ -205,6 +212,7 @@ class LlamaModel:
         params.n_threads = settings.n_threads
         params.n_threads_batch = settings.n_threads_batch
         params.flash_attn_type = _FLASH_ATTENTION[settings.flash_attn]
+        params.type_k, params.type_v = _KV_CACHE_TYPES[settings.type_k], _KV_CACHE_TYPES[settings.type_v]
         # One cache for all sequences: any one request may use the whole context.
         params.kv_unified = True
         params.no_perf = True
