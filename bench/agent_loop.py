@@ -6,6 +6,11 @@ Agent loop: a ~3,000-token system prompt and 20 tools, `--conversations` convers
 time and time to first token (p50, p99) on this server and, given its binary, llama.cpp's server
 with its defaults (4 slots, its own host-RAM cache).
 
+Started together: four agents whose conversations share a system prompt and tools no request
+had before start at the same moment: the slowest one's time to first token against one agent's
+alone (on another fresh prefix). A server that processes the shared prefix once keeps the ratio
+near 1; one that processes it for each agent side by side, near 4.
+
 After an unload: turn 1 of a long conversation, the model unloaded (ours: the admin unload, so
 its prompt cache goes to disk; llama.cpp's: a restart), then turn 2: its time to first token
 against turn 1's (cold).
@@ -98,6 +103,20 @@ async def agent_loop(running: Running, conversations: int, turns: int) -> dict[s
     }
 
 
+async def _first_token_of(running: Running, system: str, conversation: int) -> float:
+    messages = turn_messages(conversation, 1, system=system)
+    stream = await client.stream_chat(running.url, running.model, MAX_TOKENS, messages=messages, tools=TOOLS)
+    return stream.ttft_s or 0.0
+
+
+async def together(running: Running) -> tuple[float, float]:
+    """One agent's TTFT alone on a fresh prefix; then the slowest of four agents' started at once
+    on another fresh prefix that the four share."""
+    alone = await _first_token_of(running, f"Working alone. {SYSTEM}", 0)
+    four = await asyncio.gather(*(_first_token_of(running, f"Working together. {SYSTEM}", n) for n in range(CLIENTS)))
+    return alone, max(four)
+
+
 def first_token(running: Running, turn: int) -> float:
     """A turn of a conversation whose system prompt no other request began with."""
     messages = turn_messages(0, turn, system=f"Session {N_CTX}. {SYSTEM}")
@@ -118,13 +137,15 @@ def main() -> None:
         f"## Agent loop ({args.conversations} conversations × {args.turns} turns, {CLIENTS} clients, "
         f"max_tokens {MAX_TOKENS}) and a turn after an unload",
         "",
-        "| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turns failed | turn 1 TTFT s (cold) "
+        "| server | agent loop wall s | TTFT p50 s | TTFT p99 s | turns failed | one agent TTFT s "
+        f"| slowest of {CLIENTS} started together s | ratio | turn 1 TTFT s (cold) "
         "| turn 2 TTFT s after an unload | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, start in servers.items():
         with start() as running:
             loop = asyncio.run(agent_loop(running, args.conversations, args.turns))
+            alone, slowest = asyncio.run(together(running))
             cold = first_token(running, 1)
             if name == "llamasite":
                 admin(running, "/admin/unload", model=running.model)
@@ -134,7 +155,7 @@ def main() -> None:
                 after = first_token(running, 2)
         lines.append(
             f"| {name} | {loop['wall_s']:.1f} | {loop['ttft_p50_s']:.2f} | {loop['ttft_p99_s']:.2f} | {loop['failed']} "
-            f"| {cold:.2f} "
+            f"| {alone:.2f} | {slowest:.2f} | {slowest / alone if alone else 0.0:.2f}× | {cold:.2f} "
             f"| {after:.2f} | {after / cold if cold else 0.0:.2f}× |"
         )
         logger.info("%s", lines[-1])
