@@ -194,7 +194,7 @@ def table(servers: list[Server], rounds: int, image_size: int) -> list[str]:
     for server in servers:
         first, follow, text = (ttft.get(server.name, {}).get(case) for case in CASES)
         follow_ratio.append(f"{follow / first:.2f}" if first and follow else "–")
-        image_cost.append(format_value(first - text) if first and text else "–")
+        image_cost.append(f"{first - text:+.0f}" if first and text else "–")
     lines.append("| (b) TTFT / (a) TTFT | " + " | ".join(follow_ratio) + " |")
     lines.append("| (a) − (c) TTFT ms: what the image adds | " + " | ".join(image_cost) + " |")
     notes = [f"- {s.name} refused images: {s.refused}" for s in servers if s.refused]
