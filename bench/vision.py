@@ -47,7 +47,7 @@ logger = logging.getLogger("bench.vision")
 N_CTX = 4096
 SLOTS = 4
 MAX_TOKENS = 8
-OURS, LLAMA_CPP = "llamasite", "llama.cpp server"
+LLAMA_CPP = "llama.cpp server"  # side_by_side's name for it
 NOTES = client.HISTORY * 6  # ~500 tokens after the image: reprocessed unless the image was found cached
 QUESTION = "Is this picture of the harbour, and what should I comment on first?"
 ANSWER = "It looks like coloured noise rather than the harbour. Comment on the lighting plan first."
@@ -56,7 +56,7 @@ USAGE = {"stream_options": {"include_usage": True}}
 
 
 def png(seed: int, size: int) -> bytes:
-    """A `size`×`size` RGB PNG of random pixels, the same for the same seed (stored, not compressible)."""
+    """A `size`×`size` RGB PNG of random pixels, the same for the same seed (barely compressed: ~3 bytes a pixel)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -221,7 +221,7 @@ def main() -> None:
             Server(name, stack.enter_context(start()))
             for name, start in side_by_side(args.llama_server, N_CTX, SLOTS, projector).items()
         ]
-        for server in servers:  # an image of its own (a negative seed is its absolute value's)
+        for server in servers:  # an image no round has (not seed -1: random.Random(-1) is Random(1))
             server.warm_up(png(args.rounds, args.image_size), args.rounds)
         measured = [s for s in servers if not s.refused]
         for number in range(args.rounds):
