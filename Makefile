@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-soak
+.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-vision bench-soak
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -106,6 +106,10 @@ bench-agent-loop: setup-dev model
 bench-speculative: setup-dev model
 	$(PY) -m bench.speculative $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
 
+# make bench-vision [LLAMA_SERVER=/path/to/llama-server (built with its multimodal library, as it is by default)]
+bench-vision: setup-dev model
+	$(PY) -m bench.vision $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
+
 # make bench-agents [LLAMA_SERVER=/path/to/llama-server]
 bench-agents: setup-dev model agent-clients
 	$(PY) -m bench.agents $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
@@ -129,3 +133,4 @@ bench: setup-dev model $(BENCH_VENV)/.installed
 	$(PY) -m bench --llama-cpp-python $(BENCH_VENV)/bin/python $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)
 	$(PY) -m bench.agent_loop --out bench/RESULTS.md $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
 	$(PY) -m bench.speculative --out bench/RESULTS.md $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
+	$(PY) -m bench.vision --out bench/RESULTS.md $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))

@@ -68,16 +68,21 @@ def log_to_console() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def side_by_side(llama_server: str | None, n_ctx: int, slots: int) -> dict[str, Starter]:
+def side_by_side(llama_server: str | None, n_ctx: int, slots: int, projector: Path | None = None) -> dict[str, Starter]:
     """This server ("llamasite", `slots` parallel) and, given its binary, llama.cpp's ("llama.cpp
     server", `slots` slots, its defaults otherwise), both on the bundled model with `n_ctx` and
-    the same threads; each started when called."""
+    the same threads, and with `projector` (an mmproj file named `mmproj-NAME.gguf`: ours finds
+    it beside the model, llama.cpp's is given `--mmproj`); each started when called."""
     from inference.management.commands.install_default_model import bundled_default_model
 
     model_path, threads = bundled_default_model(), thread_counts()
-    servers: dict[str, Starter] = {"llamasite": lambda: llamasite(model_path, {"n_ctx": n_ctx, "parallel": slots})}
+    beside = (projector,) if projector else ()
+    extra = ["--mmproj", str(projector)] if projector else []
+    servers: dict[str, Starter] = {
+        "llamasite": lambda: llamasite(model_path, {"n_ctx": n_ctx, "parallel": slots}, more_models=beside)
+    }
     if llama_server:
-        servers["llama.cpp server"] = lambda: llama_cpp_server(llama_server, model_path, n_ctx, threads, slots)
+        servers["llama.cpp server"] = lambda: llama_cpp_server(llama_server, model_path, n_ctx, threads, slots, extra)
     return servers
 
 

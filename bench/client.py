@@ -7,6 +7,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,6 +23,7 @@ class Stream:
     decode_tokens_per_s: float  # after the first token
     total_s: float
     completion_id: str
+    usage_chunk: dict[str, Any] | None = None  # the chunk with usage, decoded (llama.cpp's server adds `timings`)
 
 
 async def stream_chat(
@@ -29,10 +31,12 @@ async def stream_chat(
     model: str,
     max_tokens: int = MAX_TOKENS,
     prompt: str = PROMPT,
-    messages: list[dict[str, str]] | None = None,
-    tools: list[dict] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Stream:
-    """One streamed chat completion at temperature 0; tokens counted as content chunks.
+    """One streamed chat completion at temperature 0; tokens counted as content chunks;
+    `options` adds to the request's body (`stream_options` to have the usage chunk).
 
     The client does as little as it can per token, because it shares the machine's cores with
     the server: a plain socket (no HTTP library, `Connection: close`), the raw bytes split into
@@ -48,6 +52,7 @@ async def stream_chat(
             "temperature": 0,
             "stream": True,
             **({"tools": tools} if tools else {}),
+            **(options or {}),
         }
     ).encode()
     request = (
@@ -56,7 +61,7 @@ async def stream_chat(
     ).encode() + body
     started = time.perf_counter()
     first = last = None
-    tokens, buffer, completion_id, status_seen = 0, b"", "", False
+    tokens, buffer, completion_id, status_seen, usage = 0, b"", "", False, b""
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     try:
         writer.write(request)
@@ -76,13 +81,16 @@ async def stream_chat(
                     tokens += 1
                     last = time.perf_counter()
                     first = first or last
+                if b'"prompt_tokens"' in event:
+                    usage = event
     except ConnectionError:
         pass  # cut off: what arrived counts
     finally:
         writer.close()
     rate = (tokens - 1) / (last - first) if first and last and tokens > 1 and last > first else 0.0
     ttft = None if first is None else first - started
-    return Stream(ttft, tokens, rate, time.perf_counter() - started, completion_id)
+    usage_chunk = json.loads(usage.split(b"data:", 1)[1]) if usage else None
+    return Stream(ttft, tokens, rate, time.perf_counter() - started, completion_id, usage_chunk)
 
 
 _ID = re.compile(rb'"id": ?"([^"]+)"')
