@@ -34,7 +34,7 @@ from inference.serving.embeddings import embedded_vectors, embedding_create
 from inference.serving.generate import Caller, generation_start
 from inference.serving.prompts import PLAIN_READING
 from inference.serving.streams import sse_stream
-from inference.templates import CallEnded, Content, Reasoning
+from inference.templates import CallEnded, CallStarted, Content, Reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class _Answer:
     def __init__(self, started: OllamaStarted, request: OllamaGeneration) -> None:
         self.started, self.request = started, request
         self.first_at: float | None = None
-        self.calls = 0
+        self.names: dict[int, str] = {}  # the calls begun, by the parser's index
 
     def object(self, part: Part, **said: Any) -> dict[str, Any]:
         logprobs = [logprob_entry(entry) for entry in part.logprobs] if self.request.logprobs else None
@@ -139,13 +139,15 @@ class _Answer:
         event = part.event
         if self.first_at is None and not isinstance(event, Finished):
             self.first_at = time.monotonic()
-        if isinstance(event, Content) and (event.text or part.logprobs):
+        if isinstance(event, Content) and (event.text or (part.logprobs and self.request.logprobs)):
             return {"content": event.text}
         if isinstance(event, Reasoning) and event.text:
             return {"thinking": event.text}
-        if isinstance(event, CallEnded):
-            self.calls += 1
-            return {"tool_calls": [tool_call_object(event.name, event.arguments, self.calls - 1)]}
+        if isinstance(event, CallStarted):
+            self.names[event.index] = event.name
+        elif isinstance(event, CallEnded):
+            call = tool_call_object(self.names[event.index], event.arguments, len(self.names) - 1)
+            return {"tool_calls": [call]}
         return None
 
     def closing(self, finished: Finished, **whole: Any) -> dict[str, Any]:
