@@ -29,7 +29,6 @@ from inference.protocol.ollama_output import pull_status
 from inference.protocol.tool_calls import ToolCall, Turn
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import (
-    ChatJob,
     CompletionJob,
     Finished,
     Generation,
