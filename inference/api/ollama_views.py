@@ -191,8 +191,7 @@ class OllamaDeleteView(OllamaView):
 
     @extend_schema(
         operation_id="ollamaDelete",
-        summary="Delete a model's file (admin token)",
-        request={"application/json": OllamaDeleteRequestSerializer},
+        summary="Delete a model's file (admin token; the body names it, as Ollama's: {\"model\"})",
         responses={200: {"type": "object"}, **_errors(400, 401, 404, 413)},
     )
     async def delete(self, request: Request) -> Response:
