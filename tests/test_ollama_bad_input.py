@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import SMOLLM2, DaphneServer
+from tests.test_bad_input import EMBEDDINGS as OPENAI_EMBEDDINGS
 from tests.test_bad_input import (
     GENERATED,
     JSON_TYPE,
@@ -27,6 +28,7 @@ from tests.test_bad_input import (
     not_strings,
     outside,
 )
+from tests.test_bad_input import MISTAKES as OPENAI_MISTAKES
 
 CHAT, GENERATE, EMBED, EMBEDDINGS = "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"
 SHOW, PULL, DELETE = "/api/show", "/api/pull", "/api/delete"
@@ -296,33 +298,23 @@ SHARED: dict[str, st.SearchStrategy] = {
     "logprobs": not_booleans,
     "top_logprobs": not_integers | outside(0, 20, integer=True),
 }
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def messages_of(**fields: st.SearchStrategy) -> st.SearchStrategy:
+    """One to three messages, each of these fields."""
+    return st.lists(st.fixed_dictionaries(fields), min_size=1, max_size=3)
+
+
 MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
     CHAT: {
         **SHARED,
         "messages": not_lists
         | st.lists(not_objects, min_size=1, max_size=3)
-        | st.lists(
-            st.fixed_dictionaries(
-                {
-                    "role": st.text(max_size=10).filter(
-                        lambda role: role not in ("system", "user", "assistant", "tool")
-                    ),
-                    "content": st.text(max_size=10),
-                }
-            ),
-            min_size=1,
-            max_size=3,
-        )
-        | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": not_strings}), min_size=1, max_size=3)
-        | st.lists(
-            st.fixed_dictionaries(
-                {
-                    "role": st.just("user"),
-                    "images": not_lists | st.lists(st.text(alphabet="!?*", min_size=1), min_size=1),
-                }
-            ),
-            min_size=1,
-            max_size=2,
+        | messages_of(role=st.text(max_size=10).filter(lambda role: role not in ROLES), content=st.text(max_size=10))
+        | messages_of(role=st.just("user"), content=not_strings)
+        | messages_of(
+            role=st.just("user"), images=not_lists | st.lists(st.text(alphabet="!?*", min_size=1), min_size=1)
         ),
         "tools": not_lists | st.lists(not_objects, min_size=1, max_size=3),
     },
@@ -339,13 +331,7 @@ MISTAKES: dict[str, dict[str, st.SearchStrategy]] = {
     },
     EMBED: {
         "model": not_names,
-        "input": st.integers()
-        | st.booleans()
-        | st.floats(allow_nan=False)
-        | st.just([])
-        | st.just("")
-        | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
-        | st.lists(st.booleans() | st.none() | st.integers(max_value=-1), min_size=1, max_size=3),
+        "input": OPENAI_MISTAKES[OPENAI_EMBEDDINGS]["input"],  # the same field as /v1/embeddings
         "truncate": not_booleans,
         "options": not_objects,
         "keep_alive": SHARED["keep_alive"],
