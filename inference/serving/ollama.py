@@ -21,7 +21,14 @@ from typing import Any
 from inference.errors import ContextLengthExceeded
 from inference.protocol.errors import api_error
 from inference.protocol.ollama import OllamaEmbedding, OllamaGeneration
-from inference.protocol.ollama_output import Timings, answer_object, error_line, ndjson_line, tool_call_object
+from inference.protocol.ollama_output import (
+    TextLines,
+    Timings,
+    answer_object,
+    error_line,
+    ndjson_line,
+    tool_call_object,
+)
 from inference.runtime.errors import PromptTooLong
 from inference.runtime.jobs import Finished, Generation, TokenizeJob
 from inference.runtime.lifecycle import LoadReason
@@ -189,11 +196,13 @@ def ollama_answer_lines(started: OllamaStarted, request: OllamaGeneration) -> As
 
 async def _lines(started: OllamaStarted, request: OllamaGeneration) -> AsyncIterator[bytes]:
     answer = _Answer(started, request)
+    texts = TextLines(request.named, request.chat_shaped)
     async for part in answer_parts(started.generation, started.answer.reading):
         if isinstance(part.event, Finished):
             yield ndjson_line(answer.closing(part.event))
         elif (said := answer.said(part)) is not None:
-            yield ndjson_line(answer.object(part, **said))
+            plain = list(said) == ["content"] and not request.logprobs
+            yield texts.line(said["content"]) if plain else ndjson_line(answer.object(part, **said))
 
 
 # --- embeddings ------------------------------------------------------------------------------------
