@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients ollama-js bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-soak
+.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients ollama-js bench bench-dashboard bench-console bench-peers bench-ollama bench-speculative bench-agents bench-agent-loop bench-soak
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -114,6 +114,9 @@ bench-console: setup-dev
 
 bench-peers: setup-dev model
 	$(PY) -m bench.peers
+
+bench-ollama: setup-dev model
+	$(PY) -m bench.ollama
 
 # make bench-agent-loop [LLAMA_SERVER=/path/to/llama-server]
 bench-agent-loop: setup-dev model
