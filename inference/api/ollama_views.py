@@ -29,6 +29,7 @@ from inference.protocol.ollama import (
     OllamaGenerateRequestSerializer,
     OllamaPullRequestSerializer,
     OllamaShowRequestSerializer,
+    model_name,
 )
 from inference.services.models import model_delete
 from inference.serving.ollama import (
@@ -86,7 +87,7 @@ def _ollama_schema(operation_id: str, summary: str, response: dict[str, Any]) ->
         summary,
         response,
         errors=_ERRORS,
-        stream={"type": "string", "description": shapes.STREAM_SCHEMA["description"]},
+        stream=shapes.STREAM_SCHEMA,
         stream_type=shapes.NDJSON,
     )
 
@@ -174,7 +175,7 @@ class OllamaPullView(OllamaView):
         request={"application/json": OllamaPullRequestSerializer},
         responses={
             (200, "application/json"): shapes.STATUS_SCHEMA,
-            (200, shapes.NDJSON): {"type": "string"},
+            (200, shapes.NDJSON): shapes.STREAM_SCHEMA,
             **_errors(400, 401, 413, 500),
         },
     )
@@ -196,7 +197,7 @@ class OllamaDeleteView(OllamaView):
     )
     async def delete(self, request: Request) -> Response:
         named, _ = OllamaDeleteRequestSerializer.named(request.data)
-        await model_delete(model=named.removesuffix(":latest"))
+        await model_delete(model=model_name(named))
         return Response({})
 
 

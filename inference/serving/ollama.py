@@ -126,7 +126,9 @@ async def _unloaded(model: str, caller: Caller) -> Generation:
     async def events() -> AsyncIterator[Finished]:
         yield Finished("unload", prompt_tokens=0, completion_tokens=0)
 
-    return Generation(model=name, prompt_tokens=0, events=events())
+    generation = Generation(model=name, prompt_tokens=0, events=events())
+    generation.id = f"ollama-{generation.id}"
+    return generation
 
 
 class _Answer:
