@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # run as root; otherwise the tests that need a missing one are skipped.
 SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server systemd
 
-.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients bench bench-dashboard bench-console bench-peers bench-speculative bench-agents bench-agent-loop bench-vision bench-soak
+.PHONY: serve test test-fast setup setup-dev model migrate system-packages agent-clients ollama-js bench bench-dashboard bench-console bench-peers bench-ollama bench-speculative bench-agents bench-agent-loop bench-vision bench-soak
 
 serve: setup model migrate
 	$(PY) manage.py serve
@@ -19,7 +19,7 @@ serve: setup model migrate
 # ruff.toml holds the rule set and the formatter's style, mypy.ini the packages whose types are
 # checked (runtime, grammar); style and types are checked where the tests run. The slowest tests'
 # times end the output.
-test: setup-dev model system-packages agent-clients
+test: setup-dev model system-packages agent-clients ollama-js
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -64,6 +64,23 @@ $(AGENT_CLIENTS_STAMP):
 		echo "note: npm install failed; the Codex and Claude Code tests will be skipped"; \
 	fi
 
+# The ollama JavaScript library that tests/test_ollama_clients.py drives, pinned here (the test
+# reads this line) and installed from the npm registry into .ollama-js/; without npm it skips.
+OLLAMA_JS_VERSION := 0.6.4
+OLLAMA_JS := .ollama-js
+OLLAMA_JS_STAMP := $(OLLAMA_JS)/.installed-ollama-$(OLLAMA_JS_VERSION)
+
+ollama-js: $(OLLAMA_JS_STAMP)
+
+$(OLLAMA_JS_STAMP):
+	@if ! command -v npm >/dev/null; then \
+		echo "note: npm is missing; the ollama JavaScript library's test will be skipped"; \
+	elif npm install --prefix $(OLLAMA_JS) --save-exact --no-audit --no-fund ollama@$(OLLAMA_JS_VERSION); then \
+		touch $@; \
+	else \
+		echo "note: npm install failed; the ollama JavaScript library's test will be skipped"; \
+	fi
+
 system-packages:
 	@missing="$$(for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done)"; \
 	if [ -z "$$missing" ]; then :; \
@@ -97,6 +114,9 @@ bench-console: setup-dev
 
 bench-peers: setup-dev model
 	$(PY) -m bench.peers
+
+bench-ollama: setup-dev model
+	$(PY) -m bench.ollama
 
 # make bench-agent-loop [LLAMA_SERVER=/path/to/llama-server]
 bench-agent-loop: setup-dev model

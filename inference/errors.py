@@ -101,3 +101,10 @@ class DatabaseUnavailable(RetryLater):
 class PermissionDenied(ApiError):
     status = 403
     type = "permission_error"
+
+
+class PullFailed(ApiError):
+    """A pull that started and failed (the download, the file, its checksum): Ollama's 500."""
+
+    status = 500
+    type = "server_error"

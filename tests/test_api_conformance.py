@@ -71,7 +71,13 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         "POST /v1/messages/count_tokens",
         "POST /v1/responses",
         "POST /infill",
-    } <= with_body
+        "POST /api/chat",
+        "POST /api/generate",
+        "POST /api/embed",
+        "POST /api/embeddings",
+        "POST /api/show",
+        "POST /api/pull",
+    } <= with_body  # (drf-spectacular describes no DELETE body: /api/delete's is tested in test_ollama_bad_input)
     # Negative data needs something to make wrong: a body or query parameters.
     with_input = with_body | {operation.label for operation in operations if operation.query}
     expected = {operation.label for operation in operations} if mode == GenerationMode.POSITIVE else with_input
@@ -90,7 +96,14 @@ STREAMED = {
         "max_tokens": 2,
         "stream": True,
     },
+    "POST /api/chat": {
+        "model": SMOLLM2,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "options": {"num_predict": 2},
+    },
+    "POST /api/generate": {"model": SMOLLM2, "prompt": "Hi", "options": {"num_predict": 2}},
 }
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")  # SSE; Ollama's NDJSON
 
 
 def test_streamed_answers_conform(small_server: DaphneServer) -> None:
@@ -99,6 +112,4 @@ def test_streamed_answers_conform(small_server: DaphneServer) -> None:
     for label, body in STREAMED.items():
         case = operations[label].Case(body=body, media_type="application/json")
         response = case.call_and_validate(base_url=small_server.url, timeout=120)
-        assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream"), (
-            label
-        )
+        assert response.status_code == 200 and response.headers["content-type"][0].startswith(STREAM_TYPES), label

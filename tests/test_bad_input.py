@@ -109,59 +109,56 @@ ANTHROPIC_MISTAKES: list[dict[str, Any]] = [
     {"model": "no-such-model"},
 ]
 
+# Bodies no API takes: the classic ways to get a request wrong.
+MALFORMED_BODIES: tuple[bytes, ...] = (
+    b"",
+    b" ",
+    b"{",
+    b"}",
+    b"[]",
+    b"null",
+    b"42",
+    b'"text"',
+    b"{'single': 'quotes'}",
+    b'{"model": "x",}',
+    b"\xff\xfe\x00",
+    b"\xef\xbb\xbf{}",
+    '{"a": "é"}'.encode("utf-16"),
+    b'{"max_tokens": NaN}',
+    b'{"temperature": Infinity}',
+    b'{"n": -Infinity}',
+    b'{"messages": "\\ud800"}',
+    b'{"prompt": "\\udfff"}',
+    b'{"input": "\\ud83d"}',
+    b'{"n": 1' + b"0" * 5000 + b"}",
+    b"\x00" * 100,
+    deep(100),
+    deep(100_000),
+    b'{"model": "' + b"a" * 100_000 + b'"}',
+)
+
+# Models no request may name (a path, a name not quite right, not a string).
+MODEL_MISTAKES: tuple[Any, ...] = (
+    "../" + SMOLLM2,
+    "/etc/passwd",
+    f"models/{SMOLLM2}",
+    SMOLLM2 + "\x00",
+    "..",
+    ".",
+    "",
+    " ",
+    SMOLLM2.upper(),
+    7,
+    [SMOLLM2],
+    {"id": SMOLLM2},
+    True,
+)
+
 # (path, body, content type): the classic ways to get a request wrong.
 HAND_PICKED: list[tuple[str, bytes, str]] = [
-    *(
-        (path, raw, JSON_TYPE)
-        for path in VALID
-        for raw in (
-            b"",
-            b" ",
-            b"{",
-            b"}",
-            b"[]",
-            b"null",
-            b"42",
-            b'"text"',
-            b"{'single': 'quotes'}",
-            b'{"model": "x",}',
-            b"\xff\xfe\x00",
-            b"\xef\xbb\xbf{}",
-            '{"a": "é"}'.encode("utf-16"),
-            b'{"max_tokens": NaN}',
-            b'{"temperature": Infinity}',
-            b'{"n": -Infinity}',
-            b'{"messages": "\\ud800"}',
-            b'{"prompt": "\\udfff"}',
-            b'{"input": "\\ud83d"}',
-            b'{"n": 1' + b"0" * 5000 + b"}",
-            b"\x00" * 100,
-            deep(100),
-            deep(100_000),
-            b'{"model": "' + b"a" * 100_000 + b'"}',
-        )
-    ),
+    *((path, raw, JSON_TYPE) for path in VALID for raw in MALFORMED_BODIES),
     *((path, body(path), "application/json; charset=utf-32") for path in VALID),
-    *(
-        (path, body(path, model=model), JSON_TYPE)
-        for path in VALID
-        for model in (
-            "../" + SMOLLM2,
-            "/etc/passwd",
-            f"models/{SMOLLM2}",
-            SMOLLM2 + "\x00",
-            "..",
-            ".",
-            "",
-            " ",
-            SMOLLM2.upper(),
-            7,
-            [SMOLLM2],
-            {"id": SMOLLM2},
-            True,
-        )
-        if model != ""
-    ),
+    *((path, body(path, model=model), JSON_TYPE) for path in VALID for model in MODEL_MISTAKES if model != ""),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": "a"}] * 2049), JSON_TYPE),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": [{"type": "text"}]}]), JSON_TYPE),
     (CHAT, body(CHAT, messages=[{"role": "user", "content": "Hi" * 10_000}] * 4), JSON_TYPE),

@@ -1,9 +1,9 @@
-"""The API's URLs: OpenAI's and Anthropic's, llama.cpp server's (/tokenize, /detokenize, /infill), the
-server's own (/health, /metrics) and the admin endpoints."""
+"""The API's URLs: OpenAI's and Anthropic's, llama.cpp server's (/tokenize, /detokenize, /infill),
+Ollama's (/api/*), the server's own (/health, /metrics) and the admin endpoints."""
 
 from django.urls import path
 
-from inference.api import admin_views, views
+from inference.api import admin_views, ollama_views, views
 
 urlpatterns = [
     path("health", views.HealthView.as_view()),
@@ -22,6 +22,20 @@ urlpatterns = [
     path("detokenize", views.DetokenizeView.as_view()),
     path("apply-template", views.ApplyTemplateView.as_view()),
     path("infill", views.InfillView.as_view()),
+    path("api/version", ollama_views.OllamaVersionView.as_view()),
+    path("api/tags", ollama_views.OllamaTagsView.as_view()),
+    path("api/show", ollama_views.OllamaShowView.as_view()),
+    path("api/ps", ollama_views.OllamaPsView.as_view()),
+    path("api/chat", ollama_views.OllamaChatView.as_view()),
+    path("api/generate", ollama_views.OllamaGenerateView.as_view()),
+    path("api/embed", ollama_views.OllamaEmbedView.as_view()),
+    path("api/embeddings", ollama_views.OllamaEmbeddingsView.as_view()),
+    path("api/pull", ollama_views.OllamaPullView.as_view()),
+    path("api/delete", ollama_views.OllamaDeleteView.as_view()),
+    path("api/create", ollama_views.OllamaNotServedView.as_view()),
+    path("api/copy", ollama_views.OllamaNotServedView.as_view()),
+    path("api/push", ollama_views.OllamaNotServedView.as_view()),
+    path("api/blobs/<str:digest>", ollama_views.OllamaNotServedView.as_view()),
     # Before the Django admin's admin/ include, which must not swallow these.
     path("admin/models", admin_views.AdminModelsView.as_view()),
     path("admin/load", admin_views.AdminLoadView.as_view()),

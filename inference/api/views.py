@@ -178,8 +178,12 @@ class GenerationView(APIView):
             started = await self.start(request=parsed, caller=caller)
             recording.track(self.generation_of(started))
         if getattr(parsed, "stream", False):
-            return sse_response(self.chunks(started, parsed))
+            return self.streamed(self.chunks(started, parsed))
         return Response(await self.body(started, parsed))
+
+    def streamed(self, chunks: AsyncIterator[bytes]) -> StreamingHttpResponse:
+        """A streamed answer (SSE; Ollama's views stream NDJSON)."""
+        return sse_response(chunks)
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, QuotaExceeded):
@@ -201,6 +205,7 @@ def _generation_schema(
     *,
     errors: dict[int, Any] = _GENERATION_ERRORS,
     stream: dict[str, Any] = _STREAM,
+    stream_type: str = "text/event-stream",
 ) -> Any:
     """Class decorator: the view's own `post`, described for the OpenAPI document from its
     serializer and whether it streams (has `chunks`).
@@ -212,7 +217,7 @@ def _generation_schema(
     def describe(view: type[GenerationView]) -> type[GenerationView]:
         responses: dict[Any, Any] = {(200, "application/json"): response, **errors}
         if view.chunks is not None:
-            responses[(200, "text/event-stream")] = stream
+            responses[(200, stream_type)] = stream
 
         async def post(self: GenerationView, request: Request) -> Response | StreamingHttpResponse:
             return await GenerationView.post(self, request)

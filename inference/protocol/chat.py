@@ -248,7 +248,7 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
             stream=values.get("stream", False),
             include_usage=include_usage(values),
             logprobs=logprobs,
-            tools=_tools(values),
+            tools=offered_tools(values),
             tool_choice=values.get("tool_choice", "auto"),
             response_format=values.get("response_format"),
             user=values.get("user", ""),
@@ -257,7 +257,8 @@ class ChatCompletionRequestSerializer(GenerationRequestSerializer):
         )
 
 
-def _tools(values: dict[str, Any]) -> tuple[tools.Tool, ...]:
+def offered_tools(values: dict[str, Any]) -> tuple[tools.Tool, ...]:
+    """The validated `tools` (OpenAI's function tools, as Ollama's are too) as the model is offered them."""
     return tuple(
         tools.Tool(
             name=tool["function"]["name"],
@@ -335,7 +336,7 @@ class ApplyTemplateRequestSerializer(OpenAIRequestSerializer):
             model=values.get("model") or None,
             job=ChatJob(messages=(), count_only=True),
             conversation=_conversation(values["messages"]),
-            tools=_tools(values),
+            tools=offered_tools(values),
             tool_choice=values.get("tool_choice", "auto"),
             thinking=ThinkingAsk.of(values),
         )

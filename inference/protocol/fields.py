@@ -163,19 +163,23 @@ class StopField(serializers.Field):
 
 @extend_schema_field({"oneOf": [{"type": "number"}, {"type": "string"}]})
 class KeepAliveField(serializers.Field):
-    """Ollama's keep_alive: seconds, or a duration such as "10m", "1h30m", "45s"; negative = forever."""
+    """Ollama's keep_alive: seconds, or a duration as Go writes one ("10m", "1h30m", "1.5h",
+    "300ms"; a bare number is seconds); negative = forever."""
 
     default_error_messages = {
         "invalid": "Expected seconds or a duration such as '10m' (negative: keep loaded).",
     }
-    _duration = re.compile(r"^(-?)(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+    _units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    _part = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
+    _duration = re.compile(r"^(-?)((?:\d+(?:\.\d+)?(?:h|ms|m|s|us|µs|ns))+|\d+(?:\.\d+)?)$")
 
     def to_internal_value(self, data: Any) -> float:
         if isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
             seconds = float(data)
-        elif isinstance(data, str) and (match := self._duration.match(data.strip())) and data.strip("-"):
-            sign, hours, minutes, secs = match.groups()
-            seconds = float(hours or 0) * 3600 + float(minutes or 0) * 60 + float(secs or 0)
+        elif isinstance(data, str) and (match := self._duration.match(data.strip())):
+            sign, duration = match.groups()
+            parts = self._part.findall(duration)
+            seconds = sum(float(number) * self._units[unit] for number, unit in parts) if parts else float(duration)
             seconds = -seconds if sign else seconds
         else:
             self.fail("invalid")
@@ -250,11 +254,10 @@ class OpenAIRequestSerializer(serializers.Serializer):
         return {key: value for key, value in serializer.validated_data.items() if value is not None}
 
 
-class GenerationRequestSerializer(OpenAIRequestSerializer):
-    """What chat and text completions share: the model, sampling, stopping, streaming, n."""
+class SamplingSerializer(serializers.Serializer):
+    """The sampling settings (Sampling's fields), by the names OpenAI's requests and Ollama's
+    `options` share."""
 
-    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
-    max_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
     temperature = optional(StrictFloatField, min_value=0.0, max_value=2.0)
     top_p = optional(StrictFloatField, min_value=0.0, max_value=1.0)
     top_k = optional(StrictIntegerField, min_value=0, max_value=2**31 - 1)
@@ -263,6 +266,13 @@ class GenerationRequestSerializer(OpenAIRequestSerializer):
     presence_penalty = optional(StrictFloatField, min_value=-2.0, max_value=2.0)
     frequency_penalty = optional(StrictFloatField, min_value=-2.0, max_value=2.0)
     seed = optional(StrictIntegerField, min_value=-(2**63), max_value=2**64 - 1)
+
+
+class GenerationRequestSerializer(OpenAIRequestSerializer, SamplingSerializer):
+    """What chat and text completions share: the model, sampling, stopping, streaming, n."""
+
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    max_tokens = optional(StrictIntegerField, min_value=1, max_value=2**31 - 1)
     stop = optional(StopField)
     n = optional(StrictIntegerField, min_value=1, max_value=128)
     stream = optional(StrictBooleanField)

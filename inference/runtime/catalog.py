@@ -169,12 +169,17 @@ def listed_name(path: Path) -> str | None:
 
 
 def _other_split_parts_size(first_part: Path, name: str) -> int:
+    return sum(part.stat().st_size for part in split_parts(first_part, name) if part != first_part)
+
+
+def split_parts(first_part: Path, name: str) -> list[Path]:
+    """Every part of the split model `name` whose first part this is (none: it is not split)."""
     if first_part.stem == name:
-        return 0
-    return sum(
-        part.stat().st_size
+        return []
+    return sorted(
+        part
         for part in first_part.parent.glob(f"{glob.escape(name)}-*-of-*{GGUF_SUFFIX}")
-        if part != first_part
+        if (split := _SPLIT_PATTERN.match(part.stem)) is not None and split["stem"] == name
     )
 
 

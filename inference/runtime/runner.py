@@ -108,8 +108,12 @@ class JobRunner:
 
     def _counted(self, job: Job, prepared: Prepared) -> None:
         """A job that only asked how long its prompt is, or about the vocabulary (its answer
-        prepared): answered without a slot."""
+        prepared): answered without a slot. It used the model all the same: its keep_alive
+        holds from now (Ollama's load-only requests set it this way)."""
         job.started_at = time.monotonic()
+        with self._lock:
+            self._counts.last_used = job.started_at
+            self._counts.keep_alive = job.spec.keep_alive
         self._dropped()
         tokens = len(prepared.prompt)
         answer = () if prepared.answer is None else (prepared.answer,)

@@ -12,12 +12,12 @@ from typing import Any
 
 from django.db import DatabaseError
 
-from inference.config import AUTO_PRELOAD, ConfigError, get_config, load_config, set_config
+from inference.config import AUTO_PRELOAD, ConfigError, ModelManagerConfig, get_config, load_config, set_config
 from inference.connections import database_call, error_line, on_passing_connection
 from inference.errors import DatabaseUnavailable, InvalidRequest
 from inference.models import DiscoveredModel, LoadEvent
 from inference.records.writer import writer
-from inference.runtime.catalog import ModelFile
+from inference.runtime.catalog import ModelChanges, ModelFile, split_parts, strip_suffix
 from inference.runtime.errors import ShuttingDown
 from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.lifecycle import LifecycleEvent, LoadReason
@@ -141,10 +141,7 @@ async def config_reload() -> dict[str, list[str]]:
     config = replace(config, server=replace(config.server, host=listening.host, port=listening.port))
     set_config(config)
     logging.getLogger().setLevel(config.server.log_level)
-    changes, gone = model_pool().reload(config.model_manager)
-    await _unloaded(gone)
-    models = model_pool().catalog.available()
-    await database_call(lambda: discovered_models_sync(models=models), needed_for="the models' admin rows")
+    changes = await _rediscovered(config.model_manager)
     logger.info(
         "reloaded %s: added %s, removed %s, changed %s",
         config.path,
@@ -153,6 +150,37 @@ async def config_reload() -> dict[str, list[str]]:
         changes.changed or "none",
     )
     return {"added": changes.added, "removed": changes.removed, "changed": changes.changed}
+
+
+async def _rediscovered(config: ModelManagerConfig) -> ModelChanges:
+    """Put `config` in force and rediscover the models directory: loaded models whose file is
+    gone are unloaded (once their running requests end), the admin's rows brought in line."""
+    changes, gone = model_pool().reload(config)
+    await _unloaded(gone)
+    models = model_pool().catalog.available()
+    await database_call(lambda: discovered_models_sync(models=models), needed_for="the models' admin rows")
+    return changes
+
+
+async def model_delete(*, model: str) -> str:
+    """Delete a model's file (every part of a split one) from the models directory and
+    rediscover (a loaded model is unloaded); returns its name. Its projector stays. An alias is
+    refused (delete the model it names), an unknown name raises ModelNotFound."""
+    pool = model_pool()
+    name = strip_suffix(model)
+    available = pool.catalog.available()
+    if name not in available:
+        if name in pool.config.aliases:
+            raise InvalidRequest(
+                f"'{name}' is an alias of {pool.config.aliases[name]}: delete that model", param="model"
+            )
+        raise pool.catalog.not_found(name, available)
+    found = available[name]
+    files = split_parts(found.path, name) or [found.path]
+    await asyncio.to_thread(lambda: [path.unlink(missing_ok=True) for path in files])
+    logger.info("deleted %s (%s)", name, ", ".join(path.name for path in files))
+    await _rediscovered(pool.config)
+    return name
 
 
 def load_event_record(sender: Any, *, event: LifecycleEvent, **_: Any) -> None:

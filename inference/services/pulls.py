@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,7 @@ class PullJob:
     progress: PullProgress | None = None
     message: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
+    followers: set[asyncio.Event] = field(default_factory=set)  # set at each change (see `PullJobs.follow`)
 
     def snapshot(self) -> dict[str, Any]:
         """What the page shows of this pull (JSON)."""
@@ -116,6 +117,21 @@ class PullJobs:
             return False
         job.cancel.set()
         return True
+
+    async def follow(self, job: PullJob) -> AsyncIterator[dict[str, Any]]:
+        """The pull's snapshots: now, and after each change until it has finished (the latest
+        only, for a follower slower than the changes). Leaving does not stop the pull."""
+        changed = asyncio.Event()
+        job.followers.add(changed)
+        try:
+            while True:
+                yield job.snapshot()
+                if job.state.finished:
+                    return
+                await changed.wait()
+                changed.clear()
+        finally:
+            job.followers.discard(changed)
 
     async def _run(self, job: PullJob) -> None:
         try:
@@ -179,6 +195,8 @@ class PullJobs:
 
     def _set(self, job: PullJob, state: PullState, message: str) -> None:
         job.state, job.message = state, message
+        for changed in job.followers:
+            changed.set()
         layer = get_channel_layer()
         if layer is not None:
             self._spawn(layer.group_send(PULL_GROUP, {"type": "pull.progress", "pull": job.snapshot()}))

@@ -18,11 +18,17 @@ async def embedding_create(*, request: EmbeddingRequest, caller: Caller) -> Gene
     )
 
 
-async def embedding_body(generation: Generation, request: EmbeddingRequest) -> dict[str, Any]:
+async def embedded_vectors(generation: Generation) -> tuple[tuple[float, ...], ...]:
+    """The vectors of an embedding generation (one per input, unit length), its events read to the end."""
     vectors: tuple[tuple[float, ...], ...] = ()
     async for event in generation.events:
         if isinstance(event, Embedded):
             vectors = event.vectors
+    return vectors
+
+
+async def embedding_body(generation: Generation, request: EmbeddingRequest) -> dict[str, Any]:
+    vectors = await embedded_vectors(generation)
 
     def encoded(vector: tuple[float, ...]) -> list[float] | str:
         if request.encoding_format == "base64":  # little-endian float32, as OpenAI sends them
