@@ -30,6 +30,7 @@ from inference.protocol.tool_calls import ToolCall, Turn
 from inference.runtime.errors import WorkerFailed
 from inference.runtime.jobs import (
     CompletionJob,
+    FillInMiddle,
     Finished,
     Generation,
     JobEvent,
@@ -150,7 +151,7 @@ def test_generate_templated_raw_and_suffix() -> None:
     raw = generate(prompt="The sky is", raw=True, options={"num_predict": 4})
     assert raw.chat is None and raw.completion.jobs == (CompletionJob(prompt="The sky is", max_tokens=4),)
     fill = generate(prompt="def f(", suffix="):\n    pass").completion
-    assert fill.jobs[0].suffix == "):\n    pass"
+    assert fill.jobs[0].fill == FillInMiddle(prefix="def f(", suffix="):\n    pass")
     assert "never evaluated" in refusal(OllamaGenerateRequestSerializer.parse, prompt="x", template="{{ .Prompt }}")
     assert generate(prompt="x", template="").chat is not None
     assert "context" in refusal(OllamaGenerateRequestSerializer.parse, prompt="x", context=[1, 2, 3])

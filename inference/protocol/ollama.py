@@ -53,7 +53,7 @@ from inference.protocol.fields import (
     sampling_from,
 )
 from inference.protocol.images import MEDIA_MARKER, Image, ImageRefused, image_from_base64, image_from_url
-from inference.runtime.jobs import ChatJob, CompletionJob, EmbeddingJob
+from inference.runtime.jobs import ChatJob, CompletionJob, EmbeddingJob, FillInMiddle
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +357,10 @@ class OllamaGenerateRequestSerializer(OllamaGenerationSerializer):
         prompt, images = values.get("prompt", ""), values.get("images", ())
         if values.get("raw") or values.get("suffix"):
             options = _job_options(values)
-            job = CompletionJob(prompt=prompt, suffix=values.get("suffix") or None, **options)
+            suffix = values.get("suffix")
+            job = CompletionJob(
+                prompt=prompt, fill=FillInMiddle(prefix=prompt, suffix=suffix) if suffix else None, **options
+            )
             completion = CompletionRequest(
                 model=model_name(named),
                 jobs=(job,),
