@@ -105,6 +105,7 @@ class ModelSettings:
     mmproj: str  # its multimodal projector file, absolute ("": one found beside the model, or none)
     reasoning_format: str  # "auto": thinking apart from the answer; "none": all of it as the answer
     reasoning_budget: int  # most tokens a request may think; -1: no limit
+    reranker: str  # how /v1/rerank scores: "rank" (a reranker's head), "yes_no" (P("yes")), "auto": as the GGUF says
     parallel: int
     idle_timeout: float
     pinned: bool
@@ -281,6 +282,7 @@ MODEL_KEYS: dict[str, _Key] = {
     "mmproj": _Key("", _string(allow_empty=True)),  # per model only: a path, checked at reading
     "reasoning_format": _Key("auto", _one_of("auto", "none")),
     "reasoning_budget": _Key(-1, _integer(-1)),
+    "reranker": _Key("auto", _one_of("auto", "rank", "yes_no")),
     "parallel": _Key(4, _integer(1, 256)),
     "idle_timeout": _Key(300, _number(-1)),
     "pinned": _Key(False, _boolean),
@@ -368,8 +370,7 @@ def _validated(path: Path, where: str, raw: Any, keys: dict[str, _Key]) -> dict[
     for key, spec in keys.items():
         if key not in raw:
             continue
-        value = raw[key]
-        if value is None and spec.default is None:
+        if (value := raw[key]) is None and spec.default is None:
             continue
         problem = spec.problem(value)
         if problem:
@@ -415,9 +416,8 @@ def _refuse_impossible(path: Path, where: str, settings: ModelSettings) -> None:
         raise ConfigError(f"{path}: {where}.mmproj: a projector is one model's: set model_manager.models.NAME.mmproj")
     if settings.parallel > settings.n_batch:
         raise ConfigError(
-            f"{path}: {where}: parallel ({settings.parallel}) is more than n_batch ({settings.n_batch}): each "
-            "step's batch of n_batch tokens holds one token of every generating request; raise n_batch or "
-            "lower parallel"
+            f"{path}: {where}: parallel ({settings.parallel}) is more than n_batch ({settings.n_batch}): each step's "
+            "batch of n_batch tokens holds one token of every generating request; raise n_batch or lower parallel"
         )
     if settings.type_v != "f16" and settings.flash_attn is False:
         raise ConfigError(f"{path}: {where}: type_v {settings.type_v} needs flash attention: set flash_attn to auto")

@@ -41,8 +41,9 @@ def _not_found(exc: runtime.ModelNotFound) -> errors.ApiError:
 
 def _too_long(exc: runtime.PromptTooLong) -> errors.ApiError:
     what = exc.param.split("[")[0]  # "input[3]" is one of the inputs
+    which = f" ({exc.param})" if what != exc.param else ""
     return errors.ContextLengthExceeded(
-        f"This model's maximum context length is {exc.n_ctx} tokens. However, your {what} resulted in "
+        f"This model's maximum context length is {exc.n_ctx} tokens. However, your {what}{which} resulted in "
         f"{exc.tokens} tokens. Please reduce the length of the {what}.",
         param=exc.param,
     )
@@ -116,6 +117,7 @@ _WORDING: dict[type[runtime.RuntimeFailure], Callable[[Any], errors.ApiError]] =
     runtime.PrepareFailed: lambda exc: errors.GenerationFailed(
         f"the request could not be prepared for {exc.model}: {exc.cause}"
     ),
+    runtime.NotServed: lambda exc: errors.InvalidRequest(f"model {exc.model} {exc.detail}", param=exc.param),
 }
 
 

@@ -2,8 +2,10 @@
 
 An engine prepares a job (renders and tokenizes its prompt, checks it fits), starts prepared
 jobs when there is room, and steps: each step is one batched decode over every running request
-(see `runtime.scheduler`). A `GenerationEngine` generates; an `EmbeddingEngine` embeds, one job
-per step. Engines are not thread-safe: exactly one thread (their worker) may use one.
+(see `runtime.scheduler`). A `GenerationEngine` generates, and reranks by P("yes") between its
+generating steps (`runtime.scoring`); an `EmbeddingEngine` embeds, or reranks with a reranker's
+rank pooling, one job per step. Engines are not thread-safe: exactly one thread (their worker)
+may use one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from typing import Generic, Protocol, TypeVar
 
 from inference.runtime.channel import Job
 from inference.runtime.choices import Events, Key
-from inference.runtime.errors import ImageRejected, PromptEmpty, PromptTooLong, TokenOutOfRange, TooManyChoices
+from inference.runtime.errors import (
+    ImageRejected,
+    NotServed,
+    PromptEmpty,
+    PromptTooLong,
+    TokenOutOfRange,
+    TooManyChoices,
+)
 from inference.runtime.infill import infill_tokens
 from inference.runtime.jobs import (
     ChatJob,
@@ -29,20 +38,19 @@ from inference.runtime.jobs import (
     Prepared,
     PromptAccepted,
     PromptImage,
+    Ranked,
+    RerankJob,
+    RerankMode,
     Tokenized,
     TokenizeJob,
 )
-from inference.runtime.llama import (
-    EmbeddingContext,
-    GenerationContext,
-    LlamaModel,
-    LoadProgress,
-    return_free_memory,
-)
+from inference.runtime.llama import GenerationContext, LlamaModel, LoadProgress, return_free_memory
+from inference.runtime.llama.embedding import EmbeddingContext
 from inference.runtime.llama.vision import load_projector
 from inference.runtime.prompt_cache import PromptCache
 from inference.runtime.prompt_store import PromptStore, identity
 from inference.runtime.scheduler import Scheduler
+from inference.runtime.scoring import YesNoScorer, pair_prompt
 from inference.runtime.settings import LoadSettings
 
 
@@ -116,6 +124,10 @@ class GenerationEngine(Generic[Key]):
             cache=_prompt_cache(path, settings),
             drafting=settings.speculative == "ngram",
         )
+        self._scorer: YesNoScorer[Key] = YesNoScorer(
+            self._context, self._scheduler.memory, self._context.scoring_sequences
+        )
+        self._scoring_turn = False  # with both running, the scorer's steps and the scheduler's alternate
 
     @property
     def running(self) -> int:
@@ -132,6 +144,11 @@ class GenerationEngine(Generic[Key]):
         """Render and tokenize the job's prompt; raises if it cannot run (too long, empty, …)."""
         if (answered := vocabulary_answer(self.model, job)) is not None:
             return answered
+        if isinstance(job, RerankJob) and job.mode is RerankMode.YES_NO:
+            if len(self._context.scoring_sequences) < 2:
+                detail = f"cannot rerank: its parallel ({self.parallel}) leaves llama.cpp no sequences to score in"
+                raise NotServed(model=self.name, detail=detail, param="model")
+            return rerank_prepared(self.model, job, self.n_ctx)
         if not isinstance(job, GenerationJob):
             raise TypeError(f"a generating model cannot run {type(job).__name__}")
         if job.n > self.parallel:
@@ -195,11 +212,16 @@ class GenerationEngine(Generic[Key]):
         return prompt, images
 
     def start(self, key: Key, prepared: Prepared, cancelled: Callable[[], bool]) -> PromptAccepted | None:
-        """Put a prepared job into free slots; None if there is no room until a request ends."""
+        """Put a prepared job into free slots (a rerank job: in the scorer's line); None if there
+        is no room until a request ends."""
+        if isinstance(prepared.job, RerankJob):
+            return self._scorer.admit(key, prepared, cancelled)
         return self._scheduler.admit(key, prepared, cancelled)
 
     def step(self) -> Events[Key]:
-        return self._scheduler.step()
+        scoring = self._scorer.busy and (self._scoring_turn or not self._scheduler.running)
+        self._scoring_turn = not scoring
+        return self._scorer.step() if scoring else self._scheduler.step()
 
     def keep_prompt_cache(self) -> None:
         """Store the hottest prompt prefixes on disk before an unload (not after a failure)."""
@@ -226,6 +248,24 @@ def vocabulary_answer(model: LlamaModel, job: ModelJob) -> Prepared | None:
     return None
 
 
+def rerank_prepared(model: LlamaModel, job: RerankJob, n_ctx: int) -> Prepared:
+    """A rerank job with its pairs' prompts (`inputs`, one per document); raises for a document
+    whose prompt is empty or longer than the context."""
+    specials = model.pair_specials()
+    prompts = []
+    for index, document in enumerate(job.documents):
+        param = f"documents[{index}]"
+        prompt = pair_prompt(
+            model, job.template, job.query, document, specials=specials, bos=job.mode is RerankMode.YES_NO
+        )
+        if not prompt:
+            raise PromptEmpty(param=param)
+        if len(prompt) > n_ctx:
+            raise PromptTooLong(model=model.name, tokens=len(prompt), n_ctx=n_ctx, param=param)
+        prompts.append(prompt)
+    return Prepared(job, [], inputs=tuple(prompts))
+
+
 def _text_or_bytes(piece: bytes) -> str | tuple[int, ...]:
     try:
         return piece.decode("utf-8")
@@ -244,7 +284,7 @@ def _prompt_cache(path: Path, settings: LoadSettings) -> PromptCache | None:
 
 
 class EmbeddingEngine(Generic[Key]):
-    """A model's embedding context: one job (all its inputs) per step."""
+    """A model's embedding context: one job (all its inputs, or a reranker's pairs) per step."""
 
     parallel = 1
 
@@ -267,6 +307,10 @@ class EmbeddingEngine(Generic[Key]):
     def prepare(self, job: ModelJob) -> Prepared:
         if (answered := vocabulary_answer(self.model, job)) is not None:
             return answered
+        if isinstance(job, RerankJob) != self._context.ranks:
+            raise NotServed(model=self.name, detail=_RANKING_MISMATCH[self._context.ranks], param="model")
+        if isinstance(job, RerankJob):
+            return rerank_prepared(self.model, job, self.n_ctx)
         if not isinstance(job, EmbeddingJob):
             raise TypeError(f"an embedding context cannot run {type(job).__name__}")
         inputs = []
@@ -288,9 +332,12 @@ class EmbeddingEngine(Generic[Key]):
 
     def step(self) -> Events[Key]:
         key, prepared = self._started.pop(0)
-        vectors = tuple(self._context.embed(tokens) for tokens in prepared.inputs)
         tokens = sum(len(tokens) for tokens in prepared.inputs)
-        return [(key, Embedded(vectors, tokens)), (key, Finished("stop", tokens, 0))]
+        if isinstance(prepared.job, RerankJob):
+            answer: Ranked | Embedded = Ranked(tuple(self._context.scores(prepared.inputs)))
+        else:
+            answer = Embedded(tuple(self._context.embed(tokens) for tokens in prepared.inputs), tokens)
+        return [(key, answer), (key, Finished("stop", tokens, 0))]
 
     def keep_prompt_cache(self) -> None:
         """Embeddings keep no prompt cache."""
@@ -299,6 +346,13 @@ class EmbeddingEngine(Generic[Key]):
         self._context.close()
         self.model.close()
         return_free_memory()
+
+
+# What an embedding context says to a job it cannot run, by whether it pools by rank.
+_RANKING_MISMATCH = {
+    True: "is a reranker (its pooling type is rank): it scores documents (/v1/rerank), it does not embed",
+    False: "was loaded without rank pooling (for embeddings): unload it to rerank with its reranker setting",
+}
 
 
 def load_engine(name: str, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> Engine:

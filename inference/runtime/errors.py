@@ -167,3 +167,12 @@ class PrepareFailed(RuntimeFailure):
 
     model: str
     cause: str
+
+
+@fact
+class NotServed(RuntimeFailure):
+    """A request that the model cannot serve as it is (a reranker asked for embeddings, …)."""
+
+    model: str
+    detail: str  # what it is or lacks, and what to do
+    param: str

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 PROJECTOR_ARCHITECTURE = "clip"  # llama.cpp's multimodal projectors (mmproj files)
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker's classifier head
 
 
 class GGUFError(Exception):
@@ -46,10 +47,17 @@ class GGUFInfo:
     key_length: int = 0
     value_length: int = 0
     vocab_size: int = 0
+    pooling_type: int = 0  # llama.cpp's LLAMA_POOLING_TYPE_* the model asks for (0: none, 4: rank, a reranker)
+    rerank_template: str | None = None  # tokenizer.chat_template.rerank: "{query}", "{document}" where they go
     bos_token: str = ""  # the BOS token's text ("": none), and the EOS's: chat templates write them
     eos_token: str = ""
     data_end: int | None = None  # the bytes the file must hold; None: a tensor type we do not know
     fill_in_middle: bool = False  # FIM prefix, suffix and middle tokens, found as llama.cpp finds them
+
+    @property
+    def reranker(self) -> bool:
+        """Whether the model is a reranker: its GGUF asks for rank pooling."""
+        return self.pooling_type == RANK_POOLING
 
     @property
     def projector(self) -> bool:
@@ -184,6 +192,7 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
     head_count = number("attention.head_count")
     head_dimension = number("embedding_length") // head_count if head_count else 0
     chat_template = metadata.get("tokenizer.chat_template")
+    rerank_template = metadata.get("tokenizer.chat_template.rerank")
     file_type = metadata.get("general.file_type")
     tokens = metadata.get("tokenizer.ggml.tokens")
     vocabulary = tokens.items if isinstance(tokens, _Array) else ()
@@ -205,6 +214,8 @@ def _read_gguf_info(path: Path, size: int, modified_ns: int) -> GGUFInfo:
         key_length=number("attention.key_length") or head_dimension,
         value_length=number("attention.value_length") or head_dimension,
         vocab_size=number("vocab_size") or (tokens.length if isinstance(tokens, _Array) else 0),
+        pooling_type=number("pooling_type"),
+        rerank_template=rerank_template if isinstance(rerank_template, str) and rerank_template else None,
         bos_token=token_text("tokenizer.ggml.bos_token_id"),
         eos_token=token_text("tokenizer.ggml.eos_token_id"),
         data_end=_data_end(header_end, tensor_count, data_bytes, metadata.get("general.alignment", _DEFAULT_ALIGNMENT)),

@@ -6,6 +6,7 @@ Shared by services (which build jobs), the pool and workers (which queue them) a
 
 from __future__ import annotations
 
+import enum
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -75,6 +76,11 @@ class ModelJob:
     # prompt is known (Prepared.within_allowance); None: no such limit.
     token_allowance: TokenClaim | None = field(default=None, compare=False)
 
+    @property
+    def on_embedding_context(self) -> bool:
+        """Whether the model's embedding context (a worker of its own) runs it."""
+        return False
+
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationJob(ModelJob):
@@ -143,6 +149,10 @@ class CompletionJob(GenerationJob):
 class EmbeddingJob(ModelJob):
     inputs: tuple[str | tuple[int, ...], ...]  # texts, or token ids
 
+    @property
+    def on_embedding_context(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizeJob(ModelJob):
@@ -158,6 +168,44 @@ class DetokenizeJob(ModelJob):
     """The model's tokens into text (llama.cpp server's /detokenize): answered without a slot."""
 
     tokens: tuple[int, ...]
+
+
+# Where a rerank prompt's template puts the query and each document (their texts are tokenized
+# as text: a special token's text in them stays text).
+QUERY_MARKER = "<__llamasite_query__>"
+DOCUMENT_MARKER = "<__llamasite_document__>"
+
+
+class RerankMode(enum.StrEnum):
+    """How a model scores a document for a query (runtime.scoring)."""
+
+    RANK = "rank"  # a reranker's classifier head (llama.cpp's rank pooling), on the embedding context
+    YES_NO = "yes_no"  # a generating model's probability of answering "yes", beside its slots
+
+    @classmethod
+    def chosen(cls, setting: str, reranker: bool) -> RerankMode:
+        """The mode of a model's `reranker` setting ("auto", "rank", "yes_no"): "auto" is rank
+        for a reranker (its GGUF asks for rank pooling), else yes_no."""
+        if setting == "auto":
+            return cls.RANK if reranker else cls.YES_NO
+        return cls(setting)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankJob(ModelJob):
+    """Score each document's relevance to the query (llama.cpp server's /rerank)."""
+
+    query: str
+    documents: tuple[str, ...]
+    mode: RerankMode
+    # The prompt of one pair, QUERY_MARKER and DOCUMENT_MARKER where they go: the model's chat
+    # template's (yes_no) or its GGUF's rerank template (rank); None for rank: llama.cpp's
+    # [BOS] query [EOS] [SEP] document [EOS].
+    template: str | None = None
+
+    @property
+    def on_embedding_context(self) -> bool:
+        return self.mode is RerankMode.RANK
 
 
 @dataclass(frozen=True)
@@ -206,6 +254,11 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class Ranked:
+    scores: tuple[float, ...]  # one per document, in the request's order
+
+
+@dataclass(frozen=True)
 class Tokenized:
     tokens: tuple[int, ...]
     # with_pieces: each token's text, or its bytes where they are no UTF-8 text alone (as llama.cpp)
@@ -217,7 +270,7 @@ class Detokenized:
     text: str
 
 
-JobEvent = PromptAccepted | TextDelta | Finished | Embedded | Tokenized | Detokenized
+JobEvent = PromptAccepted | TextDelta | Finished | Embedded | Ranked | Tokenized | Detokenized
 
 
 @dataclass(frozen=True)
@@ -242,7 +295,7 @@ class Prepared:
     job: ModelJob
     prompt: list[int]
     stops: tuple[str, ...] = ()
-    inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens
+    inputs: tuple[list[int], ...] = ()  # EmbeddingJob: each input's tokens; RerankJob: each pair's
     thinking_end: tuple[int, ...] = ()  # the tokens of the job's thinking end marker (forced)
     shown: frozenset[int] = frozenset()  # control tokens of the job's markup, printed as text
     answer: Tokenized | Detokenized | None = None  # a job about the vocabulary, answered already

@@ -20,7 +20,7 @@ from inference.runtime.catalog import Catalog, ModelChanges, ModelFile, strip_su
 from inference.runtime.channel import Job
 from inference.runtime.engine import load_engine
 from inference.runtime.errors import AllPinned, ModelTooLarge, ShuttingDown
-from inference.runtime.jobs import EmbeddingJob, ModelJob
+from inference.runtime.jobs import ModelJob
 from inference.runtime.lifecycle import LoadReason
 from inference.runtime.memory import MIB, memory_needed
 from inference.runtime.reaper import Reaper
@@ -67,9 +67,9 @@ class ModelPool:
     async def submit(self, model: ModelFile, spec: ModelJob) -> Job:
         """Queue a job on the model, loading it first if needed (then the job has its load_ms).
 
-        Embedding jobs go to the model's embedding context, a worker of its own.
+        Embedding jobs (and a reranker's) go to the model's embedding context, a worker of its own.
         """
-        embedding = isinstance(spec, EmbeddingJob)
+        embedding = spec.on_embedding_context
         while True:
             worker, loaded_now = await self._acquire(model, LoadReason.FIRST_REQUEST, embedding)
             try:

@@ -30,6 +30,7 @@ class LoadSettings:
     prompt_cache_directory: str = ""
     speculative: str = "ngram"  # "ngram": draft from each sequence's own tokens (runtime.drafting); "off"
     projector: str = ""  # the model's multimodal projector file (runtime.llama.vision); "": text only
+    reranker: str = "auto"  # "rank": its embedding context pools by rank, whatever its GGUF says
 
     @classmethod
     def of(

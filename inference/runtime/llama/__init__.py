@@ -4,7 +4,8 @@
 with a named chat format of llama-cpp-python's (serving renders the models' own templates).
 `GenerationContext` is a context of it with `parallel` sequences sharing one
 unified KV cache; it implements the scheduler's `DecodeContext` (decode a batch, sample with a
-per-choice sampler chain, logprobs, KV cells). `EmbeddingContext` embeds token lists.
+per-choice sampler chain, logprobs, KV cells) and the reranking scorer's `ScoringContext` (on
+sequences of its own). `runtime.llama.embedding` embeds token lists and scores a reranker's pairs.
 
 Nothing here is thread-safe: exactly one thread (the model's worker) may use a model and its
 contexts. llama.cpp's own log lines are routed into Python logging, and the warnings of the
@@ -20,7 +21,6 @@ import threading
 import types
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from inference.runtime.errors import (
 from inference.runtime.infill import FIM_NAMES, FimTokens
 from inference.runtime.jobs import ChatMessage, GenerationJob, PromptImage, TokenLogprob
 from inference.runtime.llama.sampling import LlamaSampler
+from inference.runtime.scoring import NO_WORDS, SCORING_SEQUENCES, YES_WORDS, PairSpecials
 from inference.runtime.settings import LoadSettings
 
 # llama.cpp's fill-in-the-middle tokens, in FimTokens' order (LLAMA_TOKEN_NULL, -1: none).
@@ -268,6 +269,29 @@ class LlamaModel:
     def is_end_of_generation(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
+    def pair_specials(self) -> PairSpecials:
+        """The BOS, EOS (else SEP) and SEP that llama.cpp's server puts around a reranker's pair,
+        each where the vocabulary adds it."""
+        vocab = self.vocab
+        eos = llama_cpp.llama_vocab_eos(vocab)
+        eos = eos if eos >= 0 else llama_cpp.llama_vocab_sep(vocab)
+        return PairSpecials(
+            llama_cpp.llama_vocab_bos(vocab) if llama_cpp.llama_vocab_get_add_bos(vocab) else None,
+            eos if llama_cpp.llama_vocab_get_add_eos(vocab) and eos >= 0 else None,
+            llama_cpp.llama_vocab_sep(vocab) if llama_cpp.llama_vocab_get_add_sep(vocab) else None,
+        )
+
+    def spellings(self, words: tuple[str, ...]) -> list[int]:
+        """The single tokens that spell these words, alone or after a space (else the first
+        token of the first word)."""
+        found = {
+            tokens[0]
+            for word in words
+            for text in (word, " " + word)
+            if len(tokens := self.tokenize(text, add_special=False, special=False)) == 1
+        }
+        return sorted(found) or self.tokenize(words[0], add_special=False, special=False)[:1]
+
     def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> tuple[list[int], tuple[str, ...]]:
         """The messages rendered by the model's named chat format (config's `chat_format`), as
         tokens, and the format's stops. Without one, serving renders the model's own template."""
@@ -299,6 +323,10 @@ class LlamaModel:
             self.pointer = None
 
 
+# llama.cpp's LLAMA_MAX_SEQ: a context's sequences.
+LLAMA_MAX_SEQUENCES = 256
+
+
 class GenerationContext:
     """A generating context of a model: the scheduler's DecodeContext over llama.cpp; with the
     model's projector, if it has one (it frees it when closed)."""
@@ -306,11 +334,15 @@ class GenerationContext:
     def __init__(self, model: LlamaModel, settings: LoadSettings, projector: Projector | None = None) -> None:
         self._model = model
         self.projector = projector
-        self._ctx = model.context(settings)
+        # The slots' sequences, then the reranking scorer's (its yes_no documents).
+        n_seq_max = min(settings.parallel + SCORING_SEQUENCES, LLAMA_MAX_SEQUENCES)
+        self._ctx = model.context(settings, n_seq_max=n_seq_max)
+        self.scoring_sequences = range(settings.parallel, n_seq_max)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.batch_capacity = settings.batch_capacity
         self._batch = llama_cpp.llama_batch_init(self.batch_capacity, 0, 1)
+        self._answers = (np.array(model.spellings(YES_WORDS)), np.array(model.spellings(NO_WORDS)))
 
     def decode(self, batch: list[BatchToken]) -> None:
         if len(batch) > self.batch_capacity:  # would write past the batch's arrays
@@ -351,6 +383,12 @@ class GenerationContext:
             )
         return self._token_logprob(token, float(logprobs[token]), alternatives)
 
+    def yes_probability(self, index: int) -> float:
+        """P("yes") / (P("yes") + P("no")) at the batch's `index`, over the words' spellings."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,))
+        yes, no = (np.logaddexp.reduce(logits[tokens].astype(np.float64)) for tokens in self._answers)
+        return float(np.exp(yes - np.logaddexp(yes, no)))
+
     def _token_logprob(self, token: int, logprob: float, top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
         piece = self._model.piece(token)
         return TokenLogprob(piece.decode("utf-8", errors="replace"), logprob, tuple(piece), top)
@@ -383,45 +421,3 @@ class GenerationContext:
         llama_cpp.llama_free(self._ctx)
         if self.projector is not None:
             self.projector.close()
-
-
-class EmbeddingContext:
-    """An embedding context of a model: one vector per token list, mean-pooled unless the model
-    pools its own way, normalised to unit length."""
-
-    def __init__(self, model: LlamaModel, settings: LoadSettings) -> None:
-        # Each input is one sequence, decoded whole: the batch is the context.
-        whole = replace(settings, n_batch=settings.n_ctx, parallel=1)
-        self._ctx = model.context(whole, embeddings=True)
-        if llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            llama_cpp.llama_free(self._ctx)  # a generative model: average its token vectors
-            self._ctx = model.context(whole, embeddings=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._n_embd = llama_cpp.llama_model_n_embd(model.pointer)
-        self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
-        encoder_only = llama_cpp.llama_model_has_encoder(model.pointer) and not llama_cpp.llama_model_has_decoder(
-            model.pointer
-        )
-        self._encode = llama_cpp.llama_encode if encoder_only else llama_cpp.llama_decode
-
-    def embed(self, tokens: list[int]) -> tuple[float, ...]:
-        llama_cpp.llama_memory_clear(self._memory, True)
-        batch = self._batch
-        for index, token in enumerate(tokens):
-            batch.token[index] = token
-            batch.pos[index] = index
-            batch.n_seq_id[index] = 1
-            batch.seq_id[index][0] = 0
-            batch.logits[index] = True
-        batch.n_tokens = len(tokens)
-        if self._encode(self._ctx, batch) != 0:
-            raise DecodeFailed(f"embedding failed; {_recent_llama_problems()}".rstrip("; "))
-        pointer = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
-        vector = np.ctypeslib.as_array(pointer, shape=(self._n_embd,)).astype(np.float64)
-        norm = np.linalg.norm(vector)
-        return tuple((vector / norm if norm else vector).tolist())
-
-    def close(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
-        llama_cpp.llama_free(self._ctx)
