@@ -190,3 +190,93 @@ def write_fim_copy(smollm2: Path, path: Path) -> Path:
     return write_with_metadata(
         smollm2, path, {f"tokenizer.ggml.fim_{name}_token_id": id_ for name, id_ in FIM_TOKENS.items()}
     )
+
+
+# SmolLM2's tokenizer keys that a model borrowing its vocabulary copies (write_reranker).
+_VOCABULARY_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+)
+
+
+def write_reranker(
+    path: Path, vocabulary_of: Path, *, template: str | None = None, around_pairs: bool = False, seed: int = 0
+) -> Path:
+    """A tiny reranker with random weights that llama.cpp loads and runs with rank pooling, as
+    it runs a Qwen3 reranker: a two-block `qwen3` model (width 64) whose GGUF asks for rank
+    pooling, with a classifier head `cls.output` of two labels ("yes", "no"; the score is the
+    softmax's first); the vocabulary of the model at `vocabulary_of` (SmolLM2's: ~7 MB in all).
+    `template`: its `tokenizer.chat_template.rerank`; `around_pairs`: the vocabulary asks for
+    BOS, EOS and SEP (SEP the EOS token), as a BERT reranker's does."""
+    reader = gguf.GGUFReader(str(vocabulary_of))
+    width, heads, kv_heads, feed_forward, blocks = 64, 4, 2, 128, 2
+    head = width // heads
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int) -> np.ndarray:  # numpy's shape is ggml's reversed
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), "qwen3")
+    for key in _VOCABULARY_KEYS:
+        field = reader.fields[key]
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_array(key, field.contents())
+        elif field.types[0] == gguf.GGUFValueType.STRING:
+            writer.add_string(key, field.contents())
+        else:
+            writer.add_uint32(key, field.contents())
+    vocabulary_size = len(reader.fields["tokenizer.ggml.tokens"].data)
+    if around_pairs:
+        writer.add_uint32("tokenizer.ggml.seperator_token_id", reader.fields["tokenizer.ggml.eos_token_id"].contents())
+    for key in ("add_bos_token", "add_eos_token", "add_sep_token"):
+        writer.add_bool(f"tokenizer.ggml.{key}", around_pairs)
+    if template is not None:
+        writer.add_string("tokenizer.chat_template.rerank", template)
+    for key, value in {
+        "context_length": 2048,
+        "embedding_length": width,
+        "feed_forward_length": feed_forward,
+        "block_count": blocks,
+        "attention.head_count": heads,
+        "attention.head_count_kv": kv_heads,
+        "attention.key_length": head,
+        "attention.value_length": head,
+        "pooling_type": 4,  # rank
+    }.items():
+        writer.add_uint32(f"qwen3.{key}", value)
+    writer.add_float32("qwen3.attention.layer_norm_rms_epsilon", 1e-6)
+    writer.add_float32("qwen3.rope.freq_base", 10000.0)
+    writer.add_array("qwen3.classifier.output_labels", ["yes", "no"])
+    tensors = {
+        "token_embd.weight": weight(vocabulary_size, width).astype(np.float16),
+        "output_norm.weight": np.ones(width, dtype=np.float32),
+        "cls.output.weight": weight(2, width),
+    }
+    for block in range(blocks):
+        tensors |= {
+            f"blk.{block}.attn_norm.weight": np.ones(width, dtype=np.float32),
+            f"blk.{block}.attn_q.weight": weight(heads * head, width),
+            f"blk.{block}.attn_k.weight": weight(kv_heads * head, width),
+            f"blk.{block}.attn_v.weight": weight(kv_heads * head, width),
+            f"blk.{block}.attn_output.weight": weight(width, heads * head),
+            f"blk.{block}.attn_q_norm.weight": np.ones(head, dtype=np.float32),
+            f"blk.{block}.attn_k_norm.weight": np.ones(head, dtype=np.float32),
+            f"blk.{block}.ffn_norm.weight": np.ones(width, dtype=np.float32),
+            f"blk.{block}.ffn_gate.weight": weight(feed_forward, width),
+            f"blk.{block}.ffn_up.weight": weight(feed_forward, width),
+            f"blk.{block}.ffn_down.weight": weight(width, feed_forward),
+        }
+    for name, data in tensors.items():
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

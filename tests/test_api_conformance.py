@@ -67,6 +67,7 @@ def test_generated_requests_conform(small_server: DaphneServer, mode: Generation
         "POST /v1/chat/completions",
         "POST /v1/completions",
         "POST /v1/embeddings",
+        "POST /v1/rerank",
         "POST /v1/messages",
         "POST /v1/messages/count_tokens",
         "POST /v1/responses",

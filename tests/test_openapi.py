@@ -36,6 +36,7 @@ def test_every_endpoint_is_described(document: dict[str, Any]) -> None:
         "/v1/chat/completions": "post",
         "/v1/completions": "post",
         "/v1/embeddings": "post",
+        "/v1/rerank": "post",
         "/admin/load": "post",
         "/admin/unload": "post",
         "/admin/reload": "post",
@@ -105,6 +106,7 @@ async def test_responses_match_their_description(use_config, document: dict[str,
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}),
         ("/v1/completions", {"prompt": "Hi", "max_tokens": 3}),
         ("/v1/embeddings", {"input": "Hi"}),
+        ("/v1/rerank", {"query": "Hi", "documents": ["Hi", "Hello"], "return_documents": True}),
         ("/v1/responses", {"input": "Hi", "max_output_tokens": 3}),
     ]
     for path, body in cases:

@@ -29,6 +29,7 @@ from inference.api.openapi import (
 from inference.protocol import anthropic_output
 from inference.protocol.infill import INFILL_SCHEMA, InfillRequestSerializer
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
+from inference.protocol.rerank import RERANK_SCHEMA, RerankRequestSerializer
 from inference.protocol.responses import ResponseRequestSerializer
 from inference.protocol.responses_output import (
     INPUT_ITEMS_SCHEMA,
@@ -66,6 +67,7 @@ from inference.serving.messages import (
     message_tokens_count,
     token_count_body,
 )
+from inference.serving.rerank import rerank_create, reranked_body
 from inference.serving.responses import response_body, response_create, response_events
 from inference.serving.tokens import tokens_body, tokens_convert
 
@@ -280,6 +282,23 @@ class EmbeddingsView(GenerationView):
     serializer = protocol.EmbeddingRequestSerializer
     start = staticmethod(embedding_create)
     body = staticmethod(embedding_body)
+
+
+@_generation_schema(
+    "rerank", "Rank documents by their relevance to a query (llama.cpp server's, Jina's and Cohere's)", RERANK_SCHEMA
+)
+class RerankView(GenerationView):
+    serializer = RerankRequestSerializer
+    start = staticmethod(rerank_create)
+    body = staticmethod(reranked_body)
+
+
+class RerankAliasView(RerankView):
+    """/rerank and /v1/reranking: llama.cpp server's other names of /v1/rerank, described once."""
+
+    @extend_schema(exclude=True)
+    async def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return await GenerationView.post(self, request)
 
 
 @_generation_schema("createResponse", "Create a model response (OpenAI Responses API)", RESPONSE_SCHEMA)
