@@ -189,6 +189,20 @@ async def test_a_reranker_scores_as_llama_cpps_server(use_config, reranker_files
 
 
 @pytest.mark.slow
+async def test_a_rerankers_pairs_fill_decodes_up_to_its_context(use_config, reranker_files) -> None:
+    use_config(n_ctx=300)  # llama.cpp makes it 512, but a decode holds 300 tokens
+    link_model(reranker_files["around_pairs"], Path(load_config().model_manager.models_directory), RERANKER)
+    long = "word " * 140  # 140 tokens and the pair's 7: two fill one decode, three do not
+    many = await rerank(model=RERANKER, query="what?", documents=[long, "x", long, long])
+    assert many.status_code == 200, many.content
+    alone = (await rerank(model=RERANKER, query="what?", documents=["x"])).json()
+    assert scores_by_index(many.json())[1] == pytest.approx(scores_by_index(alone)[0], abs=1e-3)  # F16 attention
+    too_long = await rerank(model=RERANKER, query="what?", documents=["x", "word " * 300])
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "documents[1]"
+    assert (await rerank(model=RERANKER, query="what?", documents=["x"])).status_code == 200, "still loaded"
+
+
+@pytest.mark.slow
 async def test_the_setting_picks_the_way(use_config, reranker_files) -> None:
     models = Path(load_config().model_manager.models_directory)
     link_model(reranker_files["template"], models, RERANKER)
@@ -337,33 +351,42 @@ jobs = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(jobs=jobs, capacity=st.integers(1, 40), n_ctx=st.integers(40, 120), held=st.integers(0, 30))
+@given(
+    jobs=jobs,
+    capacity=st.integers(1, 40),
+    n_ctx=st.integers(40, 120),
+    held=st.integers(0, 30),
+    released_at=st.integers(0, 60),
+)
 def test_every_document_is_scored_on_its_own_prompt_and_every_cell_comes_back(
-    jobs: list[tuple[list[int], list[list[int]], int]], capacity: int, n_ctx: int, held: int
+    jobs: list[tuple[list[int], list[list[int]], int]], capacity: int, n_ctx: int, held: int, released_at: int
 ) -> None:
     context = FakeContext(capacity)
     memory = SlotMemory(context, 2, n_ctx, reserved=lambda: 0, cache=None)
-    busy = memory.slots[0]  # a running request's cells: no room is made from them
+    busy = memory.slots[0]  # a generating request's cells until `released_at`: no room is made from them
     busy.choice = object()
     for token in range(held):
         memory.cells.append(busy, token)
-    scorer: YesNoScorer[int] = YesNoScorer(context, memory, range(2, 2 + 1 + 5))
     clock = [0]
+    generating = lambda: int(busy.choice is not None)  # noqa: E731  # its next token's cell stays free
+    scorer: YesNoScorer[int] = YesNoScorer(context, memory, range(2, 2 + 1 + 5), spare=generating)
     prompts_of: dict[int, tuple[list[int], ...]] = {}
     for key, (prefix, documents, cancel_at) in enumerate(jobs):
-        # Each prompt fits beside the running request's cells, as the engine's prepare makes sure.
-        prompts = tuple([*prefix, *document][: n_ctx - held] for document in documents)
+        prompts = tuple([*prefix, *document][:n_ctx] for document in documents)  # each fits, as prepare makes sure
         job = RerankJob(query="", documents=(), mode=RerankMode.YES_NO)
         scorer.admit(key, Prepared(job, [], inputs=prompts), lambda at=cancel_at: clock[0] >= at < 40)
         prompts_of[key] = prompts
     events: dict[int, list[Any]] = defaultdict(list)
     while scorer.busy:
+        if clock[0] == released_at:
+            memory.cells.drop(busy, 0)
+            busy.choice = None
         for key, event in scorer.step():
             events[key].append(event)
-        assert len(memory.cells) <= n_ctx
+        assert len(memory.cells) + generating() <= n_ctx
         clock[0] += 1
-        assert clock[0] < 2000, "the scorer makes progress"
-    assert len(memory.cells) == held and all(not context.sequences[seq] for seq in range(2, 8))
+        assert clock[0] < 3000, "the scorer makes progress"
+    assert len(memory.cells) == len(busy.tokens) and all(not context.sequences[seq] for seq in range(2, 8))
     for key, prompts in prompts_of.items():
         *ranked, finished = events[key]
         assert isinstance(finished, Finished) and finished.prompt_tokens == sum(map(len, prompts))

@@ -125,7 +125,10 @@ class GenerationEngine(Generic[Key]):
             drafting=settings.speculative == "ngram",
         )
         self._scorer: YesNoScorer[Key] = YesNoScorer(
-            self._context, self._scheduler.memory, self._context.scoring_sequences
+            self._context,
+            self._scheduler.memory,
+            self._context.scoring_sequences,
+            spare=lambda: self._scheduler.running,
         )
         self._scoring_turn = False  # with both running, the scorer's steps and the scheduler's alternate
 

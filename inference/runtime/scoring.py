@@ -11,13 +11,14 @@ A `YesNoScorer` runs the rerank jobs of a generating context: the GenerationEngi
 between the scheduler's steps, so requests that generate wait one scoring step at a time. It
 decodes into sequences of its own (seq ids after the slots'), and counts their KV cells in the
 slots' `KvCells`: the scheduler sees them as used, and room is made for them as for a prompt
-(idle slots' caches go first). A job's common prefix (its template and query) is decoded once
-into a root sequence and shared with each document's sequence, whose own tokens follow, several
-documents a step (up to the batch's capacity and DOCUMENTS_AT_ONCE); the logits of a document's
-last token give its score, P("yes") / (P("yes") + P("no")) over the vocabulary's one-token
-spellings of the words, and its cells are freed. A document claims its cells when it starts, so
-a started document always finishes. Jobs run one at a time, in order; a cancelled one ends at
-the next step, its cells freed.
+(idle slots' caches go first), leaving a cell free for each generating request's next token.
+A job's common prefix (its template and query) is decoded once into a root sequence and shared
+with each document's sequence, whose own tokens follow, several documents a step (up to the
+batch's capacity and DOCUMENTS_AT_ONCE); the logits of a document's last token give its score,
+P("yes") / (P("yes") + P("no")) over the vocabulary's one-token spellings of the words, and its
+cells are freed. A document claims its cells when it starts (no sooner than the batch has room
+for it), so a started document always finishes. Jobs run one at a time, in order; a cancelled
+one ends at the next step, its cells freed.
 
 Pure Python over the narrow `ScoringContext` (`runtime.llama` implements it); not thread-safe:
 only the model's worker thread calls it. A decode that fails propagates, as the scheduler's does.
@@ -127,9 +128,12 @@ class _Run(Generic[Key]):
 class YesNoScorer(Generic[Key]):
     """The rerank jobs of one generating context, its scoring sequences and their cells."""
 
-    def __init__(self, context: ScoringContext, memory: SlotMemory, seq_ids: range) -> None:
+    def __init__(
+        self, context: ScoringContext, memory: SlotMemory, seq_ids: range, spare: Callable[[], int] = lambda: 0
+    ) -> None:
         self._context = context
         self._memory = memory
+        self._spare = spare  # cells to leave free for the requests generating (their next tokens)
         self._root = Slot(seq_ids[0])
         self._free = [Slot(seq_id) for seq_id in reversed(seq_ids[1:])]
         self._runs: deque[_Run[Key]] = deque()
@@ -175,7 +179,7 @@ class YesNoScorer(Generic[Key]):
         batch: list[BatchToken] = []
         if run.prefix_decoded < run.prefix:
             if not self._root.tokens:
-                if not self._memory.make_room(run.prefix):
+                if not self._room_for(run.prefix):
                     return [], []
                 for token in run.prompts[0][: run.prefix]:
                     self._memory.cells.append(self._root, token)
@@ -201,10 +205,12 @@ class YesNoScorer(Generic[Key]):
         return batch, scored
 
     def _start_documents(self, run: _Run[Key]) -> None:
-        """Start the run's next documents while sequences are free and their cells fit."""
+        """Start the run's next documents while sequences are free, their cells fit and the
+        started ones leave room in this step's batch (cells are claimed no sooner than needed)."""
         while self._free and run.started < len(run.prompts):
+            pending = sum(len(document.tokens) - document.decoded for document in self._active)
             own = run.prompts[run.started][run.prefix :]
-            if not self._memory.make_room(len(own)):
+            if pending >= self._context.batch_capacity or not self._room_for(len(own)):
                 return
             slot = self._free.pop()
             if run.prefix:
@@ -224,6 +230,11 @@ class YesNoScorer(Generic[Key]):
         self._runs.popleft()
         ranked: Events[Key] = [] if reason == "cancelled" else [(run.key, Ranked(tuple(run.scores)))]
         return [*ranked, (run.key, Finished(reason, run.tokens, 0))]
+
+    def _room_for(self, cells: int) -> bool:
+        """Whether `cells` more fit (idle slots' caches make room), the generating requests'
+        next cells left free."""
+        return self._memory.make_room(cells + self._spare())
 
     def _release(self, slot: Slot) -> None:
         self._context.forget(slot.seq_id, 0)

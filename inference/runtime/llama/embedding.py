@@ -36,7 +36,8 @@ class EmbeddingContext:
             llama_cpp.llama_free(self._ctx)  # a generative model: average its token vectors
             self._ctx = model.context(whole, embeddings=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         self.ranks = llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_RANK
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        # llama.cpp rounds the context up, not the batch: a decode holds no more than the batch.
+        self.n_ctx = min(llama_cpp.llama_n_ctx(self._ctx), llama_cpp.llama_n_ubatch(self._ctx))
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._n_embd = llama_cpp.llama_model_n_embd(model.pointer)
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
