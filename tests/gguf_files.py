@@ -137,13 +137,7 @@ def write_projector(path: Path, *, projection_dim: int = 576, seed: int = 0) -> 
         "mm.2.weight": weight(projection_dim, projection_dim),
         "mm.2.bias": bias(projection_dim),
     }
-    for name, data in tensors.items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _written(writer, tensors, path)
 
 
 def write_with_metadata(source: Path, path: Path, added: dict[str, int]) -> Path:
@@ -273,6 +267,11 @@ def write_reranker(
             f"blk.{block}.ffn_up.weight": weight(feed_forward, width),
             f"blk.{block}.ffn_down.weight": weight(width, feed_forward),
         }
+    return _written(writer, tensors, path)
+
+
+def _written(writer: gguf.GGUFWriter, tensors: dict[str, np.ndarray], path: Path) -> Path:
+    """The writer's file, with these tensors, written and closed."""
     for name, data in tensors.items():
         writer.add_tensor(name, data)
     writer.write_header_to_file()

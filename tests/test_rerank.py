@@ -19,9 +19,9 @@ from django.test import AsyncClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference.api.openapi import RERANK_SCHEMA
 from inference.config import MODEL_KEYS, load_config
 from inference.models import RequestRecord
-from inference.protocol.rerank import RERANK_SCHEMA
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.gguf_header import read_gguf_info
 from inference.runtime.jobs import (

@@ -84,6 +84,13 @@ APPLY_TEMPLATE_SCHEMA = {
     "required": ["prompt"],
 }
 
+# What a request without output used: its prompt's tokens.
+PROMPT_USAGE_SCHEMA = {
+    "type": "object",
+    "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+    "required": ["prompt_tokens", "total_tokens"],
+}
+
 EMBEDDINGS_SCHEMA = {
     "type": "object",
     "properties": {
@@ -101,13 +108,32 @@ EMBEDDINGS_SCHEMA = {
                 "required": ["object", "index", "embedding"],
             },
         },
-        "usage": {
-            "type": "object",
-            "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
-            "required": ["prompt_tokens", "total_tokens"],
-        },
+        "usage": PROMPT_USAGE_SCHEMA,
     },
     "required": ["object", "model", "data", "usage"],
+}
+
+# llama.cpp server's /rerank answer (Jina's and Cohere's shape), the documents best first.
+RERANK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "model": {"type": "string"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "relevance_score": {"type": "number"},
+                    "document": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+                },
+                "required": ["index", "relevance_score"],
+            },
+        },
+        "usage": PROMPT_USAGE_SCHEMA,
+    },
+    "required": ["object", "model", "results", "usage"],
 }
 
 MODEL_TABLE_SCHEMA = {

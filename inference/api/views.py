@@ -23,13 +23,14 @@ from inference.api.openapi import (
     HEALTH_SCHEMA,
     MODEL_LIST_SCHEMA,
     MODEL_SCHEMA,
+    RERANK_SCHEMA,
     error_responses,
     openai_schema,
 )
 from inference.protocol import anthropic_output
 from inference.protocol.infill import INFILL_SCHEMA, InfillRequestSerializer
 from inference.protocol.rate_limits import anthropic_rate_limit_headers, openai_rate_limit_headers
-from inference.protocol.rerank import RERANK_SCHEMA, RerankRequestSerializer
+from inference.protocol.rerank import RerankRequestSerializer
 from inference.protocol.responses import ResponseRequestSerializer
 from inference.protocol.responses_output import (
     INPUT_ITEMS_SCHEMA,

@@ -22,36 +22,6 @@ from inference.protocol.fields import (
 # Documents one request may rank, at most (as many as inputs to /v1/embeddings).
 MAX_DOCUMENTS = 2048
 
-RERANK_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "object": {"type": "string", "enum": ["list"]},
-        "model": {"type": "string"},
-        "results": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "index": {"type": "integer", "minimum": 0},
-                    "relevance_score": {"type": "number"},
-                    "document": {
-                        "type": "object",
-                        "properties": {"text": {"type": "string"}},
-                        "required": ["text"],
-                    },
-                },
-                "required": ["index", "relevance_score"],
-            },
-        },
-        "usage": {
-            "type": "object",
-            "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
-            "required": ["prompt_tokens", "total_tokens"],
-        },
-    },
-    "required": ["object", "model", "results", "usage"],
-}
-
 
 @extend_schema_field({"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_DOCUMENTS})
 class DocumentsField(serializers.Field):
