@@ -425,6 +425,10 @@ def test_scoring_steps_come_between_a_generations_and_give_back_their_cells(smol
         assert order.index("rerank") < len(order) - 1, "the rerank ended while the chat generated"
         while engine.running:
             engine.step()
+        gone = engine.start("gone", engine.prepare(job), lambda: True)  # its client hung up
+        assert gone is not None and [(key, event.finish_reason) for key, event in engine.step()] == [
+            ("gone", "cancelled")
+        ]
         memory = engine._scheduler.memory
         assert len(memory.cells) == sum(len(slot.tokens) for slot in memory.slots), "only the slots' caches"
         assert engine.free_slots == 2

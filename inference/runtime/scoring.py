@@ -18,7 +18,7 @@ batch's capacity and DOCUMENTS_AT_ONCE); the logits of a document's last token g
 P("yes") / (P("yes") + P("no")) over the vocabulary's one-token spellings of the words, and its
 cells are freed. A document claims its cells when it starts (no sooner than the batch has room
 for it), so a started document always finishes. Jobs run one at a time, in order; a cancelled
-one ends at the next step, its cells freed.
+one ends at the next step, its cells freed (one still waiting holds none).
 
 Pure Python over the narrow `ScoringContext` (`runtime.llama` implements it); not thread-safe:
 only the model's worker thread calls it. A decode that fails propagates, as the scheduler's does.
@@ -155,8 +155,15 @@ class YesNoScorer(Generic[Key]):
         return PromptAccepted(prompt_tokens=run.tokens)
 
     def step(self) -> Events[Key]:
-        """One decode of the first job's prefix or documents; its events once it has ended."""
-        run = self._runs[0]
+        """One decode of the first job's prefix or documents; the events of the jobs that ended
+        (it, or cancelled ones)."""
+        waiting = [run for run in list(self._runs)[1:] if run.cancelled()]
+        for run in waiting:  # they hold no cells yet
+            self._runs.remove(run)
+        ended: Events[Key] = [(run.key, Finished("cancelled", run.tokens, 0)) for run in waiting]
+        return ended + self._step(self._runs[0])
+
+    def _step(self, run: _Run[Key]) -> Events[Key]:
         if run.cancelled():
             return self._end(run, "cancelled")
         batch, scored = self._fill(run)
