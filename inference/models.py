@@ -92,6 +92,13 @@ class DiscoveredModel(models.Model):
         choices=KV_CACHE_CHOICES,
         help_text="The KV cache's values (quantized: flash attention must not be off)",
     )
+    reranker = models.CharField(
+        max_length=8,
+        null=True,
+        blank=True,
+        choices=[("auto", "auto: as the GGUF says"), ("rank", "rank: a reranker's head"), ("yes_no", "yes_no: P(yes)")],
+        help_text="How /v1/rerank scores on it",
+    )
 
     SETTING_FIELDS = (
         "n_ctx",
@@ -104,6 +111,7 @@ class DiscoveredModel(models.Model):
         "reasoning_budget",
         "type_k",
         "type_v",
+        "reranker",
     )
 
     class Meta:

@@ -16,12 +16,13 @@ from typing import Any
 import jsonschema
 import pytest
 from django.test import AsyncClient
+from django.utils.timezone import now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference.api.openapi import RERANK_SCHEMA
-from inference.config import MODEL_KEYS, load_config
-from inference.models import RequestRecord
+from inference.config import MODEL_KEYS, get_config, load_config
+from inference.models import DiscoveredModel, RequestRecord
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.gguf_header import read_gguf_info
 from inference.runtime.jobs import (
@@ -214,6 +215,18 @@ async def test_the_setting_picks_the_way(use_config, reranker_files) -> None:
     forced = await rerank(model=SMOLLM2, query=QUESTION, documents=[RELEVANT, IRRELEVANT])
     assert forced.status_code == 200, forced.content
     assert f"{SMOLLM2} (embeddings)" in model_pool().loaded_models(), "rank: forced on its embedding context"
+
+
+@pytest.mark.slow
+async def test_the_admins_setting_wins(use_config) -> None:
+    await DiscoveredModel.objects.aupdate_or_create(
+        instance=get_config().server.instance,
+        name=SMOLLM2,
+        defaults={"path": "-", "size_bytes": 1, "file_modified_at": now(), "last_seen_at": now(), "reranker": "rank"},
+    )
+    response = await rerank(model=SMOLLM2, query=QUESTION, documents=[RELEVANT])
+    assert response.status_code == 200, response.content
+    assert model_pool().loaded_models() == [f"{SMOLLM2} (embeddings)"], "rank, as saved in the admin"
 
 
 @pytest.mark.parametrize(
