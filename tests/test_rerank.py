@@ -337,9 +337,10 @@ class FakeContext:
     def forget(self, seq_id: int, keep: int) -> None:
         self.sequences[seq_id] = {at: token for at, token in self.sequences[seq_id].items() if at < keep}
 
-    def share(self, source: int, target: int) -> None:
-        assert not self.sequences[target]
-        self.sequences[target] = dict(self.sequences[source])
+    def share(self, source: int, target: int, start: int = 0, end: int = -1) -> None:
+        assert len(self.sequences[target]) == start, "the target holds the source's first positions"
+        copied = {at: token for at, token in self.sequences[source].items() if at >= start and (end < 0 or at < end)}
+        self.sequences[target] |= copied
 
     def save_sequence(self, seq_id: int) -> bytes:
         raise AssertionError("the scorer's sequences never go to the prompt cache")
