@@ -291,10 +291,10 @@ def test_the_models_table_command_and_admin_show_it(
     out = io.StringIO()
     call_command("models", stdout=out)
     header, *lines, _memory = out.getvalue().splitlines()
-    inputs = header.index("INPUTS")
-    assert {line.split()[0]: line[inputs:].split()[0] for line in lines} == {
-        SMOLLM2: "text+image",
-        "text-only": "text",
+    can = header.index("CAN")
+    assert {line.split()[0]: line[can:].split()[0] for line in lines} == {
+        SMOLLM2: "chat,tools,vision",
+        "text-only": "chat,tools",
     }
 
     model_services.discovered_models_sync(models=model_pool().catalog.available())
@@ -304,13 +304,13 @@ def test_the_models_table_command_and_admin_show_it(
     assert "text+image" in listing and '<td class="field-inputs">text</td>' in listing
 
 
-def test_the_models_page_draws_an_inputs_column() -> None:
+def test_the_models_page_draws_a_capabilities_column() -> None:
     root = Path(__file__).resolve().parent.parent / "dashboard"
     page = (root / "templates" / "dashboard" / "models.html").read_text()
     script = (root / "static" / "dashboard" / "models.js").read_text()
     headings = page.count("<th>")
-    assert "<th>inputs</th>" in page and f'colspan="{headings}"' in page and f'colspan="{headings}"' in script
-    assert 'row.input_modalities.join("+")' in script
+    assert "<th>capabilities</th>" in page and f'colspan="{headings}"' in page and f'colspan="{headings}"' in script
+    assert 'row.capabilities.join(", ")' in script
 
 
 # --- the fixture is a working projector -------------------------------------------------------------

@@ -23,6 +23,7 @@ from inference.runtime.lifecycle import LifecycleKind
 from inference.runtime.memory import MIB, model_memory_estimate
 from inference.runtime.pool import model_pool
 from inference.runtime.worker import ModelWorker, WorkerState
+from inference.selectors.capabilities import model_capabilities
 from inference.selectors.models import PROCESS_STARTED, expires_at
 
 UNLOADED = "unloaded"
@@ -36,6 +37,9 @@ class ModelRow:
     load_percent: int | None  # while loading
     memory_mb: int | None  # the estimate (runtime.memory); None: the header cannot be read
     input_modalities: list[str]  # ["text"], or ["text", "image"] with a projector
+    capabilities: list[
+        str
+    ]  # selectors.capabilities: chat, tools, thinking, vision, embeddings, rerank, fill-in-the-middle
     slots_busy: int  # taken by the running requests (one per choice: n)
     parallel: int
     queued: int
@@ -112,6 +116,7 @@ def _row(
         load_percent=status.load_percent if status else None,
         memory_mb=None if memory_bytes is None else round(memory_bytes / MIB),
         input_modalities=model.input_modalities,
+        capabilities=model_capabilities(model, settings),
         slots_busy=status.slots_busy if status else 0,
         parallel=1 if worker and worker.embedding else settings.parallel,
         queued=status.queued if status else 0,

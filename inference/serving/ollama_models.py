@@ -30,6 +30,7 @@ from inference.runtime.pool import model_pool
 from inference.runtime.settings import context_length
 from inference.runtime.worker import ModelWorker, WorkerState
 from inference.selectors import models as model_selectors
+from inference.selectors.capabilities import model_capabilities
 from inference.services.pulls import PullJob, pull_jobs
 from inference.serving.prompts import model_format
 
@@ -42,6 +43,16 @@ def _info(model: ModelFile) -> GGUFInfo | None:
         return read_gguf_info(model.path)
     except GGUFError:
         return None
+
+
+# Ollama's words for what a model can do (selectors.capabilities'); "completion" is every model's.
+OLLAMA_CAPABILITIES = {
+    "tools": "tools",
+    "thinking": "thinking",
+    "vision": "vision",
+    "embeddings": "embedding",
+    "fill-in-the-middle": "insert",
+}
 
 
 async def ollama_tags(*, allowed: list[str] | None) -> dict[str, Any]:
@@ -67,13 +78,11 @@ async def ollama_show(*, named: str, allowed: list[str] | None) -> dict[str, Any
         n_ctx = worker.load_settings.n_ctx
     else:
         n_ctx = context_length(settings.n_ctx, info.context_length if info else None)
-    capabilities = ["completion"]
-    if template is not None or settings.chat_format:
-        capabilities.append("tools")  # any chat model: in its own markup, or the generic way
-    if template is not None and template.markup.thinking is not None:
-        capabilities.append("thinking")
-    if model.projector:
-        capabilities.append("vision")
+    capabilities = ["completion"] + [
+        OLLAMA_CAPABILITIES[name]
+        for name in await asyncio.to_thread(model_capabilities, model, settings)
+        if name in OLLAMA_CAPABILITIES
+    ]
     return show_body(
         model,
         info,

@@ -14,7 +14,6 @@ else the thinking is closed before it starts).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +28,7 @@ from inference.runtime.gguf_header import GGUFError, read_gguf_info
 from inference.runtime.jobs import ChatJob, Thinking
 from inference.runtime.pool import model_pool
 from inference.serving import tools as generic
-from inference.templates import GENERIC_MARKUP, AnswerParser, ChatTemplate, Markup, TemplateFailed
+from inference.templates import GENERIC_MARKUP, AnswerParser, ChatTemplate, Markup, TemplateFailed, compiled
 
 # Tokens of thinking each reasoning effort allows (None: as many as the model's budget).
 EFFORT_BUDGETS: dict[str, int | None] = {"none": 0, "minimal": 256, "low": 1024, "medium": 4096, "high": None}
@@ -82,16 +81,11 @@ def _format_of(model_file: ModelFile, loaded: ModelSettings | None) -> ModelForm
     if not source:  # the runtime says so once the model loads (a file that cannot load says that)
         return ModelFormat(name, None, settings)
     try:
-        template = _compiled(source, info.bos_token, info.eos_token)
+        template = compiled(source, info.bos_token, info.eos_token)
         template.markup  # noqa: B018  # learned once per template, here off the event loop
     except TemplateFailed as failed:
         raise TemplateRejected(model=name, detail=str(failed)) from None
     return ModelFormat(name, template, settings, reads_effort="reasoning_effort" in source)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
-    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from inference.templates.events import AnswerEvent, CallArguments, CallEnded, Ca
 from inference.templates.grammar import forced_call_grammar
 from inference.templates.markup import GENERIC_MARKUP, CallMarkup, CallStyle, Markup, ThinkingMarkup
 from inference.templates.parser import AnswerParser
-from inference.templates.render import ChatTemplate, TemplateFailed
+from inference.templates.render import ChatTemplate, TemplateFailed, compiled
 
 __all__ = [
     "AnswerEvent",
@@ -25,5 +25,6 @@ __all__ = [
     "Markup",
     "TemplateFailed",
     "ThinkingMarkup",
+    "compiled",
     "forced_call_grammar",
 ]

@@ -125,3 +125,9 @@ class ChatTemplate:
         from inference.templates.learn import learn_markup
 
         return learn_markup(self)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled(source: str, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
+    """The template of this source, compiled once (and its markup learned once) per process."""
+    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)

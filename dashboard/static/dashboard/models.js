@@ -67,7 +67,7 @@
       const hits = row.cache_hit_rate === null ? null : Math.round(row.cache_hit_rate * 100) + "%";
       tr.append(
         cell(row.name), stateCell(row), cell(row.memory_mb === null ? null : row.memory_mb + " MB"),
-        cell(row.input_modalities.join("+")),
+        cell(row.capabilities.join(", ") || "–"),
         cell(row.slots_busy + " / " + row.parallel), cell(row.queued), expires, cell(row.pinned ? "yes" : "no"),
         cell(row.requests_today), cell(row.prompt_tokens_today + row.completion_tokens_today), cell(hits),
         cell(row.last_load_reason), actions(row),

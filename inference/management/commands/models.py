@@ -42,7 +42,7 @@ def columns(now: datetime) -> list[tuple[str, Callable[[Row], str]]]:
         ("NAME", lambda row: row["name"]),
         ("STATE", _state),
         ("MEMORY", _memory),
-        ("INPUTS", lambda row: "+".join(row["input_modalities"])),
+        ("CAN", lambda row: ",".join(row["capabilities"]) or "–"),
         ("SLOTS", lambda row: f"{row['slots_busy']}/{row['parallel']}"),
         ("QUEUE", lambda row: str(row["queued"])),
         ("UNLOADS IN", lambda row: _unloads_in(row, now)),
