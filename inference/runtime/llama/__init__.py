@@ -336,7 +336,9 @@ class GenerationContext:
         self.projector = projector
         # The slots' sequences, then the reranking scorer's (its yes_no documents).
         n_seq_max = min(settings.parallel + SCORING_SEQUENCES, LLAMA_MAX_SEQUENCES)
-        self._ctx = model.context(settings, n_seq_max=n_seq_max)
+        # llama.cpp keeps room for a token's output per sequence: at least n_seq_max, or it aborts
+        # (n_outputs_max defaults to n_batch, which may be fewer).
+        self._ctx = model.context(settings, n_seq_max=n_seq_max, n_outputs_max=max(settings.batch_capacity, n_seq_max))
         self.scoring_sequences = range(settings.parallel, n_seq_max)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
