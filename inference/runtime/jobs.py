@@ -305,6 +305,11 @@ class Prepared:
         """The image whose positions hold `position`, if any."""
         return next((image for image in self.images if image.start <= position < image.end), None)
 
+    def unsplit(self, count: int) -> int:
+        """`count` prompt tokens, or fewer so as not to end inside an image (one is decoded whole)."""
+        image = self.image_at(count)
+        return image.start if image is not None else count
+
     def within_allowance(self, n_ctx: int) -> Prepared:
         """This job as its token allowance lets it run: the most it could use claimed (its
         prompt, and each choice's output to max_tokens or the context's end), its output capped

@@ -26,21 +26,16 @@ def follow(
     """Give a request just admitted (holding `reuse` tokens of its prompt, from `tier`) the longest
     prefix of its prompt that a running request holds, or have it wait for one processing it; how
     many prompt tokens its slot then holds, and from where."""
-    prompt, first = request.prepared.prompt, request.choices[0]
+    prompt = request.prepared.prompt
     best: tuple[Request[Key], int] | None = None
     for other in running:
-        shared = min(common_prefix(other.prepared.prompt, prompt), len(prompt) - 1)
-        cut = request.prepared.image_at(shared)  # an image is taken whole or not at all
-        shared = cut.start if cut is not None else shared
+        shared = request.prepared.unsplit(min(common_prefix(other.prepared.prompt, prompt), len(prompt) - 1))
         if shared > (best[1] if best else reuse):
             best = (other, shared)
     if best is None:
         return reuse, tier
     leader, shared = best
-    source = leader.holding(prompt[:shared])
-    if source is not None:
-        memory.share(source, first.slot, shared)
-        first.pending = prompt[shared:]
+    if _taken(request, leader, shared, memory):
         return shared, "slot"
     if shared - reuse >= FOLLOW_AT_LEAST and leader.processing():
         request.leader, request.shared = leader, shared
@@ -52,13 +47,17 @@ def take_prefixes(running: list[Request[Key]], memory: SlotMemory) -> None:
     leader ended first processes the prefix itself."""
     for request in running:
         leader = request.leader
-        if leader is None:
-            continue
-        first, prompt = request.choices[0], request.prepared.prompt
-        source = leader.holding(prompt[: request.shared])
-        if source is not None:
-            memory.share(source, first.slot, request.shared)
-            first.pending = prompt[request.shared :]
+        if leader is not None and (_taken(request, leader, request.shared, memory) or not leader.unfinished()):
             request.leader = None
-        elif not leader.unfinished():
-            request.leader = None
+
+
+def _taken(request: Request[Key], leader: Request[Key], shared: int, memory: SlotMemory) -> bool:
+    """Give the request the first `shared` tokens of its prompt from the leader's slot, if it holds
+    them; whether it did."""
+    prompt, first = request.prepared.prompt, request.choices[0]
+    source = leader.holding(prompt[:shared])
+    if source is None:
+        return False
+    memory.share(source, first.slot, shared)
+    first.pending = prompt[shared:]
+    return True

@@ -45,7 +45,8 @@ def identity(model_path: Path, settings: dict[str, Any]) -> str:
     ]
     if settings.get("projector"):  # a cached image's cells are its projector's embeddings
         projector = Path(settings["projector"])
-        shaping += [projector.name, projector.stat().st_size, projector.stat().st_mtime_ns]
+        projector_stat = projector.stat()
+        shaping += [projector.name, projector_stat.st_size, projector_stat.st_mtime_ns]
     digest = hashlib.sha256(json.dumps(shaping).encode())
     return f"{model_path.stem}-{digest.hexdigest()[:16]}"
 

@@ -116,10 +116,9 @@ class Scheduler(Generic[Key]):
                 choice.thinking = ThinkingWatch(job.thinking, prepared.thinking_end)
             slot.choice = choice
             request.choices.append(choice)
-        cut = prepared.image_at(reuse)
-        if cut is not None and cut.start < reuse:  # an image is decoded whole or not at all
-            self.memory.forget(slots[0], cut.start)
-            reuse = cut.start
+        if (whole := prepared.unsplit(reuse)) < reuse:
+            self.memory.forget(slots[0], whole)
+            reuse = whole
         request.choices[0].pending = prompt[reuse:]
         if self._share_prefixes:
             reuse, tier = follow(request, self._requests, self.memory, reuse, tier)

@@ -103,13 +103,11 @@ class Projector:
         a sequence of `ctx` (in batches of `n_batch`)."""
         chunks = self._chunks(IMAGE_MARKER, (data,))
         try:
-            images = [
-                mtmd.mtmd_input_chunks_get(chunks, index)
-                for index in range(mtmd.mtmd_input_chunks_size(chunks))
-                if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, index))
-                == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
-            ]
-            chunk = mtmd.mtmd_input_chunk_copy(images[0])
+            every = (mtmd.mtmd_input_chunks_get(chunks, index) for index in range(mtmd.mtmd_input_chunks_size(chunks)))
+            image = next(
+                chunk for chunk in every if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
+            )
+            chunk = mtmd.mtmd_input_chunk_copy(image)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
         encoded = EncodedImage(self._ctx, chunk, ctx, n_batch)
