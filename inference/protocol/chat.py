@@ -307,7 +307,7 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[tools.Turn, ...]:
 def counted(turns: tuple[tools.Turn, ...]) -> tuple[tools.Turn, ...]:
     """The turns, unless their images are more than a request may carry (a 400 naming the first too many)."""
     try:
-        images_counted(image for turn in turns for image in turn.images)
+        images_counted(tools.images_of(turns))
     except ImageRefused as refused:
         raise refused.validation_error() from None
     return turns

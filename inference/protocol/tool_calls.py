@@ -38,6 +38,11 @@ class Turn:
     images: tuple[Image, ...] = ()  # a user's, each at a MEDIA_MARKER in `content`, in order
 
 
+def images_of(turns: tuple[Turn, ...]) -> tuple[Image, ...]:
+    """The conversation's images, in order (as its text's markers are)."""
+    return tuple(image for turn in turns for image in turn.images)
+
+
 def merged_turns(turns: list[Turn]) -> tuple[Turn, ...]:
     """Consecutive turns of one role as one (the agent APIs' blocks and items become a turn each):
     several chat templates insist that roles alternate, and accept one system message only.

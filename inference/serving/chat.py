@@ -16,7 +16,7 @@ from inference.grammar import JSON_OBJECT_GRAMMAR, SchemaNotSupported, SchemaRef
 from inference.protocol import ChatRequest
 from inference.protocol.common import envelope, usage_body
 from inference.protocol.sse import sse_frame
-from inference.protocol.tool_calls import ToolCall
+from inference.protocol.tool_calls import ToolCall, images_of
 from inference.runtime.errors import ImageRejected, PromptTooLong
 from inference.runtime.jobs import Finished, Generation, TokenLogprob
 from inference.serving import tools
@@ -65,7 +65,7 @@ async def chat_completion_create(*, request: ChatRequest, caller: Caller, id_pre
 
 def _image_refusal(rejected: ImageRejected, request: ChatRequest) -> InvalidRequest:
     """The runtime's refusal of an image as a 400 naming the request's part that held it."""
-    images = [image for turn in request.conversation for image in turn.images]
+    images = images_of(request.conversation)
     part = images[rejected.index].part if rejected.index < len(images) else "messages"
     return InvalidRequest(f"model {rejected.model} cannot take the image at {part}: {rejected.detail}", param=part)
 

@@ -35,7 +35,7 @@ import httpx
 from inference.config import ServerConfig, get_config
 from inference.errors import InvalidRequest
 from inference.protocol.images import Image, ImageRefused, image_from_bytes
-from inference.protocol.tool_calls import Turn
+from inference.protocol.tool_calls import Turn, images_of
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ async def images_fetched(conversation: tuple[Turn, ...]) -> tuple[Turn, ...]:
     """The conversation with each of its images given by URL fetched and checked; raises
     InvalidRequest for the first that fails (the others are cancelled). A conversation without
     such images is returned as it is."""
-    pending = [image for turn in conversation for image in turn.images if image.pending]
+    pending = [image for image in images_of(conversation) if image.pending]
     if not pending:
         return conversation
     server = get_config().server

@@ -21,7 +21,7 @@ from typing import Any
 from inference.config import ModelSettings
 from inference.errors import InvalidRequest
 from inference.protocol import ChatRequest
-from inference.protocol.tool_calls import Tool, Turn
+from inference.protocol.tool_calls import Tool, Turn, images_of
 from inference.runtime.catalog import ModelFile
 from inference.runtime.errors import TemplateRejected
 from inference.runtime.gguf_header import GGUFError, read_gguf_info
@@ -60,7 +60,7 @@ async def model_format(
 
 def _images_check(model_file: ModelFile, conversation: tuple[Turn, ...]) -> None:
     """Refuse images before the model loads, for a model without a projector."""
-    image = next((image for turn in conversation for image in turn.images), None)
+    image = next(iter(images_of(conversation)), None)
     if image is not None and not model_file.projector:
         raise InvalidRequest(
             f"model {model_file.name} takes text only (no multimodal projector): {image.part}", param=image.part
@@ -169,7 +169,7 @@ def _chat_prompt(request: ChatRequest, form: ModelFormat, compact_tools: bool) -
     thinking = None
     if markup.thinking is not None:
         thinking = Thinking(markup.thinking.start, markup.thinking.end, open=thinking_open, budget=budget)
-    images = tuple(image.data for turn in request.conversation for image in turn.images)
+    images = tuple(image.data for image in images_of(request.conversation))
     job = replace(request.job, prompt_text=prompt, thinking=thinking, markup=markup.texts(), images=images)
     return ChatPrompt(job, reading, native, offered)
 
