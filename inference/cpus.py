@@ -4,15 +4,29 @@ Counted from what the process may run on, not what the machine has: its affinity
 a cpuset), capped by its cgroup's CPU quota (`cpu.max`: a container's `--cpus`, systemd's
 `CPUQuota=`). In a 2-CPU container on a 64-core host, a thread per host core would have dozens
 of threads fight over two CPUs.
+
+And the model threads' place behind the event loop (`yield_to_the_server`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
+import threading
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 SYSTEM = Path("/")
+
+# How far a model's threads stand behind the event loop, in nice levels (19 is the lowest).
+# llama.cpp's threads take every core while they decode, spinning at their barriers; at equal
+# priority, a woken event loop queues behind them. Measured on 2 cores during 4 streams:
+# /health p99 7.7-7.9 ms at +5 against 9.5-11.9 ms at 0, tokens/s the same within the noise
+# (the loop takes 0.35 ms of CPU a token, llama.cpp 11).
+MODEL_THREAD_NICENESS = 5
 
 
 def usable_cpus(root: Path = SYSTEM) -> int:
@@ -44,6 +58,20 @@ def generation_threads(root: Path = SYSTEM) -> int:
     by memory, not arithmetic. Prompt processing (n_threads_batch) still uses every core.
     """
     return max(1, usable_cores(root) - 1)
+
+
+def yield_to_the_server() -> None:
+    """Lower the calling thread's priority, and so that of the threads it starts (llama.cpp's
+    OpenMP threads inherit it), MODEL_THREAD_NICENESS below where it is: the event loop and the
+    requests it answers come first. Linux only (elsewhere the call would renice the process)."""
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        niceness = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + MODEL_THREAD_NICENESS))
+    except OSError as error:  # a sandbox that forbids it: the thread runs at the loop's priority
+        logger.warning("could not lower a model thread's priority: %s", error)
 
 
 def cgroup_quota(root: Path = SYSTEM) -> float | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +28,7 @@ class FakeEngine:
 
     def __init__(self, log: list[str], name: str, path: Path, settings: LoadSettings) -> None:
         time.sleep(0.1)
+        self.niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # its worker thread's
         self.name, self.settings, self.log = name, settings, log
         self.n_ctx, self.parallel = settings.n_ctx, settings.parallel
         self.sequences: dict = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from django.test import AsyncClient
 
 from inference.models import RequestRecord
 from inference.runtime.engine import GenerationEngine
+from inference.runtime.jobs import CompletionJob, Sampling
+from inference.runtime.llama.sampling import greedy_alone
 from inference.runtime.settings import LoadSettings
 from tests.conftest import validate_openai
 
@@ -181,6 +184,27 @@ async def test_logit_bias_bans_and_forces_tokens(use_config, tokenizer: Generati
     forced_id = tokenizer.tokenize(" banana", add_special=False)[0]
     forced = (await post_chat(messages=HELLO, max_tokens=1, temperature=0, logit_bias={str(forced_id): 100})).json()
     assert forced["choices"][0]["message"]["content"] == tokenizer.model.piece(forced_id).decode()
+
+
+async def test_greedy_answers_the_same_with_or_without_the_sampler_chain(use_config) -> None:
+    """A greedy request with nothing else to sample by takes the argmax of the logits without
+    llama.cpp's chain (runtime.llama.sampling); a bias of 0 changes no logit but runs the chain."""
+    story = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
+    fast = (await post_chat(messages=story, max_tokens=40, temperature=0)).json()
+    chained = (await post_chat(messages=story, max_tokens=40, temperature=0, logit_bias={"7": 0})).json()
+    assert fast["usage"]["completion_tokens"] > 20
+    assert fast["choices"][0]["message"]["content"] == chained["choices"][0]["message"]["content"]
+
+
+def test_only_a_plain_greedy_request_skips_the_sampler_chain() -> None:
+    def job(**sampling: Any) -> CompletionJob:
+        return CompletionJob(prompt="x", sampling=Sampling(**{"temperature": 0.0, "top_k": 40, **sampling}))
+
+    assert greedy_alone(job())
+    assert not greedy_alone(job(temperature=0.7))
+    assert not greedy_alone(job(repeat_penalty=1.1))
+    assert not greedy_alone(replace(job(), grammar='root ::= "a"'))
+    assert not greedy_alone(replace(job(), logit_bias=((7, 0.0),)))
 
 
 async def test_user_is_recorded(use_config) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,28 @@ def test_the_defaults_follow_a_restricted_affinity(tmp_path: Path) -> None:
     env = {**os.environ, "LLAMA_SERVER_CONFIG": str(config)}
     shown = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, capture_output=True, text=True)
     assert shown.stdout.split() == ["1", "1"], shown.stderr
+
+
+def thread_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_a_model_thread_and_the_threads_it_starts_stand_behind_the_event_loop() -> None:
+    """Run in a thread of its own: a thread's lowered priority cannot be raised back unprivileged."""
+    seen: dict[str, int] = {}
+
+    def model_thread() -> None:
+        before = thread_niceness()
+        cpus.yield_to_the_server()
+        seen["model"] = thread_niceness() - before
+        started = threading.Thread(target=lambda: seen.update(started=thread_niceness() - before))
+        started.start()
+        started.join()
+
+    main = thread_niceness()
+    thread = threading.Thread(target=model_thread)
+    thread.start()
+    thread.join()
+    expected = min(cpus.MODEL_THREAD_NICENESS, 19 - main)
+    assert seen == {"model": expected, "started": expected}  # as llama.cpp's OpenMP threads do
+    assert thread_niceness() == main

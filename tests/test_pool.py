@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from inference import cpus
 from inference.runtime.errors import AllPinned, LoadFailed, ModelNotFound, ModelTooLarge, NoModelGiven, QueueFull
 from inference.runtime.jobs import Finished, PromptAccepted
 from inference.runtime.lifecycle import LoadReason
@@ -40,6 +42,15 @@ async def test_concurrent_first_requests_share_one_load(fake: tuple[ModelPool, l
     assert pool.loaded_models() == ["alpha"]
     pool.shutdown()
     assert log[-1] == "close alpha"
+
+
+async def test_a_model_s_thread_stands_behind_the_event_loop(synthetic_models: Path) -> None:
+    engines: list[FakeEngine] = []
+    pool = make_pool(synthetic_models, [], lambda *args: engines.append(FakeEngine([], *args)) or engines[-1])
+    await collect(pool, "alpha", chat("hi"))
+    pool.shutdown()
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert engines[0].niceness == min(loop_niceness + cpus.MODEL_THREAD_NICENESS, 19)
 
 
 async def test_jobs_on_one_model_run_in_arrival_order(synthetic_models: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inference.config import ModelSettings
+from inference.cpus import yield_to_the_server
 from inference.runtime.catalog import ModelFile
 from inference.runtime.channel import Job
 from inference.runtime.engine import Engine
@@ -217,6 +218,7 @@ class ModelWorker:
             self._listener.worker_exited(self)
 
     def _live(self) -> None:
+        yield_to_the_server()  # before llama.cpp starts its threads from this one
         for predecessor in self._predecessors:
             predecessor.join()  # its memory comes back before this load takes more
         started = time.monotonic()

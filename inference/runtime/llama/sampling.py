@@ -11,9 +11,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
+import numpy as np
 
 from inference.runtime.errors import GrammarNotCompiled
-from inference.runtime.jobs import GenerationJob
+from inference.runtime.jobs import GenerationJob, Sampling
 
 if TYPE_CHECKING:
     from inference.runtime.llama import LlamaModel
@@ -27,6 +28,8 @@ class LlamaSampler:
 
     def __init__(self, model: LlamaModel, ctx: Any, job: GenerationJob, seed_offset: int) -> None:
         self._ctx = ctx
+        self._n_vocab = model.n_vocab
+        self._argmax = greedy_alone(job)
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._grammar = None
         parts = []
@@ -46,6 +49,9 @@ class LlamaSampler:
             llama_cpp.llama_sampler_chain_add(self._chain, part)
 
     def sample(self, index: int) -> int:
+        if self._argmax:  # greedy keeps no state: there is nothing for the chain to accept
+            logits = llama_cpp.llama_get_logits_ith(self._ctx, index)
+            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
         return llama_cpp.llama_sampler_sample(self._chain, self._ctx, index)  # accepts the token too
 
     def accept(self, token: int) -> None:
@@ -67,12 +73,25 @@ class LlamaSampler:
         llama_cpp.llama_sampler_free(self._chain)
 
 
+def greedy_alone(job: GenerationJob) -> bool:
+    """Whether the chain would be llama.cpp's greedy sampler alone. Its first max logit is numpy's
+    argmax, found in a tenth of the time (8 against 77 µs a token over SmolLM2's 49,152): the chain
+    first copies the whole vocabulary into its candidates."""
+    sampling = job.sampling
+    assert sampling.temperature is not None, "Sampling.with_defaults fills it in before a job is queued"
+    return not job.grammar and not job.logit_bias and sampling.temperature <= 0 and not _penalised(sampling)
+
+
+def _penalised(sampling: Sampling) -> bool:
+    return (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1.0, 0.0, 0.0)
+
+
 def _sampling_parts(n_vocab: int, job: GenerationJob, seed_offset: int) -> list[Any]:
     sampling = job.sampling
     temperature = sampling.temperature
     assert temperature is not None, "Sampling.with_defaults fills it in before a job is queued"
     parts = []
-    if (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1.0, 0.0, 0.0):
+    if _penalised(sampling):
         parts.append(
             llama_cpp.llama_sampler_init_penalties(
                 n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty
