@@ -61,15 +61,15 @@ def generation_threads(root: Path = SYSTEM) -> int:
 
 
 def yield_to_the_server() -> None:
-    """Lower the calling thread's priority, and so that of the threads it starts (llama.cpp's
-    OpenMP threads inherit it), MODEL_THREAD_NICENESS below where it is: the event loop and the
-    requests it answers come first. Linux only (elsewhere the call would renice the process)."""
+    """Put the calling thread, and so the threads it starts (llama.cpp's OpenMP threads inherit
+    it), MODEL_THREAD_NICENESS below the process's main thread (whichever thread started it): the
+    event loop and the requests it answers come first. Linux only (elsewhere the call would renice
+    the whole process)."""
     if sys.platform != "linux":
         return
-    thread = threading.get_native_id()
     try:
-        niceness = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + MODEL_THREAD_NICENESS))
+        niceness = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's, on Linux
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, niceness + MODEL_THREAD_NICENESS))
     except OSError as error:  # a sandbox that forbids it: the thread runs at the loop's priority
         logger.warning("could not lower a model thread's priority: %s", error)
 
