@@ -20,7 +20,7 @@ import logging
 import threading
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from inference.runtime.errors import (
 )
 from inference.runtime.infill import FIM_NAMES, FimTokens
 from inference.runtime.jobs import ChatMessage, GenerationJob, PromptImage, TokenLogprob
-from inference.runtime.llama.sampling import LlamaSampler
+from inference.runtime.llama.sampling import LlamaSampler, logits_at
 from inference.runtime.scoring import NO_WORDS, SCORING_SEQUENCES, YES_WORDS, PairSpecials
 from inference.runtime.settings import LoadSettings
 
@@ -327,6 +327,15 @@ class LlamaModel:
 LLAMA_MAX_SEQUENCES = 256
 
 
+def fill_batch(native: Any, tokens: Iterable[BatchToken]) -> None:
+    """Write the tokens into a llama_batch (one sequence each), which must have room for them."""
+    index = -1
+    for index, (token, position, seq_id, logits) in enumerate(tokens):
+        native.token[index], native.pos[index], native.n_seq_id[index] = token, position, 1
+        native.seq_id[index][0], native.logits[index] = seq_id, logits
+    native.n_tokens = index + 1
+
+
 class GenerationContext:
     """A generating context of a model: the scheduler's DecodeContext over llama.cpp; with the
     model's projector, if it has one (it frees it when closed)."""
@@ -349,15 +358,8 @@ class GenerationContext:
     def decode(self, batch: list[BatchToken]) -> None:
         if len(batch) > self.batch_capacity:  # would write past the batch's arrays
             raise DecodeFailed(f"a batch of {len(batch)} tokens for a capacity of {self.batch_capacity}")
-        native = self._batch
-        for index, (token, position, seq_id, logits) in enumerate(batch):
-            native.token[index] = token
-            native.pos[index] = position
-            native.n_seq_id[index] = 1
-            native.seq_id[index][0] = seq_id
-            native.logits[index] = logits
-        native.n_tokens = len(batch)
-        result = llama_cpp.llama_decode(self._ctx, native)
+        fill_batch(self._batch, batch)
+        result = llama_cpp.llama_decode(self._ctx, self._batch)
         if result != 0:
             raise DecodeFailed(f"llama_decode returned {result}; {_recent_llama_problems()}".rstrip("; "))
 
@@ -372,8 +374,7 @@ class GenerationContext:
 
     def logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The token's log-probability under the model (before sampling), and the `top` likeliest."""
-        n_vocab = self._model.n_vocab
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(n_vocab,))
+        logits = logits_at(self._ctx, index, self._model.n_vocab)
         shifted = logits - logits.max()
         logprobs = shifted - np.log(np.exp(shifted).sum())
         alternatives: tuple[TokenLogprob, ...] = ()
@@ -387,7 +388,7 @@ class GenerationContext:
 
     def yes_probability(self, index: int) -> float:
         """P("yes") / (P("yes") + P("no")) at the batch's `index`, over the words' spellings."""
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,))
+        logits = logits_at(self._ctx, index, self._model.n_vocab)
         yes, no = (np.logaddexp.reduce(logits[tokens].astype(np.float64)) for tokens in self._answers)
         return float(np.exp(yes - np.logaddexp(yes, no)))
 

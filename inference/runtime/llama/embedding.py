@@ -16,7 +16,8 @@ from dataclasses import replace
 import llama_cpp
 import numpy as np
 
-from inference.runtime.llama import DecodeFailed, LlamaModel, _recent_llama_problems
+from inference.runtime.decoding import BatchToken
+from inference.runtime.llama import DecodeFailed, LlamaModel, _recent_llama_problems, fill_batch
 from inference.runtime.settings import LoadSettings
 
 # A reranker's pairs decoded in one batch, at most.
@@ -71,15 +72,15 @@ class EmbeddingContext:
     def _decode(self, sequences: list[list[int]]) -> None:
         """Decode token lists as sequences 0, 1, … of an empty cache, every token's output kept."""
         llama_cpp.llama_memory_clear(self._memory, True)
-        batch = self._batch
-        batch.n_tokens = 0
-        for seq_id, tokens in enumerate(sequences):
-            for position, token in enumerate(tokens):
-                index = batch.n_tokens
-                batch.token[index], batch.pos[index], batch.n_seq_id[index] = token, position, 1
-                batch.seq_id[index][0], batch.logits[index] = seq_id, True
-                batch.n_tokens += 1
-        if self._encode(self._ctx, batch) != 0:
+        fill_batch(
+            self._batch,
+            (
+                BatchToken(token, position, seq_id, True)
+                for seq_id, tokens in enumerate(sequences)
+                for position, token in enumerate(tokens)
+            ),
+        )
+        if self._encode(self._ctx, self._batch) != 0:
             raise DecodeFailed(f"embedding failed; {_recent_llama_problems()}".rstrip("; "))
 
     def close(self) -> None:

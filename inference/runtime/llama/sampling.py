@@ -50,8 +50,7 @@ class LlamaSampler:
 
     def sample(self, index: int) -> int:
         if self._argmax:  # greedy keeps no state: there is nothing for the chain to accept
-            logits = llama_cpp.llama_get_logits_ith(self._ctx, index)
-            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+            return int(logits_at(self._ctx, index, self._n_vocab).argmax())
         return llama_cpp.llama_sampler_sample(self._chain, self._ctx, index)  # accepts the token too
 
     def accept(self, token: int) -> None:
@@ -71,6 +70,12 @@ class LlamaSampler:
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self._chain)
+
+
+def logits_at(ctx: Any, index: int, n_vocab: int) -> np.ndarray:
+    """The logits of the last decode's `index`th batch token: a view of llama.cpp's buffer, valid
+    until the next decode."""
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
 
 
 def greedy_alone(job: GenerationJob) -> bool:
