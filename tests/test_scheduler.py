@@ -294,11 +294,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         n_ctx=st.integers(24, 96),
         capacity=st.integers(1, 12),
         cache_bytes=st.none() | st.integers(0, 600),
+        surprise=st.sampled_from([0.3, 0.05]),  # rarely surprised, a repeated prompt gets the same answer
     )
-    def start(self, parallel: int, n_ctx: int, capacity: int, cache_bytes: int | None) -> None:
+    def start(self, parallel: int, n_ctx: int, capacity: int, cache_bytes: int | None, surprise: float) -> None:
         capacity = max(capacity, parallel)  # as LoadSettings.batch_capacity
         self.runs = [
-            Run(FakeContext(n_ctx, capacity), parallel, drafting, self._clock, cache_bytes)
+            Run(FakeContext(n_ctx, capacity, surprise), parallel, drafting, self._clock, cache_bytes)
             for drafting in (True, False)
         ]
 
@@ -308,7 +309,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.runs)
     @rule(
-        tail=prompts,
+        tail=st.just([]) | prompts,  # none: an earlier prompt again, whose answer drafting recalls
         shared=st.integers(0, 40),
         earlier=st.integers(0, 6),
         n=st.integers(1, 4),
@@ -321,7 +322,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     ) -> None:
         n_ctx, parallel = self.runs[0].context.n_ctx, len(self.runs[0].scheduler.slots)
         base = self.prompts[max(0, len(self.prompts) - 1 - earlier)]
-        prompt = (base[:shared] + tail)[: n_ctx - 1]  # prepare refuses longer
+        prompt = (base[:shared] + tail if tail else base)[: n_ctx - 1]  # prepare refuses longer
+        if not prompt:
+            return  # prepare refuses it
         self.prompts.append(prompt)
         if n > parallel:
             return  # prepare refuses it

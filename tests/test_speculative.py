@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference.models import RequestRecord
 from inference.records.recording import RequestRecording
-from inference.runtime.drafting import NgramDrafter
+from inference.runtime.drafting import LONGEST_DRAFT, LONGEST_DRAFT_BESIDE_OTHERS, AnswerMemory, NgramDrafter
 from inference.runtime.engine import GenerationEngine
 from inference.runtime.jobs import ChatJob, ChatMessage, Finished, JobEvent, Sampling, TextDelta, TokenLogprob
 from inference.runtime.settings import LoadSettings
@@ -117,6 +117,18 @@ async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config
         await sync_to_async(admin_client.get)(f"/admin/inference/requestrecord/{copied.pk}/change/")
     ).content.decode()
     assert "Draft tokens proposed" in page and "Draft tokens accepted" in page
+
+
+@pytest.mark.slow
+async def test_an_answer_asked_for_again_is_drafted_from_the_first(use_config) -> None:
+    story = {"messages": STORY, "max_tokens": 80, "temperature": 0}
+    results = await answers_with_and_without_drafting(use_config, story, story)
+    assert_same_answers(results)
+    (first, first_record), (again, record) = results["ngram"]
+    assert outputs(again) == outputs(first)
+    assert (
+        record.draft_tokens_accepted > again["usage"]["completion_tokens"] * 3 / 4 > first_record.draft_tokens_accepted
+    )
 
 
 @pytest.mark.slow
@@ -252,3 +264,49 @@ def test_beside_other_sequences_a_choice_drafts_only_where_it_copies() -> None:
     assert drafter.propose(copying, 8, most=8, beside_others=True) == [9, 10]
     drafter.verified(2, 2)  # they came true: the next draft is twice as long
     assert drafter.propose([*copying, 8, 9, 10], 11, most=8, beside_others=True) == [12, 1, 2, 3]
+
+
+def test_beside_other_sequences_drafts_are_shorter() -> None:
+    copying = [*range(1, 60), *range(1, 8)]  # then 8, and what followed it
+    drafter = NgramDrafter()
+    for length in (2, 4, 8, 16):
+        drafter.verified(length, length)  # every draft came true: the next one is twice as long
+    assert len(drafter.propose(copying, 8, most=64)) == LONGEST_DRAFT
+    assert len(drafter.propose(copying, 8, most=64, beside_others=True)) == LONGEST_DRAFT_BESIDE_OTHERS
+
+
+PROMPT_TAIL = [40, 41, 42, 43, 44, 45, 46, 47]
+
+
+def test_an_answer_given_before_is_drafted_from_the_models_memory() -> None:
+    memory = AnswerMemory()
+    memory.remember([*PROMPT_TAIL, *range(1, 10)], answer_start=len(PROMPT_TAIL))
+    asked_again = [*PROMPT_TAIL, 1, 2]  # then 3: its own sequence never held "1 2 3" before
+    assert NgramDrafter().propose(asked_again, 3, most=8) == []
+    assert NgramDrafter().propose(asked_again, 3, most=8, memory=memory) == [4, 5]
+    # a match of MEMORY_MATCH tokens is a copy: drafted beside other sequences too
+    assert NgramDrafter().propose(asked_again, 3, most=8, beside_others=True, memory=memory) == [4, 5]
+
+
+def test_of_the_own_sequence_and_the_memory_the_longer_match_is_copied() -> None:
+    memory = AnswerMemory()
+    memory.remember([*PROMPT_TAIL, *range(1, 10)], answer_start=len(PROMPT_TAIL))
+    tokens = [1, 2, 3, 99, *PROMPT_TAIL, 1, 2]  # then 3: "1 2 3" went on to 99 here, to 4 in the memory
+    assert NgramDrafter().propose(tokens, 3, most=8) == [99, 40]
+    assert NgramDrafter().propose(tokens, 3, most=8, memory=memory) == [4, 5]
+    copied_longer = [*PROMPT_TAIL, 1, 2, 3, 99, *PROMPT_TAIL, 1, 2]
+    assert NgramDrafter().propose(copied_longer, 3, most=8, memory=memory) == [99, 40]
+
+
+def test_the_memory_forgets_its_oldest_answers_past_its_capacity() -> None:
+    memory = AnswerMemory(capacity=30)
+    memory.remember([*range(1, 9), *range(9, 13)], answer_start=7)  # 12 tokens, with its prompt's last 7
+    memory.remember([*range(1, 9), 50, 51, 52, 53], answer_start=7)  # the same first 8, then others
+    memory.remember(list(range(60, 72)), answer_start=7)  # 36 tokens in all: the first answer goes
+    assert memory.recall(tuple(range(2, 10))) is None
+    answer, position = memory.recall(tuple(range(1, 9))) or ([], 0)
+    assert answer[position] == 50  # the newer answer's, which remains
+    answer, position = memory.recall(tuple(range(60, 68))) or ([], 0)
+    assert answer[position] == 68
+    memory.remember([1, 2, 3, 4], answer_start=3)  # too short to draft from: not kept
+    assert memory.recall((1, 2, 3, 4)) is None

@@ -5,10 +5,10 @@ sharing one unified KV cache of `n_ctx` cells (runtime.slots holds them and the 
 Each step is one decode over every running request — the next token of each generating choice
 first, then chunks of the prompts being processed — after which each choice whose logits came
 out samples its token. With drafting on, a generating choice's next token is followed by a few
-tokens guessed from its own prompt and output (`runtime.drafting`); those that come true are
-accepted in the same step. New requests join between steps (continuous batching). A request with
-n choices processes its prompt once, in its first slot, then shares those KV cells with its
-other slots.
+tokens guessed from its own prompt and output, or from the model's recent answers, which the
+scheduler keeps (`runtime.drafting`); those that come true are accepted in the same step. New
+requests join between steps (continuous batching). A request with n choices processes its prompt
+once, in its first slot, then shares those KV cells with its other slots.
 
 Requests whose prompts share a prefix compute it once (runtime.prefixes).
 
@@ -36,6 +36,7 @@ from typing import Generic, NamedTuple
 
 from inference.runtime.choices import Choice, ChoiceState, Events, Key, Request
 from inference.runtime.decoding import BatchToken, DecodeContext, Sampler
+from inference.runtime.drafting import AnswerMemory
 from inference.runtime.jobs import GenerationJob, JobEvent, Prepared, PromptAccepted, TextDelta
 from inference.runtime.prefixes import follow, take_prefixes
 from inference.runtime.prompt_cache import PromptCache
@@ -71,6 +72,7 @@ class Scheduler(Generic[Key]):
     ) -> None:
         self._context = context
         self._drafting = drafting
+        self._answers = AnswerMemory() if drafting else None
         self._share_prefixes = share_prefixes
         self._clock = clock
         self.n_ctx = context.n_ctx
@@ -183,7 +185,9 @@ class Scheduler(Generic[Key]):
                 # where the choice's limit comes (the last draft token's logits give its last token).
                 free = self.n_ctx - self.memory.used() - (len(generating) - number)
                 most = min(spare, free, choice.request.limit - choice.generated - 1)
-                draft = choice.drafter.propose(choice.slot.tokens, next_token, most, beside_others=len(generating) > 1)
+                draft = choice.drafter.propose(
+                    choice.slot.tokens, next_token, most, beside_others=len(generating) > 1, memory=self._answers
+                )
                 choice.draft_proposed += len(draft)
                 spare -= len(draft)
             to_sample.append(ToSample(choice, len(batch), draft))
@@ -267,6 +271,9 @@ class Scheduler(Generic[Key]):
         choice.sampler.close()
         choice.slot.choice, choice.slot.last_used = None, self._clock()
         request = choice.request
+        if self._answers is not None:  # the slot holds the prompt and the answer but its last token
+            answer_start = len(request.prepared.prompt)
+            self._answers.remember(choice.slot.tokens[: answer_start + choice.generated - 1], answer_start)
         if not request.unfinished():
             self._requests.remove(request)
             request.release()
