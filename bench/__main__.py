@@ -42,6 +42,9 @@ from bench.servers import PROJECT_DIR, Running, llama_cpp_python_server, llama_c
 N_CTX = 4096
 RESULTS = PROJECT_DIR / "bench" / "RESULTS.md"
 OURS, RECORDS_OFF, IN_PROCESS = "llamasite", "llamasite, records off", "in-process"
+# Every request of this bench asks the same at temperature 0, so with drafting on this server
+# recalls the answers it gave before (runtime.drafting's memory): the decode speed is this one's.
+DRAFTING_OFF = "llamasite, speculative off"
 
 
 def thread_counts() -> tuple[int, int]:
@@ -267,6 +270,17 @@ def table(targets: list[Target], clients: int, requests: int) -> list[str]:
     return lines
 
 
+def versus(what: str, name: str, figures: dict[str, float], other: str, others: dict[str, float]) -> str:
+    """A line comparing two of this server's variants' single-stream and aggregate tokens/s."""
+    single, aggregate = figures["tokens_per_s"], figures["aggregate_tokens_per_s"]
+    other_single, other_aggregate = others["tokens_per_s"], others["aggregate_tokens_per_s"]
+    return (
+        f"- {what} ({name} vs {other}): single-stream tokens/s {single:.1f} vs {other_single:.1f} "
+        f"({single / other_single:.3f}×); aggregate {aggregate:.1f} vs {other_aggregate:.1f} "
+        f"({aggregate / other_aggregate:.3f}×)"
+    )
+
+
 def machine(threads: tuple[int, int]) -> list[str]:
     cpu = next(
         (
@@ -320,6 +334,8 @@ def main() -> None:
             name = OURS + (f" {json.dumps(settings)}" if settings else "")
             targets.append(Target(name, stack.enter_context(llamasite(model, {**base, **settings}))))
         targets.append(Target(RECORDS_OFF, stack.enter_context(llamasite(model, base, records=False))))
+        speculative_off = {**base, "speculative": "off"}
+        targets.append(Target(DRAFTING_OFF, stack.enter_context(llamasite(model, speculative_off))))
         if options.llama_cpp_python:
             peer = llama_cpp_python_server(options.llama_cpp_python, model, N_CTX, threads)
             targets.append(Target("llama-cpp-python server", stack.enter_context(peer)))
@@ -335,7 +351,7 @@ def main() -> None:
         print("load/unload cycles …", flush=True)
         lifecycle = lifecycle_figures(ours, options.cycles)
 
-    off = next(t for t in targets if t.name == RECORDS_OFF).figures
+    figures = {target.name: target.figures for target in targets}
     report = [
         f"# Benchmark results ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
@@ -346,11 +362,9 @@ def main() -> None:
         "",
         *table(targets, options.clients, options.requests),
         "",
-        f"- usage recording ({ours.name} vs records off): single-stream tokens/s "
-        f"{ours.figures['tokens_per_s']:.1f} vs {off['tokens_per_s']:.1f} "
-        f"({ours.figures['tokens_per_s'] / off['tokens_per_s']:.3f}×); aggregate "
-        f"{ours.figures['aggregate_tokens_per_s']:.1f} vs {off['aggregate_tokens_per_s']:.1f} "
-        f"({ours.figures['aggregate_tokens_per_s'] / off['aggregate_tokens_per_s']:.3f}×)",
+        versus("usage recording", ours.name, ours.figures, RECORDS_OFF, figures[RECORDS_OFF]),
+        versus("drafting", ours.name, ours.figures, DRAFTING_OFF, figures[DRAFTING_OFF])
+        + " (every request asks the same: with drafting, this server recalls its earlier answers)",
         f"- cold load ({ours.name}): TTFT {lifecycle['cold_ttft_ms']:.0f} ms, of which load "
         f"{lifecycle['load_ms']:.0f} ms: TTFT minus load {lifecycle['cold_ttft_ms'] - lifecycle['load_ms']:.0f} ms "
         f"(the whole prompt is processed; a new prompt on a loaded model: {ours.figures['fresh_ttft_ms']:.0f} ms)",

@@ -12,6 +12,10 @@ first token, per stream; aggregate tokens/s for the 4 clients) with each server'
 llama.cpp's server with its defaults (or to ours with "off", without it), and how many of the
 drafted tokens our server accepted (from its request records). `--out FILE` appends the table.
 
+Each prompt is asked again in every run, and both our drafting and `ngram-mod` draft from
+earlier answers (ours from the model's recent answers, `ngram-mod` from its table of every
+sequence it saw): a row gives the code edits' first runs apart, before their answers were given.
+
     .venv/bin/python -m bench.speculative [--runs 7] [--llama-server PATH] [--out bench/RESULTS.md]
 """
 
@@ -166,6 +170,9 @@ def _report_lines(
     edits = [figure for figure in FIGURES if figure.startswith("code edit")]
     rows["code edits, all: tokens/s"] = {
         n: statistics.median(s.decode_tokens_per_s for figure in edits for s in streams[figure, n]) for n in names
+    }
+    rows["code edits, first run of each: tokens/s"] = {
+        n: statistics.median(streams[figure, n][0].decode_tokens_per_s for figure in edits) for n in names
     }
     rows["4 clients × 4 plain chats: aggregate tokens/s"] = {
         n: concurrent[n].figures()["aggregate_tokens_per_s"] for n in names
