@@ -50,9 +50,9 @@ DRAFTING_OFF = "llamasite, speculative off"
 def thread_counts() -> tuple[int, int]:
     """(n_threads, n_threads_batch) as this server chooses them by default; every server gets them."""
     sys.path.insert(0, str(PROJECT_DIR))
-    from inference.cpus import generation_threads, usable_cores
+    from inference.cpus import usable_cores
 
-    return generation_threads(), usable_cores()
+    return usable_cores(), usable_cores()
 
 
 Starter = Callable[[], AbstractContextManager[Running]]

@@ -5,6 +5,12 @@ a cpuset), capped by its cgroup's CPU quota (`cpu.max`: a container's `--cpus`, 
 `CPUQuota=`). In a 2-CPU container on a 64-core host, a thread per host core would have dozens
 of threads fight over two CPUs.
 
+llama.cpp gets a thread per usable core, for generating as for prompts: its threads stand behind
+the event loop (`yield_to_the_server`), which answers first when it wakes. Measured on 2 cores,
+a single stream ran at 124 tokens/s with 2 generation threads against 85 with 1 (a core left to
+the server, as before the threads stood behind it), `/health` during it p50 2.5 against 3.3 ms,
+p99 7.2 against 5.4 ms.
+
 And the model threads' place behind the event loop (`yield_to_the_server`).
 """
 
@@ -47,17 +53,6 @@ def usable_cores(root: Path = SYSTEM) -> int:
         except OSError:
             cores.add((f"cpu{cpu}", ""))
     return _within_quota(len(cores), root)
-
-
-def generation_threads(root: Path = SYSTEM) -> int:
-    """Threads for token generation: every usable core but one, which is left to the server.
-
-    Generating one token is a short burst of work on all its threads; on a machine with few
-    cores, a thread on every core starves the event loop (measured on 2 cores: /health p50
-    10 ms vs 4 ms, TTFT +4 ms) for no gain in tokens/s, since a small model's decode is bound
-    by memory, not arithmetic. Prompt processing (n_threads_batch) still uses every core.
-    """
-    return max(1, usable_cores(root) - 1)
 
 
 def yield_to_the_server() -> None:

@@ -35,8 +35,7 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert manager.max_pull_mb == 102400  # 100 GiB
     defaults = manager.defaults
     assert (defaults.n_ctx, defaults.n_gpu_layers, defaults.n_batch) == (16384, -1, 512)
-    assert defaults.n_threads == max(1, usable_cores() - 1)  # a core left to the server
-    assert defaults.n_threads_batch == usable_cores()
+    assert defaults.n_threads == defaults.n_threads_batch == usable_cores()
     assert (defaults.idle_timeout, defaults.pinned, defaults.chat_format) == (300, False, "")
     assert (defaults.flash_attn, defaults.use_mmap, defaults.use_mlock) == ("auto", True, False)
     assert (defaults.parallel, defaults.speculative) == (4, "ngram")
