@@ -108,7 +108,8 @@ async def test_greedy_answers_are_the_same_and_the_drafts_are_counted(use_config
     records = [record for _, record in results["ngram"]]
     copied, edited, _ = records
     assert "apples, pears, plums, cherries, grapes" in results["ngram"][0][0]["choices"][0]["message"]["content"]
-    assert copied.draft_tokens_accepted > copied.draft_tokens_proposed / 2 > 5
+    # most of what it copies comes from drafts (a long draft overshoots where the copy ends)
+    assert copied.draft_tokens_accepted > max(10, copied.draft_tokens_proposed / 3)
     assert edited.draft_tokens_accepted > 10
     after = await draft_token_counts()
     for kind, column in (("proposed", "draft_tokens_proposed"), ("accepted", "draft_tokens_accepted")):
@@ -253,17 +254,18 @@ def test_in_a_batch_the_texts_agree_up_to_a_near_tie(smollm2_file: Path) -> None
     assert drafted["code", 0][1].draft_accepted > 5
 
 
-def test_beside_other_sequences_a_choice_drafts_only_where_it_copies() -> None:
-    """Alone, a choice drafts on a 3-token match; beside others, only on an 8-token one (or once
-    its drafts came true)."""
+def test_a_choice_drafts_only_where_it_copies() -> None:
+    """On an 8-token match, not a 3-token one, unless its drafts came true."""
     coincidence = [1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 3]  # then 4: only "2 3 4" occurred before
-    assert NgramDrafter().propose(coincidence, 4, most=8) == [5, 6]
+    assert NgramDrafter().propose(coincidence, 4, most=8) == []
     assert NgramDrafter().propose(coincidence, 4, most=8, beside_others=True) == []
     copying = [*range(1, 13), *range(1, 8)]  # then 8: "1 … 8" occurred before
     drafter = NgramDrafter()
-    assert drafter.propose(copying, 8, most=8, beside_others=True) == [9, 10]
-    drafter.verified(2, 2)  # they came true: the next draft is twice as long
-    assert drafter.propose([*copying, 8, 9, 10], 11, most=8, beside_others=True) == [12, 1, 2, 3]
+    assert drafter.propose(copying, 8, most=8) == [9, 10]
+    drafter.verified(2, 2)  # they came true: the next draft is twice as long, and a 3-token match will do
+    assert drafter.propose([*copying, 8, 9, 10], 11, most=8) == [12, 1, 2, 3]
+    drafter.verified(4, 4)
+    assert drafter.propose([*copying, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 77, 2, 3], 4, most=8) == [5, 77, 2, 3, 4]
 
 
 def test_beside_other_sequences_drafts_are_shorter() -> None:
@@ -291,7 +293,7 @@ def test_an_answer_given_before_is_drafted_from_the_models_memory() -> None:
 def test_of_the_own_sequence_and_the_memory_the_longer_match_is_copied() -> None:
     memory = AnswerMemory()
     memory.remember([*PROMPT_TAIL, *range(1, 10)], answer_start=len(PROMPT_TAIL))
-    tokens = [1, 2, 3, 99, *PROMPT_TAIL, 1, 2]  # then 3: "1 2 3" went on to 99 here, to 4 in the memory
+    tokens = [*PROMPT_TAIL[3:], 1, 2, 3, 99, *PROMPT_TAIL, 1, 2]  # then 3: on to 99 here, to 4 in the memory
     assert NgramDrafter().propose(tokens, 3, most=8) == [99, 40]
     assert NgramDrafter().propose(tokens, 3, most=8, memory=memory) == [4, 5]
     copied_longer = [*PROMPT_TAIL, 1, 2, 3, 99, *PROMPT_TAIL, 1, 2]

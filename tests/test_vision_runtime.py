@@ -213,10 +213,10 @@ def test_a_corrupt_projector_is_refused_at_load(make_engine, tmp_path: Path) -> 
 
 def test_drafts_never_propose_an_images_positions() -> None:
     drafter = NgramDrafter()
-    image = [-5] * 4
-    tokens = [1, 2, 3, *image, 9, 1, 2]
-    assert drafter.propose(tokens, 3, most=8) == []  # the continuation of "1 2 3" is an image
-    assert drafter.propose([1, 2, 3, 7, *image, 1, 2], 3, most=8) == [7]
+    image, copied = [-5] * 4, list(range(1, 9))
+    tokens = [*copied, *image, 9, *copied[:-1]]
+    assert drafter.propose(tokens, 8, most=8) == []  # the continuation of "1 … 8" is an image
+    assert drafter.propose([*copied, 9, *image, *copied[:-1]], 8, most=8) == [9]
 
 
 def test_the_disk_prompt_cache_is_kept_apart_per_projector_file(smollm2_file: Path, tmp_path: Path) -> None:

@@ -22,10 +22,10 @@ with probability p(d), and on rejection the token is drawn from p without d, ren
 
 Adaptive, per choice: a draft length that doubles while whole drafts are accepted and shrinks to
 what was accepted otherwise, and a rest from drafting after a draft that was wholly rejected,
-twice as long after each such draft in a row; beside other generating sequences, where drafts
-cost more, no draft until its last 8 tokens occurred before or its drafts came true. A choice
-whose drafts rarely come true (plain chat, mostly) thus drafts seldom and short; a choice that
-copies drafts long. A drafter is owned by one choice, the memory by one model's scheduler; both
+twice as long after each such draft in a row; no draft until its last 8 tokens occurred before
+or its drafts came true, and shorter drafts beside other generating sequences, where they cost
+more. A choice whose drafts rarely come true (plain chat, mostly) thus drafts seldom and short;
+a choice that copies drafts long. A drafter is owned by one choice, the memory by one model's scheduler; both
 are used by the scheduler's thread only.
 """
 
@@ -37,18 +37,19 @@ from collections import deque
 # Tokens matched. Replayed on recorded SmolLM2 outputs (chat and copying, greedy and sampled),
 # 3 proposed fewer wrong drafts than 2 (or 2 after 3, or 4 after 3 after 2) for the same gain.
 NGRAM = 3
-# Draft lengths. On the 2-core CPU measured, a draft token costs about 0.3 of a one-token decode
-# alone and 0.65 of a generated token's share of a 4-sequence step, so drafts start short and
-# grow only while they come true. Alone, code edits that recall an earlier answer ran at 152
-# tokens/s with drafts of up to 32 against 138 with 8 (and 131 with 64: a rejected draft wastes
-# more); beside others, 4 clients recalling answers ran at 211 against 156 with 32.
+# Draft lengths. On the 2-core CPU measured (2 threads), a draft token costs 0.5-0.8 of a
+# one-token decode alone (a one-token decode reads the weights once, bound by memory; a longer
+# batch computes) and 0.65 of a generated token's share of a 4-sequence step, so drafts start
+# short and grow only while they come true. Alone (with 1 thread), code edits that recall an
+# earlier answer ran at 152 tokens/s with drafts of up to 32 against 138 with 8 (and 131 with 64: a rejected draft
+# wastes more); beside others, 4 clients recalling answers ran at 211 against 156 with 32.
 FIRST_DRAFT = 2
 LONGEST_DRAFT = 32
 LONGEST_DRAFT_BESIDE_OTHERS = 8
-# Beside other generating sequences, drafts that plain chat's short coincidences bring cost more
-# than they repay (4 clients of plain chat ran 9% slower with one-token probes than without
-# drafting, though 46% came true): there a choice starts drafting only where its last LONG_MATCH
-# tokens all occurred before, as when it copies; once drafts come true it goes on.
+# A choice starts drafting only where its last LONG_MATCH tokens all occurred before, as when it
+# copies; once drafts come true it goes on. Plain chat's short coincidences come true a fifth of
+# the time, less than a draft costs: alone, plain chat ran at 119 tokens/s drafting on 3-token
+# matches against 123 on 8-token ones (124 without drafting), code edits at 97 against 110.
 LONG_MATCH = 8
 # Steps without drafting after a wholly rejected draft; doubled for each such draft in a row.
 FIRST_REST = 8
@@ -122,8 +123,8 @@ class NgramDrafter:
     ) -> list[int]:
         """Up to `most` tokens guessed to follow `tokens` (the sequence in the KV cache, which
         only ever grows between calls) and then `next_token`, from the sequence itself or from
-        `memory`; none while resting, nor beside other generating sequences unless it copies or
-        its drafts have been coming true."""
+        `memory`; none while resting, nor unless it copies or its drafts have been coming true;
+        shorter beside other generating sequences."""
         self._index(tokens)
         if self._rest:
             self._rest -= 1
@@ -138,7 +139,7 @@ class NgramDrafter:
         recalled = memory.recall(tuple(recent[-MEMORY_MATCH:])) if memory is not None else None
         if recalled is not None and (remembered := _matched(*recalled, recent)) >= matched:
             (source, start), matched = recalled, remembered
-        if start is None or (beside_others and self._length <= FIRST_DRAFT and matched < LONG_MATCH):
+        if start is None or (self._length <= FIRST_DRAFT and matched < LONG_MATCH):
             return []
         draft = list(itertools.takewhile(_is_token, source[start : start + length]))
         if source is tokens and start + len(draft) == len(tokens) and len(draft) < length:
