@@ -25,8 +25,8 @@ what was accepted otherwise, and a rest from drafting after a draft that was who
 twice as long after each such draft in a row; no draft until its last 8 tokens occurred before
 or its drafts came true, and shorter drafts beside other generating sequences, where they cost
 more. A choice whose drafts rarely come true (plain chat, mostly) thus drafts seldom and short;
-a choice that copies drafts long. A drafter is owned by one choice, the memory by one model's scheduler; both
-are used by the scheduler's thread only.
+a choice that copies drafts long. A drafter is owned by one choice, the memory by one model's
+scheduler; both are used by the scheduler's thread only.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ NGRAM = 3
 # one-token decode alone (a one-token decode reads the weights once, bound by memory; a longer
 # batch computes) and 0.65 of a generated token's share of a 4-sequence step, so drafts start
 # short and grow only while they come true. Alone (with 1 thread), code edits that recall an
-# earlier answer ran at 152 tokens/s with drafts of up to 32 against 138 with 8 (and 131 with 64: a rejected draft
-# wastes more); beside others, 4 clients recalling answers ran at 211 against 156 with 32.
+# earlier answer ran at 152 tokens/s with drafts of up to 32 against 138 with 8 (and 131 with 64:
+# a rejected draft wastes more); beside others, 4 clients recalling answers ran at 211 against
+# 156 with 32.
 FIRST_DRAFT = 2
 LONGEST_DRAFT = 32
 LONGEST_DRAFT_BESIDE_OTHERS = 8
@@ -76,9 +77,12 @@ class AnswerMemory:
         # n-gram -> (answer, position of the token that followed its most recent occurrence)
         self._followers: dict[tuple[int, ...], tuple[list[int], int]] = {}
 
-    def remember(self, sequence: list[int], answer_start: int) -> None:
-        """Keep the answer that begins at `answer_start` of a finished choice's `sequence`."""
-        answer = sequence[max(0, answer_start - MEMORY_MATCH + 1) :][: self._capacity]
+    def remember(self, sequence: list[int], answer_start: int, answer_end: int | None = None) -> None:
+        """Keep the answer that runs from `answer_start` of a finished choice's `sequence` to
+        `answer_end` (its end where None), copying only that much of it."""
+        start = max(0, answer_start - MEMORY_MATCH + 1)
+        end = len(sequence) if answer_end is None else answer_end
+        answer = sequence[start : min(end, start + self._capacity)]
         if len(answer) <= MEMORY_MATCH:
             return  # nothing follows a whole match
         while self._held + len(answer) > self._capacity:

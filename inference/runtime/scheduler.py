@@ -273,7 +273,7 @@ class Scheduler(Generic[Key]):
         request = choice.request
         if self._answers is not None:  # the slot holds the prompt and the answer but its last token
             answer_start = len(request.prepared.prompt)
-            self._answers.remember(choice.slot.tokens[: answer_start + choice.generated - 1], answer_start)
+            self._answers.remember(choice.slot.tokens, answer_start, answer_start + choice.generated - 1)
         if not request.unfinished():
             self._requests.remove(request)
             request.release()
