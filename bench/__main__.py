@@ -52,7 +52,8 @@ def thread_counts() -> tuple[int, int]:
     sys.path.insert(0, str(PROJECT_DIR))
     from inference.cpus import usable_cores
 
-    return usable_cores(), usable_cores()
+    cores = usable_cores()
+    return cores, cores
 
 
 Starter = Callable[[], AbstractContextManager[Running]]

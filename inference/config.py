@@ -436,8 +436,9 @@ def load_config(path: Path | None = None) -> Config:
     if server["max_body_bytes"] is None:  # a body that can carry one image of max_image_bytes in base64
         server["max_body_bytes"] = 8 * 1024 * 1024 + (server["max_image_bytes"] + 2) // 3 * 4
     manager["models_directory"] = (path.parent / manager["models_directory"]).resolve()
-    manager["n_threads"] = manager["n_threads"] or cpus.usable_cores()
-    manager["n_threads_batch"] = manager["n_threads_batch"] or cpus.usable_cores()
+    cores = cpus.usable_cores()
+    manager["n_threads"] = manager["n_threads"] or cores
+    manager["n_threads_batch"] = manager["n_threads_batch"] or cores
     if manager["preload"] != AUTO_PRELOAD:
         manager["preload"] = tuple(dict.fromkeys(manager["preload"]))
     models = {

@@ -10,8 +10,6 @@ the event loop (`yield_to_the_server`), which answers first when it wakes. Measu
 a single stream ran at 124 tokens/s with 2 generation threads against 85 with 1 (a core left to
 the server, as before the threads stood behind it), `/health` during it p50 2.5 against 3.3 ms,
 p99 7.2 against 5.4 ms.
-
-And the model threads' place behind the event loop (`yield_to_the_server`).
 """
 
 from __future__ import annotations
