@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import multiprocessing
 import re
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from typing import Any
 from urllib.parse import urlsplit
-
-import httpx
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 MAX_TOKENS = 128
@@ -165,26 +167,42 @@ class Concurrent:
 
 
 async def concurrent_streams(url: str, model: str, clients: int, requests: int, health_path: str | None) -> Concurrent:
-    """`clients` clients each streaming `requests` completions in turn; /health polled meanwhile."""
-    health: list[float] = []
-    done = asyncio.Event()
+    """`clients` clients each streaming `requests` completions in turn; `health_path` polled
+    meanwhile by a process of its own, so that what these clients' loop does per streamed chunk
+    is not counted in the server's latency."""
 
     async def client_loop() -> list[Stream]:
         return [await stream_chat(url, model) for _ in range(requests)]
 
-    async def poll_health(client: httpx.AsyncClient) -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            (await client.get(f"{url}{health_path}")).raise_for_status()
-            health.append(time.perf_counter() - started)
-            await asyncio.sleep(0.05)
-
-    async with httpx.AsyncClient(timeout=60) as client:
-        poller = asyncio.create_task(poll_health(client)) if health_path else None
-        started = time.perf_counter()
-        streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
-        elapsed = time.perf_counter() - started
-        done.set()
-        if poller:
-            await poller
+    context = multiprocessing.get_context("fork")  # starts at once; the child only polls
+    stop, (results, sent) = context.Event(), context.Pipe(duplex=False)
+    poller = context.Process(target=poll_health, args=(url, health_path, stop, sent), daemon=True)
+    if health_path:
+        poller.start()
+        sent.close()  # the child's end: recv raises EOFError if the child dies before sending
+    started = time.perf_counter()
+    streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
+    elapsed = time.perf_counter() - started
+    health: list[float] = []
+    if health_path:
+        stop.set()
+        health = results.recv()
+        poller.join()
     return Concurrent(streams, elapsed, health)
+
+
+def poll_health(url: str, path: str, stop: Event, results: Connection) -> None:
+    """GET `path` every 50 ms on one kept-alive connection until `stop`; send the latencies."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    latencies: list[float] = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+        latencies.append(time.perf_counter() - started)
+        stop.wait(0.05)
+    results.send(latencies)
