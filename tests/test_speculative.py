@@ -290,6 +290,14 @@ def test_a_loop_is_drafted_past_the_end_of_the_sequence() -> None:
     assert grown(NgramDrafter()).propose(short, 4, most=64) == [9, 2, 3]
 
 
+def test_a_long_match_drafts_half_its_length_at_once() -> None:
+    """After a draft cut short (an edit in a copy), the copy goes on: its 21-token match drafts 10."""
+    copying = [*range(100, 140), 1, *range(100, 120)]  # then 120, as the first copy went on
+    drafter = grown(NgramDrafter())
+    drafter.verified(32, 1)  # cut short: the adaptive length is down to 2
+    assert drafter.propose(copying, 120, most=64) == list(range(121, 131))
+
+
 def test_a_pattern_within_a_loop_does_not_hide_the_loop() -> None:
     """The last 3 tokens last occurred 3 back (within the loop's period of 9); the last 8, one period
     back: the draft follows the period, which matches more."""
