@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -168,27 +170,38 @@ class Concurrent:
 
 async def concurrent_streams(url: str, model: str, clients: int, requests: int, health_path: str | None) -> Concurrent:
     """`clients` clients each streaming `requests` completions in turn; `health_path` polled
-    meanwhile by a process of its own, so that what these clients' loop does per streamed chunk
-    is not counted in the server's latency."""
+    meanwhile (`health_polled`)."""
 
     async def client_loop() -> list[Stream]:
         return [await stream_chat(url, model) for _ in range(requests)]
 
+    with health_polled(url, health_path) as health:
+        started = time.perf_counter()
+        streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
+        elapsed = time.perf_counter() - started
+    return Concurrent(streams, elapsed, health)
+
+
+@contextmanager
+def health_polled(url: str, path: str | None) -> Iterator[list[float]]:
+    """The latencies of `path` (none where None), polled while inside by a process of its own, so
+    that what the streaming clients' loop does per chunk is not counted in the server's latency;
+    filled in on leaving, and the poller is stopped however the block ends."""
+    latencies: list[float] = []
+    if path is None:
+        yield latencies
+        return
     context = multiprocessing.get_context("fork")  # starts at once; the child only polls
     stop, (results, sent) = context.Event(), context.Pipe(duplex=False)
-    poller = context.Process(target=poll_health, args=(url, health_path, stop, sent), daemon=True)
-    if health_path:
-        poller.start()
-        sent.close()  # the child's end: recv raises EOFError if the child dies before sending
-    started = time.perf_counter()
-    streams = [s for batch in await asyncio.gather(*(client_loop() for _ in range(clients))) for s in batch]
-    elapsed = time.perf_counter() - started
-    health: list[float] = []
-    if health_path:
+    poller = context.Process(target=poll_health, args=(url, path, stop, sent), daemon=True)
+    poller.start()
+    sent.close()  # the child's end: recv raises EOFError if the child dies before sending
+    try:
+        yield latencies
+    finally:
         stop.set()
-        health = results.recv()
+        latencies.extend(results.recv())
         poller.join()
-    return Concurrent(streams, elapsed, health)
 
 
 def poll_health(url: str, path: str, stop: Event, results: Connection) -> None:

@@ -24,12 +24,11 @@ with probability p(d), and on rejection the token is drawn from p without d, ren
 
 Adaptive, per choice: a draft length that doubles while whole drafts are accepted and shrinks to
 what was accepted otherwise (but is half the match, where that is long), and a rest from drafting
-after a draft that was wholly rejected,
-twice as long after each such draft in a row; no draft until its last 8 tokens occurred before
-or its drafts came true, and shorter drafts beside other generating sequences, where they cost
-more. A choice whose drafts rarely come true (plain chat, mostly) thus drafts seldom and short;
-a choice that copies drafts long. A drafter is owned by one choice, the memory by one model's
-scheduler; both are used by the scheduler's thread only.
+after a draft that was wholly rejected, twice as long after each such draft in a row; no draft
+until its last 8 tokens occurred before or its drafts came true, and shorter drafts beside other
+generating sequences, where they cost more. A choice whose drafts rarely come true (plain chat,
+mostly) thus drafts seldom and short; a choice that copies drafts long. A drafter is owned by one
+choice, the memory by one model's scheduler; both are used by the scheduler's thread only.
 """
 
 from __future__ import annotations
